@@ -1,0 +1,1 @@
+"""The project's own model converters: numpy + onnx (+ a .tflite flatbuffer reader), nothing else."""

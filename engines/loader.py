@@ -1,0 +1,83 @@
+"""Open the three models once, on the best runtime, and warm them up."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.detectors import FaceDetector, PersonDetector
+from engines.embedder import CHIP_SIZE, FaceEmbedder
+from engines.runtime.base import RuntimeReport, Session, open_session, runtime_report, session_array_module
+from engines.sources import Progress
+from engines.zoo import ModelStore
+from schemas.config import DetectionConfig, RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engines:
+    """The models a worker needs, opened on one device."""
+
+    faces: FaceDetector
+    persons: PersonDetector | None
+    embedder: FaceEmbedder
+    model_versions: dict[str, str]
+    sessions: dict[str, Session]
+
+    @property
+    def device(self) -> str:
+        return self.embedder.session.device
+
+    def describe(self) -> dict[str, str]:
+        return {name: s.description for name, s in self.sessions.items()}
+
+    def warm_up(self) -> float:
+        """Run each model once: the first run allocates memory and picks kernels (TensorRT, cuDNN)."""
+        started = time.monotonic()
+        xp = session_array_module(self.embedder.session)
+        rng = np.random.default_rng(0)
+        frame = xp.asarray(rng.integers(0, 255, (360, 640, 3), dtype=np.uint8))
+        self.faces.detect([frame])
+        if self.persons is not None:
+            self.persons.detect([frame])
+        self.embedder.embed_chips(xp.asarray(rng.integers(0, 255, (2, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)))
+        return time.monotonic() - started
+
+
+def load_engines(
+    detection: DetectionConfig | None = None,
+    runtime: RuntimeConfig | None = None,
+    *,
+    store: ModelStore | None = None,
+    progress: Progress | None = None,
+    report: RuntimeReport | None = None,
+    warm_up: bool = True,
+) -> Engines:
+    detection = detection or DetectionConfig()
+    runtime = runtime or RuntimeConfig()
+    store = store or ModelStore(progress=progress)
+    report = report or runtime_report()
+    names = ["face_detector", "face_embedder"] + (["person_detector"] if detection.detect_persons else [])
+    sessions: dict[str, Session] = {}
+    for name in names:
+        model = store.load(name)  # type: ignore[arg-type]
+        batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch
+        sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch, report=report)
+        log.info("%s: %s", name, sessions[name].description)
+    engines = Engines(
+        faces=FaceDetector(sessions["face_detector"], score_threshold=detection.face_score,
+                           min_face_px=detection.min_face_px, batch_size=runtime.detector_batch),
+        persons=PersonDetector(sessions["person_detector"], score_threshold=detection.person_score,
+                               batch_size=runtime.detector_batch) if "person_detector" in sessions else None,
+        embedder=FaceEmbedder(sessions["face_embedder"], batch_size=runtime.embedder_batch),
+        model_versions={name: store.load(name).provenance.version for name in names},  # type: ignore[arg-type]
+        sessions=sessions,
+    )
+    if warm_up:
+        seconds = engines.warm_up()
+        log.info("engines warmed up in %.2f s (first runs allocate memory and choose kernels)", seconds)
+    return engines

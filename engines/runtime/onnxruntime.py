@@ -1,0 +1,118 @@
+"""ONNX Runtime sessions: the CPU provider, and the CUDA provider with device-bound inputs and outputs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from engines.arrays import Array, cupy_module
+from engines.errors import ModelError, RuntimeUnavailable
+from engines.runtime.base import DeviceKind, RuntimeName
+from engines.zoo import ModelFile
+
+log = logging.getLogger(__name__)
+
+ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+class OnnxRuntimeSession:
+    """One model on one ONNX Runtime provider.
+
+    On CUDA the session runs on its own CuPy stream (`stream`), given to ONNX Runtime as its compute
+    stream, so that pre-processing kernels, the model and post-processing are ordered on one stream
+    without device-wide synchronisation. Inputs and outputs stay in GPU memory (IO binding).
+    """
+
+    def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.model = model
+        self._device: DeviceKind = device
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.stream: Any = None
+        providers: list[Any]
+        if device == "cuda":
+            cp = cupy_module()
+            if cp is None or "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeUnavailable("ONNX Runtime's CUDA provider or CuPy is not available",
+                                         hint="install vidx[gpu] (see docs/gpu.md)")
+            self.stream = cp.cuda.Stream(non_blocking=True)
+            providers = [
+                ("CUDAExecutionProvider", {
+                    "device_id": cp.cuda.runtime.getDevice(),
+                    "user_compute_stream": str(self.stream.ptr),
+                    "cudnn_conv_algo_search": "HEURISTIC",
+                }),
+                "CPUExecutionProvider",
+            ]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(str(model.path), sess_options=opts, providers=providers)
+        except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
+            raise ModelError(f"ONNX Runtime cannot load the model: {exc}", path=model.path,
+                             hint="run `vidx models fetch --force`") from exc
+        self._active = self._session.get_providers()[0]
+        if device == "cuda" and self._active != "CUDAExecutionProvider":
+            raise RuntimeUnavailable(f"ONNX Runtime fell back to {self._active} for {model.spec.name}")
+        self._inputs = {i.name: i for i in self._session.get_inputs()}
+        self._outputs = [(o.name, o.shape, ORT_TO_NUMPY[o.type]) for o in self._session.get_outputs()]
+
+    @property
+    def runtime(self) -> RuntimeName:
+        return "onnxruntime"
+
+    @property
+    def device(self) -> DeviceKind:
+        return self._device
+
+    @property
+    def description(self) -> str:
+        return f"onnxruntime {self._ort.__version__} {self._active}"
+
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        unknown = set(inputs) - set(self._inputs)
+        if unknown:
+            raise ValueError(f"{self.model.spec.name} has no input {sorted(unknown)}; inputs are {sorted(self._inputs)}")
+        if self._device == "cpu":
+            outs = self._session.run(None, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
+            return {name: out for (name, _, _), out in zip(self._outputs, outs, strict=True)}
+        return self._run_cuda(inputs)
+
+    def _run_cuda(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        cp = cupy_module()
+        if cp is None:  # checked in __init__; keeps the type checker honest
+            raise RuntimeUnavailable("CuPy is not available")
+        # Inputs may come from kernels on another stream: order this session's stream after them.
+        self.stream.wait_event(cp.cuda.get_current_stream().record())
+        binding = self._session.io_binding()
+        batch = 0
+        keep_alive = []
+        for name, value in inputs.items():
+            arr = cp.ascontiguousarray(cp.asarray(value))
+            keep_alive.append(arr)
+            batch = int(arr.shape[0])
+            binding.bind_input(name, "cuda", cp.cuda.runtime.getDevice(), arr.dtype, list(arr.shape), arr.data.ptr)
+        outputs: dict[str, Array] = {}
+        with self.stream:
+            for name, shape, dtype in self._outputs:
+                dims = [batch if not isinstance(d, int) else d for d in shape]
+                out = cp.empty(dims, dtype=dtype)
+                outputs[name] = out
+                binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice(), dtype, dims, out.data.ptr)
+        self._session.run_with_iobinding(binding)
+        return outputs

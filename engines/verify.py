@@ -1,0 +1,85 @@
+"""`vidx models verify`: the files match their records, and the models still see faces correctly.
+
+The numeric check runs the three models on real photos and compares with what the reference
+conversion measured (../shared/reference/models/README.md): six faces in t1.jpg, one in each
+portrait, the same person closer than 0.6 in L2 and different people farther.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engines.errors import ModelError
+from engines.loader import Engines, load_engines
+from engines.photos import IDENTITY, PORTRAITS, load_photo
+from engines.sources import check_sha256
+from engines.zoo import MODEL_NAMES, ModelStore, spec_of
+from schemas.config import DetectionConfig, RuntimeConfig
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+
+
+def largest_face_embedding(engines: Engines, image: np.ndarray) -> tuple[int, np.ndarray | None]:
+    dets = engines.faces.detect([image])[0]
+    if not len(dets):
+        return 0, None
+    areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
+    k = int(np.argmax(areas))
+    emb, _ = engines.embedder.embed([image], [0], dets.keypoints[k:k + 1])
+    return len(dets), emb[0]
+
+
+def verify_models(store: ModelStore, runtime: RuntimeConfig | None = None) -> VerifyReport:
+    report = VerifyReport()
+    for name in MODEL_NAMES:
+        spec = spec_of(name)
+        try:
+            model = store.load(name)
+            check_sha256(store.cache_dir / "sources" / spec.source.cache_name, spec.source.sha256)
+            report.add(f"{name} files", True, f"source and ONNX sha256 match ({model.provenance.version})")
+        except ModelError as exc:
+            report.add(f"{name} files", False, exc.describe())
+    if not report.ok:
+        return report
+    engines = load_engines(DetectionConfig(), runtime or RuntimeConfig(), store=store, progress=store.progress,
+                           warm_up=False)
+    n_t1 = len(engines.faces.detect([load_photo("t1", store.cache_dir)])[0])
+    report.add("faces in t1.jpg", n_t1 == 6, f"{n_t1} of 6 found")
+    embeddings: dict[str, np.ndarray] = {}
+    for photo in PORTRAITS:
+        n, emb = largest_face_embedding(engines, load_photo(photo, store.cache_dir))
+        report.add(f"faces in {photo}", n == 1, f"{n} found, 1 expected")
+        if emb is not None:
+            embeddings[photo] = emb
+    worst_same, best_other = 0.0, 9.0
+    for a, b in itertools.combinations(sorted(embeddings), 2):
+        d = float(np.linalg.norm(embeddings[a] - embeddings[b]))
+        if IDENTITY[a] == IDENTITY[b]:
+            worst_same = max(worst_same, d)
+        else:
+            best_other = min(best_other, d)
+    report.add("same person L2 < 0.6", worst_same < 0.6, f"largest same-person distance {worst_same:.3f}")
+    report.add("different people L2 > 0.6", best_other > 0.6, f"smallest different-person distance {best_other:.3f}")
+    persons = engines.persons.detect([load_photo("t1", store.cache_dir)])[0] if engines.persons else []
+    report.add("people in t1.jpg", len(persons) >= 3, f"{len(persons)} found (reference: 4 of 6)")
+    return report

@@ -1,0 +1,218 @@
+"""The three real models: where their weights come from, how they are converted, and the cache.
+
+A model's identity is declared here, never guessed from tensor shapes. Converted ONNX files sit in
+the cache with a provenance record; loading checks the file against that record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+import onnx
+
+from engines.errors import ModelError
+from engines.sources import (
+    Progress,
+    SourceFile,
+    check_sha256,
+    default_cache_dir,
+    fetch_source,
+    locked,
+    sha256_file,
+    write_atomic,
+)
+
+ModelName = Literal["face_detector", "person_detector", "face_embedder"]
+MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
+
+MEDIAPIPE = ("mediapipe", "0.10.21")
+DLIB_MODELS = ("face-recognition-models", "0.3.0")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is: its role, its source, its converter and its tensors."""
+
+    name: ModelName
+    title: str
+    source: SourceFile
+    converter: Literal["tflite_detector", "dlib_resnet"]
+    converter_version: str
+    """Bump when the converter's output changes; cached files of another version are rebuilt."""
+    input_name: str
+    input_size: int
+    outputs: tuple[str, ...]
+
+
+SPECS: dict[ModelName, ModelSpec] = {
+    "face_detector": ModelSpec(
+        name="face_detector",
+        title="BlazeFace full-range (192x192, 6 keypoints)",
+        source=SourceFile(
+            *MEDIAPIPE, dist="wheel",
+            member="mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
+            sha256="2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+            license="Apache-2.0",
+        ),
+        converter="tflite_detector", converter_version="1",
+        input_name="image", input_size=192, outputs=("boxes", "scores"),
+    ),
+    "person_detector": ModelSpec(
+        name="person_detector",
+        title="BlazePose detector (224x224, 4 keypoints)",
+        source=SourceFile(
+            *MEDIAPIPE, dist="wheel",
+            member="mediapipe/modules/pose_detection/pose_detection.tflite",
+            sha256="9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
+            license="Apache-2.0",
+        ),
+        converter="tflite_detector", converter_version="1",
+        input_name="image", input_size=224, outputs=("boxes", "scores"),
+    ),
+    "face_embedder": ModelSpec(
+        name="face_embedder",
+        title="dlib ResNet face descriptor v1 (150x150 chip -> 128-D)",
+        source=SourceFile(
+            *DLIB_MODELS, dist="sdist",
+            member="face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+            sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+            license="CC0-1.0",
+        ),
+        converter="dlib_resnet", converter_version="1",
+        input_name="chips", input_size=150, outputs=("embedding",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a converted model came from; stored next to it as JSON."""
+
+    name: str
+    title: str
+    package: str
+    package_version: str
+    member: str
+    license: str
+    source_sha256: str
+    converter: str
+    converter_version: str
+    onnx_sha256: str
+    onnx_bytes: int
+    created_at: float
+
+    @property
+    def version(self) -> str:
+        """The model version recorded with every result it produced."""
+        return f"{self.package}=={self.package_version}/{self.converter}-v{self.converter_version}/{self.onnx_sha256[:12]}"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A converted, verified model on disk."""
+
+    spec: ModelSpec
+    path: Path
+    provenance: Provenance
+
+
+def convert(spec: ModelSpec, source_bytes: bytes) -> onnx.ModelProto:
+    """Run the project's own converter for this model (numpy + onnx only)."""
+    if spec.converter == "tflite_detector":
+        from engines.convert.tflite_onnx import convert_tflite_detector
+
+        return convert_tflite_detector(source_bytes, graph_name=spec.name)
+    from engines.convert.dlib_onnx import convert_dlib_resnet
+
+    return convert_dlib_resnet(source_bytes, graph_name=spec.name)
+
+
+class ModelStore:
+    """The model cache: `<cache>/models/<name>.onnx` with `<name>.json` beside it."""
+
+    def __init__(self, cache_dir: Path | None = None, progress: Progress | None = None):
+        self.cache_dir = (cache_dir or default_cache_dir()).expanduser()
+        self.models_dir = self.cache_dir / "models"
+        self.progress = progress
+
+    def _say(self, line: str) -> None:
+        if self.progress:
+            self.progress(line)
+
+    def onnx_path(self, name: ModelName) -> Path:
+        return self.models_dir / f"{name}.onnx"
+
+    def provenance_path(self, name: ModelName) -> Path:
+        return self.models_dir / f"{name}.json"
+
+    def read_provenance(self, name: ModelName) -> Provenance | None:
+        path = self.provenance_path(name)
+        if not path.exists():
+            return None
+        try:
+            return Provenance(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"provenance record is unreadable: {exc}", path=path,
+                             hint="run `vidx models fetch --force`") from exc
+
+    def is_current(self, name: ModelName) -> bool:
+        """Converted with today's converter (so no rebuild is due); says nothing of corruption."""
+        prov = self.read_provenance(name)
+        spec = spec_of(name)
+        return (
+            prov is not None
+            and self.onnx_path(name).exists()
+            and prov.converter_version == spec.converter_version
+            and prov.source_sha256 == spec.source.sha256
+        )
+
+    def fetch(self, name: ModelName, *, force: bool = False) -> ModelFile:
+        """Download, convert and record a model unless a current copy is cached."""
+        spec = spec_of(name)
+        with locked(self.models_dir / ".lock"):
+            if not force and self.is_current(name):
+                return self.load(name)
+            source_path = fetch_source(spec.source, self.cache_dir, self.progress)
+            self._say(f"converting {spec.title} to ONNX")
+            model = convert(spec, source_path.read_bytes())
+            onnx.checker.check_model(model)
+            data = model.SerializeToString()
+            write_atomic(self.onnx_path(name), data)
+            prov = Provenance(
+                name=name, title=spec.title, package=spec.source.package,
+                package_version=spec.source.version, member=spec.source.member,
+                license=spec.source.license, source_sha256=spec.source.sha256,
+                converter=spec.converter, converter_version=spec.converter_version,
+                onnx_sha256=sha256_file(self.onnx_path(name)), onnx_bytes=len(data),
+                created_at=time.time(),
+            )
+            write_atomic(self.provenance_path(name), json.dumps(asdict(prov), indent=2).encode())
+            self._say(f"{name}: {self.onnx_path(name)} ({len(data) / 1e6:.1f} MB)")
+            return ModelFile(spec, self.onnx_path(name), prov)
+
+    def load(self, name: ModelName) -> ModelFile:
+        """The cached model, checked against its provenance record; fetched on first use."""
+        spec = spec_of(name)
+        if not self.is_current(name):
+            return self.fetch(name)
+        prov = self.read_provenance(name)
+        if prov is None:  # removed between the two reads by another process
+            return self.fetch(name)
+        check_sha256(self.onnx_path(name), prov.onnx_sha256)
+        return ModelFile(spec, self.onnx_path(name), prov)
+
+    def versions(self) -> dict[str, str]:
+        """Model versions of all three models (fetching any that are missing)."""
+        return {name: self.load(name).provenance.version for name in MODEL_NAMES}
+
+
+def spec_of(name: str) -> ModelSpec:
+    if name not in SPECS:
+        raise ModelError(f"unknown model {name!r}; known models are {', '.join(MODEL_NAMES)}")
+    return SPECS[name]  # type: ignore[index]
+
+

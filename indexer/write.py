@@ -1,0 +1,149 @@
+"""Writing a video's results: Parquet parts and thumbnails, never half-written.
+
+Outputs live under a root that is a local folder or an object-store URI (pyarrow filesystems). On a
+local disk every file is written under a temporary name and renamed; on an object store a PUT is
+already all-or-nothing. A failed write removes what it wrote, so a failed video leaves no part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from indexer.errors import VideoError
+from indexer.pipeline import VideoResult
+from schemas.errors import VidxError
+from schemas.tables import file_metadata
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+IO_RETRIES = 3
+
+
+class OutputError(VidxError):
+    """The output location cannot be written (disk full, permissions, unreachable store)."""
+
+
+def part_name(table: str, video_id: int, run_key: str) -> str:
+    return f"{table}/video-{video_id:08d}.run-{run_key}.parquet"
+
+
+@dataclass
+class OutputStore:
+    """The root that Parquet parts and thumbnails are written under."""
+
+    uri: str
+    fs: pafs.FileSystem = field(init=False)
+    root: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if "://" in self.uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(self.uri))
+        self.root = self.root.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        final = self.path(rel)
+        parent = final.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if not self.is_local:
+            with self.fs.open_output_stream(final) as f:
+                f.write(data)
+            return
+        tmp = f"{parent}/.{final.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def delete(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_file(self.path(rel))
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound)
+
+
+def with_retries(what: str, fn: Callable[[], T]) -> T:
+    """Retry transient I/O errors with backoff; a full disk or a permission error is not transient."""
+    for attempt in range(IO_RETRIES):
+        try:
+            return fn()
+        except OSError as exc:
+            if exc.errno in (28, 13, 30) or attempt == IO_RETRIES - 1:  # ENOSPC, EACCES, EROFS
+                raise OutputError(f"cannot write {what}: {exc.strerror or exc}",
+                                  hint="free space or fix permissions, then resume the job") from exc
+            log.warning("writing %s failed (%s); retrying", what, exc)
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def parquet_bytes(table: pa.Table, metadata: dict[bytes, bytes]) -> bytes:
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_video_outputs(store: OutputStore, result: VideoResult, *, video_id: int, run_key: str,
+                        pipeline_version: str, model_versions: dict[str, str], params: dict[str, object],
+                        fingerprint: str) -> list[str]:
+    """Write the three parts and the thumbnails; returns what was written (relative paths)."""
+    if result.tracks.num_rows and result.tracks.column("video_id")[0].as_py() != video_id:
+        raise VideoError("internal error: result belongs to another video", path=result.info.path)
+    meta = file_metadata(pipeline_version=pipeline_version, model_versions=model_versions, run_key=run_key,
+                         video_path=result.info.path, video_fingerprint=fingerprint, params=params)
+    written: list[str] = []
+    try:
+        for rel, data in thumbnail_files(result):
+            with_retries(rel, lambda rel=rel, data=data: store.write_bytes(rel, data))
+            written.append(rel)
+        for table_name, table in (("faces", result.faces), ("persons", result.persons), ("tracks", result.tracks)):
+            rel = part_name(table_name, video_id, run_key)
+            data = parquet_bytes(table, meta)
+            with_retries(rel, lambda rel=rel, data=data: store.write_bytes(rel, data))
+            written.append(rel)
+    except BaseException:
+        for rel in written:
+            store.delete(rel)
+        raise
+    return written
+
+
+def thumbnail_files(result: VideoResult) -> list[tuple[str, bytes]]:
+    paths = dict(zip(result.tracks.column("track_id").to_pylist(), result.tracks.column("thumbnail").to_pylist(),
+                     strict=True))
+    return [(paths[tid], data) for tid, data in sorted(result.thumbnails.items()) if tid in paths]
+
+
+def remove_video_outputs(store: OutputStore, video_id: int, run_key: str, thumbnails: list[str]) -> None:
+    """Remove a superseded run's files of one video (after the index points at the new run)."""
+    for table in ("faces", "persons", "tracks"):
+        store.delete(part_name(table, video_id, run_key))
+    for rel in thumbnails:
+        store.delete(rel)

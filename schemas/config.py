@@ -1,0 +1,143 @@
+"""Validated settings that travel from the CLI to the engines and the indexer.
+
+Frozen dataclasses that check themselves on construction, so a bad value fails at the edge with a
+message that lists what is allowed, never deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+SamplingMode = Literal["fps", "keyframes", "every-frame"]
+DeviceChoice = Literal["auto", "cpu", "gpu"]
+EngineChoice = Literal["auto", "onnxruntime", "tensorrt"]
+
+PIPELINE_VERSION = "1"
+"""Bump when a change to the indexer changes its results; older runs become stale."""
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ValueError(f"{name} must be between {low} and {high}; got {value}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which decoded frames are analysed. Timestamps always come from container PTS."""
+
+    mode: SamplingMode = "fps"
+    fps: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_choice("sampling mode", self.mode, get_args(SamplingMode))
+        check_range("sample fps", self.fps, 0.01, 240.0)
+
+    @property
+    def interval_s(self) -> float | None:
+        """Seconds between analysed frames when sampling by rate; None for the other modes."""
+        return 1.0 / self.fps if self.mode == "fps" else None
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Thresholds and sizes that decide what counts as a face or a person."""
+
+    face_score: float = 0.6
+    person_score: float = 0.5
+    min_face_px: int = 24
+    """Smallest face (box width in frame pixels) the tiling must be able to find."""
+    min_embed_px: int = 32
+    """Faces narrower than this are kept as detections but not embedded or tracked."""
+    min_sharpness: float = 20.0
+    """Variance of the Laplacian of the aligned grey chip; below it a face is too blurred to identify."""
+    detect_persons: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("face score threshold", self.face_score, 0.05, 0.99)
+        check_range("person score threshold", self.person_score, 0.05, 0.99)
+        check_range("min face size", self.min_face_px, 8, 4096)
+        check_range("min embedded face size", self.min_embed_px, 8, 4096)
+        check_range("min sharpness", self.min_sharpness, 0.0, 1e6)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """How detections in successive samples are linked into face tracks."""
+
+    max_gap_s: float = 2.5
+    """A track ends when its face is not seen for this long (a few sampling intervals)."""
+    max_embedding_distance: float = 0.55
+    """L2 between raw dlib descriptors; dlib's same-person threshold is 0.6."""
+    min_iou: float = 0.0
+    """Positional overlap required in addition to the embedding match (0 = embedding alone decides)."""
+
+    def __post_init__(self) -> None:
+        check_range("track gap", self.max_gap_s, 0.0, 3600.0)
+        check_range("track embedding distance", self.max_embedding_distance, 0.0, 2.0)
+        check_range("track iou", self.min_iou, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the engines run. Does not change results, so it is not part of the run key."""
+
+    device: DeviceChoice = "auto"
+    engine: EngineChoice = "auto"
+    detector_batch: int = 64
+    embedder_batch: int = 64
+    decode_threads: int = 0
+    """Threads per CPU decoder (0 = let FFmpeg choose)."""
+
+    def __post_init__(self) -> None:
+        check_choice("device", self.device, get_args(DeviceChoice))
+        check_choice("engine", self.engine, get_args(EngineChoice))
+        check_range("detector batch", self.detector_batch, 1, 4096)
+        check_range("embedder batch", self.embedder_batch, 1, 4096)
+        check_range("decode threads", self.decode_threads, 0, 256)
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Everything that decides what an indexing run produces."""
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def result_params(self) -> dict[str, Any]:
+        """The parameters that change results (runtime choices excluded)."""
+        return {
+            "sampling": asdict(self.sampling),
+            "detection": asdict(self.detection),
+            "tracking": asdict(self.tracking),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> IndexSettings:
+        raw = json.loads(text)
+        return cls(
+            sampling=SamplingConfig(**raw.get("sampling", {})),
+            detection=DetectionConfig(**raw.get("detection", {})),
+            tracking=TrackingConfig(**raw.get("tracking", {})),
+            runtime=RuntimeConfig(**raw.get("runtime", {})),
+        )
+
+
+def run_key(pipeline_version: str, model_versions: dict[str, str], params: dict[str, Any]) -> str:
+    """Short stable key of what produced a result: same key, same results."""
+    blob = json.dumps(
+        {"pipeline": pipeline_version, "models": model_versions, "params": params}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

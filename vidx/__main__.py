@@ -1,0 +1,3 @@
+from vidx.cli import main
+
+main()

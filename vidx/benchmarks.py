@@ -1,0 +1,83 @@
+"""Benchmarks behind `vidx bench ...`: each returns a dict with the machine, the command and rows."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from engines.arrays import cupy_module
+from engines.runtime.base import open_session, runtime_report, session_array_module
+from engines.zoo import MODEL_NAMES, ModelStore
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": f"{cpu} ({os.cpu_count()} logical cores)", "python": sys.version.split()[0],
+                            "platform": platform.platform()}
+    import onnxruntime
+
+    info["onnxruntime"] = onnxruntime.__version__
+    info["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    cp = cupy_module()
+    if cp is not None:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        info["gpu"] = f"{name} (sm_{props['major']}{props['minor']}, {props['totalGlobalMem'] / 2**30:.0f} GiB)"
+        info["cuda_driver"] = cp.cuda.runtime.driverGetVersion()
+        info["cupy"] = cp.__version__
+    report = runtime_report()
+    info["tensorrt"] = report.tensorrt_version
+    return info
+
+
+def time_calls(fn: Any, sync: Any, seconds: float, min_calls: int = 5) -> list[float]:
+    """Wall time of each call, synchronised with the device, after three warm-up calls."""
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < min_calls:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_engines(store: ModelStore, *, device: str, engine: str, batches: list[int], seconds: float) -> dict[str, Any]:
+    """Raw model throughput (inputs already on the device, random uint8 data)."""
+    rows = []
+    report = runtime_report()
+    rng = np.random.default_rng(0)
+    for name in MODEL_NAMES:
+        model = store.load(name)
+        session = open_session(model, device=device, engine=engine, max_batch=max(batches),  # type: ignore[arg-type]
+                               report=report)
+        xp = session_array_module(session)
+        stream = getattr(session, "stream", None)
+
+        def sync(stream: Any = stream) -> None:
+            if stream is not None:
+                stream.synchronize()
+
+        size = model.spec.input_size
+        for batch in batches:
+            x = xp.asarray(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+            times = time_calls(lambda s=session, x=x, n=model.spec.input_name: s.run({n: x}), sync, seconds)
+            med = statistics.median(times)
+            rows.append({"model": name, "runtime": session.description, "batch": batch,
+                         "items_per_s": batch / med, "ms_per_batch": med * 1000, "calls": len(times)})
+    return {"benchmark": "engines", "machine": machine_info(),
+            "command": "vidx bench engines " + " ".join(sys.argv[3:]), "rows": rows}
