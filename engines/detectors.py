@@ -244,8 +244,9 @@ FACE_ANCHORS = AnchorSpec(size=192, strides=(4,), per_cell=(1,))
 PERSON_ANCHORS = AnchorSpec(size=224, strides=(8, 16, 32), per_cell=(2, 2, 6))
 FACE_KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
 """Subject's right and left: the right eye appears on the image's left."""
-MODEL_MIN_FACE_PX = 16.0
-"""Smallest face width (in 192x192 model pixels) BlazeFace full-range finds reliably (measured, see docs/models.md)."""
+MODEL_MIN_FACE_PX = 14.0
+"""Smallest face width (192x192 model pixels) BlazeFace full-range finds everywhere but in the bottom-right
+corner (measured: 14-96 px found at 100% away from the edges; see docs/models.md)."""
 LEVEL_BAND = 3.0
 """A pyramid level answers for faces up to LEVEL_BAND x MODEL_MIN_FACE_PX times its scale step."""
 
@@ -253,7 +254,7 @@ LEVEL_BAND = 3.0
 class FaceDetector(BlazeDetector):
     """BlazeFace full-range over an image pyramid, so that small faces in large frames are found."""
 
-    def __init__(self, session: Session, *, score_threshold: float = 0.6, min_face_px: int = 24,
+    def __init__(self, session: Session, *, score_threshold: float = 0.75, min_face_px: int = 24,
                  batch_size: int = 64, overlap: int = 48):
         super().__init__(session, FACE_ANCHORS, len(FACE_KEYPOINTS), score_threshold, batch_size=batch_size,
                          min_box=MODEL_MIN_FACE_PX * 0.8)

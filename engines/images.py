@@ -37,7 +37,10 @@ def load_rgb(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
                 return np.asarray(img.convert("RGB"))
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"the image's pixel count is over the limit of {max_pixels:,} ({exc})", path=path,
+                         hint="scale it down first") from exc
+    except UnidentifiedImageError as exc:
         raise ImageError(f"not a readable image ({exc.__class__.__name__})", path=path) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"the image is corrupt or truncated: {exc}", path=path) from exc

@@ -50,14 +50,17 @@ class SamplingConfig:
 class DetectionConfig:
     """Thresholds and sizes that decide what counts as a face or a person."""
 
-    face_score: float = 0.6
+    face_score: float = 0.75
+    """Real faces score 0.88-0.97 on our photos and clips; clutter in fine tiles (ties, buttons) 0.51-0.71."""
     person_score: float = 0.5
     min_face_px: int = 24
     """Smallest face (box width in frame pixels) the tiling must be able to find."""
-    min_embed_px: int = 32
-    """Faces narrower than this are kept as detections but not embedded or tracked."""
-    min_sharpness: float = 20.0
-    """Variance of the Laplacian of the aligned grey chip; below it a face is too blurred to identify."""
+    min_embed_px: int = 28
+    """Faces narrower than this are kept as detections but not embedded or tracked (a 24 px face already
+    drifts 0.49 in L2 from the same face at 300 px; see docs/models.md)."""
+    min_sharpness: float = 3.0
+    """Variance of the Laplacian of the aligned grey chip. A blur that moves the descriptor ~0.6 (the
+    identity threshold) gives 1-3; a mild blur (drift ~0.33) 6-9; sharp faces 13-480 (docs/models.md)."""
     detect_persons: bool = True
 
     def __post_init__(self) -> None:

@@ -153,6 +153,134 @@ def bench_engines(ctx: Context, device: str, engine: str, batches: str, seconds:
     emit(result, as_json, render)
 
 
+# ---------------------------------------------------------------------------------------------- index
+
+
+def sampling_options(fn: Any) -> Any:
+    fn = click.option("--sample-fps", type=click.FloatRange(0.01, 240), default=2.0, show_default=True,
+                      help="Frames analysed per second of video.")(fn)
+    fn = click.option("--every-frame", is_flag=True, help="Analyse every decoded frame.")(fn)
+    fn = click.option("--keyframes", is_flag=True, help="Decode and analyse key frames only (fast first pass).")(fn)
+    fn = click.option("--min-face", type=click.IntRange(8, 4096), default=24, show_default=True,
+                      help="Smallest face (pixels wide) to find; smaller values cost more tiles.")(fn)
+    fn = click.option("--no-persons", is_flag=True, help="Skip person detection.")(fn)
+    return fn
+
+
+def build_settings(device: str, engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
+                   no_persons: bool) -> Any:
+    from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
+
+    if every_frame and keyframes:
+        raise click.UsageError("--every-frame and --keyframes exclude each other")
+    mode = "every-frame" if every_frame else "keyframes" if keyframes else "fps"
+    return IndexSettings(
+        sampling=SamplingConfig(mode=mode, fps=sample_fps),  # type: ignore[arg-type]
+        detection=DetectionConfig(min_face_px=min_face, detect_persons=not no_persons),
+        runtime=RuntimeConfig(device=device, engine=engine),  # type: ignore[arg-type]
+    )
+
+
+out_option = click.option("--out", "out_dir", default="./vidx-data", show_default=True, envvar="VIDX_OUT",
+                          help="Output folder (or object-store URI) for Parquet parts and thumbnails.")
+db_option = click.option("--db", "db_url", default=None, envvar="VIDX_DB",
+                         help="SQLAlchemy URL of the index [default: sqlite:///OUT/index.sqlite].")
+
+
+def db_url_for(out_dir: str, db_url: str | None) -> str:
+    from jobs.catalog import default_db_url
+
+    if db_url:
+        return db_url
+    if "://" in out_dir:
+        raise click.UsageError("--db is required when --out is an object-store URI")
+    return default_db_url(out_dir)
+
+
+@cli.command("index")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@out_option
+@db_option
+@device_option
+@engine_option
+@sampling_options
+@json_option
+@pass_ctx
+def index_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, device: str, engine: str,
+              sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
+              as_json: bool) -> None:
+    """Index ARCHIVE (a folder, searched recursively, or a text file listing videos) in the foreground."""
+    from jobs.catalog import Catalog
+    from jobs.runner import LocalExecutor, run_job
+    from vidx.progress import JobProgress
+
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
+    catalog = Catalog(db_url_for(out_dir, db_url))
+    with JobProgress(quiet=as_json) as progress:
+        result = run_job(archive, catalog=catalog, out_uri=out_dir, settings=settings, executor=LocalExecutor(),
+                         cache_dir=ctx.cache_dir, events=progress.events())
+    summary = {**result.summary, "workers": result.workers, "out": out_dir, "db": catalog.url}
+    emit(summary, as_json, lambda s: JobProgress.render_summary(s))
+    if summary["failed"] or summary["unreadable"]:
+        sys.exit(3)
+
+
+# ---------------------------------------------------------------------------------------------- search
+
+
+@cli.command("search")
+@click.option("--photo", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="A photo of the person to find.")
+@click.option("--face", type=click.IntRange(1), default=None, help="Which face of the photo (1 = largest).")
+@click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="At most this many appearances.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Minimum calibrated score (0.5 = dlib's same-person boundary, L2 0.6).")
+@click.option("--video", "video_glob", default=None, help="Only videos whose path matches this glob.")
+@out_option
+@db_option
+@device_option
+@json_option
+@pass_ctx
+def search_cmd(ctx: Context, photo: Path, face: int | None, top: int, threshold: float, video_glob: str | None,
+               out_dir: str, db_url: str | None, device: str, as_json: bool) -> None:
+    """Find where and when the person in PHOTO appears in the indexed videos."""
+    from engines.loader import load_engines
+    from jobs.catalog import Catalog
+    from schemas.config import DetectionConfig, RuntimeConfig
+    from vidx.search import query_embedding, search_tracks
+
+    catalog = Catalog(db_url_for(out_dir, db_url))
+    engines = load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device=device),  # type: ignore[arg-type]
+                           store=ctx.store(), warm_up=False)
+    query, about = query_embedding(engines, photo, face)
+    hits = search_tracks(catalog, query, top=top, threshold=threshold, video_glob=video_glob)
+    root = Path(out_dir).expanduser().resolve() if "://" not in out_dir else None
+    rows = []
+    for h in hits:
+        d = h.to_json()
+        if h.thumbnail and root is not None:
+            d["thumbnail"] = str(root / h.thumbnail)
+        rows.append(d)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            out.print(f"no appearance scores {threshold} or more ({about['faces_in_photo']} face(s) in the photo)")
+            return
+        table = Table("score", "video", "from", "to", "track", "thumbnail")
+        for r in rows:
+            table.add_row(f"{r['score']:.2f}", r["video"], fmt_time(r["start_s"]), fmt_time(r["end_s"]),
+                          str(r["track_id"]), r["thumbnail"] or "-")
+        out.print(table)
+
+    emit(rows, as_json, render)
+
+
+def fmt_time(seconds: float) -> str:
+    m, s = divmod(seconds, 60)
+    h, m = divmod(int(m), 60)
+    return f"{h}:{m:02d}:{s:05.2f}" if h else f"{m}:{s:05.2f}"
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -158,7 +158,9 @@ class _Converter:
         if self._tensor(index).Type() != tflite.TensorType.FLOAT32:
             raise ValueError(f"input tensor {self._tensor_name(index)!r} is not float32")
         if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
-            raise ValueError(f"input tensor {self._tensor_name(index)!r} has shape {shape}, expected [1,H,W,3]")
+            raise ValueError(
+                f"input tensor {self._tensor_name(index)!r} has shape {shape}, expected [1,H,W,3]"
+            )
         return shape
 
     def _emit_input_normalisation(self) -> None:
@@ -169,10 +171,18 @@ class _Converter:
         self._node("Sub", ["input/scaled", self._scalar("input/one", 1.0)], ["input/normalised"], "input/sub")
         self.values[index] = _Value(rank=4, names={"nhwc": "input/normalised"})
 
-    def _node(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str,
-              doc: str | None = None, **attrs: Any) -> None:
-        self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=name, doc_string=doc,
-                                           **attrs))
+    def _node(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        name: str,
+        doc: str | None = None,
+        **attrs: Any,
+    ) -> None:
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), list(outputs), name=name, doc_string=doc, **attrs)
+        )
 
     def _initializer(self, name: str, array: Array) -> str:
         if name not in self.initializers:
@@ -182,7 +192,7 @@ class _Converter:
     def _scalar(self, name: str, value: float) -> str:
         return self._initializer(name, np.array(value, dtype=np.float32))
 
-    def _ints(self, name: str, values: Sequence[int]) -> str:
+    def _ints(self, name: str, values: Sequence[int] | npt.NDArray[np.integer[Any]]) -> str:
         return self._initializer(name, np.array(values, dtype=np.int64))
 
     def _buffer(self, index: int) -> Array | None:
@@ -193,7 +203,7 @@ class _Converter:
             return None
         raw: Any
         if buffer.Offset() > 1:
-            raw = self.data[buffer.Offset(): buffer.Offset() + buffer.Size()]
+            raw = self.data[buffer.Offset() : buffer.Offset() + buffer.Size()]
         elif buffer.DataLength() > 0:
             raw = buffer.DataAsNumpy().tobytes()
         else:
@@ -221,14 +231,18 @@ class _Converter:
     def _require_constant(self, index: int, ctx: _OpContext, role: str) -> Array:
         value = self._constant(index)
         if value is None:
-            raise ValueError(f"{ctx.kind} op {ctx.index}: {role} {self._tensor_name(index)!r} must be constant")
+            raise ValueError(
+                f"{ctx.kind} op {ctx.index}: {role} {self._tensor_name(index)!r} must be constant"
+            )
         return value
 
     def _float_weight(self, index: int, ctx: _OpContext, role: str) -> npt.NDArray[np.float32]:
         value = self._require_constant(index, ctx, role)
         if value.dtype.kind != "f":
-            raise ValueError(f"{ctx.kind} op {ctx.index}: {role} {self._tensor_name(index)!r} is "
-                             f"{value.dtype} (quantized kernels are not supported)")
+            raise ValueError(
+                f"{ctx.kind} op {ctx.index}: {role} {self._tensor_name(index)!r} is "
+                f"{value.dtype} (quantized kernels are not supported)"
+            )
         return value.astype(np.float32)
 
     def convert_operators(self) -> None:
@@ -243,8 +257,10 @@ class _Converter:
             )
             handler = self.handlers.get(ctx.kind)
             if handler is None:
-                raise ValueError(f"unsupported TFLite op {ctx.kind} (operator {op_index}, output "
-                                 f"{self._tensor_name(ctx.outputs[0]) if ctx.outputs else '?'!r})")
+                raise ValueError(
+                    f"unsupported TFLite op {ctx.kind} (operator {op_index}, output "
+                    f"{self._tensor_name(ctx.outputs[0]) if ctx.outputs else '?'!r})"
+                )
             handler(ctx)
 
     def _op_kind(self, op: Any) -> str:
@@ -289,15 +305,17 @@ class _Converter:
             array = array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(_NHWC_TO_NCHW)
         return self._initializer(f"const{index}/{layout}", array)
 
-    def _set_output(self, ctx: _OpContext, name: str, layout: str, position: int = 0) -> None:
-        index = ctx.outputs[position]
+    def _set_output(self, ctx: _OpContext, name: str, layout: str) -> None:
+        index = ctx.outputs[0]
         self.values[index] = _Value(rank=len(self._shape(index)), names={layout: name})
 
     def _check_float_activation(self, ctx: _OpContext) -> None:
         for index in ctx.outputs:
             if self._tensor(index).Type() != tflite.TensorType.FLOAT32:
-                raise ValueError(f"{ctx.kind} op {ctx.index}: output {self._tensor_name(index)!r} is not float32 "
-                                 "(quantized activations are not supported)")
+                raise ValueError(
+                    f"{ctx.kind} op {ctx.index}: output {self._tensor_name(index)!r} is not float32 "
+                    "(quantized activations are not supported)"
+                )
 
     def _activation(self, ctx: _OpContext, fused: int, source: str) -> str:
         """TFLite fuses activations into op options; ONNX needs them as separate nodes."""
@@ -308,9 +326,13 @@ class _Converter:
         if fused == act.RELU:
             self._node("Relu", [source], [name], name)
         elif fused == act.RELU6:
-            self._node("Clip", [source, self._scalar("clip/0", 0.0), self._scalar("clip/6", 6.0)], [name], name)
+            self._node(
+                "Clip", [source, self._scalar("clip/0", 0.0), self._scalar("clip/6", 6.0)], [name], name
+            )
         elif fused == act.RELU_N1_TO_1:
-            self._node("Clip", [source, self._scalar("clip/-1", -1.0), self._scalar("clip/1", 1.0)], [name], name)
+            self._node(
+                "Clip", [source, self._scalar("clip/-1", -1.0), self._scalar("clip/1", 1.0)], [name], name
+            )
         elif fused == act.TANH:
             self._node("Tanh", [source], [name], name)
         else:
@@ -326,9 +348,11 @@ class _Converter:
         tensor = self._tensor(index)
         values = self._buffer(index)
         if tensor.Sparsity() is None or values is None:
-            raise ValueError(f"DENSIFY op {ctx.index}: input {self._tensor_name(index)!r} is not a sparse constant")
+            raise ValueError(
+                f"DENSIFY op {ctx.index}: input {self._tensor_name(index)!r} is not a sparse constant"
+            )
         try:
-            dense = densify_csr(values, self._shape(ctx.outputs[0]), _sparsity_levels(tensor.Sparsity()))
+            dense = _densify_sparse(values, self._shape(ctx.outputs[0]), _sparsity_levels(tensor.Sparsity()))
         except ValueError as exc:
             raise ValueError(f"DENSIFY op {ctx.index} ({self._tensor_name(index)!r}): {exc}") from exc
         self.constants[ctx.outputs[0]] = dense
@@ -341,12 +365,20 @@ class _Converter:
             return
         quant = self._tensor(index).Quantization()
         if value.dtype.kind not in "iu" or quant is None or quant.ScaleLength() == 0:
-            raise ValueError(f"DEQUANTIZE op {ctx.index}: cannot dequantize {self._tensor_name(index)!r} "
-                             f"({value.dtype}, no quantization parameters)")
+            raise ValueError(
+                f"DEQUANTIZE op {ctx.index}: cannot dequantize {self._tensor_name(index)!r} "
+                f"({value.dtype}, no quantization parameters)"
+            )
         self.constants[ctx.outputs[0]] = _affine_dequantize(value, quant)
 
-    def _conv_pads(self, ctx: _OpContext, padding: int, stride: tuple[int, int], dilation: tuple[int, int],
-                   kernel: tuple[int, int]) -> list[int]:
+    def _conv_pads(
+        self,
+        ctx: _OpContext,
+        padding: int,
+        stride: tuple[int, int],
+        dilation: tuple[int, int],
+        kernel: tuple[int, int],
+    ) -> list[int]:
         """TFLite SAME puts the odd extra pixel at the end; ONNX auto_pad would too, but explicit pads
         keep the graph independent of how a runtime interprets SAME_UPPER."""
         if padding == tflite.Padding.VALID:
@@ -373,9 +405,18 @@ class _Converter:
             bias = self._float_weight(ctx.inputs[2], ctx, "bias").reshape(-1)
             inputs.append(self._initializer(f"{ctx.node_name}/bias", bias))
         output = self._main_output(ctx, fused)
-        self._node("Conv", inputs, [output], output, doc=self._tensor_name(ctx.outputs[0]),
-                   kernel_shape=list(kernel), strides=list(stride), dilations=list(dilation), pads=pads,
-                   group=group)
+        self._node(
+            "Conv",
+            inputs,
+            [output],
+            output,
+            doc=self._tensor_name(ctx.outputs[0]),
+            kernel_shape=list(kernel),
+            strides=list(stride),
+            dilations=list(dilation),
+            pads=pads,
+            group=group,
+        )
         self._set_output(ctx, self._activation(ctx, fused, output), "nchw")
 
     def _conv2d(self, ctx: _OpContext) -> None:
@@ -385,8 +426,9 @@ class _Converter:
         kernel = self._float_weight(ctx.inputs[1], ctx, "kernel")
         channels = self._shape(ctx.inputs[0])[3]
         if kernel.ndim != 4 or channels % kernel.shape[3] != 0:
-            raise ValueError(f"CONV_2D op {ctx.index}: kernel shape {kernel.shape} does not fit "
-                             f"{channels} input channels")
+            raise ValueError(
+                f"CONV_2D op {ctx.index}: kernel shape {kernel.shape} does not fit {channels} input channels"
+            )
         self._emit_conv(ctx, kernel.transpose(0, 3, 1, 2), channels // kernel.shape[3], options)
 
     def _depthwise_conv2d(self, ctx: _OpContext) -> None:
@@ -396,8 +438,10 @@ class _Converter:
         kernel = self._float_weight(ctx.inputs[1], ctx, "kernel")
         channels = self._shape(ctx.inputs[0])[3]
         if kernel.ndim != 4 or kernel.shape[0] != 1 or kernel.shape[3] % channels != 0:
-            raise ValueError(f"DEPTHWISE_CONV_2D op {ctx.index}: kernel shape {kernel.shape} does not fit "
-                             f"{channels} input channels")
+            raise ValueError(
+                f"DEPTHWISE_CONV_2D op {ctx.index}: kernel shape {kernel.shape} does not fit "
+                f"{channels} input channels"
+            )
         self._emit_conv(ctx, kernel.transpose(3, 0, 1, 2), channels, options)
 
     def _pad(self, ctx: _OpContext) -> None:
@@ -409,14 +453,23 @@ class _Converter:
         layout = "nchw" if rank == 4 else "nhwc"
         if layout == "nchw":
             paddings = paddings[list(_NHWC_TO_NCHW)]
-        inputs = [self._runtime(ctx.inputs[0], layout), self._ints(f"{ctx.node_name}/pads", paddings.T.reshape(-1))]
+        inputs = [
+            self._runtime(ctx.inputs[0], layout),
+            self._ints(f"{ctx.node_name}/pads", paddings.T.reshape(-1)),
+        ]
         if len(ctx.inputs) > 2 and ctx.inputs[2] >= 0:
             fill = self._float_weight(ctx.inputs[2], ctx, "constant value").reshape(-1)
             if fill.size != 1:
                 raise ValueError(f"{ctx.kind} op {ctx.index}: constant value must be a scalar")
             inputs.append(self._scalar(f"{ctx.node_name}/value", float(fill[0])))
-        self._node("Pad", inputs, [ctx.node_name], ctx.node_name, doc=self._tensor_name(ctx.outputs[0]),
-                   mode="constant")
+        self._node(
+            "Pad",
+            inputs,
+            [ctx.node_name],
+            ctx.node_name,
+            doc=self._tensor_name(ctx.outputs[0]),
+            mode="constant",
+        )
         self._set_output(ctx, ctx.node_name, layout)
 
     def _add(self, ctx: _OpContext) -> None:
@@ -427,8 +480,13 @@ class _Converter:
         layout = "nchw" if runtime_ranks and all(r == 4 for r in runtime_ranks) else "nhwc"
         fused = int(options.FusedActivationFunction())
         output = self._main_output(ctx, fused)
-        self._node("Add", [self._runtime(i, layout) for i in ctx.inputs], [output], output,
-                   doc=self._tensor_name(ctx.outputs[0]))
+        self._node(
+            "Add",
+            [self._runtime(i, layout) for i in ctx.inputs],
+            [output],
+            output,
+            doc=self._tensor_name(ctx.outputs[0]),
+        )
         self._set_output(ctx, self._activation(ctx, fused, output), layout)
 
     def _resize_bilinear(self, ctx: _OpContext) -> None:
@@ -437,7 +495,9 @@ class _Converter:
         options = self._options(ctx, tflite.ResizeBilinearOptions)
         size = self._require_constant(ctx.inputs[1], ctx, "size").astype(np.int64).reshape(-1)
         if size.shape != (2,):
-            raise ValueError(f"RESIZE_BILINEAR op {ctx.index}: size must have 2 elements, got {size.tolist()}")
+            raise ValueError(
+                f"RESIZE_BILINEAR op {ctx.index}: size must have 2 elements, got {size.tolist()}"
+            )
         if options.AlignCorners():
             mode = "align_corners"
         elif options.HalfPixelCenters():
@@ -447,18 +507,37 @@ class _Converter:
         source = self._runtime(ctx.inputs[0], "nchw")
         name = ctx.node_name
         self._node("Shape", [source], [f"{name}/nc"], f"{name}/shape", start=0, end=2)
-        self._node("Concat", [f"{name}/nc", self._ints(f"{name}/hw", size)], [f"{name}/sizes"],
-                   f"{name}/sizes", axis=0)
-        self._node("Resize", [source, "", "", f"{name}/sizes"], [name], name, doc=self._tensor_name(ctx.outputs[0]),
-                   mode="linear", coordinate_transformation_mode=mode)
+        self._node(
+            "Concat",
+            [f"{name}/nc", self._ints(f"{name}/hw", size)],
+            [f"{name}/sizes"],
+            f"{name}/sizes",
+            axis=0,
+        )
+        self._node(
+            "Resize",
+            [source, "", "", f"{name}/sizes"],
+            [name],
+            name,
+            doc=self._tensor_name(ctx.outputs[0]),
+            mode="linear",
+            coordinate_transformation_mode=mode,
+        )
         self._set_output(ctx, name, "nchw")
 
     def _depth_to_space(self, ctx: _OpContext) -> None:
         """TFLite's channel order (block row, block column, channel) is ONNX DepthToSpace mode DCR."""
         self._check_float_activation(ctx)
         options = self._options(ctx, tflite.DepthToSpaceOptions)
-        self._node("DepthToSpace", [self._runtime(ctx.inputs[0], "nchw")], [ctx.node_name], ctx.node_name,
-                   doc=self._tensor_name(ctx.outputs[0]), blocksize=int(options.BlockSize()), mode="DCR")
+        self._node(
+            "DepthToSpace",
+            [self._runtime(ctx.inputs[0], "nchw")],
+            [ctx.node_name],
+            ctx.node_name,
+            doc=self._tensor_name(ctx.outputs[0]),
+            blocksize=int(options.BlockSize()),
+            mode="DCR",
+        )
         self._set_output(ctx, ctx.node_name, "nchw")
 
     def _reshape(self, ctx: _OpContext) -> None:
@@ -467,11 +546,18 @@ class _Converter:
         source_shape = self._shape(ctx.inputs[0])
         target = list(self._shape(ctx.outputs[0]))
         if not target or not source_shape or target[0] != source_shape[0]:
-            raise ValueError(f"RESHAPE op {ctx.index}: {source_shape} -> {target} does not keep the batch "
-                             "dimension, so it cannot be made batch-dynamic")
+            raise ValueError(
+                f"RESHAPE op {ctx.index}: {source_shape} -> {target} does not keep the batch "
+                "dimension, so it cannot be made batch-dynamic"
+            )
         target[0] = 0
-        self._node("Reshape", [self._runtime(ctx.inputs[0], "nhwc"), self._ints(f"{ctx.node_name}/shape", target)],
-                   [ctx.node_name], ctx.node_name, doc=self._tensor_name(ctx.outputs[0]))
+        self._node(
+            "Reshape",
+            [self._runtime(ctx.inputs[0], "nhwc"), self._ints(f"{ctx.node_name}/shape", target)],
+            [ctx.node_name],
+            ctx.node_name,
+            doc=self._tensor_name(ctx.outputs[0]),
+        )
         self._set_output(ctx, ctx.node_name, "nhwc")
 
     def _concatenation(self, ctx: _OpContext) -> None:
@@ -480,13 +566,21 @@ class _Converter:
         rank = len(self._shape(ctx.outputs[0]))
         axis = int(options.Axis()) % rank
         if axis == 0:
-            raise ValueError(f"CONCATENATION op {ctx.index}: concatenating along the batch axis is not supported")
+            raise ValueError(
+                f"CONCATENATION op {ctx.index}: concatenating along the batch axis is not supported"
+            )
         layout = "nchw" if rank == 4 else "nhwc"
         onnx_axis = _NHWC_TO_NCHW.index(axis) if layout == "nchw" else axis
         fused = int(options.FusedActivationFunction())
         output = self._main_output(ctx, fused)
-        self._node("Concat", [self._runtime(i, layout) for i in ctx.inputs], [output], output,
-                   doc=self._tensor_name(ctx.outputs[0]), axis=onnx_axis)
+        self._node(
+            "Concat",
+            [self._runtime(i, layout) for i in ctx.inputs],
+            [output],
+            output,
+            doc=self._tensor_name(ctx.outputs[0]),
+            axis=onnx_axis,
+        )
         self._set_output(ctx, self._activation(ctx, fused, output), layout)
 
     def _detector_outputs(self) -> tuple[int, int]:
@@ -514,15 +608,27 @@ class _Converter:
         self._rename(self._runtime(boxes_index, "nhwc"), BOXES_NAME)
         logits = self._runtime(scores_index, "nhwc")
         self._node("Squeeze", [logits, self._ints("scores/axes", [2])], ["scores/logits"], "scores/squeeze")
-        self._node("Clip", ["scores/logits", self._scalar("scores/min", -LOGIT_CLIP), self._scalar("scores/max", LOGIT_CLIP)],
-                   ["scores/clipped"], "scores/clip")
+        self._node(
+            "Clip",
+            [
+                "scores/logits",
+                self._scalar("scores/min", -LOGIT_CLIP),
+                self._scalar("scores/max", LOGIT_CLIP),
+            ],
+            ["scores/clipped"],
+            "scores/clip",
+        )
         self._node("Sigmoid", ["scores/clipped"], [SCORES_NAME], "scores/sigmoid")
         _, height, width, channels = self.input_shape
         anchors, coords = self._shape(boxes_index)[1:]
         return helper.make_graph(
             self.nodes,
             graph_name,
-            inputs=[helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, [BATCH_DIM, height, width, channels])],
+            inputs=[
+                helper.make_tensor_value_info(
+                    INPUT_NAME, TensorProto.UINT8, [BATCH_DIM, height, width, channels]
+                )
+            ],
             outputs=[
                 helper.make_tensor_value_info(BOXES_NAME, TensorProto.FLOAT, [BATCH_DIM, anchors, coords]),
                 helper.make_tensor_value_info(SCORES_NAME, TensorProto.FLOAT, [BATCH_DIM, anchors]),
@@ -532,7 +638,7 @@ class _Converter:
 
 
 @dataclasses.dataclass(frozen=True)
-class SparseLevel:
+class _SparseLevel:
     """One traversal level of a TFLite sparse tensor: a dense size, or CSR segments and indices."""
 
     dim: int
@@ -541,7 +647,7 @@ class SparseLevel:
     indices: npt.NDArray[np.int64] | None = None
 
 
-def _sparsity_levels(sparsity: Any) -> list[SparseLevel]:
+def _sparsity_levels(sparsity: Any) -> list[_SparseLevel]:
     """Block-sparse layouts (block_map) only occur in quantized models; reject rather than mis-densify."""
     if sparsity.BlockMapLength() > 0:
         raise ValueError("block-sparse weights (block_map) are not supported")
@@ -552,11 +658,11 @@ def _sparsity_levels(sparsity: Any) -> list[SparseLevel]:
     for level, dim in enumerate(order):
         meta = sparsity.DimMetadata(level)
         if meta.Format() == tflite.DimensionType.DENSE:
-            levels.append(SparseLevel(dim=dim, dense_size=int(meta.DenseSize())))
+            levels.append(_SparseLevel(dim=dim, dense_size=int(meta.DenseSize())))
         elif meta.Format() == tflite.DimensionType.SPARSE_CSR:
             segments = _index_vector(meta.ArraySegmentsType(), meta.ArraySegments())
             indices = _index_vector(meta.ArrayIndicesType(), meta.ArrayIndices())
-            levels.append(SparseLevel(dim=dim, dense_size=None, segments=segments, indices=indices))
+            levels.append(_SparseLevel(dim=dim, dense_size=None, segments=segments, indices=indices))
         else:
             raise ValueError(f"unknown dimension format {meta.Format()} at traversal level {level}")
     return levels
@@ -573,7 +679,7 @@ def _index_vector(kind: int, table: Any) -> npt.NDArray[np.int64]:
     return np.asarray(vector.ValuesAsNumpy(), dtype=np.int64)
 
 
-def densify_csr(values: Array, shape: Sequence[int], levels: Sequence[SparseLevel]) -> Array:
+def _densify_sparse(values: Array, shape: Sequence[int], levels: Sequence[_SparseLevel]) -> Array:
     """Expand TFLite sparse storage to a dense array, like TFLite's FormatConverter::SparseToDense.
 
     Walks the traversal levels breadth-first: a DENSE level multiplies every position by its size, a
@@ -581,8 +687,9 @@ def densify_csr(values: Array, shape: Sequence[int], levels: Sequence[SparseLeve
     positions index `values`; the accumulated per-level coordinates say where each value goes.
     """
     if sorted(level.dim for level in levels) != list(range(len(shape))):
-        raise ValueError(f"traversal order {[level.dim for level in levels]} is not a permutation of the "
-                         f"{len(shape)} dims")
+        raise ValueError(
+            f"traversal order {[level.dim for level in levels]} is not a permutation of the {len(shape)} dims"
+        )
     positions = np.zeros(1, dtype=np.int64)
     coords: dict[int, npt.NDArray[np.int64]] = {}
     for level in levels:
@@ -595,7 +702,7 @@ def densify_csr(values: Array, shape: Sequence[int], levels: Sequence[SparseLeve
             positions = (positions[:, None] * size + np.arange(size, dtype=np.int64)).reshape(-1)
             continue
         segments, indices = level.segments, level.indices
-        if segments is None or indices is None or positions.size and positions.max() + 1 >= segments.size:
+        if segments is None or indices is None or (positions.size and positions.max() + 1 >= segments.size):
             raise ValueError(f"CSR segments too short for dim {level.dim}")
         starts, ends = segments[positions], segments[positions + 1]
         counts = ends - starts
@@ -605,7 +712,7 @@ def densify_csr(values: Array, shape: Sequence[int], levels: Sequence[SparseLeve
         positions = np.repeat(starts, counts) + offsets
         coords = {d: np.repeat(c, counts) for d, c in coords.items()}
         coords[level.dim] = indices[positions]
-        if coords[level.dim].size and (coords[level.dim].min() < 0 or coords[level.dim].max() >= shape[level.dim]):
+        if np.any((coords[level.dim] < 0) | (coords[level.dim] >= shape[level.dim])):
             raise ValueError(f"CSR index out of range for dim {level.dim} of size {shape[level.dim]}")
     if positions.size != values.size:
         raise ValueError(f"{values.size} stored values but the sparsity metadata addresses {positions.size}")

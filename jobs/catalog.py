@@ -1,0 +1,247 @@
+"""The SQL index: one writer (the job driver), one transaction per finished video.
+
+SQLite in the output folder is the default (WAL mode, so searches read while a job writes); any
+SQLAlchemy URL (PostgreSQL) works through --db. Statements are built by SQLAlchemy with bound
+parameters only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.archive import VideoFile, fingerprint
+from schemas.errors import VidxError
+from schemas.sql import SQL_SCHEMA_VERSION, Base, Job, Meta, Run, Task, Track, Video, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class IndexError_(VidxError):
+    """The SQL index cannot be opened or written."""
+
+
+def default_db_url(out_dir: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(out_dir).expanduser().resolve() / 'index.sqlite'}"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@dataclass
+class TrackRow:
+    """A track as the worker hands it to the driver (plain values, cheap to send through Ray)."""
+
+    track_index: int
+    start_s: float
+    end_s: float
+    n_faces: int
+    embedding: bytes
+    quality: float
+    best_pts_s: float
+    thumbnail: str | None
+
+
+@dataclass
+class VideoOutcome:
+    """What processing one video produced, success or failure."""
+
+    video_id: int
+    status: str
+    """done | failed | skipped"""
+    error: str | None = None
+    codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    duration_s: float | None = None
+    frames_decoded: int = 0
+    frames_analysed: int = 0
+    elapsed_s: float = 0.0
+    tracks: list[TrackRow] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    worker: str | None = None
+
+
+@dataclass
+class Superseded:
+    """Results of older runs that a newly committed video replaced (their files can go)."""
+
+    video_id: int
+    run_keys: list[str] = field(default_factory=list)
+    thumbnails: list[str] = field(default_factory=list)
+
+
+class Catalog:
+    def __init__(self, url: str):
+        self.url = url
+        try:
+            self.engine = make_engine(url)
+            Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            raise IndexError_(f"cannot open the SQL index: {exc.orig}", path=url) from exc
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self.session() as s:
+            if s.get(Meta, "schema_version") is None:
+                s.add(Meta(key="schema_version", value=str(SQL_SCHEMA_VERSION)))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions.begin() as s:
+            yield s
+
+    def ensure_run(self, key: str, pipeline_version: str, models: dict[str, str], params: dict[str, Any]) -> Run:
+        with self.session() as s:
+            run = s.scalar(select(Run).where(Run.key == key))
+            if run is None:
+                run = Run(key=key, pipeline_version=pipeline_version, models=models, params=params)
+                s.add(run)
+                s.flush()
+            return run
+
+    def register(self, files: list[VideoFile]) -> list[Video]:
+        """Upsert video rows; the fingerprint is recomputed only when size or mtime changed."""
+        out = []
+        with self.session() as s:
+            existing = {v.path: v for v in s.scalars(select(Video).where(Video.path.in_([str(f.path) for f in files])))}
+            for f in files:
+                v = existing.get(str(f.path))
+                if v is None:
+                    v = Video(path=str(f.path), size=f.size, mtime=f.mtime, fingerprint=fingerprint(f.path, f.size))
+                    s.add(v)
+                elif v.size != f.size or abs(v.mtime - f.mtime) > 1e-6:
+                    v.size, v.mtime = f.size, f.mtime
+                    v.fingerprint = fingerprint(f.path, f.size)
+                out.append(v)
+            s.flush()
+        return out
+
+    def is_current(self, video: Video, run: Run) -> bool:
+        return video.status == "indexed" and video.run_id == run.id
+
+    def record(self, outcome: VideoOutcome, run: Run, task_id: int | None = None) -> Superseded:
+        """Commit one video's outcome in one transaction; says which older results it replaced.
+
+        Search reads tracks from this database, so it sees either the old tracks or the new ones,
+        never both or neither. The replaced run's files are deleted after the commit by the caller.
+        """
+        superseded = Superseded(outcome.video_id)
+        with self.session() as s:
+            video = s.get(Video, outcome.video_id)
+            if video is None:
+                raise IndexError_(f"video {outcome.video_id} vanished from the index")
+            now = utcnow()
+            if outcome.status == "done":
+                old = s.scalars(select(Track).where(Track.video_id == video.id, Track.run_id != run.id)).all()
+                superseded.thumbnails = [t.thumbnail for t in old if t.thumbnail]
+                old_runs = {t.run_id for t in old}
+                s.execute(delete(Track).where(Track.video_id == video.id))
+                s.add_all(Track(video_id=video.id, run_id=run.id, track_index=t.track_index, start_s=t.start_s,
+                                end_s=t.end_s, n_faces=t.n_faces, embedding=t.embedding, quality=t.quality,
+                                best_pts_s=t.best_pts_s, thumbnail=t.thumbnail) for t in outcome.tracks)
+                if video.run_id is not None and video.run_id != run.id:
+                    old_runs.add(video.run_id)
+                superseded.run_keys = list(s.scalars(select(Run.key).where(Run.id.in_(old_runs))))
+                video.status, video.error, video.run_id, video.indexed_at = "indexed", None, run.id, now
+                video.codec, video.width, video.height = outcome.codec, outcome.width, outcome.height
+                video.fps, video.duration_s = outcome.fps, outcome.duration_s
+                video.frames_decoded, video.frames_analysed = outcome.frames_decoded, outcome.frames_analysed
+            elif outcome.status == "failed":
+                if video.run_id is None:
+                    video.status = "failed"
+                video.error = outcome.error
+            if task_id is not None:
+                s.execute(update(Task).where(Task.id == task_id).values(
+                    status=outcome.status, error=outcome.error, finished_at=now, frames=outcome.frames_decoded,
+                    elapsed_s=outcome.elapsed_s, worker=outcome.worker, duration_s=outcome.duration_s))
+        return superseded
+
+    def counts(self) -> dict[str, int]:
+        from sqlalchemy import func
+
+        with self.session() as s:
+            rows = s.execute(select(Video.status, func.count()).group_by(Video.status)).all()
+            tracks = s.scalar(select(func.count()).select_from(Track)) or 0
+        return {**{status: n for status, n in rows}, "tracks": tracks}
+
+
+    # ------------------------------------------------------------------------------------- jobs
+
+    def create_job(self, archive: str, run: Run, options: dict[str, Any], videos: list[Video],
+                   *, driver: str) -> tuple[int, int, int]:
+        """A job with one task per video: queued, or skipped when the video is current for this run."""
+        with self.session() as s:
+            job = Job(archive=archive, status="running", run_id=run.id, options=options, started_at=utcnow(),
+                      heartbeat_at=utcnow(), driver=driver)
+            s.add(job)
+            s.flush()
+            queued = skipped = 0
+            for v in videos:
+                current = self.is_current(v, run)
+                s.add(Task(job_id=job.id, video_id=v.id, path=v.path, fingerprint=v.fingerprint, size=v.size,
+                           status="skipped" if current else "queued",
+                           error="already indexed with this pipeline, these models and settings" if current else None))
+                queued += not current
+                skipped += current
+            return job.id, queued, skipped
+
+    def claim_next(self, job_id: int, worker: str) -> Task | None:
+        """Atomically move the largest queued task of a job to running (several drivers may race)."""
+        while True:
+            with self.session() as s:
+                task = s.scalar(select(Task).where(Task.job_id == job_id, Task.status == "queued")
+                                .order_by(Task.size.desc(), Task.id).limit(1))
+                if task is None:
+                    return None
+                claimed = s.execute(update(Task).where(Task.id == task.id, Task.status == "queued").values(
+                    status="running", worker=worker, claimed_at=utcnow(), attempts=Task.attempts + 1))
+                if claimed.rowcount == 1:
+                    s.flush()
+                    s.refresh(task)
+                    return task
+
+    def finish_job(self, job_id: int, status: str) -> dict[str, Any]:
+        summary = self.job_summary(job_id)
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=utcnow(), summary=summary))
+        return summary
+
+    def job_summary(self, job_id: int) -> dict[str, Any]:
+        from sqlalchemy import func
+
+        with self.session() as s:
+            rows = s.execute(select(Task.status, func.count(), func.coalesce(func.sum(Task.frames), 0))
+                             .where(Task.job_id == job_id).group_by(Task.status)).all()
+            failed = s.execute(select(Task.path, Task.error).where(Task.job_id == job_id, Task.status == "failed")
+                               .order_by(Task.path)).all()
+        counts = {status: n for status, n, _ in rows}
+        return {"job_id": job_id, "videos": sum(counts.values()), "done": counts.get("done", 0),
+                "skipped": counts.get("skipped", 0), "failed": counts.get("failed", 0),
+                "queued": counts.get("queued", 0), "running": counts.get("running", 0),
+                "frames_decoded": int(sum(fr for _, _, fr in rows)),
+                "failures": [{"path": p, "error": e} for p, e in failed]}

@@ -1,0 +1,71 @@
+"""Choosing a runtime, the ONNX Runtime session, the FP16 graph for TensorRT, and TensorRT where it exists."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import pytest
+
+from engines.convert.fp16 import to_float16
+from engines.errors import RuntimeUnavailable
+from engines.runtime.base import RuntimeReport, open_session, resolve_device, resolve_runtime
+from engines.zoo import ModelStore
+
+CPU_ONLY = RuntimeReport(cuda_devices=0, onnxruntime_providers=("CPUExecutionProvider",), tensorrt_version=None)
+GPU_ORT = RuntimeReport(1, ("CUDAExecutionProvider", "CPUExecutionProvider"), None)
+GPU_TRT = RuntimeReport(1, ("CUDAExecutionProvider", "CPUExecutionProvider"), "10.13.0")
+
+
+def test_automatic_choice_prefers_tensorrt_then_cuda_then_cpu() -> None:
+    assert resolve_runtime("auto", resolve_device("auto", GPU_TRT), GPU_TRT) == "tensorrt"
+    assert resolve_runtime("auto", resolve_device("auto", GPU_ORT), GPU_ORT) == "onnxruntime"
+    assert resolve_device("auto", GPU_ORT) == "cuda"
+    assert resolve_device("auto", CPU_ONLY) == "cpu"
+    assert resolve_device("cpu", GPU_TRT) == "cpu"
+
+
+def test_asking_for_what_is_missing_says_what_to_do() -> None:
+    with pytest.raises(RuntimeUnavailable, match="--device cpu"):
+        resolve_device("gpu", CPU_ONLY)
+    with pytest.raises(RuntimeUnavailable, match="tensorrt"):
+        resolve_runtime("tensorrt", "cuda", GPU_ORT)
+
+
+def test_cpu_session_describes_itself(store: ModelStore) -> None:
+    session = open_session(store.load("face_embedder"), device="cpu", report=CPU_ONLY)
+    assert session.runtime == "onnxruntime" and session.device == "cpu"
+    assert "CPUExecutionProvider" in session.description
+    out = session.run({"chips": np.random.default_rng(0).integers(0, 256, (3, 150, 150, 3), dtype=np.uint8)})
+    assert out["embedding"].shape == (3, 128)
+    with pytest.raises(ValueError, match="no input"):
+        session.run({"image": np.zeros((1, 150, 150, 3), np.uint8)})
+
+
+@pytest.mark.parametrize("name", ["face_detector", "person_detector", "face_embedder"])
+def test_fp16_graph_for_strongly_typed_tensorrt(store: ModelStore, name: str) -> None:
+    """The FP16 copy keeps uint8 input and float32 outputs and computes in float16."""
+    model = onnx.load(str(store.load(name).path))
+    half = to_float16(model)
+    graph = half.graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in graph.output)
+    weights = [i for i in graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in weights) > 0.9 * len(weights)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="tensorrt is not installable here (PyPI ships a stub that downloads from NVIDIA's index)")
+def test_tensorrt_engine_matches_onnxruntime(store: ModelStore, tmp_path: object) -> None:
+    from engines.runtime.tensorrt import TensorRTSession
+
+    model = store.load("face_embedder")
+    trt_session = TensorRTSession(model, max_batch=8)
+    chips = np.random.default_rng(0).integers(0, 256, (4, 150, 150, 3), dtype=np.uint8)
+    got = trt_session.run({"chips": chips})["embedding"].get()
+    ref = open_session(model, device="cpu", report=CPU_ONLY).run({"chips": chips})["embedding"]
+    assert np.abs(got - ref).max() < 2e-2  # FP16
+    assert trt_session.plan_path.exists()

@@ -1,0 +1,62 @@
+"""A job's progress in the terminal: videos done, frames per second, ETA; then a summary."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from jobs.catalog import VideoOutcome
+from jobs.runner import JobEvents
+from vidx.output import err, out
+
+
+class JobProgress:
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet, transient=False)
+        self.task = self.progress.add_task("indexing", total=None, rate="")
+        self.frames = 0
+        self.started = time.monotonic()
+
+    def __enter__(self) -> JobProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.progress.__exit__(t, e, tb)
+
+    def events(self) -> JobEvents:
+        return JobEvents(on_plan=self.on_plan, on_video=self.on_video, on_workers=self.on_workers)
+
+    def on_plan(self, queued: int, skipped: int, bad: int) -> None:
+        self.progress.update(self.task, total=queued)
+        if not self.quiet:
+            err.print(f"{queued} videos to index, {skipped} already current" + (f", {bad} unreadable" if bad else ""))
+
+    def on_workers(self, info: dict[str, Any]) -> None:
+        if not self.quiet:
+            for k, v in info.items():
+                err.print(f"[dim]{k}: {v}[/dim]")
+
+    def on_video(self, path: str, outcome: VideoOutcome) -> None:
+        self.frames += outcome.frames_decoded
+        rate = self.frames / max(time.monotonic() - self.started, 1e-6)
+        self.progress.update(self.task, advance=1, rate=f"{rate:,.0f} frames/s")
+        if outcome.status == "failed" and not self.quiet:
+            err.print(f"[red]failed[/red] {path}: {outcome.error}", highlight=False)
+
+    @staticmethod
+    def render_summary(s: dict[str, Any]) -> None:
+        out.print(f"job {s['job_id']}: {s['done']} indexed, {s['skipped']} skipped (current), {s['failed']} failed"
+                  + (f", {len(s['unreadable'])} unreadable" if s["unreadable"] else "")
+                  + f"; {s['frames_decoded']:,} frames decoded")
+        for f in s["failures"]:
+            out.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False)
+        for f in s["unreadable"]:
+            out.print(f"  [yellow]skipped[/yellow] {f['path']}: {f['error']}", highlight=False)
+        out.print(f"results: {s['out']} · index: {s['db']}")
