@@ -30,7 +30,7 @@ def say(*parts: object) -> None:
     log_lines.append(line)
 
 
-def section(name: str, fn) -> None:  # noqa: ANN001
+def section(name: str, fn) -> None:
     say(f"== {name}")
     t0 = time.monotonic()
     try:

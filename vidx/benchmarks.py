@@ -56,7 +56,8 @@ def time_calls(fn: Any, sync: Any, seconds: float, min_calls: int = 5) -> list[f
     return times
 
 
-def bench_engines(store: ModelStore, *, device: str, engine: str, batches: list[int], seconds: float) -> dict[str, Any]:
+def bench_engines(store: ModelStore, *, device: str, engine: str, batches: list[int], seconds: float,
+                  command: str = "vidx bench engines") -> dict[str, Any]:
     """Raw model throughput (inputs already on the device, random uint8 data)."""
     rows = []
     report = runtime_report()
@@ -80,4 +81,4 @@ def bench_engines(store: ModelStore, *, device: str, engine: str, batches: list[
             rows.append({"model": name, "runtime": session.description, "batch": batch,
                          "items_per_s": batch / med, "ms_per_batch": med * 1000, "calls": len(times)})
     return {"benchmark": "engines", "machine": machine_info(),
-            "command": "vidx bench engines " + " ".join(sys.argv[3:]), "rows": rows}
+            "command": command, "rows": rows}

@@ -1,0 +1,148 @@
+"""The indexer end to end on videos made from real photos, against their ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from sqlalchemy import func, select
+
+from engines.photos import load_photo, photo_path
+from jobs.catalog import Catalog, default_db_url
+from jobs.runner import JobResult, LocalExecutor, run_job
+from schemas.config import IndexSettings, RuntimeConfig
+from schemas.sql import Track, Video
+from schemas.tables import FACES, PERSONS, TRACKS
+from vidx.sample_archive import SampleVideo, build_sample_archive
+
+INTERVAL = 0.5  # default sampling: 2 frames per second
+TOL = INTERVAL + 0.05
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[list[SampleVideo], Path, Catalog, JobResult]:
+    root = tmp_path_factory.mktemp("pipeline")
+    photos = {n: load_photo(n, cache_dir) for n in ("obama", "obama3", "biden", "astronaut", "t1")}
+    videos = build_sample_archive(root / "archive", photos, preset="test")
+    (root / "archive" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500)
+    out = root / "out"
+    catalog = Catalog(default_db_url(out))
+    settings = IndexSettings(runtime=RuntimeConfig(device="cpu"))
+    result = run_job(root / "archive", catalog=catalog, out_uri=str(out), settings=settings,
+                     executor=LocalExecutor(), cache_dir=cache_dir)
+    return videos, out, catalog, result
+
+
+def tracks_of(catalog: Catalog, name: str) -> list[Track]:
+    with catalog.session() as s:
+        return list(s.scalars(select(Track).join(Video, Video.id == Track.video_id)
+                              .where(Video.path.like(f"%/{name}")).order_by(Track.start_s)))
+
+
+def test_job_summary(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
+    videos, _, _, result = indexed
+    s = result.summary
+    assert s["done"] == len(videos) and s["failed"] == 1 and s["skipped"] == 0
+    assert s["failures"][0]["path"].endswith("broken.mp4") and s["failures"][0]["error"]
+
+
+@pytest.fixture(scope="module")
+def photo_descriptors(engines: object, cache_dir: Path) -> dict[str, np.ndarray]:
+    from engines.verify import largest_face_embedding
+
+    out = {}
+    for name in ("obama", "obama3", "biden", "astronaut"):
+        _, emb = largest_face_embedding(engines, load_photo(name, cache_dir))  # type: ignore[arg-type]
+        assert emb is not None
+        out[name] = emb
+    return out
+
+
+def test_every_appearance_found_with_its_times(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
+                                               photo_descriptors: dict[str, np.ndarray]) -> None:
+    """Each portrait appearance is one track of that person, start and end within one sampling interval."""
+    from schemas.sql import embedding_from_bytes
+
+    videos, _, catalog, _ = indexed
+    for video in videos:
+        tracks = tracks_of(catalog, video.name)
+        for app in video.appearances:
+            if app.faces != 1:
+                continue
+            ref = photo_descriptors[app.photo]
+            mine = [t for t in tracks if np.linalg.norm(embedding_from_bytes(t.embedding) - ref) < 0.6
+                    and t.start_s < app.end_s + TOL and t.end_s > app.start_s - TOL]
+            assert len(mine) == 1, f"{app.person} in {video.name}: {[(t.start_s, t.end_s) for t in mine]}"
+            assert abs(mine[0].start_s - app.start_s) <= TOL, (video.name, app, mine[0].start_s)
+            assert abs(mine[0].end_s - app.end_s) <= TOL, (video.name, app, mine[0].end_s)
+
+
+def test_rotated_and_vfr_videos_are_timed_right(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
+    videos, _, catalog, _ = indexed
+    by_name = {v.name: v for v in videos}
+    for name in ("rotated_phone.mp4", "vfr_h264.mp4"):
+        app = by_name[name].appearances[0]
+        tracks = tracks_of(catalog, name)
+        assert len(tracks) == 1
+        assert abs(tracks[0].start_s - app.start_s) <= TOL and abs(tracks[0].end_s - app.end_s) <= TOL
+    with catalog.session() as s:
+        rotated = s.scalar(select(Video).where(Video.path.like("%/rotated_phone.mp4")))
+        assert rotated is not None and (rotated.width, rotated.height) == (by_name["rotated_phone.mp4"].width,
+                                                                          by_name["rotated_phone.mp4"].height)
+
+
+def test_group_and_empty_scene(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
+    _, _, catalog, _ = indexed
+    assert len(tracks_of(catalog, "empty_scene.mp4")) == 0
+    group = tracks_of(catalog, "group_t1.mp4")
+    assert 5 <= len(group) <= 7  # six people (one near-profile face may split or drop)
+
+
+def test_same_person_across_videos_matches(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
+                                           cache_dir: Path) -> None:
+    """obama2.jpg is in no video; its descriptor finds the obama and obama3 tracks and nothing else."""
+    from engines.loader import load_engines
+    from schemas.config import DetectionConfig
+    from vidx.search import query_embedding, search_tracks
+
+    videos, _, catalog, _ = indexed
+    engines = load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device="cpu"), warm_up=False)
+    query, _ = query_embedding(engines, photo_path("obama2", cache_dir))
+    hits = search_tracks(catalog, query)
+    found = {(Path(h.video).name, round(h.start_s, 1)) for h in hits}
+    truth = [(v.name, a) for v in videos for a in v.appearances if a.person == "obama"]
+    assert len(hits) == len(truth), found
+    for name, app in truth:
+        assert any(Path(h.video).name == name and abs(h.start_s - app.start_s) <= TOL for h in hits), (name, found)
+
+
+def test_parquet_parts_read_back_with_the_declared_schema(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
+    videos, out, catalog, _ = indexed
+    for table, schema in (("faces", FACES), ("persons", PERSONS), ("tracks", TRACKS)):
+        data = ds.dataset(out / table, format="parquet", schema=schema).to_table()
+        assert data.schema.equals(schema)
+        assert len(list((out / table).glob("*.parquet"))) == len(videos)  # none for the broken file
+        assert not list((out / table).glob(".*"))  # no temporary files left
+    tracks = ds.dataset(out / "tracks", format="parquet").to_table()
+    with catalog.session() as s:
+        n_sql = s.scalar(select(func.count()).select_from(Track))
+    assert tracks.num_rows == n_sql
+    faces = ds.dataset(out / "faces", format="parquet").to_table()
+    assert faces.num_rows > 0 and np.all(np.diff(faces.column("pts_s").to_numpy()[:5]) >= 0)
+    thumbs = [out / t for t in tracks.column("thumbnail").to_pylist()]
+    assert thumbs and all(p.exists() and p.read_bytes()[:2] == b"\xff\xd8" for p in thumbs)
+
+
+def test_second_run_does_nothing(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult], cache_dir: Path) -> None:
+    videos, out, catalog, _ = indexed
+    with catalog.session() as s:
+        before = s.scalar(select(func.count()).select_from(Track))
+    again = run_job(Path(videos[0].path).parent, catalog=catalog, out_uri=str(out),
+                    settings=IndexSettings(runtime=RuntimeConfig(device="cpu")), executor=LocalExecutor(),
+                    cache_dir=cache_dir)
+    assert again.summary["skipped"] == len(videos) and again.summary["done"] == 0
+    assert again.workers == {} or again.summary["failed"] == 1  # only the broken file is tried again
+    with catalog.session() as s:
+        assert s.scalar(select(func.count()).select_from(Track)) == before
