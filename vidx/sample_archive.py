@@ -76,6 +76,11 @@ FRAMINGS: dict[str, Framing] = {
 
 @dataclass(frozen=True)
 class Appearance:
+    """One photo on screen: start_s and end_s are the PTS (seconds) of the first and last frame showing it.
+
+    person is the identity ("t1_group" for the six-person photo), photo the photo's name.
+    """
+
     person: str
     photo: str
     start_s: float
@@ -85,6 +90,8 @@ class Appearance:
 
 @dataclass(frozen=True)
 class SampleVideo:
+    """A built video. width and height are as displayed; rotation is the display-matrix angle written."""
+
     name: str
     path: Path
     codec: str
@@ -174,8 +181,9 @@ def _exact(seconds: float) -> Fraction:
     return Fraction(repr(seconds))
 
 
-def _portrait_shot(photo: str, start: float, end: float, x: tuple[float, float], y: tuple[float, float],
-                   h: tuple[float, float]) -> Shot:
+def _shot(photo: str, start: float, end: float, x: tuple[float, float], y: tuple[float, float],
+          h: tuple[float, float]) -> Shot:
+    """A shot written as (from, to) pairs per coordinate, which reads better in the plan tables."""
     return Shot(photo, start, end, (x[0], y[0]), (x[1], y[1]), h[0], h[1])
 
 
@@ -183,20 +191,20 @@ def _test_plans() -> tuple[VideoPlan, ...]:
     w, h = 640, 360
     return (
         VideoPlan("meeting_h264.mp4", "h264", w, h, (Run(6.0, 30),), (
-            _portrait_shot("obama", 0.5, 3.5, (0.16, 0.33), (0.5, 0.48), (0.5, 0.66)),
-            _portrait_shot("biden", 2.0, 5.5, (0.8, 0.76), (0.52, 0.5), (0.6, 0.6)),
+            _shot("obama", 0.5, 3.5, (0.16, 0.33), (0.5, 0.48), (0.5, 0.66)),
+            _shot("biden", 2.0, 5.5, (0.8, 0.76), (0.52, 0.5), (0.6, 0.6)),
         )),
         VideoPlan("interview_hevc.mp4", "hevc", w, h, (Run(5.0, 30),), (
-            _portrait_shot("obama3", 1.0, 4.0, (0.45, 0.55), (0.5, 0.5), (0.7, 0.75)),
+            _shot("obama3", 1.0, 4.0, (0.45, 0.55), (0.5, 0.5), (0.7, 0.75)),
         )),
         VideoPlan("vfr_h264.mp4", "h264", w, h, (Run(1.2, 30), Run(1.3, 10), Run(1.5, 24)), (
-            _portrait_shot("astronaut", 1.0, 3.0, (0.6, 0.4), (0.5, 0.5), (0.65, 0.65)),
+            _shot("astronaut", 1.0, 3.0, (0.6, 0.4), (0.5, 0.5), (0.65, 0.65)),
         )),
         VideoPlan("rotated_phone.mp4", "h264", w, h, (Run(3.0, 30),), (
-            _portrait_shot("biden", 0.0, 2.5, (0.4, 0.6), (0.5, 0.5), (0.7, 0.7)),
+            _shot("biden", 0.0, 2.5, (0.4, 0.6), (0.5, 0.5), (0.7, 0.7)),
         ), rotation=-90),
         VideoPlan("group_t1.mp4", "h264", w, h, (Run(4.0, 30),), (
-            _portrait_shot("t1", 0.0, 4.0, (0.45, 0.55), (0.5, 0.46), (0.66, 0.66)),
+            _shot("t1", 0.0, 4.0, (0.45, 0.55), (0.5, 0.46), (0.66, 0.66)),
         )),
         VideoPlan("empty_scene.mp4", "h264", w, h, (Run(3.0, 30),)),
     )
@@ -206,18 +214,18 @@ def _demo_plans() -> tuple[VideoPlan, ...]:
     w, h = 1280, 720
     return (
         VideoPlan("press_briefing_h264.mp4", "h264", w, h, (Run(16.0, 25),), (
-            _portrait_shot("obama", 1.0, 6.0, (0.2, 0.3), (0.5, 0.48), (0.55, 0.62)),
-            _portrait_shot("biden", 4.0, 11.0, (0.78, 0.72), (0.5, 0.52), (0.6, 0.6)),
-            _portrait_shot("obama", 12.0, 15.0, (0.5, 0.5), (0.5, 0.5), (0.55, 0.75)),
+            _shot("obama", 1.0, 6.0, (0.2, 0.3), (0.5, 0.48), (0.55, 0.62)),
+            _shot("biden", 4.0, 11.0, (0.78, 0.72), (0.5, 0.52), (0.6, 0.6)),
+            _shot("obama", 12.0, 15.0, (0.5, 0.5), (0.5, 0.5), (0.55, 0.75)),
         )),
         VideoPlan("interview_hevc.mp4", "hevc", w, h, (Run(10.0, 25),), (
-            _portrait_shot("obama3", 1.6, 8.4, (0.4, 0.6), (0.5, 0.5), (0.7, 0.8)),
+            _shot("obama3", 1.6, 8.4, (0.4, 0.6), (0.5, 0.5), (0.7, 0.8)),
         )),
         VideoPlan("mission_h264.mp4", "h264", w, h, (Run(10.0, 25),), (
-            _portrait_shot("astronaut", 1.0, 7.0, (0.3, 0.7), (0.5, 0.5), (0.6, 0.6)),
+            _shot("astronaut", 1.0, 7.0, (0.3, 0.7), (0.5, 0.5), (0.6, 0.6)),
         )),
         VideoPlan("team_dinner_h264.mp4", "h264", w, h, (Run(10.0, 25),), (
-            _portrait_shot("t1", 1.0, 9.0, (0.42, 0.58), (0.5, 0.45), (0.6, 0.6)),
+            _shot("t1", 1.0, 9.0, (0.42, 0.58), (0.5, 0.45), (0.6, 0.6)),
         )),
     )
 
@@ -449,7 +457,7 @@ def _encode(plan: VideoPlan, composer: Composer, path: Path, preset: Preset) -> 
         def mux(packets: Sequence[Any]) -> None:
             for packet in packets:
                 if packet.pts is not None:
-                    packet.duration = durations.get(packet.pts, 1)
+                    packet.duration = durations[packet.pts]
                 container.mux(packet)
 
         for pts, _duration in schedule:
@@ -459,7 +467,7 @@ def _encode(plan: VideoPlan, composer: Composer, path: Path, preset: Preset) -> 
                 raise ValueError(f"{plan.name}: frame width {frame.width}, expected {width}")
             frame.colorspace = frame.color_primaries = frame.color_trc = _BT709
             frame.color_range = _LIMITED_RANGE
-            frame.pts = pts + durations[pts]
+            frame.pts = pts
             frame.time_base = plan.time_base
             mux(stream.encode(frame))
         mux(stream.encode(None))
