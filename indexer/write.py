@@ -12,15 +12,16 @@ import io
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from engines.sources import write_atomic
 from indexer.errors import VideoError
 from indexer.pipeline import VideoResult
 from schemas.errors import VidxError
@@ -69,17 +70,7 @@ class OutputStore:
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
             return
-        tmp = f"{parent}/.{final.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(Path(final), data)
 
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
