@@ -63,8 +63,10 @@ def load_engines(
     report = report or runtime_report()
     names = ["face_detector", "face_embedder"] + (["person_detector"] if detection.detect_persons else [])
     sessions: dict[str, Session] = {}
+    versions: dict[str, str] = {}
     for name in names:
         model = store.load(name)  # type: ignore[arg-type]
+        versions[name] = model.provenance.version
         batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch
         sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch, report=report)
         log.info("%s: %s", name, sessions[name].description)
@@ -74,7 +76,7 @@ def load_engines(
         persons=PersonDetector(sessions["person_detector"], score_threshold=detection.person_score,
                                batch_size=runtime.detector_batch) if "person_detector" in sessions else None,
         embedder=FaceEmbedder(sessions["face_embedder"], batch_size=runtime.embedder_batch),
-        model_versions={name: store.load(name).provenance.version for name in names},  # type: ignore[arg-type]
+        model_versions=versions,
         sessions=sessions,
     )
     if warm_up:

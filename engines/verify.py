@@ -63,7 +63,8 @@ def verify_models(store: ModelStore, runtime: RuntimeConfig | None = None) -> Ve
         return report
     engines = load_engines(DetectionConfig(), runtime or RuntimeConfig(), store=store, progress=store.progress,
                            warm_up=False)
-    n_t1 = len(engines.faces.detect([load_photo("t1", store.cache_dir)])[0])
+    t1 = load_photo("t1", store.cache_dir)
+    n_t1 = len(engines.faces.detect([t1])[0])
     report.add("faces in t1.jpg", n_t1 == 6, f"{n_t1} of 6 found")
     embeddings: dict[str, np.ndarray] = {}
     for photo in PORTRAITS:
@@ -80,6 +81,6 @@ def verify_models(store: ModelStore, runtime: RuntimeConfig | None = None) -> Ve
             best_other = min(best_other, d)
     report.add("same person L2 < 0.6", worst_same < 0.6, f"largest same-person distance {worst_same:.3f}")
     report.add("different people L2 > 0.6", best_other > 0.6, f"smallest different-person distance {best_other:.3f}")
-    persons = engines.persons.detect([load_photo("t1", store.cache_dir)])[0] if engines.persons else []
+    persons = engines.persons.detect([t1])[0] if engines.persons else []
     report.add("people in t1.jpg", len(persons) >= 3, f"{len(persons)} found (reference: 4 of 6)")
     return report

@@ -174,21 +174,17 @@ class VideoIndexer:
                       if d.boxes[k, 2] - d.boxes[k, 0] >= det.min_embed_px]
         sharp = np.zeros(0, np.float32)
         embeddings = np.zeros((0, 128), np.float32)
-        chips_host: np.ndarray | None = None
+        ok_mask = np.zeros(0, bool)
+        chips: Array | None = None
         if embeddable:
             kps = np.stack([face_dets[f].keypoints[k] for f, k in embeddable])
             chips = self.engines.embedder.chips(frames, [f for f, _ in embeddable], kps)
             sharp = laplacian_variance(chips)
-            ok = sharp >= det.min_sharpness
+            ok_mask = sharp >= det.min_sharpness
             embeddings = np.zeros((len(embeddable), 128), np.float32)
-            if ok.any():
-                idx = np.nonzero(ok)[0]
-                xp_idx = idx if isinstance(chips, np.ndarray) else chips.__class__(idx) if False else idx
-                embeddings[idx] = self.engines.embedder.embed_chips(chips[xp_idx])
-            chips_host = to_host(chips)
-            ok_mask = ok
-        else:
-            ok_mask = np.zeros(0, bool)
+            if ok_mask.any():
+                idx = np.nonzero(ok_mask)[0]
+                embeddings[idx] = self.engines.embedder.embed_chips(chips[idx])
         lookup = {fk: i for i, fk in enumerate(embeddable)}
         for f, dets in enumerate(face_dets):
             t = float(batch.pts_s[f])
@@ -213,8 +209,8 @@ class VideoIndexer:
             ids = tracker.update(t, rows, np.stack(boxes), embs, quality)
             for row, tid in zip(rows, ids, strict=True):
                 faces.extra["track_id"][row] = tid if tid >= 0 else None
-                if tid >= 0 and tracker.tracks[tid].best_face == row and chips_host is not None:
-                    best_chips[tid] = chips_host[faces.extra["chip"][row]].copy()
+                if tid >= 0 and tracker.tracks[tid].best_face == row and chips is not None:
+                    best_chips[tid] = to_host(chips[faces.extra["chip"][row]]).copy()
 
 
 def _fixed_list(rows: list[np.ndarray], width: int) -> pa.Array:

@@ -181,15 +181,6 @@ class Catalog:
                     elapsed_s=outcome.elapsed_s, worker=outcome.worker, duration_s=outcome.duration_s))
         return superseded
 
-    def counts(self) -> dict[str, int]:
-        from sqlalchemy import func
-
-        with self.session() as s:
-            rows = s.execute(select(Video.status, func.count()).group_by(Video.status)).all()
-            tracks = s.scalar(select(func.count()).select_from(Track)) or 0
-        return {**{status: n for status, n in rows}, "tracks": tracks}
-
-
     # ------------------------------------------------------------------------------------- jobs
 
     def create_job(self, archive: str, run: Run, options: dict[str, Any], videos: list[Video],

@@ -90,13 +90,11 @@ def run_job(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSet
         log.warning("%s: skipped: %s", path, why)
     events.on_plan(queued, skipped, len(unreadable))
     store = OutputStore(out_uri)
-    by_task: dict[int, str] = {}
 
     def next_task(worker: str) -> TaskSpec | None:
         task = catalog.claim_next(job_id, worker)
         if task is None:
             return None
-        by_task[task.id] = task.path
         return TaskSpec(video_id=task.video_id, path=task.path, fingerprint=task.fingerprint, run_key=run.key,
                         task_id=task.id)
 
