@@ -24,8 +24,8 @@ class JobProgress:
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet, transient=False)
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet, transient=False)
         self.task = self.progress.add_task("indexing", total=None, rate="")
         self.frames = 0
         self.started = time.monotonic()

@@ -1,0 +1,77 @@
+"""What the commands share: the context object, common options, and small helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vidx.output import say
+
+
+class Context:
+    def __init__(self, cache_dir: Path | None):
+        self.cache_dir = cache_dir
+
+    def store(self) -> Any:
+        from engines.zoo import ModelStore
+
+        return ModelStore(self.cache_dir, progress=say)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+                             help="Where the models run.")
+engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
+                             show_default=True, help="Inference runtime (auto: TensorRT, else ONNX Runtime).")
+
+
+def sampling_options(fn: Any) -> Any:
+    fn = click.option("--sample-fps", type=click.FloatRange(0.01, 240), default=2.0, show_default=True,
+                      help="Frames analysed per second of video.")(fn)
+    fn = click.option("--every-frame", is_flag=True, help="Analyse every decoded frame.")(fn)
+    fn = click.option("--keyframes", is_flag=True, help="Decode and analyse key frames only (fast first pass).")(fn)
+    fn = click.option("--min-face", type=click.IntRange(8, 4096), default=24, show_default=True,
+                      help="Smallest face (pixels wide) to find; smaller values cost more tiles.")(fn)
+    fn = click.option("--no-persons", is_flag=True, help="Skip person detection.")(fn)
+    return fn
+
+
+def build_settings(device: str, engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
+                   no_persons: bool) -> Any:
+    from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
+
+    if every_frame and keyframes:
+        raise click.UsageError("--every-frame and --keyframes exclude each other")
+    mode = "every-frame" if every_frame else "keyframes" if keyframes else "fps"
+    return IndexSettings(
+        sampling=SamplingConfig(mode=mode, fps=sample_fps),  # type: ignore[arg-type]
+        detection=DetectionConfig(min_face_px=min_face, detect_persons=not no_persons),
+        runtime=RuntimeConfig(device=device, engine=engine),  # type: ignore[arg-type]
+    )
+
+
+out_option = click.option("--out", "out_dir", default="./vidx-data", show_default=True, envvar="VIDX_OUT",
+                          help="Output folder (or object-store URI) for Parquet parts and thumbnails.")
+db_option = click.option("--db", "db_url", default=None, envvar="VIDX_DB",
+                         help="SQLAlchemy URL of the index [default: sqlite:///OUT/index.sqlite].")
+
+
+def db_url_for(out_dir: str, db_url: str | None) -> str:
+    from jobs.catalog import default_db_url
+
+    if db_url:
+        return db_url
+    if "://" in out_dir:
+        raise click.UsageError("--db is required when --out is an object-store URI")
+    return default_db_url(out_dir)
+
+
+def fmt_time(seconds: float) -> str:
+    m, s = divmod(seconds, 60)
+    h, m = divmod(int(m), 60)
+    return f"{h}:{m:02d}:{s:05.2f}" if h else f"{m}:{s:05.2f}"
+
+
