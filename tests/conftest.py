@@ -12,7 +12,10 @@ from engines.arrays import cupy_module
 from engines.loader import Engines, load_engines
 from engines.photos import load_photo
 from engines.zoo import ModelStore
-from schemas.config import DetectionConfig, RuntimeConfig
+from jobs.catalog import Catalog, default_db_url
+from jobs.runner import JobResult, LocalExecutor, run_job
+from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig
+from vidx.sample_archive import SampleVideo, build_sample_archive
 
 REQUIRE_GPU = os.environ.get("VIDX_REQUIRE_GPU") == "1"
 
@@ -46,3 +49,19 @@ def engines(store: ModelStore) -> Engines:
 @pytest.fixture(scope="session")
 def photos(cache_dir: Path) -> dict[str, np.ndarray]:
     return {name: load_photo(name, cache_dir) for name in ("obama", "obama2", "obama3", "biden", "astronaut", "t1")}
+
+
+@pytest.fixture(scope="session")
+def indexed(tmp_path_factory: pytest.TempPathFactory,
+            cache_dir: Path) -> tuple[list[SampleVideo], Path, Catalog, JobResult]:
+    """The test preset of the sample archive plus one broken file, indexed once on the CPU for the session."""
+    root = tmp_path_factory.mktemp("indexed")
+    photos = {n: load_photo(n, cache_dir) for n in ("obama", "obama3", "biden", "astronaut", "t1")}
+    videos = build_sample_archive(root / "archive", photos, preset="test")
+    (root / "archive" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500)
+    out = root / "out"
+    catalog = Catalog(default_db_url(out))
+    settings = IndexSettings(runtime=RuntimeConfig(device="cpu"))
+    result = run_job(root / "archive", catalog=catalog, out_uri=str(out), settings=settings,
+                     executor=LocalExecutor(), cache_dir=cache_dir)
+    return videos, out, catalog, result

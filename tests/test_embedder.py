@@ -18,7 +18,7 @@ from engines.verify import largest_face_embedding
 def descriptors(engines: Engines, photos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for name in ("obama", "obama2", "obama3", "biden", "astronaut"):
-        n, emb = largest_face_embedding(engines, photos[name])
+        _, emb = largest_face_embedding(engines, photos[name])
         assert emb is not None
         out[name] = emb
     dets = engines.faces.detect([photos["t1"]])[0]

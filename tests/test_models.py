@@ -77,7 +77,7 @@ def test_source_that_cannot_be_downloaded(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("PIP_FIND_LINKS", "")
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
     bogus = SourceFile("vidx-no-such-package", "0.0.1", "sdist", "x/y.bin", "0" * 64, "none")
-    with pytest.raises(ModelError, match="could not download vidx-no-such-package==0.0.1"):
+    with pytest.raises(ModelError, match=r"could not download vidx-no-such-package==0\.0\.1"):
         fetch_source(bogus, tmp_path / "cache")
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name != ".lock"]
     assert leftovers == []

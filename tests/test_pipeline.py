@@ -10,29 +10,15 @@ import pytest
 from sqlalchemy import func, select
 
 from engines.photos import load_photo, photo_path
-from jobs.catalog import Catalog, default_db_url
+from jobs.catalog import Catalog
 from jobs.runner import JobResult, LocalExecutor, run_job
 from schemas.config import IndexSettings, RuntimeConfig
 from schemas.sql import Track, Video
 from schemas.tables import FACES, PERSONS, TRACKS
-from vidx.sample_archive import SampleVideo, build_sample_archive
+from vidx.sample_archive import SampleVideo
 
 INTERVAL = 0.5  # default sampling: 2 frames per second
 TOL = INTERVAL + 0.05
-
-
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[list[SampleVideo], Path, Catalog, JobResult]:
-    root = tmp_path_factory.mktemp("pipeline")
-    photos = {n: load_photo(n, cache_dir) for n in ("obama", "obama3", "biden", "astronaut", "t1")}
-    videos = build_sample_archive(root / "archive", photos, preset="test")
-    (root / "archive" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500)
-    out = root / "out"
-    catalog = Catalog(default_db_url(out))
-    settings = IndexSettings(runtime=RuntimeConfig(device="cpu"))
-    result = run_job(root / "archive", catalog=catalog, out_uri=str(out), settings=settings,
-                     executor=LocalExecutor(), cache_dir=cache_dir)
-    return videos, out, catalog, result
 
 
 def tracks_of(catalog: Catalog, name: str) -> list[Track]:
@@ -118,7 +104,8 @@ def test_same_person_across_videos_matches(indexed: tuple[list[SampleVideo], Pat
         assert any(Path(h.video).name == name and abs(h.start_s - app.start_s) <= TOL for h in hits), (name, found)
 
 
-def test_parquet_parts_read_back_with_the_declared_schema(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
+def test_parquet_parts_read_back_with_the_declared_schema(
+        indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
     videos, out, catalog, _ = indexed
     for table, schema in (("faces", FACES), ("persons", PERSONS), ("tracks", TRACKS)):
         data = ds.dataset(out / table, format="parquet", schema=schema).to_table()
