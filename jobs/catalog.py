@@ -7,21 +7,25 @@ parameters only.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, create_engine, delete, event, make_url, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.archive import VideoFile, fingerprint
+from schemas import migrations
 from schemas.errors import VidxError
-from schemas.sql import SQL_SCHEMA_VERSION, Base, Job, Meta, Run, Task, Track, Video, utcnow
+from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, Run, Task, Track, Video, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +38,49 @@ def default_db_url(out_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{Path(out_dir).expanduser().resolve() / 'index.sqlite'}"
 
 
-def make_engine(url: str) -> Engine:
+DB_RETRY_S = float(os.environ.get("VIDX_DB_RETRY_S", "60"))
+"""How long a transaction is retried while the database is locked or unreachable, before a clear error."""
+SQLITE_BUSY_S = 5.0
+"""How long SQLite itself waits on a lock before one attempt fails (then the retry loop backs off)."""
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """A lock, a dropped connection or a server that is (re)starting: worth retrying the transaction."""
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is not None:  # PostgreSQL: connection, serialization/deadlock, too many connections, shutdown
+        return str(sqlstate).startswith(("08", "40", "53300", "57P"))
+    message = str(exc.orig).lower()
+    if "locked" in message or "busy" in message:  # SQLite
+        return True
+    return bool(getattr(exc.orig, "__module__", "").startswith("psycopg"))  # no SQLSTATE: cannot connect
+
+
+def retrying(method: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatenate[Catalog, P], R]:
+    """Run a Catalog method (one or more whole transactions) again while the database is briefly unavailable.
+
+    Every decorated method is safe to re-run: a failed transaction was rolled back, and the writes are
+    idempotent (record replaces a video's tracks; claim_next claims whatever is queued).
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Catalog, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.retry(method.__name__, lambda: method(self, *args, **kwargs))
+
+    return wrapper
+
+
+def make_engine(url: str, *, sqlite_busy_s: float = SQLITE_BUSY_S) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": sqlite_busy_s})
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _: Any) -> None:
@@ -97,24 +138,75 @@ class Superseded:
     thumbnails: list[str] = field(default_factory=list)
 
 
+def pgvector_status(engine: Engine) -> Literal["installed", "available", "absent"]:
+    """Whether the pgvector extension is created in this database, only installable on its server, or absent.
+
+    Embeddings are stored portably as bytes everywhere; search may add an ANN index where this says
+    "installed" (or create the extension where it says "available" and it has the right).
+    """
+    if engine.dialect.name != "postgresql":
+        return "absent"
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT installed_version FROM pg_available_extensions WHERE name = :name"),
+                           {"name": "vector"}).first()
+    if row is None:
+        return "absent"
+    return "installed" if row[0] is not None else "available"
+
+
 class Catalog:
-    def __init__(self, url: str):
+    """The SQL index of one output folder: opened (and migrated to the current schema) once per process."""
+
+    def __init__(self, url: str, *, retry_s: float = DB_RETRY_S, sqlite_busy_s: float = SQLITE_BUSY_S):
         self.url = url
+        self.where = make_url(url).render_as_string(hide_password=True)
+        self.retry_s = retry_s
         try:
-            self.engine = make_engine(url)
-            Base.metadata.create_all(self.engine)
+            self.engine = make_engine(url, sqlite_busy_s=sqlite_busy_s)
         except OperationalError as exc:
-            raise IndexError_(f"cannot open the SQL index: {exc.orig}", path=url) from exc
+            raise IndexError_(f"cannot open the SQL index: {exc.orig}", path=self.where) from exc
+        self.migration = self.retry("open", lambda: migrations.upgrade(self.engine, where=self.where))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        with self.session() as s:
+        self.retry("open", self._stamp_version)
+
+    def _stamp_version(self) -> None:
+        with contextlib.suppress(IntegrityError), self.session() as s:  # IntegrityError: a concurrent opener did it
             if s.get(Meta, "schema_version") is None:
                 s.add(Meta(key="schema_version", value=str(SQL_SCHEMA_VERSION)))
+
+    def retry(self, what: str, fn: Callable[[], R]) -> R:
+        """Call `fn` (whole transactions) again with backoff while the database is locked or unreachable."""
+        started = time.monotonic()
+        delay, attempts = 0.05, 0
+        while True:
+            attempts += 1
+            try:
+                return fn()
+            except DBAPIError as exc:
+                if not is_transient(exc):
+                    raise
+                waited = time.monotonic() - started
+                reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+                if waited >= self.retry_s:
+                    raise IndexError_(
+                        f"the SQL index is unavailable ({what}): {reason}; gave up after {attempts} attempts "
+                        f"in {waited:.1f} s", path=self.where,
+                        hint="check that the database server is up and that no other process holds a lock; "
+                             "the job can be resumed") from exc
+                delay = min(delay, self.retry_s - waited)
+                log.warning("SQL index busy or unreachable (%s: %s); retrying in %.2f s", what, reason, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self.sessions.begin() as s:
             yield s
 
+    @retrying
     def ensure_run(self, key: str, pipeline_version: str, models: dict[str, str], params: dict[str, Any]) -> Run:
         with self.session() as s:
             run = s.scalar(select(Run).where(Run.key == key))
@@ -124,6 +216,7 @@ class Catalog:
                 s.flush()
             return run
 
+    @retrying
     def register(self, files: list[VideoFile]) -> list[Video]:
         """Upsert video rows; the fingerprint is recomputed only when size or mtime changed."""
         out = []
@@ -144,6 +237,7 @@ class Catalog:
     def is_current(self, video: Video, run: Run) -> bool:
         return video.status == "indexed" and video.run_id == run.id
 
+    @retrying
     def record(self, outcome: VideoOutcome, run: Run, task_id: int | None = None) -> Superseded:
         """Commit one video's outcome in one transaction; says which older results it replaced.
 
@@ -183,6 +277,7 @@ class Catalog:
 
     # ------------------------------------------------------------------------------------- jobs
 
+    @retrying
     def create_job(self, archive: str, run: Run, options: dict[str, Any], videos: list[Video],
                    *, driver: str) -> tuple[int, int, int]:
         """A job with one task per video: queued, or skipped when the video is current for this run."""
@@ -201,6 +296,7 @@ class Catalog:
                 skipped += current
             return job.id, queued, skipped
 
+    @retrying
     def claim_next(self, job_id: int, worker: str) -> Task | None:
         """Atomically move the largest queued task of a job to running (several drivers may race)."""
         while True:
@@ -216,12 +312,14 @@ class Catalog:
                     s.refresh(task)
                     return task
 
+    @retrying
     def finish_job(self, job_id: int, status: str) -> dict[str, Any]:
         summary = self.job_summary(job_id)
         with self.session() as s:
             s.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=utcnow(), summary=summary))
         return summary
 
+    @retrying
     def job_summary(self, job_id: int) -> dict[str, Any]:
         from sqlalchemy import func
 

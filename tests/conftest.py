@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +68,46 @@ def indexed(tmp_path_factory: pytest.TempPathFactory,
     result = run_job(root / "archive", catalog=catalog, out_uri=str(out), settings=settings,
                      executor=LocalExecutor(), cache_dir=cache_dir)
     return videos, out, catalog, result
+
+
+POSTGRES_URL = os.environ.get("VIDX_TEST_POSTGRES_URL")
+"""A PostgreSQL server for the SQL tests (.ci/run starts one), e.g. postgresql+psycopg://vidx@/postgres?host=/tmp/s"""
+NO_POSTGRES = "set VIDX_TEST_POSTGRES_URL=postgresql+psycopg://... (.ci/run does) to run SQL tests on PostgreSQL"
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the test server (unique name), dropped afterwards: tests never share one."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    server = make_url(POSTGRES_URL)
+    name = f"vidx_test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))  # a generated identifier: DDL takes no parameters
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty SQL index URL: SQLite always, PostgreSQL (a fresh database per test) with VIDX_TEST_POSTGRES_URL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.sqlite'}"
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for a test that is about PostgreSQL only (skips without a server)."""
+    with fresh_postgres_database() as url:
+        yield url

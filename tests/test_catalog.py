@@ -1,0 +1,239 @@
+"""The SQL index on SQLite and PostgreSQL: register, record, claim, re-run, supersede, faults.
+
+Every test that takes `db_url` runs once on SQLite and once on a fresh PostgreSQL database
+(VIDX_TEST_POSTGRES_URL; .ci/run starts a server), or skips the PostgreSQL case with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from jobs.archive import VideoFile
+from jobs.catalog import Catalog, IndexError_, TrackRow, VideoOutcome, pgvector_status
+from schemas.sql import Task, Track, Video
+
+RUN_A = ("a" * 32, "1", {"face": "m1"}, {"fps": 2})
+RUN_B = ("b" * 32, "1", {"face": "m2"}, {"fps": 2})
+
+
+def make_files(root: Path, sizes: dict[str, int]) -> list[VideoFile]:
+    out = []
+    for name, size in sizes.items():
+        p = root / name
+        p.write_bytes(os.urandom(size))
+        st = p.stat()
+        out.append(VideoFile(p, st.st_size, st.st_mtime))
+    return out
+
+
+def tracks(n: int, thumb_prefix: str) -> list[TrackRow]:
+    return [TrackRow(track_index=i, start_s=float(i), end_s=i + 1.0, n_faces=3, embedding=bytes(512), quality=0.5,
+                     best_pts_s=i + 0.5, thumbnail=f"{thumb_prefix}/{i}.jpg") for i in range(n)]
+
+
+def count_tracks(catalog: Catalog, video_id: int) -> int:
+    with catalog.session() as s:
+        return int(s.scalar(select(func.count()).select_from(Track).where(Track.video_id == video_id)) or 0)
+
+
+def test_register_upserts_and_refingerprints_only_changed_files(db_url: str, tmp_path: Path) -> None:
+    catalog = Catalog(db_url)
+    files = make_files(tmp_path, {"a.mp4": 1000, "b b.mp4": 2000})
+    first = catalog.register(files)
+    again = catalog.register(files)
+    assert [v.id for v in first] == [v.id for v in again]
+    assert [v.fingerprint for v in first] == [v.fingerprint for v in again]
+    files[0].path.write_bytes(os.urandom(1500))
+    os.utime(files[0].path, (time.time() + 10, time.time() + 10))
+    st = files[0].path.stat()
+    changed = catalog.register([VideoFile(files[0].path, st.st_size, st.st_mtime), files[1]])
+    assert changed[0].id == first[0].id and changed[0].fingerprint != first[0].fingerprint
+    assert changed[0].size == 1500 and changed[1].fingerprint == first[1].fingerprint
+    with catalog.session() as s:
+        assert s.scalar(select(func.count()).select_from(Video)) == 2
+    catalog.close()
+
+
+def test_record_done_failed_and_a_later_failure_keeps_live_results(db_url: str, tmp_path: Path) -> None:
+    catalog = Catalog(db_url)
+    run = catalog.ensure_run(*RUN_A)
+    good, bad = catalog.register(make_files(tmp_path, {"good.mp4": 100, "bad.mp4": 100}))
+    catalog.record(VideoOutcome(good.id, "done", codec="h264", width=64, height=48, duration_s=2.0,
+                                tracks=tracks(2, "thumbs/a")), run)
+    catalog.record(VideoOutcome(bad.id, "failed", error="not a readable video container"), run)
+    with catalog.session() as s:
+        g, b = s.get(Video, good.id), s.get(Video, bad.id)
+        assert g is not None and b is not None
+        assert (g.status, g.run_id, g.codec, g.width) == ("indexed", run.id, "h264", 64)
+        assert (b.status, b.error) == ("failed", "not a readable video container")
+    assert count_tracks(catalog, good.id) == 2 and count_tracks(catalog, bad.id) == 0
+    # The good video breaks later (say, a damaged copy): its indexed results stay live, the error is noted.
+    catalog.record(VideoOutcome(good.id, "failed", error="truncated"), run)
+    with catalog.session() as s:
+        g = s.get(Video, good.id)
+        assert g is not None and (g.status, g.error) == ("indexed", "truncated")
+    assert count_tracks(catalog, good.id) == 2
+    catalog.close()
+
+
+def test_claims_go_largest_first_each_task_once_even_when_drivers_race(db_url: str, tmp_path: Path) -> None:
+    catalog = Catalog(db_url)
+    run = catalog.ensure_run(*RUN_A)
+    videos = catalog.register(make_files(tmp_path, {f"v{i}.mp4": 100 + 10 * i for i in range(12)}))
+    job_id, queued, skipped = catalog.create_job(str(tmp_path), run, {}, videos, driver="test")
+    assert (queued, skipped) == (12, 0)
+    first = catalog.claim_next(job_id, "w0")
+    assert first is not None and first.size == 210 and first.status == "running" and first.attempts == 1
+    claimed: list[int] = [first.id]
+    lock = threading.Lock()
+
+    def drain(name: str) -> None:
+        other = Catalog(db_url)  # its own connections, as another driver process would have
+        while (task := other.claim_next(job_id, name)) is not None:
+            with lock:
+                claimed.append(task.id)
+        other.close()
+
+    threads = [threading.Thread(target=drain, args=(f"w{i}",)) for i in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 12
+    assert catalog.claim_next(job_id, "w0") is None
+    summary = catalog.job_summary(job_id)
+    assert summary["running"] == 12 and summary["queued"] == 0
+    catalog.close()
+
+
+def test_rerun_skips_current_videos_and_a_new_run_requeues_them(db_url: str, tmp_path: Path) -> None:
+    catalog = Catalog(db_url)
+    run_a = catalog.ensure_run(*RUN_A)
+    assert catalog.ensure_run(*RUN_A).id == run_a.id
+    videos = catalog.register(make_files(tmp_path, {"a.mp4": 300, "b.mp4": 200, "c.mp4": 100}))
+    job_id, queued, _ = catalog.create_job(str(tmp_path), run_a, {}, videos, driver="test")
+    assert queued == 3
+    while (task := catalog.claim_next(job_id, "w")) is not None:
+        status = "failed" if task.path.endswith("c.mp4") else "done"
+        catalog.record(VideoOutcome(task.video_id, status, error="bad" if status == "failed" else None,
+                                    tracks=tracks(1, f"t/{task.video_id}"), frames_decoded=10), run_a, task.id)
+    summary = catalog.finish_job(job_id, "done")
+    assert (summary["done"], summary["failed"], summary["frames_decoded"]) == (2, 1, 30)
+    assert summary["failures"][0]["path"].endswith("c.mp4") and summary["failures"][0]["error"] == "bad"
+
+    videos = catalog.register([VideoFile(Path(v.path), v.size, v.mtime) for v in videos])
+    job2, queued2, skipped2 = catalog.create_job(str(tmp_path), run_a, {}, videos, driver="test")
+    assert (queued2, skipped2) == (1, 2)  # only the failed one is tried again
+    with catalog.session() as s:
+        reasons = set(s.scalars(select(Task.error).where(Task.job_id == job2, Task.status == "skipped")))
+    assert reasons == {"already indexed with this pipeline, these models and settings"}
+    run_b = catalog.ensure_run(*RUN_B)
+    _, queued3, skipped3 = catalog.create_job(str(tmp_path), run_b, {}, videos, driver="test")
+    assert (queued3, skipped3) == (3, 0)
+    catalog.close()
+
+
+def test_a_new_run_supersedes_the_old_tracks_atomically(db_url: str, tmp_path: Path) -> None:
+    catalog = Catalog(db_url)
+    run_a, run_b = catalog.ensure_run(*RUN_A), catalog.ensure_run(*RUN_B)
+    (video,) = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
+    first = catalog.record(VideoOutcome(video.id, "done", tracks=tracks(3, "old")), run_a)
+    assert first.run_keys == [] and first.thumbnails == []
+    again = catalog.record(VideoOutcome(video.id, "done", tracks=tracks(3, "old")), run_a)  # same run re-recorded
+    assert again.run_keys == [] and count_tracks(catalog, video.id) == 3
+    replaced = catalog.record(VideoOutcome(video.id, "done", tracks=tracks(1, "new")), run_b)
+    assert replaced.run_keys == [RUN_A[0]]
+    assert sorted(replaced.thumbnails) == ["old/0.jpg", "old/1.jpg", "old/2.jpg"]
+    with catalog.session() as s:
+        rows = s.execute(select(Track.run_id, Track.thumbnail).where(Track.video_id == video.id)).all()
+        v = s.get(Video, video.id)
+        assert v is not None and v.run_id == run_b.id
+    assert rows == [(run_b.id, "new/0.jpg")]
+    catalog.close()
+
+
+def test_a_locked_sqlite_index_is_retried_until_the_lock_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "index.sqlite"
+    catalog = Catalog(f"sqlite:///{path}", retry_s=20, sqlite_busy_s=0.1)
+    run = catalog.ensure_run(*RUN_A)
+    (video,) = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
+    other = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+    timer = threading.Timer(1.0, other.execute, args=("COMMIT",))
+    timer.start()
+    started = time.monotonic()
+    catalog.record(VideoOutcome(video.id, "done", tracks=tracks(2, "t")), run)
+    assert time.monotonic() - started >= 0.9
+    assert any("retrying" in r.getMessage() for r in caplog.records)
+    assert count_tracks(catalog, video.id) == 2
+    timer.join()
+    other.close()
+    catalog.close()
+
+
+def test_a_sqlite_lock_that_stays_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    catalog = Catalog(f"sqlite:///{path}", retry_s=1.0, sqlite_busy_s=0.1)
+    run = catalog.ensure_run(*RUN_A)
+    (video,) = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(IndexError_) as err:
+        catalog.record(VideoOutcome(video.id, "done", tracks=tracks(1, "t")), run)
+    assert "unavailable (record)" in err.value.message and "database is locked" in err.value.message
+    assert "attempts" in err.value.message and err.value.path == f"sqlite:///{path}"
+    other.execute("ROLLBACK")
+    other.close()
+    assert count_tracks(catalog, video.id) == 0  # nothing half-written; the job can be resumed
+    catalog.close()
+
+
+def test_an_unreachable_postgres_server_gives_a_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    started = time.monotonic()
+    url = f"postgresql+psycopg://vidx:secret@/vidx?host={tmp_path}&port=5999"  # no server on that socket
+    with pytest.raises(IndexError_) as err:
+        Catalog(url, retry_s=1.0)
+    assert "the SQL index is unavailable (open)" in err.value.message
+    assert "secret" not in err.value.describe()
+    assert 0.9 <= time.monotonic() - started < 30
+
+
+@pytest.mark.postgres
+def test_dropped_postgres_connections_are_replaced(postgres_url: str, tmp_path: Path) -> None:
+    catalog = Catalog(postgres_url, retry_s=10)
+    run = catalog.ensure_run(*RUN_A)
+    (video,) = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # a server restart or a failover, as the catalog's connections see it
+        killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE datname = :db AND pid <> pg_backend_pid()"),
+                              {"db": make_url(postgres_url).database}).scalar()
+    admin.dispose()
+    assert killed and killed >= 1
+    catalog.record(VideoOutcome(video.id, "done", tracks=tracks(2, "t")), run)
+    assert count_tracks(catalog, video.id) == 2
+    catalog.close()
+
+
+def test_pgvector_detection_matches_what_the_server_can_do(db_url: str) -> None:
+    catalog = Catalog(db_url)
+    status = pgvector_status(catalog.engine)
+    if catalog.engine.dialect.name != "postgresql":
+        assert status == "absent"
+    elif status == "absent":
+        with pytest.raises(Exception, match="vector"), catalog.engine.begin() as conn:
+            conn.execute(text("CREATE EXTENSION vector"))
+    else:
+        with catalog.engine.begin() as conn:
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+        assert pgvector_status(catalog.engine) == "installed"
+    catalog.close()
