@@ -111,3 +111,19 @@ def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for a test that is about PostgreSQL only (skips without a server)."""
     with fresh_postgres_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def indexed_postgres(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
+                     tmp_path_factory: pytest.TempPathFactory,
+                     cache_dir: Path) -> Iterator[tuple[list[SampleVideo], Path, Catalog, JobResult]]:
+    """The archive of `indexed`, indexed again into a fresh PostgreSQL database (skips without a server)."""
+    videos = indexed[0]
+    with fresh_postgres_database() as url:
+        out = tmp_path_factory.mktemp("indexed_pg") / "out"
+        catalog = Catalog(url)
+        result = run_job(Path(videos[0].path).parent, catalog=catalog, out_uri=str(out),
+                         settings=IndexSettings(runtime=RuntimeConfig(device="cpu")), executor=LocalExecutor(),
+                         cache_dir=cache_dir)
+        yield videos, out, catalog, result
+        catalog.close()

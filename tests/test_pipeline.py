@@ -27,8 +27,17 @@ def tracks_of(catalog: Catalog, name: str) -> list[Track]:
                               .where(Video.path.like(f"%/{name}")).order_by(Track.start_s)))
 
 
-def test_job_summary(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
-    videos, _, _, result = indexed
+Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def indexed_db(request: pytest.FixtureRequest) -> Indexed:
+    """The sample archive indexed into SQLite (`indexed`) and, with VIDX_TEST_POSTGRES_URL, into PostgreSQL."""
+    return request.getfixturevalue("indexed" if request.param == "sqlite" else "indexed_postgres")  # type: ignore[no-any-return]
+
+
+def test_job_summary(indexed_db: Indexed) -> None:
+    videos, _, _, result = indexed_db
     s = result.summary
     assert s["done"] == len(videos) and s["failed"] == 1 and s["skipped"] == 0
     assert s["failures"][0]["path"].endswith("broken.mp4") and s["failures"][0]["error"]
@@ -46,12 +55,12 @@ def photo_descriptors(engines: object, cache_dir: Path) -> dict[str, np.ndarray]
     return out
 
 
-def test_every_appearance_found_with_its_times(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
+def test_every_appearance_found_with_its_times(indexed_db: Indexed,
                                                photo_descriptors: dict[str, np.ndarray]) -> None:
     """Each portrait appearance is one track of that person, start and end within one sampling interval."""
     from schemas.sql import embedding_from_bytes
 
-    videos, _, catalog, _ = indexed
+    videos, _, catalog, _ = indexed_db
     for video in videos:
         tracks = tracks_of(catalog, video.name)
         for app in video.appearances:
@@ -65,8 +74,8 @@ def test_every_appearance_found_with_its_times(indexed: tuple[list[SampleVideo],
             assert abs(mine[0].end_s - app.end_s) <= TOL, (video.name, app, mine[0].end_s)
 
 
-def test_rotated_and_vfr_videos_are_timed_right(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
-    videos, _, catalog, _ = indexed
+def test_rotated_and_vfr_videos_are_timed_right(indexed_db: Indexed) -> None:
+    videos, _, catalog, _ = indexed_db
     by_name = {v.name: v for v in videos}
     for name in ("rotated_phone.mp4", "vfr_h264.mp4"):
         app = by_name[name].appearances[0]
@@ -79,21 +88,21 @@ def test_rotated_and_vfr_videos_are_timed_right(indexed: tuple[list[SampleVideo]
                                                                           by_name["rotated_phone.mp4"].height)
 
 
-def test_group_and_empty_scene(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
-    _, _, catalog, _ = indexed
+def test_group_and_empty_scene(indexed_db: Indexed) -> None:
+    _, _, catalog, _ = indexed_db
     assert len(tracks_of(catalog, "empty_scene.mp4")) == 0
     group = tracks_of(catalog, "group_t1.mp4")
     assert 5 <= len(group) <= 7  # six people (one near-profile face may split or drop)
 
 
-def test_same_person_across_videos_matches(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
+def test_same_person_across_videos_matches(indexed_db: Indexed,
                                            cache_dir: Path) -> None:
     """obama2.jpg is in no video; its descriptor finds the obama and obama3 tracks and nothing else."""
     from engines.loader import load_engines
     from schemas.config import DetectionConfig
     from vidx.search import query_embedding, search_tracks
 
-    videos, _, catalog, _ = indexed
+    videos, _, catalog, _ = indexed_db
     engines = load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device="cpu"), warm_up=False)
     query, _ = query_embedding(engines, photo_path("obama2", cache_dir))
     hits = search_tracks(catalog, query)
@@ -105,8 +114,8 @@ def test_same_person_across_videos_matches(indexed: tuple[list[SampleVideo], Pat
 
 
 def test_parquet_parts_read_back_with_the_declared_schema(
-        indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]) -> None:
-    videos, out, catalog, _ = indexed
+        indexed_db: Indexed) -> None:
+    videos, out, catalog, _ = indexed_db
     for table, schema in (("faces", FACES), ("persons", PERSONS), ("tracks", TRACKS)):
         data = ds.dataset(out / table, format="parquet", schema=schema).to_table()
         assert data.schema.equals(schema)
@@ -122,8 +131,8 @@ def test_parquet_parts_read_back_with_the_declared_schema(
     assert thumbs and all(p.exists() and p.read_bytes()[:2] == b"\xff\xd8" for p in thumbs)
 
 
-def test_second_run_does_nothing(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult], cache_dir: Path) -> None:
-    videos, out, catalog, _ = indexed
+def test_second_run_does_nothing(indexed_db: Indexed, cache_dir: Path) -> None:
+    videos, out, catalog, _ = indexed_db
     with catalog.session() as s:
         before = s.scalar(select(func.count()).select_from(Track))
     again = run_job(Path(videos[0].path).parent, catalog=catalog, out_uri=str(out),
