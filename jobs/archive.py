@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ def scan_archive(archive: Path, *, follow_symlinks: bool = False) -> tuple[list[
     """Video files under a folder (recursively) or listed in a text file, and the entries skipped with why.
 
     Symlinks are followed only inside the archive unless `follow_symlinks`; loops are never followed.
+    What is skipped and why: broken links and loops, links out of the archive, entries that are not
+    regular files (a FIFO would block a reader forever), files this user cannot read.
     """
     archive = archive.expanduser()
     if not archive.exists():
@@ -66,14 +69,20 @@ def scan_archive(archive: Path, *, follow_symlinks: bool = False) -> tuple[list[
             skipped.append((path, f"cannot resolve ({exc.__class__.__name__}: broken link or loop)"))
             continue
         if root is not None and not follow_symlinks and not real.is_relative_to(root):
-            skipped.append((path, "symlink points outside the archive (use --follow-symlinks to allow)"))
-            continue
-        if not real.is_file():
+            skipped.append((path, f"symlink points outside the archive (to {real}); not followed"))
             continue
         try:
             st = real.stat()
         except OSError as exc:
             skipped.append((path, f"cannot stat: {exc.strerror}"))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            skipped.append((path, "not a regular file (a FIFO, device or socket)"))
+            continue
+        if not os.access(real, os.R_OK):
+            skipped.append((path, "cannot read the file: permission denied"))
             continue
         found.setdefault(real, VideoFile(real, st.st_size, st.st_mtime))
     return sorted(found.values(), key=lambda v: str(v.path)), skipped

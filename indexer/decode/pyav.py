@@ -7,6 +7,8 @@ keyframe mode the decoder itself skips every other frame.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -36,20 +38,66 @@ def display_rotation(raw: float | int | None) -> int:
     """Clockwise degrees to apply, from FFmpeg's display-matrix angle (counter-clockwise)."""
     if not raw:
         return 0
-    return int(round(-float(raw) / 90.0)) * 90 % 360
+    return round(-float(raw) / 90.0) * 90 % 360
+
+
+def file_state(path: Path) -> tuple[int, int, int]:
+    """What tells a rewritten file apart: inode, size, modification time (ns)."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def open_container(path: Path) -> Any:
-    if not path.exists():
-        raise VideoError("the file does not exist (deleted or moved?)", path=path)
-    if path.stat().st_size == 0:
-        raise VideoError("the file is empty (0 bytes)", path=path)
     try:
-        return av.open(str(path), mode="r", timeout=60.0)
+        st = path.stat()
+    except FileNotFoundError:
+        raise VideoError("the file does not exist (deleted or moved?)", path=path) from None
+    except OSError as exc:
+        raise VideoError(f"cannot read the file: {exc.strerror}", path=path) from exc
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the worker forever
+        raise VideoError("not a regular file (a FIFO, device or socket)", path=path)
+    if st.st_size == 0:
+        raise VideoError("the file is empty (0 bytes)", path=path)
+    if not os.access(path, os.R_OK):
+        raise VideoError("cannot read the file: permission denied", path=path)
+    try:
+        container = av.open(str(path), mode="r", timeout=60.0)
     except av.error.FFmpegError as exc:
-        raise VideoError(f"not a readable video container: {ffmpeg_reason(exc)}", path=path) from exc
+        raise VideoError(f"not a readable video: {what_it_looks_like(path)} ({ffmpeg_reason(exc)})",
+                         path=path) from exc
     except (OSError, UnicodeError) as exc:
         raise VideoError(f"cannot open the file: {exc}", path=path) from exc
+    name = str(container.format.name)
+    if name.endswith("_pipe") or name in IMAGE_FORMATS:
+        container.close()
+        raise VideoError(f"a still image ({name.removesuffix('_pipe').upper()}), not a video", path=path)
+    return container
+
+
+IMAGE_FORMATS = frozenset({"image2", "apng", "webp", "bmp", "png", "tiff"})
+"""FFmpeg demuxers of still images (plus every `*_pipe` one): a photo named .mp4 is refused, not indexed."""
+
+
+def what_it_looks_like(path: Path) -> str:
+    """A guess, from the first bytes, at what a file FFmpeg cannot open is: for the error message."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return "the file cannot be read"
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV whose index (moov box) is missing or damaged: an interrupted recording or copy?"
+    if head[:3] == b"\xff\xd8\xff":
+        return "a damaged JPEG image"
+    if head[:4] in (b"RIFF", b"\x1aE\xdf\xa3", b"OggS") or head[:3] == b"FLV":
+        return "a damaged or truncated container"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a video file FFmpeg recognises (random or corrupt data?)"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "a text file, not a video"
+    return "not a video file FFmpeg recognises"
 
 
 def ffmpeg_reason(exc: BaseException) -> str:
@@ -105,6 +153,8 @@ class PyAVDecoder:
     def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
         started = time.monotonic()
         stats = self.stats = DecodeStats()
+        before = file_state(path) if path.exists() else None
+        demuxed = 0
         with open_container(path) as container:
             stream = video_stream(container, path)
             info = stream_info(path, container, stream)
@@ -121,12 +171,14 @@ class PyAVDecoder:
             index: list[int] = []
             bad = 0
             for packet in self._packets(container, stream, path):
+                demuxed += packet.size > 0
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as exc:
                     bad += 1
                     if bad > MAX_BAD_PACKETS:
-                        raise VideoError(f"too many undecodable packets ({bad}): {ffmpeg_reason(exc)}", path=path) from exc
+                        raise VideoError(f"too many undecodable packets ({bad}): {ffmpeg_reason(exc)}",
+                                         path=path) from exc
                     continue
                 for frame in decoded:
                     n = stats.frames_decoded
@@ -154,11 +206,29 @@ class PyAVDecoder:
                 stats.frames_sampled += len(frames)
                 yield self._batch(frames, pts, index, info)
         stats.seconds = time.monotonic() - started
+        self._check_unchanged(path, before)
+        expected = int(stream.frames or 0)
+        if expected and demuxed < expected:
+            raise VideoError(f"the file is truncated: it holds {demuxed} of the {expected} frames its index lists "
+                             "(an interrupted copy or recording?)", path=path)
+        if demuxed == 0:
+            raise VideoError("the video stream holds no frames (an empty recording?)", path=path)
         if stats.frames_decoded == 0:
             raise VideoError("the video stream has no decodable frames" + (f" ({bad} bad packets)" if bad else ""),
                              path=path)
         if bad:
             log.warning("%s: skipped %d undecodable packets", path, bad)
+
+    @staticmethod
+    def _check_unchanged(path: Path, before: tuple[int, int, int] | None) -> None:
+        """Results must describe one version of the file: one replaced or rewritten while being read fails."""
+        try:
+            after = file_state(path)
+        except FileNotFoundError:
+            raise VideoError("the file was deleted while it was being read", path=path) from None
+        if after != before:
+            raise VideoError("the file changed while it was being read (rewritten during the job); "
+                             "the next run indexes the new version", path=path)
 
     @staticmethod
     def _packets(container: Any, stream: Any, path: Path) -> Iterator[Any]:
