@@ -183,10 +183,13 @@ class Catalog:
             try:
                 return fn()
             except DBAPIError as exc:
+                reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
                 if not is_transient(exc):
+                    if isinstance(exc, OperationalError):  # disk full, read-only, I/O error: say so, plainly
+                        raise IndexError_(f"the SQL index cannot be written ({what}): {reason}", path=self.where,
+                                          hint="free space or fix the database, then resume the job") from exc
                     raise
                 waited = time.monotonic() - started
-                reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
                 if waited >= self.retry_s:
                     raise IndexError_(
                         f"the SQL index is unavailable ({what}): {reason}; gave up after {attempts} attempts "
