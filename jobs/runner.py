@@ -1,7 +1,10 @@
 """Running a job: scan, register, plan (skip what is current), process, commit, summarise.
 
-`vidx index` runs the job in the foreground with in-process workers; `vidx job submit` runs the
-same loop with Ray actors as workers (jobs.ray_executor).
+`plan` turns an archive into a job (one task per video) in the SQL index; `drive_job` runs a planned
+(or interrupted) job to the end with an Executor: LocalExecutor (one in-process worker, the default of
+`vidx index`) or RayExecutor (jobs.ray_executor: one actor per GPU, the default of `vidx job submit`).
+The driver is the only writer of the SQL index: workers hand back outcomes, the driver records each
+finished video in one transaction.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +21,7 @@ from typing import Any, Protocol
 
 from engines.zoo import ModelStore
 from indexer.write import OutputStore, remove_video_outputs
+from jobs import state
 from jobs.archive import scan_archive
 from jobs.catalog import Catalog, VideoOutcome
 from jobs.worker import TaskSpec, VideoWorker
@@ -24,32 +30,65 @@ from schemas.sql import Run
 
 log = logging.getLogger(__name__)
 
+NextTask = TaskSpec | state.Blocked | None
+
+
+@dataclass
+class TaskHooks:
+    """What an executor calls back into the driver for; every SQL write happens behind these."""
+
+    next_task: Callable[[str], NextTask]
+    """Claim the next video for a worker: a TaskSpec, BLOCKED (ask again soon) or None (queue empty)."""
+    on_done: Callable[[TaskSpec, VideoOutcome], None]
+    """Record a finished video (done or failed) in one transaction."""
+    on_retry: Callable[[TaskSpec, str], None]
+    """An attempt ended without an outcome (worker died or hung); the video will be tried again."""
+    should_stop: Callable[[], bool]
+    """True once the job was cancelled."""
+
 
 class Executor(Protocol):
-    """Runs TaskSpecs on workers and yields outcomes as they finish."""
+    """Runs TaskSpecs on workers and hands outcomes back through the hooks as they finish."""
 
     def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]: ...
 
-    def run(self, next_task: Callable[[str], TaskSpec | None], on_done: Callable[[TaskSpec, VideoOutcome], None]) -> None: ...
+    def run(self, hooks: TaskHooks) -> None: ...
 
     def close(self) -> None: ...
 
 
 class LocalExecutor:
-    """One in-process worker."""
+    """One in-process worker, one video at a time: the baseline, and the default of `vidx index`.
+
+    A video that crashes the decoder takes this process down with it; RayExecutor contains that.
+    """
 
     def __init__(self) -> None:
         self.worker: VideoWorker | None = None
 
     def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]:
         self.worker = VideoWorker(settings, out_uri, cache_dir=cache_dir)
-        return self.worker.describe()
+        return {"executor": "local", **self.worker.describe()}
 
-    def run(self, next_task: Callable[[str], TaskSpec | None], on_done: Callable[[TaskSpec, VideoOutcome], None]) -> None:
+    def run(self, hooks: TaskHooks) -> None:
         if self.worker is None:
             raise RuntimeError("executor not started")
-        while (spec := next_task(self.worker.name)) is not None:
-            on_done(spec, self.worker.process(spec))
+        while not hooks.should_stop():
+            spec = hooks.next_task(self.worker.name)
+            if spec is None:
+                return
+            if spec == state.BLOCKED:
+                time.sleep(0.5)
+                continue
+            if not isinstance(spec, TaskSpec):
+                continue
+            try:
+                outcome = self.worker.process(spec)
+            except Exception as exc:  # not the video's own fault (I/O, a bug): recorded, and the job goes on
+                log.exception("worker error on %s", spec.path)
+                outcome = VideoOutcome(spec.video_id, "failed", error=f"worker error: {type(exc).__name__}: {exc}",
+                                       worker=self.worker.name)
+            hooks.on_done(spec, outcome)
 
     def close(self) -> None:
         self.worker = None
@@ -62,6 +101,7 @@ class JobEvents:
     on_plan: Callable[[int, int, int], None] = lambda queued, skipped, bad: None
     on_video: Callable[[str, VideoOutcome], None] = lambda path, outcome: None
     on_workers: Callable[[dict[str, Any]], None] = lambda info: None
+    on_retry: Callable[[str, str], None] = lambda path, reason: None
 
 
 @dataclass
@@ -71,32 +111,81 @@ class JobResult:
     workers: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """What a submit decides beyond the indexing settings."""
+
+    reprocess_stale: bool = False
+    retry_failed: bool = False
+
+
+def this_driver() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def compute_run(catalog: Catalog, settings: IndexSettings, cache_dir: Path | None) -> Run:
     versions = ModelStore(cache_dir).versions()
     key = run_key(PIPELINE_VERSION, versions, settings.result_params())
     return catalog.ensure_run(key, PIPELINE_VERSION, versions, settings.result_params())
 
 
-def run_job(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSettings, executor: Executor,
-            cache_dir: Path | None = None, events: JobEvents | None = None) -> JobResult:
-    events = events or JobEvents()
+def plan(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSettings, cache_dir: Path | None = None,
+         options: PlanOptions | None = None, executor_options: dict[str, Any] | None = None,
+         status: str = "running") -> tuple[int, int, int, list[tuple[Path, str]]]:
+    """Scan an archive and record a job for it: (job id, queued, skipped, unreadable entries)."""
+    options = options or PlanOptions()
     files, unreadable = scan_archive(archive)
     videos = catalog.register(files)
     run = compute_run(catalog, settings, cache_dir)
-    driver = f"{socket.gethostname()}:{os.getpid()}"
-    job_id, queued, skipped = catalog.create_job(str(archive), run, {"settings": settings.to_json()}, videos,
-                                                 driver=driver)
+    job_options = {"settings": settings.to_json(), "out": out_uri, "reprocess_stale": options.reprocess_stale,
+                   "retry_failed": options.retry_failed, "executor": executor_options or {"kind": "local"},
+                   "unreadable": [[str(p), why] for p, why in unreadable]}
+    job_id, queued, skipped = state.plan_job(
+        catalog, str(archive), run, job_options, videos, driver=this_driver() if status == "running" else None,
+        reprocess_stale=options.reprocess_stale, retry_failed=options.retry_failed, status=status)
     for path, why in unreadable:
         log.warning("%s: skipped: %s", path, why)
-    events.on_plan(queued, skipped, len(unreadable))
-    store = OutputStore(out_uri)
+    return job_id, queued, skipped, unreadable
 
-    def next_task(worker: str) -> TaskSpec | None:
-        task = catalog.claim_next(job_id, worker)
-        if task is None:
-            return None
-        return TaskSpec(video_id=task.video_id, path=task.path, fingerprint=task.fingerprint, run_key=run.key,
-                        task_id=task.id)
+
+class _Heartbeat(threading.Thread):
+    """Beats for the driver every few seconds and notices a cancel request."""
+
+    def __init__(self, catalog: Catalog, job_id: int):
+        super().__init__(name=f"vidx-heartbeat-{job_id}", daemon=True)
+        self.catalog, self.job_id = catalog, job_id
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(state.HEARTBEAT_S):
+            try:
+                if state.heartbeat(self.catalog, self.job_id) == "cancelling":
+                    self.cancelled.set()
+            except Exception as exc:  # a missed beat is not fatal; the next one may get through
+                log.warning("heartbeat of job %d failed: %s", self.job_id, exc)
+
+
+def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: Path | None = None,
+              events: JobEvents | None = None) -> JobResult:
+    """Run the queued tasks of a job (this process must already be its driver) and finish it."""
+    events = events or JobEvents()
+    job = state.get_job(catalog, job_id)
+    with catalog.session() as s:
+        run = s.get(Run, job.run_id)
+    if run is None:
+        raise state.JobStateError(f"job {job_id} has no run")
+    settings = IndexSettings.from_json(job.options["settings"])
+    out_uri = job.options["out"]
+    store = OutputStore(out_uri)
+    beat = _Heartbeat(catalog, job_id)
+
+    def next_task(worker: str) -> NextTask:
+        task = state.claim_next(catalog, job_id, worker)
+        if task is None or task == state.BLOCKED:
+            return task
+        return TaskSpec(video_id=task.video_id, path=task.path, fingerprint=task.fingerprint,
+                        run_key=run.key, task_id=task.id, attempts=task.attempts, size=task.size)
 
     def on_done(spec: TaskSpec, outcome: VideoOutcome) -> None:
         superseded = catalog.record(outcome, run, spec.task_id)
@@ -106,16 +195,59 @@ def run_job(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSet
             store.delete(thumb)
         events.on_video(spec.path, outcome)
 
+    def on_retry(spec: TaskSpec, reason: str) -> None:
+        if spec.task_id is not None:
+            state.note_retry(catalog, spec.task_id, reason)
+        events.on_retry(spec.path, reason)
+
+    hooks = TaskHooks(next_task, on_done, on_retry, beat.cancelled.is_set)
     workers: dict[str, Any] = {}
     status = "failed"
+    beat.start()
     try:
+        queued = catalog.job_summary(job_id)["queued"]
         if queued:
             workers = executor.start(settings, out_uri, cache_dir)
             events.on_workers(workers)
-            executor.run(next_task, on_done)
-        status = "done"
+            executor.run(hooks)
+        status = "cancelled" if beat.cancelled.is_set() else "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
+        beat.done.set()
         executor.close()
+        if status != "done":  # whatever was running goes back to the queue: `vidx job resume` picks it up
+            with catalog.session() as s:
+                from sqlalchemy import select
+
+                from schemas.sql import Task
+
+                running = list(s.scalars(select(Task.id).where(Task.job_id == job_id, Task.status == "running")))
+            state.release(catalog, running)
         summary = catalog.finish_job(job_id, status)
-    summary["unreadable"] = [{"path": str(p), "error": why} for p, why in unreadable]
+    summary["status"] = status
+    summary["unreadable"] = [{"path": p, "error": why} for p, why in job.options.get("unreadable", [])]
     return JobResult(job_id, summary, workers)
+
+
+def run_job(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSettings, executor: Executor,
+            cache_dir: Path | None = None, events: JobEvents | None = None, options: PlanOptions | None = None,
+            executor_options: dict[str, Any] | None = None) -> JobResult:
+    """Plan a job for an archive and drive it to the end in this process."""
+    events = events or JobEvents()
+    job_id, queued, skipped, unreadable = plan(archive, catalog=catalog, out_uri=out_uri, settings=settings,
+                                               cache_dir=cache_dir, options=options,
+                                               executor_options=executor_options)
+    events.on_plan(queued, skipped, len(unreadable))
+    return drive_job(job_id, catalog=catalog, executor=executor, cache_dir=cache_dir, events=events)
+
+
+def resume_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: Path | None = None,
+               events: JobEvents | None = None, force: bool = False) -> JobResult:
+    """Continue an interrupted (or queued, detached) job: its unfinished tasks run, finished ones stay."""
+    events = events or JobEvents()
+    state.take_over(catalog, job_id, this_driver(), force=force)
+    summary = catalog.job_summary(job_id)
+    events.on_plan(summary["queued"], summary["skipped"] + summary["done"] + summary["failed"], 0)
+    return drive_job(job_id, catalog=catalog, executor=executor, cache_dir=cache_dir, events=events)

@@ -1,21 +1,26 @@
-"""A worker: engines loaded once, videos processed one after another, outcomes handed back.
+"""A worker: engines loaded once, several videos processed at once, outcomes handed back.
 
-The same class runs in-process (`vidx index` on one machine) and inside a Ray actor (one per GPU).
-It never writes the SQL index: it writes Parquet parts and thumbnails and returns plain values.
+The same class runs in-process (`vidx index`, LocalExecutor) and inside a Ray actor (one per GPU,
+jobs.ray_executor). It never writes the SQL index: it writes Parquet parts and thumbnails and returns
+plain values. Each "lane" is one decoder with its own indexer; all lanes share the engines, so a GPU
+worker keeps several NVDEC sessions busy while models are loaded only once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from engines.loader import load_engines
 from engines.zoo import ModelStore
-from indexer.decode.base import open_decoder
+from indexer.decode.base import Decoder, open_decoder
 from indexer.errors import VideoError
 from indexer.pipeline import VideoIndexer, VideoResult
 from indexer.write import OutputStore, write_video_outputs
@@ -25,6 +30,10 @@ from schemas.sql import embedding_to_bytes
 
 log = logging.getLogger(__name__)
 
+FAULTS_ENV = "VIDX_FAULTS"
+"""Fault injection for the reliability tests: `crash=NAME;hang=NAME` makes the worker process segfault
+(SIGSEGV) or hang when it starts a video whose path contains NAME, like a broken decoder would."""
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -33,6 +42,8 @@ class TaskSpec:
     fingerprint: str
     run_key: str
     task_id: int | None = None
+    attempts: int = 1
+    size: int = 0
 
 
 def track_rows(result: VideoResult) -> list[TrackRow]:
@@ -45,36 +56,95 @@ def track_rows(result: VideoResult) -> list[TrackRow]:
     ]
 
 
+def parse_faults(text: str | None) -> dict[str, str]:
+    """`crash=a.mp4;hang=b.mp4` -> {"crash": "a.mp4", "hang": "b.mp4"}."""
+    faults: dict[str, str] = {}
+    for part in (text or "").split(";"):
+        kind, _, name = part.partition("=")
+        if kind.strip() in ("crash", "hang") and name.strip():
+            faults[kind.strip()] = name.strip()
+    return faults
+
+
+@dataclass
+class _Lane:
+    decoder: Decoder
+    indexer: VideoIndexer
+
+
 class VideoWorker:
-    def __init__(self, settings: IndexSettings, out_uri: str, *, cache_dir: Path | None = None, name: str | None = None):
+    """Engines loaded (and warmed up) once; `lanes` decoders so that many videos run at once."""
+
+    def __init__(self, settings: IndexSettings, out_uri: str, *, cache_dir: Path | None = None, name: str | None = None,
+                 lanes: int = 1, faults: str | None = None):
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.store = OutputStore(out_uri)
         models = ModelStore(cache_dir)
+        # Warm-up runs each model once here: the first run allocates memory and picks kernels.
         self.engines = load_engines(settings.detection, settings.runtime, store=models)
-        self.decoder = open_decoder(settings.runtime.device, threads=settings.runtime.decode_threads)
-        self.indexer = VideoIndexer(self.engines, settings, self.decoder)
+        self.lanes: queue.Queue[_Lane] = queue.Queue()
+        self.n_lanes = max(1, lanes)
+        for _ in range(self.n_lanes):
+            decoder = open_decoder(settings.runtime.device, threads=settings.runtime.decode_threads)
+            self.lanes.put(_Lane(decoder, VideoIndexer(self.engines, settings, decoder)))
+        self.decoder_device = decoder.device
+        self.faults = parse_faults(faults if faults is not None else os.environ.get(FAULTS_ENV))
+        self._progress: dict[int, float] = {}
+        self._lock = threading.Lock()
 
     @property
     def model_versions(self) -> dict[str, str]:
         return self.engines.model_versions
 
     def describe(self) -> dict[str, str]:
-        return {"worker": self.name, "decoder": self.decoder.device, **self.engines.describe()}
+        return {"worker": self.name, "decoder": self.decoder_device, "lanes": str(self.n_lanes),
+                **self.engines.describe()}
+
+    def stalled_for(self) -> dict[int, float]:
+        """Seconds since each video in progress last moved (a decoded batch), by video id."""
+        now = time.monotonic()
+        with self._lock:
+            return {vid: now - t for vid, t in self._progress.items()}
+
+    def _moved(self, video_id: int) -> None:
+        with self._lock:
+            self._progress[video_id] = time.monotonic()
+
+    def _inject(self, path: str) -> None:
+        if (name := self.faults.get("crash")) and name in path:
+            log.error("fault injection: crashing on %s", path)
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if (name := self.faults.get("hang")) and name in path:
+            log.error("fault injection: hanging on %s", path)
+            while True:
+                time.sleep(3600)
 
     def process(self, spec: TaskSpec) -> VideoOutcome:
         """Index one video; a VideoError becomes a failed outcome, anything else propagates."""
+        lane = self.lanes.get()
         started = time.monotonic()
+        self._moved(spec.video_id)
+        try:
+            self._inject(spec.path)
+            return self._process(lane, spec, started)
+        finally:
+            with self._lock:
+                self._progress.pop(spec.video_id, None)
+            self.lanes.put(lane)
+
+    def _process(self, lane: _Lane, spec: TaskSpec, started: float) -> VideoOutcome:
         path = Path(spec.path)
         try:
-            result = self.indexer.index(path, video_id=spec.video_id, run_key=spec.run_key)
+            result = lane.indexer.index(path, video_id=spec.video_id, run_key=spec.run_key,
+                                        on_progress=lambda n, pts: self._moved(spec.video_id))
             files = write_video_outputs(
                 self.store, result, video_id=spec.video_id, run_key=spec.run_key, pipeline_version=PIPELINE_VERSION,
                 model_versions=self.model_versions, params=self.settings.result_params(), fingerprint=spec.fingerprint)
         except VideoError as exc:
             log.warning("%s", exc.describe())
             return VideoOutcome(spec.video_id, "failed", error=exc.message, elapsed_s=time.monotonic() - started,
-                                worker=self.name, frames_decoded=self.decoder.stats.frames_decoded)
+                                worker=self.name, frames_decoded=lane.decoder.stats.frames_decoded)
         info = result.info
         return VideoOutcome(
             spec.video_id, "done", codec=info.codec, width=info.width, height=info.height, fps=info.fps,

@@ -1,8 +1,7 @@
-"""`vidx index`: index an archive in the foreground."""
+"""`vidx index`: index an archive in the foreground (the foreground form of `vidx job submit`)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -11,7 +10,6 @@ from vidx.commands.common import (
     Context,
     build_settings,
     db_option,
-    db_url_for,
     device_option,
     engine_option,
     json_option,
@@ -19,34 +17,31 @@ from vidx.commands.common import (
     pass_ctx,
     sampling_options,
 )
-from vidx.output import emit
+from vidx.commands.job import EXECUTORS, executor_json, executor_options, finish, plan_options, run_foreground
 
 
 @click.command("index")
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
 @out_option
 @db_option
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="local: one worker in this process (no Ray start-up cost); ray: worker actors on Ray.")
+@executor_options
+@plan_options
 @device_option
 @engine_option
 @sampling_options
 @json_option
 @pass_ctx
-def index_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, device: str, engine: str,
-              sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
-              as_json: bool) -> None:
+def index_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str, address: str | None,
+              workers: int | None, videos_per_worker: int | None, max_attempts: int, stall_timeout: float,
+              reprocess_stale: bool, retry_failed: bool, device: str, engine: str, sample_fps: float,
+              every_frame: bool, keyframes: bool, min_face: int, no_persons: bool, as_json: bool) -> None:
     """Index ARCHIVE (a folder, searched recursively, or a text file listing videos) in the foreground."""
-    from jobs.catalog import Catalog
-    from jobs.runner import LocalExecutor, run_job
-    from vidx.progress import JobProgress
-
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
-    catalog = Catalog(db_url_for(out_dir, db_url))
-    with JobProgress(quiet=as_json) as progress:
-        result = run_job(archive, catalog=catalog, out_uri=out_dir, settings=settings, executor=LocalExecutor(),
-                         cache_dir=ctx.cache_dir, events=progress.events())
-    summary = {**result.summary, "workers": result.workers, "out": out_dir, "db": catalog.url}
-    emit(summary, as_json, lambda s: JobProgress.render_summary(s))
-    if summary["failed"] or summary["unreadable"]:
-        sys.exit(3)
-
-
+    if address and executor == "local":
+        executor = "ray"  # naming a cluster means running on it
+    ex = executor_json(executor, address, workers, videos_per_worker, max_attempts, stall_timeout, device)
+    summary = run_foreground(ctx, archive, out_dir=out_dir, db_url=db_url, settings=settings, executor=ex,
+                             reprocess_stale=reprocess_stale, retry_failed=retry_failed, as_json=as_json)
+    finish(summary, as_json)

@@ -1,0 +1,308 @@
+"""Job and task state in the SQL index: planning, claiming across drivers, retries, resume, cancel, status.
+
+Only the job driver writes here (plus `vidx job cancel`, which flips one job row). Every state change
+is one transaction built from conditional UPDATEs, so two drivers (two jobs over the same archive, or
+a resumed job racing a late driver) can never run the same video at once:
+
+* a task moves queued -> running only if it is still queued (the UPDATE's WHERE says so);
+* before that, the claim "touches" the video row, which takes the row lock on PostgreSQL and the
+  write lock on SQLite, then checks that no task of another *live* job is running that video and that
+  nobody finished it meanwhile. A job is live while its driver's heartbeat is fresh.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from jobs.catalog import Catalog
+from schemas.errors import VidxError
+from schemas.sql import Job, Run, Task, Video, utcnow
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+"""How often a driver beats (and looks for a cancel request)."""
+STALE_AFTER_S = 30.0
+"""A running job whose driver has not beaten for this long is taken to be dead (resumable)."""
+CHUNK = 500
+
+Blocked = Literal["blocked"]
+BLOCKED: Blocked = "blocked"
+"""claim_next: queued tasks remain, but other live jobs are running their videos right now."""
+
+
+class JobStateError(VidxError):
+    """A job cannot be resumed, cancelled or found."""
+
+
+def aware(t: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands datetimes back without a zone; they were written in UTC."""
+    if t is None or t.tzinfo is not None:
+        return t
+    return t.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class LastOutcome:
+    """The most recent finished attempt at a video, by any job."""
+
+    status: str
+    fingerprint: str
+    run_id: int | None
+    error: str | None
+    job_id: int
+
+
+def last_outcomes(s: Session, video_ids: Iterable[int]) -> dict[int, LastOutcome]:
+    ids = list(video_ids)
+    out: dict[int, LastOutcome] = {}
+    for i in range(0, len(ids), CHUNK):
+        latest = (select(func.max(Task.id)).where(Task.video_id.in_(ids[i:i + CHUNK]),
+                                                  Task.status.in_(("done", "failed"))).group_by(Task.video_id))
+        rows = s.execute(select(Task.video_id, Task.status, Task.fingerprint, Job.run_id, Task.error, Task.job_id)
+                         .join(Job, Job.id == Task.job_id).where(Task.id.in_(latest)))
+        for vid, status, fp, run_id, error, job_id in rows:
+            out[vid] = LastOutcome(status, fp, run_id, error, job_id)
+    return out
+
+
+def classify(video: Video, last: LastOutcome | None, run_id: int, *, reprocess_stale: bool,
+             retry_failed: bool) -> str | None:
+    """Why a video needs no work in a job of run `run_id` (the skip reason), or None when it must be indexed."""
+    if last is None or last.fingerprint != video.fingerprint:
+        return None  # new, or changed since it was last looked at
+    if last.status == "done" and video.run_id == run_id and last.run_id == run_id:
+        return "already indexed with this pipeline, these models and settings"
+    if last.status == "failed" and last.run_id == run_id and not retry_failed:
+        return f"failed before in job {last.job_id}: {last.error} (--retry-failed tries again)"
+    if (video.run_id is not None and video.run_id != run_id and video.status == "indexed"
+            and not reprocess_stale and last.status == "done"):
+        return "indexed by another pipeline/model version or other settings (--reprocess-stale redoes it)"
+    return None
+
+
+def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], videos: list[Video], *,
+             driver: str | None, reprocess_stale: bool = False, retry_failed: bool = False,
+             status: str = "running") -> tuple[int, int, int]:
+    """A job with one task per video, queued or skipped with its reason. Returns (job id, queued, skipped)."""
+    with catalog.session() as s:
+        job = Job(archive=archive, status=status, run_id=run.id, options=options, driver=driver,
+                  started_at=utcnow() if status == "running" else None,
+                  heartbeat_at=utcnow() if status == "running" else None)
+        s.add(job)
+        s.flush()
+        last = last_outcomes(s, [v.id for v in videos])
+        queued = skipped = 0
+        for v in videos:
+            why = classify(v, last.get(v.id), run.id, reprocess_stale=reprocess_stale, retry_failed=retry_failed)
+            s.add(Task(job_id=job.id, video_id=v.id, path=v.path, fingerprint=v.fingerprint, size=v.size,
+                       status="skipped" if why else "queued", error=why))
+            queued += why is None
+            skipped += why is not None
+        return job.id, queued, skipped
+
+
+def _live_jobs(stale_after_s: float) -> Any:
+    cutoff = utcnow() - dt.timedelta(seconds=stale_after_s)
+    return select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.heartbeat_at >= cutoff)
+
+
+def claim_next(catalog: Catalog, job_id: int, worker: str, *,
+               stale_after_s: float = STALE_AFTER_S) -> Task | Blocked | None:
+    """Move the largest queued task of this job to running, unless another live job is on its video.
+
+    Returns the task, BLOCKED (queued tasks remain but every one is being run by another job; ask
+    again later), or None (nothing queued). A task whose video another job finished meanwhile, with the
+    same fingerprint and run, is marked skipped on the way.
+    """
+    seen: set[int] = set()
+    while True:
+        with catalog.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise JobStateError(f"no job {job_id}")
+            q = select(Task).where(Task.job_id == job_id, Task.status == "queued")
+            if seen:
+                q = q.where(Task.id.not_in(seen))
+            task = s.scalar(q.order_by(Task.size.desc(), Task.id).limit(1))
+            if task is None:
+                if seen:
+                    return BLOCKED
+                return None
+            # Lock the video row first: PostgreSQL row lock / SQLite write lock until this transaction ends.
+            s.execute(update(Video).where(Video.id == task.video_id).values(size=Video.size))
+            busy = s.scalar(select(Task.job_id).where(
+                Task.video_id == task.video_id, Task.status == "running", Task.job_id != job_id,
+                Task.job_id.in_(_live_jobs(stale_after_s))).limit(1))
+            if busy is not None:
+                seen.add(task.id)
+                continue
+            video = s.get(Video, task.video_id)
+            last = last_outcomes(s, [task.video_id]).get(task.video_id)
+            if (video is not None and last is not None and last.status == "done" and last.job_id != job_id
+                    and last.fingerprint == task.fingerprint and video.run_id == job.run_id == last.run_id):
+                s.execute(update(Task).where(Task.id == task.id, Task.status == "queued").values(
+                    status="skipped", error=f"indexed meanwhile by job {last.job_id}", finished_at=utcnow()))
+                continue
+            claimed = s.execute(update(Task).where(Task.id == task.id, Task.status == "queued").values(
+                status="running", worker=worker, claimed_at=utcnow(), attempts=Task.attempts + 1, error=None))
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                s.flush()
+                s.refresh(task)
+                return task
+
+
+def note_retry(catalog: Catalog, task_id: int, reason: str, worker: str | None = None) -> None:
+    """A running task's attempt ended without a result (worker died, hung): count it; it stays running."""
+    with catalog.session() as s:
+        values: dict[str, Any] = {"attempts": Task.attempts + 1, "error": reason, "claimed_at": utcnow()}
+        if worker:
+            values["worker"] = worker
+        s.execute(update(Task).where(Task.id == task_id).values(**values))
+
+
+def release(catalog: Catalog, task_ids: Iterable[int]) -> None:
+    """Put running tasks back in the queue (the driver stops before they finished: cancel, Ctrl-C)."""
+    ids = list(task_ids)
+    if not ids:
+        return
+    with catalog.session() as s:
+        s.execute(update(Task).where(Task.id.in_(ids), Task.status == "running").values(status="queued",
+                                                                                     worker=None))
+
+
+def heartbeat(catalog: Catalog, job_id: int) -> str:
+    """Beat for this job's driver; returns the job's status (`cancelling` asks the driver to stop)."""
+    with catalog.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+        status = s.scalar(select(Job.status).where(Job.id == job_id))
+    return status or "missing"
+
+
+def get_job(catalog: Catalog, job_id: int) -> Job:
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+    if job is None:
+        raise JobStateError(f"no job {job_id} in this index", path=catalog.url, hint="vidx job list shows the jobs")
+    return job
+
+
+def _process_gone(driver: str | None) -> bool:
+    """True when the driver ran on this host and its process no longer exists (no need to wait for staleness)."""
+    host, _, pid = (driver or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def driver_alive(job: Job, *, stale_after_s: float = STALE_AFTER_S) -> bool:
+    beat = aware(job.heartbeat_at)
+    return (job.status in ("running", "cancelling") and beat is not None
+            and (utcnow() - beat).total_seconds() < stale_after_s and not _process_gone(job.driver))
+
+
+def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False,
+              stale_after_s: float = STALE_AFTER_S) -> Job:
+    """Make this process the driver of an unfinished job: its running tasks go back to the queue.
+
+    Refused while the old driver still beats (unless `force`), and for a job that finished.
+    """
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
+        if job.status == "done":
+            raise JobStateError(f"job {job_id} is already done", hint="vidx job submit runs what is missing")
+        if driver_alive(job, stale_after_s=stale_after_s) and not force:
+            age = (utcnow() - (aware(job.heartbeat_at) or utcnow())).total_seconds()
+            raise JobStateError(f"job {job_id} is still being driven by {job.driver} (heartbeat {age:.0f} s ago)",
+                                hint=f"wait {stale_after_s:.0f} s after it stops, or cancel it first")
+        prev = job.heartbeat_at
+        took = s.execute(update(Job).where(Job.id == job_id, Job.heartbeat_at.is_(prev) if prev is None
+                                           else Job.heartbeat_at == prev)
+                         .values(status="running", driver=driver, heartbeat_at=utcnow(), finished_at=None,
+                                 started_at=job.started_at or utcnow()))
+        if took.rowcount != 1:  # type: ignore[attr-defined]
+            raise JobStateError(f"job {job_id} was taken over by another driver just now")
+        s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued"))
+        s.flush()
+        s.refresh(job)
+        return job
+
+
+def cancel(catalog: Catalog, job_id: int) -> str:
+    """Ask a job to stop. A live driver sees `cancelling` at its next beat; otherwise it is cancelled now."""
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
+        if job.status in ("done", "failed", "cancelled"):
+            return job.status
+        if driver_alive(job):
+            job.status = "cancelling"
+            return "cancelling"
+        s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued"))
+        job.status, job.finished_at = "cancelled", utcnow()
+        return "cancelled"
+
+
+def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
+    """A job's state for `vidx job status`: counts, frames, rate and ETA from the finished tasks."""
+    job = get_job(catalog, job_id)
+    summary = catalog.job_summary(job_id)
+    with catalog.session() as s:
+        done_size, done_elapsed = s.execute(select(func.coalesce(func.sum(Task.size), 0),
+                                                   func.coalesce(func.sum(Task.elapsed_s), 0.0))
+                                            .where(Task.job_id == job_id, Task.status.in_(("done", "failed")))).one()
+        left_size = s.scalar(select(func.coalesce(func.sum(Task.size), 0)).where(
+            Task.job_id == job_id, Task.status.in_(("queued", "running")))) or 0
+        running = s.execute(select(Task.path, Task.worker, Task.attempts).where(
+            Task.job_id == job_id, Task.status == "running").order_by(Task.path)).all()
+    started, finished = aware(job.started_at), aware(job.finished_at)
+    wall = ((finished or utcnow()) - started).total_seconds() if started else 0.0
+    finished_n = summary["done"] + summary["failed"]
+    eta = None
+    if job.status in ("running", "cancelling") and done_size and left_size and wall > 0:
+        eta = wall * left_size / done_size
+    return {
+        **summary, "status": job.status, "archive": job.archive, "driver": job.driver,
+        "alive": driver_alive(job), "options": job.options,
+        "created_at": _iso(job.created_at), "started_at": _iso(started), "finished_at": _iso(finished),
+        "heartbeat_at": _iso(job.heartbeat_at), "wall_s": round(wall, 3),
+        "videos_per_s": round(finished_n / wall, 4) if wall > 0 else None,
+        "frames_per_s": round(summary["frames_decoded"] / wall, 1) if wall > 0 else None,
+        "worker_s": round(float(done_elapsed or 0.0), 3), "eta_s": round(eta, 1) if eta is not None else None,
+        "in_progress": [{"path": p, "worker": w, "attempts": a} for p, w, a in running],
+    }
+
+
+def list_jobs(catalog: Catalog, limit: int = 50) -> list[dict[str, Any]]:
+    with catalog.session() as s:
+        jobs = s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+        counts: dict[int, dict[str, int]] = {}
+        for jid, status, n in s.execute(select(Task.job_id, Task.status, func.count())
+                                        .where(Task.job_id.in_([j.id for j in jobs]))
+                                        .group_by(Task.job_id, Task.status)):
+            counts.setdefault(jid, {})[status] = n
+    return [{"job_id": j.id, "status": j.status, "archive": j.archive, "created_at": _iso(j.created_at),
+             "finished_at": _iso(j.finished_at), "alive": driver_alive(j), **counts.get(j.id, {})} for j in jobs]
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    t = aware(t)
+    return t.isoformat(timespec="seconds") if t else None

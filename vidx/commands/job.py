@@ -1,0 +1,278 @@
+"""`vidx job submit|resume|status|list|cancel`: indexing jobs, on Ray or in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from vidx.commands.common import (
+    Context,
+    build_settings,
+    db_option,
+    db_url_for,
+    device_option,
+    engine_option,
+    json_option,
+    out_option,
+    pass_ctx,
+    sampling_options,
+)
+from vidx.output import emit, err, out
+
+EXECUTORS = ("local", "ray")
+
+
+def executor_options(fn: Any) -> Any:
+    """Where a job runs: Ray (local instance or a cluster) or in-process, and how failures are handled."""
+    opts = [
+        click.option("--address", default=None, envvar="VIDX_RAY_ADDRESS",
+                     help="Ray cluster: 'auto' (running on this node) or ray://HEAD:10001 "
+                          "[default: start a local Ray instance]."),
+        click.option("--workers", type=click.IntRange(1, 4096), default=None,
+                     help="Worker actors [default: one per GPU; without GPUs, CPUs/4]."),
+        click.option("--videos-per-worker", type=click.IntRange(1, 64), default=None,
+                     help="Videos each worker indexes at once [default: 4 on a GPU, 1 on a CPU]."),
+        click.option("--max-attempts", type=click.IntRange(1, 20), default=3, show_default=True,
+                     help="Attempts per video when its worker crashes or hangs."),
+        click.option("--stall-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+                     help="Seconds without a decoded batch after which a video counts as hung."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def plan_options(fn: Any) -> Any:
+    fn = click.option("--reprocess-stale", is_flag=True,
+                      help="Also redo videos indexed by another pipeline/model version or other settings.")(fn)
+    fn = click.option("--retry-failed", is_flag=True,
+                      help="Also retry videos that failed before (same file, same run).")(fn)
+    return fn
+
+
+def make_executor(raw: dict[str, Any], address: str | None = None) -> Any:
+    """The executor a job's stored options name (`address` overrides the stored one)."""
+    from jobs.runner import LocalExecutor
+
+    if raw.get("kind", "local") == "local":
+        return LocalExecutor()
+    from jobs.ray_executor import RayExecutor, RayOptions
+
+    opts = RayOptions.from_json(raw)
+    if address:
+        opts = RayOptions.from_json({**raw, "address": address})
+    return RayExecutor(opts)
+
+
+def executor_json(kind: str, address: str | None, workers: int | None, videos_per_worker: int | None,
+                  max_attempts: int, stall_timeout: float, device: str) -> dict[str, Any]:
+    if kind == "local":
+        return {"kind": "local"}
+    from jobs.ray_executor import RayOptions
+
+    return RayOptions(address=address, workers=workers, videos_per_worker=videos_per_worker,
+                      max_attempts=max_attempts, stall_timeout_s=stall_timeout,
+                      gpu=False if device == "cpu" else None).to_json()
+
+
+def finish(summary: dict[str, Any], as_json: bool) -> None:
+    from vidx.progress import JobProgress
+
+    emit(summary, as_json, JobProgress.render_summary)
+    if summary.get("status") not in (None, "done"):
+        sys.exit(4)
+    if summary["failed"] or summary["unreadable"]:
+        sys.exit(3)
+
+
+def run_foreground(ctx: Context, archive: Path, *, out_dir: str, db_url: str | None, settings: Any,
+                   executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool, as_json: bool,
+                   address: str | None = None) -> dict[str, Any]:
+    """Plan and drive a job in this process with a progress bar; the summary (for printing)."""
+    from jobs.catalog import Catalog
+    from jobs.runner import PlanOptions, run_job
+    from vidx.progress import JobProgress
+
+    catalog = Catalog(db_url_for(out_dir, db_url))
+    with JobProgress(quiet=as_json) as progress:
+        result = run_job(archive, catalog=catalog, out_uri=out_dir, settings=settings,
+                         executor=make_executor(executor, address), cache_dir=ctx.cache_dir,
+                         events=progress.events(), options=PlanOptions(reprocess_stale, retry_failed),
+                         executor_options=executor)
+    return {**result.summary, "workers": result.workers, "out": out_dir, "db": catalog.url}
+
+
+def start_detached(ctx: Context, archive: Path, *, out_dir: str, db_url: str | None, settings: Any,
+           executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool) -> dict[str, Any]:
+    """Plan the job here, then drive it from a background process (`vidx job resume ID`)."""
+    from jobs.catalog import Catalog
+    from jobs.runner import PlanOptions, plan
+
+    url = db_url_for(out_dir, db_url)
+    catalog = Catalog(url)
+    job_id, queued, skipped, unreadable = plan(
+        archive, catalog=catalog, out_uri=out_dir, settings=settings, cache_dir=ctx.cache_dir,
+        options=PlanOptions(reprocess_stale, retry_failed), executor_options=executor, status="queued")
+    log_dir = Path(out_dir).expanduser() / "jobs" if "://" not in out_dir else Path.cwd()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"job-{job_id}.log"
+    env = dict(os.environ)
+    if ctx.cache_dir:
+        env["VIDX_CACHE_DIR"] = str(ctx.cache_dir)
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "vidx", "job", "resume", str(job_id), "--db", url, "--quiet"],
+                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    return {"job_id": job_id, "queued": queued, "skipped": skipped, "unreadable": len(unreadable),
+            "driver_pid": proc.pid, "log": str(log_path), "db": url}
+
+
+@click.group()
+def job() -> None:
+    """Indexing jobs: submit, follow, resume, cancel."""
+
+
+@job.command("submit")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@out_option
+@db_option
+@click.option("--executor", type=click.Choice(EXECUTORS), default="ray", show_default=True,
+              help="ray: worker actors on a Ray cluster (local instance by default); local: in this process.")
+@executor_options
+@plan_options
+@click.option("--detach", is_flag=True, help="Plan the job, drive it from a background process, return at once.")
+@device_option
+@engine_option
+@sampling_options
+@json_option
+@pass_ctx
+def submit_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str, address: str | None,
+               workers: int | None, videos_per_worker: int | None, max_attempts: int, stall_timeout: float,
+               reprocess_stale: bool, retry_failed: bool, detach: bool, device: str, engine: str, sample_fps: float,
+               every_frame: bool, keyframes: bool, min_face: int, no_persons: bool, as_json: bool) -> None:
+    """Index ARCHIVE as a job: only what is missing (new, changed, or stale with --reprocess-stale)."""
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
+    ex = executor_json(executor, address, workers, videos_per_worker, max_attempts, stall_timeout, device)
+    if detach:
+        info = start_detached(ctx, archive, out_dir=out_dir, db_url=db_url, settings=settings, executor=ex,
+                              reprocess_stale=reprocess_stale, retry_failed=retry_failed)
+        emit(info, as_json, lambda i: out.print(
+            f"job {i['job_id']}: {i['queued']} videos queued, {i['skipped']} skipped; driver pid {i['driver_pid']}, "
+            f"log {i['log']}\nfollow it with: vidx job status {i['job_id']} --db {i['db']}"))
+        return
+    summary = run_foreground(ctx, archive, out_dir=out_dir, db_url=db_url, settings=settings, executor=ex,
+                             reprocess_stale=reprocess_stale, retry_failed=retry_failed, as_json=as_json)
+    finish(summary, as_json)
+
+
+@job.command("resume")
+@click.argument("job_id", type=int)
+@out_option
+@db_option
+@click.option("--address", default=None, help="Run on this Ray cluster instead of the one the job named.")
+@click.option("--force", is_flag=True, help="Take the job over even though its old driver still beats.")
+@click.option("--quiet", is_flag=True, hidden=True)
+@json_option
+@pass_ctx
+def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, address: str | None, force: bool,
+               quiet: bool, as_json: bool) -> None:
+    """Continue job JOB_ID after its driver stopped: unfinished videos run, finished ones stay."""
+    from jobs.catalog import Catalog
+    from jobs.runner import resume_job
+    from jobs.state import get_job
+    from vidx.progress import JobProgress
+
+    catalog = Catalog(db_url_for(out_dir, db_url))
+    job_row = get_job(catalog, job_id)
+    executor = make_executor(job_row.options.get("executor", {"kind": "local"}), address)
+    with JobProgress(quiet=as_json or quiet) as progress:
+        result = resume_job(job_id, catalog=catalog, executor=executor, cache_dir=ctx.cache_dir,
+                            events=progress.events(), force=force)
+    summary = {**result.summary, "workers": result.workers, "out": job_row.options.get("out", out_dir),
+               "db": catalog.url}
+    finish(summary, as_json)
+
+
+@job.command("status")
+@click.argument("job_id", type=int, required=False)
+@out_option
+@db_option
+@click.option("--watch", is_flag=True, help="Refresh every 2 s until the job ends.")
+@json_option
+def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool, as_json: bool) -> None:
+    """State of job JOB_ID (default: the latest): counts, rate, ETA, videos in progress."""
+    from jobs.catalog import Catalog
+    from jobs.state import job_info, list_jobs
+
+    catalog = Catalog(db_url_for(out_dir, db_url))
+    if job_id is None:
+        jobs = list_jobs(catalog, limit=1)
+        if not jobs:
+            raise click.ClickException("no jobs in this index")
+        job_id = jobs[0]["job_id"]
+    while True:
+        info = job_info(catalog, job_id)
+        emit(info, as_json, render_status)
+        if not watch or info["status"] not in ("running", "cancelling", "queued"):
+            return
+        time.sleep(2.0)
+
+
+def render_status(i: dict[str, Any]) -> None:
+    eta = f", ETA {i['eta_s']:.0f} s" if i.get("eta_s") is not None else ""
+    rate = f", {i['frames_per_s']:,.0f} frames/s" if i.get("frames_per_s") else ""
+    alive = "" if i["status"] not in ("running", "cancelling") else (" (driver alive)" if i["alive"]
+                                                                     else " (driver gone: vidx job resume)")
+    out.print(f"job {i['job_id']} [{i['status']}{alive}] {i['archive']}")
+    out.print(f"  {i['done']} done, {i['skipped']} skipped, {i['failed']} failed, {i['running']} running, "
+              f"{i['queued']} queued of {i['videos']}; {i['frames_decoded']:,} frames in {i['wall_s']:.1f} s"
+              f"{rate}{eta}")
+    for t in i["in_progress"]:
+        out.print(f"  running {t['path']} on {t['worker']} (attempt {t['attempts']})", highlight=False)
+    for f in i["failures"]:
+        out.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False)
+
+
+@job.command("list")
+@out_option
+@db_option
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@json_option
+def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> None:
+    """Recent jobs, newest first."""
+    from jobs.catalog import Catalog
+    from jobs.state import list_jobs
+
+    rows = list_jobs(Catalog(db_url_for(out_dir, db_url)), limit=limit)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("job", "status", "done", "skipped", "failed", "queued", "created", "archive")
+        for r in rows:
+            table.add_row(str(r["job_id"]), r["status"], str(r.get("done", 0)), str(r.get("skipped", 0)),
+                          str(r.get("failed", 0)), str(r.get("queued", 0) + r.get("running", 0)),
+                          r["created_at"] or "", r["archive"])
+        out.print(table)
+
+    emit(rows, as_json, render)
+
+
+@job.command("cancel")
+@click.argument("job_id", type=int)
+@out_option
+@db_option
+@json_option
+def cancel_cmd(job_id: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
+    """Stop job JOB_ID: its driver finishes the videos' bookkeeping and stops; `vidx job resume` continues it."""
+    from jobs.catalog import Catalog
+    from jobs.state import cancel
+
+    status = cancel(Catalog(db_url_for(out_dir, db_url)), job_id)
+    emit({"job_id": job_id, "status": status}, as_json,
+         lambda d: err.print(f"job {d['job_id']}: {d['status']}"))

@@ -1,0 +1,162 @@
+"""`vidx schedule add|list|remove|run-due` and `vidx scheduler`: nightly (or any cron) reprocessing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from vidx.commands.common import (
+    Context,
+    build_settings,
+    db_option,
+    db_url_for,
+    device_option,
+    engine_option,
+    json_option,
+    out_option,
+    pass_ctx,
+    sampling_options,
+)
+from vidx.commands.job import EXECUTORS, executor_json, executor_options, plan_options
+from vidx.output import emit, err, out
+
+log = logging.getLogger(__name__)
+
+
+@click.group()
+def schedule() -> None:
+    """Re-index archives on a schedule (cron expressions, UTC)."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.option("--cron", required=True, help='When to run, five cron fields in UTC, e.g. "0 2 * * *" (02:00 daily).')
+@out_option
+@db_option
+@click.option("--executor", type=click.Choice(EXECUTORS), default="ray", show_default=True)
+@executor_options
+@plan_options
+@device_option
+@engine_option
+@sampling_options
+@json_option
+def add_cmd(name: str, archive: Path, cron: str, out_dir: str, db_url: str | None, executor: str,
+            address: str | None, workers: int | None, videos_per_worker: int | None, max_attempts: int,
+            stall_timeout: float, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
+            sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
+            as_json: bool) -> None:
+    """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
+    stale ones too with --reprocess-stale)."""
+    from jobs.catalog import Catalog
+    from jobs.schedule import add_schedule
+
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
+    options = {"out": out_dir, "settings": settings.to_json(), "reprocess_stale": reprocess_stale,
+               "retry_failed": retry_failed,
+               "executor": executor_json(executor, address, workers, videos_per_worker, max_attempts, stall_timeout,
+                                         device)}
+    info = add_schedule(Catalog(db_url_for(out_dir, db_url)), name, str(archive.resolve()), cron, options)
+    emit(info, as_json, lambda i: out.print(f"schedule {i['name']}: {i['cron']} (UTC), next run {i['next_run_at']}"))
+
+
+@schedule.command("list")
+@out_option
+@db_option
+@json_option
+def list_cmd(out_dir: str, db_url: str | None, as_json: bool) -> None:
+    """The schedules, with their next and last runs."""
+    from jobs.catalog import Catalog
+    from jobs.schedule import list_schedules
+
+    rows = list_schedules(Catalog(db_url_for(out_dir, db_url)))
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("name", "cron (UTC)", "next run", "last run", "last job", "archive")
+        for r in rows:
+            table.add_row(r["name"], r["cron"], r["next_run_at"] or "", r["last_run_at"] or "",
+                          str(r["last_job_id"] or ""), r["archive"])
+        out.print(table)
+
+    emit(rows, as_json, render)
+
+
+@schedule.command("remove")
+@click.argument("name")
+@out_option
+@db_option
+def remove_cmd(name: str, out_dir: str, db_url: str | None) -> None:
+    """Remove schedule NAME (its jobs stay)."""
+    from jobs.catalog import Catalog
+    from jobs.schedule import remove_schedule
+
+    remove_schedule(Catalog(db_url_for(out_dir, db_url)), name)
+    err.print(f"schedule {name} removed")
+
+
+def _submitter(ctx: Context, catalog: Any, quiet: bool) -> Any:
+    """Runs a claimed schedule's job in the foreground; returns the job id."""
+    from jobs.runner import PlanOptions, run_job
+    from schemas.config import IndexSettings
+    from vidx.commands.job import make_executor
+    from vidx.progress import JobProgress
+
+    def submit(claimed: Any) -> int:
+        o = claimed.options
+        if not quiet:
+            err.print(f"schedule {claimed.name}: slot {claimed.slot:%Y-%m-%d %H:%M} UTC, indexing {claimed.archive}")
+        executor = o.get("executor", {"kind": "local"})
+        with JobProgress(quiet=quiet) as progress:
+            result = run_job(Path(claimed.archive), catalog=catalog, out_uri=o["out"],
+                             settings=IndexSettings.from_json(o["settings"]), executor=make_executor(executor),
+                             cache_dir=ctx.cache_dir, events=progress.events(),
+                             options=PlanOptions(bool(o.get("reprocess_stale")), bool(o.get("retry_failed"))),
+                             executor_options=executor)
+        return result.job_id
+
+    return submit
+
+
+@schedule.command("run-due")
+@out_option
+@db_option
+@json_option
+@pass_ctx
+def run_due_cmd(ctx: Context, out_dir: str, db_url: str | None, as_json: bool) -> None:
+    """Run every schedule that is due now, once (for system cron or a systemd timer)."""
+    from jobs.catalog import Catalog
+    from jobs.schedule import run_due
+
+    catalog = Catalog(db_url_for(out_dir, db_url))
+    results = run_due(catalog, _submitter(ctx, catalog, as_json))
+    emit(results, as_json, lambda rs: err.print(
+        "nothing due" if not rs else "\n".join(f"schedule {r['schedule']}: job {r['job_id']}"
+                                               + (f" error: {r['error']}" if r["error"] else "") for r in rs)))
+
+
+@click.command("scheduler")
+@out_option
+@db_option
+@click.option("--max-sleep", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
+              help="Longest wait between looks at the schedules (picks up ones added meanwhile).")
+@click.option("--once", is_flag=True, help="One pass (like run-due), then exit.")
+@pass_ctx
+def scheduler_cmd(ctx: Context, out_dir: str, db_url: str | None, max_sleep: float, once: bool) -> None:
+    """Run schedules as they fall due, forever (several schedulers may share one index safely)."""
+    from jobs.catalog import Catalog
+    from jobs.schedule import run_due, seconds_until_next
+
+    catalog = Catalog(db_url_for(out_dir, db_url))
+    submit = _submitter(ctx, catalog, False)
+    while True:
+        for r in run_due(catalog, submit):
+            err.print(f"schedule {r['schedule']}: job {r['job_id']}" + (f" error: {r['error']}" if r["error"] else ""))
+        if once:
+            return
+        wait = seconds_until_next(catalog)
+        time.sleep(min(max_sleep, wait if wait is not None else max_sleep) + 0.5)
