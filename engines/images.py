@@ -24,7 +24,8 @@ def load_rgb(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
     if size == 0:
         raise ImageError("the file is empty", path=path)
     if size > MAX_IMAGE_BYTES:
-        raise ImageError(f"the file is {size / 1e6:.0f} MB; images over {MAX_IMAGE_BYTES // 2**20} MiB are refused", path=path)
+        raise ImageError(f"the file is {size / 1e6:.0f} MB; images over {MAX_IMAGE_BYTES // 2**20} MiB are refused",
+                         path=path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

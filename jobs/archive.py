@@ -89,8 +89,10 @@ def scan_archive(archive: Path, *, follow_symlinks: bool = False) -> tuple[list[
 
 
 def _walk(root: Path) -> Iterator[Path]:
+    """Video files by name, plus symlinked folders (never descended: scan_archive reports where they point)."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
+        yield from (Path(dirpath) / d for d in dirnames if (Path(dirpath) / d).is_symlink())
         for name in sorted(filenames):
             if Path(name).suffix.lower() in VIDEO_EXTENSIONS and not name.startswith("."):
                 yield Path(dirpath) / name
