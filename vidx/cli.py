@@ -15,6 +15,7 @@ import click
 from schemas.errors import VidxError
 from vidx import __version__
 from vidx.commands import bench, demo, index, models, search
+from vidx.commands import person as person_cmds
 from vidx.commands.common import Context
 from vidx.output import err
 
@@ -36,6 +37,8 @@ cli.add_command(models.models)
 cli.add_command(bench.bench)
 cli.add_command(index.index_cmd)
 cli.add_command(search.search_cmd)
+cli.add_command(person_cmds.person)
+cli.add_command(person_cmds.people)
 cli.add_command(demo.demo_cmd)
 
 

@@ -43,3 +43,62 @@ def bench_engines(ctx: Context, device: str, engine: str, batches: str, seconds:
     emit(result, as_json, render)
 
 
+@bench.command("search")
+@click.option("--exact-tracks", type=click.IntRange(0), default=1_000_000, show_default=True,
+              help="Tracks for the exact-search measurement (0 skips it).")
+@click.option("--ann-tracks", type=click.IntRange(0), default=10_000_000, show_default=True,
+              help="Tracks for the ANN measurement (0 skips it).")
+@click.option("--queries", type=click.IntRange(10), default=300, show_default=True, help="Queries, one at a time.")
+@click.option("--nprobe", "nprobes", default="16,32,64,128,256", show_default=True,
+              help="IVF lists probed, comma-separated.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="FAISS threads [default: all cores].")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True,
+              help="Where exact search runs (gpu: CuPy).")
+@json_option
+def bench_search_cmd(exact_tracks: int, ann_tracks: int, queries: int, nprobes: str, threads: int | None, device: str,
+                     as_json: bool) -> None:
+    """Exact and ANN top-10 over synthetic dlib-like face descriptors: latency, recall, build time, memory."""
+    from vidx.bench_search import bench_search
+    from vidx.output import say
+
+    result = bench_search(exact_tracks=exact_tracks, ann_tracks=ann_tracks, queries=queries,
+                          nprobes=[int(p) for p in nprobes.split(",") if p.strip()], device=device, threads=threads,
+                          say=say, command=" ".join(["vidx", *sys.argv[1:]]))
+
+    def render(res: dict[str, Any]) -> None:
+        out.print(f"{res['machine']['cpu']} · {res['machine']['cores']} cores · {res['threads']} threads")
+        table = Table("search", "tracks", "nprobe", "p50 ms", "p95 ms", "recall@10", "known", "L2<0.6", "build s")
+        if "exact" in res:
+            e = res["exact"]
+            table.add_row(f"exact ({e['device']})", f"{e['tracks']:,}", "", f"{e['top10']['p50_ms']:.2f}",
+                          f"{e['top10']['p95_ms']:.2f}", "1", "1", "1", f"{e['build_s']:.1f}")
+        if "ann" in res:
+            a = res["ann"]
+            for r in a["nprobe"]:
+                table.add_row(a["index"], f"{a['tracks']:,}", str(r["nprobe"]), f"{r['top10']['p50_ms']:.2f}",
+                              f"{r['top10']['p95_ms']:.2f}", f"{r['recall_at_10']:.3f}",
+                              f"{r['recall_known_people']:.3f}", f"{r['recall_same_person_l2_0_6']:.3f}",
+                              f"{a['build_s']:.0f}")
+        out.print(table)
+
+    emit(result, as_json, render)
+
+@bench.command("jobs")
+@click.option("--videos", type=click.IntRange(1, 1000), default=20, show_default=True, help="Short clips to index.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Ray CPU workers [default: CPUs/4, at least 1].")
+@json_option
+@pass_ctx
+def bench_jobs(ctx: Context, videos: int, workers: int | None, as_json: bool) -> None:
+    """A job on a local Ray instance against the in-process pipeline, same clips, CPU (Ray started beforehand)."""
+    from jobs.bench import bench_jobs as run_bench
+
+    result = run_bench(ctx.cache_dir, videos=videos, workers=workers, command=" ".join(["vidx", *sys.argv[1:]]))
+
+    def render(r: dict[str, Any]) -> None:
+        out.print(f"{r['machine']['cpu']} · {r['machine']['cores']} cores · {r['videos']} clips")
+        out.print(f"in-process: {r['local']['wall_s']:.2f} s · Ray: {r['ray']['wall_s']:.2f} s "
+                  f"(Ray start-up, not counted: {r['ray_start_s']:.2f} s) · ratio {r['ray_over_local']:.2f} "
+                  f"(target ≤ {r['target']})")
+
+    emit(result, as_json, render)

@@ -1,4 +1,4 @@
-"""`vidx search`: find where and when a person appears."""
+"""`vidx search`: find where and when a person appears (by photo or by name)."""
 
 from __future__ import annotations
 
@@ -18,36 +18,77 @@ from vidx.commands.common import (
     out_option,
     pass_ctx,
 )
-from vidx.output import emit, out
+from vidx.output import emit, out, say
+
+
+def local_root(out_dir: str) -> Path | None:
+    """The output folder as a local path (None for an object-store URI)."""
+    return Path(out_dir).expanduser().resolve() if "://" not in out_dir else None
+
+
+def load_query_engines(ctx: Context, device: str) -> Any:
+    from engines.loader import load_engines
+    from schemas.config import DetectionConfig, RuntimeConfig
+
+    return load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device=device),  # type: ignore[arg-type]
+                        store=ctx.store(), warm_up=False)
 
 
 @click.command("search")
-@click.option("--photo", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+@click.option("--photo", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A photo of the person to find.")
+@click.option("--person", "person_name", default=None, help="A named person (see `vidx person add`).")
 @click.option("--face", type=click.IntRange(1), default=None, help="Which face of the photo (1 = largest).")
 @click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="At most this many appearances.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Minimum calibrated score (0.5 = dlib's same-person boundary, L2 0.6).")
-@click.option("--video", "video_glob", default=None, help="Only videos whose path matches this glob.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Minimum calibrated score [default: 0.75, L2 0.545]; 0.5 is dlib's same-person boundary (L2 0.6).")
+@click.option("--video", "video_glob", default=None, help="Only videos whose path (or file name) matches this glob.")
+@click.option("--after", type=click.FloatRange(0), default=None, help="Only appearances still on after this second.")
+@click.option("--before", type=click.FloatRange(0), default=None, help="Only appearances starting before this second.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
+              help="Also write a self-contained HTML report to this file.")
 @out_option
 @db_option
 @device_option
 @json_option
 @pass_ctx
-def search_cmd(ctx: Context, photo: Path, face: int | None, top: int, threshold: float, video_glob: str | None,
-               out_dir: str, db_url: str | None, device: str, as_json: bool) -> None:
-    """Find where and when the person in PHOTO appears in the indexed videos."""
-    from engines.loader import load_engines
+def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: int | None, top: int,
+               threshold: float | None, video_glob: str | None, after: float | None, before: float | None,
+               html_file: Path | None, out_dir: str, db_url: str | None, device: str, as_json: bool) -> None:
+    """Find where and when a person appears: give a PHOTO of them, or the NAME of a known person."""
     from jobs.catalog import Catalog
-    from schemas.config import DetectionConfig, RuntimeConfig
-    from vidx.search import query_embedding, search_tracks
+    from vidx.people import get_person, label_names, person_queries, resolve_labels
+    from vidx.search import DEFAULT_THRESHOLD, Filters, detect_query_face, load_tracks, open_search_index, search_index
 
+    if (photo is None) == (person_name is None):
+        raise click.UsageError("give exactly one of --photo IMG or --person NAME")
+    if after is not None and before is not None and after > before:
+        raise click.UsageError("--after must not be later than --before")
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     catalog = Catalog(db_url_for(out_dir, db_url))
-    engines = load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device=device),  # type: ignore[arg-type]
-                           store=ctx.store(), warm_up=False)
-    query, about = query_embedding(engines, photo, face)
-    hits = search_tracks(catalog, query, top=top, threshold=threshold, video_glob=video_glob)
-    root = Path(out_dir).expanduser().resolve() if "://" not in out_dir else None
+    filters = Filters(video_glob, after, before)
+    query = None
+    resolved = resolve_labels(catalog)
+    names = label_names(catalog, resolved)
+    if photo is not None:
+        query = detect_query_face(load_query_engines(ctx, device), photo, face)
+        index = open_search_index(catalog, out_dir, device=device)
+        hits = search_index(catalog, index, query.embedding, top=top, threshold=threshold, filters=filters,
+                            labels=names)
+    else:
+        person = get_person(catalog, person_name or "")
+        queries = person_queries(catalog, person)
+        index = open_search_index(catalog, out_dir, device=device)
+        forced = load_tracks(catalog, [tid for tid, (pid, _) in resolved.items() if pid == person.id])
+        hits = search_index(catalog, index, queries, top=top, threshold=threshold, filters=filters, labels=names,
+                            exclude_other_people=person.name, forced=forced)
+    root = local_root(out_dir)
+    if html_file is not None:
+        from vidx.report import render_report
+
+        html_file.write_text(render_report(hits, out_root=root, query=query, person=person_name, threshold=threshold),
+                             encoding="utf-8")
+        say(f"report written to {html_file}")
     rows = []
     for h in hits:
         d = h.to_json()
@@ -57,15 +98,15 @@ def search_cmd(ctx: Context, photo: Path, face: int | None, top: int, threshold:
 
     def render(rows: list[dict[str, Any]]) -> None:
         if not rows:
-            out.print(f"no appearance scores {threshold} or more ({about['faces_in_photo']} face(s) in the photo)")
+            faces = f" ({query.faces_in_photo} face(s) in the photo)" if query else ""
+            out.print(f"no appearance scores {threshold} or more{faces}")
             return
-        table = Table("score", "video", "from", "to", "track")
+        table = Table("score", "video", "from", "to", "track", "person")
         for r in rows:
+            who = (r["person"] or "") + (" (label)" if r["labelled"] else "")
             table.add_row(f"{r['score']:.2f}", Path(r["video"]).name, fmt_time(r["start_s"]), fmt_time(r["end_s"]),
-                          str(r["track_id"]))
+                          str(r["track_id"]), who)
         out.print(table)
         out.print(f"{len(rows)} appearance(s); thumbnails and full paths with --json")
 
     emit(rows, as_json, render)
-
-

@@ -1,0 +1,148 @@
+"""`vidx person ...` (named people and manual labels) and `vidx people cluster` (unknown faces)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from vidx.commands.common import Context, db_option, db_url_for, device_option, json_option, out_option, pass_ctx
+from vidx.commands.search import load_query_engines, local_root
+from vidx.output import emit, out
+
+
+def _catalog(out_dir: str, db_url: str | None) -> Any:
+    from jobs.catalog import Catalog
+
+    return Catalog(db_url_for(out_dir, db_url))
+
+
+@click.group("person")
+def person() -> None:
+    """Named people: photos of them, and manual labels (fixed facts) on face tracks."""
+
+
+@person.command("add")
+@click.argument("name")
+@click.argument("photos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--face", type=click.IntRange(1), default=None, help="Which face of each photo (1 = largest).")
+@out_option
+@db_option
+@device_option
+@json_option
+@pass_ctx
+def person_add(ctx: Context, name: str, photos: tuple[Path, ...], face: int | None, out_dir: str, db_url: str | None,
+               device: str, as_json: bool) -> None:
+    """Add NAME with one or more PHOTOS (several photos make a better query); adds to an existing NAME."""
+    from vidx.people import add_person
+
+    catalog = _catalog(out_dir, db_url)
+    p, faces = add_person(catalog, load_query_engines(ctx, device), name, photos, face)
+    result = {"id": p.id, "name": p.name, "photos": faces}
+    emit(result, as_json, lambda r: out.print(f"{r['name']}: {len(r['photos'])} photo(s) added", markup=False))
+
+
+@person.command("list")
+@out_option
+@db_option
+@json_option
+def person_list(out_dir: str, db_url: str | None, as_json: bool) -> None:
+    """The named people, with how many photos and labels each has."""
+    from vidx.people import list_people
+
+    rows = [p.to_json() for p in list_people(_catalog(out_dir, db_url))]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("name", "photos", "labels")
+        for r in rows:
+            table.add_row(r["name"], str(r["exemplars"]), str(r["labels"]))
+        out.print(table if rows else "no people yet (add one with `vidx person add NAME PHOTO...`)")
+
+    emit(rows, as_json, render)
+
+
+@person.command("label")
+@click.argument("args", nargs=-1, required=True)
+@click.option("--cluster", "cluster_id", type=int, default=None, help="Label every track of this cluster.")
+@out_option
+@db_option
+@json_option
+def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db_url: str | None,
+                 as_json: bool) -> None:
+    """Confirm who a track is: `label TRACK_ID NAME`, or a whole cluster: `label --cluster C NAME`.
+
+    Labels are fixed facts: searches by NAME always return them, and re-clustering never undoes them.
+    """
+    from vidx.people import cluster_members, label_tracks
+
+    catalog = _catalog(out_dir, db_url)
+    if cluster_id is not None:
+        if len(args) != 1:
+            raise click.UsageError("with --cluster give only the NAME")
+        name, tracks = args[0], cluster_members(catalog, cluster_id)
+    else:
+        if len(args) != 2 or not args[0].isdigit():
+            raise click.UsageError("usage: vidx person label TRACK_ID NAME (or --cluster C NAME)")
+        name, tracks = args[1], [int(args[0])]
+    done = label_tracks(catalog, tracks, name)
+    result = {"name": name, **done}
+
+    def render(r: dict[str, Any]) -> None:
+        out.print(f"{len(r['labelled'])} track(s) labelled {r['name']}", markup=False)
+        if r["already"]:
+            out.print(f"{len(r['already'])} already were")
+        if r["conflict"]:
+            out.print(f"{len(r['conflict'])} left alone: labelled as someone else ({r['conflict']})")
+
+    emit(result, as_json, render)
+
+
+@person.command("unlabel")
+@click.argument("track_id", type=int)
+@click.option("--name", default=None, help="Remove only this person's label.")
+@out_option
+@db_option
+@json_option
+def person_unlabel(track_id: int, name: str | None, out_dir: str, db_url: str | None, as_json: bool) -> None:
+    """Remove the manual label(s) on TRACK_ID."""
+    from vidx.people import unlabel_tracks
+
+    n = unlabel_tracks(_catalog(out_dir, db_url), [track_id], name)
+    emit({"track_id": track_id, "removed": n}, as_json, lambda r: out.print(f"{r['removed']} label(s) removed"))
+
+
+@click.group("people")
+def people() -> None:
+    """Unknown faces: group face tracks into identities so whole groups can be named at once."""
+
+
+@people.command("cluster")
+@click.option("--eps", type=click.FloatRange(0.05, 2.0), default=0.5, show_default=True,
+              help="DBSCAN radius in L2 (dlib scale; same person is usually below 0.5).")
+@click.option("--min-samples", type=click.IntRange(1), default=2, show_default=True,
+              help="Tracks a dense neighbourhood needs (itself included); fewer is noise.")
+@out_option
+@db_option
+@json_option
+def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
+    """Cluster the face tracks (DBSCAN); name a cluster with `vidx person label --cluster C NAME`."""
+    from vidx.people import cluster_people
+
+    clusters = cluster_people(_catalog(out_dir, db_url), eps=eps, min_samples=min_samples)
+    root = local_root(out_dir)
+    rows = []
+    for c in clusters:
+        d = c.to_json()
+        if c.thumbnail and root is not None:
+            d["thumbnail"] = str(root / c.thumbnail)
+        rows.append(d)
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        table = Table("cluster", "tracks", "videos", "person")
+        for r in rows:
+            table.add_row(str(r["id"]), str(r["size"]), str(r["videos"]), r["person"] or "")
+        out.print(table if rows else "no clusters (too few tracks, or none close enough)")
+
+    emit(rows, as_json, render)
