@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sqlalchemy.exc import IntegrityError
+
 from engines.zoo import ModelStore
 from indexer.write import OutputStore, remove_video_outputs
 from jobs import state
-from jobs.archive import scan_archive
+from jobs.archive import VideoFile, scan_archive
 from jobs.catalog import Catalog, VideoOutcome
 from jobs.worker import TaskSpec, VideoWorker
 from schemas.config import PIPELINE_VERSION, IndexSettings, run_key
-from schemas.sql import Run
+from schemas.sql import Run, Video
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +131,25 @@ def compute_run(catalog: Catalog, settings: IndexSettings, cache_dir: Path | Non
     return catalog.ensure_run(key, PIPELINE_VERSION, versions, settings.result_params())
 
 
+def register(catalog: Catalog, files: list[VideoFile]) -> list[Video]:
+    """Upsert the video rows; when another submit inserted the same new videos first, take theirs."""
+    for attempt in range(3):
+        try:
+            return catalog.register(files)
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            log.info("another job registered the same videos at the same time; registering again")
+    raise AssertionError("unreachable")
+
+
 def plan(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSettings, cache_dir: Path | None = None,
          options: PlanOptions | None = None, executor_options: dict[str, Any] | None = None,
          status: str = "running") -> tuple[int, int, int, list[tuple[Path, str]]]:
     """Scan an archive and record a job for it: (job id, queued, skipped, unreadable entries)."""
     options = options or PlanOptions()
     files, unreadable = scan_archive(archive)
-    videos = catalog.register(files)
+    videos = register(catalog, files)
     run = compute_run(catalog, settings, cache_dir)
     job_options = {"settings": settings.to_json(), "out": out_uri, "reprocess_stale": options.reprocess_stale,
                    "retry_failed": options.retry_failed, "executor": executor_options or {"kind": "local"},

@@ -1,0 +1,129 @@
+"""Job state without Ray: two jobs over one archive at once, incremental resubmits, stale runs, cancel, CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from engines.photos import load_photo
+from jobs import state
+from jobs.bench import PHOTOS, make_short_archive
+from jobs.catalog import Catalog, default_db_url
+from jobs.runner import JobResult, LocalExecutor, PlanOptions, plan, run_job
+from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
+from schemas.sql import Task, Track, Video
+from vidx.cli import cli
+
+SETTINGS = IndexSettings(runtime=RuntimeConfig(device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def clip_photos(cache_dir: Path) -> dict[str, np.ndarray]:
+    return {n: load_photo(n, cache_dir) for n in PHOTOS}
+
+
+def test_two_jobs_over_one_archive_at_once_index_each_video_once(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    make_short_archive(tmp_path / "a", clip_photos, 8)
+    out = tmp_path / "out"
+    url = default_db_url(out)
+    results: list[JobResult] = []
+    lock = threading.Lock()
+
+    def one_driver() -> None:
+        catalog = Catalog(url)  # its own connections, as a second `vidx job submit` would have
+        r = run_job(tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=LocalExecutor(),
+                    cache_dir=cache_dir)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one_driver) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(results) == 2
+    catalog = Catalog(url)
+    with catalog.session() as s:
+        done = Counter(s.scalars(select(Task.video_id).where(Task.status == "done")))
+        skipped = list(s.scalars(select(Task.error).where(Task.status == "skipped")))
+    assert len(done) == 8 and set(done.values()) == {1}  # every video by exactly one of the two jobs
+    assert sum(r.summary["done"] for r in results) == 8
+    assert len(skipped) == 8 and all(e.startswith(("indexed meanwhile by job", "already indexed")) for e in skipped)
+
+
+def test_resubmits_are_incremental_and_reprocess_stale_replaces_old_results(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    archive = tmp_path / "a"
+    clips = make_short_archive(archive, clip_photos, 3)
+    (archive / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 3000)
+    out = tmp_path / "out"
+    catalog = Catalog(default_db_url(out))
+
+    def submit(settings: IndexSettings, **kw: bool) -> JobResult:
+        return run_job(archive, catalog=catalog, out_uri=str(out), settings=settings, executor=LocalExecutor(),
+                       cache_dir=cache_dir, options=PlanOptions(**kw))
+
+    first = submit(SETTINGS)
+    assert (first.summary["done"], first.summary["failed"]) == (3, 1)
+    again = submit(SETTINGS)  # nothing new: the corrupt file is not retried either
+    assert (again.summary["done"], again.summary["failed"], again.summary["skipped"], again.workers) == (0, 0, 4, {})
+    assert submit(SETTINGS, retry_failed=True).summary["failed"] == 1
+
+    clips[0].write_bytes(clips[1].read_bytes())  # a changed file is redone
+    changed = submit(SETTINGS)
+    assert (changed.summary["done"], changed.summary["skipped"]) == (1, 3)
+
+    other = IndexSettings(sampling=SamplingConfig(fps=1.0), runtime=RuntimeConfig(device="cpu"))
+    stale = submit(other)
+    # Indexed videos are stale for the new run and left alone; the corrupt one is tried once with the new run.
+    assert (stale.summary["done"], stale.summary["failed"], stale.summary["skipped"]) == (0, 1, 3)
+    with catalog.session() as s:
+        reasons = set(s.scalars(select(Task.error).where(Task.job_id == stale.job_id)))
+    assert any("--reprocess-stale" in (r or "") for r in reasons)
+    old_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
+    redo = submit(other, reprocess_stale=True)
+    assert redo.summary["done"] == 3
+    new_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
+    assert len(new_parts) == 3 and not set(old_parts) & set(new_parts)  # old run's parts replaced
+    with catalog.session() as s:
+        runs = set(s.scalars(select(Track.run_id)))
+        live = set(s.scalars(select(Video.run_id).where(Video.status == "indexed")))
+    assert runs == live and len(runs) == 1
+
+
+def test_job_cli_status_list_cancel_and_resume(tmp_path: Path, clip_photos: dict[str, np.ndarray],
+                                               cache_dir: Path) -> None:
+    make_short_archive(tmp_path / "a", clip_photos, 2)
+    out = tmp_path / "out"
+    catalog = Catalog(default_db_url(out))
+    # A planned job nobody drives yet (what --detach leaves for its background driver).
+    job_id, queued, _, _ = plan(tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS,
+                                cache_dir=cache_dir, status="queued")
+    assert queued == 2
+    runner = CliRunner()
+    base = ["--cache-dir", str(cache_dir)]
+    res = runner.invoke(cli, [*base, "job", "status", str(job_id), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert (info["status"], info["queued"], info["alive"]) == ("queued", 2, False)
+    res = runner.invoke(cli, [*base, "job", "cancel", str(job_id), "--out", str(out), "--json"])
+    assert json.loads(res.output)["status"] == "cancelled"
+    res = runner.invoke(cli, [*base, "job", "resume", str(job_id), "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert (summary["status"], summary["done"]) == ("done", 2)
+    res = runner.invoke(cli, [*base, "job", "list", "--out", str(out), "--json"])
+    rows = json.loads(res.output)
+    assert rows[0]["job_id"] == job_id and rows[0]["status"] == "done" and rows[0]["done"] == 2
+    res = runner.invoke(cli, [*base, "job", "resume", str(job_id), "--out", str(out)])
+    assert res.exit_code != 0 and "already done" in str(res.exception)
+    with pytest.raises(state.JobStateError, match="no job 999"):
+        state.get_job(catalog, 999)
