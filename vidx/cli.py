@@ -15,7 +15,9 @@ import click
 from schemas.errors import VidxError
 from vidx import __version__
 from vidx.commands import bench, demo, index, models, search
+from vidx.commands import job as job_cmds
 from vidx.commands import person as person_cmds
+from vidx.commands import schedule as schedule_cmds
 from vidx.commands.common import Context
 from vidx.output import err
 
@@ -36,6 +38,9 @@ def cli(ctx: click.Context, cache_dir: Path | None, verbose: int) -> None:
 cli.add_command(models.models)
 cli.add_command(bench.bench)
 cli.add_command(index.index_cmd)
+cli.add_command(job_cmds.job)
+cli.add_command(schedule_cmds.schedule)
+cli.add_command(schedule_cmds.scheduler_cmd)
 cli.add_command(search.search_cmd)
 cli.add_command(person_cmds.person)
 cli.add_command(person_cmds.people)
