@@ -61,7 +61,8 @@ def open_container(path: Path) -> Any:
     if not os.access(path, os.R_OK):
         raise VideoError("cannot read the file: permission denied", path=path)
     try:
-        container = av.open(str(path), mode="r", timeout=60.0)
+        # metadata_errors: a damaged title tag must not make the pictures unreadable
+        container = av.open(str(path), mode="r", timeout=60.0, metadata_errors="replace")
     except av.error.FFmpegError as exc:
         raise VideoError(f"not a readable video: {what_it_looks_like(path)} ({ffmpeg_reason(exc)})",
                          path=path) from exc
@@ -154,7 +155,7 @@ class PyAVDecoder:
         started = time.monotonic()
         stats = self.stats = DecodeStats()
         before = file_state(path) if path.exists() else None
-        demuxed = 0
+        demuxed, cut_off = 0, False
         with open_container(path) as container:
             stream = video_stream(container, path)
             info = stream_info(path, container, stream)
@@ -172,6 +173,8 @@ class PyAVDecoder:
             bad = 0
             for packet in self._packets(container, stream, path):
                 demuxed += packet.size > 0
+                if packet.is_corrupt and packet.pos is not None and before is not None:
+                    cut_off |= packet.pos + packet.size >= before[1]  # a packet cut short by the end of the file
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as exc:
@@ -211,6 +214,9 @@ class PyAVDecoder:
         if expected and demuxed < expected:
             raise VideoError(f"the file is truncated: it holds {demuxed} of the {expected} frames its index lists "
                              "(an interrupted copy or recording?)", path=path)
+        if cut_off:
+            raise VideoError("the file is truncated: it ends in the middle of a frame (an interrupted copy or "
+                             "recording?)", path=path)
         if demuxed == 0:
             raise VideoError("the video stream holds no frames (an empty recording?)", path=path)
         if stats.frames_decoded == 0:
