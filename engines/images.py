@@ -34,8 +34,8 @@ def load_rgb(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndar
                 if w * h > max_pixels:
                     raise ImageError(f"the image is {w}x{h} pixels, over the limit of {max_pixels:,}", path=path,
                                      hint="scale it down first")
-                img = ImageOps.exif_transpose(img)
-                return np.asarray(img.convert("RGB"))
+                upright = ImageOps.exif_transpose(img)
+                return np.asarray(upright.convert("RGB"))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
