@@ -13,12 +13,13 @@ a resumed job racing a late driver) can never run the same video at once:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -38,6 +39,20 @@ CHUNK = 500
 Blocked = Literal["blocked"]
 BLOCKED: Blocked = "blocked"
 """claim_next: queued tasks remain, but other live jobs are running their videos right now."""
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def retrying(fn: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatenate[Catalog, P], R]:
+    """Run again (whole transactions, all safe to repeat) while the database is briefly locked or away."""
+
+    @functools.wraps(fn)
+    def wrapper(catalog: Catalog, *args: P.args, **kwargs: P.kwargs) -> R:
+        return catalog.retry(fn.__name__, lambda: fn(catalog, *args, **kwargs))
+
+    return wrapper
 
 
 class JobStateError(VidxError):
@@ -90,6 +105,7 @@ def classify(video: Video, last: LastOutcome | None, run_id: int, *, reprocess_s
     return None
 
 
+@retrying
 def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], videos: list[Video], *,
              driver: str | None, reprocess_stale: bool = False, retry_failed: bool = False,
              status: str = "running") -> tuple[int, int, int]:
@@ -116,6 +132,7 @@ def _live_jobs(stale_after_s: float) -> Any:
     return select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.heartbeat_at >= cutoff)
 
 
+@retrying
 def claim_next(catalog: Catalog, job_id: int, worker: str, *,
                stale_after_s: float = STALE_AFTER_S) -> Task | Blocked | None:
     """Move the largest queued task of this job to running, unless another live job is on its video.
@@ -161,6 +178,7 @@ def claim_next(catalog: Catalog, job_id: int, worker: str, *,
                 return task
 
 
+@retrying
 def note_retry(catalog: Catalog, task_id: int, reason: str, worker: str | None = None) -> None:
     """A running task's attempt ended without a result (worker died, hung): count it; it stays running."""
     with catalog.session() as s:
@@ -170,6 +188,7 @@ def note_retry(catalog: Catalog, task_id: int, reason: str, worker: str | None =
         s.execute(update(Task).where(Task.id == task_id).values(**values))
 
 
+@retrying
 def release(catalog: Catalog, task_ids: Iterable[int]) -> None:
     """Put running tasks back in the queue (the driver stops before they finished: cancel, Ctrl-C)."""
     ids = list(task_ids)
@@ -180,6 +199,7 @@ def release(catalog: Catalog, task_ids: Iterable[int]) -> None:
                                                                                      worker=None))
 
 
+@retrying
 def heartbeat(catalog: Catalog, job_id: int) -> str:
     """Beat for this job's driver; returns the job's status (`cancelling` asks the driver to stop)."""
     with catalog.session() as s:
@@ -216,6 +236,7 @@ def driver_alive(job: Job, *, stale_after_s: float = STALE_AFTER_S) -> bool:
             and (utcnow() - beat).total_seconds() < stale_after_s and not _process_gone(job.driver))
 
 
+@retrying
 def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False,
               stale_after_s: float = STALE_AFTER_S) -> Job:
     """Make this process the driver of an unfinished job: its running tasks go back to the queue.
@@ -245,6 +266,7 @@ def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False
         return job
 
 
+@retrying
 def cancel(catalog: Catalog, job_id: int) -> str:
     """Ask a job to stop. A live driver sees `cancelling` at its next beat; otherwise it is cancelled now."""
     with catalog.session() as s:
