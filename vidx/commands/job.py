@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from vidx.commands.common import (
@@ -230,7 +231,7 @@ def render_status(i: dict[str, Any]) -> None:
     rate = f", {i['frames_per_s']:,.0f} frames/s" if i.get("frames_per_s") else ""
     alive = "" if i["status"] not in ("running", "cancelling") else (" (driver alive)" if i["alive"]
                                                                      else " (driver gone: vidx job resume)")
-    out.print(f"job {i['job_id']} [{i['status']}{alive}] {i['archive']}")
+    out.print(escape(f"job {i['job_id']} [{i['status']}{alive}] {i['archive']}"), highlight=False)
     out.print(f"  {i['done']} done, {i['skipped']} skipped, {i['failed']} failed, {i['running']} running, "
               f"{i['queued']} queued of {i['videos']}; {i['frames_decoded']:,} frames in {i['wall_s']:.1f} s"
               f"{rate}{eta}")
