@@ -1,4 +1,7 @@
-"""Job state without Ray: two jobs over one archive at once, incremental resubmits, stale runs, cancel, CLI."""
+"""Job state without Ray: two jobs over one archive at once, incremental resubmits, stale runs, cancel, CLI.
+
+Tests that take `db_url` run on SQLite and, with VIDX_TEST_POSTGRES_URL, on PostgreSQL too.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +33,10 @@ def clip_photos(cache_dir: Path) -> dict[str, np.ndarray]:
 
 
 def test_two_jobs_over_one_archive_at_once_index_each_video_once(
-        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+        db_url: str, tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
     make_short_archive(tmp_path / "a", clip_photos, 8)
     out = tmp_path / "out"
-    url = default_db_url(out)
+    url = db_url
     results: list[JobResult] = []
     lock = threading.Lock()
 

@@ -63,8 +63,8 @@ def test_a_due_schedule_runs_once_when_run_due_is_called_twice(tmp_path: Path, c
     assert job2 is not None and job2.summary and (job2.summary["done"], job2.summary["skipped"]) == (0, 2)
 
 
-def test_racing_schedulers_claim_each_slot_once(tmp_path: Path) -> None:
-    url = default_db_url(tmp_path)
+def test_racing_schedulers_claim_each_slot_once(db_url: str, tmp_path: Path) -> None:
+    url = db_url
     catalog = Catalog(url)
     for i in range(5):
         add_schedule(catalog, f"s{i}", str(tmp_path), "*/5 * * * *", {})
