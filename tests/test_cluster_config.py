@@ -17,14 +17,14 @@ GPU_FAMILIES = ("g4dn.", "g5.", "g6.", "g6e.", "p4d.", "p4de.", "p5.", "p5e.", "
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "cluster.yaml").read_text())  # type: ignore[no-any-return]
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
 
 
 def ray_schema() -> dict[str, Any]:
     import ray.autoscaler
 
     path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return json.loads(path.read_text())
 
 
 def test_cluster_yaml_validates_against_rays_schema(config: dict[str, Any]) -> None:

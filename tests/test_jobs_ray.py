@@ -75,7 +75,7 @@ def test_two_gpu_workers_share_the_videos_and_a_resubmit_does_nothing(
     assert all(t.attempts == 1 and t.frames and t.elapsed_s and t.duration_s for t in tasks)
     assert_each_video_indexed_once(catalog, 8)
     with catalog.session() as s:
-        assert s.scalar(select(func.count()).select_from(Track)) >= 6  # one face track per clip, nearly all found
+        assert (s.scalar(select(func.count()).select_from(Track)) or 0) >= 6  # ~one face track per clip
     parts = sorted((out / "faces").glob("*.parquet"))
     assert len(parts) == 8
 

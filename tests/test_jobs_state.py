@@ -59,7 +59,8 @@ def test_two_jobs_over_one_archive_at_once_index_each_video_once(
         skipped = list(s.scalars(select(Task.error).where(Task.status == "skipped")))
     assert len(done) == 8 and set(done.values()) == {1}  # every video by exactly one of the two jobs
     assert sum(r.summary["done"] for r in results) == 8
-    assert len(skipped) == 8 and all(e.startswith(("indexed meanwhile by job", "already indexed")) for e in skipped)
+    reasons = [e or "" for e in skipped]
+    assert len(reasons) == 8 and all(e.startswith(("indexed meanwhile by job", "already indexed")) for e in reasons)
 
 
 def test_resubmits_are_incremental_and_reprocess_stale_replaces_old_results(
