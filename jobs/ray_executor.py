@@ -28,6 +28,7 @@ from jobs.catalog import VideoOutcome
 from jobs.runner import TaskHooks
 from jobs.worker import FAULTS_ENV, TaskSpec, VideoWorker
 from schemas.config import IndexSettings
+from schemas.errors import VidxError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ class RayOptions:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RayOptions:
         return cls(**{k: v for k, v in raw.items() if k != "kind"})
+
+
+class WorkerStartError(VidxError):
+    """No worker actor could be started (models missing on the node, no resources, a broken install)."""
 
 
 class RayWorker:
@@ -100,6 +105,9 @@ class _Slot:
     inflight: dict[Any, _Flight] = field(default_factory=dict)
     probe: Any = None
     probe_sent: float = 0.0
+    starting: Any = None
+    """The pending `describe` call of an actor that is still loading its models (or waiting for a node)."""
+    failures: int = 0
 
     @property
     def isolated(self) -> bool:
@@ -160,8 +168,7 @@ class RayExecutor:
         self.slots = [_Slot(f"{kind}{i}", None) for i in range(n)]
         for slot in self.slots:
             slot.handle = self._spawn(slot)
-        described = ray.get([s.handle.describe.remote() for s in self.slots])
-        first = described[0]
+        first = self._first_ready()
         return {"executor": "ray", "workers": f"{n} x {kind} ({self._lanes} videos at once each)",
                 "cluster": f"{cpus} CPUs, {gpus} GPUs", "decoder": first.get("decoder", "?"),
                 **{k: v for k, v in first.items() if k not in ("worker", "decoder", "lanes")}}
@@ -170,8 +177,56 @@ class RayExecutor:
         import ray
 
         actor_cls = ray.remote(RayWorker)
-        return actor_cls.options(max_restarts=0, **self._actor_opts).remote(
+        handle: Any = actor_cls.options(max_restarts=0, **self._actor_opts).remote(
             *self._actor_args, slot.label, self._lanes, self._faults)
+        slot.starting = handle.describe.remote()
+        return handle
+
+    def _first_ready(self) -> dict[str, str]:
+        """Wait until one worker has loaded its engines (the others join as they come up: autoscaling)."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        waited = 0.0
+        while True:
+            pending = [s.starting for s in self.slots if s.starting is not None]
+            if not pending:
+                raise WorkerStartError("no worker could be started")
+            ready, _ = ray.wait(pending, num_returns=1, timeout=30)
+            waited += 30
+            for ref in ready:
+                slot = next(s for s in self.slots if s.starting == ref)
+                slot.starting = None
+                try:
+                    info: dict[str, str] = ray.get(ref)
+                except (RayActorError, RayTaskError) as exc:
+                    raise WorkerStartError(f"worker {slot.label} failed to start: {exc}") from exc
+                self._check_started()
+                return info
+            if not ready:
+                log.warning("waiting for a worker to start (%.0f s): resources %s, available %s", waited,
+                            self._actor_opts, ray.available_resources())
+
+    def _check_started(self) -> None:
+        """Mark workers whose engines finished loading as ready; restart (a few times) ones that failed."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        for slot in self.slots:
+            if slot.starting is None:
+                continue
+            ready, _ = ray.wait([slot.starting], timeout=0)
+            if not ready:
+                continue
+            try:
+                ray.get(slot.starting)
+                slot.starting = None
+            except (RayActorError, RayTaskError) as exc:
+                slot.failures += 1
+                if slot.failures > 3:
+                    raise WorkerStartError(f"worker {slot.label} failed to start {slot.failures} times: {exc}") from exc
+                log.warning("worker %s failed to start (%s); starting it again", slot.label, exc)
+                slot.handle = self._spawn(slot)
 
     @property
     def actors(self) -> list[Any]:
@@ -234,7 +289,7 @@ class RayExecutor:
             now = time.monotonic()
             # Hand out work: retries first (a suspect video runs alone), then new claims, largest first.
             for slot in self.slots:
-                while len(slot.inflight) < self._lanes and not slot.isolated:
+                while slot.starting is None and len(slot.inflight) < self._lanes and not slot.isolated:
                     flight = None
                     ready = [r for r in retries if r[0] <= now]
                     if ready:
@@ -260,6 +315,7 @@ class RayExecutor:
                 if exhausted and not retries:
                     return
                 time.sleep(0.2)
+                self._check_started()
                 continue
             done, _ = ray.wait(refs, num_returns=1, timeout=min(0.5, self.poll_s))
             if done:
@@ -288,6 +344,7 @@ class RayExecutor:
                 hooks.on_done(flight.spec, outcome)
             if time.monotonic() - last_poll >= self.poll_s:
                 last_poll = time.monotonic()
+                self._check_started()
                 self._check_stalls(retry_or_fail, replace_actor, RayActorError)
 
     def _check_stalls(self, retry_or_fail: Any, replace_actor: Any, died_error: type[BaseException]) -> None:

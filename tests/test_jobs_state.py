@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from engines.photos import load_photo
 from jobs import state
 from jobs.bench import PHOTOS, make_short_archive
 from jobs.catalog import Catalog, default_db_url
-from jobs.runner import JobResult, LocalExecutor, PlanOptions, plan, run_job
+from jobs.runner import JobResult, LocalExecutor, PlanOptions, plan, resume_job, run_job
 from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
 from schemas.sql import Task, Track, Video
 from vidx.cli import cli
@@ -131,3 +132,29 @@ def test_job_cli_status_list_cancel_and_resume(tmp_path: Path, clip_photos: dict
     assert res.exit_code != 0 and "already done" in str(res.exception)
     with pytest.raises(state.JobStateError, match="no job 999"):
         state.get_job(catalog, 999)
+
+
+def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    make_short_archive(tmp_path / "a", clip_photos, 8, seconds=(2.0, 3.0))
+    out = tmp_path / "out"
+    catalog = Catalog(default_db_url(out))
+    results: list[JobResult] = []
+    driver = threading.Thread(target=lambda: results.append(run_job(
+        tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=LocalExecutor(),
+        cache_dir=cache_dir)))
+    driver.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with catalog.session() as s:
+            if s.scalar(select(Task.id).where(Task.status == "done").limit(1)) is not None:
+                break
+        time.sleep(0.05)
+    job_id = state.list_jobs(catalog)[0]["job_id"]
+    assert state.cancel(catalog, job_id) == "cancelling"  # the driver is alive: it is asked to stop
+    driver.join(120)
+    summary = results[0].summary
+    assert summary["status"] == "cancelled" and 1 <= summary["done"] < 8
+    assert summary["running"] == 0 and summary["queued"] == 8 - summary["done"]
+    resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
+    assert (resumed.summary["status"], resumed.summary["done"]) == ("done", 8)
