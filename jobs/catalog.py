@@ -211,13 +211,20 @@ class Catalog:
 
     @retrying
     def ensure_run(self, key: str, pipeline_version: str, models: dict[str, str], params: dict[str, Any]) -> Run:
-        with self.session() as s:
-            run = s.scalar(select(Run).where(Run.key == key))
-            if run is None:
-                run = Run(key=key, pipeline_version=pipeline_version, models=models, params=params)
-                s.add(run)
-                s.flush()
-            return run
+        """The run with this key, created if new; a concurrent driver creating the same one is no error."""
+        for attempt in range(2):
+            try:
+                with self.session() as s:
+                    run = s.scalar(select(Run).where(Run.key == key))
+                    if run is None:
+                        run = Run(key=key, pipeline_version=pipeline_version, models=models, params=params)
+                        s.add(run)
+                        s.flush()
+                    return run
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     @retrying
     def register(self, files: list[VideoFile]) -> list[Video]:

@@ -237,3 +237,33 @@ def test_pgvector_detection_matches_what_the_server_can_do(db_url: str) -> None:
             conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
         assert pgvector_status(catalog.engine) == "installed"
     catalog.close()
+
+
+def test_concurrent_drivers_creating_the_same_run_share_it(db_url: str) -> None:
+    catalogs = [Catalog(db_url) for _ in range(4)]
+    ids: dict[str, set[int]] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(catalogs))
+
+    def create(catalog: Catalog) -> None:
+        for i in range(15):
+            key = f"{i:032d}"
+            barrier.wait(10)
+            try:
+                run = catalog.ensure_run(key, "1", {"m": str(i)}, {})
+            except BaseException as exc:
+                errors.append(exc)
+                continue
+            with lock:
+                ids.setdefault(key, set()).add(run.id)
+
+    threads = [threading.Thread(target=create, args=(c,)) for c in catalogs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(ids) == 15 and all(len(v) == 1 for v in ids.values())
+    for c in catalogs:
+        c.close()
