@@ -5,7 +5,12 @@ Tests that take `db_url` run on SQLite and, with VIDX_TEST_POSTGRES_URL, on Post
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -158,3 +163,42 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
     assert summary["running"] == 0 and summary["queued"] == 8 - summary["done"]
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
     assert (resumed.summary["status"], resumed.summary["done"]) == ("done", 8)
+
+
+def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    make_short_archive(tmp_path / "a", clip_photos, 6, seconds=(2.0, 3.0))
+    out = tmp_path / "out"
+    env = {**os.environ, "VIDX_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "vidx", "index", str(tmp_path / "a"), "--out", str(out),
+                             "--device", "cpu", "--json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    catalog = Catalog(default_db_url(out))
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            with contextlib.suppress(Exception), catalog.session() as s:  # the index may not exist yet
+                if s.scalar(select(Task.id).where(Task.status == "done").limit(1)) is not None:
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    job = state.list_jobs(catalog)[0]
+    assert job["status"] == "interrupted" and job.get("running", 0) == 0 and job.get("queued", 0) >= 1
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--cache-dir", str(cache_dir), "job", "submit", str(tmp_path / "a"), "--out", str(out),
+                              "--executor", "local", "--device", "cpu", "--detach", "--json"])
+    assert res.exit_code == 0, res.output
+    detached = json.loads(res.output)
+    assert detached["queued"] == 6 - job.get("done", 0)  # only what the interrupted job did not finish
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = state.job_info(catalog, detached["job_id"])
+        if info["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+    assert (info["status"], info["done"] + info["skipped"]) == ("done", 6), Path(detached["log"]).read_text()
