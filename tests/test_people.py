@@ -1,0 +1,102 @@
+"""Named people, manual labels and clustering, on a copy of the indexed sample archive (real photos)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from engines.photos import photo_path
+from jobs.catalog import Catalog, default_db_url
+from jobs.runner import JobResult
+from vidx.cli import cli
+from vidx.people import resolve_labels
+from vidx.sample_archive import SampleVideo
+
+TOL = 0.55
+Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
+
+
+@pytest.fixture(scope="module")
+def people_out(indexed: Indexed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the indexed output (labels and clusters written here leave the shared one alone)."""
+    _, out, _, _ = indexed
+    copy = tmp_path_factory.mktemp("people") / "out"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("search-index"))
+    return copy
+
+
+def vidx(out: Path, *args: str) -> Any:
+    result = CliRunner().invoke(cli, [*args, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads(result.stdout)
+
+
+def truth_of(videos: list[SampleVideo], person: str) -> list[tuple[str, float, float]]:
+    return [(v.name, a.start_s, a.end_s) for v in videos for a in v.appearances if a.person == person]
+
+
+def matches(hits: list[dict[str, Any]], truth: list[tuple[str, float, float]]) -> bool:
+    return len(hits) == len(truth) and all(
+        any(Path(h["video"]).name == n and abs(h["start_s"] - s) <= TOL and abs(h["end_s"] - e) <= TOL for h in hits)
+        for n, s, e in truth)
+
+
+def test_person_with_two_photos_is_found_by_name(indexed: Indexed, people_out: Path, cache_dir: Path) -> None:
+    videos, _, _, _ = indexed
+    added = vidx(people_out, "person", "add", "Barack Obama", str(photo_path("obama2", cache_dir)),
+                 str(photo_path("obama", cache_dir)), "--device", "cpu")
+    assert len(added["photos"]) == 2
+    listed = {p["name"]: p for p in vidx(people_out, "person", "list")}
+    assert listed["Barack Obama"]["exemplars"] == 2
+    hits = vidx(people_out, "search", "--person", "Barack Obama", "--device", "cpu")
+    assert matches(hits, truth_of(videos, "obama")), hits
+    missing = CliRunner().invoke(cli, ["search", "--person", "Nobody", "--out", str(people_out)])
+    assert missing.exit_code != 0 and "no person named 'Nobody'" in str(missing.exception)
+
+
+def test_labels_survive_reclustering_and_named_people_never_merge(indexed: Indexed, people_out: Path,
+                                                                  cache_dir: Path) -> None:
+    videos, _, _, _ = indexed
+    catalog = Catalog(default_db_url(people_out))
+    clusters = vidx(people_out, "people", "cluster")
+    biden_hits = vidx(people_out, "search", "--photo", str(photo_path("biden", cache_dir)), "--device", "cpu")
+    biden_tracks = {t for h in biden_hits for t in h["track_ids"]}
+    assert len(biden_tracks) == 2
+    biden_cluster = [c for c in clusters if set(c["track_ids"]) & biden_tracks]
+    assert len(biden_cluster) == 1 and set(biden_cluster[0]["track_ids"]) == biden_tracks, clusters
+
+    # Name the whole cluster at once, and one track of another person by hand.
+    done = vidx(people_out, "person", "label", "--cluster", str(biden_cluster[0]["id"]), "Joe Biden")
+    assert sorted(done["labelled"]) == sorted(biden_tracks)
+    group = [c for c in clusters if c["person"] is None and not set(c["track_ids"]) & biden_tracks]
+    other = next(t for c in group for t in c["track_ids"]) if group else None
+    if other is None:  # no other cluster: label any other track
+        other = next(h["track_id"] for h in vidx(people_out, "search", "--photo",
+                                                  str(photo_path("obama2", cache_dir)), "--device", "cpu"))
+    vidx(people_out, "person", "label", str(other), "Someone Else")
+    before = resolve_labels(catalog)
+    assert len(before) == 3
+
+    # Re-cluster so loosely that every track falls into one cluster: the two people are still kept apart.
+    loose = vidx(people_out, "people", "cluster", "--eps", "1.5", "--min-samples", "1")
+    for c in loose:
+        named = {before[t][0] for t in c["track_ids"] if t in before}
+        assert len(named) <= 1, c
+    assert {c["person"] for c in loose} >= {"Joe Biden", "Someone Else"}
+    assert resolve_labels(catalog) == before  # clustering never touches labels
+
+    # Labels are facts: a search by name returns them, marked as labelled, and nobody labelled as another person.
+    hits = vidx(people_out, "search", "--person", "Joe Biden", "--device", "cpu")
+    assert matches(hits, truth_of(videos, "biden")) and all(h["labelled"] for h in hits)
+    assert other not in {t for h in hits for t in h["track_ids"]}
+
+    # A track already labelled as someone else is not relabelled silently; unlabel frees it.
+    clash = CliRunner().invoke(cli, ["person", "label", str(other), "Joe Biden", "--out", str(people_out)])
+    assert clash.exit_code != 0 and "labelled as someone else" in str(clash.exception)
+    assert vidx(people_out, "person", "unlabel", str(other))["removed"] == 1
+    assert len(resolve_labels(catalog)) == 2

@@ -1,0 +1,110 @@
+"""The vector index: incremental refresh after a video is re-indexed, stale files rebuilt, exact vs FAISS IVF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from engines.photos import photo_path
+from jobs.catalog import Catalog, TrackRow, VideoOutcome, default_db_url
+from jobs.runner import JobResult
+from schemas.sql import Track, Video
+from vidx.ann import ExactSearcher, VectorIndex, build_ivf, index_dir_for
+from vidx.bench_search import SyntheticFaces, real_mean_descriptor
+from vidx.sample_archive import SampleVideo
+from vidx.search import open_search_index, query_embedding, search_index
+
+Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
+
+
+@pytest.fixture(scope="module")
+def copy_out(indexed: Indexed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, out, _, _ = indexed
+    copy = tmp_path_factory.mktemp("index") / "out"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("search-index"))
+    return copy
+
+
+def reindex_video(catalog: Catalog, name: str, run_key: str) -> list[int]:
+    """Commit a video again under a new run (as a reprocessing job does): new track rows replace the old."""
+    with catalog.session() as s:
+        video = s.scalar(select(Video).where(Video.path.like(f"%/{name}")))
+        assert video is not None
+        old = list(s.scalars(select(Track).where(Track.video_id == video.id)))
+    run = catalog.ensure_run(run_key, "test", {}, {"sampling": {"mode": "fps", "fps": 2.0}})
+    tracks = [TrackRow(t.track_index, t.start_s, t.end_s, t.n_faces, t.embedding, t.quality, t.best_pts_s,
+                       t.thumbnail) for t in old]
+    catalog.record(VideoOutcome(video.id, "done", duration_s=video.duration_s, tracks=tracks), run)
+    return [t.id for t in old]
+
+
+@pytest.mark.parametrize("ann_min", [10**9, 1], ids=["exact", "ivf"])
+def test_refresh_is_incremental_and_search_follows_reindexing(indexed: Indexed, copy_out: Path, engines: object,
+                                                              cache_dir: Path, ann_min: int) -> None:
+    catalog = Catalog(default_db_url(copy_out))
+    index = VectorIndex(index_dir_for(catalog, str(copy_out)) / f"min{ann_min}")
+    first = index.refresh(catalog, ann_min=ann_min)
+    assert first.rebuilt and first.kind == ("ivf" if ann_min == 1 else "exact") and first.live > 0
+    assert index.refresh(catalog, ann_min=ann_min).added == 0  # nothing changed: nothing done
+
+    old_ids = reindex_video(catalog, "meeting_h264.mp4", f"rerun-{ann_min}")
+    again = index.refresh(catalog, ann_min=ann_min)
+    assert not again.rebuilt and again.removed == len(old_ids) and again.added == len(old_ids)
+    assert again.live == first.live
+
+    query, _ = query_embedding(engines, photo_path("obama2", cache_dir))  # type: ignore[arg-type]
+    index.open()
+    hits = search_index(catalog, index, query)
+    meeting = [h for h in hits if h.video.endswith("meeting_h264.mp4")]
+    with catalog.session() as s:
+        live = set(s.scalars(select(Track.id).join(Video, Video.id == Track.video_id)
+                             .where(Video.path.like("%/meeting_h264.mp4"), Track.run_id == Video.run_id)))
+    assert len(meeting) == 1 and meeting[0].track_id in live  # (SQLite may reuse the replaced rows' ids)
+    assert {Path(h.video).name for h in hits} == {"meeting_h264.mp4", "interview_hevc.mp4"}
+
+    # An interrupted refresh leaves the index dirty: the next refresh rebuilds it from SQL.
+    meta = json.loads((index.root / "meta.json").read_text())
+    (index.root / "meta.json").write_text(json.dumps({**meta, "dirty": True}))
+    assert index.stale_reason() == "a refresh was interrupted"
+    rebuilt = index.refresh(catalog, ann_min=ann_min)
+    assert rebuilt.rebuilt and rebuilt.live == first.live
+
+
+def test_search_refreshes_a_stale_index_by_itself(indexed: Indexed, copy_out: Path) -> None:
+    catalog = Catalog(default_db_url(copy_out))
+    root = index_dir_for(catalog, str(copy_out))
+    index = open_search_index(catalog, str(copy_out))
+    assert root.is_dir() and index.live > 0
+    (root / "vectors.f32").write_bytes(b"")  # damaged files
+    assert open_search_index(catalog, str(copy_out)).live == index.live
+
+
+def test_synthetic_descriptors_look_like_dlib() -> None:
+    mean, _ = real_mean_descriptor()
+    faces = SyntheticFaces(50_000, mean, seed=3)
+    stats = faces.check(faces.all())
+    assert 0.3 <= stats["same_p50"] <= 0.5 and 0.8 <= stats["diff_p50"] <= 1.0
+    assert stats["same_p95"] < 0.6 < stats["diff_p5"]
+
+
+def test_ivf_agrees_with_exact_search() -> None:
+    mean, _ = real_mean_descriptor()
+    faces = SyntheticFaces(40_000, mean, seed=4)
+    x = faces.all()
+    ids = np.arange(len(x), dtype=np.int64) * 3 + 7  # track ids are not row numbers
+    queries, strangers = faces.queries(100, seed=9)
+    exact_d, exact_i = ExactSearcher(x, ids, device="cpu").search(queries, 10)
+    brute = np.argsort(((x[None, :, :] - queries[:5, None, :]) ** 2).sum(-1), axis=1)[:, :10]
+    assert np.array_equal(exact_i[:5], ids[brute])
+    ivf = build_ivf(x, ids)
+    ivf.nprobe = 32
+    d2, ann_i = ivf.search(queries, 10)
+    known = ~strangers
+    recall = np.mean([len(set(ann_i[i]) & set(exact_i[i])) / 10 for i in np.nonzero(known)[0]])
+    assert recall >= 0.95
+    assert np.allclose(np.sqrt(d2[:, 0]), exact_d[:, 0], atol=2e-3) or recall < 1
