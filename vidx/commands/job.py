@@ -80,7 +80,7 @@ def executor_json(kind: str, address: str | None, workers: int | None, videos_pe
 
     return RayOptions(address=address, workers=workers, videos_per_worker=videos_per_worker,
                       max_attempts=max_attempts, stall_timeout_s=stall_timeout,
-                      gpu=False if device == "cpu" else None).to_json()
+                      gpu={"cpu": False, "gpu": True}.get(device)).to_json()
 
 
 def finish(summary: dict[str, Any], as_json: bool) -> None:
