@@ -149,6 +149,9 @@ class RayExecutor:
         res = ray.cluster_resources()
         gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
         use_gpu = opts.gpu if opts.gpu is not None else gpus > 0
+        if use_gpu and gpus == 0 and not opts.address:  # a local instance has no autoscaler to add GPUs
+            raise WorkerStartError("GPU workers asked for, but the local Ray instance has no GPU",
+                                   hint="use --device auto or cpu, or --address a cluster with GPU nodes")
         if use_gpu:
             n = opts.workers or max(1, gpus)
             self._lanes = opts.videos_per_worker or 4
