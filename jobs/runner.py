@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 NextTask = TaskSpec | state.Blocked | None
 
+AFTER_JOB: list[Callable[[Catalog, str], object]] = []
+"""Called with (catalog, out_uri) when a job ends, whatever its status. The vidx layer registers the
+search-index refresh here (vidx.ann.refresh_search_index), so jobs never import vidx."""
+
 
 @dataclass
 class TaskHooks:
@@ -232,14 +236,13 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
         beat.done.set()
         executor.close()
         if status != "done":  # whatever was running goes back to the queue: `vidx job resume` picks it up
-            with catalog.session() as s:
-                from sqlalchemy import select
-
-                from schemas.sql import Task
-
-                running = list(s.scalars(select(Task.id).where(Task.job_id == job_id, Task.status == "running")))
-            state.release(catalog, running)
+            state.release_running(catalog, job_id)
         summary = catalog.finish_job(job_id, status)
+        for hook in AFTER_JOB:
+            try:
+                hook(catalog, out_uri)
+            except Exception as exc:  # search refreshes its index itself when it finds it stale
+                log.warning("after job %d: %s failed: %s", job_id, getattr(hook, "__name__", hook), exc)
     summary["status"] = status
     summary["unreadable"] = [{"path": p, "error": why} for p, why in job.options.get("unreadable", [])]
     return JobResult(job_id, summary, workers)

@@ -189,14 +189,11 @@ def note_retry(catalog: Catalog, task_id: int, reason: str, worker: str | None =
 
 
 @retrying
-def release(catalog: Catalog, task_ids: Iterable[int]) -> None:
-    """Put running tasks back in the queue (the driver stops before they finished: cancel, Ctrl-C)."""
-    ids = list(task_ids)
-    if not ids:
-        return
+def release_running(catalog: Catalog, job_id: int) -> None:
+    """Put every running task of a job back in the queue (its driver stops: cancel, Ctrl-C, an error)."""
     with catalog.session() as s:
-        s.execute(update(Task).where(Task.id.in_(ids), Task.status == "running").values(status="queued",
-                                                                                     worker=None))
+        s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued",
+                                                                                           worker=None))
 
 
 @retrying
