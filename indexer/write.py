@@ -8,6 +8,7 @@ already all-or-nothing. A failed write removes what it wrote, so a failed video 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -112,12 +113,12 @@ def write_video_outputs(store: OutputStore, result: VideoResult, *, video_id: in
     written: list[str] = []
     try:
         for rel, data in thumbnail_files(result):
-            with_retries(rel, lambda rel=rel, data=data: store.write_bytes(rel, data))
+            with_retries(rel, functools.partial(store.write_bytes, rel, data))
             written.append(rel)
         for table_name, table in (("faces", result.faces), ("persons", result.persons), ("tracks", result.tracks)):
             rel = part_name(table_name, video_id, run_key)
             data = parquet_bytes(table, meta)
-            with_retries(rel, lambda rel=rel, data=data: store.write_bytes(rel, data))
+            with_retries(rel, functools.partial(store.write_bytes, rel, data))
             written.append(rel)
     except BaseException:
         for rel in written:

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Engine, create_engine, delete, event, make_url, select, text, update
+from sqlalchemy import CursorResult, Engine, create_engine, delete, event, make_url, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -317,7 +317,7 @@ class Catalog:
                     return None
                 claimed = s.execute(update(Task).where(Task.id == task.id, Task.status == "queued").values(
                     status="running", worker=worker, claimed_at=utcnow(), attempts=Task.attempts + 1))
-                if claimed.rowcount == 1:
+                if cast("CursorResult[Any]", claimed).rowcount == 1:
                     s.flush()
                     s.refresh(task)
                     return task
@@ -342,5 +342,5 @@ class Catalog:
         return {"job_id": job_id, "videos": sum(counts.values()), "done": counts.get("done", 0),
                 "skipped": counts.get("skipped", 0), "failed": counts.get("failed", 0),
                 "queued": counts.get("queued", 0), "running": counts.get("running", 0),
-                "frames_decoded": int(sum(fr for _, _, fr in rows)),
+                "frames_decoded": sum(int(fr or 0) for _, _, fr in rows),
                 "failures": [{"path": p, "error": e} for p, e in failed]}
