@@ -108,3 +108,16 @@ def test_ivf_agrees_with_exact_search() -> None:
     recall = np.mean([len(set(ann_i[i]) & set(exact_i[i])) / 10 for i in np.nonzero(known)[0]])
     assert recall >= 0.95
     assert np.allclose(np.sqrt(d2[:, 0]), exact_d[:, 0], atol=2e-3) or recall < 1
+
+
+def test_jobs_refresh_the_index_when_they_end(indexed: Indexed, copy_out: Path) -> None:
+    """The CLI registers the refresh as an after-job hook of the job runner (jobs never import vidx)."""
+    import vidx.cli  # noqa: F401 - registers the hook
+    from jobs.runner import AFTER_JOB
+    from vidx.ann import refresh_search_index
+
+    assert refresh_search_index in AFTER_JOB
+    catalog = Catalog(default_db_url(copy_out))
+    done = refresh_search_index(catalog, str(copy_out))
+    assert VectorIndex(index_dir_for(catalog, str(copy_out))).stale_reason() is None
+    assert refresh_search_index(catalog, str(copy_out)).added == 0 and done.live > 0

@@ -442,3 +442,16 @@ def _sql_tracks(catalog: Catalog, videos: list[int] | None) -> tuple[np.ndarray,
     return np.asarray(ids, np.int64), np.asarray(vids, np.int64), vectors
 
 
+
+
+def refresh_search_index(catalog: Catalog, out_uri: str | None) -> Refresh:
+    """Bring the vector index of this SQL index up to date (incremental); called after every job."""
+    return VectorIndex(index_dir_for(catalog, out_uri)).refresh(catalog)
+
+
+def register_after_jobs() -> None:
+    """Have every job driven in this process refresh the vector index when it ends."""
+    from jobs.runner import AFTER_JOB
+
+    if refresh_search_index not in AFTER_JOB:
+        AFTER_JOB.append(refresh_search_index)

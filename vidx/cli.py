@@ -14,6 +14,7 @@ import click
 
 from schemas.errors import VidxError
 from vidx import __version__
+from vidx.ann import register_after_jobs
 from vidx.commands import bench, demo, index, models, search
 from vidx.commands import job as job_cmds
 from vidx.commands import person as person_cmds
@@ -44,6 +45,7 @@ cli.add_command(schedule_cmds.scheduler_cmd)
 cli.add_command(search.search_cmd)
 cli.add_command(person_cmds.person)
 cli.add_command(person_cmds.people)
+register_after_jobs()  # jobs run from any command refresh the search index when they end
 cli.add_command(demo.demo_cmd)
 
 
