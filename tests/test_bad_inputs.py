@@ -236,3 +236,13 @@ def test_an_unreadable_file_is_skipped_with_the_reason_as_an_ordinary_user(tmp_p
         for p in archive.iterdir():
             p.unlink()
         archive.rmdir()
+
+
+def test_a_video_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    """The limit (8192x8192 by default) keeps a forged or absurd frame size from allocating gigabytes."""
+    path = badfiles.write_video(tmp_path / "big.mp4", width=640, height=480, seconds=1, fps=2)
+    decoder = PyAVDecoder(max_pixels=640 * 480 - 1)
+    with pytest.raises(VideoError, match="640x480 pixels, over the limit of 307,199"):
+        next(decoder.batches(path, SamplingConfig(), 4))
+    assert decoder.stats.frames_decoded == 0
+    assert sum(len(b) for b in PyAVDecoder().batches(path, SamplingConfig(), 4)) == 2

@@ -25,6 +25,8 @@ from schemas.config import SamplingConfig
 log = logging.getLogger(__name__)
 
 MAX_BAD_PACKETS = 50
+MAX_VIDEO_PIXELS = 8192 * 8192
+"""Larger pictures are refused before decoding: 8K UHD is 33 Mpx; a forged header must not allocate gigabytes."""
 """A stream with more undecodable packets than this is treated as corrupt rather than damaged."""
 
 
@@ -136,9 +138,15 @@ def stream_info(path: Path, container: Any, stream: Any, rotation: int = 0) -> V
 class PyAVDecoder:
     device: Literal["cpu", "cuda"] = "cpu"
 
-    def __init__(self, threads: int = 0):
+    def __init__(self, threads: int = 0, *, max_pixels: int = MAX_VIDEO_PIXELS):
         self.threads = threads
+        self.max_pixels = max_pixels
         self.stats = DecodeStats()
+
+    def _check_size(self, info: VideoInfo, path: Path) -> None:
+        if info.width * info.height > self.max_pixels:
+            raise VideoError(f"the video is {info.width}x{info.height} pixels, over the limit of "
+                             f"{self.max_pixels:,} per frame", path=path)
 
     def probe(self, path: Path) -> VideoInfo:
         with open_container(path) as container:
@@ -159,6 +167,7 @@ class PyAVDecoder:
         with open_container(path) as container:
             stream = video_stream(container, path)
             info = stream_info(path, container, stream)
+            self._check_size(info, path)
             ctx = stream.codec_context
             ctx.thread_type = "AUTO"
             ctx.thread_count = self.threads
