@@ -147,8 +147,9 @@ def test_killing_the_driver_then_resume_finishes_the_job(
     out = tmp_path / "out"
     url = default_db_url(out)
     env = {**os.environ, "VIDX_CACHE_DIR": str(cache_dir)}
+    address = ray.get_runtime_context().gcs_address  # this module's instance, not whichever "auto" finds
     driver = subprocess.Popen(
-        [sys.executable, "-m", "vidx", "job", "submit", str(tmp_path / "a"), "--out", str(out), "--address", "auto",
+        [sys.executable, "-m", "vidx", "job", "submit", str(tmp_path / "a"), "--out", str(out), "--address", address,
          "--device", "cpu", "--workers", "1", "--videos-per-worker", "1", "--json"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     catalog = Catalog(url)
