@@ -245,4 +245,6 @@ def test_a_video_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path)
     with pytest.raises(VideoError, match="640x480 pixels, over the limit of 307,199"):
         next(decoder.batches(path, SamplingConfig(), 4))
     assert decoder.stats.frames_decoded == 0
+    with pytest.raises(VideoError, match="over the limit"):  # probe (which the NVDEC path uses too) checks first
+        decoder.probe(path)
     assert sum(len(b) for b in PyAVDecoder().batches(path, SamplingConfig(), 4)) == 2

@@ -151,6 +151,7 @@ class PyAVDecoder:
     def probe(self, path: Path) -> VideoInfo:
         with open_container(path) as container:
             stream = video_stream(container, path)
+            self._check_size(stream_info(path, container, stream), path)  # before a frame is decoded
             rotation = 0
             try:
                 first = next(container.decode(stream), None)
