@@ -25,9 +25,9 @@ from schemas.config import SamplingConfig
 log = logging.getLogger(__name__)
 
 MAX_BAD_PACKETS = 50
+"""A stream with more undecodable packets than this is treated as corrupt rather than damaged."""
 MAX_VIDEO_PIXELS = 8192 * 8192
 """Larger pictures are refused before decoding: 8K UHD is 33 Mpx; a forged header must not allocate gigabytes."""
-"""A stream with more undecodable packets than this is treated as corrupt rather than damaged."""
 
 
 def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
