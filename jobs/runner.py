@@ -33,6 +33,8 @@ from schemas.sql import Run, Video
 log = logging.getLogger(__name__)
 
 NextTask = TaskSpec | state.Blocked | None
+DEFAULT_MAX_ATTEMPTS = 3
+"""Attempts at a video whose worker (or, in-process, the whole driver) dies or hangs each time."""
 
 AFTER_JOB: list[Callable[[Catalog, str], object]] = []
 """Called with (catalog, out_uri) when a job ends, whatever its status. The vidx layer registers the
@@ -195,11 +197,12 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
         raise state.JobStateError(f"job {job_id} has no run")
     settings = IndexSettings.from_json(job.options["settings"])
     out_uri = job.options["out"]
+    max_attempts = int(job.options.get("executor", {}).get("max_attempts", DEFAULT_MAX_ATTEMPTS))
     store = OutputStore(out_uri)
     beat = _Heartbeat(catalog, job_id)
 
     def next_task(worker: str) -> NextTask:
-        task = state.claim_next(catalog, job_id, worker)
+        task = state.claim_next(catalog, job_id, worker, max_attempts=max_attempts)
         if task is None or task == state.BLOCKED:
             return task
         return TaskSpec(video_id=task.video_id, path=task.path, fingerprint=task.fingerprint,

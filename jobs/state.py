@@ -133,13 +133,14 @@ def _live_jobs(stale_after_s: float) -> Any:
 
 
 @retrying
-def claim_next(catalog: Catalog, job_id: int, worker: str, *,
+def claim_next(catalog: Catalog, job_id: int, worker: str, *, max_attempts: int | None = None,
                stale_after_s: float = STALE_AFTER_S) -> Task | Blocked | None:
     """Move the largest queued task of this job to running, unless another live job is on its video.
 
     Returns the task, BLOCKED (queued tasks remain but every one is being run by another job; ask
     again later), or None (nothing queued). A task whose video another job finished meanwhile, with the
-    same fingerprint and run, is marked skipped on the way.
+    same fingerprint and run, is marked skipped on the way. A task that already used `max_attempts`
+    (its driver died during each one: a decoder that crashes an in-process worker) is marked failed.
     """
     seen: set[int] = set()
     while True:
@@ -170,6 +171,14 @@ def claim_next(catalog: Catalog, job_id: int, worker: str, *,
                 s.execute(update(Task).where(Task.id == task.id, Task.status == "queued").values(
                     status="skipped", error=f"indexed meanwhile by job {last.job_id}", finished_at=utcnow()))
                 continue
+            if max_attempts is not None and task.attempts >= max_attempts:
+                why = (f"the process indexing it died during each of {task.attempts} attempts "
+                       "(a crashing decoder?); gave up")
+                s.execute(update(Task).where(Task.id == task.id, Task.status == "queued").values(
+                    status="failed", error=why, finished_at=utcnow()))
+                s.execute(update(Video).where(Video.id == task.video_id, Video.run_id.is_(None)).values(
+                    status="failed", error=why))
+                continue
             claimed = s.execute(update(Task).where(Task.id == task.id, Task.status == "queued").values(
                 status="running", worker=worker, claimed_at=utcnow(), attempts=Task.attempts + 1, error=None))
             if claimed.rowcount == 1:  # type: ignore[attr-defined]
@@ -190,10 +199,13 @@ def note_retry(catalog: Catalog, task_id: int, reason: str, worker: str | None =
 
 @retrying
 def release_running(catalog: Catalog, job_id: int) -> None:
-    """Put every running task of a job back in the queue (its driver stops: cancel, Ctrl-C, an error)."""
+    """Put every running task of a job back in the queue (its driver stops: cancel, Ctrl-C, an error).
+
+    The attempt in progress is given back: stopping on purpose is not the video's fault.
+    """
     with catalog.session() as s:
-        s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued",
-                                                                                           worker=None))
+        s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running", Task.attempts > 0)
+                  .values(status="queued", worker=None, attempts=Task.attempts - 1))
 
 
 @retrying

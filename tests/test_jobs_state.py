@@ -23,9 +23,10 @@ from sqlalchemy import select
 
 from engines.photos import load_photo
 from jobs import state
-from jobs.bench import PHOTOS, make_short_archive
+from jobs.bench import PHOTOS, make_clip, make_short_archive
 from jobs.catalog import Catalog, default_db_url
 from jobs.runner import JobResult, LocalExecutor, PlanOptions, plan, resume_job, run_job
+from jobs.worker import FAULTS_ENV
 from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
 from schemas.sql import Task, Track, Video
 from vidx.cli import cli
@@ -202,3 +203,21 @@ def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
             break
         time.sleep(0.5)
     assert (info["status"], info["done"] + info["skipped"]) == ("done", 6), Path(detached["log"]).read_text()
+
+
+def test_a_video_that_crashes_the_in_process_driver_is_failed_on_resume_after_its_attempts(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    archive = tmp_path / "a"
+    make_short_archive(archive, clip_photos, 2, seconds=(1.0,))
+    make_clip(archive / "segv_me.mp4", clip_photos["biden"], seconds=3.0)  # the largest: claimed first
+    out = tmp_path / "out"
+    env = {**os.environ, "VIDX_CACHE_DIR": str(cache_dir), FAULTS_ENV: "crash=segv_me"}
+    proc = subprocess.run([sys.executable, "-m", "vidx", "index", str(archive), "--out", str(out), "--device", "cpu",
+                           "--max-attempts", "1", "--json"], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGSEGV, proc.stderr.decode()[-2000:]  # no containment in-process
+    catalog = Catalog(default_db_url(out))
+    job_id = state.list_jobs(catalog)[0]["job_id"]
+    result = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
+    assert (result.summary["done"], result.summary["failed"]) == (2, 1)
+    (failure,) = result.summary["failures"]
+    assert failure["path"].endswith("segv_me.mp4") and "died during each of 1 attempts" in failure["error"]

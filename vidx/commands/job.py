@@ -75,7 +75,7 @@ def make_executor(raw: dict[str, Any], address: str | None = None) -> Any:
 def executor_json(kind: str, address: str | None, workers: int | None, videos_per_worker: int | None,
                   max_attempts: int, stall_timeout: float, device: str) -> dict[str, Any]:
     if kind == "local":
-        return {"kind": "local"}
+        return {"kind": "local", "max_attempts": max_attempts}
     from jobs.ray_executor import RayOptions
 
     return RayOptions(address=address, workers=workers, videos_per_worker=videos_per_worker,
