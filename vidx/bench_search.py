@@ -189,7 +189,7 @@ def machine() -> dict[str, Any]:
 
 def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: list[int], device: str = "cpu",
                  threads: int | None = None, seed: int = 0, say: Callable[[str], None] = print,
-                 command: str = "") -> dict[str, Any]:
+                 command: str = "", end_to_end: int = 0, work_dir: Any = None) -> dict[str, Any]:
     import faiss
 
     threads = threads or os.cpu_count() or 1
@@ -217,6 +217,8 @@ def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: l
                            "top10": lat, "batch_queries_per_s": round(len(q) / batch, 1), "rss_gib": _rss_gib()}
         say(f"exact: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms")
         del searcher, x
+    if end_to_end:
+        result["end_to_end"] = bench_end_to_end(end_to_end, work_dir or "vidx-bench/search", say=say)
     if ann_tracks:
         say(f"ann: generating {ann_tracks:,} descriptors (float16 copy for the ground truth)")
         t0 = time.perf_counter()
@@ -258,4 +260,81 @@ def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: l
                          "generate_s": round(gen_s, 1), "build_s": round(build_s, 1),
                          "index_memory_gib": round(code_bytes / 2**30, 3), "rss_gib": _rss_gib(),
                          "nprobe": rows, "incremental": upd}
+    return result
+
+
+def bench_end_to_end(tracks: int, work_dir: Any, *, videos: int = 10_000, queries: int = 20, seed: int = 0,
+                     say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The search path as `vidx search` runs it, over a real SQLite index of `tracks` synthetic tracks.
+
+    Times: filling SQL (not part of search), the first refresh (full build of the vector index), a
+    no-op refresh (what every search pays to check staleness), opening the index (reading the row
+    files), and a whole appearance search (index + SQL rows + merging) per query, cold and warm.
+    """
+    from pathlib import Path
+
+    from sqlalchemy import insert
+
+    from jobs.catalog import Catalog
+    from schemas.sql import Run, Track, Video, utcnow
+    from vidx.ann import VectorIndex
+    from vidx.search import search_index
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "index.sqlite"
+    for f in work.glob("index.sqlite*"):
+        f.unlink()
+    catalog = Catalog(f"sqlite:///{db}")
+    mean, _ = real_mean_descriptor()
+    faces = SyntheticFaces(tracks, mean, seed)
+    say(f"end to end: writing {tracks:,} tracks over {videos:,} videos to SQLite")
+    t0 = time.perf_counter()
+    with catalog.session() as s:
+        run = Run(key="bench", pipeline_version="bench", models={}, params={"sampling": {"mode": "fps", "fps": 2.0}})
+        s.add(run)
+        s.flush()
+        now = utcnow()
+        s.execute(insert(Video), [{"id": v + 1, "path": f"/archive/video-{v:06d}.mp4", "size": 1, "mtime": 0.0,
+                                   "fingerprint": "x", "duration_s": 600.0, "status": "indexed", "run_id": run.id,
+                                   "indexed_at": now} for v in range(videos)])
+        run_id = run.id
+    rng = np.random.default_rng(seed)
+    for start in range(0, tracks, 100_000):
+        x = faces.chunk(start, min(start + 100_000, tracks))
+        vid = rng.integers(1, videos + 1, size=len(x))
+        t_start = rng.uniform(0, 590, size=len(x))
+        with catalog.session() as s:
+            s.execute(insert(Track), [
+                {"video_id": int(vid[i]), "run_id": run_id, "track_index": start + i, "start_s": float(t_start[i]),
+                 "end_s": float(t_start[i] + 5), "n_faces": 10, "embedding": x[i].astype("<f4").tobytes(),
+                 "quality": 1.0, "best_pts_s": float(t_start[i])} for i in range(len(x))])
+    fill = time.perf_counter() - t0
+    index = VectorIndex(work / "search-index")
+    t0 = time.perf_counter()
+    first = index.refresh(catalog)
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index.refresh(catalog)
+    noop = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index.open(device="cpu")
+    open_s = time.perf_counter() - t0
+    q, _ = faces.queries(queries, seed=seed + 11)
+    t0 = time.perf_counter()
+    search_index(catalog, index, q[0])
+    first_search = time.perf_counter() - t0
+    per = []
+    n_hits = []
+    for v in q[1:]:
+        t0 = time.perf_counter()
+        n_hits.append(len(search_index(catalog, index, v)))
+        per.append(time.perf_counter() - t0)
+    ms = np.asarray(per) * 1000
+    result = {"tracks": tracks, "videos": videos, "kind": first.kind, "sql_fill_s": round(fill, 1),
+              "first_refresh_s": round(build, 2), "noop_refresh_s": round(noop, 3), "open_s": round(open_s, 3),
+              "first_search_s": round(first_search, 3), "search_p50_ms": round(float(np.median(ms)), 1),
+              "search_p95_ms": round(float(np.percentile(ms, 95)), 1), "hits_median": float(np.median(n_hits)),
+              "cold_total_s": round(noop + open_s + first_search, 3)}
+    say(f"end to end: {result}")
     return result

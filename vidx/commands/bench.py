@@ -54,19 +54,26 @@ def bench_engines(ctx: Context, device: str, engine: str, batches: str, seconds:
 @click.option("--threads", type=click.IntRange(1), default=None, help="FAISS threads [default: all cores].")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True,
               help="Where exact search runs (gpu: CuPy).")
+@click.option("--end-to-end", type=click.IntRange(0), default=0, show_default=True,
+              help="Also time `vidx search`'s whole path over a SQLite index of this many tracks (0 skips).")
+@click.option("--work-dir", "search_work_dir", type=click.Path(file_okay=False), default="vidx-bench/search",
+              show_default=True, help="Where the end-to-end SQLite index is written.")
 @json_option
 def bench_search_cmd(exact_tracks: int, ann_tracks: int, queries: int, nprobes: str, threads: int | None, device: str,
-                     as_json: bool) -> None:
+                     end_to_end: int, search_work_dir: str, as_json: bool) -> None:
     """Exact and ANN top-10 over synthetic dlib-like face descriptors: latency, recall, build time, memory."""
     from vidx.bench_search import bench_search
     from vidx.output import say
 
     result = bench_search(exact_tracks=exact_tracks, ann_tracks=ann_tracks, queries=queries,
                           nprobes=[int(p) for p in nprobes.split(",") if p.strip()], device=device, threads=threads,
-                          say=say, command=" ".join(["vidx", *sys.argv[1:]]))
+                          say=say, command=" ".join(["vidx", *sys.argv[1:]]), end_to_end=end_to_end,
+                          work_dir=search_work_dir)
 
     def render(res: dict[str, Any]) -> None:
         out.print(f"{res['machine']['cpu']} · {res['machine']['cores']} cores · {res['threads']} threads")
+        if "end_to_end" in res:
+            out.print(f"end to end: {res['end_to_end']}")
         table = Table("search", "tracks", "nprobe", "p50 ms", "p95 ms", "recall@10", "known", "L2<0.6", "build s")
         if "exact" in res:
             e = res["exact"]
