@@ -40,8 +40,9 @@ def default_db_url(out_dir: str | os.PathLike[str]) -> str:
 
 DB_RETRY_S = float(os.environ.get("VIDX_DB_RETRY_S", "60"))
 """How long a transaction is retried while the database is locked or unreachable, before a clear error."""
-SQLITE_BUSY_S = 5.0
-"""How long SQLite itself waits on a lock before one attempt fails (then the retry loop backs off)."""
+LOCK_WAIT_S = 5.0
+"""How long one attempt waits on a lock (SQLite busy timeout, PostgreSQL lock_timeout) before it fails and
+the retry loop backs off: a lock that is never released ends in a clear error instead of a hung job."""
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -54,7 +55,7 @@ def is_transient(exc: DBAPIError) -> bool:
         return False
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if sqlstate is not None:  # PostgreSQL: connection, serialization/deadlock, too many connections, shutdown
-        return str(sqlstate).startswith(("08", "40", "53300", "57P"))
+        return str(sqlstate).startswith(("08", "40", "53300", "55P03", "57P"))  # 55P03: lock_timeout
     message = str(exc.orig).lower()
     if "locked" in message or "busy" in message:  # SQLite
         return True
@@ -75,12 +76,12 @@ def retrying(method: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatena
     return wrapper
 
 
-def make_engine(url: str, *, sqlite_busy_s: float = SQLITE_BUSY_S) -> Engine:
+def make_engine(url: str, *, lock_wait_s: float = LOCK_WAIT_S) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": sqlite_busy_s})
+        engine = create_engine(url, connect_args={"timeout": lock_wait_s})
 
         @event.listens_for(engine, "connect")
         def _pragmas(conn: Any, _: Any) -> None:
@@ -91,7 +92,17 @@ def make_engine(url: str, *, sqlite_busy_s: float = SQLITE_BUSY_S) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _lock_timeout(conn: Any, _: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(1, round(lock_wait_s * 1000))}ms",))
+            cur.close()
+            conn.commit()  # settings made in a transaction that is rolled back would be undone
+
+    return engine
 
 
 @dataclass
@@ -157,12 +168,12 @@ def pgvector_status(engine: Engine) -> Literal["installed", "available", "absent
 class Catalog:
     """The SQL index of one output folder: opened (and migrated to the current schema) once per process."""
 
-    def __init__(self, url: str, *, retry_s: float = DB_RETRY_S, sqlite_busy_s: float = SQLITE_BUSY_S):
+    def __init__(self, url: str, *, retry_s: float = DB_RETRY_S, lock_wait_s: float = LOCK_WAIT_S):
         self.url = url
         self.where = make_url(url).render_as_string(hide_password=True)
         self.retry_s = retry_s
         try:
-            self.engine = make_engine(url, sqlite_busy_s=sqlite_busy_s)
+            self.engine = make_engine(url, lock_wait_s=lock_wait_s)
         except OperationalError as exc:
             raise IndexError_(f"cannot open the SQL index: {exc.orig}", path=self.where) from exc
         self.migration = self.retry("open", lambda: migrations.upgrade(self.engine, where=self.where))

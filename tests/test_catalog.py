@@ -162,7 +162,7 @@ def test_a_new_run_supersedes_the_old_tracks_atomically(db_url: str, tmp_path: P
 
 def test_a_locked_sqlite_index_is_retried_until_the_lock_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "index.sqlite"
-    catalog = Catalog(f"sqlite:///{path}", retry_s=20, sqlite_busy_s=0.1)
+    catalog = Catalog(f"sqlite:///{path}", retry_s=20, lock_wait_s=0.1)
     run = catalog.ensure_run(*RUN_A)
     (video,) = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
     other = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
@@ -181,7 +181,7 @@ def test_a_locked_sqlite_index_is_retried_until_the_lock_goes(tmp_path: Path, ca
 
 def test_a_sqlite_lock_that_stays_gives_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
-    catalog = Catalog(f"sqlite:///{path}", retry_s=1.0, sqlite_busy_s=0.1)
+    catalog = Catalog(f"sqlite:///{path}", retry_s=1.0, lock_wait_s=0.1)
     run = catalog.ensure_run(*RUN_A)
     (video,) = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
     other = sqlite3.connect(path, timeout=0, isolation_level=None)
@@ -267,3 +267,24 @@ def test_concurrent_drivers_creating_the_same_run_share_it(db_url: str) -> None:
     assert len(ids) == 15 and all(len(v) == 1 for v in ids.values())
     for c in catalogs:
         c.close()
+
+
+def test_a_postgres_lock_is_waited_out_and_one_that_stays_is_a_clear_error(postgres_url: str, tmp_path: Path) -> None:
+    catalog = Catalog(postgres_url, retry_s=1.0, lock_wait_s=0.2)
+    run = catalog.ensure_run(*RUN_A)
+    (video,) = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
+    other = create_engine(postgres_url)
+    blocker = other.connect()
+    blocker.execute(text("LOCK TABLE tracks IN ACCESS EXCLUSIVE MODE"))  # held until this transaction ends
+    with pytest.raises(IndexError_) as err:
+        catalog.record(VideoOutcome(video.id, "done", tracks=tracks(1, "t")), run)
+    assert "unavailable (record)" in err.value.message and "lock timeout" in err.value.message
+    catalog.retry_s = 20
+    timer = threading.Timer(1.0, blocker.rollback)
+    timer.start()
+    catalog.record(VideoOutcome(video.id, "done", tracks=tracks(2, "t")), run)  # goes through once it is released
+    timer.join()
+    assert count_tracks(catalog, video.id) == 2
+    blocker.close()
+    other.dispose()
+    catalog.close()
