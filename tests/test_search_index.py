@@ -121,3 +121,17 @@ def test_jobs_refresh_the_index_when_they_end(indexed: Indexed, copy_out: Path) 
     done = refresh_search_index(catalog, str(copy_out))
     assert VectorIndex(index_dir_for(catalog, str(copy_out))).stale_reason() is None
     assert refresh_search_index(catalog, str(copy_out)).added == 0 and done.live > 0
+
+
+@pytest.mark.gpu
+def test_exact_search_on_the_gpu_matches_numpy() -> None:
+    mean, _ = real_mean_descriptor()
+    faces = SyntheticFaces(100_000, mean, seed=6)
+    x = faces.all()
+    ids = np.arange(len(x), dtype=np.int64)
+    queries, _ = faces.queries(20, seed=8)
+    gpu = ExactSearcher(x, ids, device="gpu")
+    assert gpu.xp is not np
+    d_gpu, i_gpu = gpu.search(queries, 10)
+    d_cpu, i_cpu = ExactSearcher(x, ids, device="cpu").search(queries, 10)
+    assert np.mean(i_gpu == i_cpu) > 0.99 and np.allclose(d_gpu, d_cpu, atol=1e-3)
