@@ -256,6 +256,9 @@ def run_job(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSet
             executor_options: dict[str, Any] | None = None) -> JobResult:
     """Plan a job for an archive and drive it to the end in this process."""
     events = events or JobEvents()
+    if executor_options is None:  # what `vidx job resume` needs to run it the same way
+        to_json = getattr(getattr(executor, "options", None), "to_json", None)
+        executor_options = to_json() if callable(to_json) else {"kind": "local"}
     job_id, queued, skipped, unreadable = plan(archive, catalog=catalog, out_uri=out_uri, settings=settings,
                                                cache_dir=cache_dir, options=options,
                                                executor_options=executor_options)
