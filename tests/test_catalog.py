@@ -288,3 +288,44 @@ def test_a_postgres_lock_is_waited_out_and_one_that_stays_is_a_clear_error(postg
     blocker.close()
     other.dispose()
     catalog.close()
+
+
+def test_a_job_rides_out_a_database_lock_taken_while_it_runs(db_url: str, tmp_path: Path, cache_dir: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Another process holds the index's write lock for 2.5 s in the middle of a job: the job waits and finishes."""
+    import badfiles  # tests/badfiles.py
+
+    from jobs.runner import JobEvents, LocalExecutor, run_job
+    from schemas.config import IndexSettings, RuntimeConfig
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i in range(4):
+        badfiles.write_video(archive / f"v{i}.mp4", seed=i)
+    catalog = Catalog(db_url, retry_s=30, lock_wait_s=0.2)
+    locker = create_engine(db_url)
+    held: list[threading.Thread] = []
+
+    def hold_lock() -> None:
+        with locker.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN EXCLUSIVE")
+            else:
+                conn.execute(text("LOCK TABLE tasks, videos, tracks IN ACCESS EXCLUSIVE MODE"))
+            time.sleep(2.5)
+            conn.rollback()
+
+    def on_video(path: str, outcome: VideoOutcome) -> None:
+        if not held:  # after the first video: the rest of the job runs into the lock
+            held.append(threading.Thread(target=hold_lock))
+            held[0].start()
+            time.sleep(0.3)  # the lock is taken before the driver records anything else
+
+    out = tmp_path / "out"
+    result = run_job(archive, catalog=catalog, out_uri=str(out), settings=IndexSettings(runtime=RuntimeConfig(
+        device="cpu")), executor=LocalExecutor(), cache_dir=cache_dir, events=JobEvents(on_video=on_video))
+    held[0].join()
+    assert (result.summary["done"], result.summary["failed"]) == (4, 0)
+    assert any("SQL index busy or unreachable" in r.getMessage() for r in caplog.records)
+    locker.dispose()
+    catalog.close()
