@@ -175,6 +175,7 @@ def test_the_command_exit_code_and_json_summary_report_failures(tmp_path: Path, 
     archive.mkdir()
     badfiles.write_video(archive / "good.mp4")
     (archive / "broken.mp4").write_bytes(os.urandom(5000))
+    (archive / "loop.mp4").symlink_to("loop.mp4")
     result = CliRunner().invoke(cli, ["index", str(archive), "--out", str(tmp_path / "out"), "--device", "cpu",
                                       "--json"], catch_exceptions=False)
     assert result.exit_code == 3, result.output  # 3: the job ran, some videos failed
@@ -182,6 +183,8 @@ def test_the_command_exit_code_and_json_summary_report_failures(tmp_path: Path, 
     assert (summary["done"], summary["failed"]) == (1, 1)
     assert summary["failures"][0]["path"].endswith("broken.mp4")
     assert "not a readable video" in summary["failures"][0]["error"]
+    assert [Path(u["path"]).name for u in summary["unreadable"]] == ["loop.mp4"]
+    assert "loop" in summary["unreadable"][0]["error"]
 
 
 def test_a_file_rewritten_while_it_is_decoded_fails_cleanly(tmp_path: Path) -> None:
