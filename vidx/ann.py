@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DIM = 128
 FORMAT = "vidx-search-index"
 FORMAT_VERSION = 1
-ANN_MIN_TRACKS = int(os.environ.get("VIDX_ANN_MIN_TRACKS", "1000000"))
+ANN_MIN_TRACKS = int(os.environ.get("VIDX_ANN_MIN_TRACKS", "2000000"))
 """From this many live tracks on, search goes through the FAISS IVF index; below, exact (numpy / CuPy)."""
 RETRAIN_GROWTH = 4.0
 """Rebuild the IVF index once it holds this many times the tracks its centroids were trained on."""
@@ -119,7 +119,7 @@ class ExactSearcher:
         self.xp: Any = cp if cp is not None else np
         self.ids = ids
         self.vectors = self.xp.asarray(vectors, dtype=self.xp.float32)
-        norms = (self.vectors * self.vectors).sum(axis=1)
+        norms = self.xp.einsum("ij,ij->i", self.vectors, self.vectors)  # no n x 128 temporary
         self.norms = self.xp.where(self.xp.asarray(ids) >= 0, norms, self.xp.inf)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,10 +227,15 @@ class VectorIndex:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _load_rows(self) -> tuple[np.ndarray, np.ndarray]:
+    def _load_rows(self, mapped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors); mapped: vectors memory-mapped read-only (no copy; the file is append-only and
+        compaction replaces it by rename, so a mapping stays valid)."""
         ids = np.fromfile(self._path("ids.i64"), dtype="<i8")
-        vectors = np.fromfile(self._path("vectors.f32"), dtype="<f4").reshape(-1, DIM)
-        return ids, vectors
+        if mapped and ids.size:
+            vectors = np.memmap(self._path("vectors.f32"), dtype="<f4", mode="r").reshape(-1, DIM)
+        else:
+            vectors = np.fromfile(self._path("vectors.f32"), dtype="<f4").reshape(-1, DIM)
+        return ids, vectors[: len(ids)]
 
     def _load_videos(self) -> dict[int, tuple[int, float]]:
         with np.load(self._path("videos.npz")) as z:
@@ -266,7 +271,7 @@ class VectorIndex:
             self._ivf = faiss.read_index(str(self._path("ann.faiss")))
             self._ivf.nprobe = int(self.meta.get("nprobe", nprobe_for(int(self._ivf.nlist))))
         else:
-            ids, vectors = self._load_rows()
+            ids, vectors = self._load_rows(mapped=True)
             self._exact = ExactSearcher(vectors, ids, device=device)
         return self
 

@@ -285,6 +285,9 @@ def bench_end_to_end(tracks: int, work_dir: Any, *, videos: int = 10_000, querie
     db = work / "index.sqlite"
     for f in work.glob("index.sqlite*"):
         f.unlink()
+    import shutil
+
+    shutil.rmtree(work / "search-index", ignore_errors=True)
     catalog = Catalog(f"sqlite:///{db}")
     mean, _ = real_mean_descriptor()
     faces = SyntheticFaces(tracks, mean, seed)
