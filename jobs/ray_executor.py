@@ -52,6 +52,8 @@ class RayOptions:
     """A video with no decoded batch for this long is taken to be hung."""
     backoff_s: float = 2.0
     """First retry delay; doubles with each attempt."""
+    start_wait_s: float = 30.0
+    """Once one worker is up, how long to wait for the others before work starts (later ones join)."""
     include_dashboard: bool | None = None
     num_cpus: int | None = None
     num_gpus: int | None = None
@@ -204,11 +206,21 @@ class RayExecutor:
                     info: dict[str, str] = ray.get(ref)
                 except (RayActorError, RayTaskError) as exc:
                     raise WorkerStartError(f"worker {slot.label} failed to start: {exc}") from exc
-                self._check_started()
+                self._await_others()
                 return info
             if not ready:
                 log.warning("waiting for a worker to start (%.0f s): resources %s, available %s", waited,
                             self._actor_opts, ray.available_resources())
+
+    def _await_others(self) -> None:
+        """Give the other workers a while to load too, so that work starts spread over all of them; a
+        worker that needs a new node (autoscaling) joins later."""
+        import ray
+
+        pending = [s.starting for s in self.slots if s.starting is not None]
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=self.options.start_wait_s)
+        self._check_started()
 
     def _check_started(self) -> None:
         """Mark workers whose engines finished loading as ready; restart (a few times) ones that failed."""
