@@ -128,7 +128,7 @@ def test_a_crashing_and_a_hanging_decoder_take_down_only_their_worker(
     monkeypatch.setenv(FAULTS_ENV, "crash=segv_me;hang=hang_me")
     out = tmp_path / "out"
     catalog = Catalog(default_db_url(out))
-    executor = RayExecutor(RayOptions(videos_per_worker=2, max_attempts=2, stall_timeout_s=4, backoff_s=0.1))
+    executor = RayExecutor(RayOptions(videos_per_worker=2, max_attempts=2, stall_timeout_s=6, backoff_s=0.1))
     result = run_job(archive, catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=executor,
                      cache_dir=cache_dir)
     by_name = {Path(t.path).name: t for t in tasks_of(catalog, result.job_id)}
