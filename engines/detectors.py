@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -165,20 +165,9 @@ class BlazeDetector:
         if not frames:
             return []
         xp = self._xp()
-        work: list[tuple[int, Tile, Array]] = []
-        for f, frame in enumerate(frames):
-            frame = xp.asarray(frame)
-            levels: dict[float, Array] = {}
-            for tile in self.plan(frame.shape[0], frame.shape[1]):
-                if tile.scale not in levels:
-                    levels[tile.scale] = resize(frame, round(frame.shape[0] * tile.scale),
-                                                round(frame.shape[1] * tile.scale))
-                work.append((f, tile, crop_padded(levels[tile.scale], tile.y0, tile.x0, self.size, self.size)))
         per_frame: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in frames]
-        for start in range(0, len(work), self.batch_size):
-            chunk = work[start:start + self.batch_size]
-            batch = xp.stack([t for _, _, t in chunk])
-            for (f, tile, _), found in zip(chunk, self._run(batch), strict=True):
+        for chunk, batch in self._tile_batches(xp, frames):
+            for (f, tile), found in zip(chunk, self._run(batch)[:len(chunk)], strict=True):
                 boxes, scores, kps = found
                 if len(scores):
                     boxes, scores, kps = self._drop_cut(tile, boxes, scores, kps)
@@ -186,6 +175,40 @@ class BlazeDetector:
                     per_frame[f].append(((boxes.reshape(-1, 2, 2) + offset).reshape(-1, 4) / tile.scale,
                                          scores, (kps + offset) / tile.scale))
         return [self._merge(found) for found in per_frame]
+
+    def _tile_batches(self, xp: ModuleType, frames: Sequence[Array]
+                      ) -> Iterator[tuple[list[tuple[int, Tile]], Array]]:
+        """Batches of at most batch_size model inputs, with the (frame, tile) each one came from.
+
+        On the GPU one kernel cuts every tile of a batch straight from the frames (no per-level images);
+        on the CPU Pillow resizes each pyramid level once and tiles are cut from it.
+        """
+        if xp is not np:
+            from engines import cuda_ops
+
+            dev = [xp.ascontiguousarray(xp.asarray(f)) for f in frames]
+            work = [(f, tile) for f, frame in enumerate(dev) for tile in self.plan(*frame.shape[:2])]
+            for start in range(0, len(work), self.batch_size):
+                chunk = work[start:start + self.batch_size]
+                specs = [(f, *cuda_ops.level_size(dev[f].shape[0], dev[f].shape[1], tile.scale), tile.x0, tile.y0)
+                         for f, tile in chunk]
+                # Every GPU batch has the same size: each new input shape costs ONNX Runtime's CUDA provider
+                # (and TensorRT's profile) seconds of set-up, far more than running a few black tiles.
+                specs += [(0, 1, 1, self.size, self.size)] * (self.batch_size - len(specs))
+                yield chunk, cuda_ops.tiles(dev, specs, self.size)
+            return
+        host: list[tuple[int, Tile, Array]] = []
+        for f, frame in enumerate(frames):
+            frame = to_host(frame)
+            levels: dict[float, Array] = {}
+            for tile in self.plan(frame.shape[0], frame.shape[1]):
+                if tile.scale not in levels:
+                    levels[tile.scale] = resize(frame, round(frame.shape[0] * tile.scale),
+                                                round(frame.shape[1] * tile.scale))
+                host.append((f, tile, crop_padded(levels[tile.scale], tile.y0, tile.x0, self.size, self.size)))
+        for start in range(0, len(host), self.batch_size):
+            part = host[start:start + self.batch_size]
+            yield [(f, tile) for f, tile, _ in part], np.stack([t for _, _, t in part])
 
     def _run(self, batch: Array) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Model + anchor decoding + threshold for a batch of tiles: candidates in tile pixels."""
@@ -288,7 +311,8 @@ class PersonDetector(BlazeDetector):
     def plan(self, height: int, width: int) -> list[Tile]:
         key = (height, width)
         if key not in self._plans:
-            self._plans[key] = plan_tiles(height, width, self.size, self.size / min(height, width), overlap=self.size // 2)
+            self._plans[key] = plan_tiles(height, width, self.size, self.size / min(height, width),
+                                          overlap=self.size // 2)
         return self._plans[key]
 
     def detect(self, frames: Sequence[Array]) -> list[Detections]:

@@ -51,6 +51,14 @@ def chip_from_frame(keypoints: np.ndarray) -> np.ndarray:
     return np.linalg.inv(np.vstack([fwd, [0, 0, 1]]))[:2]
 
 
+def padded_batch(n: int, limit: int, smallest: int = 8) -> int:
+    """The batch size n is padded to on a GPU: the next power of two from `smallest`, at most `limit`."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return min(size, limit) if n <= limit else n
+
+
 class FaceEmbedder:
     """Chips in, descriptors out; chips are cut on the device the frames live on."""
 
@@ -72,8 +80,14 @@ class FaceEmbedder:
         chips = xp.asarray(chips)
         parts = []
         for start in range(0, len(chips), self.batch_size):
-            out = self.session.run({"chips": chips[start:start + self.batch_size]})
-            parts.append(to_host(out["embedding"]))
+            part = chips[start:start + self.batch_size]
+            n = len(part)
+            if xp is not np:  # a few fixed batch shapes on the GPU (each new shape costs seconds of set-up)
+                size = padded_batch(n, self.batch_size)
+                if size > n:
+                    part = xp.concatenate([part, xp.zeros((size - n, *part.shape[1:]), part.dtype)])
+            out = self.session.run({"chips": part})
+            parts.append(to_host(out["embedding"])[:n])
         return np.concatenate(parts).astype(np.float32)
 
     def embed(self, frames: Sequence[Array], frame_index: Sequence[int], keypoints: np.ndarray

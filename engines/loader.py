@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.detectors import FaceDetector, PersonDetector
-from engines.embedder import CHIP_SIZE, FaceEmbedder
+from engines.embedder import CHIP_SIZE, FaceEmbedder, padded_batch
 from engines.runtime.base import RuntimeReport, Session, open_session, runtime_report, session_array_module
 from engines.sources import Progress
 from engines.zoo import ModelStore
@@ -44,7 +44,10 @@ class Engines:
         self.faces.detect([frame])
         if self.persons is not None:
             self.persons.detect([frame])
-        self.embedder.embed_chips(xp.asarray(rng.integers(0, 255, (2, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)))
+        sizes = [2] if xp is np else sorted({padded_batch(n, self.embedder.batch_size)
+                                             for n in range(1, self.embedder.batch_size + 1)})
+        for n in sizes:  # on a GPU, every padded batch size once: later batches find their kernels ready
+            self.embedder.embed_chips(xp.asarray(rng.integers(0, 255, (n, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)))
         return time.monotonic() - started
 
 
@@ -68,7 +71,8 @@ def load_engines(
         model = store.load(name)  # type: ignore[arg-type]
         versions[name] = model.provenance.version
         batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch
-        sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch, report=report)
+        sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch,
+                                      report=report)
         log.info("%s: %s", name, sessions[name].description)
     engines = Engines(
         faces=FaceDetector(sessions["face_detector"], score_threshold=detection.face_score,

@@ -108,7 +108,8 @@ class Provenance:
     @property
     def version(self) -> str:
         """The model version recorded with every result it produced."""
-        return f"{self.package}=={self.package_version}/{self.converter}-v{self.converter_version}/{self.onnx_sha256[:12]}"
+        return (f"{self.package}=={self.package_version}/{self.converter}-v{self.converter_version}/"
+                f"{self.onnx_sha256[:12]}")
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ run on the batches it has already produced, so decode overlaps inference even on
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from engines.arrays import Array, to_host
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
 from indexer.decode.base import Decoder, FrameBatch, VideoInfo
+from indexer.errors import VideoError
 from indexer.tracking import FaceTracker, face_quality
 from schemas.config import IndexSettings
 from schemas.tables import FACES, PERSONS, TRACKS
@@ -31,6 +33,7 @@ from schemas.tables import FACES, PERSONS, TRACKS
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2
+STAGES = ("wait_for_frames", "detect_faces", "detect_persons", "align", "embed", "track")
 THUMBNAIL_QUALITY = 88
 
 
@@ -89,13 +92,7 @@ def background(items: Iterator[FrameBatch], depth: int = PREFETCH_BATCHES) -> It
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not _put(q, item, stop):
                     return
             q.put(done)
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -115,61 +112,196 @@ def background(items: Iterator[FrameBatch], depth: int = PREFETCH_BATCHES) -> It
         stop.set()
 
 
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put item, waiting while the queue is full; False when asked to stop first."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def jpeg(chip: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(chip)).save(buf, format="JPEG", quality=THUMBNAIL_QUALITY)
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class VideoTask:
+    """One video to index: where it is and the ids its rows carry."""
+
+    path: Path
+    video_id: int
+    run_key: str
+
+
+@dataclass
+class _VideoState:
+    """What the pipeline accumulates for one video in flight."""
+
+    task: VideoTask
+    decoder: Decoder
+    tracker: FaceTracker
+    started: float
+    faces: _Rows = field(default_factory=_Rows)
+    persons: _Rows = field(default_factory=_Rows)
+    best_chips: dict[int, np.ndarray] = field(default_factory=dict)
+    info: VideoInfo | None = None
+
+
+@dataclass
+class _Frame:
+    """One sampled frame on its way through a (possibly cross-video) analysis step."""
+
+    video: _VideoState
+    image: Array
+    pts_s: float
+    index: int
+
+
+ProgressFn = Callable[[VideoTask, int, float], None]
+"""Called after each analysis step with the task, the frames just analysed and the last timestamp."""
+
+
 class VideoIndexer:
-    """Indexes videos one after another with engines loaded once."""
+    """Indexes videos with engines loaded once; several videos at once share the engines' batches.
+
+    Each video in flight has its own decoder in its own thread (NVDEC: one decoder never exceeds one
+    of the GPU's decode engines, so several run side by side); the calling thread gathers sampled
+    frames from all of them into steps of `runtime.frame_batch` frames and runs the models on them.
+    """
 
     def __init__(self, engines: Engines, settings: IndexSettings, decoder: Decoder):
         self.engines = engines
         self.settings = settings
         self.decoder = decoder
+        """The template: each video gets a fresh copy of it (decoders keep per-video state)."""
+        self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        """Seconds spent in each stage since this indexer was made (the consumer thread's view)."""
+
+    @property
+    def videos_in_flight(self) -> int:
+        n = self.settings.runtime.videos_in_flight
+        return n if n > 0 else (8 if self.decoder.device == "cuda" else 1)
 
     def index(self, path: Path, *, video_id: int, run_key: str,
               on_progress: Callable[[int, float], None] | None = None) -> VideoResult:
         """Index one video. VideoError for a bad video; results only when the whole video succeeded."""
-        started = time.monotonic()
-        det = self.settings.detection
-        tracker = FaceTracker(self.settings.tracking)
-        faces, persons = _Rows(), _Rows()
-        best_chips: dict[int, np.ndarray] = {}
-        info: VideoInfo | None = None
-        batch_size = self.settings.runtime.detector_batch
-        for batch in background(self.decoder.batches(path, self.settings.sampling, batch_size)):
-            info = batch.video
-            self._analyse(batch, faces, persons, tracker, best_chips)
-            if on_progress:
-                on_progress(len(batch), float(batch.pts_s[-1]))
-        stats = self.decoder.stats
-        if info is None:
-            info = self.decoder.probe(path)
-        thumbs = {tid: jpeg(chip) for tid, chip in best_chips.items()}
+        progress: ProgressFn | None = (lambda _t, n, t: on_progress(n, t)) if on_progress else None
+        for _, outcome in self.index_many([VideoTask(path, video_id, run_key)], on_progress=progress):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        raise AssertionError("index_many yielded nothing")
+
+    def index_many(self, tasks: Iterable[VideoTask], *, on_progress: ProgressFn | None = None,
+                   in_flight: int | None = None) -> Iterator[tuple[VideoTask, VideoResult | VideoError]]:
+        """Index many videos, `in_flight` at once; yields each (task, result or VideoError) as it finishes.
+
+        A VideoError ends only its own video. Any other exception stops everything and propagates.
+        """
+        limit = in_flight or self.videos_in_flight
+        pending = iter(tasks)
+        messages: queue.Queue[tuple[str, _VideoState, Any]] = queue.Queue(maxsize=PREFETCH_BATCHES * max(limit, 2))
+        stop = threading.Event()
+        live: dict[int, _VideoState] = {}
+        step = self.settings.runtime.frame_batch
+
+        def start_next() -> bool:
+            task = next(pending, None)
+            if task is None:
+                return False
+            state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking), time.monotonic())
+            live[id(state)] = state
+            threading.Thread(target=self._decode, args=(state, messages, stop), daemon=True,
+                             name=f"vidx-decode-{task.video_id}").start()
+            return True
+
+        try:
+            while len(live) < limit and start_next():
+                pass
+            gathered: list[_Frame] = []
+            while live:
+                t0 = time.perf_counter()
+                kind, state, payload = messages.get()
+                self.timings["wait_for_frames"] += time.perf_counter() - t0
+                if kind == "frames":
+                    gathered.extend(_Frame(state, payload.frames[i], float(payload.pts_s[i]),
+                                           int(payload.frame_index[i])) for i in range(len(payload)))
+                    state.info = payload.video
+                    if len(gathered) >= step or messages.empty():
+                        self._step(gathered, on_progress)
+                        gathered = []
+                    continue
+                self._step(gathered, on_progress)  # the video's last frames are analysed before it ends
+                gathered = []
+                del live[id(state)]
+                start_next()
+                if kind == "error":
+                    yield state.task, payload
+                else:
+                    yield state.task, self._finish(state)
+        finally:
+            stop.set()
+
+    def _decode(self, state: _VideoState, messages: queue.Queue[Any], stop: threading.Event) -> None:
+        """A decoder thread: batches of sampled frames of one video, then "end" (or "error")."""
+        task = state.task
+        try:
+            size = self.settings.runtime.frame_batch
+            for batch in state.decoder.batches(task.path, self.settings.sampling, size):
+                if not _put(messages, ("frames", state, batch), stop):
+                    return
+            _put(messages, ("end", state, None), stop)
+        except VideoError as exc:
+            _put(messages, ("error", state, exc), stop)
+        except Exception as exc:  # a decoder bug must not hang the consumer: fail this video, say why
+            log.exception("%s: decoder failed", task.path)
+            _put(messages, ("error", state, VideoError(f"decoder failed: {exc}", path=task.path)), stop)
+
+    def _step(self, frames: list[_Frame], on_progress: ProgressFn | None) -> None:
+        if not frames:
+            return
+        self._analyse(frames)
+        if on_progress:
+            by_video: dict[int, list[_Frame]] = {}
+            for fr in frames:
+                by_video.setdefault(id(fr.video), []).append(fr)
+            for group in by_video.values():
+                on_progress(group[0].video.task, len(group), group[-1].pts_s)
+
+    def _finish(self, state: _VideoState) -> VideoResult:
+        task, det = state.task, self.settings.detection
+        stats = state.decoder.stats
+        info = state.info or state.decoder.probe(task.path)
         return VideoResult(
             info=info,
-            faces=_faces_table(faces, video_id, run_key),
-            persons=_persons_table(persons, video_id, run_key) if det.detect_persons else PERSONS.empty_table(),
-            tracks=_tracks_table(tracker, faces, video_id, run_key),
-            thumbnails=thumbs,
+            faces=_faces_table(state.faces, task.video_id, task.run_key),
+            persons=(_persons_table(state.persons, task.video_id, task.run_key) if det.detect_persons
+                     else PERSONS.empty_table()),
+            tracks=_tracks_table(state.tracker, state.faces, task.video_id, task.run_key),
+            thumbnails={tid: jpeg(chip) for tid, chip in state.best_chips.items()},
             frames_decoded=stats.frames_decoded,
             frames_analysed=stats.frames_sampled,
             decode_s=stats.seconds,
-            total_s=time.monotonic() - started,
+            total_s=time.monotonic() - state.started,
         )
 
-    def _analyse(self, batch: FrameBatch, faces: _Rows, persons: _Rows, tracker: FaceTracker,
-                 best_chips: dict[int, np.ndarray]) -> None:
+    def _analyse(self, batch: list[_Frame]) -> None:
+        """Detect, align, embed and track the faces (and detect people) of frames from any videos."""
         det = self.settings.detection
-        frames: list[Array] = list(batch.frames)
+        clock = _Clock(self.timings)
+        frames: list[Array] = [fr.image for fr in batch]
         face_dets = self.engines.faces.detect(frames)
+        clock.lap("detect_faces")
         if self.engines.persons is not None and det.detect_persons:
-            for f, dets in enumerate(self.engines.persons.detect(frames)):
+            for fr, dets in zip(batch, self.engines.persons.detect(frames), strict=True):
                 for k in range(len(dets)):
-                    persons.add(float(batch.pts_s[f]), int(batch.frame_index[f]), dets.boxes[k],
-                                float(dets.scores[k]), dets.keypoints[k])
+                    fr.video.persons.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k]), dets.keypoints[k])
+            clock.lap("detect_persons")
         embeddable = [(f, k) for f, d in enumerate(face_dets) for k in range(len(d))
                       if d.boxes[k, 2] - d.boxes[k, 0] >= det.min_embed_px]
         sharp = np.zeros(0, np.float32)
@@ -182,35 +314,47 @@ class VideoIndexer:
             sharp = laplacian_variance(chips)
             ok_mask = sharp >= det.min_sharpness
             embeddings = np.zeros((len(embeddable), 128), np.float32)
+            clock.lap("align")
             if ok_mask.any():
                 idx = np.nonzero(ok_mask)[0]
                 embeddings[idx] = self.engines.embedder.embed_chips(chips[idx])
+            clock.lap("embed")
         lookup = {fk: i for i, fk in enumerate(embeddable)}
-        for f, dets in enumerate(face_dets):
-            t = float(batch.pts_s[f])
-            rows, embs, boxes, kp_list, sharp_list, score_list = [], [], [], [], [], []
+        for f, (fr, dets) in enumerate(zip(batch, face_dets, strict=True)):
+            video = fr.video
+            rows, embs, chip_of = [], [], []
             for k in range(len(dets)):
                 i = lookup.get((f, k))
                 emb = embeddings[i] if i is not None and ok_mask[i] else None
                 s = float(sharp[i]) if i is not None else None
-                row = faces.add(t, int(batch.frame_index[f]), dets.boxes[k], float(dets.scores[k]), dets.keypoints[k],
-                                size_px=float(dets.boxes[k, 2] - dets.boxes[k, 0]), sharpness=s, embedding=emb,
-                                track_id=None, chip=i)
-                rows.append(row)
+                rows.append(video.faces.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k]),
+                                            dets.keypoints[k], size_px=float(dets.boxes[k, 2] - dets.boxes[k, 0]),
+                                            sharpness=s, embedding=emb, track_id=None))
                 embs.append(emb)
-                boxes.append(dets.boxes[k])
-                kp_list.append(dets.keypoints[k])
-                sharp_list.append(s if s is not None else 0.0)
-                score_list.append(float(dets.scores[k]))
+                chip_of.append(i)
             if not rows:
                 continue
-            quality = face_quality(np.stack(boxes), np.stack(kp_list), np.asarray(sharp_list, np.float32),
-                                   np.asarray(score_list, np.float32))
-            ids = tracker.update(t, rows, np.stack(boxes), embs, quality)
-            for row, tid in zip(rows, ids, strict=True):
-                faces.extra["track_id"][row] = tid if tid >= 0 else None
-                if tid >= 0 and tracker.tracks[tid].best_face == row and chips is not None:
-                    best_chips[tid] = to_host(chips[faces.extra["chip"][row]]).copy()
+            sharp_f = np.asarray([float(sharp[i]) if i is not None else 0.0 for i in chip_of], np.float32)
+            quality = face_quality(dets.boxes, dets.keypoints, sharp_f, dets.scores.astype(np.float32))
+            ids = video.tracker.update(fr.pts_s, rows, dets.boxes, embs, quality)
+            for row, tid, i in zip(rows, ids, chip_of, strict=True):
+                video.faces.extra["track_id"][row] = tid if tid >= 0 else None
+                if tid >= 0 and video.tracker.tracks[tid].best_face == row and chips is not None and i is not None:
+                    video.best_chips[tid] = to_host(chips[i]).copy()
+        clock.lap("track")
+
+
+class _Clock:
+    """Adds the time since the last lap to a named total."""
+
+    def __init__(self, totals: dict[str, float]):
+        self.totals = totals
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.totals[name] += now - self.last
+        self.last = now
 
 
 def _fixed_list(rows: list[np.ndarray], width: int) -> pa.Array:

@@ -98,6 +98,10 @@ class RuntimeConfig:
     embedder_batch: int = 64
     decode_threads: int = 0
     """Threads per CPU decoder (0 = let FFmpeg choose)."""
+    frame_batch: int = 16
+    """Sampled frames (from any of the videos in flight) analysed together in one step."""
+    videos_in_flight: int = 0
+    """Videos decoded at once by one worker (0 = automatic: 8 with NVDEC, which has up to 7 engines, else 1)."""
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, get_args(DeviceChoice))
@@ -105,6 +109,8 @@ class RuntimeConfig:
         check_range("detector batch", self.detector_batch, 1, 4096)
         check_range("embedder batch", self.embedder_batch, 1, 4096)
         check_range("decode threads", self.decode_threads, 0, 256)
+        check_range("frame batch", self.frame_batch, 1, 1024)
+        check_range("videos in flight", self.videos_in_flight, 0, 256)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from PIL import Image
 
 from engines.sources import write_atomic
 
-Preset = Literal["test", "demo"]
+Preset = Literal["test", "demo", "bench"]
 Codec = Literal["h264", "hevc"]
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 Rect = tuple[int, int, int, int]
@@ -45,6 +45,7 @@ _ENCODERS: dict[Codec, str] = {"h264": "libx264", "hevc": "libx265"}
 _ENCODER_SPEED: dict[Preset, dict[Codec, str]] = {
     "test": {"h264": "veryfast", "hevc": "ultrafast"},
     "demo": {"h264": "superfast", "hevc": "ultrafast"},
+    "bench": {"h264": "veryfast", "hevc": "ultrafast"},
 }
 _BT709 = 1
 _LIMITED_RANGE = 1
@@ -230,13 +231,31 @@ def _demo_plans() -> tuple[VideoPlan, ...]:
     )
 
 
+BENCH_SECONDS = 20.0
+
+
+def _bench_plans() -> tuple[VideoPlan, ...]:
+    """1080p30 H.264 and HEVC clips with people coming and going, for the speed benchmarks."""
+    w, h, d = 1920, 1080, BENCH_SECONDS
+    plans = []
+    for codec in ("h264", "hevc"):
+        for k, (a, b) in enumerate((("obama", "biden"), ("t1", "astronaut"))):
+            plans.append(VideoPlan(f"bench_{codec}_{k}.mp4", codec, w, h, (Run(d, 30),), (
+                _shot(a, 1.0, d * 0.6, (0.2, 0.3), (0.5, 0.45), (0.3, 0.4)),
+                _shot(b, d * 0.3, d - 1.0, (0.82, 0.76), (0.5, 0.55), (0.25, 0.35)),
+            )))
+    return tuple(plans)
+
+
 def plan_archive(preset: Preset) -> tuple[VideoPlan, ...]:
     """The videos of a preset, before anything is rendered."""
     if preset == "test":
         return _test_plans()
     if preset == "demo":
         return _demo_plans()
-    raise ValueError(f"unknown preset {preset!r}; expected 'test' or 'demo'")
+    if preset == "bench":
+        return _bench_plans()
+    raise ValueError(f"unknown preset {preset!r}; expected 'test', 'demo' or 'bench'")
 
 
 def rgb_to_yuv420(rgb: np.ndarray) -> Planes:
@@ -506,10 +525,11 @@ def build_video(plan: VideoPlan, out_dir: Path, photos: Mapping[str, np.ndarray]
 
 
 def build_sample_archive(out_dir: Path, photos: Mapping[str, np.ndarray], *, preset: Preset = "test",
-                         seed: int = 0) -> list[SampleVideo]:
+                         seed: int = 0, processes: int = 1) -> list[SampleVideo]:
     """Build every video of the preset into out_dir (existing files of the same name are replaced).
 
-    The seed picks the backgrounds; who appears where and when is fixed by the preset.
+    The seed picks the backgrounds; who appears where and when is fixed by the preset. With
+    processes > 1 the videos are rendered in parallel (the benchmark's long 1080p clips).
     """
     plans = plan_archive(preset)
     for plan in plans:
@@ -517,6 +537,13 @@ def build_sample_archive(out_dir: Path, photos: Mapping[str, np.ndarray], *, pre
             _crop(shot.photo, photos)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if processes > 1 and len(plans) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(processes, len(plans))) as pool:
+            futures = [pool.submit(build_video, plan, out_dir, dict(photos), preset=preset, seed=seed)
+                       for plan in plans]
+            return [f.result() for f in futures]
     return [build_video(plan, out_dir, photos, preset=preset, seed=seed) for plan in plans]
 
 

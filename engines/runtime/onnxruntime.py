@@ -87,7 +87,8 @@ class OnnxRuntimeSession:
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         unknown = set(inputs) - set(self._inputs)
         if unknown:
-            raise ValueError(f"{self.model.spec.name} has no input {sorted(unknown)}; inputs are {sorted(self._inputs)}")
+            raise ValueError(f"{self.model.spec.name} has no input {sorted(unknown)}; "
+                             f"inputs are {sorted(self._inputs)}")
         if self._device == "cpu":
             outs = self._session.run(None, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
             return {name: out for (name, _, _), out in zip(self._outputs, outs, strict=True)}

@@ -55,7 +55,8 @@ class TensorRTSession:
             import tensorrt as trt
         except Exception as exc:  # the PyPI stub raises at import when NVIDIA's libraries are absent
             raise RuntimeUnavailable(f"tensorrt does not import: {exc}",
-                                     hint="install vidx[tensorrt] from NVIDIA's index, or use --engine onnxruntime") from exc
+                                     hint="install vidx[tensorrt] from NVIDIA's index, "
+                                          "or use --engine onnxruntime") from exc
         cp = cupy_module()
         if cp is None:
             raise RuntimeUnavailable("TensorRT needs a CUDA GPU and CuPy", hint="install vidx[tensorrt]")
@@ -72,7 +73,8 @@ class TensorRTSession:
         self.cache_dir = (cache_dir or model.path.parent.parent / "tensorrt")
         key = plan_key(model, gpu_name, capability, trt.__version__, self.profile)
         self.plan_path = self.cache_dir / f"{model.spec.name}-{key}.plan"
-        timing_path = self.cache_dir / f"timing-{gpu_name.replace(' ', '_')}-sm{capability[0]}{capability[1]}-trt{trt.__version__}.cache"
+        gpu_tag = f"{gpu_name.replace(' ', '_')}-sm{capability[0]}{capability[1]}"
+        timing_path = self.cache_dir / f"timing-{gpu_tag}-trt{trt.__version__}.cache"
         with locked(self.cache_dir / ".lock"):
             if not self.plan_path.exists():
                 self._build(timing_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -39,6 +40,89 @@ def bench_engines(ctx: Context, device: str, engine: str, batches: str, seconds:
             table.add_row(r["model"], r["runtime"], str(r["batch"]), f"{r['items_per_s']:,.0f}",
                           f"{r['ms_per_batch']:.2f}")
         out.print(table)
+
+    emit(result, as_json, render)
+
+
+
+
+bench_dir_option = click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+                                default=Path("vidx-bench"), show_default=True,
+                                help="Where the 1080p benchmark clips are built (once) and kept.")
+save_option = click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                           help="Also write the JSON result to this file.")
+
+
+def _save(result: dict[str, Any], save: Path | None) -> None:
+    if save is not None:
+        import json
+
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_text(json.dumps(result, indent=1, default=str))
+
+
+@bench.command("pipeline")
+@bench_dir_option
+@click.option("--codec", type=click.Choice(["h264", "hevc"]), default="h264", show_default=True)
+@save_option
+@json_option
+@pass_ctx
+def bench_pipeline(ctx: Context, work_dir: Path, codec: str, save: Path | None, as_json: bool) -> None:
+    """The CPU pipeline on 1080p30 clips at the default sampling, against `ffmpeg -f null` on the same files."""
+    from vidx.bench_video import bench_pipeline as run_bench
+    from vidx.output import say
+
+    result = run_bench(ctx.cache_dir, work_dir, codec=codec, command=" ".join(["vidx", *sys.argv[1:]]), say=say)
+    _save(result, save)
+
+    def render(res: dict[str, Any]) -> None:
+        out.print(f"{res['machine']['cpu']} · {res['video_seconds']:.0f} s of 1080p30 {res['codec']}")
+        ff = res["rows"].get("ffmpeg_null")
+        out.print(f"ffmpeg -f null: {ff['wall_s']:.1f} s" if ff else "ffmpeg not found: no decode baseline")
+        table = Table("videos in flight", "wall s", "x real time", "x ffmpeg time", "decoded fps", "analysed")
+        for key, r in res["rows"].items():
+            if key.startswith("pipeline"):
+                table.add_row(str(r["in_flight"]), f"{r['wall_s']:.1f}", f"{r['x_realtime']:.1f}",
+                              str(r.get("x_ffmpeg_time", "-")), f"{r['decoded_fps']:.0f}", str(r["frames_analysed"]))
+        out.print(table)
+
+    emit(result, as_json, render)
+
+
+@bench.command("gpu")
+@bench_dir_option
+@click.option("--decoders", default="7,14,21", show_default=True, help="Decoder counts tried for decode-only.")
+@click.option("--copies", default=28, show_default=True, help="Videos per codec (the clips, repeated).")
+@click.option("--cpu-videos", default=2, show_default=True, help="Videos for the CPU pipeline's row.")
+@click.option("--codecs", default="h264,hevc", show_default=True, help="Codecs to measure.")
+@save_option
+@json_option
+@pass_ctx
+def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_videos: int, codecs: str,
+              save: Path | None, as_json: bool) -> None:
+    """NVDEC decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU."""
+    from vidx.bench_video import bench_gpu as run_bench
+    from vidx.output import say
+
+    result = run_bench(ctx.cache_dir, work_dir, decoders=[int(d) for d in decoders.split(",")], copies=copies,
+                       cpu_videos=cpu_videos, command=" ".join(["vidx", *sys.argv[1:]]), say=say,
+                       codecs=tuple(codecs.split(",")))
+    _save(result, save)
+
+    def render(res: dict[str, Any]) -> None:
+        out.print(f"{res['machine'].get('gpu')} · {res.get('nvidia_smi', '')}")
+        for codec, r in res["codecs"].items():
+            table = Table(f"{codec} ({r['videos']} videos)", "decoded fps", "video s / s", "x decode-only")
+            for d in r["decode_only"]:
+                table.add_row(f"decode only, {d['decoders']} decoders", f"{d['fps']:.0f}", "-", "-")
+            for mode in ("fps", "every-frame", "keyframes"):
+                p = r[f"pipeline_{mode}"]
+                table.add_row(f"pipeline {mode}", f"{p['decoded_fps']:.0f}", f"{p['video_s_per_s']:.1f}",
+                              f"{p['x_decode_only']:.2f}")
+            c = r["pipeline_cpu"]
+            table.add_row("CPU pipeline", f"{c['decoded_fps']:.0f}", f"{c['video_s_per_s']:.1f}", "-")
+            out.print(table)
+        out.print(f"GPU memory pool peak {res['gpu_memory_pool_peak_gib']} GiB · RSS {res['rss_mib']}")
 
     emit(result, as_json, render)
 

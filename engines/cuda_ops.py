@@ -1,0 +1,235 @@
+"""CUDA kernels (through CuPy) for the image work the models need when frames live on the GPU.
+
+Every kernel reads frames through a table of device pointers, so one launch serves frames of
+different videos and sizes (cross-video batches) without stacking or copying them first:
+
+- `nv12_to_rgb`: a decoded NV12 surface (NVDEC's native output) to upright RGB, rotation included.
+- `tiles`: the detector's input, every tile of every frame of a batch in one launch; each tile is
+  a window of the frame scaled by the tile's pyramid level, resampled with an antialiasing
+  triangle filter (the same filter family as Pillow's BILINEAR on the CPU path).
+- `warp_affine_frames`: aligned face chips for many faces of many frames in one launch, with a
+  footprint that widens with the downscale factor (so a large face gives the same chip as a small one).
+
+Kernels run on CuPy's current stream; callers order them against other streams with events.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from engines.arrays import Array, cupy_module
+
+_SOURCE = r"""
+typedef unsigned char u8;
+
+// Triangle-filtered sample of an interleaved RGB image at source position (cx, cy) in pixel
+// coordinates whose centres are integers; support >= 1 in each axis (1 = plain bilinear).
+__device__ void sample_tri(const u8* img, int H, int W, long long row_stride, float cx, float cy,
+                           float sup_x, float sup_y, float* rgb) {
+    rgb[0] = rgb[1] = rgb[2] = 0.f;
+    int x0 = (int)ceilf(cx - sup_x), x1 = (int)floorf(cx + sup_x);
+    int y0 = (int)ceilf(cy - sup_y), y1 = (int)floorf(cy + sup_y);
+    float wsum = 0.f;
+    for (int y = y0; y <= y1; ++y) {
+        float wy = 1.f - fabsf((float)y - cy) / sup_y;
+        if (wy <= 0.f) continue;
+        bool yin = (y >= 0 && y < H);
+        for (int x = x0; x <= x1; ++x) {
+            float wx = 1.f - fabsf((float)x - cx) / sup_x;
+            if (wx <= 0.f) continue;
+            float w = wx * wy;
+            wsum += w;
+            if (yin && x >= 0 && x < W) {   // outside the image counts as black (zero padding)
+                const u8* p = img + (long long)y * row_stride + 3LL * x;
+                rgb[0] += w * p[0]; rgb[1] += w * p[1]; rgb[2] += w * p[2];
+            }
+        }
+    }
+    if (wsum > 0.f) { rgb[0] /= wsum; rgb[1] /= wsum; rgb[2] /= wsum; }
+}
+
+__device__ u8 to_u8(float v) { return (u8)fminf(fmaxf(v + 0.5f, 0.f), 255.f); }
+
+// One thread per output pixel of every tile. tile_meta: [frame_slot, level_w, level_h, x0, y0] int32;
+// frames: device pointers; dims: [H, W] int32 per frame slot.
+extern "C" __global__ void tiles(const unsigned long long* frames, const int* dims, const int* tile_meta,
+                                 int n_tiles, int size, u8* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long per_tile = (long long)size * size;
+    if (i >= per_tile * n_tiles) return;
+    int t = (int)(i / per_tile);
+    int r = (int)(i % per_tile);
+    int ty = r / size, tx = r % size;
+    const int* m = tile_meta + 5 * t;
+    int slot = m[0], lw = m[1], lh = m[2], x0 = m[3], y0 = m[4];
+    int H = dims[2 * slot], W = dims[2 * slot + 1];
+    u8* o = out + 3 * i;
+    int lx = x0 + tx, ly = y0 + ty;
+    if (lx < 0 || ly < 0 || lx >= lw || ly >= lh) { o[0] = o[1] = o[2] = 0; return; }
+    float rx = (float)W / lw, ry = (float)H / lh;
+    float cx = (lx + 0.5f) * rx - 0.5f, cy = (ly + 0.5f) * ry - 0.5f;
+    float rgb[3];
+    sample_tri((const u8*)frames[slot], H, W, 3LL * W, cx, cy, fmaxf(rx, 1.f), fmaxf(ry, 1.f), rgb);
+    o[0] = to_u8(rgb[0]); o[1] = to_u8(rgb[1]); o[2] = to_u8(rgb[2]);
+}
+
+// One thread per chip pixel. chip_meta: [frame_slot] int32; maps: 2x3 float32 per chip (chip -> frame).
+extern "C" __global__ void warp_affine(const unsigned long long* frames, const int* dims, const int* chip_slot,
+                                       const float* maps, int n_chips, int size, u8* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long per_chip = (long long)size * size;
+    if (i >= per_chip * n_chips) return;
+    int k = (int)(i / per_chip);
+    int r = (int)(i % per_chip);
+    float y = (float)(r / size), x = (float)(r % size);
+    const float* m = maps + 6 * k;
+    int slot = chip_slot[k];
+    int H = dims[2 * slot], W = dims[2 * slot + 1];
+    float sx = m[0] * x + m[1] * y + m[2];
+    float sy = m[3] * x + m[4] * y + m[5];
+    float scale = sqrtf(fabsf(m[0] * m[4] - m[1] * m[3]));
+    float sup = fmaxf(scale, 1.f);
+    float rgb[3];
+    sample_tri((const u8*)frames[slot], H, W, 3LL * W, sx, sy, sup, sup, rgb);
+    u8* o = out + 3 * i;
+    o[0] = to_u8(rgb[0]); o[1] = to_u8(rgb[1]); o[2] = to_u8(rgb[2]);
+}
+
+// One thread per output pixel: NV12 (Y plane, interleaved UV plane at half resolution) to RGB,
+// rotated clockwise by rot (0, 90, 180, 270) so the output displays upright.
+extern "C" __global__ void nv12_to_rgb(const u8* y_plane, const u8* uv_plane, int y_pitch, int uv_pitch,
+                                       int H, int W, int rot, int bt709, int full_range, u8* out) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)H * W) return;
+    int out_w = (rot == 90 || rot == 270) ? H : W;
+    int oy = (int)(i / out_w), ox = (int)(i % out_w);
+    int sx, sy;
+    if (rot == 90)       { sx = oy;         sy = H - 1 - ox; }
+    else if (rot == 180) { sx = W - 1 - ox; sy = H - 1 - oy; }
+    else if (rot == 270) { sx = W - 1 - oy; sy = ox; }
+    else                 { sx = ox;         sy = oy; }
+    float Y = y_plane[(long long)sy * y_pitch + sx];
+    const u8* uv = uv_plane + (long long)(sy >> 1) * uv_pitch + 2 * (sx >> 1);
+    float U = uv[0] - 128.f, V = uv[1] - 128.f;
+    float yk, ck;
+    if (full_range) { yk = 1.f; ck = 1.f; } else { Y -= 16.f; yk = 255.f / 219.f; ck = 255.f / 224.f; }
+    Y *= yk; U *= ck; V *= ck;
+    float r, g, b;
+    if (bt709) { r = Y + 1.5748f * V; g = Y - 0.1873f * U - 0.4681f * V; b = Y + 1.8556f * U; }
+    else       { r = Y + 1.4020f * V; g = Y - 0.3441f * U - 0.7141f * V; b = Y + 1.7720f * U; }
+    u8* o = out + 3 * i;
+    o[0] = to_u8(r); o[1] = to_u8(g); o[2] = to_u8(b);
+}
+"""
+
+THREADS = 256
+
+
+@functools.cache
+def _kernels() -> dict[str, Any]:
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError("engines.cuda_ops needs CuPy and a CUDA device")
+    module = cp.RawModule(code=_SOURCE, options=("-std=c++11",))
+    return {name: module.get_function(name) for name in ("tiles", "warp_affine", "nv12_to_rgb")}
+
+
+def _launch(name: str, n_threads: int, args: tuple[Any, ...]) -> None:
+    if n_threads <= 0:
+        return
+    _kernels()[name](((n_threads + THREADS - 1) // THREADS,), (THREADS,), args)
+
+
+def _frame_table(frames: Sequence[Array]) -> tuple[Array, Array]:
+    """Device tables of frame pointers and (H, W); frames must be C-contiguous HxWx3 uint8 CuPy arrays."""
+    cp = cupy_module()
+    assert cp is not None
+    for f in frames:
+        if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or not f.flags.c_contiguous:
+            raise ValueError(f"frames must be C-contiguous HxWx3 uint8, got {f.shape} {f.dtype}")
+    ptrs = cp.asarray(np.array([f.data.ptr for f in frames], np.uint64))
+    dims = cp.asarray(np.array([f.shape[:2] for f in frames], np.int32).reshape(-1))
+    return ptrs, dims
+
+
+def tiles(frames: Sequence[Array], specs: Sequence[tuple[int, int, int, int, int]], size: int) -> Array:
+    """T x size x size x 3 uint8: tile t is the window at (x0, y0) of frames[slot] resized to (level_w, level_h).
+
+    specs: (slot, level_w, level_h, x0, y0) per tile; outside the scaled frame the tile is black.
+    """
+    cp = cupy_module()
+    assert cp is not None
+    out = cp.empty((len(specs), size, size, 3), cp.uint8)
+    if not specs:
+        return out
+    ptrs, dims = _frame_table(frames)
+    meta = cp.asarray(np.asarray(specs, np.int32).reshape(-1))
+    _launch("tiles", len(specs) * size * size, (ptrs, dims, meta, np.int32(len(specs)), np.int32(size), out))
+    return out
+
+
+def resize(img: Array, out_h: int, out_w: int) -> Array:
+    """Antialiased resize of one HxWx3 uint8 device image."""
+    img = cupy_module().ascontiguousarray(img)  # type: ignore[union-attr]
+    if img.shape[0] == out_h and img.shape[1] == out_w:
+        return img
+    side = max(out_h, out_w)
+    big = tiles([img], [(0, out_w, out_h, 0, 0)], side)[0]
+    return big[:out_h, :out_w].copy()
+
+
+def warp_affine_frames(frames: Sequence[Array], src_from_dst: np.ndarray, frame_index: Sequence[int],
+                       size: int) -> Array:
+    """K x size x size x 3 chips: chip k samples frames[frame_index[k]] at src_from_dst[k] @ (x, y, 1)."""
+    cp = cupy_module()
+    assert cp is not None
+    out = cp.empty((len(frame_index), size, size, 3), cp.uint8)
+    if not len(frame_index):
+        return out
+    frames = [cp.ascontiguousarray(f) for f in frames]
+    ptrs, dims = _frame_table(frames)
+    slots = cp.asarray(np.asarray(frame_index, np.int32))
+    maps = cp.asarray(np.asarray(src_from_dst, np.float32).reshape(-1, 6))
+    _launch("warp_affine", len(frame_index) * size * size,
+            (ptrs, dims, slots, maps, np.int32(len(frame_index)), np.int32(size), out))
+    return out
+
+
+def warp_affine(img: Array, src_from_dst: np.ndarray, frame_index: Sequence[int], size: int) -> Array:
+    """Chips from one image (kept for the imageops dispatch): K x size x size x 3."""
+    return warp_affine_frames([img], src_from_dst, frame_index, size)
+
+
+def nv12_to_rgb(y_ptr: int, uv_ptr: int, y_pitch: int, uv_pitch: int, height: int, width: int, *,
+                rotation: int = 0, bt709: bool | None = None, full_range: bool = False,
+                out: Array | None = None) -> Array:
+    """An upright H' x W' x 3 RGB CuPy array from an NV12 surface given by device pointers.
+
+    bt709 defaults to the usual convention: BT.709 for HD (height >= 720), BT.601 below.
+    """
+    cp = cupy_module()
+    assert cp is not None
+    rot = rotation % 360
+    if rot not in (0, 90, 180, 270):
+        raise ValueError(f"rotation must be a multiple of 90, got {rotation}")
+    shape = (width, height, 3) if rot in (90, 270) else (height, width, 3)
+    if out is None:
+        out = cp.empty(shape, cp.uint8)
+    elif tuple(out.shape) != shape or out.dtype != cp.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous {shape} uint8 array")
+    if bt709 is None:
+        bt709 = height >= 720
+    _launch("nv12_to_rgb", height * width,
+            (np.uint64(y_ptr), np.uint64(uv_ptr), np.int32(y_pitch), np.int32(uv_pitch), np.int32(height),
+             np.int32(width), np.int32(rot), np.int32(bool(bt709)), np.int32(bool(full_range)), out))
+    return out
+
+
+def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(level_w, level_h) of a pyramid level, rounded as the host path rounds it."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+

@@ -1,0 +1,224 @@
+"""NVDEC decoding through PyNvVideoCodec: frames stay in GPU memory from the decoder to the engines.
+
+Packets come from PyNvVideoCodec's demuxer and go to its core decoder, which writes NV12 surfaces
+on our own CUDA stream. Only sampled frames are converted (NV12 -> upright RGB, one kernel per frame
+on the same stream, so the decoder cannot reuse a surface before the kernel has read it); the others
+are decoded (later frames depend on them) and dropped. In key-frame mode only key packets reach the
+decoder, so the rest is never decoded at all.
+
+Timestamps: each frame's PTS in the stream time base, minus the stream's start time, as in the
+PyAV decoder. Rotation comes from the container (read with PyAV, which costs one CPU frame decode).
+A codec this GPU's NVDEC cannot decode falls back to PyAV on the CPU, and says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from engines.arrays import Array, cupy_module
+from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, VideoInfo
+from indexer.errors import VideoError
+from schemas.config import SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _nvc() -> Any:
+    import PyNvVideoCodec as nvc
+
+    return nvc
+
+
+def nvdec_available(gpu_id: int = 0) -> bool:
+    """PyNvVideoCodec imports, CuPy sees a GPU, and NVDEC answers for H.264."""
+    if cupy_module() is None:
+        return False
+    try:
+        nvc = _nvc()
+        caps = nvc.GetDecoderCaps(gpuid=gpu_id, codec=nvc.cudaVideoCodec.H264)
+    except Exception as exc:  # ImportError, or a driver without NVDEC
+        log.info("NVDEC unavailable: %s", exc)
+        return False
+    return bool(caps.get("supported", 1))
+
+
+def _plane(view: Any) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(pointer, shape, strides) of a plane from its CUDA array interface (lists turned to tuples)."""
+    cai = view.__cuda_array_interface__
+    shape = tuple(int(v) for v in cai["shape"])
+    strides = cai.get("strides")
+    if strides is None:  # C-contiguous
+        itemsize = np.dtype(cai["typestr"]).itemsize
+        acc, out = itemsize, []
+        for dim in reversed(shape):
+            out.append(acc)
+            acc *= dim
+        strides = tuple(reversed(out))
+    return int(cai["data"][0]), shape, tuple(int(v) for v in strides)
+
+
+def nv12_planes(frame: Any, height: int, width: int) -> tuple[int, int, int, int]:
+    """(y_ptr, uv_ptr, y_pitch, uv_pitch) of a decoded NV12 frame.
+
+    PyNvVideoCodec hands NV12 either as two planes (luma, interleaved chroma) or as one
+    (1.5 H) x W plane; both layouts are accepted.
+    """
+    planes = frame.cuda()
+    if len(planes) >= 2:
+        y_ptr, _, y_strides = _plane(planes[0])
+        uv_ptr, _, uv_strides = _plane(planes[1])
+        return y_ptr, uv_ptr, y_strides[0], uv_strides[0]
+    ptr, shape, strides = _plane(planes[0])
+    if shape[0] < height * 3 // 2:
+        raise VideoError(f"unexpected NV12 layout from NVDEC: shape {shape} for {width}x{height}")
+    return ptr, ptr + strides[0] * height, strides[0], strides[0]
+
+
+def decode_frames_only(path: Path, gpu_id: int = 0) -> int:
+    """Decode every frame of the file with NVDEC and drop it: the decoder's own speed (benchmarks)."""
+    nvc = _nvc()
+    demuxer = nvc.CreateDemuxer(filename=str(path))
+    decoder = nvc.CreateDecoder(gpuid=gpu_id, codec=demuxer.GetNvCodecId(), cudacontext=0, cudastream=0,
+                                usedevicememory=True)
+    n = 0
+    for packet in demuxer:
+        n += len(decoder.Decode(packet))
+    return n
+
+
+class NvdecDecoder:
+    """One video at a time on one GPU; run several instances (threads) to use several NVDEC engines."""
+
+    device: Literal["cpu", "cuda"] = "cuda"
+
+    def __init__(self, gpu_id: int = 0, *, cpu_threads: int = 0):
+        self.gpu_id = gpu_id
+        self.cpu_threads = cpu_threads
+        self.stats = DecodeStats()
+        self.fell_back: str | None = None
+        """Why the last video was decoded on the CPU instead (None when NVDEC did it)."""
+
+    def probe(self, path: Path) -> VideoInfo:
+        from indexer.decode.pyav import PyAVDecoder
+
+        return PyAVDecoder().probe(path)
+
+    def _container(self, path: Path) -> tuple[VideoInfo, Fraction | None, int | None, bool | None]:
+        """Stream facts, time base, start PTS and colour matrix (True = BT.709) from the container (PyAV)."""
+        from indexer.decode.pyav import PyAVDecoder, open_container, video_stream
+
+        info = PyAVDecoder().probe(path)
+        with open_container(path) as container:
+            stream = video_stream(container, path)
+            space = int(getattr(stream.codec_context, "colorspace", 2) or 2)
+            bt709 = True if space == 1 else False if space in (5, 6) else None  # 2: unspecified
+            return info, stream.time_base, stream.start_time, bt709
+
+    def _supported(self, demuxer: Any) -> str | None:
+        """None when NVDEC decodes this stream, else the reason it cannot."""
+        nvc = _nvc()
+        try:
+            codec = demuxer.GetNvCodecId()
+            caps = nvc.GetDecoderCaps(gpuid=self.gpu_id, codec=codec, chromaformat=demuxer.ChromaFormat(),
+                                      bitdepth=demuxer.BitDepth())
+        except Exception as exc:
+            return f"NVDEC does not know this codec ({exc})"
+        if not caps.get("supported", 0):
+            return f"NVDEC on this GPU does not decode {codec} ({demuxer.BitDepth()}-bit)"
+        if demuxer.BitDepth() != 8:
+            return f"{demuxer.BitDepth()}-bit video is decoded on the CPU (vidx converts 8-bit NV12 only)"
+        return None
+
+    def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
+        from engines import cuda_ops
+
+        cp = cupy_module()
+        if cp is None:
+            raise RuntimeError("NvdecDecoder needs CuPy and a GPU")
+        nvc = _nvc()
+        started = time.monotonic()
+        self.fell_back = None
+        info, time_base, start, bt709 = self._container(path)
+        try:
+            demuxer = nvc.CreateDemuxer(filename=str(path))
+        except Exception as exc:
+            raise VideoError(f"NVDEC's demuxer cannot open the file: {exc}", path=path) from exc
+        reason = self._supported(demuxer)
+        if reason is not None:
+            yield from self._on_cpu(path, sampling, batch_size, reason)
+            return
+        stats = self.stats = DecodeStats()
+        stream = cp.cuda.Stream(non_blocking=True)
+        decoder = nvc.CreateDecoder(gpuid=self.gpu_id, codec=demuxer.GetNvCodecId(), cudacontext=0,
+                                    cudastream=stream.ptr, usedevicememory=True)
+        tb = float(time_base) if time_base else demuxer.GetTimebaseNum() / demuxer.GetTimebaseDen()
+        sampler = FrameSampler(sampling)
+        key_only = sampling.mode == "keyframes"
+        buf: Array | None = None
+        pts: list[float] = []
+        index: list[int] = []
+        with stream:
+            for packet in demuxer:
+                if key_only and not packet.key and packet.bsl:
+                    continue
+                try:
+                    decoded = decoder.Decode(packet)
+                except Exception as exc:
+                    raise VideoError(f"NVDEC failed: {exc}", path=path) from exc
+                for frame in decoded:
+                    n = stats.frames_decoded
+                    stats.frames_decoded += 1
+                    raw = int(frame.getPTS())
+                    if start is None:
+                        start = raw
+                    t = (raw - start) * tb
+                    if not sampler.take(t, key_only):
+                        continue
+                    coded_h, coded_w = decoder.GetHeight(), decoder.GetWidth()
+                    shape = (coded_w, coded_h, 3) if info.rotation in (90, 270) else (coded_h, coded_w, 3)
+                    if buf is not None and tuple(buf.shape[1:]) != shape:  # resolution change: new batch
+                        stats.frames_sampled += len(pts)
+                        yield self._batch(stream, buf[:len(pts)], pts, index, info)
+                        buf, pts, index = None, [], []
+                    if buf is None:
+                        buf = cp.empty((batch_size, *shape), cp.uint8)
+                    y_ptr, uv_ptr, y_pitch, uv_pitch = nv12_planes(frame, coded_h, coded_w)
+                    cuda_ops.nv12_to_rgb(y_ptr, uv_ptr, y_pitch, uv_pitch, coded_h, coded_w,
+                                         rotation=info.rotation, bt709=bt709, out=buf[len(pts)])
+                    pts.append(t)
+                    index.append(n)
+                    if len(pts) == batch_size:
+                        yield self._batch(stream, buf, pts, index, info)
+                        stats.frames_sampled += len(pts)
+                        buf, pts, index = None, [], []
+            if pts and buf is not None:
+                stats.frames_sampled += len(pts)
+                yield self._batch(stream, buf[:len(pts)], pts, index, info)
+        stats.seconds = time.monotonic() - started
+        if stats.frames_decoded == 0:
+            raise VideoError("the video stream has no decodable frames", path=path)
+
+    @staticmethod
+    def _batch(stream: Any, frames: Array, pts: list[float], index: list[int], info: VideoInfo) -> FrameBatch:
+        stream.synchronize()  # the frames are complete before another thread's stream reads them
+        return FrameBatch(frames, np.asarray(pts, np.float64), np.asarray(index, np.int64), info)
+
+    def _on_cpu(self, path: Path, sampling: SamplingConfig, batch_size: int, reason: str) -> Iterator[FrameBatch]:
+        from indexer.decode.pyav import PyAVDecoder
+
+        log.warning("%s: %s; decoding on the CPU with PyAV", path, reason)
+        self.fell_back = reason
+        cpu = PyAVDecoder(threads=self.cpu_threads)
+        try:
+            yield from cpu.batches(path, sampling, batch_size)
+        finally:
+            self.stats = cpu.stats

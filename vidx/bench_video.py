@@ -1,0 +1,210 @@
+"""Video benchmarks: `vidx bench pipeline` (the CPU path against FFmpeg's decode) and `vidx bench gpu`
+(NVDEC decode-only against the full GPU pipeline at several sampling modes, and the CPU pipeline).
+
+Both use the `bench` preset of the sample archive: 1080p30 H.264 and HEVC clips made from the real
+photos, built once into a work folder and reused. Every row says what was measured and how much.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engines.loader import load_engines
+from engines.photos import load_photo
+from engines.zoo import ModelStore
+from indexer.decode.base import Decoder, open_decoder
+from indexer.pipeline import VideoIndexer, VideoTask
+from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
+from vidx.benchmarks import machine_info
+from vidx.sample_archive import SampleVideo, build_sample_archive
+
+log = logging.getLogger(__name__)
+PHOTOS = ("obama", "biden", "t1", "astronaut")
+
+
+def bench_clips(work_dir: Path, cache_dir: Path | None, say: Callable[[str], None]) -> list[SampleVideo]:
+    """The bench preset's clips, built on first use (in parallel) and reused afterwards."""
+    from vidx.sample_archive import plan_archive, read_truth, write_truth
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    truth = work_dir / "truth.json"
+    names = [p.name for p in plan_archive("bench")]
+    if truth.exists() and all((work_dir / n).exists() for n in names):
+        return read_truth(truth)
+    say(f"building {len(names)} 1080p30 benchmark clips in {work_dir} (once)")
+    photos = {n: load_photo(n, cache_dir) for n in PHOTOS}
+    videos = build_sample_archive(work_dir, photos, preset="bench", processes=os.cpu_count() or 1)
+    write_truth(videos, truth)
+    return videos
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_pipeline(indexer: VideoIndexer, paths: list[Path], in_flight: int) -> dict[str, Any]:
+    """Index the files (each counted as a separate video) and report decoded frames per second."""
+    tasks = [VideoTask(p, i + 1, "bench") for i, p in enumerate(paths)]
+    before = dict(indexer.timings)
+    t0 = time.perf_counter()
+    decoded = analysed = faces = 0
+    video_s = 0.0
+    failed = []
+    for task, result in indexer.index_many(tasks, in_flight=in_flight):
+        if isinstance(result, BaseException):
+            failed.append(f"{task.path.name}: {result}")
+            continue
+        decoded += result.frames_decoded
+        analysed += result.frames_analysed
+        faces += result.faces.num_rows
+        video_s += result.info.duration_s or 0.0
+    wall = time.perf_counter() - t0
+    return {"videos": len(paths), "in_flight": in_flight, "wall_s": round(wall, 3), "frames_decoded": decoded,
+            "frames_analysed": analysed, "faces": faces, "decoded_fps": round(decoded / wall, 1),
+            "video_s_per_s": round(video_s / wall, 2), "failed": failed,
+            "stage_s": {k: round(v - before[k], 2) for k, v in indexer.timings.items()}}
+
+
+def decode_only(paths: list[Path], decoders: int, decode_one: Callable[[Path], int]) -> dict[str, Any]:
+    """Decode the files with `decoders` threads taking files from a shared list; frames per second."""
+    todo = list(paths)
+    lock = threading.Lock()
+    frames = [0]
+    errors: list[str] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                path = todo.pop(0)
+            try:
+                n = decode_one(path)
+            except Exception as exc:  # reported in the row, not hidden
+                errors.append(f"{path.name}: {exc}")
+                continue
+            with lock:
+                frames[0] += n
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=work) for _ in range(decoders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"decoders": decoders, "videos": len(paths), "wall_s": round(wall, 3), "frames": frames[0],
+            "fps": round(frames[0] / wall, 1), "errors": errors}
+
+
+def ffmpeg_null(paths: list[Path], threads: int = 0) -> dict[str, Any] | None:
+    """`ffmpeg -f null` over the files one after another (FFmpeg's own threading), or None without ffmpeg."""
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        return None
+    t0 = time.perf_counter()
+    for p in paths:
+        subprocess.run([exe, "-v", "error", "-threads", str(threads), "-i", str(p), "-map", "0:v:0", "-f", "null", "-"],
+                       check=True)
+    return {"wall_s": round(time.perf_counter() - t0, 3)}
+
+
+def _indexer(settings: IndexSettings, store: ModelStore, decoder: Decoder | None = None) -> VideoIndexer:
+    engines = load_engines(settings.detection, settings.runtime, store=store)
+    return VideoIndexer(engines, settings, decoder or open_decoder(settings.runtime.device))
+
+
+def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264", command: str,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """The CPU pipeline at the default sampling on 1080p30 clips, against `ffmpeg -f null` on the same files."""
+    clips = [Path(v.path) for v in bench_clips(work_dir, cache_dir, say) if v.codec == codec]
+    duration = sum(v.duration_s for v in bench_clips(work_dir, cache_dir, say) if v.codec == codec)
+    store = ModelStore(cache_dir)
+    rows: dict[str, Any] = {}
+    say("ffmpeg -f null (decode only)")
+    rows["ffmpeg_null"] = ffmpeg_null(clips)
+    for in_flight in (1, 2):
+        settings = IndexSettings(runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight))
+        say(f"CPU pipeline, {in_flight} video(s) in flight")
+        row = run_pipeline(_indexer(settings, store), clips, in_flight)
+        row["x_realtime"] = round(duration / row["wall_s"], 2)
+        if rows["ffmpeg_null"]:
+            row["x_ffmpeg_time"] = round(row["wall_s"] / rows["ffmpeg_null"]["wall_s"], 2)
+        rows[f"pipeline_in_flight_{in_flight}"] = row
+    return {"benchmark": "pipeline", "machine": machine_info(), "command": command, "codec": codec,
+            "clips": [c.name for c in clips], "video_seconds": duration, "rows": rows}
+
+
+def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], copies: int, command: str,
+              cpu_videos: int, say: Callable[[str], None], codecs: tuple[str, ...] = ("h264", "hevc")
+              ) -> dict[str, Any]:
+    """Decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU pipeline."""
+    import cupy as cp
+
+    from indexer.decode.nvdec import NvdecDecoder, decode_frames_only
+
+    clips = bench_clips(work_dir, cache_dir, say)
+    store = ModelStore(cache_dir)
+    rss_start = rss_mib()
+    out: dict[str, Any] = {"benchmark": "gpu", "machine": machine_info(), "command": command, "codecs": {}}
+    pool = cp.get_default_memory_pool()
+    for codec in codecs:
+        files = [Path(v.path) for v in clips if v.codec == codec]
+        seconds_each = clips[0].duration_s
+        paths = [files[i % len(files)] for i in range(copies)]
+        res: dict[str, Any] = {"videos": len(paths), "video_seconds": seconds_each * len(paths)}
+        res["decode_only"] = []
+        for n in decoders:
+            say(f"{codec}: decode only, {n} decoders")
+            res["decode_only"].append(decode_only(paths, n, decode_frames_only))
+            say(f"   {res['decode_only'][-1]}")
+        best = max(res["decode_only"], key=lambda r: r["fps"])
+        n_best = best["decoders"]
+        for mode in ("fps", "every-frame", "keyframes"):
+            settings = IndexSettings(sampling=SamplingConfig(mode=mode),
+                                     runtime=RuntimeConfig(device="gpu", engine="onnxruntime", frame_batch=32,
+                                                           videos_in_flight=n_best))
+            indexer = _indexer(settings, store, NvdecDecoder())
+            run_pipeline(indexer, paths[:1], 1)  # warm-up: CUDA contexts, kernels, cuDNN algorithms
+            say(f"{codec}: GPU pipeline, sampling {mode}, {n_best} videos in flight")
+            row = run_pipeline(indexer, paths, n_best)
+            row["x_decode_only"] = round(row["decoded_fps"] / best["fps"], 3)
+            res[f"pipeline_{mode}"] = row
+            say(f"   {row}")
+        res["keyframes_x_default_video_s"] = round(res["pipeline_keyframes"]["video_s_per_s"]
+                                                   / res["pipeline_fps"]["video_s_per_s"], 2)
+        cpu_settings = IndexSettings(runtime=RuntimeConfig(device="cpu", videos_in_flight=cpu_videos))
+        say(f"{codec}: CPU pipeline (PyAV + ONNX Runtime CPU), {cpu_videos} videos in flight")
+        cpu_row = run_pipeline(_indexer(cpu_settings, store, open_decoder("cpu")), files[:cpu_videos] * 1, cpu_videos)
+        res["pipeline_cpu"] = cpu_row
+        say(f"   {cpu_row}")
+        res["gpu_x_cpu_video_s"] = round(res["pipeline_fps"]["video_s_per_s"] / cpu_row["video_s_per_s"], 2)
+        out["codecs"][codec] = res
+    out["gpu_memory_pool_peak_gib"] = round(pool.total_bytes() / 2**30, 2)
+    out["rss_mib"] = {"start": round(rss_start, 1), "end": round(rss_mib(), 1)}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.used",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.strip()
+        out["nvidia_smi"] = smi
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import PyNvVideoCodec
+
+        out["pynvvideocodec"] = getattr(PyNvVideoCodec, "__version__", "?")
+    except ImportError:
+        pass
+    return out
