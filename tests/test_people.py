@@ -100,3 +100,41 @@ def test_labels_survive_reclustering_and_named_people_never_merge(indexed: Index
     assert clash.exit_code != 0 and "labelled as someone else" in str(clash.exception)
     assert vidx(people_out, "person", "unlabel", str(other))["removed"] == 1
     assert len(resolve_labels(catalog)) == 2
+
+
+def test_labels_follow_a_video_through_reprocessing(people_out: Path, cache_dir: Path) -> None:
+    """Re-indexing makes new track rows; a label still applies to the new track of the same face and time."""
+    from sqlalchemy import select
+
+    from jobs.catalog import TrackRow, VideoOutcome
+    from schemas.sql import Track, Video
+
+    catalog = Catalog(default_db_url(people_out))
+    hit = next(h for h in vidx(people_out, "search", "--photo", str(photo_path("obama2", cache_dir)),
+                               "--device", "cpu") if h["video"].endswith("interview_hevc.mp4"))
+    vidx(people_out, "person", "label", str(hit["track_id"]), "Interviewee")
+    with catalog.session() as s:
+        video = s.scalar(select(Video).where(Video.path.like("%/interview_hevc.mp4")))
+        assert video is not None
+        old = list(s.scalars(select(Track).where(Track.video_id == video.id)))
+    run = catalog.ensure_run("reprocessed", "test", {}, {"sampling": {"mode": "fps", "fps": 2.0}})
+    # A new run with an extra track in front: the labelled face's row id and index both change.
+    rows = [TrackRow(t.track_index + 1, t.start_s, t.end_s, t.n_faces, t.embedding, t.quality, t.best_pts_s,
+                     t.thumbnail) for t in old]
+    other = next(t for t in vidx(people_out, "search", "--photo", str(photo_path("biden", cache_dir)),
+                                 "--device", "cpu"))
+    with catalog.session() as s:
+        stranger = s.get(Track, other["track_id"])
+        assert stranger is not None
+        rows.insert(0, TrackRow(0, hit["start_s"], hit["end_s"], 3, stranger.embedding, 1.0, hit["start_s"], None))
+    catalog.record(VideoOutcome(video.id, "done", duration_s=video.duration_s, tracks=rows), run)
+    resolved = resolve_labels(catalog, {video.id})
+    assert len(resolved) == 1
+    new_track = next(iter(resolved))
+    labelled = next(t for t in old if t.id == hit["track_id"])
+    with catalog.session() as s:  # the new run's row of the labelled face, not the stranger beside it
+        t = s.get(Track, new_track)
+        assert t is not None and t.embedding == labelled.embedding and t.run_id == run.id
+    found = vidx(people_out, "search", "--person", "Interviewee", "--device", "cpu")
+    assert any(h["video"].endswith("interview_hevc.mp4") and h["labelled"] and h["track_id"] == new_track
+               for h in found)
