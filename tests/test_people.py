@@ -138,3 +138,20 @@ def test_labels_follow_a_video_through_reprocessing(people_out: Path, cache_dir:
     found = vidx(people_out, "search", "--person", "Interviewee", "--device", "cpu")
     assert any(h["video"].endswith("interview_hevc.mp4") and h["labelled"] and h["track_id"] == new_track
                for h in found)
+
+
+def test_dbscan_finds_identities_exactly_and_through_ivf() -> None:
+    import numpy as np
+
+    from vidx.bench_search import SyntheticFaces, real_mean_descriptor
+    from vidx.people import dbscan
+
+    mean, _ = real_mean_descriptor()
+    faces = SyntheticFaces(20_000, mean, seed=5)
+    x = faces.all()
+    for limit in (10**9, 0):  # exact neighbourhoods, then IVF ones
+        labels = dbscan(x, 0.5, 2, exact_limit=limit)
+        clusters = np.unique(labels[labels >= 0])
+        assert all(len(set(faces.identity[labels == c])) == 1 for c in clusters)  # never two identities
+        repeated = [i for i, n in zip(*np.unique(faces.identity, return_counts=True), strict=True) if n >= 2]
+        assert len(clusters) <= len(repeated) * 1.02  # and (almost) never an identity split

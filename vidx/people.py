@@ -33,6 +33,8 @@ LABEL_MATCH_L2 = 0.6
 """A label applies to a track of its video and time span whose descriptor is this close (dlib's boundary)."""
 DEFAULT_EPS = 0.5
 DEFAULT_MIN_SAMPLES = 2
+EXACT_NEIGHBOURS_LIMIT = 200_000
+"""Up to this many tracks, DBSCAN's neighbourhoods are exact; beyond, they come from an IVF index."""
 
 
 class PersonError(InputError):
@@ -204,17 +206,29 @@ def cluster_members(catalog: Catalog, cluster_id: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ clustering
 
 
-def dbscan(vectors: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
-    """DBSCAN labels (-1 = noise) with L2 neighbourhoods of radius eps, found by FAISS exact range search."""
+def dbscan(vectors: np.ndarray, eps: float, min_samples: int, *, exact_limit: int = EXACT_NEIGHBOURS_LIMIT,
+           nprobe: int = 16) -> np.ndarray:
+    """DBSCAN labels (-1 = noise) with L2 neighbourhoods of radius eps.
+
+    Neighbourhoods come from a FAISS range search: exact up to `exact_limit` points, beyond that over an
+    IVF index probing `nprobe` lists (a person's tracks sit within a few lists; a neighbour missed there
+    can only split a cluster, never merge two).
+    """
     import faiss
+
+    from vidx.ann import build_ivf
 
     n = len(vectors)
     labels = np.full(n, -1, np.int64)
     if n == 0:
         return labels
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
+    if n <= exact_limit:
+        index: Any = faiss.IndexFlatL2(x.shape[1])
+        index.add(x)
+    else:
+        index = build_ivf(x, np.arange(n, dtype=np.int64))
+        index.nprobe = min(nprobe, int(index.nlist))
     lims, _, nbrs = index.range_search(x, float(eps) ** 2)  # squared L2; each point is its own neighbour
     counts = np.diff(lims)
     core = counts >= min_samples

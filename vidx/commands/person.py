@@ -129,8 +129,11 @@ def people() -> None:
 def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Cluster the face tracks (DBSCAN); name a cluster with `vidx person label --cluster C NAME`."""
     from vidx.people import cluster_people
+    from vidx.search import open_search_index
 
-    clusters = cluster_people(_catalog(out_dir, db_url), eps=eps, min_samples=min_samples)
+    catalog = _catalog(out_dir, db_url)
+    vectors = open_search_index(catalog, out_dir, device="cpu").rows()  # faster than reading SQL rows
+    clusters = cluster_people(catalog, eps=eps, min_samples=min_samples, vectors=vectors)
     root = local_root(out_dir)
     rows = []
     for c in clusters:
