@@ -268,7 +268,9 @@ class VectorIndex:
         if self.kind == "ivf":
             import faiss
 
-            self._ivf = faiss.read_index(str(self._path("ann.faiss")))
+            # Memory-mapped: opening costs nothing at any size, the probed lists are paged in on use, and
+            # a refresh replaces the file by rename, so this mapping stays valid.
+            self._ivf = faiss.read_index(str(self._path("ann.faiss")), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             self._ivf.nprobe = int(self.meta.get("nprobe", nprobe_for(int(self._ivf.nlist))))
         else:
             ids, vectors = self._load_rows(mapped=True)
