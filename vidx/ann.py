@@ -5,6 +5,7 @@ embeddings kept next to it (folder `search-index/` beside the SQLite file, or in
 for other databases):
 
     meta.json      format, dimension, rows, kind (exact | ivf), a `dirty` flag, the SQL state it mirrors
+    refresh.lock   taken exclusively by a refresh, shared by a search while it opens the files
     ids.i64        track id per row, -1 for a removed row (tombstone)        (append-only, raw int64)
     videos.i64     video id per row                                          (append-only, raw int64)
     vectors.f32    128 float32 per row                                       (append-only, raw float32)
@@ -220,7 +221,7 @@ class VectorIndex:
     @contextlib.contextmanager
     def lock(self, exclusive: bool) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self._path(".lock"), "a+") as fh:
+        with open(self._path("refresh.lock"), "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 yield
@@ -336,9 +337,7 @@ class VectorIndex:
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_meta({"format": FORMAT, "version": FORMAT_VERSION, "dim": DIM, "dirty": True, "rows": 0})
         ids, vids, vectors = _sql_tracks(catalog, None)
-        ids.astype("<i8").tofile(self._path("ids.i64"))
-        vids.astype("<i8").tofile(self._path("videos.i64"))
-        vectors.astype("<f4").tofile(self._path("vectors.f32"))
+        self._replace_rows(ids, vids, vectors)
         self._save_videos(current)
         kind = "ivf" if len(ids) >= ann_min else "exact"
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "dim": DIM, "rows": len(ids), "live": len(ids),
@@ -400,6 +399,15 @@ class VectorIndex:
             self._compact()
         return Refresh(self.kind, live, added=len(new_ids), removed=len(drop_rows))
 
+    def _replace_rows(self, ids: np.ndarray, videos: np.ndarray, vectors: np.ndarray) -> None:
+        """Write new row files under temporary names, then rename: a search that memory-mapped the old
+        vectors file keeps reading it (writing in place could truncate the file under its mapping)."""
+        for name, data in (("ids.i64", ids.astype("<i8")), ("videos.i64", videos.astype("<i8")),
+                           ("vectors.f32", vectors.astype("<f4"))):
+            tmp = self._path(f".{name}.tmp")
+            data.tofile(tmp)
+            os.replace(tmp, self._path(name))
+
     def _compact(self) -> None:
         """Rewrite the row files without tombstones (the FAISS index holds track ids and is unaffected)."""
         self._write_meta({**self.meta, "dirty": True})
@@ -407,11 +415,7 @@ class VectorIndex:
         keep = ids >= 0
         row_videos = np.fromfile(self._path("videos.i64"), dtype="<i8")[keep]
         ids, vectors = ids[keep], vectors[keep]
-        for name, data in (("ids.i64", ids.astype("<i8")), ("videos.i64", row_videos.astype("<i8")),
-                           ("vectors.f32", vectors.astype("<f4"))):
-            tmp = self._path(f".{name}.tmp")
-            data.tofile(tmp)
-            os.replace(tmp, self._path(name))
+        self._replace_rows(ids, row_videos, vectors)
         self._write_meta({**self.meta, "rows": len(ids), "live": len(ids), "dirty": False})
 
 
