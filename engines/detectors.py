@@ -165,16 +165,38 @@ class BlazeDetector:
         if not frames:
             return []
         xp = self._xp()
-        per_frame: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in frames]
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for chunk, batch in self._tile_batches(xp, frames):
-            for (f, tile), found in zip(chunk, self._run(batch)[:len(chunk)], strict=True):
-                boxes, scores, kps = found
-                if len(scores):
-                    boxes, scores, kps = self._drop_cut(tile, boxes, scores, kps)
-                    offset = np.array([tile.x0, tile.y0], np.float32)
-                    per_frame[f].append(((boxes.reshape(-1, 2, 2) + offset).reshape(-1, 4) / tile.scale,
-                                         scores, (kps + offset) / tile.scale))
-        return [self._merge(found) for found in per_frame]
+            boxes, scores, kps, tile = self._run(batch)
+            real = tile < len(chunk)  # GPU batches are padded with black tiles
+            if len(scores) and real.any():
+                parts.append(self._place(chunk, boxes[real], scores[real], kps[real], tile[real]))
+        if not parts:
+            return [Detections.empty(self.n_keypoints) for _ in frames]
+        boxes, scores, kps, frame = (np.concatenate(p) for p in zip(*parts, strict=True))
+        return [self._merge(boxes[frame == f], scores[frame == f], kps[frame == f]) for f in range(len(frames))]
+
+    def _place(self, chunk: list[tuple[int, Tile]], boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray,
+               tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates in tile pixels -> kept candidates in frame pixels, with their frame, for a whole batch.
+
+        Drops boxes outside the tile's size band and boxes touching a tile edge that lies inside the frame
+        (a neighbour or a coarser level has those whole).
+        """
+        info = np.array([(t.x0, t.y0, t.scale, t.max_box, *t.interior, f) for f, t in chunk], np.float64)[tile]
+        x0, y0, scale, max_box = info[:, 0], info[:, 1], info[:, 2], info[:, 3]
+        left, top, right, bottom = (info[:, 4 + k] > 0 for k in range(4))
+        m, size = self.edge_margin, self.size
+        width = boxes[:, 2] - boxes[:, 0]
+        cut = (width > max_box) | (width < self.min_box)
+        cut |= (left & (boxes[:, 0] < m)) | (top & (boxes[:, 1] < m))
+        cut |= (right & (boxes[:, 2] > size - m)) | (bottom & (boxes[:, 3] > size - m))
+        keep = ~cut
+        offset = np.stack([x0, y0], 1)[keep].astype(np.float32)
+        inv = (1.0 / scale[keep]).astype(np.float32)
+        placed = ((boxes[keep].reshape(-1, 2, 2) + offset[:, None, :]) * inv[:, None, None]).reshape(-1, 4)
+        placed_kps = (kps[keep] + offset[:, None, :]) * inv[:, None, None]
+        return placed, scores[keep], placed_kps, info[keep, 8].astype(np.int64)
 
     def _tile_batches(self, xp: ModuleType, frames: Sequence[Array]
                       ) -> Iterator[tuple[list[tuple[int, Tile]], Array]]:
@@ -210,55 +232,33 @@ class BlazeDetector:
             part = host[start:start + self.batch_size]
             yield [(f, tile) for f, tile, _ in part], np.stack([t for _, _, t in part])
 
-    def _run(self, batch: Array) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Model + anchor decoding + threshold for a batch of tiles: candidates in tile pixels."""
+    def _run(self, batch: Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Model + anchor decoding + threshold for a batch of tiles: candidates in tile pixels.
+
+        Returns boxes (N x 4), scores (N), keypoints (N x K x 2) and the tile of each (N), on the host,
+        brought back in one transfer.
+        """
         xp = array_module(batch)
         stream = getattr(self.session, "stream", None)
         out = self.session.run({"image": batch})
+        k = self.n_keypoints
         with stream if stream is not None else contextlib.nullcontext():
             reg, scores = out["boxes"], out["scores"]
-            anchors = self._anchor_array(xp)
-            keep = scores >= self.score_threshold
-            n = int(keep.sum())
-            if n == 0:
-                return [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                         np.zeros((0, self.n_keypoints, 2), np.float32))] * len(batch)
-            b_idx, a_idx = xp.nonzero(keep)
+            b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
             r = reg[b_idx, a_idx] / self.size
-            a = anchors[a_idx]
+            a = self._anchor_array(xp)[a_idx]
             cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
             boxes = xp.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1) * self.size
-            kps = (r[:, 4:4 + 2 * self.n_keypoints].reshape(-1, self.n_keypoints, 2) + a[:, None, :]) * self.size
-            host_b, host_s, host_k, host_i = (to_host(v) for v in (boxes, scores[b_idx, a_idx], kps, b_idx))
-        results = []
-        for i in range(len(batch)):
-            m = host_i == i
-            results.append((host_b[m].astype(np.float32), host_s[m].astype(np.float32), host_k[m].astype(np.float32)))
-        return results
+            kps = (r[:, 4:4 + 2 * k] + xp.tile(a, (1, k))) * self.size
+            packed = xp.concatenate([boxes, scores[b_idx, a_idx][:, None], kps, b_idx[:, None].astype(boxes.dtype)],
+                                    1).astype(xp.float32)
+            host = to_host(packed)
+        return (host[:, :4], host[:, 4], host[:, 5:5 + 2 * k].reshape(-1, k, 2),
+                host[:, 5 + 2 * k].astype(np.int64))
 
-    def _drop_cut(self, tile: Tile, boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Drop detections touching a tile edge inside the frame: a neighbour or a coarser level has them whole."""
-        m = self.edge_margin
-        left, top, right, bottom = tile.interior
-        width = boxes[:, 2] - boxes[:, 0]
-        cut = (width > tile.max_box) | (width < self.min_box)
-        if left:
-            cut |= boxes[:, 0] < m
-        if top:
-            cut |= boxes[:, 1] < m
-        if right:
-            cut |= boxes[:, 2] > self.size - m
-        if bottom:
-            cut |= boxes[:, 3] > self.size - m
-        return boxes[~cut], scores[~cut], kps[~cut]
-
-    def _merge(self, found: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Detections:
-        if not found:
+    def _merge(self, boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray) -> Detections:
+        if not len(scores):
             return Detections.empty(self.n_keypoints)
-        boxes = np.concatenate([b for b, _, _ in found])
-        scores = np.concatenate([s for _, s, _ in found])
-        kps = np.concatenate([k for _, _, k in found])
         keep = nms(boxes, scores, self.nms_iou)
         return Detections(boxes[keep], scores[keep], kps[keep])
 

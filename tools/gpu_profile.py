@@ -1,0 +1,34 @@
+"""Where the GPU pipeline's consumer thread spends its time: cProfile of one every-frame run.
+
+    python3 tools/gpu_profile.py WORK_DIR VIDEOS  (bench clips in WORK_DIR, built by `vidx bench gpu`)
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import sys
+from pathlib import Path
+
+from engines.loader import load_engines
+from engines.zoo import ModelStore
+from indexer.decode.nvdec import NvdecDecoder
+from indexer.pipeline import VideoIndexer, VideoTask
+from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
+
+work, n = Path(sys.argv[1]), int(sys.argv[2])
+clips = sorted(work.glob("bench_h264_*.mp4"))
+settings = IndexSettings(sampling=SamplingConfig(mode="every-frame"),
+                         runtime=RuntimeConfig(device="gpu", engine="onnxruntime", frame_batch=32, videos_in_flight=n))
+indexer = VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore()), settings, NvdecDecoder())
+tasks = [VideoTask(clips[i % len(clips)], i + 1, "p") for i in range(n)]
+list(indexer.index_many(tasks[:1]))
+profile = cProfile.Profile()
+profile.enable()
+results = list(indexer.index_many(tasks))
+profile.disable()
+buf = io.StringIO()
+pstats.Stats(profile, stream=buf).sort_stats("tottime").print_stats(30)
+print(buf.getvalue())
+print({k: round(v, 2) for k, v in indexer.timings.items()})
