@@ -6,6 +6,7 @@ run on the batches it has already produced, so decode overlaps inference even on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
@@ -181,6 +182,7 @@ class VideoIndexer:
         """The template: each video gets a fresh copy of it (decoders keep per-video state)."""
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         """Seconds spent in each stage since this indexer was made (the consumer thread's view)."""
+        self._stream: Any = None
 
     @property
     def videos_in_flight(self) -> int:
@@ -247,6 +249,17 @@ class VideoIndexer:
         finally:
             stop.set()
 
+    def _models_stream(self) -> Any:
+        """On a GPU the models' side runs on its own non-blocking CUDA stream: on CUDA's legacy default
+        stream every tile kernel and copy would also wait for the decoders' work on the device."""
+        if self.decoder.device != "cuda":
+            return contextlib.nullcontext()
+        if self._stream is None:
+            import cupy as cp
+
+            self._stream = cp.cuda.Stream(non_blocking=True)
+        return self._stream
+
     def _decode(self, state: _VideoState, messages: queue.Queue[Any], stop: threading.Event) -> None:
         """A decoder thread: batches of sampled frames of one video, then "end" (or "error")."""
         task = state.task
@@ -265,7 +278,8 @@ class VideoIndexer:
     def _step(self, frames: list[_Frame], on_progress: ProgressFn | None) -> None:
         if not frames:
             return
-        self._analyse(frames)
+        with self._models_stream():
+            self._analyse(frames)
         if on_progress:
             by_video: dict[int, list[_Frame]] = {}
             for fr in frames:

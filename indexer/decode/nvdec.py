@@ -51,6 +51,13 @@ def nvdec_available(gpu_id: int = 0) -> bool:
     return bool(caps.get("supported", 1))
 
 
+@functools.cache
+def decoder_supports(gpu_id: int, codec: Any, chroma: Any, bitdepth: int) -> bool:
+    """Whether this GPU's NVDEC decodes the stream kind; asked once per kind (each query costs ~0.2 s)."""
+    caps = _nvc().GetDecoderCaps(gpuid=gpu_id, codec=codec, chromaformat=chroma, bitdepth=bitdepth)
+    return bool(caps.get("supported", 0))
+
+
 def _plane(view: Any) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """(pointer, shape, strides) of a plane from its CUDA array interface (lists turned to tuples)."""
     cai = view.__cuda_array_interface__
@@ -113,29 +120,32 @@ class NvdecDecoder:
         return PyAVDecoder().probe(path)
 
     def _container(self, path: Path) -> tuple[VideoInfo, Fraction | None, int | None, bool | None]:
-        """Stream facts, time base, start PTS and colour matrix (True = BT.709) from the container (PyAV)."""
+        """Stream facts, time base, start PTS and colour matrix (True = BT.709) from the container (PyAV).
+
+        One open, one frame decoded on one CPU thread (the rotation is only on decoded frames): a
+        frame-threaded FFmpeg decoder would start and stop a thread pool per video for nothing.
+        """
         from indexer.decode.pyav import PyAVDecoder, open_container, video_stream
 
-        info = PyAVDecoder().probe(path)
         with open_container(path) as container:
             stream = video_stream(container, path)
+            stream.codec_context.thread_count = 1
+            info = PyAVDecoder().probe_open(path, container, stream)
             space = int(getattr(stream.codec_context, "colorspace", 2) or 2)
             bt709 = True if space == 1 else False if space in (5, 6) else None  # 2: unspecified
             return info, stream.time_base, stream.start_time, bt709
 
     def _supported(self, demuxer: Any) -> str | None:
         """None when NVDEC decodes this stream, else the reason it cannot."""
-        nvc = _nvc()
         try:
-            codec = demuxer.GetNvCodecId()
-            caps = nvc.GetDecoderCaps(gpuid=self.gpu_id, codec=codec, chromaformat=demuxer.ChromaFormat(),
-                                      bitdepth=demuxer.BitDepth())
+            codec, chroma, depth = demuxer.GetNvCodecId(), demuxer.ChromaFormat(), demuxer.BitDepth()
+            supported = decoder_supports(self.gpu_id, codec, chroma, depth)
         except Exception as exc:
             return f"NVDEC does not know this codec ({exc})"
-        if not caps.get("supported", 0):
-            return f"NVDEC on this GPU does not decode {codec} ({demuxer.BitDepth()}-bit)"
-        if demuxer.BitDepth() != 8:
-            return f"{demuxer.BitDepth()}-bit video is decoded on the CPU (vidx converts 8-bit NV12 only)"
+        if not supported:
+            return f"NVDEC on this GPU does not decode {codec} ({depth}-bit)"
+        if depth != 8:
+            return f"{depth}-bit video is decoded on the CPU (vidx converts 8-bit NV12 only)"
         return None
 
     def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:

@@ -150,15 +150,18 @@ class PyAVDecoder:
 
     def probe(self, path: Path) -> VideoInfo:
         with open_container(path) as container:
-            stream = video_stream(container, path)
-            self._check_size(stream_info(path, container, stream), path)  # before a frame is decoded
-            rotation = 0
-            try:
-                first = next(container.decode(stream), None)
-                rotation = display_rotation(first.rotation) if first is not None else 0
-            except av.error.FFmpegError:
-                pass
-            return stream_info(path, container, stream, rotation)
+            return self.probe_open(path, container, video_stream(container, path))
+
+    def probe_open(self, path: Path, container: Any, stream: Any) -> VideoInfo:
+        """Stream facts of an open container; decodes its first frame for the rotation (size checked first)."""
+        self._check_size(stream_info(path, container, stream), path)  # before a frame is decoded
+        rotation = 0
+        try:
+            first = next(container.decode(stream), None)
+            rotation = display_rotation(first.rotation) if first is not None else 0
+        except av.error.FFmpegError:
+            pass
+        return stream_info(path, container, stream, rotation)
 
     def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
         started = time.monotonic()
