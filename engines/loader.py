@@ -17,6 +17,11 @@ from schemas.config import DetectionConfig, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
+GPU_DETECTOR_BATCH = 256
+"""Tiles per detector run on a GPU: BlazeFace on ORT CUDA runs 1.35x faster per frame than at 64 (H100)."""
+CPU_DETECTOR_BATCH = 64
+"""Tiles per detector run on a CPU, and for the person detector everywhere (3 tiles per frame: little to batch)."""
+
 
 @dataclass
 class Engines:
@@ -70,15 +75,18 @@ def load_engines(
     for name in names:
         model = store.load(name)  # type: ignore[arg-type]
         versions[name] = model.provenance.version
-        batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch
+        batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch or GPU_DETECTOR_BATCH
         sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch,
                                       report=report)
         log.info("%s: %s", name, sessions[name].description)
+    on_gpu = sessions["face_detector"].device == "cuda"
+    tiles = runtime.detector_batch or (GPU_DETECTOR_BATCH if on_gpu else CPU_DETECTOR_BATCH)
     engines = Engines(
         faces=FaceDetector(sessions["face_detector"], score_threshold=detection.face_score,
-                           min_face_px=detection.min_face_px, batch_size=runtime.detector_batch),
+                           min_face_px=detection.min_face_px, batch_size=tiles),
         persons=PersonDetector(sessions["person_detector"], score_threshold=detection.person_score,
-                               batch_size=runtime.detector_batch) if "person_detector" in sessions else None,
+                               batch_size=runtime.detector_batch or CPU_DETECTOR_BATCH)
+        if "person_detector" in sessions else None,
         embedder=FaceEmbedder(sessions["face_embedder"], batch_size=runtime.embedder_batch),
         model_versions=versions,
         sessions=sessions,

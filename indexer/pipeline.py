@@ -13,7 +13,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import pyarrow as pa
 from PIL import Image
 
 from engines.arrays import Array, to_host
+from engines.detectors import Detections
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
 from indexer.decode.base import Decoder, FrameBatch, VideoInfo
@@ -34,7 +37,11 @@ from schemas.tables import FACES, PERSONS, TRACKS
 log = logging.getLogger(__name__)
 
 PREFETCH_BATCHES = 2
-STAGES = ("wait_for_frames", "detect_faces", "detect_persons", "align", "embed", "track")
+STAGES = ("wait_for_frames", "wait_for_models", "detect_faces", "detect_persons", "align", "embed", "track")
+STEPS_IN_FLIGHT_GPU = 2
+"""Analysis steps under way at once when the models run on a GPU: while one step's models run, the next
+step's host work (tile tables, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
+for Python. On a CPU the models use every core already: one step at a time."""
 THUMBNAIL_QUALITY = 88
 
 
@@ -163,6 +170,21 @@ class _Frame:
     index: int
 
 
+@dataclass
+class _Inferred:
+    """What the models said about one step's frames: the GPU half of a step (tracking is the host half)."""
+
+    faces: list[Detections]
+    persons: list[Detections] | None
+    embeddable: list[tuple[int, int]]
+    """(frame, detection) of each face big enough to embed, in the order of the arrays below."""
+    sharpness: np.ndarray
+    embeddings: np.ndarray
+    embedded: np.ndarray
+    """Which of `embeddable` were sharp enough to embed."""
+    chips: Array | None
+
+
 ProgressFn = Callable[[VideoTask, int, float], None]
 """Called after each analysis step with the task, the frames just analysed and the last timestamp."""
 
@@ -172,7 +194,9 @@ class VideoIndexer:
 
     Each video in flight has its own decoder in its own thread (NVDEC: one decoder never exceeds one
     of the GPU's decode engines, so several run side by side); the calling thread gathers sampled
-    frames from all of them into steps of `runtime.frame_batch` frames and runs the models on them.
+    frames from all of them into steps of `frame_batch` frames. A step's models run in a small pool
+    (on a GPU two steps overlap, each on its own CUDA stream); the calling thread then tracks the
+    step's faces, steps in the order they were gathered.
     """
 
     def __init__(self, engines: Engines, settings: IndexSettings, decoder: Decoder):
@@ -181,13 +205,22 @@ class VideoIndexer:
         self.decoder = decoder
         """The template: each video gets a fresh copy of it (decoders keep per-video state)."""
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
-        """Seconds spent in each stage since this indexer was made (the consumer thread's view)."""
-        self._stream: Any = None
+        """Seconds in each stage since this indexer was made, summed over the threads that run it."""
+        self._clock_lock = threading.Lock()
+        self._streams = threading.local()
+
+    @property
+    def models_on_gpu(self) -> bool:
+        return self.engines.faces.session.device == "cuda"
 
     @property
     def videos_in_flight(self) -> int:
         n = self.settings.runtime.videos_in_flight
         return n if n > 0 else (8 if self.decoder.device == "cuda" else 1)
+
+    @property
+    def frame_batch(self) -> int:
+        return self.settings.runtime.frame_batch or (32 if self.models_on_gpu else 16)
 
     def index(self, path: Path, *, video_id: int, run_key: str,
               on_progress: Callable[[int, float], None] | None = None) -> VideoResult:
@@ -206,14 +239,17 @@ class VideoIndexer:
         A VideoError ends only its own video. Any other exception stops everything and propagates.
         """
         limit = in_flight or self.videos_in_flight
-        pending = iter(tasks)
+        pending_tasks = iter(tasks)
         messages: queue.Queue[tuple[str, _VideoState, Any]] = queue.Queue(maxsize=PREFETCH_BATCHES * max(limit, 2))
         stop = threading.Event()
         live: dict[int, _VideoState] = {}
-        step = self.settings.runtime.frame_batch
+        step = self.frame_batch
+        overlap = STEPS_IN_FLIGHT_GPU if self.models_on_gpu else 1
+        pool = ThreadPoolExecutor(overlap, thread_name_prefix="vidx-models") if overlap > 1 else None
+        steps: deque[tuple[list[_Frame], Future[_Inferred]]] = deque()
 
         def start_next() -> bool:
-            task = next(pending, None)
+            task = next(pending_tasks, None)
             if task is None:
                 return False
             state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking), time.monotonic())
@@ -221,6 +257,32 @@ class VideoIndexer:
             threading.Thread(target=self._decode, args=(state, messages, stop), daemon=True,
                              name=f"vidx-decode-{task.video_id}").start()
             return True
+
+        def submit(frames: list[_Frame]) -> None:
+            if not frames:
+                return
+            if pool is None:
+                done: Future[_Inferred] = Future()
+                done.set_result(self._infer(frames))
+                steps.append((frames, done))
+            else:
+                steps.append((frames, pool.submit(self._infer, frames)))
+            while len(steps) >= overlap:
+                record_oldest()
+
+        def record_oldest() -> None:
+            frames, future = steps.popleft()
+            t0 = time.perf_counter()
+            inferred = future.result()
+            self.timings["wait_for_models"] += time.perf_counter() - t0
+            self._record(frames, inferred, on_progress)
+
+        def settle(state: _VideoState) -> None:
+            """Track every step holding frames of this video (and the steps before them)."""
+            last = max((i for i, (frames, _) in enumerate(steps) if any(fr.video is state for fr in frames)),
+                       default=-1)
+            for _ in range(last + 1):
+                record_oldest()
 
         try:
             while len(live) < limit and start_next():
@@ -235,11 +297,12 @@ class VideoIndexer:
                                            int(payload.frame_index[i])) for i in range(len(payload)))
                     state.info = payload.video
                     if len(gathered) >= step or messages.empty():
-                        self._step(gathered, on_progress)
+                        submit(gathered)
                         gathered = []
                     continue
-                self._step(gathered, on_progress)  # the video's last frames are analysed before it ends
+                submit(gathered)  # the video's last frames are analysed before it ends
                 gathered = []
+                settle(state)
                 del live[id(state)]
                 start_next()
                 if kind == "error":
@@ -248,23 +311,26 @@ class VideoIndexer:
                     yield state.task, self._finish(state)
         finally:
             stop.set()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _models_stream(self) -> Any:
-        """On a GPU the models' side runs on its own non-blocking CUDA stream: on CUDA's legacy default
-        stream every tile kernel and copy would also wait for the decoders' work on the device."""
-        if self.decoder.device != "cuda":
+        """On a GPU each thread runs the models' side on its own non-blocking CUDA stream: on CUDA's legacy
+        default stream every tile kernel and copy would also wait for the decoders' work on the device."""
+        if not self.models_on_gpu:
             return contextlib.nullcontext()
-        if self._stream is None:
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
             import cupy as cp
 
-            self._stream = cp.cuda.Stream(non_blocking=True)
-        return self._stream
+            stream = self._streams.stream = cp.cuda.Stream(non_blocking=True)
+        return stream
 
     def _decode(self, state: _VideoState, messages: queue.Queue[Any], stop: threading.Event) -> None:
         """A decoder thread: batches of sampled frames of one video, then "end" (or "error")."""
         task = state.task
         try:
-            size = self.settings.runtime.frame_batch
+            size = self.frame_batch
             for batch in state.decoder.batches(task.path, self.settings.sampling, size):
                 if not _put(messages, ("frames", state, batch), stop):
                     return
@@ -274,18 +340,6 @@ class VideoIndexer:
         except Exception as exc:  # a decoder bug must not hang the consumer: fail this video, say why
             log.exception("%s: decoder failed", task.path)
             _put(messages, ("error", state, VideoError(f"decoder failed: {exc}", path=task.path)), stop)
-
-    def _step(self, frames: list[_Frame], on_progress: ProgressFn | None) -> None:
-        if not frames:
-            return
-        with self._models_stream():
-            self._analyse(frames)
-        if on_progress:
-            by_video: dict[int, list[_Frame]] = {}
-            for fr in frames:
-                by_video.setdefault(id(fr.video), []).append(fr)
-            for group in by_video.values():
-                on_progress(group[0].video.task, len(group), group[-1].pts_s)
 
     def _finish(self, state: _VideoState) -> VideoResult:
         task, det = state.task, self.settings.detection
@@ -304,70 +358,93 @@ class VideoIndexer:
             total_s=time.monotonic() - state.started,
         )
 
-    def _analyse(self, batch: list[_Frame]) -> None:
-        """Detect, align, embed and track the faces (and detect people) of frames from any videos."""
+    def _infer(self, batch: list[_Frame]) -> _Inferred:
+        """Detect faces and people in frames from any videos, align and embed the faces (no video state)."""
         det = self.settings.detection
-        clock = _Clock(self.timings)
-        frames: list[Array] = [fr.image for fr in batch]
-        face_dets = self.engines.faces.detect(frames)
-        clock.lap("detect_faces")
-        if self.engines.persons is not None and det.detect_persons:
-            for fr, dets in zip(batch, self.engines.persons.detect(frames), strict=True):
+        clock = _Clock(self.timings, self._clock_lock)
+        stream = self._models_stream()
+        with stream:
+            frames: list[Array] = [fr.image for fr in batch]
+            faces = self.engines.faces.detect(frames)
+            clock.lap("detect_faces")
+            persons = None
+            if self.engines.persons is not None and det.detect_persons:
+                persons = self.engines.persons.detect(frames)
+                clock.lap("detect_persons")
+            embeddable = [(f, k) for f, d in enumerate(faces) for k in range(len(d))
+                          if d.boxes[k, 2] - d.boxes[k, 0] >= det.min_embed_px]
+            sharp = np.zeros(0, np.float32)
+            embeddings = np.zeros((0, 128), np.float32)
+            ok_mask = np.zeros(0, bool)
+            chips: Array | None = None
+            if embeddable:
+                kps = np.stack([faces[f].keypoints[k] for f, k in embeddable])
+                chips = self.engines.embedder.chips(frames, [f for f, _ in embeddable], kps)
+                sharp = laplacian_variance(chips)
+                ok_mask = sharp >= det.min_sharpness
+                embeddings = np.zeros((len(embeddable), 128), np.float32)
+                clock.lap("align")
+                if ok_mask.any():
+                    idx = np.nonzero(ok_mask)[0]
+                    embeddings[idx] = self.engines.embedder.embed_chips(chips[idx])
+                clock.lap("embed")
+            if hasattr(stream, "synchronize"):
+                stream.synchronize()  # the chips are complete before the tracking thread copies any
+        return _Inferred(faces, persons, embeddable, sharp, embeddings, ok_mask, chips)
+
+    def _record(self, batch: list[_Frame], inferred: _Inferred, on_progress: ProgressFn | None) -> None:
+        """Rows, tracks and best chips of a step's frames, into their videos' state (calling thread only)."""
+        clock = _Clock(self.timings, self._clock_lock)
+        if inferred.persons is not None:
+            for fr, dets in zip(batch, inferred.persons, strict=True):
                 for k in range(len(dets)):
                     fr.video.persons.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k]), dets.keypoints[k])
-            clock.lap("detect_persons")
-        embeddable = [(f, k) for f, d in enumerate(face_dets) for k in range(len(d))
-                      if d.boxes[k, 2] - d.boxes[k, 0] >= det.min_embed_px]
-        sharp = np.zeros(0, np.float32)
-        embeddings = np.zeros((0, 128), np.float32)
-        ok_mask = np.zeros(0, bool)
-        chips: Array | None = None
-        if embeddable:
-            kps = np.stack([face_dets[f].keypoints[k] for f, k in embeddable])
-            chips = self.engines.embedder.chips(frames, [f for f, _ in embeddable], kps)
-            sharp = laplacian_variance(chips)
-            ok_mask = sharp >= det.min_sharpness
-            embeddings = np.zeros((len(embeddable), 128), np.float32)
-            clock.lap("align")
-            if ok_mask.any():
-                idx = np.nonzero(ok_mask)[0]
-                embeddings[idx] = self.engines.embedder.embed_chips(chips[idx])
-            clock.lap("embed")
-        lookup = {fk: i for i, fk in enumerate(embeddable)}
-        for f, (fr, dets) in enumerate(zip(batch, face_dets, strict=True)):
-            video = fr.video
-            rows, embs, chip_of = [], [], []
-            for k in range(len(dets)):
-                i = lookup.get((f, k))
-                emb = embeddings[i] if i is not None and ok_mask[i] else None
-                s = float(sharp[i]) if i is not None else None
-                rows.append(video.faces.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k]),
-                                            dets.keypoints[k], size_px=float(dets.boxes[k, 2] - dets.boxes[k, 0]),
-                                            sharpness=s, embedding=emb, track_id=None))
-                embs.append(emb)
-                chip_of.append(i)
-            if not rows:
-                continue
-            sharp_f = np.asarray([float(sharp[i]) if i is not None else 0.0 for i in chip_of], np.float32)
-            quality = face_quality(dets.boxes, dets.keypoints, sharp_f, dets.scores.astype(np.float32))
-            ids = video.tracker.update(fr.pts_s, rows, dets.boxes, embs, quality)
-            for row, tid, i in zip(rows, ids, chip_of, strict=True):
-                video.faces.extra["track_id"][row] = tid if tid >= 0 else None
-                if tid >= 0 and video.tracker.tracks[tid].best_face == row and chips is not None and i is not None:
-                    video.best_chips[tid] = to_host(chips[i]).copy()
+        sharp, embeddings, ok_mask, chips = inferred.sharpness, inferred.embeddings, inferred.embedded, inferred.chips
+        lookup = {fk: i for i, fk in enumerate(inferred.embeddable)}
+        with self._models_stream():
+            for f, (fr, dets) in enumerate(zip(batch, inferred.faces, strict=True)):
+                video = fr.video
+                rows, embs, chip_of = [], [], []
+                for k in range(len(dets)):
+                    i = lookup.get((f, k))
+                    emb = embeddings[i] if i is not None and ok_mask[i] else None
+                    s = float(sharp[i]) if i is not None else None
+                    rows.append(video.faces.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k]),
+                                                dets.keypoints[k], size_px=float(dets.boxes[k, 2] - dets.boxes[k, 0]),
+                                                sharpness=s, embedding=emb, track_id=None))
+                    embs.append(emb)
+                    chip_of.append(i)
+                if not rows:
+                    continue
+                sharp_f = np.asarray([float(sharp[i]) if i is not None else 0.0 for i in chip_of], np.float32)
+                quality = face_quality(dets.boxes, dets.keypoints, sharp_f, dets.scores.astype(np.float32))
+                ids = video.tracker.update(fr.pts_s, rows, dets.boxes, embs, quality)
+                for row, tid, i in zip(rows, ids, chip_of, strict=True):
+                    video.faces.extra["track_id"][row] = tid if tid >= 0 else None
+                    if (tid >= 0 and video.tracker.tracks[tid].best_face == row and chips is not None
+                            and i is not None):
+                        video.best_chips[tid] = to_host(chips[i]).copy()
         clock.lap("track")
+        if on_progress:
+            by_video: dict[int, list[_Frame]] = {}
+            for fr in batch:
+                by_video.setdefault(id(fr.video), []).append(fr)
+            for group in by_video.values():
+                on_progress(group[0].video.task, len(group), group[-1].pts_s)
 
 
 class _Clock:
-    """Adds the time since the last lap to a named total."""
+    """Adds the time since the last lap to a named total (totals shared by threads, hence the lock)."""
 
-    def __init__(self, totals: dict[str, float]):
+    def __init__(self, totals: dict[str, float], lock: threading.Lock):
         self.totals = totals
+        self.lock = lock
         self.last = time.perf_counter()
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self.totals[name] += now - self.last
+        with self.lock:
+            self.totals[name] += now - self.last
         self.last = now
 
 

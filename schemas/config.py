@@ -94,22 +94,24 @@ class RuntimeConfig:
 
     device: DeviceChoice = "auto"
     engine: EngineChoice = "auto"
-    detector_batch: int = 64
+    detector_batch: int = 0
+    """Tiles per detector run (0 = automatic: 256 on a GPU, where larger batches run faster; 64 on a CPU)."""
     embedder_batch: int = 64
     decode_threads: int = 0
     """Threads per CPU decoder (0 = let FFmpeg choose)."""
-    frame_batch: int = 16
-    """Sampled frames (from any of the videos in flight) analysed together in one step."""
+    frame_batch: int = 0
+    """Sampled frames (from any of the videos in flight) analysed together in one step (0 = automatic: 32 on a
+    GPU, 16 on a CPU)."""
     videos_in_flight: int = 0
     """Videos decoded at once by one worker (0 = automatic: 8 with NVDEC, which has up to 7 engines, else 1)."""
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, get_args(DeviceChoice))
         check_choice("engine", self.engine, get_args(EngineChoice))
-        check_range("detector batch", self.detector_batch, 1, 4096)
+        check_range("detector batch", self.detector_batch, 0, 4096)
         check_range("embedder batch", self.embedder_batch, 1, 4096)
         check_range("decode threads", self.decode_threads, 0, 256)
-        check_range("frame batch", self.frame_batch, 1, 1024)
+        check_range("frame batch", self.frame_batch, 0, 1024)
         check_range("videos in flight", self.videos_in_flight, 0, 256)
 
 

@@ -3,7 +3,8 @@
     python3 tools/gpu_experiments.py WORK_DIR decode    # setup costs; decode-only: threads, processes,
                                                         # PyNvVideoCodec's ThreadedDecoder, a GIL-holding thread
     python3 tools/gpu_experiments.py WORK_DIR stages    # the consumer's steps on real 1080p frames, timed apart
-    python3 tools/gpu_experiments.py WORK_DIR switch    # the pipeline at 2 fps under two GIL switch intervals
+    python3 tools/gpu_experiments.py WORK_DIR pipeline  # the pipeline at 2 fps: detector batch, steps in flight,
+                                                        # GIL switch interval
 
 WORK_DIR holds the `vidx bench gpu` clips (bench_h264_*.mp4, bench_hevc_*.mp4).
 """
@@ -213,27 +214,32 @@ def stage_experiments(work: Path) -> None:
         timed("laplacian_variance", lambda: laplacian_variance(chips), faces=len(pairs))
 
 
-def switch_experiments(work: Path) -> None:
+def pipeline_experiments(work: Path) -> None:
+    """The pipeline at 2 fps on 14 H.264 clips: detector batch, steps in flight and GIL switch interval apart."""
+    import indexer.pipeline as pipeline
     from engines.loader import load_engines
     from engines.zoo import ModelStore
     from indexer.decode.nvdec import NvdecDecoder
-    from indexer.pipeline import VideoIndexer
     from schemas.config import IndexSettings, RuntimeConfig
     from vidx.bench_video import run_pipeline
 
     paths = clips(work)
-    for in_flight in (8, 14):
-        settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine="onnxruntime", frame_batch=32,
-                                                       videos_in_flight=in_flight))
-        indexer = VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore()), settings,
-                               NvdecDecoder())
+    for batch in (64, 256):
+        settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine="onnxruntime", detector_batch=batch,
+                                                       videos_in_flight=14))
+        indexer = pipeline.VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore()),
+                                        settings, NvdecDecoder())
         run_pipeline(indexer, paths[:1], 1)
-        for interval in (0.005, 0.0005):
+        for steps, interval in ((1, 0.005), (2, 0.005), (2, 0.0005)):
+            if batch == 64 and steps == 2 and interval != 0.005:
+                continue
+            pipeline.STEPS_IN_FLIGHT_GPU = steps
             sys.setswitchinterval(interval)
-            emit(experiment="pipeline_fps_switch", switch_interval=interval, **run_pipeline(indexer, paths, in_flight))
-        sys.setswitchinterval(0.005)
+            emit(experiment="pipeline_fps", detector_batch=batch, steps_in_flight=steps, switch_interval=interval,
+                 **run_pipeline(indexer, paths, 14))
+    sys.setswitchinterval(0.005)
 
 
 if __name__ == "__main__":
     work_dir, what = Path(sys.argv[1]), sys.argv[2]
-    {"decode": decode_experiments, "stages": stage_experiments, "switch": switch_experiments}[what](work_dir)
+    {"decode": decode_experiments, "stages": stage_experiments, "pipeline": pipeline_experiments}[what](work_dir)
