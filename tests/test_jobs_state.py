@@ -5,7 +5,6 @@ Tests that take `db_url` run on SQLite and, with VIDX_TEST_POSTGRES_URL, on Post
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from engines.photos import load_photo
 from jobs import state
@@ -168,30 +167,46 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
 
 def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
         tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
-    make_short_archive(tmp_path / "a", clip_photos, 6, seconds=(2.0, 3.0))
+    archive = tmp_path / "a"
+    make_short_archive(archive, clip_photos, 5, seconds=(2.0, 3.0))
+    # Without it the job could finish before the signal: the other five take ~2 s after the first is done,
+    # and a busy machine can keep the test from noticing for longer. Smallest, so claimed last, this one
+    # hangs the first driver (like a stuck decoder), and the job cannot end before the Ctrl-C; the signal
+    # still usually lands while a real video is being indexed.
+    make_clip(archive / "hang_me.mp4", clip_photos["biden"], seconds=1.0)
+    assert min(archive.iterdir(), key=lambda p: p.stat().st_size).name == "hang_me.mp4"
     out = tmp_path / "out"
-    env = {**os.environ, "VIDX_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "vidx", "index", str(tmp_path / "a"), "--out", str(out),
+    env = {**os.environ, "VIDX_CACHE_DIR": str(cache_dir), FAULTS_ENV: "hang=hang_me"}
+    proc = subprocess.Popen([sys.executable, "-m", "vidx", "index", str(archive), "--out", str(out),
                              "--device", "cpu", "--json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    catalog = Catalog(default_db_url(out))
+    catalog = Catalog(default_db_url(out))  # creates the index if the driver has not yet: never a missing table
+
+    def task_counts() -> dict[str, int]:
+        with catalog.session() as s:
+            return {status: n for status, n in s.execute(select(Task.status, func.count()).group_by(Task.status))}
+
     deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            with contextlib.suppress(Exception), catalog.session() as s:  # the index may not exist yet
-                if s.scalar(select(Task.id).where(Task.status == "done").limit(1)) is not None:
-                    break
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            counts = catalog.retry("poll", task_counts)  # a busy database is retried, never silently skipped
+            if counts.get("done", 0) >= 1:
+                break
+            assert time.monotonic() < deadline, f"no video done in 120 s: {counts}"
             time.sleep(0.05)
+        # Work is left at the moment of the signal: what follows tests an interrupted job, not a finished one.
+        assert counts.get("queued", 0) + counts.get("running", 0) >= 1 and proc.poll() is None, counts
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 130
+        assert proc.wait(60) == 130, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()
     job = state.list_jobs(catalog)[0]
     assert job["status"] == "interrupted" and job.get("running", 0) == 0 and job.get("queued", 0) >= 1
+    assert 1 <= job.get("done", 0) <= 5  # the hanging video is never done by this driver
 
     runner = CliRunner()
-    res = runner.invoke(cli, ["--cache-dir", str(cache_dir), "job", "submit", str(tmp_path / "a"), "--out", str(out),
+    res = runner.invoke(cli, ["--cache-dir", str(cache_dir), "job", "submit", str(archive), "--out", str(out),
                               "--executor", "local", "--device", "cpu", "--detach", "--json"])
     assert res.exit_code == 0, res.output
     detached = json.loads(res.output)
