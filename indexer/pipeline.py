@@ -28,6 +28,7 @@ from engines.arrays import Array, to_host
 from engines.detectors import Detections
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
+from engines.streams import STREAMS
 from indexer.decode.base import Decoder, FrameBatch, VideoInfo
 from indexer.errors import VideoError
 from indexer.tracking import FaceTracker, face_quality
@@ -207,7 +208,6 @@ class VideoIndexer:
         self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         """Seconds in each stage since this indexer was made, summed over the threads that run it."""
         self._clock_lock = threading.Lock()
-        self._streams = threading.local()
 
     @property
     def models_on_gpu(self) -> bool:
@@ -315,16 +315,10 @@ class VideoIndexer:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def _models_stream(self) -> Any:
-        """On a GPU each thread runs the models' side on its own non-blocking CUDA stream: on CUDA's legacy
-        default stream every tile kernel and copy would also wait for the decoders' work on the device."""
-        if not self.models_on_gpu:
-            return contextlib.nullcontext()
-        stream = getattr(self._streams, "stream", None)
-        if stream is None:
-            import cupy as cp
-
-            stream = self._streams.stream = cp.cuda.Stream(non_blocking=True)
-        return stream
+        """On a GPU the models' side of a step runs on a non-blocking CUDA stream of its own (lent by the
+        process's pool): on CUDA's legacy default stream every kernel and copy would also wait for the
+        decoders' work on the device."""
+        return STREAMS.lend() if self.models_on_gpu else contextlib.nullcontext()
 
     def _decode(self, state: _VideoState, messages: queue.Queue[Any], stop: threading.Event) -> None:
         """A decoder thread: batches of sampled frames of one video, then "end" (or "error")."""
@@ -362,8 +356,7 @@ class VideoIndexer:
         """Detect faces and people in frames from any videos, align and embed the faces (no video state)."""
         det = self.settings.detection
         clock = _Clock(self.timings, self._clock_lock)
-        stream = self._models_stream()
-        with stream:
+        with self._models_stream() as stream:
             frames: list[Array] = [fr.image for fr in batch]
             faces = self.engines.faces.detect(frames)
             clock.lap("detect_faces")
@@ -388,7 +381,7 @@ class VideoIndexer:
                     idx = np.nonzero(ok_mask)[0]
                     embeddings[idx] = self.engines.embedder.embed_chips(chips[idx])
                 clock.lap("embed")
-            if hasattr(stream, "synchronize"):
+            if stream is not None:
                 stream.synchronize()  # the chips are complete before the tracking thread copies any
         return _Inferred(faces, persons, embeddable, sharp, embeddings, ok_mask, chips)
 

@@ -5,6 +5,8 @@
     python3 tools/gpu_experiments.py WORK_DIR stages    # the consumer's steps on real 1080p frames, timed apart
     python3 tools/gpu_experiments.py WORK_DIR pipeline  # the pipeline at 2 fps: detector batch, steps in flight,
                                                         # GIL switch interval
+    python3 tools/gpu_experiments.py WORK_DIR contention  # one model run's latency beside decoders / a GIL hog
+    python3 tools/gpu_experiments.py WORK_DIR decoders    # the pipeline with the core vs the threaded decoder
 
 WORK_DIR holds the `vidx bench gpu` clips (bench_h264_*.mp4, bench_hevc_*.mp4).
 """
@@ -240,6 +242,89 @@ def pipeline_experiments(work: Path) -> None:
     sys.setswitchinterval(0.005)
 
 
+def contention_experiments(work: Path) -> None:
+    """Latency of one detector run and one embedder run: idle, while decoders run, while a thread holds the GIL."""
+    import cupy as cp
+    import numpy as np
+
+    from engines.loader import load_engines
+    from engines.zoo import ModelStore
+    from indexer.decode.nvdec import NvdecDecoder
+    from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
+
+    settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine="onnxruntime"))
+    engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
+    batch = next(NvdecDecoder().batches(clips(work)[0], SamplingConfig(mode="fps"), 32))
+    frames = [batch.frames[i] for i in range(len(batch))]
+    tiles = next(iter(engines.faces._tile_batches(cp, frames)))[1]
+    chips = cp.asarray(np.random.default_rng(0).integers(0, 255, (64, 150, 150, 3), dtype=np.uint8))
+    paths = clips(work)
+
+    def background(kind: str, stop: threading.Event) -> list[threading.Thread]:
+        def decode_loop(i: int) -> None:
+            while not stop.is_set():
+                (threaded_decode if kind == "threaded" else core_decode)(paths[i % len(paths)])
+
+        def spin() -> None:
+            x = 0
+            while not stop.is_set():
+                for i in range(2000):
+                    x += i
+
+        if kind == "gil_hog":
+            threads = [threading.Thread(target=spin, daemon=True)]
+        elif kind == "idle":
+            threads = []
+        else:
+            threads = [threading.Thread(target=decode_loop, args=(i,), daemon=True) for i in range(14)]
+        for t in threads:
+            t.start()
+        return threads
+
+    for kind in ("idle", "core_decoders", "threaded_decoders", "gil_hog"):
+        stop = threading.Event()
+        threads = background(kind.replace("_decoders", ""), stop)
+        time.sleep(1.0)
+        for name, fn in (("faces._run(256 tiles)", lambda: engines.faces._run(tiles)),
+                         ("embed_chips(64)", lambda: engines.embedder.embed_chips(chips))):
+            times = []
+            for _ in range(30):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            emit(experiment="contention_ms", background=kind, call=name,
+                 median=round(1000 * float(np.median(times)), 2), p90=round(1000 * float(np.percentile(times, 90)), 2))
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def decoder_experiments(work: Path) -> None:
+    """The pipeline at 2 fps with the core decoder fed from Python vs PyNvVideoCodec's ThreadedDecoder."""
+    from engines.loader import load_engines
+    from engines.streams import STREAMS
+    from engines.zoo import ModelStore
+    from indexer.decode.nvdec import NvdecDecoder
+    from indexer.pipeline import VideoIndexer
+    from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
+    from vidx.bench_video import run_pipeline
+
+    for codec in ("h264", "hevc"):
+        paths = clips(work, codec)
+        for mode in ("fps", "every-frame"):
+            settings = IndexSettings(sampling=SamplingConfig(mode=mode),  # type: ignore[arg-type]
+                                     runtime=RuntimeConfig(device="gpu", engine="onnxruntime", videos_in_flight=14))
+            engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
+            for threaded in (False, True):
+                indexer = VideoIndexer(engines, settings, NvdecDecoder(threaded=threaded))
+                run_pipeline(indexer, paths[:1], 1)
+                use = paths if mode == "fps" else paths[:7]
+                emit(experiment="pipeline_decoder", codec=codec, mode=mode, threaded=threaded,
+                     streams_created=STREAMS.created, **run_pipeline(indexer, use, 14))
+
+
 if __name__ == "__main__":
     work_dir, what = Path(sys.argv[1]), sys.argv[2]
-    {"decode": decode_experiments, "stages": stage_experiments, "pipeline": pipeline_experiments}[what](work_dir)
+    experiments = {"decode": decode_experiments, "stages": stage_experiments, "pipeline": pipeline_experiments,
+                   "contention": contention_experiments, "decoders": decoder_experiments}
+    experiments[what](work_dir)

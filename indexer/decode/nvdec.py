@@ -24,11 +24,15 @@ from typing import Any, Literal
 import numpy as np
 
 from engines.arrays import Array, cupy_module
+from engines.streams import STREAMS
 from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, VideoInfo
 from indexer.errors import VideoError
 from schemas.config import SamplingConfig
 
 log = logging.getLogger(__name__)
+THREADED_BUFFER = 64
+"""Frames ThreadedDecoder decodes ahead of the caller."""
+THREADED_BATCH = 32
 
 
 @functools.cache
@@ -107,9 +111,12 @@ class NvdecDecoder:
 
     device: Literal["cpu", "cuda"] = "cuda"
 
-    def __init__(self, gpu_id: int = 0, *, cpu_threads: int = 0):
+    def __init__(self, gpu_id: int = 0, *, cpu_threads: int = 0, threaded: bool = False):
         self.gpu_id = gpu_id
         self.cpu_threads = cpu_threads
+        self.threaded = threaded
+        """Decode with PyNvVideoCodec's ThreadedDecoder (all frames, decoded ahead in C++) instead of
+        feeding packets to the core decoder from Python; key-frame mode always uses the core decoder."""
         self.stats = DecodeStats()
         self.fell_back: str | None = None
         """Why the last video was decoded on the CPU instead (None when NVDEC did it)."""
@@ -167,55 +174,88 @@ class NvdecDecoder:
             yield from self._on_cpu(path, sampling, batch_size, reason)
             return
         stats = self.stats = DecodeStats()
-        stream = cp.cuda.Stream(non_blocking=True)
-        decoder = nvc.CreateDecoder(gpuid=self.gpu_id, codec=demuxer.GetNvCodecId(), cudacontext=0,
-                                    cudastream=stream.ptr, usedevicememory=True)
         tb = float(time_base) if time_base else demuxer.GetTimebaseNum() / demuxer.GetTimebaseDen()
         sampler = FrameSampler(sampling)
         key_only = sampling.mode == "keyframes"
         buf: Array | None = None
         pts: list[float] = []
         index: list[int] = []
-        with stream:
-            for packet in demuxer:
-                if key_only and not packet.key and packet.bsl:
+        with STREAMS.lend() as stream:
+            if self.threaded and not key_only:
+                del demuxer
+                frames = self._threaded_frames(path, stream)
+            else:
+                frames = self._decoded_frames(path, demuxer, stream, key_only)
+            for frame, coded_h, coded_w in frames:
+                n = stats.frames_decoded
+                stats.frames_decoded += 1
+                raw = int(frame.getPTS())
+                if start is None:
+                    start = raw
+                t = (raw - start) * tb
+                if not sampler.take(t, key_only):
                     continue
-                try:
-                    decoded = decoder.Decode(packet)
-                except Exception as exc:
-                    raise VideoError(f"NVDEC failed: {exc}", path=path) from exc
-                for frame in decoded:
-                    n = stats.frames_decoded
-                    stats.frames_decoded += 1
-                    raw = int(frame.getPTS())
-                    if start is None:
-                        start = raw
-                    t = (raw - start) * tb
-                    if not sampler.take(t, key_only):
-                        continue
-                    coded_h, coded_w = decoder.GetHeight(), decoder.GetWidth()
-                    shape = (coded_w, coded_h, 3) if info.rotation in (90, 270) else (coded_h, coded_w, 3)
-                    if buf is not None and tuple(buf.shape[1:]) != shape:  # resolution change: new batch
-                        stats.frames_sampled += len(pts)
-                        yield self._batch(stream, buf[:len(pts)], pts, index, info)
-                        buf, pts, index = None, [], []
-                    if buf is None:
-                        buf = cp.empty((batch_size, *shape), cp.uint8)
-                    y_ptr, uv_ptr, y_pitch, uv_pitch = nv12_planes(frame, coded_h, coded_w)
-                    cuda_ops.nv12_to_rgb(y_ptr, uv_ptr, y_pitch, uv_pitch, coded_h, coded_w,
-                                         rotation=info.rotation, bt709=bt709, out=buf[len(pts)])
-                    pts.append(t)
-                    index.append(n)
-                    if len(pts) == batch_size:
-                        yield self._batch(stream, buf, pts, index, info)
-                        stats.frames_sampled += len(pts)
-                        buf, pts, index = None, [], []
+                shape = (coded_w, coded_h, 3) if info.rotation in (90, 270) else (coded_h, coded_w, 3)
+                if buf is not None and tuple(buf.shape[1:]) != shape:  # resolution change: new batch
+                    stats.frames_sampled += len(pts)
+                    yield self._batch(stream, buf[:len(pts)], pts, index, info)
+                    buf, pts, index = None, [], []
+                if buf is None:
+                    buf = cp.empty((batch_size, *shape), cp.uint8)
+                y_ptr, uv_ptr, y_pitch, uv_pitch = nv12_planes(frame, coded_h, coded_w)
+                cuda_ops.nv12_to_rgb(y_ptr, uv_ptr, y_pitch, uv_pitch, coded_h, coded_w,
+                                     rotation=info.rotation, bt709=bt709, out=buf[len(pts)])
+                pts.append(t)
+                index.append(n)
+                if len(pts) == batch_size:
+                    yield self._batch(stream, buf, pts, index, info)
+                    stats.frames_sampled += len(pts)
+                    buf, pts, index = None, [], []
             if pts and buf is not None:
                 stats.frames_sampled += len(pts)
                 yield self._batch(stream, buf[:len(pts)], pts, index, info)
         stats.seconds = time.monotonic() - started
         if stats.frames_decoded == 0:
             raise VideoError("the video stream has no decodable frames", path=path)
+
+    def _decoded_frames(self, path: Path, demuxer: Any, stream: Any, key_only: bool) -> Iterator[tuple[Any, int, int]]:
+        """(frame, height, width) of each decoded frame: packets from the demuxer into PyNvVideoCodec's core decoder."""
+        nvc = _nvc()
+        decoder = nvc.CreateDecoder(gpuid=self.gpu_id, codec=demuxer.GetNvCodecId(), cudacontext=0,
+                                    cudastream=stream.ptr, usedevicememory=True)
+        for packet in demuxer:
+            if key_only and not packet.key and packet.bsl:
+                continue
+            try:
+                decoded = decoder.Decode(packet)
+            except Exception as exc:
+                raise VideoError(f"NVDEC failed: {exc}", path=path) from exc
+            for frame in decoded:
+                yield frame, decoder.GetHeight(), decoder.GetWidth()
+
+    def _threaded_frames(self, path: Path, stream: Any) -> Iterator[tuple[Any, int, int]]:
+        """(frame, height, width) of each frame from PyNvVideoCodec's ThreadedDecoder: its own C++ thread
+        demuxes and decodes ahead, so Python takes the GIL once per batch rather than once per packet."""
+        nvc = _nvc()
+        try:
+            decoder = nvc.ThreadedDecoder(str(path), THREADED_BUFFER, gpu_id=self.gpu_id, cuda_stream=stream.ptr,
+                                          use_device_memory=True)
+        except Exception as exc:
+            raise VideoError(f"NVDEC cannot open the file: {exc}", path=path) from exc
+        meta = decoder.get_stream_metadata()
+        try:
+            while True:
+                try:
+                    frames = decoder.get_batch_frames(THREADED_BATCH)
+                except Exception as exc:
+                    raise VideoError(f"NVDEC failed: {exc}", path=path) from exc
+                if not frames:
+                    return
+                for frame in frames:
+                    yield frame, int(meta.height), int(meta.width)
+                stream.synchronize()  # the conversions have read these frames before the decoder reuses them
+        finally:
+            decoder.end()
 
     @staticmethod
     def _batch(stream: Any, frames: Array, pts: list[float], index: list[int], info: VideoInfo) -> FrameBatch:
