@@ -21,7 +21,7 @@ def resize(img: Array, out_h: int, out_w: int) -> Array:
             return img
         pil = Image.fromarray(np.ascontiguousarray(img))
         return np.asarray(pil.resize((out_w, out_h), Image.Resampling.BILINEAR, reducing_gap=3.0))
-    from engines import cuda_ops
+    import engines.cuda_ops as cuda_ops
 
     return cuda_ops.resize(img, out_h, out_w)
 
@@ -47,7 +47,7 @@ def warp_affine(img: Array, src_from_dst: np.ndarray, size: int) -> Array:
     large face gives the same chip as a small one (dlib uses an image pyramid for the same reason).
     """
     if array_module(img) is not np:
-        from engines import cuda_ops
+        import engines.cuda_ops as cuda_ops
 
         return cuda_ops.warp_affine(img, src_from_dst[None], [0], size)[0]
     m = np.asarray(src_from_dst, dtype=np.float64)
@@ -81,7 +81,7 @@ def warp_affine_batch(frames: list[Array], src_from_dst: np.ndarray, frame_index
         xp = array_module(frames[0]) if frames else np
         return xp.zeros((0, size, size, 3), dtype=np.uint8)
     if array_module(frames[0]) is not np:
-        from engines import cuda_ops
+        import engines.cuda_ops as cuda_ops
 
         return cuda_ops.warp_affine_frames(frames, src_from_dst, frame_index, size)
     return np.stack([warp_affine(frames[f], m, size) for f, m in zip(frame_index, src_from_dst, strict=True)])

@@ -81,6 +81,6 @@ def verify_models(store: ModelStore, runtime: RuntimeConfig | None = None) -> Ve
             best_other = min(best_other, d)
     report.add("same person L2 < 0.6", worst_same < 0.6, f"largest same-person distance {worst_same:.3f}")
     report.add("different people L2 > 0.6", best_other > 0.6, f"smallest different-person distance {best_other:.3f}")
-    persons = engines.persons.detect([t1])[0] if engines.persons else []
-    report.add("people in t1.jpg", len(persons) >= 3, f"{len(persons)} found (reference: 4 of 6)")
+    n_persons = len(engines.persons.detect([t1])[0]) if engines.persons else 0
+    report.add("people in t1.jpg", n_persons >= 3, f"{n_persons} found (reference: 4 of 6)")
     return report

@@ -214,6 +214,6 @@ class ModelStore:
 def spec_of(name: str) -> ModelSpec:
     if name not in SPECS:
         raise ModelError(f"unknown model {name!r}; known models are {', '.join(MODEL_NAMES)}")
-    return SPECS[name]  # type: ignore[index]
+    return SPECS[name]
 
 

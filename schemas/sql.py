@@ -7,7 +7,7 @@ little-endian float32 bytes, so no extension is needed; pgvector is used only wh
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sqlalchemy import (
@@ -41,7 +41,7 @@ def embedding_from_bytes(blob: bytes) -> np.ndarray:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, dt.datetime: DateTime(timezone=True)}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, dt.datetime: DateTime(timezone=True)}
 
 
 class Video(Base):

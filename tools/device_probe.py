@@ -6,6 +6,7 @@ TensorRT checked on ONNX Runtime CUDA, and PyNvVideoCodec's API as installed. Re
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ def say(*parts: object) -> None:
     log_lines.append(line)
 
 
-def section(name: str, fn) -> None:
+def section(name: str, fn: Callable[[], None]) -> None:
     say(f"== {name}")
     t0 = time.monotonic()
     try:
@@ -56,7 +58,8 @@ def bench(device: str, batches: str) -> None:
                         batches=[int(b) for b in batches.split(",")], seconds=1.5)
     (OUT / f"bench_engines_{device}.json").write_text(json.dumps(res, indent=1))
     for r in res["rows"]:
-        say(f"   {r['model']:16s} {r['runtime'][:40]:40s} b={r['batch']:4d} {r['items_per_s']:10,.0f}/s {r['ms_per_batch']:8.2f} ms")
+        say(f"   {r['model']:16s} {r['runtime'][:40]:40s} b={r['batch']:4d} {r['items_per_s']:10,.0f}/s "
+            f"{r['ms_per_batch']:8.2f} ms")
 
 
 def fp16() -> None:
@@ -84,7 +87,7 @@ def fp16() -> None:
         a = {k: v.get() for k, v in s32.run(inp).items()}
         b = {k: v.get() for k, v in s16.run(inp).items()}
         for k in a:
-            rel = np.linalg.norm(a[k] - b[k]) / max(np.linalg.norm(a[k]), 1e-9)
+            rel = float(np.linalg.norm(a[k] - b[k])) / max(float(np.linalg.norm(a[k])), 1e-9)
             say(f"   {name} {k}: fp16 vs fp32 rel err {rel:.2e}, max abs {np.abs(a[k] - b[k]).max():.3e}")
         for label, sess in (("fp32", s32), ("fp16", s16)):
             times = []
@@ -109,10 +112,8 @@ def nvdec(videos: list[str]) -> None:
         doc = (inspect.getdoc(obj) or "")[:1500]
         members = [m for m in dir(obj) if not m.startswith("_")] if inspect.isclass(obj) else []
         api[n] = {"doc": doc, "members": members}
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             api[n]["signature"] = str(inspect.signature(obj))
-        except (TypeError, ValueError):
-            pass
     (OUT / "pynvvideocodec_api.json").write_text(json.dumps(api, indent=1))
     import cupy as cp
 
@@ -138,14 +139,15 @@ def nvdec(videos: list[str]) -> None:
         try:
             t0 = time.perf_counter()
             dmx = nvc.CreateDemuxer(filename=video)
-            dec2 = nvc.CreateDecoder(gpuid=0, codec=dmx.GetNvCodecId(), cudacontext=0, cudastream=0, usedevicememory=True)
-            n = 0
+            dec2 = nvc.CreateDecoder(gpuid=0, codec=dmx.GetNvCodecId(), cudacontext=0, cudastream=0,
+                                     usedevicememory=True)
+            n_frames = 0
             pts = []
             for packet in dmx:
                 for frame in dec2.Decode(packet):
-                    n += 1
+                    n_frames += 1
                     pts.append(getattr(frame, "timestamp", None))
-            say(f"   core decoder: {n} frames in {time.perf_counter() - t0:.3f}s; first pts {pts[:5]}")
+            say(f"   core decoder: {n_frames} frames in {time.perf_counter() - t0:.3f}s; first pts {pts[:5]}")
             say("   frame members", [m for m in dir(frame) if not m.startswith("_")])
             say("   demuxer members", [m for m in dir(dmx) if not m.startswith("_")])
         except Exception:

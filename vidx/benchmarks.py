@@ -46,7 +46,7 @@ def time_calls(fn: Any, sync: Any, seconds: float, min_calls: int = 5) -> list[f
     for _ in range(3):
         fn()
     sync()
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(times) < min_calls:
         t0 = time.perf_counter()

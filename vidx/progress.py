@@ -25,7 +25,8 @@ class JobProgress:
         self.quiet = quiet
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=quiet, transient=False)
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err, disable=quiet, transient=False)
         self.task = self.progress.add_task("indexing", total=None, rate="")
         self.frames = 0
         self.started = time.monotonic()

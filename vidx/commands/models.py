@@ -30,7 +30,12 @@ def models_fetch(ctx: Context, force: bool, as_json: bool) -> None:
     store = ctx.store()
     records = [asdict(store.fetch(name, force=force).provenance) for name in MODEL_NAMES]
     clear_archives(store.cache_dir)
-    emit(records, as_json, lambda rs: [out.print(f"[green]ok[/green] {r['name']}: {r['title']}") for r in rs])
+
+    def render(rs: list[dict[str, Any]]) -> None:
+        for r in rs:
+            out.print(f"[green]ok[/green] {r['name']}: {r['title']}")
+
+    emit(records, as_json, render)
 
 
 @models.command("list")
