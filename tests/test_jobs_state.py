@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 from engines.photos import load_photo
 from jobs import state
 from jobs.bench import PHOTOS, make_clip, make_short_archive
-from jobs.catalog import Catalog, default_db_url
-from jobs.runner import JobResult, LocalExecutor, PlanOptions, plan, resume_job, run_job
+from jobs.catalog import Catalog, VideoOutcome, default_db_url
+from jobs.runner import JobEvents, JobResult, LocalExecutor, PlanOptions, _Heartbeat, plan, resume_job, run_job
 from jobs.worker import FAULTS_ENV
 from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
 from schemas.sql import Task, Track, Video
@@ -144,23 +144,38 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
     make_short_archive(tmp_path / "a", clip_photos, 8, seconds=(2.0, 3.0))
     out = tmp_path / "out"
     catalog = Catalog(default_db_url(out))
+    # A live driver sees a cancel at its next heartbeat (every HEARTBEAT_S), and the other 7 videos can take less
+    # than that after the first is done: left alone, the job could finish before the cancel is noticed. So the
+    # driver is held once its first video is recorded, until its heartbeat has seen the request.
+    first_done, release = threading.Event(), threading.Event()
+
+    def hold_after_first(path: str, outcome: VideoOutcome) -> None:
+        if not first_done.is_set():
+            first_done.set()
+            release.wait(120)
+
     results: list[JobResult] = []
     driver = threading.Thread(target=lambda: results.append(run_job(
         tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=LocalExecutor(),
-        cache_dir=cache_dir)))
+        cache_dir=cache_dir, events=JobEvents(on_video=hold_after_first))))
     driver.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with catalog.session() as s:
-            if s.scalar(select(Task.id).where(Task.status == "done").limit(1)) is not None:
-                break
-        time.sleep(0.05)
-    job_id = state.list_jobs(catalog)[0]["job_id"]
-    assert state.cancel(catalog, job_id) == "cancelling"  # the driver is alive: it is asked to stop
+    try:
+        assert first_done.wait(120), "no video done in 120 s"
+        job_id = state.list_jobs(catalog)[0]["job_id"]
+        at_cancel = state.job_info(catalog, job_id)  # work is left: this tests a cancel, not a finished job
+        assert (at_cancel["status"], at_cancel["done"], at_cancel["queued"], at_cancel["running"]) == (
+            "running", 1, 7, 0), at_cancel
+        assert state.cancel(catalog, job_id) == "cancelling"  # the driver is alive: it is asked to stop
+        beats = [t for t in threading.enumerate() if isinstance(t, _Heartbeat) and t.job_id == job_id]
+        assert len(beats) == 1
+        assert beats[0].cancelled.wait(10 * state.HEARTBEAT_S), "the driver's heartbeat never saw the cancel"
+    finally:
+        release.set()
     driver.join(120)
+    assert not driver.is_alive()
     summary = results[0].summary
-    assert summary["status"] == "cancelled" and 1 <= summary["done"] < 8
-    assert summary["running"] == 0 and summary["queued"] == 8 - summary["done"]
+    assert (summary["status"], summary["done"], summary["running"], summary["queued"]) == ("cancelled", 1, 0, 7)
+    assert state.job_info(catalog, job_id)["status"] == "cancelled"
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
     assert (resumed.summary["status"], resumed.summary["done"]) == ("done", 8)
 
