@@ -187,7 +187,7 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
                                                    / res["pipeline_fps"]["video_s_per_s"], 2)
         cpu_settings = IndexSettings(runtime=RuntimeConfig(device="cpu", videos_in_flight=cpu_videos))
         say(f"{codec}: CPU pipeline (PyAV + ONNX Runtime CPU), {cpu_videos} videos in flight")
-        cpu_row = run_pipeline(_indexer(cpu_settings, store, open_decoder("cpu")), files[:cpu_videos] * 1, cpu_videos)
+        cpu_row = run_pipeline(_indexer(cpu_settings, store, open_decoder("cpu")), paths[:cpu_videos], cpu_videos)
         res["pipeline_cpu"] = cpu_row
         say(f"   {cpu_row}")
         res["gpu_x_cpu_video_s"] = round(res["pipeline_fps"]["video_s_per_s"] / cpu_row["video_s_per_s"], 2)

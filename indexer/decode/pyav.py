@@ -130,7 +130,8 @@ def stream_info(path: Path, container: Any, stream: Any, rotation: int = 0) -> V
         duration = float(stream.duration * stream.time_base)
     elif container.duration is not None:
         duration = container.duration / av.time_base
-    return VideoInfo(path=str(path), codec=str(ctx.name), width=w, height=h, rotation=rotation,
+    codec = getattr(getattr(ctx, "codec", None), "canonical_name", None) or ctx.name  # "av1", not "libdav1d"
+    return VideoInfo(path=str(path), codec=str(codec), width=w, height=h, rotation=rotation,
                      fps=float(rate) if rate else None, duration_s=duration,
                      frame_count=int(stream.frames) if stream.frames else None)
 
