@@ -304,11 +304,8 @@ class VideoIndexer:
                 gathered = []
                 settle(state)
                 del live[id(state)]
-                start_next()
-                if kind == "error":
-                    yield state.task, payload
-                else:
-                    yield state.task, self._finish(state)
+                yield state.task, (payload if kind == "error" else self._finish(state))
+                start_next()  # after the caller has taken the result: a claim only when there is room
         finally:
             stop.set()
             if pool is not None:

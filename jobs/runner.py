@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,7 +66,8 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """One in-process worker, one video at a time: the baseline, and the default of `vidx index`.
+    """One in-process worker, the default of `vidx index`: videos claimed as it has room for them, several
+    in flight through one indexer on a GPU (their frames share the models' batches), one at a time on a CPU.
 
     A video that crashes the decoder takes this process down with it; RayExecutor contains that.
     """
@@ -79,24 +80,30 @@ class LocalExecutor:
         return {"executor": "local", **self.worker.describe()}
 
     def run(self, hooks: TaskHooks) -> None:
-        if self.worker is None:
+        worker = self.worker
+        if worker is None:
             raise RuntimeError("executor not started")
         while not hooks.should_stop():
-            spec = hooks.next_task(self.worker.name)
-            if spec is None:
+            blocked = False
+
+            def claims() -> Iterator[TaskSpec]:
+                """Tasks claimed one at a time, as the worker has room (stops at a cancel or an empty queue)."""
+                nonlocal blocked
+                while not hooks.should_stop():
+                    spec = hooks.next_task(worker.name)
+                    if spec is None:
+                        return
+                    if spec == state.BLOCKED:  # let the videos in flight finish, then ask again
+                        blocked = True
+                        return
+                    if isinstance(spec, TaskSpec):
+                        yield spec
+
+            for spec, outcome in worker.process_many(claims()):
+                hooks.on_done(spec, outcome)
+            if not blocked:
                 return
-            if spec == state.BLOCKED:
-                time.sleep(0.5)
-                continue
-            if not isinstance(spec, TaskSpec):
-                continue
-            try:
-                outcome = self.worker.process(spec)
-            except Exception as exc:  # not the video's own fault (I/O, a bug): recorded, and the job goes on
-                log.exception("worker error on %s", spec.path)
-                outcome = VideoOutcome(spec.video_id, "failed", error=f"worker error: {type(exc).__name__}: {exc}",
-                                       worker=self.worker.name)
-            hooks.on_done(spec, outcome)
+            time.sleep(0.5)
 
     def close(self) -> None:
         self.worker = None

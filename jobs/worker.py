@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, open_decoder
 from indexer.errors import VideoError
-from indexer.pipeline import VideoIndexer, VideoResult
+from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
 from indexer.write import OutputStore, write_video_outputs
 from jobs.catalog import TrackRow, VideoOutcome
 from schemas.config import PIPELINE_VERSION, IndexSettings
@@ -133,18 +134,70 @@ class VideoWorker:
                 self._progress.pop(spec.video_id, None)
             self.lanes.put(lane)
 
-    def _process(self, lane: _Lane, spec: TaskSpec, started: float) -> VideoOutcome:
-        path = Path(spec.path)
+    def process_many(self, specs: Iterable[TaskSpec], in_flight: int | None = None
+                     ) -> Iterator[tuple[TaskSpec, VideoOutcome]]:
+        """Index videos `in_flight` at once through one indexer, so that their sampled frames share the
+        models' batches (on a GPU: several NVDEC sessions busy, full batches); outcomes as videos finish.
+
+        `specs` is read lazily, one spec each time a video finishes: a claim from the job queue happens
+        only when there is room for the video. The engines are shared with `process`; use one of the two
+        at a time.
+        """
+        lane = self.lanes.get()
+        started: dict[int, tuple[TaskSpec, float]] = {}
+
+        def tasks() -> Iterator[VideoTask]:
+            for spec in specs:
+                started[spec.video_id] = (spec, time.monotonic())
+                self._moved(spec.video_id)
+                self._inject(spec.path)
+                yield VideoTask(Path(spec.path), spec.video_id, spec.run_key)
+
         try:
-            result = lane.indexer.index(path, video_id=spec.video_id, run_key=spec.run_key,
-                                        on_progress=lambda n, pts: self._moved(spec.video_id))
+            for task, result in lane.indexer.index_many(tasks(), in_flight=in_flight,
+                                                        on_progress=lambda t, n, pts: self._moved(t.video_id)):
+                spec, t0 = started.pop(task.video_id)
+                with self._lock:
+                    self._progress.pop(spec.video_id, None)
+                try:
+                    outcome = self._outcome(spec, result, t0)
+                except Exception as exc:  # not the video's own fault (I/O, a bug): recorded, and the job goes on
+                    log.exception("worker error on %s", spec.path)
+                    outcome = self.error_outcome(spec, exc)
+                yield spec, outcome
+        finally:
+            with self._lock:
+                for video_id in started:
+                    self._progress.pop(video_id, None)
+            self.lanes.put(lane)
+
+    def error_outcome(self, spec: TaskSpec, exc: BaseException) -> VideoOutcome:
+        """A video failed for a reason that is not its own (the output store, a bug)."""
+        return VideoOutcome(spec.video_id, "failed", error=f"worker error: {type(exc).__name__}: {exc}",
+                            worker=self.name)
+
+    def _process(self, lane: _Lane, spec: TaskSpec, started: float) -> VideoOutcome:
+        try:
+            result: VideoResult | VideoError = lane.indexer.index(
+                Path(spec.path), video_id=spec.video_id, run_key=spec.run_key,
+                on_progress=lambda n, pts: self._moved(spec.video_id))
+        except VideoError as exc:
+            result = exc
+        return self._outcome(spec, result, started, lane.decoder.stats.frames_decoded)
+
+    def _outcome(self, spec: TaskSpec, result: VideoResult | VideoError, started: float,
+                 frames_decoded: int = 0) -> VideoOutcome:
+        """Write a finished video's outputs; a VideoError (here or while writing) is a failed outcome."""
+        try:
+            if isinstance(result, VideoError):
+                raise result
             files = write_video_outputs(
                 self.store, result, video_id=spec.video_id, run_key=spec.run_key, pipeline_version=PIPELINE_VERSION,
                 model_versions=self.model_versions, params=self.settings.result_params(), fingerprint=spec.fingerprint)
         except VideoError as exc:
             log.warning("%s", exc.describe())
             return VideoOutcome(spec.video_id, "failed", error=exc.message, elapsed_s=time.monotonic() - started,
-                                worker=self.name, frames_decoded=lane.decoder.stats.frames_decoded)
+                                worker=self.name, frames_decoded=frames_decoded)
         info = result.info
         return VideoOutcome(
             spec.video_id, "done", codec=info.codec, width=info.width, height=info.height, fps=info.fps,

@@ -193,8 +193,12 @@ def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
     out = tmp_path / "out"
     env = {**os.environ, "VIDX_CACHE_DIR": str(cache_dir), FAULTS_ENV: "hang=hang_me"}
     proc = subprocess.Popen([sys.executable, "-m", "vidx", "index", str(archive), "--out", str(out),
-                             "--device", "cpu", "--json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--device", "cpu", "--json"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "stderr.txt").open("wb"))
     catalog = Catalog(default_db_url(out))  # creates the index if the driver has not yet: never a missing table
+
+    def stderr() -> str:
+        return (tmp_path / "stderr.txt").read_text(errors="replace")[-6000:]
 
     def task_counts() -> dict[str, int]:
         with catalog.session() as s:
@@ -203,7 +207,7 @@ def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
     deadline = time.monotonic() + 120
     try:
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            assert proc.poll() is None, stderr()
             counts = catalog.retry("poll", task_counts)  # a busy database is retried, never silently skipped
             if counts.get("done", 0) >= 1:
                 break
@@ -212,7 +216,13 @@ def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
         # Work is left at the moment of the signal: what follows tests an interrupted job, not a finished one.
         assert counts.get("queued", 0) + counts.get("running", 0) >= 1 and proc.poll() is None, counts
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 130, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # vidx dumps every thread's stack: say where it is stuck
+            time.sleep(2)
+            pytest.fail(f"vidx did not stop within 60 s of Ctrl-C; its stacks:\n{stderr()}")
+        assert code == 130, stderr()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -251,3 +261,27 @@ def test_a_video_that_crashes_the_in_process_driver_is_failed_on_resume_after_it
     assert (result.summary["done"], result.summary["failed"]) == (2, 1)
     (failure,) = result.summary["failures"]
     assert failure["path"].endswith("segv_me.mp4") and "died during each of 1 attempts" in failure["error"]
+
+
+def test_in_process_job_with_videos_in_flight_gives_the_one_at_a_time_results(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    """LocalExecutor through VideoWorker.process_many: 3 videos in flight share the models' steps; a garbage
+    file among them fails alone; every video gets the tracks the one-at-a-time run gives it."""
+    make_short_archive(tmp_path / "a", clip_photos, 4, seconds=(1.0, 2.0))
+    (tmp_path / "a" / "garbage.mp4").write_bytes(os.urandom(4096))
+    results = {}
+    for in_flight in (1, 3):
+        catalog = Catalog(default_db_url(tmp_path / f"out{in_flight}"))
+        settings = IndexSettings(runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight, frame_batch=4))
+        result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(tmp_path / f"out{in_flight}"), settings=settings,
+                         executor=LocalExecutor(), cache_dir=cache_dir)
+        assert (result.summary["done"], result.summary["failed"]) == (4, 1), result.summary
+        assert "garbage.mp4" in result.summary["failures"][0]["path"]
+        with catalog.session() as s:
+            rows = s.execute(select(Video.path, Track.start_s, Track.end_s, Track.n_faces)
+                             .join(Track, Track.video_id == Video.id).order_by(Video.path, Track.start_s)).all()
+            assert s.scalar(select(func.count()).select_from(Task).where(Task.status == "running")) == 0
+        results[in_flight] = [(Path(p).name, round(a, 3), round(b, 3), n) for p, a, b, n in rows]
+        catalog.close()
+    assert len({name for name, *_ in results[1]}) >= 3  # face tracks in most clips (one photo is a small group)
+    assert results[3] == results[1]

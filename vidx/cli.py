@@ -6,7 +6,9 @@ group, registers them, and turns errors into messages and exit codes.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -50,6 +52,8 @@ cli.add_command(demo.demo_cmd)
 
 
 def main() -> None:
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack to stderr: where is a job stuck?
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
