@@ -117,15 +117,15 @@ def decode_all(decoder: object, path: Path, mode: str) -> tuple[np.ndarray, list
     return np.asarray(pts), frames
 
 
-@pytest.mark.parametrize(("mode", "threaded"), [("every-frame", False), ("every-frame", True), ("keyframes", False)])
+@pytest.mark.parametrize("mode", ["every-frame", "keyframes"])
 def test_nvdec_frames_and_timestamps_match_pyav(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
-                                                mode: str, threaded: bool) -> None:
+                                                mode: str) -> None:
     from indexer.decode.nvdec import NvdecDecoder
     from indexer.decode.pyav import PyAVDecoder
 
     videos = indexed[0]
     for video in videos:
-        nv = NvdecDecoder(threaded=threaded)
+        nv = NvdecDecoder()
         gpu_pts, gpu_frames = decode_all(nv, Path(video.path), mode)
         cpu_pts, cpu_frames = decode_all(PyAVDecoder(), Path(video.path), mode)
         assert nv.fell_back is None, (video.name, nv.fell_back)

@@ -6,7 +6,6 @@
     python3 tools/gpu_experiments.py WORK_DIR pipeline  # the pipeline at 2 fps: detector batch, steps in flight,
                                                         # GIL switch interval
     python3 tools/gpu_experiments.py WORK_DIR contention  # one model run's latency beside decoders / a GIL hog
-    python3 tools/gpu_experiments.py WORK_DIR decoders    # the pipeline with the core vs the threaded decoder
 
 WORK_DIR holds the `vidx bench gpu` clips (bench_h264_*.mp4, bench_hevc_*.mp4).
 """
@@ -299,32 +298,8 @@ def contention_experiments(work: Path) -> None:
             t.join()
 
 
-def decoder_experiments(work: Path) -> None:
-    """The pipeline at 2 fps with the core decoder fed from Python vs PyNvVideoCodec's ThreadedDecoder."""
-    from engines.loader import load_engines
-    from engines.streams import STREAMS
-    from engines.zoo import ModelStore
-    from indexer.decode.nvdec import NvdecDecoder
-    from indexer.pipeline import VideoIndexer
-    from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
-    from vidx.bench_video import run_pipeline
-
-    for codec in ("h264", "hevc"):
-        paths = clips(work, codec)
-        for mode in ("fps", "every-frame"):
-            settings = IndexSettings(sampling=SamplingConfig(mode=mode),  # type: ignore[arg-type]
-                                     runtime=RuntimeConfig(device="gpu", engine="onnxruntime", videos_in_flight=14))
-            engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
-            for threaded in (False, True):
-                indexer = VideoIndexer(engines, settings, NvdecDecoder(threaded=threaded))
-                run_pipeline(indexer, paths[:1], 1)
-                use = paths if mode == "fps" else paths[:7]
-                emit(experiment="pipeline_decoder", codec=codec, mode=mode, threaded=threaded,
-                     streams_created=STREAMS.created, **run_pipeline(indexer, use, 14))
-
-
 if __name__ == "__main__":
     work_dir, what = Path(sys.argv[1]), sys.argv[2]
     experiments = {"decode": decode_experiments, "stages": stage_experiments, "pipeline": pipeline_experiments,
-                   "contention": contention_experiments, "decoders": decoder_experiments}
+                   "contention": contention_experiments}
     experiments[what](work_dir)

@@ -30,9 +30,6 @@ from indexer.errors import VideoError
 from schemas.config import SamplingConfig
 
 log = logging.getLogger(__name__)
-THREADED_BUFFER = 64
-"""Frames ThreadedDecoder decodes ahead of the caller."""
-THREADED_BATCH = 32
 
 
 @functools.cache
@@ -111,12 +108,9 @@ class NvdecDecoder:
 
     device: Literal["cpu", "cuda"] = "cuda"
 
-    def __init__(self, gpu_id: int = 0, *, cpu_threads: int = 0, threaded: bool = False):
+    def __init__(self, gpu_id: int = 0, *, cpu_threads: int = 0):
         self.gpu_id = gpu_id
         self.cpu_threads = cpu_threads
-        self.threaded = threaded
-        """Decode with PyNvVideoCodec's ThreadedDecoder (all frames, decoded ahead in C++) instead of
-        feeding packets to the core decoder from Python; key-frame mode always uses the core decoder."""
         self.stats = DecodeStats()
         self.fell_back: str | None = None
         """Why the last video was decoded on the CPU instead (None when NVDEC did it)."""
@@ -181,12 +175,7 @@ class NvdecDecoder:
         pts: list[float] = []
         index: list[int] = []
         with STREAMS.lend() as stream:
-            if self.threaded and not key_only:
-                del demuxer
-                frames = self._threaded_frames(path, stream)
-            else:
-                frames = self._decoded_frames(path, demuxer, stream, key_only)
-            for frame, coded_h, coded_w in frames:
+            for frame, coded_h, coded_w in self._decoded_frames(path, demuxer, stream, key_only):
                 n = stats.frames_decoded
                 stats.frames_decoded += 1
                 raw = int(frame.getPTS())
@@ -232,30 +221,6 @@ class NvdecDecoder:
                 raise VideoError(f"NVDEC failed: {exc}", path=path) from exc
             for frame in decoded:
                 yield frame, decoder.GetHeight(), decoder.GetWidth()
-
-    def _threaded_frames(self, path: Path, stream: Any) -> Iterator[tuple[Any, int, int]]:
-        """(frame, height, width) of each frame from PyNvVideoCodec's ThreadedDecoder: its own C++ thread
-        demuxes and decodes ahead, so Python takes the GIL once per batch rather than once per packet."""
-        nvc = _nvc()
-        try:
-            decoder = nvc.ThreadedDecoder(str(path), THREADED_BUFFER, gpu_id=self.gpu_id, cuda_stream=stream.ptr,
-                                          use_device_memory=True)
-        except Exception as exc:
-            raise VideoError(f"NVDEC cannot open the file: {exc}", path=path) from exc
-        meta = decoder.get_stream_metadata()
-        try:
-            while True:
-                try:
-                    frames = decoder.get_batch_frames(THREADED_BATCH)
-                except Exception as exc:
-                    raise VideoError(f"NVDEC failed: {exc}", path=path) from exc
-                if not frames:
-                    return
-                for frame in frames:
-                    yield frame, int(meta.height), int(meta.width)
-                stream.synchronize()  # the conversions have read these frames before the decoder reuses them
-        finally:
-            decoder.end()
 
     @staticmethod
     def _batch(stream: Any, frames: Array, pts: list[float], index: list[int], info: VideoInfo) -> FrameBatch:
