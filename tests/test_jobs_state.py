@@ -180,6 +180,14 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
     assert (resumed.summary["status"], resumed.summary["done"]) == ("done", 8)
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal. An ignored or blocked SIGINT is inherited through fork and exec
+    (a shell's `cmd &`, or a library in the test process that blocked it), and then Python never raises
+    KeyboardInterrupt: the job runs on (exit 0) or stays in its hang (seen in CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
         tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
     archive = tmp_path / "a"
@@ -194,7 +202,7 @@ def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
     env = {**os.environ, "VIDX_CACHE_DIR": str(cache_dir), FAULTS_ENV: "hang=hang_me"}
     proc = subprocess.Popen([sys.executable, "-m", "vidx", "index", str(archive), "--out", str(out),
                              "--device", "cpu", "--json"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=(tmp_path / "stderr.txt").open("wb"))
+                            stderr=(tmp_path / "stderr.txt").open("wb"), preexec_fn=default_sigint)
     catalog = Catalog(default_db_url(out))  # creates the index if the driver has not yet: never a missing table
 
     def stderr() -> str:
