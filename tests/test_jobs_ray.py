@@ -136,7 +136,10 @@ def test_a_crashing_and_a_hanging_decoder_take_down_only_their_worker(
     crash, hang, corrupt = by_name["segv_me.mp4"], by_name["hang_me.mp4"], by_name["corrupt.mp4"]
     assert crash.status == "failed" and crash.attempts == 2 and "worker process died" in (crash.error or "")
     assert hang.status == "failed" and hang.attempts == 2 and "hung" in (hang.error or "")
-    assert corrupt.status == "failed" and corrupt.attempts == 1  # its own fault: never retried
+    # Its own fault: failed with its own reason, never retried for it. It may have had a second attempt only
+    # because it was in flight on a worker that the crash took down (2 videos per worker; seen in CI).
+    assert corrupt.status == "failed" and corrupt.attempts in (1, 2), corrupt.attempts
+    assert "died" not in (corrupt.error or "") and "hung" not in (corrupt.error or ""), corrupt.error
     assert all(t.status == "done" for n, t in by_name.items() if n.startswith("clip_"))
     assert executor.replaced >= 3  # each attempt at the culprits cost a worker (a crash can take a hang with it)
 
