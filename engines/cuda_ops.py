@@ -124,6 +124,28 @@ extern "C" __global__ void nv12_to_rgb(const u8* y_plane, const u8* uv_plane, in
     u8* o = out + 3 * i;
     o[0] = to_u8(r); o[1] = to_u8(g); o[2] = to_u8(b);
 }
+
+// SSD anchor decoding for a batch of detector outputs, compacted: one thread per (tile, anchor); those
+// scoring at least `thr` append a row [x0 y0 x1 y1 score kx0 ky0 ... flat_index] (model pixels) at a slot
+// taken with atomicAdd on the counter in out[0] (an int). The caller sorts rows by flat_index.
+extern "C" __global__ void decode_candidates(const float* reg, const float* scores, const float* anchors,
+                                             int n, int n_anchors, int reg_width, int n_kps, float thr,
+                                             float size, int cap, float* out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = scores[i];
+    if (!(s >= thr)) return;
+    int slot = atomicAdd((int*)out, 1);
+    if (slot >= cap) return;
+    int a = i % n_anchors;
+    const float* r = reg + (long long)i * reg_width;
+    float ax = anchors[2 * a] * size, ay = anchors[2 * a + 1] * size;
+    float cx = r[0] + ax, cy = r[1] + ay, hw = r[2] * 0.5f, hh = r[3] * 0.5f;
+    float* o = out + 1 + (long long)slot * (6 + 2 * n_kps);
+    o[0] = cx - hw; o[1] = cy - hh; o[2] = cx + hw; o[3] = cy + hh; o[4] = s;
+    for (int k = 0; k < n_kps; ++k) { o[5 + 2 * k] = r[4 + 2 * k] + ax; o[6 + 2 * k] = r[5 + 2 * k] + ay; }
+    o[5 + 2 * n_kps] = (float)i;
+}
 """
 
 THREADS = 256
@@ -135,7 +157,8 @@ def _kernels() -> dict[str, Any]:
     if cp is None:
         raise RuntimeError("engines.cuda_ops needs CuPy and a CUDA device")
     module = cp.RawModule(code=_SOURCE, options=("-std=c++11",))
-    return {name: module.get_function(name) for name in ("tiles", "warp_affine", "nv12_to_rgb")}
+    names = ("tiles", "warp_affine", "nv12_to_rgb", "decode_candidates")
+    return {name: module.get_function(name) for name in names}
 
 
 def _launch(name: str, n_threads: int, args: tuple[Any, ...]) -> None:
@@ -170,6 +193,34 @@ def tiles(frames: Sequence[Array], specs: Sequence[tuple[int, int, int, int, int
     meta = cp.asarray(np.asarray(specs, np.int32).reshape(-1))
     _launch("tiles", len(specs) * size * size, (ptrs, dims, meta, np.int32(len(specs)), np.int32(size), out))
     return out
+
+
+def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: float, size: int,
+                      n_keypoints: int, cap: int = 4096) -> np.ndarray | None:
+    """Anchor decoding and thresholding of a detector batch in one launch, brought to the host in one copy.
+
+    reg: B x A x R float32 regressors, scores: B x A float32, anchors: A x 2 float32 centres in [0, 1].
+    Returns N x (6 + 2K) float32 rows [x0 y0 x1 y1 score kps... flat_index] in model pixels, in flat
+    (tile, anchor) order; None when more than `cap` anchors pass (the caller then decodes another way).
+    Each CuPy call is a chance for another Python thread to take the GIL for up to a switch interval,
+    so the many small array operations of a generic decode cost far more than their GPU time.
+    """
+    cp = cupy_module()
+    assert cp is not None
+    reg = cp.ascontiguousarray(reg, dtype=cp.float32)
+    scores = cp.ascontiguousarray(scores, dtype=cp.float32)
+    b, a = scores.shape
+    width = 6 + 2 * n_keypoints
+    out = cp.zeros(1 + cap * width, cp.float32)  # out[0] is the int counter: all-zero bits are 0 either way
+    _launch("decode_candidates", b * a,
+            (reg, scores, anchors, np.int32(b * a), np.int32(a), np.int32(reg.shape[2]), np.int32(n_keypoints),
+             np.float32(threshold), np.float32(size), np.int32(cap), out))
+    host = out.get()
+    n = int(host[:1].view(np.int32)[0])
+    if n > cap:
+        return None
+    rows = host[1:1 + n * width].reshape(n, width)
+    return rows[np.argsort(rows[:, -1], kind="stable")]
 
 
 def resize(img: Array, out_h: int, out_w: int) -> Array:

@@ -244,6 +244,15 @@ class BlazeDetector:
         k = self.n_keypoints
         with stream if stream is not None else contextlib.nullcontext():
             reg, scores = out["boxes"], out["scores"]
+            if xp is not np:  # one kernel and one copy instead of a dozen small array operations
+                from engines import cuda_ops
+
+                rows = cuda_ops.decode_candidates(reg, scores, self._anchor_array(xp), threshold=self.score_threshold,
+                                                  size=self.size, n_keypoints=k)
+                if rows is not None:
+                    flat = rows[:, 5 + 2 * k].astype(np.int64)
+                    return (rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(-1, k, 2),
+                            flat // scores.shape[1])
             b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
             r = reg[b_idx, a_idx] / self.size
             a = self._anchor_array(xp)[a_idx]

@@ -65,6 +65,34 @@ def test_nv12_kernel_matches_the_reference_formula(cp: object) -> None:
         assert np.abs(out.astype(np.int16) - expect).max() <= 1, rot
 
 
+def test_decode_kernel_matches_the_array_decode(cp: object) -> None:
+    """The detector's one-launch candidate decoding gives the rows the array-by-array decode gives."""
+    import cupy
+
+    from engines import cuda_ops
+    from engines.detectors import FACE_ANCHORS
+
+    rng = np.random.default_rng(0)
+    b, k = 3, 6
+    anchors = FACE_ANCHORS.centres()
+    reg = rng.normal(0, 20, (b, len(anchors), 4 + 2 * k)).astype(np.float32)
+    scores = rng.random((b, len(anchors))).astype(np.float32)
+    rows = cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
+                                      size=192, n_keypoints=k)
+    tile, anchor = np.nonzero(scores >= 0.9)
+    r, a = reg[tile, anchor] / 192, anchors[anchor]
+    cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
+    boxes = np.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1) * 192
+    kps = (r[:, 4:] + np.tile(a, (1, k))) * 192
+    assert rows is not None and len(rows) == len(tile) > 500
+    np.testing.assert_allclose(rows[:, :4], boxes, atol=2e-3)
+    np.testing.assert_array_equal(rows[:, 4], scores[tile, anchor])
+    np.testing.assert_allclose(rows[:, 5:5 + 2 * k], kps, atol=2e-3)
+    np.testing.assert_array_equal(rows[:, -1].astype(np.int64), tile * len(anchors) + anchor)
+    assert cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
+                                      size=192, n_keypoints=k, cap=100) is None  # too many: the caller falls back
+
+
 def test_gpu_tiles_match_the_host_pyramid(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
     from engines import cuda_ops
     from engines.imageops import crop_padded, resize
