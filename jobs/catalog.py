@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.archive import VideoFile, fingerprint
+from jobs.outcome import VideoOutcome
 from schemas import migrations
 from schemas.errors import VidxError
 from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, Run, Task, Track, Video, utcnow
@@ -103,41 +104,6 @@ def make_engine(url: str, *, lock_wait_s: float = LOCK_WAIT_S) -> Engine:
             conn.commit()  # settings made in a transaction that is rolled back would be undone
 
     return engine
-
-
-@dataclass
-class TrackRow:
-    """A track as the worker hands it to the driver (plain values, cheap to send through Ray)."""
-
-    track_index: int
-    start_s: float
-    end_s: float
-    n_faces: int
-    embedding: bytes
-    quality: float
-    best_pts_s: float
-    thumbnail: str | None
-
-
-@dataclass
-class VideoOutcome:
-    """What processing one video produced, success or failure."""
-
-    video_id: int
-    status: str
-    """done | failed | skipped"""
-    error: str | None = None
-    codec: str | None = None
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    duration_s: float | None = None
-    frames_decoded: int = 0
-    frames_analysed: int = 0
-    elapsed_s: float = 0.0
-    tracks: list[TrackRow] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
-    worker: str | None = None
 
 
 @dataclass

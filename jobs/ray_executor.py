@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from jobs import state
-from jobs.catalog import VideoOutcome
+from jobs.outcome import VideoOutcome
+from jobs.ray_worker import RayWorker
 from jobs.runner import TaskHooks
-from jobs.worker import FAULTS_ENV, TaskSpec, VideoWorker
+from jobs.worker import FAULTS_ENV, TaskSpec
 from schemas.config import IndexSettings
 from schemas.errors import VidxError
 
@@ -69,26 +69,6 @@ class RayOptions:
 
 class WorkerStartError(VidxError):
     """No worker actor could be started (models missing on the node, no resources, a broken install)."""
-
-
-class RayWorker:
-    """The actor body: a VideoWorker in its own process (ray.remote applied in RayExecutor)."""
-
-    def __init__(self, settings_json: str, out_uri: str, cache_dir: str | None, label: str, lanes: int,
-                 faults: str | None):
-        name = f"{label}@{socket.gethostname()}:{os.getpid()}"
-        self.worker = VideoWorker(IndexSettings.from_json(settings_json), out_uri,
-                                  cache_dir=Path(cache_dir) if cache_dir else None, name=name, lanes=lanes,
-                                  faults=faults or "")
-
-    def describe(self) -> dict[str, str]:
-        return self.worker.describe()
-
-    def process(self, spec: TaskSpec) -> VideoOutcome:
-        return self.worker.process(spec)
-
-    def stalled_for(self) -> dict[int, float]:
-        return self.worker.stalled_for()
 
 
 @dataclass

@@ -25,7 +25,8 @@ from engines.zoo import ModelStore
 from indexer.write import OutputStore, remove_video_outputs
 from jobs import state
 from jobs.archive import VideoFile, scan_archive
-from jobs.catalog import Catalog, VideoOutcome
+from jobs.catalog import Catalog
+from jobs.outcome import VideoOutcome
 from jobs.worker import TaskSpec, VideoWorker
 from schemas.config import PIPELINE_VERSION, IndexSettings, run_key
 from schemas.sql import Run, Video

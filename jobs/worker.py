@@ -25,9 +25,9 @@ from indexer.decode.base import Decoder, open_decoder
 from indexer.errors import VideoError
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
 from indexer.write import OutputStore, write_video_outputs
-from jobs.catalog import TrackRow, VideoOutcome
+from jobs.outcome import TrackRow, VideoOutcome
 from schemas.config import PIPELINE_VERSION, IndexSettings
-from schemas.sql import embedding_to_bytes
+from schemas.embeddings import embedding_to_bytes
 
 log = logging.getLogger(__name__)
 

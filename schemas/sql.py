@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
-import numpy as np
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -30,14 +29,6 @@ SQL_SCHEMA_VERSION = 1
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def embedding_to_bytes(vec: np.ndarray) -> bytes:
-    return np.asarray(vec, dtype="<f4").tobytes()
-
-
-def embedding_from_bytes(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<f4")
 
 
 class Base(DeclarativeBase):

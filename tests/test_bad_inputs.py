@@ -22,7 +22,8 @@ from sqlalchemy import func, select
 from indexer.decode.pyav import PyAVDecoder
 from indexer.errors import VideoError
 from jobs.archive import scan_archive
-from jobs.catalog import Catalog, VideoOutcome, default_db_url
+from jobs.catalog import Catalog, default_db_url
+from jobs.outcome import VideoOutcome
 from jobs.runner import JobEvents, JobResult, LocalExecutor, run_job
 from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
 from schemas.sql import Track, Video

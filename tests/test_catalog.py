@@ -17,7 +17,8 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from jobs.archive import VideoFile
-from jobs.catalog import Catalog, IndexError_, TrackRow, VideoOutcome, pgvector_status
+from jobs.catalog import Catalog, IndexError_, pgvector_status
+from jobs.outcome import TrackRow, VideoOutcome
 from schemas.sql import Task, Track, Video
 
 RUN_A = ("a" * 32, "1", {"face": "m1"}, {"fps": 2})

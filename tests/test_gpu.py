@@ -18,7 +18,8 @@ from engines.zoo import ModelStore
 from jobs.catalog import Catalog, default_db_url
 from jobs.runner import JobResult, LocalExecutor, run_job
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
-from schemas.sql import Track, Video, embedding_from_bytes
+from schemas.embeddings import embedding_from_bytes
+from schemas.sql import Track, Video
 from vidx.sample_archive import SampleVideo
 
 pytestmark = pytest.mark.gpu

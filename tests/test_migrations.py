@@ -12,8 +12,9 @@ from sqlalchemy import create_engine, inspect, select, text
 
 from jobs.catalog import Catalog
 from schemas import migrations
+from schemas.embeddings import embedding_from_bytes
 from schemas.migrations import BASELINE, SchemaError, alembic_config, head_revision, schema_diff
-from schemas.sql import Track, Video, embedding_from_bytes
+from schemas.sql import Track, Video
 
 
 def build_at(url: str, revision: str, *, pre_alembic: bool = False) -> None:

@@ -106,7 +106,7 @@ def test_labels_follow_a_video_through_reprocessing(people_out: Path, cache_dir:
     """Re-indexing makes new track rows; a label still applies to the new track of the same face and time."""
     from sqlalchemy import select
 
-    from jobs.catalog import TrackRow, VideoOutcome
+    from jobs.outcome import TrackRow, VideoOutcome
     from schemas.sql import Track, Video
 
     catalog = Catalog(default_db_url(people_out))

@@ -58,7 +58,7 @@ def photo_descriptors(engines: object, cache_dir: Path) -> dict[str, np.ndarray]
 def test_every_appearance_found_with_its_times(indexed_db: Indexed,
                                                photo_descriptors: dict[str, np.ndarray]) -> None:
     """Each portrait appearance is one track of that person, start and end within one sampling interval."""
-    from schemas.sql import embedding_from_bytes
+    from schemas.embeddings import embedding_from_bytes
 
     videos, _, catalog, _ = indexed_db
     for video in videos:

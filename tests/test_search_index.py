@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from engines.photos import photo_path
-from jobs.catalog import Catalog, TrackRow, VideoOutcome, default_db_url
+from jobs.catalog import Catalog, default_db_url
+from jobs.outcome import TrackRow, VideoOutcome
 from jobs.runner import JobResult
 from schemas.sql import Track, Video
 from vidx.ann import ExactSearcher, VectorIndex, build_ivf, index_dir_for

@@ -25,8 +25,9 @@ from sqlalchemy import delete, func, select, update
 
 from engines.loader import Engines
 from jobs.catalog import Catalog
+from schemas.embeddings import embedding_from_bytes, embedding_to_bytes
 from schemas.errors import InputError
-from schemas.sql import Exemplar, Label, Person, Track, Video, embedding_from_bytes, embedding_to_bytes
+from schemas.sql import Exemplar, Label, Person, Track, Video
 from vidx.search import TrackInfo, detect_query_face, load_tracks
 
 LABEL_MATCH_L2 = 0.6

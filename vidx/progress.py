@@ -15,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from jobs.catalog import VideoOutcome
+from jobs.outcome import VideoOutcome
 from jobs.runner import JobEvents
 from vidx.output import err, out
 

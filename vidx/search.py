@@ -23,7 +23,8 @@ from engines.errors import ImageError
 from engines.images import load_rgb
 from engines.loader import Engines
 from jobs.catalog import Catalog
-from schemas.sql import Run, Track, Video, embedding_from_bytes
+from schemas.embeddings import embedding_from_bytes
+from schemas.sql import Run, Track, Video
 from vidx.ann import VectorIndex, index_dir_for
 
 SCORE_CENTRE = 0.6

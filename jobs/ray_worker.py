@@ -1,0 +1,33 @@
+"""The Ray actor body, in a module of its own: a worker process imports this, the video pipeline and
+the engines, and nothing of the driver's side (no SQL stack, no job state), so it starts sooner.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from jobs.outcome import VideoOutcome
+from jobs.worker import TaskSpec, VideoWorker
+from schemas.config import IndexSettings
+
+
+class RayWorker:
+    """The actor body: a VideoWorker in its own process (ray.remote applied in RayExecutor)."""
+
+    def __init__(self, settings_json: str, out_uri: str, cache_dir: str | None, label: str, lanes: int,
+                 faults: str | None):
+        name = f"{label}@{socket.gethostname()}:{os.getpid()}"
+        self.worker = VideoWorker(IndexSettings.from_json(settings_json), out_uri,
+                                  cache_dir=Path(cache_dir) if cache_dir else None, name=name, lanes=lanes,
+                                  faults=faults or "")
+
+    def describe(self) -> dict[str, str]:
+        return self.worker.describe()
+
+    def process(self, spec: TaskSpec) -> VideoOutcome:
+        return self.worker.process(spec)
+
+    def stalled_for(self) -> dict[int, float]:
+        return self.worker.stalled_for()
