@@ -130,8 +130,9 @@ def _indexer(settings: IndexSettings, store: ModelStore, decoder: Decoder | None
 def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264", command: str,
                    say: Callable[[str], None]) -> dict[str, Any]:
     """The CPU pipeline at the default sampling on 1080p30 clips, against `ffmpeg -f null` on the same files."""
-    clips = [Path(v.path) for v in bench_clips(work_dir, cache_dir, say) if v.codec == codec]
-    duration = sum(v.duration_s for v in bench_clips(work_dir, cache_dir, say) if v.codec == codec)
+    videos = [v for v in bench_clips(work_dir, cache_dir, say) if v.codec == codec]
+    clips = [Path(v.path) for v in videos]
+    duration = sum(v.duration_s for v in videos)
     store = ModelStore(cache_dir)
     rows: dict[str, Any] = {}
     say("ffmpeg -f null (decode only)")
