@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs.bench import cpu_model
 from vidx.ann import DIM, ExactSearcher, build_ivf, ivf_lists_for
 
 SAME_L2 = 0.4
@@ -177,12 +178,7 @@ def _recall(found: np.ndarray, truth: np.ndarray, truth_d: np.ndarray, strangers
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version()}
 

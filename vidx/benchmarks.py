@@ -14,15 +14,11 @@ import numpy as np
 from engines.arrays import cupy_module
 from engines.runtime.base import open_session, runtime_report, session_array_module
 from engines.zoo import MODEL_NAMES, ModelStore
+from jobs.bench import cpu_model
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     info: dict[str, Any] = {"cpu": f"{cpu} ({os.cpu_count()} logical cores)", "python": sys.version.split()[0],
                             "platform": platform.platform()}
     import onnxruntime
