@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from vidx.commands.common import Context, db_option, db_url_for, device_option, json_option, out_option, pass_ctx
-from vidx.commands.search import load_query_engines, local_root
+from vidx.commands.search import json_rows, load_query_engines, local_root
 from vidx.output import emit, out
 
 
@@ -134,13 +134,7 @@ def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | Non
     catalog = _catalog(out_dir, db_url)
     vectors = open_search_index(catalog, out_dir, device="cpu").rows()  # faster than reading SQL rows
     clusters = cluster_people(catalog, eps=eps, min_samples=min_samples, vectors=vectors)
-    root = local_root(out_dir)
-    rows = []
-    for c in clusters:
-        d = c.to_json()
-        if c.thumbnail and root is not None:
-            d["thumbnail"] = str(root / c.thumbnail)
-        rows.append(d)
+    rows = json_rows(clusters, local_root(out_dir))
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("cluster", "tracks", "videos", "person")

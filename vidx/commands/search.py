@@ -26,6 +26,17 @@ def local_root(out_dir: str) -> Path | None:
     return Path(out_dir).expanduser().resolve() if "://" not in out_dir else None
 
 
+def json_rows(items: Any, root: Path | None) -> list[dict[str, Any]]:
+    """Each item's `to_json()`, its thumbnail made a path under the local output folder when there is one."""
+    rows = []
+    for item in items:
+        d = item.to_json()
+        if item.thumbnail and root is not None:
+            d["thumbnail"] = str(root / item.thumbnail)
+        rows.append(d)
+    return rows
+
+
 def load_query_engines(ctx: Context, device: str) -> Any:
     from engines.loader import load_engines
     from schemas.config import DetectionConfig, RuntimeConfig
@@ -89,12 +100,7 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
         html_file.write_text(render_report(hits, out_root=root, query=query, person=person_name, threshold=threshold),
                              encoding="utf-8")
         say(f"report written to {html_file}")
-    rows = []
-    for h in hits:
-        d = h.to_json()
-        if h.thumbnail and root is not None:
-            d["thumbnail"] = str(root / h.thumbnail)
-        rows.append(d)
+    rows = json_rows(hits, root)
 
     def render(rows: list[dict[str, Any]]) -> None:
         if not rows:
