@@ -53,18 +53,19 @@ def threaded_decode(path: Path) -> int:
     return n
 
 
+def spin(stop: threading.Event) -> None:
+    """Pure Python until `stop`: a thread that holds the GIL whenever it can (as a busy Python thread does)."""
+    x = 0
+    while not stop.is_set():
+        for i in range(2000):
+            x += i
+
+
 def run_threads(paths: list[Path], n: int, fn: Any, hog: bool = False) -> dict[str, Any]:
     from vidx.bench_video import decode_only
 
     stop = threading.Event()
-
-    def spin() -> None:
-        x = 0
-        while not stop.is_set():
-            for i in range(2000):
-                x += i
-
-    hogger = threading.Thread(target=spin, daemon=True)
+    hogger = threading.Thread(target=spin, args=(stop,), daemon=True)
     if hog:
         hogger.start()
     try:
@@ -264,14 +265,8 @@ def contention_experiments(work: Path) -> None:
             while not stop.is_set():
                 (threaded_decode if kind == "threaded" else core_decode)(paths[i % len(paths)])
 
-        def spin() -> None:
-            x = 0
-            while not stop.is_set():
-                for i in range(2000):
-                    x += i
-
         if kind == "gil_hog":
-            threads = [threading.Thread(target=spin, daemon=True)]
+            threads = [threading.Thread(target=spin, args=(stop,), daemon=True)]
         elif kind == "idle":
             threads = []
         else:
