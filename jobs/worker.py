@@ -2,7 +2,7 @@
 
 The same class runs in-process (`vidx index`, LocalExecutor) and inside a Ray actor (one per GPU,
 jobs.ray_executor). It never writes the SQL index: it writes Parquet parts and thumbnails and returns
-plain values. Each "lane" is one decoder with its own indexer; all lanes share the engines, so a GPU
+plain values. Each "lane" is an indexer of its own; all lanes share the engines, so a GPU
 worker keeps several NVDEC sessions busy while models are loaded only once.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engines.loader import load_engines
 from engines.zoo import ModelStore
-from indexer.decode.base import Decoder, open_decoder
+from indexer.decode.base import open_decoder
 from indexer.errors import VideoError
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
 from indexer.write import OutputStore, write_video_outputs
@@ -67,12 +67,6 @@ def parse_faults(text: str | None) -> dict[str, str]:
     return faults
 
 
-@dataclass
-class _Lane:
-    decoder: Decoder
-    indexer: VideoIndexer
-
-
 class VideoWorker:
     """Engines loaded (and warmed up) once; `lanes` decoders so that many videos run at once."""
 
@@ -84,11 +78,13 @@ class VideoWorker:
         models = ModelStore(cache_dir)
         # Warm-up runs each model once here: the first run allocates memory and picks kernels.
         self.engines = load_engines(settings.detection, settings.runtime, store=models)
-        self.lanes: queue.Queue[_Lane] = queue.Queue()
+        self.lanes: queue.Queue[VideoIndexer] = queue.Queue()
+        """One indexer per lane (each copies its decoder per video); all share the engines."""
         self.n_lanes = max(1, lanes)
+        # One decoder template for all lanes: each indexer copies it per video (choosing it asks NVDEC once).
+        decoder = open_decoder(settings.runtime.device, threads=settings.runtime.decode_threads)
         for _ in range(self.n_lanes):
-            decoder = open_decoder(settings.runtime.device, threads=settings.runtime.decode_threads)
-            self.lanes.put(_Lane(decoder, VideoIndexer(self.engines, settings, decoder)))
+            self.lanes.put(VideoIndexer(self.engines, settings, decoder))
         self.decoder_device = decoder.device
         self.faults = parse_faults(faults if faults is not None else os.environ.get(FAULTS_ENV))
         self._progress: dict[int, float] = {}
@@ -154,7 +150,7 @@ class VideoWorker:
                 yield VideoTask(Path(spec.path), spec.video_id, spec.run_key)
 
         try:
-            for task, result in lane.indexer.index_many(tasks(), in_flight=in_flight,
+            for task, result in lane.index_many(tasks(), in_flight=in_flight,
                                                         on_progress=lambda t, n, pts: self._moved(t.video_id)):
                 spec, t0 = started.pop(task.video_id)
                 with self._lock:
@@ -176,30 +172,32 @@ class VideoWorker:
         return VideoOutcome(spec.video_id, "failed", error=f"worker error: {type(exc).__name__}: {exc}",
                             worker=self.name)
 
-    def _process(self, lane: _Lane, spec: TaskSpec, started: float) -> VideoOutcome:
+    def _process(self, lane: VideoIndexer, spec: TaskSpec, started: float) -> VideoOutcome:
         try:
-            result: VideoResult | VideoError = lane.indexer.index(
+            result: VideoResult | VideoError = lane.index(
                 Path(spec.path), video_id=spec.video_id, run_key=spec.run_key,
                 on_progress=lambda n, pts: self._moved(spec.video_id))
         except VideoError as exc:
             result = exc
-        return self._outcome(spec, result, started, lane.decoder.stats.frames_decoded)
+        return self._outcome(spec, result, started)
 
-    def _outcome(self, spec: TaskSpec, result: VideoResult | VideoError, started: float,
-                 frames_decoded: int = 0) -> VideoOutcome:
+    def _outcome(self, spec: TaskSpec, result: VideoResult | VideoError, started: float) -> VideoOutcome:
         """Write a finished video's outputs; a VideoError (here or while writing) is a failed outcome."""
+        if isinstance(result, VideoError):
+            return self._failed(spec, result, started)
         try:
-            if isinstance(result, VideoError):
-                raise result
             files = write_video_outputs(
                 self.store, result, video_id=spec.video_id, run_key=spec.run_key, pipeline_version=PIPELINE_VERSION,
                 model_versions=self.model_versions, params=self.settings.result_params(), fingerprint=spec.fingerprint)
         except VideoError as exc:
-            log.warning("%s", exc.describe())
-            return VideoOutcome(spec.video_id, "failed", error=exc.message, elapsed_s=time.monotonic() - started,
-                                worker=self.name, frames_decoded=frames_decoded)
+            return self._failed(spec, exc, started)
         info = result.info
         return VideoOutcome(
             spec.video_id, "done", codec=info.codec, width=info.width, height=info.height, fps=info.fps,
             duration_s=info.duration_s, frames_decoded=result.frames_decoded, frames_analysed=result.frames_analysed,
             elapsed_s=time.monotonic() - started, tracks=track_rows(result), files=files, worker=self.name)
+
+    def _failed(self, spec: TaskSpec, exc: VideoError, started: float) -> VideoOutcome:
+        log.warning("%s", exc.describe())
+        return VideoOutcome(spec.video_id, "failed", error=exc.message, elapsed_s=time.monotonic() - started,
+                            worker=self.name)
