@@ -1,7 +1,7 @@
 """The per-video pipeline: decode -> sample -> detect -> align -> embed -> track -> tables.
 
-Decoding runs in a background thread (it releases the GIL inside FFmpeg / NVDEC) while the models
-run on the batches it has already produced, so decode overlaps inference even on a CPU.
+Each video in flight decodes in a thread of its own (FFmpeg and NVDEC release the GIL) while the models
+run on the batches already produced, so decode overlaps inference even on a CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from engines.detectors import Detections
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
 from engines.streams import STREAMS
-from indexer.decode.base import Decoder, FrameBatch, VideoInfo
+from indexer.decode.base import Decoder, VideoInfo
 from indexer.errors import VideoError
 from indexer.tracking import FaceTracker, face_quality
 from schemas.config import IndexSettings
@@ -90,35 +90,6 @@ class _Rows:
         for k, v in extra.items():
             self.extra.setdefault(k, []).append(v)
         return len(self.pts) - 1
-
-
-def background(items: Iterator[FrameBatch], depth: int = PREFETCH_BATCHES) -> Iterator[FrameBatch]:
-    """Run a generator in a thread, `depth` items ahead; its exceptions surface in the consumer."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not _put(q, item, stop):
-                    return
-            q.put(done)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            q.put(exc)
-
-    thread = threading.Thread(target=produce, name="vidx-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
