@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,20 @@ def indexed(tmp_path_factory: pytest.TempPathFactory,
     result = run_job(root / "archive", catalog=catalog, out_uri=str(out), settings=settings,
                      executor=LocalExecutor(), cache_dir=cache_dir)
     return videos, out, catalog, result
+
+
+@pytest.fixture(scope="session")
+def private_out(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
+                tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Makes copies of the shared indexed output (without its search index, which a search rebuilds), so that
+    labels, clusters and reindexing done in a copy leave the session's output alone."""
+
+    def make(name: str) -> Path:
+        copy = tmp_path_factory.mktemp(name) / "out"
+        shutil.copytree(indexed[1], copy, ignore=shutil.ignore_patterns("search-index"))
+        return copy
+
+    return make
 
 
 POSTGRES_URL = os.environ.get("VIDX_TEST_POSTGRES_URL")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,8 @@ Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
 
 
 @pytest.fixture(scope="module")
-def people_out(indexed: Indexed, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private copy of the indexed output (labels and clusters written here leave the shared one alone)."""
-    _, out, _, _ = indexed
-    copy = tmp_path_factory.mktemp("people") / "out"
-    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("search-index"))
-    return copy
+def people_out(private_out: Callable[[str], Path]) -> Path:
+    return private_out("people")
 
 
 def vidx(out: Path, *args: str) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,8 @@ Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
 
 
 @pytest.fixture(scope="module")
-def copy_out(indexed: Indexed, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    _, out, _, _ = indexed
-    copy = tmp_path_factory.mktemp("index") / "out"
-    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("search-index"))
-    return copy
+def copy_out(private_out: Callable[[str], Path]) -> Path:
+    return private_out("index")
 
 
 def reindex_video(catalog: Catalog, name: str, run_key: str) -> list[int]:
