@@ -44,6 +44,9 @@ STEPS_IN_FLIGHT_GPU = 2
 step's host work (tile tables, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
 for Python. On a CPU the models use every core already: one step at a time."""
 THUMBNAIL_QUALITY = 88
+FEED_POLL_S = 0.05
+"""How often index_many asks a feed that said "no task right now" again, while videos are in flight."""
+_NO_MORE = object()
 
 
 @dataclass
@@ -203,14 +206,22 @@ class VideoIndexer:
             return outcome
         raise AssertionError("index_many yielded nothing")
 
-    def index_many(self, tasks: Iterable[VideoTask], *, on_progress: ProgressFn | None = None,
+    def index_many(self, tasks: Iterable[VideoTask | None], *, on_progress: ProgressFn | None = None,
                    in_flight: int | None = None) -> Iterator[tuple[VideoTask, VideoResult | VideoError]]:
         """Index many videos, `in_flight` at once; yields each (task, result or VideoError) as it finishes.
+
+        `tasks` is read only when there is room for another video. It may yield None for "no task right
+        now" (a feed that others fill, like a Ray actor's incoming calls): the videos in flight go on and
+        it is asked again FEED_POLL_S later. The run ends when `tasks` is exhausted and every video has
+        finished.
 
         A VideoError ends only its own video. Any other exception stops everything and propagates.
         """
         limit = in_flight or self.videos_in_flight
         pending_tasks = iter(tasks)
+        exhausted = False
+        idle_until = 0.0
+        """After the feed said "nothing now", it is not asked again before this time."""
         messages: queue.Queue[tuple[str, _VideoState, Any]] = queue.Queue(maxsize=PREFETCH_BATCHES * max(limit, 2))
         stop = threading.Event()
         live: dict[int, _VideoState] = {}
@@ -220,8 +231,16 @@ class VideoIndexer:
         steps: deque[tuple[list[_Frame], Future[_Inferred]]] = deque()
 
         def start_next() -> bool:
-            task = next(pending_tasks, None)
-            if task is None:
+            """Start the next video if there is one now."""
+            nonlocal exhausted, idle_until
+            if exhausted or time.monotonic() < idle_until:
+                return False
+            task = next(pending_tasks, _NO_MORE)
+            if task is _NO_MORE:
+                exhausted = True
+                return False
+            if not isinstance(task, VideoTask):  # None: nothing to start right now
+                idle_until = time.monotonic() + FEED_POLL_S
                 return False
             state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking), time.monotonic())
             live[id(state)] = state
@@ -256,13 +275,25 @@ class VideoIndexer:
                 record_oldest()
 
         try:
-            while len(live) < limit and start_next():
-                pass
             gathered: list[_Frame] = []
-            while live:
+            while True:
+                # Claims happen here, after the caller has taken the last result: only when there is room.
+                while len(live) < limit and start_next():
+                    pass
+                if not live:
+                    if exhausted:
+                        break
+                    time.sleep(max(0.0, idle_until - time.monotonic()))  # nothing to do until the feed has a task
+                    continue
                 t0 = time.perf_counter()
-                kind, state, payload = messages.get()
-                self.timings["wait_for_frames"] += time.perf_counter() - t0
+                try:
+                    # With room for a video, wake up now and then to ask the feed for one.
+                    kind, state, payload = messages.get(timeout=None if exhausted or len(live) >= limit
+                                                        else FEED_POLL_S)
+                except queue.Empty:
+                    continue
+                finally:
+                    self.timings["wait_for_frames"] += time.perf_counter() - t0
                 if kind == "frames":
                     gathered.extend(_Frame(state, payload.frames[i], float(payload.pts_s[i]),
                                            int(payload.frame_index[i])) for i in range(len(payload)))
@@ -276,7 +307,6 @@ class VideoIndexer:
                 settle(state)
                 del live[id(state)]
                 yield state.task, (payload if kind == "error" else self._finish(state))
-                start_next()  # after the caller has taken the result: a claim only when there is room
         finally:
             stop.set()
             if pool is not None:

@@ -1,7 +1,8 @@
 """Running a job's videos on Ray: one worker actor per GPU (CPU workers without GPUs), handed work dynamically.
 
 The driver (this process) claims videos from the SQL index, largest first, and keeps each actor busy
-with `lanes` videos at once (several NVDEC sessions per GPU). Actors load and warm their engines once.
+with `videos_per_worker` videos at once (several NVDEC sessions per GPU), which go through one indexer
+in the actor so that their frames share the models' batches. Actors load and warm their engines once.
 Failures are contained per worker process:
 
 * an actor that dies mid-video (segfault in a decoder, OOM, `ray.kill`) is replaced; its videos are
@@ -16,6 +17,7 @@ Failures are contained per worker process:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -32,6 +34,8 @@ from schemas.errors import VidxError
 
 log = logging.getLogger(__name__)
 
+GPU_VIDEOS_PER_WORKER = 8
+
 
 @dataclass(frozen=True)
 class RayOptions:
@@ -40,9 +44,11 @@ class RayOptions:
     address: str | None = None
     """None: start a local Ray instance on this machine (embedded default); "auto" or "ray://host:10001"."""
     workers: int | None = None
-    """Worker actors (default: one per GPU in the cluster; without GPUs, CPUs // cpus_per_worker)."""
+    """Worker actors (default: one per GPU in the cluster; without GPUs, CPUs // cpus_per_worker). On a
+    local instance, more workers than GPUs share them (fractional GPUs); on a cluster each gets a GPU."""
     videos_per_worker: int | None = None
-    """Videos each worker runs at once (default 4 on a GPU, to keep several NVDEC engines busy; 1 on a CPU)."""
+    """Videos each worker runs at once, sharing the models' batches (default: 8 on a GPU, to keep the NVDEC
+    engines busy, as `vidx index` does; 1 on a CPU)."""
     gpu: bool | None = None
     """Use GPU workers (num_gpus=1 each); None: when the cluster has GPUs."""
     cpus_per_worker: int = 4
@@ -65,6 +71,15 @@ class RayOptions:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RayOptions:
         return cls(**{k: v for k, v in raw.items() if k != "kind"})
+
+
+def gpu_share(workers: int, gpus: int) -> float:
+    """The GPU each worker actor of a local instance asks for: a whole one, or, with more workers than
+    GPUs, an equal share so that they all fit (2 workers on 1 GPU: 0.5 each). Several worker processes on
+    one GPU each bring their own Python interpreter, so their host work runs in parallel."""
+    if gpus <= 0 or workers <= gpus:
+        return 1.0
+    return 1.0 / math.ceil(workers / gpus)
 
 
 class WorkerStartError(VidxError):
@@ -104,7 +119,7 @@ class RayExecutor:
         self.poll_s = min(2.0, self.options.stall_timeout_s / 4)
         self._actor_args: tuple[Any, ...] = ()
         self._actor_opts: dict[str, Any] = {}
-        self._lanes = 1
+        self._per_worker = 1
         self.replaced = 0
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -136,17 +151,19 @@ class RayExecutor:
                                    hint="use --device auto or cpu, or --address a cluster with GPU nodes")
         if use_gpu:
             n = opts.workers or max(1, gpus)
-            self._lanes = opts.videos_per_worker or 4
-            self._actor_opts = {"num_gpus": 1, "num_cpus": 1}
+            self._per_worker = opts.videos_per_worker or GPU_VIDEOS_PER_WORKER
+            # On a cluster the autoscaler adds GPU nodes for whole-GPU actors; only a local instance shares.
+            self._actor_opts = {"num_gpus": 1.0 if opts.address else gpu_share(n, gpus), "num_cpus": 1}
             kind = "gpu"
         else:
             per = min(cpus, opts.cpus_per_worker)
             n = opts.workers or max(1, cpus // per)
-            self._lanes = opts.videos_per_worker or 1
+            self._per_worker = opts.videos_per_worker or 1
             self._actor_opts = {"num_cpus": per}
             kind = "cpu"
-        # One spare thread so that progress probes are answered while every lane is busy.
-        self._actor_opts["max_concurrency"] = self._lanes + 1
+        # A thread per video call (each waits for its outcome) and one spare so that progress probes are
+        # answered while every video is busy.
+        self._actor_opts["max_concurrency"] = self._per_worker + 1
         self._actor_args = (settings.to_json(), out_uri, str(cache_dir) if cache_dir else None)
         faults = os.environ.get(FAULTS_ENV)
         self._faults = faults
@@ -154,16 +171,16 @@ class RayExecutor:
         for slot in self.slots:
             slot.handle = self._spawn(slot)
         first = self._first_ready()
-        return {"executor": "ray", "workers": f"{n} x {kind} ({self._lanes} videos at once each)",
+        return {"executor": "ray", "workers": f"{n} x {kind} ({self._per_worker} videos at once each)",
                 "cluster": f"{cpus} CPUs, {gpus} GPUs", "decoder": first.get("decoder", "?"),
-                **{k: v for k, v in first.items() if k not in ("worker", "decoder", "lanes")}}
+                **{k: v for k, v in first.items() if k not in ("worker", "decoder", "in_flight")}}
 
     def _spawn(self, slot: _Slot) -> Any:
         import ray
 
         actor_cls = ray.remote(RayWorker)
         handle: Any = actor_cls.options(max_restarts=0, **self._actor_opts).remote(
-            *self._actor_args, slot.label, self._lanes, self._faults)
+            *self._actor_args, slot.label, self._per_worker, self._faults)
         slot.starting = handle.describe.remote()
         return handle
 
@@ -284,7 +301,7 @@ class RayExecutor:
             now = time.monotonic()
             # Hand out work: retries first (a suspect video runs alone), then new claims, largest first.
             for slot in self.slots:
-                while slot.starting is None and len(slot.inflight) < self._lanes and not slot.isolated:
+                while slot.starting is None and len(slot.inflight) < self._per_worker and not slot.isolated:
                     flight = None
                     ready = [r for r in retries if r[0] <= now]
                     if ready:

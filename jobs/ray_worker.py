@@ -16,17 +16,18 @@ from schemas.config import IndexSettings
 class RayWorker:
     """The actor body: a VideoWorker in its own process (ray.remote applied in RayExecutor)."""
 
-    def __init__(self, settings_json: str, out_uri: str, cache_dir: str | None, label: str, lanes: int,
+    def __init__(self, settings_json: str, out_uri: str, cache_dir: str | None, label: str, in_flight: int,
                  faults: str | None):
         name = f"{label}@{socket.gethostname()}:{os.getpid()}"
         self.worker = VideoWorker(IndexSettings.from_json(settings_json), out_uri,
-                                  cache_dir=Path(cache_dir) if cache_dir else None, name=name, lanes=lanes,
+                                  cache_dir=Path(cache_dir) if cache_dir else None, name=name, in_flight=in_flight,
                                   faults=faults or "")
 
     def describe(self) -> dict[str, str]:
         return self.worker.describe()
 
     def process(self, spec: TaskSpec) -> VideoOutcome:
+        """One video; the actor's concurrent calls all feed one running batch of videos (shared steps)."""
         return self.worker.process(spec)
 
     def stalled_for(self) -> dict[int, float]:

@@ -1,13 +1,15 @@
 """A worker: engines loaded once, several videos processed at once, outcomes handed back.
 
-The same class runs in-process (`vidx index`, LocalExecutor) and inside a Ray actor (one per GPU,
-jobs.ray_executor). It never writes the SQL index: it writes Parquet parts and thumbnails and returns
-plain values. Each "lane" is an indexer of its own; all lanes share the engines, so a GPU
-worker keeps several NVDEC sessions busy while models are loaded only once.
+The same class runs in-process (`vidx index`, LocalExecutor: `process_many` pulls claims) and inside a
+Ray actor (one per GPU, jobs.ray_executor: `submit` feeds calls that arrive one by one into the same
+running `process_many`). Either way the videos in flight go through one indexer, so their sampled
+frames share the models' batches. It never writes the SQL index: it writes Parquet parts and
+thumbnails and returns plain values.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import queue
@@ -16,24 +18,25 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from engines.loader import load_engines
 from engines.zoo import ModelStore
-from indexer.decode.base import open_decoder
+from indexer.decode.base import Decoder, DecodeStats, FrameBatch, VideoInfo, open_decoder
 from indexer.errors import VideoError
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
 from indexer.write import OutputStore, write_video_outputs
 from jobs.outcome import TrackRow, VideoOutcome
-from schemas.config import PIPELINE_VERSION, IndexSettings
+from schemas.config import PIPELINE_VERSION, IndexSettings, SamplingConfig
 from schemas.embeddings import embedding_to_bytes
 
 log = logging.getLogger(__name__)
 
 FAULTS_ENV = "VIDX_FAULTS"
-"""Fault injection for the reliability tests: `crash=NAME;hang=NAME` makes the worker process segfault
-(SIGSEGV) or hang when it starts a video whose path contains NAME, like a broken decoder would."""
+"""Fault injection for the reliability tests: `crash=NAME;hang=NAME` makes the decoder of a video whose
+path contains NAME segfault the worker process (SIGSEGV) or hang, like a broken decoder would."""
 
 
 @dataclass(frozen=True)
@@ -67,35 +70,72 @@ def parse_faults(text: str | None) -> dict[str, str]:
     return faults
 
 
+class FaultyDecoder:
+    """A decoder that crashes the process or hangs on chosen videos, in the decoder thread, like a broken
+    decoder does; every other video goes to the real decoder it wraps (fault injection for the tests)."""
+
+    def __init__(self, inner: Decoder, faults: dict[str, str]):
+        self.inner = inner
+        self.faults = faults
+        self.device = inner.device
+
+    def __copy__(self) -> FaultyDecoder:
+        return FaultyDecoder(copy.copy(self.inner), self.faults)
+
+    @property
+    def stats(self) -> DecodeStats:
+        return self.inner.stats
+
+    @stats.setter
+    def stats(self, value: DecodeStats) -> None:
+        self.inner.stats = value
+
+    def probe(self, path: Path) -> VideoInfo:
+        return self.inner.probe(path)
+
+    def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
+        if (name := self.faults.get("crash")) and name in str(path):
+            log.error("fault injection: crashing on %s", path)
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if (name := self.faults.get("hang")) and name in str(path):
+            log.error("fault injection: hanging on %s", path)
+            while True:
+                time.sleep(3600)
+        return self.inner.batches(path, sampling, batch_size)
+
+
 class VideoWorker:
-    """Engines loaded (and warmed up) once; `lanes` decoders so that many videos run at once."""
+    """Engines loaded (and warmed up) once; up to `in_flight` videos at once through one indexer."""
 
     def __init__(self, settings: IndexSettings, out_uri: str, *, cache_dir: Path | None = None, name: str | None = None,
-                 lanes: int = 1, faults: str | None = None):
+                 in_flight: int | None = None, faults: str | None = None):
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.store = OutputStore(out_uri)
         models = ModelStore(cache_dir)
         # Warm-up runs each model once here: the first run allocates memory and picks kernels.
         self.engines = load_engines(settings.detection, settings.runtime, store=models)
-        self.lanes: queue.Queue[VideoIndexer] = queue.Queue()
-        """One indexer per lane (each copies its decoder per video); all share the engines."""
-        self.n_lanes = max(1, lanes)
-        # One decoder template for all lanes: each indexer copies it per video (choosing it asks NVDEC once).
-        decoder = open_decoder(settings.runtime.device, threads=settings.runtime.decode_threads)
-        for _ in range(self.n_lanes):
-            self.lanes.put(VideoIndexer(self.engines, settings, decoder))
+        decoder: Decoder = open_decoder(settings.runtime.device, threads=settings.runtime.decode_threads)
         self.decoder_device = decoder.device
-        self.faults = parse_faults(faults if faults is not None else os.environ.get(FAULTS_ENV))
+        fault_plan = parse_faults(faults if faults is not None else os.environ.get(FAULTS_ENV))
+        if fault_plan:
+            decoder = FaultyDecoder(decoder, fault_plan)
+        self.indexer = VideoIndexer(self.engines, settings, decoder)
+        self.in_flight = in_flight or self.indexer.videos_in_flight
         self._progress: dict[int, float] = {}
         self._lock = threading.Lock()
+        self._busy = threading.Lock()
+        """Held by whichever process_many runs: the indexer runs one at a time."""
+        self._incoming: queue.Queue[TaskSpec] = queue.Queue()
+        self._waiting: dict[int, Future[VideoOutcome]] = {}
+        self._server: threading.Thread | None = None
 
     @property
     def model_versions(self) -> dict[str, str]:
         return self.engines.model_versions
 
     def describe(self) -> dict[str, str]:
-        return {"worker": self.name, "decoder": self.decoder_device, "lanes": str(self.n_lanes),
+        return {"worker": self.name, "decoder": self.decoder_device, "in_flight": str(self.in_flight),
                 **self.engines.describe()}
 
     def stalled_for(self) -> dict[int, float]:
@@ -108,49 +148,71 @@ class VideoWorker:
         with self._lock:
             self._progress[video_id] = time.monotonic()
 
-    def _inject(self, path: str) -> None:
-        if (name := self.faults.get("crash")) and name in path:
-            log.error("fault injection: crashing on %s", path)
-            os.kill(os.getpid(), signal.SIGSEGV)
-        if (name := self.faults.get("hang")) and name in path:
-            log.error("fault injection: hanging on %s", path)
-            while True:
-                time.sleep(3600)
-
     def process(self, spec: TaskSpec) -> VideoOutcome:
-        """Index one video; a VideoError becomes a failed outcome, anything else propagates."""
-        lane = self.lanes.get()
-        started = time.monotonic()
-        self._moved(spec.video_id)
-        try:
-            self._inject(spec.path)
-            return self._process(lane, spec, started)
-        finally:
-            with self._lock:
-                self._progress.pop(spec.video_id, None)
-            self.lanes.put(lane)
+        """Index one video (beside any others submitted); a VideoError becomes a failed outcome."""
+        return self.submit(spec).result()
 
-    def process_many(self, specs: Iterable[TaskSpec], in_flight: int | None = None
+    def submit(self, spec: TaskSpec) -> Future[VideoOutcome]:
+        """Add a video to the running batch of videos (started on first use); its outcome comes through the
+        future. Safe to call from many threads at once (a Ray actor's concurrent calls)."""
+        done: Future[VideoOutcome] = Future()
+        with self._lock:
+            self._waiting[spec.video_id] = done
+            if self._server is None:
+                self._server = threading.Thread(target=self._serve, name="vidx-worker-feed", daemon=True)
+                self._server.start()
+        self._incoming.put(spec)
+        return done
+
+    def _serve(self) -> None:
+        """Run process_many on what `submit` feeds it, for as long as the process lives."""
+
+        def feed() -> Iterator[TaskSpec | None]:
+            while True:
+                try:
+                    yield self._incoming.get_nowait()
+                except queue.Empty:
+                    yield None
+
+        try:
+            for spec, outcome in self.process_many(feed(), in_flight=self.in_flight):
+                with self._lock:
+                    done = self._waiting.pop(spec.video_id)
+                done.set_result(outcome)
+        except BaseException as exc:  # a bug or an engine failure: every waiting caller gets it
+            log.exception("worker loop failed")
+            with self._lock:
+                waiting, self._waiting = self._waiting, {}
+                self._server = None
+                while not self._incoming.empty():
+                    self._incoming.get_nowait()
+            for done in waiting.values():
+                done.set_exception(exc)
+
+    def process_many(self, specs: Iterable[TaskSpec | None], in_flight: int | None = None
                      ) -> Iterator[tuple[TaskSpec, VideoOutcome]]:
         """Index videos `in_flight` at once through one indexer, so that their sampled frames share the
         models' batches (on a GPU: several NVDEC sessions busy, full batches); outcomes as videos finish.
 
         `specs` is read lazily, one spec each time a video finishes: a claim from the job queue happens
-        only when there is room for the video. The engines are shared with `process`; use one of the two
-        at a time.
+        only when there is room for the video. It may yield None for "nothing right now" (see
+        VideoIndexer.index_many).
         """
-        lane = self.lanes.get()
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this worker is already indexing (one process_many at a time)")
         started: dict[int, tuple[TaskSpec, float]] = {}
 
-        def tasks() -> Iterator[VideoTask]:
+        def tasks() -> Iterator[VideoTask | None]:
             for spec in specs:
+                if spec is None:
+                    yield None
+                    continue
                 started[spec.video_id] = (spec, time.monotonic())
                 self._moved(spec.video_id)
-                self._inject(spec.path)
                 yield VideoTask(Path(spec.path), spec.video_id, spec.run_key)
 
         try:
-            for task, result in lane.index_many(tasks(), in_flight=in_flight,
+            for task, result in self.indexer.index_many(tasks(), in_flight=in_flight or self.in_flight,
                                                         on_progress=lambda t, n, pts: self._moved(t.video_id)):
                 spec, t0 = started.pop(task.video_id)
                 with self._lock:
@@ -165,21 +227,12 @@ class VideoWorker:
             with self._lock:
                 for video_id in started:
                     self._progress.pop(video_id, None)
-            self.lanes.put(lane)
+            self._busy.release()
 
     def error_outcome(self, spec: TaskSpec, exc: BaseException) -> VideoOutcome:
         """A video failed for a reason that is not its own (the output store, a bug)."""
         return VideoOutcome(spec.video_id, "failed", error=f"worker error: {type(exc).__name__}: {exc}",
                             worker=self.name)
-
-    def _process(self, lane: VideoIndexer, spec: TaskSpec, started: float) -> VideoOutcome:
-        try:
-            result: VideoResult | VideoError = lane.index(
-                Path(spec.path), video_id=spec.video_id, run_key=spec.run_key,
-                on_progress=lambda n, pts: self._moved(spec.video_id))
-        except VideoError as exc:
-            result = exc
-        return self._outcome(spec, result, started)
 
     def _outcome(self, spec: TaskSpec, result: VideoResult | VideoError, started: float) -> VideoOutcome:
         """Write a finished video's outputs; a VideoError (here or while writing) is a failed outcome."""

@@ -180,3 +180,12 @@ def test_killing_the_driver_then_resume_finishes_the_job(
     assert_each_video_indexed_once(catalog, 8)
     with catalog.session() as s:
         assert s.scalar(select(Job.status).where(Job.id == job.id)) == "done"
+
+
+def test_more_workers_than_gpus_share_them_on_a_local_instance() -> None:
+    from jobs.ray_executor import gpu_share
+
+    assert gpu_share(1, 1) == 1.0 and gpu_share(2, 2) == 1.0 and gpu_share(1, 4) == 1.0
+    assert gpu_share(2, 1) == 0.5 and gpu_share(3, 1) == pytest.approx(1 / 3)
+    assert gpu_share(4, 2) == 0.5 and gpu_share(3, 2) == 0.5  # 3 on 2 GPUs: halves, so that all 3 fit
+    assert gpu_share(2, 0) == 1.0  # no GPUs known yet: whole GPUs (the autoscaler's unit)

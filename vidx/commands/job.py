@@ -37,9 +37,11 @@ def executor_options(fn: Any) -> Any:
                      help="Ray cluster: 'auto' (running on this node) or ray://HEAD:10001 "
                           "[default: start a local Ray instance]."),
         click.option("--workers", type=click.IntRange(1, 4096), default=None,
-                     help="Worker actors [default: one per GPU; without GPUs, CPUs/4]."),
+                     help="Worker actors [default: one per GPU; without GPUs, CPUs/4]; on a local Ray "
+                          "instance more workers than GPUs share them (2 per GPU: half a GPU each)."),
         click.option("--videos-per-worker", type=click.IntRange(1, 64), default=None,
-                     help="Videos each worker indexes at once [default: 4 on a GPU, 1 on a CPU]."),
+                     help="Videos each worker indexes at once, sharing its models' batches "
+                          "[default: 8 on a GPU, 1 on a CPU]."),
         click.option("--max-attempts", type=click.IntRange(1, 20), default=3, show_default=True,
                      help="Attempts per video when its worker crashes or hangs."),
         click.option("--stall-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,

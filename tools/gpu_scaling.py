@@ -1,0 +1,112 @@
+"""One lease: the same archive indexed by several executors and GPU counts, timed, results compared.
+
+    python3 tools/gpu_scaling.py --copies 28 local ray:1x1 ray:1x2 ray:2x2   (results under $OUT)
+
+A run is `local` (vidx index, in-process, GPU 0) or `ray:GxW` (vidx job submit on a fresh local Ray
+instance that sees G GPUs, W worker actors: W > G shares GPUs). Each run is a separate command on a
+fresh output folder. Reported per run: the whole command's wall time (Ray start-up and model loading
+included) and the work's wall time (first claim to last finish, from the SQL index), video-seconds
+and decoded frames per second of work, and whether its tracks equal the first run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def build_archive(dest: Path, copies: int) -> list[Path]:
+    from vidx.bench_video import bench_clips
+
+    clips = [c.path for c in bench_clips(Path("/tmp/vidx-bench"), None, print) if c.codec == "h264"]
+    dest.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(copies):
+        for clip in clips:
+            path = dest / f"{clip.stem}_{i:03d}.mp4"
+            if not path.exists():
+                shutil.copyfile(clip, path)
+                with path.open("ab") as f:  # a distinct fingerprint per copy
+                    f.write(f"copy{i}".encode())
+            made.append(path)
+    return made
+
+
+def tracks(db: Path) -> list[tuple[str, float, float, int]]:
+    con = sqlite3.connect(db)
+    rows = con.execute("select v.path, t.start_s, t.end_s, t.n_faces from tracks t join videos v on v.id = t.video_id")
+    return sorted((Path(p).name, round(s, 3), round(e, 3), n) for p, s, e, n in rows)
+
+
+def work_window(db: Path) -> tuple[float, float, int]:
+    """(work seconds from first claim to last finish, decoded frames, video seconds) of the job."""
+    con = sqlite3.connect(db)
+    first, last = con.execute("select min(claimed_at), max(finished_at) from tasks").fetchone()
+    frames, seconds = con.execute("select sum(frames), sum(duration_s) from tasks where status = 'done'").fetchone()
+    span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+    return span, frames or 0, seconds or 0
+
+
+def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu") -> dict[str, object]:
+    out = work / kind.replace(":", "_")
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ)
+    if kind == "local":
+        cmd = ["vidx", "index", str(archive), "--device", device]
+        env["CUDA_VISIBLE_DEVICES"] = "0"
+    else:
+        gpus, workers = (int(x) for x in kind.split(":")[1].split("x"))
+        cmd = ["vidx", "job", "submit", str(archive), "--executor", "ray", "--device", device,
+               "--workers", str(workers)]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(gpus))
+    cmd = [sys.executable, "-m", *cmd, "--out", str(out), "--json"]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.monotonic() - t0
+    record: dict[str, object] = {"run": kind, "rc": proc.returncode, "command_s": round(wall, 2)}
+    if proc.returncode != 0:
+        record["stderr"] = proc.stderr[-2000:]
+        return record
+    summary = json.loads(proc.stdout)
+    span, frames, seconds = work_window(out / "index.sqlite")
+    record.update(done=summary.get("done"), failed=summary.get("failed"), workers=summary.get("workers"),
+                  work_s=round(span, 2), frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
+                  tracks=tracks(out / "index.sqlite"))
+    return record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--copies", type=int, default=28)
+    ap.add_argument("--timeout", type=int, default=300)
+    args = ap.parse_args()
+    out = Path(os.environ.get("OUT", "/tmp/out"))
+    out.mkdir(parents=True, exist_ok=True)
+    archive = Path("/tmp/scaling-archive")
+    videos = build_archive(archive, args.copies)
+    print(f"{len(videos)} videos in {archive}", flush=True)
+    results = []
+    for kind in args.runs:
+        rec = run(kind, archive, Path("/tmp/scaling-out"), args.timeout)
+        if results and "tracks" in rec and "tracks" in results[0]:
+            rec["same_tracks_as_first"] = rec["tracks"] == results[0]["tracks"]
+        results.append(rec)
+        shown = {k: v for k, v in rec.items() if k != "tracks"}
+        print(json.dumps({**shown, "n_tracks": len(rec.get("tracks", []))}), flush=True)  # type: ignore[arg-type]
+    (out / "scaling.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
