@@ -6,7 +6,8 @@ A run is `local` (vidx index, in-process, GPU 0) or `ray:GxW` (vidx job submit o
 instance that sees G GPUs, W worker actors: W > G shares GPUs). Each run is a separate command on a
 fresh output folder. Reported per run: the whole command's wall time (Ray start-up and model loading
 included) and the work's wall time (first claim to last finish, from the SQL index), video-seconds
-and decoded frames per second of work, and whether its tracks equal the first run's.
+and decoded frames per second of work, and whether its tracks and its search hits (`vidx search` with
+a photo that is in no video) equal the first run's.
 """
 
 from __future__ import annotations
@@ -58,7 +59,19 @@ def work_window(db: Path) -> tuple[float, float, int]:
     return span, frames or 0, seconds or 0
 
 
-def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu") -> dict[str, object]:
+def search_hits(out: Path, photo: Path) -> list[tuple[str, float, float, float]]:
+    """Every appearance of the photo's person (a photo that is in no video), as `vidx search --json` says."""
+    proc = subprocess.run([sys.executable, "-m", "vidx", "search", "--photo", str(photo), "--out", str(out),
+                           "--top", "1000", "--device", "cpu", "--json"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    rows = json.loads(proc.stdout)
+    rows = rows.get("results", rows) if isinstance(rows, dict) else rows
+    return sorted((Path(r["video"]).name, round(r["start_s"], 3), round(r["end_s"], 3), round(r["score"], 3))
+                  for r in rows)
+
+
+def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
+        photo: Path | None = None) -> dict[str, object]:
     out = work / kind.replace(":", "_")
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
@@ -83,6 +96,8 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu")
     record.update(done=summary.get("done"), failed=summary.get("failed"), workers=summary.get("workers"),
                   work_s=round(span, 2), frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
                   tracks=tracks(out / "index.sqlite"))
+    if photo is not None:
+        record["hits"] = search_hits(out, photo)
     return record
 
 
@@ -91,6 +106,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--copies", type=int, default=28)
     ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--search-photo", default="obama3", help="a bundled photo to search every run's index for")
     args = ap.parse_args()
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
@@ -98,13 +114,18 @@ def main() -> None:
     videos = build_archive(archive, args.copies)
     print(f"{len(videos)} videos in {archive}", flush=True)
     results = []
+    from engines.photos import photo_path
+
+    photo = photo_path(args.search_photo)
     for kind in args.runs:
-        rec = run(kind, archive, Path("/tmp/scaling-out"), args.timeout)
-        if results and "tracks" in rec and "tracks" in results[0]:
-            rec["same_tracks_as_first"] = rec["tracks"] == results[0]["tracks"]
+        rec = run(kind, archive, Path("/tmp/scaling-out"), args.timeout, photo=photo)
+        for key in ("tracks", "hits"):
+            if results and key in rec and key in results[0]:
+                rec[f"same_{key}_as_first"] = rec[key] == results[0][key]
         results.append(rec)
-        shown = {k: v for k, v in rec.items() if k != "tracks"}
-        print(json.dumps({**shown, "n_tracks": len(rec.get("tracks", []))}), flush=True)  # type: ignore[arg-type]
+        shown = {k: v for k, v in rec.items() if k not in ("tracks", "hits")}
+        print(json.dumps({**shown, "n_tracks": len(rec.get("tracks", [])),  # type: ignore[arg-type]
+                          "n_hits": len(rec.get("hits", []))}), flush=True)  # type: ignore[arg-type]
     (out / "scaling.json").write_text(json.dumps(results, indent=1))
 
 
