@@ -87,7 +87,8 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
-    record: dict[str, object] = {"run": kind, "rc": proc.returncode, "command_s": round(wall, 2)}
+    record: dict[str, object] = {"run": kind, "rc": proc.returncode, "command_s": round(wall, 2),
+                                 "ended": time.strftime("%H:%M:%S")}
     if proc.returncode != 0:
         record["stderr"] = proc.stderr[-2000:]
         return record
