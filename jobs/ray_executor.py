@@ -17,7 +17,6 @@ Failures are contained per worker process:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -44,8 +43,11 @@ class RayOptions:
     address: str | None = None
     """None: start a local Ray instance on this machine (embedded default); "auto" or "ray://host:10001"."""
     workers: int | None = None
-    """Worker actors (default: one per GPU in the cluster; without GPUs, CPUs // cpus_per_worker). On a
-    local instance, more workers than GPUs share them (fractional GPUs); on a cluster each gets a GPU."""
+    """Worker actors (default: `workers_per_gpu` per GPU in the cluster; without GPUs, CPUs // cpus_per_worker)."""
+    workers_per_gpu: int = 2
+    """GPU workers that share one GPU (each asks Ray for 1/N of a GPU). Each is a process with its own
+    Python interpreter, so their host work (decoder loops, tracking, launching kernels) runs in parallel:
+    on an H100, 2 per GPU indexed 1.25-1.3x faster than 1 (docs/benchmarks.md)."""
     videos_per_worker: int | None = None
     """Videos each worker runs at once, sharing the models' batches (default: 8 on a GPU, to keep the NVDEC
     engines busy, as `vidx index` does; 1 on a CPU)."""
@@ -71,15 +73,6 @@ class RayOptions:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RayOptions:
         return cls(**{k: v for k, v in raw.items() if k != "kind"})
-
-
-def gpu_share(workers: int, gpus: int) -> float:
-    """The GPU each worker actor of a local instance asks for: a whole one, or, with more workers than
-    GPUs, an equal share so that they all fit (2 workers on 1 GPU: 0.5 each). Several worker processes on
-    one GPU each bring their own Python interpreter, so their host work runs in parallel."""
-    if gpus <= 0 or workers <= gpus:
-        return 1.0
-    return 1.0 / math.ceil(workers / gpus)
 
 
 class WorkerStartError(VidxError):
@@ -150,17 +143,18 @@ class RayExecutor:
             raise WorkerStartError("GPU workers asked for, but the local Ray instance has no GPU",
                                    hint="use --device auto or cpu, or --address a cluster with GPU nodes")
         if use_gpu:
-            n = opts.workers or max(1, gpus)
+            share = opts.workers_per_gpu
+            n = opts.workers or max(1, gpus) * share
             self._per_worker = opts.videos_per_worker or GPU_VIDEOS_PER_WORKER
-            # On a cluster the autoscaler adds GPU nodes for whole-GPU actors; only a local instance shares.
-            self._actor_opts = {"num_gpus": 1.0 if opts.address else gpu_share(n, gpus), "num_cpus": 1}
+            self._actor_opts = {"num_gpus": 1.0 / share, "num_cpus": 1}
             kind = "gpu"
+            sharing = f"{share} per GPU, " if share > 1 else ""
         else:
             per = min(cpus, opts.cpus_per_worker)
             n = opts.workers or max(1, cpus // per)
             self._per_worker = opts.videos_per_worker or 1
             self._actor_opts = {"num_cpus": per}
-            kind = "cpu"
+            kind, sharing = "cpu", ""
         # A thread per video call (each waits for its outcome) and one spare so that progress probes are
         # answered while every video is busy.
         self._actor_opts["max_concurrency"] = self._per_worker + 1
@@ -171,7 +165,7 @@ class RayExecutor:
         for slot in self.slots:
             slot.handle = self._spawn(slot)
         first = self._first_ready()
-        return {"executor": "ray", "workers": f"{n} x {kind} ({self._per_worker} videos at once each)",
+        return {"executor": "ray", "workers": f"{n} x {kind} ({sharing}{self._per_worker} videos at once each)",
                 "cluster": f"{cpus} CPUs, {gpus} GPUs", "decoder": first.get("decoder", "?"),
                 **{k: v for k, v in first.items() if k not in ("worker", "decoder", "in_flight")}}
 

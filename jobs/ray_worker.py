@@ -24,7 +24,10 @@ class RayWorker:
                                   faults=faults or "")
 
     def describe(self) -> dict[str, str]:
-        return self.worker.describe()
+        import ray
+
+        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        return {**self.worker.describe(), "gpus": ",".join(str(g) for g in gpus)}
 
     def process(self, spec: TaskSpec) -> VideoOutcome:
         """One video; the actor's concurrent calls all feed one running batch of videos (shared steps)."""

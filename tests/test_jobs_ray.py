@@ -64,11 +64,12 @@ def test_two_gpu_workers_share_the_videos_and_a_resubmit_does_nothing(
     make_short_archive(tmp_path / "a", clip_photos, 8)
     out = tmp_path / "out"
     catalog = Catalog(default_db_url(out))
-    executor = RayExecutor(RayOptions(videos_per_worker=2))
+    executor = RayExecutor(RayOptions(workers_per_gpu=1, videos_per_worker=2))
     result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=executor,
                      cache_dir=cache_dir)
     assert result.summary["done"] == 8 and result.summary["failed"] == 0
     assert result.workers["workers"] == "2 x gpu (2 videos at once each)"
+    assert result.workers["gpus"] in ("0", "1")  # Ray's GPU id of the first worker up
     tasks = tasks_of(catalog, result.job_id)
     per_worker = Counter((t.worker or "").split("@")[0] for t in tasks)
     assert set(per_worker) == {"gpu0", "gpu1"} and min(per_worker.values()) >= 2, per_worker
@@ -80,7 +81,7 @@ def test_two_gpu_workers_share_the_videos_and_a_resubmit_does_nothing(
     assert len(parts) == 8
 
     again = run_job(tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS,
-                    executor=RayExecutor(RayOptions(videos_per_worker=2)), cache_dir=cache_dir)
+                    executor=RayExecutor(RayOptions(workers_per_gpu=1, videos_per_worker=2)), cache_dir=cache_dir)
     assert (again.summary["done"], again.summary["skipped"], again.workers) == (0, 8, {})
     assert sorted((out / "faces").glob("*.parquet")) == parts
 
@@ -128,7 +129,8 @@ def test_a_crashing_and_a_hanging_decoder_take_down_only_their_worker(
     monkeypatch.setenv(FAULTS_ENV, "crash=segv_me;hang=hang_me")
     out = tmp_path / "out"
     catalog = Catalog(default_db_url(out))
-    executor = RayExecutor(RayOptions(videos_per_worker=2, max_attempts=2, stall_timeout_s=6, backoff_s=0.1))
+    executor = RayExecutor(RayOptions(workers_per_gpu=1, videos_per_worker=2, max_attempts=2, stall_timeout_s=6,
+                                      backoff_s=0.1))
     result = run_job(archive, catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=executor,
                      cache_dir=cache_dir)
     by_name = {Path(t.path).name: t for t in tasks_of(catalog, result.job_id)}
@@ -182,10 +184,18 @@ def test_killing_the_driver_then_resume_finishes_the_job(
         assert s.scalar(select(Job.status).where(Job.id == job.id)) == "done"
 
 
-def test_more_workers_than_gpus_share_them_on_a_local_instance() -> None:
-    from jobs.ray_executor import gpu_share
-
-    assert gpu_share(1, 1) == 1.0 and gpu_share(2, 2) == 1.0 and gpu_share(1, 4) == 1.0
-    assert gpu_share(2, 1) == 0.5 and gpu_share(3, 1) == pytest.approx(1 / 3)
-    assert gpu_share(4, 2) == 0.5 and gpu_share(3, 2) == 0.5  # 3 on 2 GPUs: halves, so that all 3 fit
-    assert gpu_share(2, 0) == 1.0  # no GPUs known yet: whole GPUs (the autoscaler's unit)
+def test_two_workers_can_share_one_gpu(
+        ray_local: None, tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    """--workers-per-gpu 2: each actor asks for half a GPU (two processes per GPU run their host work in
+    parallel); results are those of whole-GPU workers."""
+    make_short_archive(tmp_path / "a", clip_photos, 4)
+    out = tmp_path / "out"
+    catalog = Catalog(default_db_url(out))
+    executor = RayExecutor(RayOptions(workers=2, workers_per_gpu=2, videos_per_worker=2))
+    result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=executor,
+                     cache_dir=cache_dir)
+    assert (result.summary["done"], result.summary["failed"]) == (4, 0)
+    assert result.workers["workers"] == "2 x gpu (2 per GPU, 2 videos at once each)"
+    assert executor._actor_opts["num_gpus"] == 0.5
+    assert result.workers["gpus"] in ("0", "1")
+    assert_each_video_indexed_once(catalog, 4)

@@ -2,8 +2,8 @@
 
     python3 tools/gpu_scaling.py --copies 28 local ray:1x1 ray:1x2 ray:2x2   (results under $OUT)
 
-A run is `local` (vidx index, in-process, GPU 0) or `ray:GxW` (vidx job submit on a fresh local Ray
-instance that sees G GPUs, W worker actors: W > G shares GPUs). Each run is a separate command on a
+A run is `local` (vidx index, in-process, GPU 0) or `ray:GxK` (vidx job submit on a fresh local Ray
+instance that sees G GPUs, with K worker actors per GPU: `--workers-per-gpu K`). Each run is a separate command on a
 fresh output folder. Reported per run: the whole command's wall time (Ray start-up and model loading
 included) and the work's wall time (first claim to last finish, from the SQL index), video-seconds
 and decoded frames per second of work, and whether its tracks and its search hits (`vidx search` with
@@ -79,9 +79,9 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
         cmd = ["vidx", "index", str(archive), "--device", device]
         env["CUDA_VISIBLE_DEVICES"] = "0"
     else:
-        gpus, workers = (int(x) for x in kind.split(":")[1].split("x"))
+        gpus, per_gpu = (int(x) for x in kind.split(":")[1].split("x"))
         cmd = ["vidx", "job", "submit", str(archive), "--executor", "ray", "--device", device,
-               "--workers", str(workers)]
+               "--workers-per-gpu", str(per_gpu)]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(gpus))
     cmd = [sys.executable, "-m", *cmd, "--out", str(out), "--json"]
     t0 = time.monotonic()

@@ -17,7 +17,14 @@ from vidx.commands.common import (
     pass_ctx,
     sampling_options,
 )
-from vidx.commands.job import EXECUTORS, executor_json, executor_options, finish, plan_options, run_foreground
+from vidx.commands.job import (
+    EXECUTORS,
+    ExecutorArgs,
+    executor_options,
+    finish,
+    plan_options,
+    run_foreground,
+)
 
 
 @click.command("index")
@@ -33,15 +40,15 @@ from vidx.commands.job import EXECUTORS, executor_json, executor_options, finish
 @sampling_options
 @json_option
 @pass_ctx
-def index_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str, address: str | None,
-              workers: int | None, videos_per_worker: int | None, max_attempts: int, stall_timeout: float,
-              reprocess_stale: bool, retry_failed: bool, device: str, engine: str, sample_fps: float,
-              every_frame: bool, keyframes: bool, min_face: int, no_persons: bool, as_json: bool) -> None:
+def index_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str,
+              executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
+              sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
+              no_persons: bool, as_json: bool) -> None:
     """Index ARCHIVE (a folder, searched recursively, or a text file listing videos) in the foreground."""
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
-    if address and executor == "local":
+    if executor_args.address and executor == "local":
         executor = "ray"  # naming a cluster means running on it
-    ex = executor_json(executor, address, workers, videos_per_worker, max_attempts, stall_timeout, device)
+    ex = executor_args.to_json(executor, device)
     summary = run_foreground(ctx, archive, out_dir=out_dir, db_url=db_url, settings=settings, executor=ex,
                              reprocess_stale=reprocess_stale, retry_failed=retry_failed, as_json=as_json)
     finish(summary, as_json)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +32,39 @@ from vidx.output import emit, err, out
 EXECUTORS = ("local", "ray")
 
 
+@dataclass(frozen=True)
+class ExecutorArgs:
+    """The command-line options that say how a job's executor runs (one value for the commands that take them)."""
+
+    address: str | None
+    workers: int | None
+    workers_per_gpu: int
+    videos_per_worker: int | None
+    max_attempts: int
+    stall_timeout: float
+
+    def to_json(self, kind: str, device: str) -> dict[str, Any]:
+        """The executor as stored with a job or schedule (see make_executor)."""
+        if kind == "local":
+            return {"kind": "local", "max_attempts": self.max_attempts}
+        from jobs.ray_executor import RayOptions
+
+        return RayOptions(address=self.address, workers=self.workers, workers_per_gpu=self.workers_per_gpu,
+                          videos_per_worker=self.videos_per_worker, max_attempts=self.max_attempts,
+                          stall_timeout_s=self.stall_timeout, gpu={"cpu": False, "gpu": True}.get(device)).to_json()
+
+
 def executor_options(fn: Any) -> Any:
-    """Where a job runs: Ray (local instance or a cluster) or in-process, and how failures are handled."""
+    """Where a job runs: Ray (local instance or a cluster) or in-process, and how failures are handled.
+    The command receives them as one `executor_args` (ExecutorArgs)."""
     opts = [
         click.option("--address", default=None, envvar="VIDX_RAY_ADDRESS",
                      help="Ray cluster: 'auto' (running on this node) or ray://HEAD:10001 "
                           "[default: start a local Ray instance]."),
         click.option("--workers", type=click.IntRange(1, 4096), default=None,
-                     help="Worker actors [default: one per GPU; without GPUs, CPUs/4]; on a local Ray "
-                          "instance more workers than GPUs share them (2 per GPU: half a GPU each)."),
+                     help="Worker actors [default: --workers-per-gpu per GPU; without GPUs, CPUs/4]."),
+        click.option("--workers-per-gpu", type=click.IntRange(1, 16), default=2, show_default=True,
+                     help="GPU workers (processes) sharing one GPU, each asking Ray for 1/N of it."),
         click.option("--videos-per-worker", type=click.IntRange(1, 64), default=None,
                      help="Videos each worker indexes at once, sharing its models' batches "
                           "[default: 8 on a GPU, 1 on a CPU]."),
@@ -47,9 +73,16 @@ def executor_options(fn: Any) -> Any:
         click.option("--stall-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
                      help="Seconds without a decoded batch after which a video counts as hung."),
     ]
+    names = [f.name for f in fields(ExecutorArgs)]
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        kwargs["executor_args"] = ExecutorArgs(**{name: kwargs.pop(name) for name in names})
+        return fn(*args, **kwargs)
+
     for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
+        command = opt(command)
+    return command
 
 
 def plan_options(fn: Any) -> Any:
@@ -72,17 +105,6 @@ def make_executor(raw: dict[str, Any], address: str | None = None) -> Any:
     if address:
         opts = RayOptions.from_json({**raw, "address": address})
     return RayExecutor(opts)
-
-
-def executor_json(kind: str, address: str | None, workers: int | None, videos_per_worker: int | None,
-                  max_attempts: int, stall_timeout: float, device: str) -> dict[str, Any]:
-    if kind == "local":
-        return {"kind": "local", "max_attempts": max_attempts}
-    from jobs.ray_executor import RayOptions
-
-    return RayOptions(address=address, workers=workers, videos_per_worker=videos_per_worker,
-                      max_attempts=max_attempts, stall_timeout_s=stall_timeout,
-                      gpu={"cpu": False, "gpu": True}.get(device)).to_json()
 
 
 def finish(summary: dict[str, Any], as_json: bool) -> None:
@@ -156,13 +178,13 @@ def job() -> None:
 @sampling_options
 @json_option
 @pass_ctx
-def submit_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str, address: str | None,
-               workers: int | None, videos_per_worker: int | None, max_attempts: int, stall_timeout: float,
-               reprocess_stale: bool, retry_failed: bool, detach: bool, device: str, engine: str, sample_fps: float,
-               every_frame: bool, keyframes: bool, min_face: int, no_persons: bool, as_json: bool) -> None:
+def submit_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str,
+               executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, detach: bool, device: str,
+               engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
+               no_persons: bool, as_json: bool) -> None:
     """Index ARCHIVE as a job: only what is missing (new, changed, or stale with --reprocess-stale)."""
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
-    ex = executor_json(executor, address, workers, videos_per_worker, max_attempts, stall_timeout, device)
+    ex = executor_args.to_json(executor, device)
     if detach:
         info = start_detached(ctx, archive, out_dir=out_dir, db_url=db_url, settings=settings, executor=ex,
                               reprocess_stale=reprocess_stale, retry_failed=retry_failed)

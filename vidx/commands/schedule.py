@@ -22,7 +22,7 @@ from vidx.commands.common import (
     pass_ctx,
     sampling_options,
 )
-from vidx.commands.job import EXECUTORS, executor_json, executor_options, plan_options
+from vidx.commands.job import EXECUTORS, ExecutorArgs, executor_options, plan_options
 from vidx.output import emit, err, out
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ def schedule() -> None:
 @sampling_options
 @json_option
 def add_cmd(name: str, archive: Path, cron: str, out_dir: str, db_url: str | None, executor: str,
-            address: str | None, workers: int | None, videos_per_worker: int | None, max_attempts: int,
-            stall_timeout: float, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
+            executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
             sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
             as_json: bool) -> None:
     """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
@@ -59,8 +58,7 @@ def add_cmd(name: str, archive: Path, cron: str, out_dir: str, db_url: str | Non
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
     options = {"out": out_dir, "settings": settings.to_json(), "reprocess_stale": reprocess_stale,
                "retry_failed": retry_failed,
-               "executor": executor_json(executor, address, workers, videos_per_worker, max_attempts, stall_timeout,
-                                         device)}
+               "executor": executor_args.to_json(executor, device)}
     info = add_schedule(Catalog(db_url_for(out_dir, db_url)), name, str(archive.resolve()), cron, options)
     emit(info, as_json, lambda i: out.print(f"schedule {i['name']}: {i['cron']} (UTC), next run {i['next_run_at']}"))
 
