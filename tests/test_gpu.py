@@ -136,6 +136,32 @@ def test_gpu_embeddings_match_the_cpu(cp: object, engines: Engines, gpu_engines:
     assert np.linalg.norm(embs["obama"] - embs["biden"]) > 0.6
 
 
+def test_fp16_engines_find_the_same_faces_and_people(cp: object, gpu_engines: Engines, store: ModelStore,
+                                                     photos: dict[str, np.ndarray]) -> None:
+    """--engine onnxruntime-fp16: the FP16 copies of the models give the FP32 faces, boxes within a few
+    pixels, and embeddings close enough that identities do not change."""
+    fp16 = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", engine="onnxruntime-fp16"), store=store,
+                        warm_up=False)
+    assert fp16.faces.session.description.endswith("FP16"), fp16.faces.session.description
+    embs = {}
+    for name in ("t1", "obama", "obama2", "biden", "astronaut"):
+        image = cp.asarray(photos[name])  # type: ignore[attr-defined]
+        full, half = gpu_engines.faces.detect([image])[0], fp16.faces.detect([image])[0]
+        assert len(half) == len(full), (name, len(half), len(full))
+        width = float((full.boxes[:, 2] - full.boxes[:, 0]).max())
+        assert match(half.boxes, full.boxes).max() <= max(3.0, 0.03 * width), name
+        assert gpu_engines.persons is not None and fp16.persons is not None
+        assert len(fp16.persons.detect([image])[0]) == len(gpu_engines.persons.detect([image])[0]), name
+        if name != "t1":
+            _, e32 = largest_face_embedding(gpu_engines, image)
+            _, e16 = largest_face_embedding(fp16, image)
+            assert e32 is not None and e16 is not None
+            assert np.linalg.norm(e32 - e16) < 0.03, name
+            embs[name] = e16
+    assert np.linalg.norm(embs["obama"] - embs["obama2"]) < 0.6
+    assert np.linalg.norm(embs["obama"] - embs["biden"]) > 0.6
+
+
 def decode_all(decoder: object, path: Path, mode: str) -> tuple[np.ndarray, list[np.ndarray]]:
     from engines.arrays import to_host
 

@@ -43,6 +43,12 @@ def test_cpu_session_describes_itself(store: ModelStore) -> None:
         session.run({"image": np.zeros((1, 150, 150, 3), np.uint8)})
 
 
+def test_fp16_onnxruntime_is_a_gpu_choice_and_the_cpu_keeps_fp32(store: ModelStore) -> None:
+    assert resolve_runtime("onnxruntime-fp16", "cuda", GPU_TRT) == "onnxruntime"  # asked for: not TensorRT
+    session = open_session(store.load("face_embedder"), device="cpu", engine="onnxruntime-fp16", report=CPU_ONLY)
+    assert session.device == "cpu" and "FP16" not in session.description
+
+
 @pytest.mark.parametrize("name", ["face_detector", "person_detector", "face_embedder"])
 def test_fp16_graph_for_strongly_typed_tensorrt(store: ModelStore, name: str) -> None:
     """The FP16 copy keeps uint8 input and float32 outputs and computes in float16."""

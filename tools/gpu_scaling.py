@@ -3,7 +3,8 @@
     python3 tools/gpu_scaling.py --copies 28 local ray:1x1 ray:1x2 ray:2x2   (results under $OUT)
 
 A run is `local` (vidx index, in-process, GPU 0) or `ray:GxK` (vidx job submit on a fresh local Ray
-instance that sees G GPUs, with K worker actors per GPU: `--workers-per-gpu K`). Each run is a separate command on a
+instance that sees G GPUs, with K worker actors per GPU: `--workers-per-gpu K`); `+OPTIONS` after
+it adds options to the command (`ray:1x2+--engine onnxruntime-fp16`). Each run is a separate command on a
 fresh output folder. Reported per run: the whole command's wall time (Ray start-up and model loading
 included) and the work's wall time (first claim to last finish, from the SQL index), video-seconds
 and decoded frames per second of work, and whether its tracks and its search hits (`vidx search` with
@@ -72,9 +73,12 @@ def search_hits(out: Path, photo: Path) -> list[tuple[str, float, float, float]]
 
 def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
         photo: Path | None = None) -> dict[str, object]:
-    out = work / kind.replace(":", "_")
+    label = kind
+    out = work / "".join(c if c.isalnum() else "_" for c in label)
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
+    kind, _, options = kind.partition("+")
+    extra = options.split() if options else []
     if kind == "local":
         cmd = ["vidx", "index", str(archive), "--device", device]
         env["CUDA_VISIBLE_DEVICES"] = "0"
@@ -83,11 +87,11 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
         cmd = ["vidx", "job", "submit", str(archive), "--executor", "ray", "--device", device,
                "--workers-per-gpu", str(per_gpu)]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(gpus))
-    cmd = [sys.executable, "-m", *cmd, "--out", str(out), "--json"]
+    cmd = [sys.executable, "-m", *cmd, "--out", str(out), "--json", *extra]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
-    record: dict[str, object] = {"run": kind, "rc": proc.returncode, "command_s": round(wall, 2),
+    record: dict[str, object] = {"run": label, "rc": proc.returncode, "command_s": round(wall, 2),
                                  "ended": time.strftime("%H:%M:%S")}
     if proc.returncode != 0:
         record["stderr"] = proc.stderr[-2000:]

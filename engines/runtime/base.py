@@ -111,7 +111,7 @@ def resolve_runtime(engine: EngineChoice, device: DeviceKind, report: RuntimeRep
                 hint="install vidx[tensorrt], or use --engine onnxruntime",
             )
         return "tensorrt"
-    if engine == "onnxruntime":
+    if engine in ("onnxruntime", "onnxruntime-fp16"):
         return "onnxruntime"
     if device == "cuda" and report.tensorrt_version is not None:
         return "tensorrt"
@@ -146,4 +146,8 @@ def open_session(
             )
         log.warning("ONNX Runtime has no CUDA provider: running %s on the CPU", model.spec.name)
         kind = "cpu"
-    return OnnxRuntimeSession(model, device=kind)
+    fp16 = engine == "onnxruntime-fp16"
+    if fp16 and kind != "cuda":
+        log.warning("--engine onnxruntime-fp16 runs FP16 on a GPU only: %s runs in FP32 on the CPU", model.spec.name)
+        fp16 = False
+    return OnnxRuntimeSession(model, device=kind, fp16=fp16)

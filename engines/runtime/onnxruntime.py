@@ -32,11 +32,14 @@ class OnnxRuntimeSession:
     without device-wide synchronisation. Inputs and outputs stay in GPU memory (IO binding).
     """
 
-    def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0):
+    def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False):
+        """fp16: run an FP16 copy of the model (engines.convert.fp16: weights and activations in half
+        precision, the uint8 input and float32 outputs kept, so callers see no difference)."""
         import onnxruntime as ort
 
         self._ort = ort
         self.model = model
+        self.fp16 = fp16
         self._device: DeviceKind = device
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -62,7 +65,14 @@ class OnnxRuntimeSession:
         else:
             providers = ["CPUExecutionProvider"]
         try:
-            self._session = ort.InferenceSession(str(model.path), sess_options=opts, providers=providers)
+            graph: str | bytes = str(model.path)
+            if fp16:
+                import onnx
+
+                from engines.convert.fp16 import to_float16
+
+                graph = to_float16(onnx.load(str(model.path))).SerializeToString()
+            self._session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
             raise ModelError(f"ONNX Runtime cannot load the model: {exc}", path=model.path,
                              hint="run `vidx models fetch --force`") from exc
@@ -82,7 +92,7 @@ class OnnxRuntimeSession:
 
     @property
     def description(self) -> str:
-        return f"onnxruntime {self._ort.__version__} {self._active}"
+        return f"onnxruntime {self._ort.__version__} {self._active}" + (" FP16" if self.fp16 else "")
 
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         unknown = set(inputs) - set(self._inputs)

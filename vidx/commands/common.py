@@ -24,8 +24,10 @@ pass_ctx = click.make_pass_decorator(Context)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
                              help="Where the models run.")
-engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto",
-                             show_default=True, help="Inference runtime (auto: TensorRT, else ONNX Runtime).")
+engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime", "onnxruntime-fp16", "tensorrt"]),
+                             default="auto", show_default=True,
+                             help="Inference runtime (auto: TensorRT, else ONNX Runtime; onnxruntime-fp16: "
+                                  "FP16 models on ONNX Runtime's CUDA provider).")
 
 
 def sampling_options(fn: Any) -> Any:
