@@ -14,7 +14,8 @@ from typing import Any, Literal, get_args
 SamplingMode = Literal["fps", "keyframes", "every-frame"]
 DeviceChoice = Literal["auto", "cpu", "gpu"]
 EngineChoice = Literal["auto", "onnxruntime", "onnxruntime-fp16", "tensorrt"]
-"""onnxruntime-fp16: ONNX Runtime on the GPU with an FP16 copy of each model (TensorRT is always FP16)."""
+"""auto: TensorRT, else ONNX Runtime, FP16 on a GPU either way; onnxruntime: FP32; onnxruntime-fp16: ONNX
+Runtime on the GPU with an FP16 copy of each model (TensorRT is always FP16)."""
 
 PIPELINE_VERSION = "1"
 """Bump when a change to the indexer changes its results; older runs become stale."""

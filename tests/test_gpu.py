@@ -191,13 +191,15 @@ def test_nvdec_frames_and_timestamps_match_pyav(indexed: tuple[list[SampleVideo]
         assert diff < 4.0, (video.name, diff)  # colour-matrix rounding, not different pictures
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "auto"])
 def test_gpu_pipeline_gives_the_cpu_tracks(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
-                                           tmp_path: Path, cache_dir: Path) -> None:
-    """NVDEC + CUDA kernels + ONNX Runtime CUDA, several videos in flight, against the CPU run."""
+                                           tmp_path: Path, cache_dir: Path, engine: str) -> None:
+    """NVDEC + CUDA kernels + ONNX Runtime CUDA (FP32, and FP16 as chosen automatically on a GPU), several
+    videos in flight, against the CPU run."""
     videos, _, cpu_catalog, _ = indexed
     archive = Path(videos[0].path).parent
     catalog = Catalog(default_db_url(tmp_path / "out"))
-    settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine="onnxruntime", frame_batch=8,
+    settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine=engine, frame_batch=8,  # type: ignore[arg-type]
                                                    videos_in_flight=4))
     result = run_job(archive, catalog=catalog, out_uri=str(tmp_path / "out"), settings=settings,
                      executor=LocalExecutor(), cache_dir=cache_dir)

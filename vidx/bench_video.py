@@ -176,7 +176,7 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
         n_best = best["decoders"]
         for mode in ("fps", "every-frame", "keyframes"):
             settings = IndexSettings(sampling=SamplingConfig(mode=mode),
-                                     runtime=RuntimeConfig(device="gpu", engine="onnxruntime", videos_in_flight=n_best))
+                                     runtime=RuntimeConfig(device="gpu", videos_in_flight=n_best))
             indexer = _indexer(settings, store, NvdecDecoder())
             run_pipeline(indexer, paths[:1], 1)  # warm-up: CUDA contexts, kernels, cuDNN algorithms
             say(f"{codec}: GPU pipeline, sampling {mode}, {n_best} videos in flight")

@@ -26,8 +26,8 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"
                              help="Where the models run.")
 engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime", "onnxruntime-fp16", "tensorrt"]),
                              default="auto", show_default=True,
-                             help="Inference runtime (auto: TensorRT, else ONNX Runtime; onnxruntime-fp16: "
-                                  "FP16 models on ONNX Runtime's CUDA provider).")
+                             help="Inference runtime (auto: TensorRT, else ONNX Runtime, both FP16 on a GPU; "
+                                  "onnxruntime: FP32; onnxruntime-fp16: FP16 on ONNX Runtime's CUDA provider).")
 
 
 def sampling_options(fn: Any) -> Any:
