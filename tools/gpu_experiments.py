@@ -2,6 +2,7 @@
 
     python3 tools/gpu_experiments.py WORK_DIR decode    # setup costs; decode-only: threads, processes,
                                                         # PyNvVideoCodec's ThreadedDecoder, a GIL-holding thread
+    python3 tools/gpu_experiments.py WORK_DIR ceiling   # decode-only over all of WORK_DIR's .mp4, 8-32 threads
     python3 tools/gpu_experiments.py WORK_DIR stages    # the consumer's steps on real 1080p frames, timed apart
     python3 tools/gpu_experiments.py WORK_DIR pipeline  # the pipeline at 2 fps: detector batch, steps in flight,
                                                         # GIL switch interval
@@ -161,10 +162,8 @@ def decode_experiments(work: Path) -> None:
         sys.setswitchinterval(0.005)
 
 
-def stage_experiments(work: Path) -> None:
-    import cupy as cp
-
-    from engines.detectors import FaceDetector
+def gpu_engines_and_frames(work: Path) -> tuple[Any, list[Any]]:
+    """FP32 engines on ONNX Runtime CUDA and the first 32 sampled frames (on the GPU) of the first clip."""
     from engines.loader import load_engines
     from engines.zoo import ModelStore
     from indexer.decode.nvdec import NvdecDecoder
@@ -173,7 +172,24 @@ def stage_experiments(work: Path) -> None:
     settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine="onnxruntime"))
     engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
     batch = next(NvdecDecoder().batches(clips(work)[0], SamplingConfig(mode="fps"), 32))
-    frames = [batch.frames[i] for i in range(len(batch))]
+    return engines, [batch.frames[i] for i in range(len(batch))]
+
+
+def ceiling_experiments(work: Path) -> None:
+    """Decode-only over every H.264 file in WORK_DIR (e.g. the tools/gpu_scaling.py archive), 8 to 32 threads:
+    the ceiling the pipeline is compared with."""
+    paths = sorted(work.glob("*.mp4"))
+    core_decode(paths[0])  # warm
+    for n in (8, 16, 24, 32):
+        emit(experiment="decode_ceiling", **run_threads(paths, n, core_decode))
+
+
+def stage_experiments(work: Path) -> None:
+    import cupy as cp
+
+    from engines.detectors import FaceDetector
+
+    engines, frames = gpu_engines_and_frames(work)
     sync = cp.cuda.Device().synchronize
 
     def timed(name: str, fn: Any, reps: int = 10, **extra: Any) -> Any:
@@ -247,15 +263,7 @@ def contention_experiments(work: Path) -> None:
     import cupy as cp
     import numpy as np
 
-    from engines.loader import load_engines
-    from engines.zoo import ModelStore
-    from indexer.decode.nvdec import NvdecDecoder
-    from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
-
-    settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine="onnxruntime"))
-    engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
-    batch = next(NvdecDecoder().batches(clips(work)[0], SamplingConfig(mode="fps"), 32))
-    frames = [batch.frames[i] for i in range(len(batch))]
+    engines, frames = gpu_engines_and_frames(work)
     tiles = next(iter(engines.faces._tile_batches(cp, frames)))[1]
     chips = cp.asarray(np.random.default_rng(0).integers(0, 255, (64, 150, 150, 3), dtype=np.uint8))
     paths = clips(work)
@@ -295,6 +303,6 @@ def contention_experiments(work: Path) -> None:
 
 if __name__ == "__main__":
     work_dir, what = Path(sys.argv[1]), sys.argv[2]
-    experiments = {"decode": decode_experiments, "stages": stage_experiments, "pipeline": pipeline_experiments,
-                   "contention": contention_experiments}
+    experiments = {"decode": decode_experiments, "ceiling": ceiling_experiments, "stages": stage_experiments,
+                   "pipeline": pipeline_experiments, "contention": contention_experiments}
     experiments[what](work_dir)
