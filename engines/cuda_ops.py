@@ -4,9 +4,9 @@ Every kernel reads frames through a table of device pointers, so one launch serv
 different videos and sizes (cross-video batches) without stacking or copying them first:
 
 - `nv12_to_rgb`: a decoded NV12 surface (NVDEC's native output) to upright RGB, rotation included.
-- `tiles`: the detector's input, every tile of every frame of a batch in one launch; each tile is
-  a window of the frame scaled by the tile's pyramid level, resampled with an antialiasing
-  triangle filter (the same filter family as Pillow's BILINEAR on the CPU path).
+- `place_levels`: the detector's input, one pyramid level of every frame of a batch in one launch:
+  each frame scaled to the level's size at the level's place on its canvas, resampled with an
+  antialiasing triangle filter (the same filter family as Pillow's BILINEAR on the CPU path).
 - `warp_affine_frames`: aligned face chips for many faces of many frames in one launch, with a
   footprint that widens with the downscale factor (so a large face gives the same chip as a small one).
 
@@ -54,29 +54,28 @@ __device__ void sample_tri(const u8* img, int H, int W, long long row_stride, fl
 
 __device__ u8 to_u8(float v) { return (u8)fminf(fmaxf(v + 0.5f, 0.f), 255.f); }
 
-// One thread per output pixel of every tile. tile_meta: [frame_slot, level_w, level_h, x0, y0] int32;
-// frames: device pointers; dims: [H, W] int32 per frame slot.
-extern "C" __global__ void tiles(const unsigned long long* frames, const int* dims, const int* tile_meta,
-                                 int n_tiles, int size, u8* out) {
+// One thread per pixel of a max_h x max_w window of every image. meta: [frame_slot, level_w, level_h, x0, y0]
+// int32 per image: the frame scaled to level_w x level_h is written at (x0, y0) of out's image; nothing else
+// of out is touched. frames: device pointers; dims: [H, W] int32 per frame slot.
+extern "C" __global__ void place_levels(const unsigned long long* frames, const int* dims, const int* meta,
+                                        int n_images, int max_h, int max_w, int out_h, int out_w, u8* out) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long per_tile = (long long)size * size;
-    if (i >= per_tile * n_tiles) return;
-    int t = (int)(i / per_tile);
-    int r = (int)(i % per_tile);
-    int ty = r / size, tx = r % size;
-    const int* m = tile_meta + 5 * t;
+    long long per_image = (long long)max_h * max_w;
+    if (i >= per_image * n_images) return;
+    int t = (int)(i / per_image);
+    int r = (int)(i % per_image);
+    int ly = r / max_w, lx = r % max_w;
+    const int* m = meta + 5 * t;
     int slot = m[0], lw = m[1], lh = m[2], x0 = m[3], y0 = m[4];
+    if (lx >= lw || ly >= lh || x0 + lx >= out_w || y0 + ly >= out_h) return;
     int H = dims[2 * slot], W = dims[2 * slot + 1];
-    u8* o = out + 3 * i;
-    int lx = x0 + tx, ly = y0 + ty;
-    if (lx < 0 || ly < 0 || lx >= lw || ly >= lh) { o[0] = o[1] = o[2] = 0; return; }
     float rx = (float)W / lw, ry = (float)H / lh;
     float cx = (lx + 0.5f) * rx - 0.5f, cy = (ly + 0.5f) * ry - 0.5f;
     float rgb[3];
     sample_tri((const u8*)frames[slot], H, W, 3LL * W, cx, cy, fmaxf(rx, 1.f), fmaxf(ry, 1.f), rgb);
+    u8* o = out + 3 * ((long long)t * out_h * out_w + (long long)(y0 + ly) * out_w + (x0 + lx));
     o[0] = to_u8(rgb[0]); o[1] = to_u8(rgb[1]); o[2] = to_u8(rgb[2]);
 }
-
 // One thread per chip pixel. chip_meta: [frame_slot] int32; maps: 2x3 float32 per chip (chip -> frame).
 extern "C" __global__ void warp_affine(const unsigned long long* frames, const int* dims, const int* chip_slot,
                                        const float* maps, int n_chips, int size, u8* out) {
@@ -157,7 +156,7 @@ def _kernels() -> dict[str, Any]:
     if cp is None:
         raise RuntimeError("engines.cuda_ops needs CuPy and a CUDA device")
     module = cp.RawModule(code=_SOURCE, options=("-std=c++11",))
-    names = ("tiles", "warp_affine", "nv12_to_rgb", "decode_candidates")
+    names = ("place_levels", "warp_affine", "nv12_to_rgb", "decode_candidates")
     return {name: module.get_function(name) for name in names}
 
 
@@ -179,29 +178,33 @@ def _frame_table(frames: Sequence[Array]) -> tuple[Array, Array]:
     return ptrs, dims
 
 
-def tiles(frames: Sequence[Array], specs: Sequence[tuple[int, int, int, int, int]], size: int) -> Array:
-    """T x size x size x 3 uint8: tile t is the window at (x0, y0) of frames[slot] resized to (level_w, level_h).
-
-    specs: (slot, level_w, level_h, x0, y0) per tile; outside the scaled frame the tile is black.
-    """
+def place_levels(frames: Sequence[Array], specs: Sequence[tuple[int, int, int, int, int]], out: Array) -> None:
+    """Write frames[slot] scaled to level_w x level_h (antialiased) at (x0, y0) of image n of `out`
+    (N x H x W x 3 uint8), for each spec n = (slot, level_w, level_h, x0, y0); the rest of out is left
+    as it is. Images of out beyond len(specs) are not touched."""
     cp = cupy_module()
     assert cp is not None
-    out = cp.empty((len(specs), size, size, 3), cp.uint8)
     if not specs:
-        return out
+        return
+    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or len(specs) > out.shape[0]:
+        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {len(specs)}")
     ptrs, dims = _frame_table(frames)
     meta = cp.asarray(np.asarray(specs, np.int32).reshape(-1))
-    _launch("tiles", len(specs) * size * size, (ptrs, dims, meta, np.int32(len(specs)), np.int32(size), out))
-    return out
+    max_w = max(s[1] for s in specs)
+    max_h = max(s[2] for s in specs)
+    _launch("place_levels", len(specs) * max_h * max_w,
+            (ptrs, dims, meta, np.int32(len(specs)), np.int32(max_h), np.int32(max_w), np.int32(out.shape[1]),
+             np.int32(out.shape[2]), out))
 
 
-def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: float, size: int,
+def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: float, size: float,
                       n_keypoints: int, cap: int = 4096) -> np.ndarray | None:
     """Anchor decoding and thresholding of a detector batch in one launch, brought to the host in one copy.
 
-    reg: B x A x R float32 regressors, scores: B x A float32, anchors: A x 2 float32 centres in [0, 1].
-    Returns N x (6 + 2K) float32 rows [x0 y0 x1 y1 score kps... flat_index] in model pixels, in flat
-    (tile, anchor) order; None when more than `cap` anchors pass (the caller then decodes another way).
+    reg: B x A x R float32 regressors, scores: B x A float32, anchors: A x 2 float32 centres, multiplied
+    by `size` (1 for centres already in model pixels). Returns N x (6 + 2K) float32 rows
+    [x0 y0 x1 y1 score kps... flat_index] in model pixels, in flat (image, anchor) order; None when more
+    than `cap` anchors pass (the caller then decodes another way).
     Each CuPy call is a chance for another Python thread to take the GIL for up to a switch interval,
     so the many small array operations of a generic decode cost far more than their GPU time.
     """
@@ -210,6 +213,8 @@ def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: f
     reg = cp.ascontiguousarray(reg, dtype=cp.float32)
     scores = cp.ascontiguousarray(scores, dtype=cp.float32)
     b, a = scores.shape
+    if b * a >= 1 << 24:
+        raise ValueError(f"{b} x {a} anchors: flat indices would not be exact in float32; use smaller batches")
     width = 6 + 2 * n_keypoints
     out = cp.zeros(1 + cap * width, cp.float32)  # out[0] is the int counter: all-zero bits are 0 either way
     _launch("decode_candidates", b * a,
@@ -228,9 +233,9 @@ def resize(img: Array, out_h: int, out_w: int) -> Array:
     img = cupy_module().ascontiguousarray(img)  # type: ignore[union-attr]
     if img.shape[0] == out_h and img.shape[1] == out_w:
         return img
-    side = max(out_h, out_w)
-    big = tiles([img], [(0, out_w, out_h, 0, 0)], side)[0]
-    return big[:out_h, :out_w].copy()
+    out = cupy_module().empty((1, out_h, out_w, 3), np.uint8)  # type: ignore[union-attr]
+    place_levels([img], [(0, out_w, out_h, 0, 0)], out)
+    return out[0]
 
 
 def warp_affine_frames(frames: Sequence[Array], src_from_dst: np.ndarray, frame_index: Sequence[int],
@@ -278,9 +283,3 @@ def nv12_to_rgb(y_ptr: int, uv_ptr: int, y_pitch: int, uv_pitch: int, height: in
             (np.uint64(y_ptr), np.uint64(uv_ptr), np.int32(y_pitch), np.int32(uv_pitch), np.int32(height),
              np.int32(width), np.int32(rot), np.int32(bool(bt709)), np.int32(bool(full_range)), out))
     return out
-
-
-def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
-    """(level_w, level_h) of a pyramid level, rounded as the host path rounds it."""
-    return max(1, round(width * scale)), max(1, round(height * scale))
-

@@ -1,9 +1,13 @@
-"""BlazeFace (faces) and the BlazePose detector (people): tiling, anchor decoding, NMS.
+"""BlazeFace (faces) and the BlazePose detector (people): image pyramids, anchor decoding, NMS.
 
-Both are SSD-style MediaPipe detectors: a square input, a fixed anchor grid, a regressor per anchor
-(box and keypoints relative to the anchor) and a score. The ONNX graphs take uint8 RGB tiles and
-return `boxes` (raw regressors) and `scores` (after the sigmoid); everything else happens here, on
-the array module of the session (numpy or CuPy), with NMS on the host over the few candidates left.
+Both are SSD-style MediaPipe detectors: an anchor grid, a regressor per anchor (box and keypoints
+relative to the anchor) and a score. Both networks are fully convolutional, and the ONNX graphs are
+converted dynamic in image size (engines.convert.tflite_onnx), so a pyramid level of a frame is a
+model input as a whole: the frame scaled by the level's factor, on a black canvas whose sides are
+multiples of the network's total stride. There are no tiles, hence no overlap to compute twice and no faces
+cut by tile edges. The graphs take uint8 RGB and return `boxes` (raw regressors) and `scores` (after
+the sigmoid); everything else happens here, on the array module of the session (numpy or CuPy), with
+NMS on the host over the few candidates left.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from types import ModuleType
 import numpy as np
 
 from engines.arrays import Array, array_module, to_host
-from engines.imageops import crop_padded, resize
+from engines.imageops import resize
 from engines.runtime.base import Session, session_array_module
 
 
@@ -26,14 +30,19 @@ class AnchorSpec:
     """MediaPipe's SsdAnchorsCalculator with fixed anchor size: centres only."""
 
     size: int
+    """The input size the model was trained at (its anchors' reference)."""
     strides: tuple[int, ...]
     per_cell: tuple[int, ...]
+    align: int = 32
+    """The network's total stride: input heights and widths must be multiples of it."""
 
-    def centres(self) -> np.ndarray:
+    def centres(self, height: int, width: int) -> np.ndarray:
+        """A x 2 anchor centres (x, y) in input pixels for a height x width input, in the graph's output
+        order: per stride, row-major over the grid, `per_cell` anchors per cell."""
         out = []
         for stride, k in zip(self.strides, self.per_cell, strict=True):
-            n = math.ceil(self.size / stride)
-            ys, xs = np.meshgrid((np.arange(n) + 0.5) / n, (np.arange(n) + 0.5) / n, indexing="ij")
+            ys, xs = np.meshgrid((np.arange(math.ceil(height / stride)) + 0.5) * stride,
+                                 (np.arange(math.ceil(width / stride)) + 0.5) * stride, indexing="ij")
             out.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], 1), k, axis=0))
         return np.concatenate(out).astype(np.float32)
 
@@ -61,56 +70,44 @@ class Detections:
 
 
 @dataclass(frozen=True)
-class Tile:
-    """A size x size window of the frame scaled by `scale`, with its top-left at (x0, y0) there."""
+class Level:
+    """One pyramid level: the frame scaled by `scale` to height x width, placed at (x0, y0) of a canvas."""
 
     scale: float
-    x0: int
-    y0: int
-    interior: tuple[bool, bool, bool, bool] = (False, False, False, False)
-    """Whether the left, top, right, bottom edges lie inside the frame (cut faces may touch them)."""
+    height: int
+    width: int
+    x0: int = 0
+    y0: int = 0
     max_box: float = math.inf
-    """Largest box (model pixels) this tile answers for; larger ones belong to a coarser level."""
+    """Largest box (model pixels) this level answers for; larger ones belong to a coarser level."""
 
 
-def tile_positions(extent: int, size: int, overlap: int) -> list[int]:
-    """Evenly spaced window starts covering [0, extent); centred (negative) when the window is larger."""
-    if extent <= size:
-        return [(extent - size) // 2]
-    n = math.ceil((extent - overlap) / (size - overlap))
-    return [round(i * (extent - size) / (n - 1)) for i in range(n)] if n > 1 else [0]
+@dataclass(frozen=True)
+class Canvas:
+    """One model input: a pyramid level of a frame on black, sides multiples of the network's stride."""
+
+    height: int
+    width: int
+    levels: tuple[Level, ...]
 
 
-def plan_tiles(height: int, width: int, size: int, finest_scale: float, overlap: int,
-               band: float = math.inf) -> list[Tile]:
-    """An image pyramid cut into square tiles: the whole frame, then scales doubling up to finest_scale.
+def _align_up(n: int, align: int) -> int:
+    return -(-n // align) * align
 
-    Level 0 letterboxes the whole frame (large faces). Level 1 scales the short side to the tile size
-    (two square tiles for 16:9). Each further level doubles the scale, so a face too small at one
-    level is twice as large at the next; `overlap` lets every face that is too small for the coarser
-    level lie wholly inside some tile. A finer level answers only for boxes under `band` times the
-    scale step (in model pixels): larger ones are the coarser level's, and seen through a tile they
-    are mostly false positives on clutter.
-    """
-    scales = [size / max(height, width)]
-    s = size / min(height, width)
-    if s <= scales[0] * 1.05:
-        s = scales[0] * 2
-    while scales[-1] < finest_scale:
-        nxt = min(s, finest_scale)
-        if nxt <= scales[-1] * 1.05:
-            break
-        scales.append(nxt)
-        s *= 2
-    tiles = []
-    for level, scale in enumerate(scales):
-        h, w = round(height * scale), round(width * scale)
-        xs, ys = tile_positions(w, size, overlap), tile_positions(h, size, overlap)
-        max_box = math.inf if level == 0 else band * scale / scales[level - 1]
-        for y0 in ys:
-            for x0 in xs:
-                tiles.append(Tile(scale, x0, y0, (x0 > 0, y0 > 0, x0 + size < w, y0 + size < h), max_box))
-    return tiles
+
+def plan_levels(height: int, width: int, scales: Sequence[float], *, align: int, margin: int,
+                band: float = math.inf) -> list[Canvas]:
+    """Pyramid levels at `scales` (finest first), each on a canvas of its own that leaves at least `margin`
+    black pixels right of and below the scaled frame, so that nothing of the frame lies in the model's
+    bottom-right corner; every level but the coarsest answers only for boxes under `band` times its scale
+    step (model pixels)."""
+    canvases = []
+    for i, scale in enumerate(scales):
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        step = scale / scales[i + 1] if i + 1 < len(scales) else math.inf
+        canvases.append(Canvas(_align_up(h + margin, align), _align_up(w + margin, align),
+                               (Level(scale, h, w, max_box=band * step),)))
+    return canvases
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -138,11 +135,13 @@ class BlazeDetector:
     n_keypoints: int
     score_threshold: float
     nms_iou: float = 0.3
-    batch_size: int = 64
-    edge_margin: float = 2.0
+    batch_size: int = 4
+    """Frames per model run. On a GPU every run has exactly this many (padded with black images): the
+    runtime sets up each input shape once (ONNX Runtime's CUDA provider: seconds per shape)."""
     min_box: float = 0.0
     """Boxes narrower than this (model pixels) are below what the model finds reliably."""
-    _anchor_cache: dict[int, Array] = field(default_factory=dict, repr=False)
+    _anchor_cache: dict[tuple[int, int, int], Array] = field(default_factory=dict, repr=False)
+    _plans: dict[tuple[int, int], list[Canvas]] = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -151,13 +150,20 @@ class BlazeDetector:
     def _xp(self) -> ModuleType:
         return session_array_module(self.session)
 
-    def _anchor_array(self, xp: ModuleType) -> Array:
-        key = id(xp)
+    def _anchor_array(self, xp: ModuleType, height: int, width: int) -> Array:
+        key = (id(xp), height, width)
         if key not in self._anchor_cache:
-            self._anchor_cache[key] = xp.asarray(self.anchors.centres())
+            self._anchor_cache[key] = xp.asarray(self.anchors.centres(height, width))
         return self._anchor_cache[key]
 
-    def plan(self, height: int, width: int) -> list[Tile]:
+    def plan(self, height: int, width: int) -> list[Canvas]:
+        """The model inputs of a height x width frame, finest level first (cached per frame size)."""
+        key = (height, width)
+        if key not in self._plans:
+            self._plans[key] = self._plan(height, width)
+        return self._plans[key]
+
+    def _plan(self, height: int, width: int) -> list[Canvas]:
         raise NotImplementedError
 
     def detect(self, frames: Sequence[Array]) -> list[Detections]:
@@ -165,109 +171,101 @@ class BlazeDetector:
         if not frames:
             return []
         xp = self._xp()
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        for chunk, batch in self._tile_batches(xp, frames):
-            boxes, scores, kps, tile = self._run(batch)
-            real = tile < len(chunk)  # GPU batches are padded with black tiles
-            if len(scores) and real.any():
-                parts.append(self._place(chunk, boxes[real], scores[real], kps[real], tile[real]))
-        if not parts:
-            return [Detections.empty(self.n_keypoints) for _ in frames]
-        boxes, scores, kps, frame = (np.concatenate(p) for p in zip(*parts, strict=True))
-        return [self._merge(boxes[frame == f], scores[frame == f], kps[frame == f]) for f in range(len(frames))]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for f, frame in enumerate(frames):
+            by_size.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(f)
+        found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in frames]
+        for (height, width), members in by_size.items():
+            canvases = self.plan(height, width)
+            for start in range(0, len(members), self.batch_size):
+                part = members[start:start + self.batch_size]
+                for canvas, batch in zip(canvases, self._canvas_batches(xp, [frames[f] for f in part], canvases),
+                                         strict=True):
+                    boxes, scores, kps, image = self._run(batch, canvas)
+                    real = image < len(part)  # GPU batches are padded with black images
+                    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+                    width_px = boxes[:, 2] - boxes[:, 0]
+                    for level in canvas.levels:
+                        keep = real & (width_px >= self.min_box) & (width_px <= level.max_box)
+                        # the level a box belongs to is the one its centre lies on (not the black around it)
+                        keep &= (cx >= level.x0) & (cx < level.x0 + level.width)
+                        keep &= (cy >= level.y0) & (cy < level.y0 + level.height)
+                        offset = np.array([level.x0, level.y0], np.float32)
+                        inv = np.float32(1.0 / level.scale)
+                        for k in np.unique(image[keep]):
+                            sel = keep & (image == k)
+                            placed = (boxes[sel].reshape(-1, 2, 2) - offset).reshape(-1, 4) * inv
+                            found[part[int(k)]].append((placed, scores[sel], (kps[sel] - offset) * inv))
+        return [self._merge(parts) for parts in found]
 
-    def _place(self, chunk: list[tuple[int, Tile]], boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray,
-               tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates in tile pixels -> kept candidates in frame pixels, with their frame, for a whole batch.
+    def _canvas_batches(self, xp: ModuleType, frames: Sequence[Array], canvases: Sequence[Canvas]
+                        ) -> Iterator[Array]:
+        """For each canvas, the frames' model inputs: N x height x width x 3 uint8.
 
-        Drops boxes outside the tile's size band and boxes touching a tile edge that lies inside the frame
-        (a neighbour or a coarser level has those whole).
-        """
-        info = np.array([(t.x0, t.y0, t.scale, t.max_box, *t.interior, f) for f, t in chunk], np.float64)[tile]
-        x0, y0, scale, max_box = info[:, 0], info[:, 1], info[:, 2], info[:, 3]
-        left, top, right, bottom = (info[:, 4 + k] > 0 for k in range(4))
-        m, size = self.edge_margin, self.size
-        width = boxes[:, 2] - boxes[:, 0]
-        cut = (width > max_box) | (width < self.min_box)
-        cut |= (left & (boxes[:, 0] < m)) | (top & (boxes[:, 1] < m))
-        cut |= (right & (boxes[:, 2] > size - m)) | (bottom & (boxes[:, 3] > size - m))
-        keep = ~cut
-        offset = np.stack([x0, y0], 1)[keep].astype(np.float32)
-        inv = (1.0 / scale[keep]).astype(np.float32)
-        placed = ((boxes[keep].reshape(-1, 2, 2) + offset[:, None, :]) * inv[:, None, None]).reshape(-1, 4)
-        placed_kps = (kps[keep] + offset[:, None, :]) * inv[:, None, None]
-        return placed, scores[keep], placed_kps, info[keep, 8].astype(np.int64)
-
-    def _tile_batches(self, xp: ModuleType, frames: Sequence[Array]
-                      ) -> Iterator[tuple[list[tuple[int, Tile]], Array]]:
-        """Batches of at most batch_size model inputs, with the (frame, tile) each one came from.
-
-        On the GPU one kernel cuts every tile of a batch straight from the frames (no per-level images);
-        on the CPU Pillow resizes each pyramid level once and tiles are cut from it.
+        On the GPU one kernel launch per level scales every frame straight onto its canvas, and the batch
+        is padded with black images to batch_size, so that the model always sees the same input shape.
+        On the CPU Pillow scales each level from the finer one before it (cheaper than from the full
+        frame, and antialiased either way).
         """
         if xp is not np:
             from engines import cuda_ops
 
             dev = [xp.ascontiguousarray(xp.asarray(f)) for f in frames]
-            work = [(f, tile) for f, frame in enumerate(dev) for tile in self.plan(*frame.shape[:2])]
-            for start in range(0, len(work), self.batch_size):
-                chunk = work[start:start + self.batch_size]
-                specs = [(f, *cuda_ops.level_size(dev[f].shape[0], dev[f].shape[1], tile.scale), tile.x0, tile.y0)
-                         for f, tile in chunk]
-                # Every GPU batch has the same size: each new input shape costs ONNX Runtime's CUDA provider
-                # (and TensorRT's profile) seconds of set-up, far more than running a few black tiles.
-                specs += [(0, 1, 1, self.size, self.size)] * (self.batch_size - len(specs))
-                yield chunk, cuda_ops.tiles(dev, specs, self.size)
+            n = max(self.batch_size, len(dev))
+            for canvas in canvases:
+                out = xp.zeros((n, canvas.height, canvas.width, 3), xp.uint8)
+                for level in canvas.levels:
+                    cuda_ops.place_levels(dev, [(f, level.width, level.height, level.x0, level.y0)
+                                                for f in range(len(dev))], out)
+                yield out
             return
-        host: list[tuple[int, Tile, Array]] = []
-        for f, frame in enumerate(frames):
-            frame = to_host(frame)
-            levels: dict[float, Array] = {}
-            for tile in self.plan(frame.shape[0], frame.shape[1]):
-                if tile.scale not in levels:
-                    levels[tile.scale] = resize(frame, round(frame.shape[0] * tile.scale),
-                                                round(frame.shape[1] * tile.scale))
-                host.append((f, tile, crop_padded(levels[tile.scale], tile.y0, tile.x0, self.size, self.size)))
-        for start in range(0, len(host), self.batch_size):
-            part = host[start:start + self.batch_size]
-            yield [(f, tile) for f, tile, _ in part], np.stack([t for _, _, t in part])
+        current = [to_host(f) for f in frames]
+        for canvas in canvases:
+            batch = np.zeros((len(current), canvas.height, canvas.width, 3), np.uint8)
+            for level in canvas.levels:
+                current = [resize(img, level.height, level.width) for img in current]
+                for i, img in enumerate(current):
+                    batch[i, level.y0:level.y0 + level.height, level.x0:level.x0 + level.width] = img
+            yield batch
 
-    def _run(self, batch: Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Model + anchor decoding + threshold for a batch of tiles: candidates in tile pixels.
+    def _run(self, batch: Array, canvas: Canvas) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Model + anchor decoding + threshold for a batch of one canvas: candidates in canvas pixels.
 
-        Returns boxes (N x 4), scores (N), keypoints (N x K x 2) and the tile of each (N), on the host,
-        brought back in one transfer.
+        Returns boxes (N x 4), scores (N), keypoints (N x K x 2) and the batch image of each (N), on the
+        host, brought back in one transfer.
         """
         xp = array_module(batch)
         stream = getattr(self.session, "stream", None)
         out = self.session.run({"image": batch})
         k = self.n_keypoints
+        anchors = self._anchor_array(xp, canvas.height, canvas.width)
         with stream if stream is not None else contextlib.nullcontext():
             reg, scores = out["boxes"], out["scores"]
             if xp is not np:  # one kernel and one copy instead of a dozen small array operations
                 from engines import cuda_ops
 
-                rows = cuda_ops.decode_candidates(reg, scores, self._anchor_array(xp), threshold=self.score_threshold,
-                                                  size=self.size, n_keypoints=k)
+                rows = cuda_ops.decode_candidates(reg, scores, anchors, threshold=self.score_threshold,
+                                                  size=1.0, n_keypoints=k)
                 if rows is not None:
                     flat = rows[:, 5 + 2 * k].astype(np.int64)
                     return (rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(-1, k, 2),
                             flat // scores.shape[1])
             b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
-            r = reg[b_idx, a_idx] / self.size
-            a = self._anchor_array(xp)[a_idx]
+            r = reg[b_idx, a_idx]
+            a = anchors[a_idx]
             cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
-            boxes = xp.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1) * self.size
-            kps = (r[:, 4:4 + 2 * k] + xp.tile(a, (1, k))) * self.size
+            boxes = xp.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1)
+            kps = r[:, 4:4 + 2 * k] + xp.tile(a, (1, k))
             packed = xp.concatenate([boxes, scores[b_idx, a_idx][:, None], kps, b_idx[:, None].astype(boxes.dtype)],
                                     1).astype(xp.float32)
             host = to_host(packed)
         return (host[:, :4], host[:, 4], host[:, 5:5 + 2 * k].reshape(-1, k, 2),
                 host[:, 5 + 2 * k].astype(np.int64))
 
-    def _merge(self, boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray) -> Detections:
-        if not len(scores):
+    def _merge(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Detections:
+        if not parts:
             return Detections.empty(self.n_keypoints)
+        boxes, scores, kps = (np.concatenate(p) for p in zip(*parts, strict=True))
         keep = nms(boxes, scores, self.nms_iou)
         return Detections(boxes[keep], scores[keep], kps[keep])
 
@@ -277,52 +275,65 @@ PERSON_ANCHORS = AnchorSpec(size=224, strides=(8, 16, 32), per_cell=(2, 2, 6))
 FACE_KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
 """Subject's right and left: the right eye appears on the image's left."""
 MODEL_MIN_FACE_PX = 14.0
-"""Smallest face width (192x192 model pixels) BlazeFace full-range finds everywhere but in the bottom-right
-corner (measured: 14-96 px found at 100% away from the edges; see docs/models.md)."""
-LEVEL_BAND = 3.0
-"""A pyramid level answers for faces up to LEVEL_BAND x MODEL_MIN_FACE_PX times its scale step."""
+"""Smallest face width (model pixels) BlazeFace full-range finds reliably (measured on 192x192 inputs:
+14-96 px found at 100% away from the bottom-right corner; see docs/models.md)."""
+MODEL_MAX_FACE_PX = 96.0
+"""Largest face width (model pixels) it finds reliably; from ~104 px some are missed."""
+FINEST_FACE_PX = 16.8
+"""The finest level scales the smallest face asked for (`min_face_px`) to this width. A single view of a
+face at 14 px is found less often than the several overlapping tile views of the old tiled pyramid gave;
+at 16.8 px a single view finds more (docs/models.md, "Face size range")."""
+LEVEL_STEP = 2.0
+"""Scale ratio between pyramid levels. The model's reliable range (14-96 px) spans ~6.9x, so a step of 3
+would do in principle; but one view of a face scores lower than the best of two at times (a t1.jpg face
+scored 0.85 at one level and 0.41 at the next), and with a step of 2 most faces are seen at two levels
+(docs/models.md: measured against steps of 3, for 18% more pixels)."""
+LEVEL_BAND = 2.5
+"""A level answers for faces up to LEVEL_BAND x MODEL_MIN_FACE_PX times its scale step (70 model px at a
+step of 2); larger boxes at a fine level were mostly clutter (a 0.68 one in obama.jpg) and belong to the
+coarser level, which sees such faces at 35 px or more."""
+CORNER_MARGIN = 16
+"""Black pixels right of and below each level: BlazeFace misses faces of up to ~24 px centred within
+W/2 + 6 px of its input's bottom-right corner (docs/models.md)."""
 
 
 class FaceDetector(BlazeDetector):
     """BlazeFace full-range over an image pyramid, so that small faces in large frames are found."""
 
-    def __init__(self, session: Session, *, score_threshold: float = 0.75, min_face_px: int = 24,
-                 batch_size: int = 64, overlap: int = 48):
+    def __init__(self, session: Session, *, score_threshold: float = 0.65, min_face_px: int = 24,
+                 batch_size: int = 4):
         super().__init__(session, FACE_ANCHORS, len(FACE_KEYPOINTS), score_threshold, batch_size=batch_size,
                          min_box=MODEL_MIN_FACE_PX * 0.8)
         self.min_face_px = min_face_px
-        self.overlap = overlap
-        self._plans: dict[tuple[int, int], list[Tile]] = {}
 
-    def plan(self, height: int, width: int) -> list[Tile]:
-        key = (height, width)
-        if key not in self._plans:
-            finest = min(1.0, MODEL_MIN_FACE_PX / self.min_face_px)
-            self._plans[key] = plan_tiles(height, width, self.size, finest, self.overlap,
-                                          band=LEVEL_BAND * MODEL_MIN_FACE_PX)
-        return self._plans[key]
+    def _plan(self, height: int, width: int) -> list[Canvas]:
+        """Finest level first; coarser levels, LEVEL_STEP apart, until a face as large as the frame's short
+        side is within the model's reliable range."""
+        scales = [min(1.0, FINEST_FACE_PX / self.min_face_px)]
+        while min(height, width) * scales[-1] > MODEL_MAX_FACE_PX:
+            scales.append(scales[-1] / LEVEL_STEP)
+        return plan_levels(height, width, scales, align=self.anchors.align, margin=CORNER_MARGIN,
+                           band=LEVEL_BAND * MODEL_MIN_FACE_PX)
 
 
 PERSON_KEYPOINTS = ("hip_centre", "body_extent", "shoulder_centre", "head_extent")
 
 
 class PersonDetector(BlazeDetector):
-    """BlazePose's person detector on the whole frame and on two square tiles of it.
+    """BlazePose's person detector on two levels: the short side at 224 px, and the whole frame at 224 px.
 
     It finds prominent people (a known limit: small people in crowds are missed). Its box covers the
     face; the person's box is the circle around the hip centre through the body-extent keypoint.
     """
 
-    def __init__(self, session: Session, *, score_threshold: float = 0.5, batch_size: int = 64):
+    def __init__(self, session: Session, *, score_threshold: float = 0.5, batch_size: int = 4):
         super().__init__(session, PERSON_ANCHORS, len(PERSON_KEYPOINTS), score_threshold, batch_size=batch_size)
-        self._plans: dict[tuple[int, int], list[Tile]] = {}
 
-    def plan(self, height: int, width: int) -> list[Tile]:
-        key = (height, width)
-        if key not in self._plans:
-            self._plans[key] = plan_tiles(height, width, self.size, self.size / min(height, width),
-                                          overlap=self.size // 2)
-        return self._plans[key]
+    def _plan(self, height: int, width: int) -> list[Canvas]:
+        scales = [self.size / min(height, width)]
+        if max(height, width) > min(height, width) * 1.05:
+            scales.append(self.size / max(height, width))
+        return plan_levels(height, width, scales, align=self.anchors.align, margin=CORNER_MARGIN)
 
     def detect(self, frames: Sequence[Array]) -> list[Detections]:
         out = []

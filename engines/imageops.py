@@ -26,20 +26,6 @@ def resize(img: Array, out_h: int, out_w: int) -> Array:
     return cuda_ops.resize(img, out_h, out_w)
 
 
-def crop_padded(img: Array, y0: int, x0: int, h: int, w: int) -> Array:
-    """img[y0:y0+h, x0:x0+w], with zeros where the window leaves the image."""
-    xp = array_module(img)
-    H, W = img.shape[:2]
-    if y0 >= 0 and x0 >= 0 and y0 + h <= H and x0 + w <= W:
-        return img[y0:y0 + h, x0:x0 + w]
-    out = xp.zeros((h, w, img.shape[2]), dtype=img.dtype)
-    sy0, sx0 = max(y0, 0), max(x0, 0)
-    sy1, sx1 = min(y0 + h, H), min(x0 + w, W)
-    if sy1 > sy0 and sx1 > sx0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
-    return out
-
-
 def warp_affine(img: Array, src_from_dst: np.ndarray, size: int) -> Array:
     """A size x size chip: chip pixel (x, y) samples img at src_from_dst @ (x, y, 1).
 

@@ -45,7 +45,11 @@ class ModelSpec:
     """Bump when the converter's output changes; cached files of another version are rebuilt."""
     input_name: str
     input_size: int
+    """Native input height and width (the size it was trained at)."""
     outputs: tuple[str, ...]
+    size_multiple: int = 0
+    """0: the input is input_size x input_size. Otherwise the graph takes any height and width that are
+    multiples of this (the fully convolutional detectors; their outputs grow with the image)."""
 
 
 SPECS: dict[ModelName, ModelSpec] = {
@@ -58,8 +62,8 @@ SPECS: dict[ModelName, ModelSpec] = {
             sha256="2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
             license="Apache-2.0",
         ),
-        converter="tflite_detector", converter_version="1",
-        input_name="image", input_size=192, outputs=("boxes", "scores"),
+        converter="tflite_detector", converter_version="2",
+        input_name="image", input_size=192, outputs=("boxes", "scores"), size_multiple=32,
     ),
     "person_detector": ModelSpec(
         name="person_detector",
@@ -70,8 +74,8 @@ SPECS: dict[ModelName, ModelSpec] = {
             sha256="9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
             license="Apache-2.0",
         ),
-        converter="tflite_detector", converter_version="1",
-        input_name="image", input_size=224, outputs=("boxes", "scores"),
+        converter="tflite_detector", converter_version="2",
+        input_name="image", input_size=224, outputs=("boxes", "scores"), size_multiple=32,
     ),
     "face_embedder": ModelSpec(
         name="face_embedder",

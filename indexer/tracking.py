@@ -1,9 +1,10 @@
 """Linking faces across samples of one video into face tracks.
 
 A face joins the live track whose embedding is nearest (below a threshold, dlib's 0.6 scale) and
-whose last sighting is recent enough; faces that could not be embedded (too small or blurred) join
-by box overlap only. Assignment is greedy by distance, which for the handful of faces in a frame
-matches the optimal assignment in practice.
+whose last sighting is recent enough; where the face overlaps the track's last box, a looser
+threshold applies (a head turning changes the descriptor more than it moves the face). Faces that
+could not be embedded (too small or blurred) join by box overlap only. Assignment is greedy by
+distance, which for the handful of faces in a frame matches the optimal assignment in practice.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class FaceTracker:
                 if tr.n_embedded == 0:
                     continue
                 d = float(np.linalg.norm(emb - tr.embedding))
-                if d <= self.config.max_embedding_distance and box_iou(boxes[i], tr.last_box) >= self.config.min_iou:
+                iou = box_iou(boxes[i], tr.last_box)
+                limit = (self.config.max_embedding_distance_in_place if iou >= POSITION_ONLY_IOU
+                         else self.config.max_embedding_distance)
+                if d <= limit and iou >= self.config.min_iou:
                     pairs.append((d, i, j))
         for _, i, j in sorted(pairs):
             if assigned[i] < 0 and j not in taken:

@@ -52,11 +52,12 @@ class SamplingConfig:
 class DetectionConfig:
     """Thresholds and sizes that decide what counts as a face or a person."""
 
-    face_score: float = 0.75
-    """Real faces score 0.88-0.97 on our photos and clips; clutter in fine tiles (ties, buttons) 0.51-0.71."""
+    face_score: float = 0.65
+    """Real faces in the test photos score 0.68-0.92 (t1's weakest 0.68), the highest-scoring clutter in
+    them 0.54, and in synthetic 1080p frames 0.59 (docs/models.md, measured with the pyramid of whole levels)."""
     person_score: float = 0.5
     min_face_px: int = 24
-    """Smallest face (box width in frame pixels) the tiling must be able to find."""
+    """Smallest face (box width in frame pixels) the detector's pyramid must be able to find."""
     min_embed_px: int = 28
     """Faces narrower than this are kept as detections but not embedded or tracked (a 24 px face already
     drifts 0.49 in L2 from the same face at 300 px; see docs/models.md)."""
@@ -81,12 +82,17 @@ class TrackingConfig:
     """A track ends when its face is not seen for this long (a few sampling intervals)."""
     max_embedding_distance: float = 0.55
     """L2 between raw dlib descriptors; dlib's same-person threshold is 0.6."""
+    max_embedding_distance_in_place: float = 0.7
+    """The same, for a face where the track's last face was (box IoU >= 0.3): a head turning towards profile
+    moves the descriptor by 0.56-0.60 between two samples (group_t1 clip), while two different people are
+    0.76-0.96 apart (docs/models.md)."""
     min_iou: float = 0.0
     """Positional overlap required in addition to the embedding match (0 = embedding alone decides)."""
 
     def __post_init__(self) -> None:
         check_range("track gap", self.max_gap_s, 0.0, 3600.0)
         check_range("track embedding distance", self.max_embedding_distance, 0.0, 2.0)
+        check_range("track embedding distance in place", self.max_embedding_distance_in_place, 0.0, 2.0)
         check_range("track iou", self.min_iou, 0.0, 1.0)
 
 
@@ -97,7 +103,7 @@ class RuntimeConfig:
     device: DeviceChoice = "auto"
     engine: EngineChoice = "auto"
     detector_batch: int = 0
-    """Tiles per detector run (0 = automatic: 256 on a GPU, where larger batches run faster; 64 on a CPU)."""
+    """Frames per detector run, one pyramid level at a time (0 = automatic: 32 on a GPU, 4 on a CPU)."""
     embedder_batch: int = 64
     decode_threads: int = 0
     """Threads per CPU decoder (0 = let FFmpeg choose)."""

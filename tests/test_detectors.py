@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.detectors import FaceDetector, nms, plan_tiles
+from engines.detectors import FACE_ANCHORS, FaceDetector, nms
 from engines.loader import Engines
 
 PORTRAITS = ["obama", "obama2", "obama3", "biden", "astronaut"]
@@ -33,7 +33,7 @@ def test_one_face_in_each_portrait(engines: Engines, photos: dict[str, np.ndarra
 
 
 def test_small_faces_in_a_1080p_frame(engines: Engines, photos: dict[str, np.ndarray]) -> None:
-    """Faces about 24-40 px wide in a 1920x1080 frame are found thanks to the tile pyramid."""
+    """Faces about 34-60 px wide in a 1920x1080 frame are found thanks to the pyramid's finest level."""
     rng = np.random.default_rng(1)
     frame = (rng.normal(110, 25, (1080, 1920, 3))).clip(0, 255).astype(np.uint8)
     face = Image.fromarray(photos["obama"]).crop((300, 60, 700, 480))  # face + margin, face ~280 px wide
@@ -83,15 +83,39 @@ def test_no_faces_in_noise(engines: Engines) -> None:
     assert len(engines.faces.detect([frame])[0]) == 0
 
 
-def test_tile_plan_covers_the_frame() -> None:
-    tiles = plan_tiles(1080, 1920, 192, finest_scale=14 / 24, overlap=48)
-    scales = sorted({t.scale for t in tiles})
-    assert scales[0] == pytest.approx(0.1) and scales[-1] == pytest.approx(14 / 24)
-    for s in scales:
-        level = [t for t in tiles if t.scale == s]
-        w, h = round(1920 * s), round(1080 * s)
-        assert min(t.x0 for t in level) <= 0 and max(t.x0 for t in level) + 192 >= w
-        assert min(t.y0 for t in level) <= 0 and max(t.y0 for t in level) + 192 >= h
+def test_pyramid_levels_cover_every_face_size(engines: Engines) -> None:
+    """The finest level shows a --min-face face at >= 16.8 model px, the coarsest shows a face as large as
+    the frame's short side within the model's reliable 96 px, and canvases are whole model strides with a
+    black margin right and below."""
+    det: FaceDetector = engines.faces
+    canvases = det.plan(1080, 1920)
+    levels = [c.levels[0] for c in canvases]
+    assert [round(lv.scale, 4) for lv in levels] == [0.7, 0.35, 0.175, 0.0875]
+    assert det.min_face_px * levels[0].scale >= 16.8 - 1e-6
+    assert 1080 * levels[-1].scale <= 96
+    for canvas, level in zip(canvases, levels, strict=True):
+        assert canvas.height % 32 == 0 and canvas.width % 32 == 0
+        assert canvas.height - level.height >= 16 and canvas.width - level.width >= 16
+        assert level.width == round(1920 * level.scale) and level.height == round(1080 * level.scale)
+    assert levels[-1].max_box == np.inf and levels[0].max_box < np.inf
+    assert len(det.plan(360, 640)) == 3  # a small frame needs fewer levels
+
+
+def test_detector_graph_is_dynamic_in_image_size(engines: Engines, photos: dict[str, np.ndarray]) -> None:
+    """A face pasted into a larger input is found at the same place, with its anchors in the same
+    row-major order that AnchorSpec.centres gives for that size."""
+    face = np.asarray(Image.fromarray(photos["obama"]).resize((192, 192)))
+    native = engines.faces.session.run({"image": face[None]})
+    best = int(np.argmax(native["scores"][0]))
+    centre = FACE_ANCHORS.centres(192, 192)[best] + native["boxes"][0, best, :2]
+    canvas = np.zeros((1, 320, 576, 3), np.uint8)
+    canvas[0, 96:288, 224:416] = face
+    big = engines.faces.session.run({"image": canvas})
+    assert big["scores"].shape == (1, (320 // 4) * (576 // 4))
+    k = int(np.argmax(big["scores"][0]))
+    assert big["scores"][0, k] > 0.8
+    found = FACE_ANCHORS.centres(320, 576)[k] + big["boxes"][0, k, :2]
+    np.testing.assert_allclose(found, centre + np.array([224.0, 96.0]), atol=4.0)
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes() -> None:

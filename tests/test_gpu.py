@@ -75,39 +75,38 @@ def test_decode_kernel_matches_the_array_decode(cp: object) -> None:
 
     rng = np.random.default_rng(0)
     b, k = 3, 6
-    anchors = FACE_ANCHORS.centres()
+    anchors = FACE_ANCHORS.centres(192, 320)
     reg = rng.normal(0, 20, (b, len(anchors), 4 + 2 * k)).astype(np.float32)
     scores = rng.random((b, len(anchors))).astype(np.float32)
     rows = cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
-                                      size=192, n_keypoints=k)
+                                      size=1.0, n_keypoints=k)
     tile, anchor = np.nonzero(scores >= 0.9)
-    r, a = reg[tile, anchor] / 192, anchors[anchor]
+    r, a = reg[tile, anchor], anchors[anchor]
     cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
-    boxes = np.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1) * 192
-    kps = (r[:, 4:] + np.tile(a, (1, k))) * 192
+    boxes = np.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1)
+    kps = r[:, 4:] + np.tile(a, (1, k))
     assert rows is not None and len(rows) == len(tile) > 500
     np.testing.assert_allclose(rows[:, :4], boxes, atol=2e-3)
     np.testing.assert_array_equal(rows[:, 4], scores[tile, anchor])
     np.testing.assert_allclose(rows[:, 5:5 + 2 * k], kps, atol=2e-3)
     np.testing.assert_array_equal(rows[:, -1].astype(np.int64), tile * len(anchors) + anchor)
     assert cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
-                                      size=192, n_keypoints=k, cap=100) is None  # too many: the caller falls back
+                                      size=1.0, n_keypoints=k, cap=100) is None  # too many: the caller falls back
 
 
-def test_gpu_tiles_match_the_host_pyramid(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
-    from engines import cuda_ops
-    from engines.imageops import crop_padded, resize
-
-    frame = photos["t1"]
+def test_gpu_canvas_matches_the_host_pyramid(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
+    """The level kernel gives the model inputs the CPU path builds with Pillow."""
     det = engines.faces
-    dev = cp.asarray(frame)  # type: ignore[attr-defined]
-    plan = det.plan(*frame.shape[:2])
-    specs = [(0, *cuda_ops.level_size(frame.shape[0], frame.shape[1], t.scale), t.x0, t.y0) for t in plan]
-    gpu = cuda_ops.tiles([dev], specs, det.size).get()
-    for tile, got in zip(plan, gpu, strict=True):
-        level = resize(frame, round(frame.shape[0] * tile.scale), round(frame.shape[1] * tile.scale))
-        host = crop_padded(level, tile.y0, tile.x0, det.size, det.size)
-        assert np.abs(got.astype(np.int16) - host).mean() < 2.0, tile
+    frames = [photos["t1"], photos["t1"][::-1].copy()]
+    canvases = det.plan(*frames[0].shape[:2])
+    host = list(det._canvas_batches(np, frames, canvases))
+    dev = [b.get() for b in det._canvas_batches(cp, [cp.asarray(f) for f in frames], canvases)]  # type: ignore[attr-defined]
+    for canvas, want, got in zip(canvases, host, dev, strict=True):
+        level = canvas.levels[0]
+        assert got.shape == (det.batch_size, *want.shape[1:])
+        assert not got[2:].any()  # padding images are black
+        assert np.abs(got[:2].astype(np.int16) - want).mean() < 2.0, level
+        assert not got[:, level.height:].any() and not got[:, :, level.width:].any()  # the black margin
 
 
 def test_gpu_detector_finds_what_the_cpu_finds(cp: object, engines: Engines, gpu_engines: Engines,

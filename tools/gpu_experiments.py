@@ -187,8 +187,6 @@ def ceiling_experiments(work: Path) -> None:
 def stage_experiments(work: Path) -> None:
     import cupy as cp
 
-    from engines.detectors import FaceDetector
-
     engines, frames = gpu_engines_and_frames(work)
     sync = cp.cuda.Device().synchronize
 
@@ -203,19 +201,17 @@ def stage_experiments(work: Path) -> None:
         return out
 
     faces = engines.faces
-    tiles_per_frame = len(faces.plan(*frames[0].shape[:2]))
-    emit(experiment="stage_info", frames=len(frames), tiles_per_frame=tiles_per_frame, frame_shape=frames[0].shape)
+    canvases = faces.plan(*frames[0].shape[:2])
+    emit(experiment="stage_info", frames=len(frames), frame_shape=frames[0].shape,
+         canvases=[(c.height, c.width, [lv.scale for lv in c.levels]) for c in canvases])
     dets = timed("faces.detect(32 frames)", lambda: faces.detect(frames))
     xp = cp
-    batches = list(faces._tile_batches(xp, frames))
-    timed("faces: all tiles kernels", lambda: list(faces._tile_batches(xp, frames)), tiles=len(batches) * 64)
-    one = batches[0][1]
-    timed("faces: session.run (64 tiles)", lambda: faces.session.run({"image": one}))
-    timed("faces: _run = run + decode + to host (64 tiles)", lambda: faces._run(one))
-    for size in (128, 256):
-        big = FaceDetector(faces.session, batch_size=size)
-        big.detect(frames)  # new input shape: set-up outside the timing
-        timed(f"faces.detect(32 frames), batch {size}", lambda b=big: b.detect(frames), batch=size)  # type: ignore[misc]
+    timed("faces: level kernels (32 frames)", lambda: list(faces._canvas_batches(xp, frames, canvases)))
+    for canvas, batch in zip(canvases, faces._canvas_batches(xp, frames, canvases), strict=True):
+        timed(f"faces: session.run (32 frames at {canvas.height}x{canvas.width})",
+              lambda b=batch: faces.session.run({"image": b}))  # type: ignore[misc]
+        timed(f"faces: _run = run + decode + to host ({canvas.height}x{canvas.width})",
+              lambda b=batch, c=canvas: faces._run(b, c))  # type: ignore[misc]
     if engines.persons is not None:
         timed("persons.detect(32 frames)", lambda: engines.persons.detect(frames))  # type: ignore[union-attr]
     import numpy as np
@@ -264,7 +260,8 @@ def contention_experiments(work: Path) -> None:
     import numpy as np
 
     engines, frames = gpu_engines_and_frames(work)
-    tiles = next(iter(engines.faces._tile_batches(cp, frames)))[1]
+    canvas = engines.faces.plan(*frames[0].shape[:2])[0]
+    finest = next(iter(engines.faces._canvas_batches(cp, frames, [canvas])))
     chips = cp.asarray(np.random.default_rng(0).integers(0, 255, (64, 150, 150, 3), dtype=np.uint8))
     paths = clips(work)
 
@@ -287,7 +284,7 @@ def contention_experiments(work: Path) -> None:
         stop = threading.Event()
         threads = background(kind.replace("_decoders", ""), stop)
         time.sleep(1.0)
-        for name, fn in (("faces._run(256 tiles)", lambda: engines.faces._run(tiles)),
+        for name, fn in (("faces._run(32 frames, all levels)", lambda: engines.faces._run(finest, canvas)),
                          ("embed_chips(64)", lambda: engines.embedder.embed_chips(chips))):
             times = []
             for _ in range(30):

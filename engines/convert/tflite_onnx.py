@@ -2,9 +2,16 @@
 
 The .tflite flatbuffer is read with the PyPI ``tflite`` package; weights are folded to float32 constants
 with numpy (DENSIFY of CSR-sparse kernels, DEQUANTIZE of float16/int8), and every runtime op is emitted as
-its ONNX equivalent in NCHW layout. The resulting graph takes ``image`` (uint8 RGB, NHWC, dynamic batch)
-and returns ``boxes`` (raw SSD regressors, [N, A, K]) and ``scores`` (sigmoid of the clipped logits,
-[N, A]); anchor decoding and NMS stay outside the graph.
+its ONNX equivalent in NCHW layout. The resulting graph takes ``image`` (uint8 RGB, NHWC) and returns
+``boxes`` (raw SSD regressors, [N, A, K]) and ``scores`` (sigmoid of the clipped logits, [N, A]); anchor
+decoding and NMS stay outside the graph.
+
+The graph is dynamic in the batch and in the image size: both detectors are fully convolutional, so the
+same weights run on a whole pyramid level of a frame instead of on 192x192 tiles of it. Heights and
+widths must be multiples of the model's total stride (32: then every stride-2 convolution sees an even
+size, and the explicit SAME paddings computed at the native size hold); there are A = sum over the
+anchor strides of (H / stride) x (W / stride) x anchors-per-cell outputs, in row-major order per stride.
+At the native size the graph computes exactly what the fixed-size model computes.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ INPUT_NAME = "image"
 BOXES_NAME = "boxes"
 SCORES_NAME = "scores"
 BATCH_DIM = "N"
+HEIGHT_DIM = "H"
+WIDTH_DIM = "W"
+ANCHOR_DIM = "A"
 LOGIT_CLIP = 100.0
 
 _NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -56,7 +66,7 @@ _INDEX_VECTORS: dict[int, Any] = {
 
 
 def convert_tflite_detector(tflite_bytes: bytes, *, graph_name: str) -> onnx.ModelProto:
-    """Convert a MediaPipe SSD detector .tflite to a batch-dynamic ONNX model (opset 17).
+    """Convert a MediaPipe SSD detector .tflite to a batch- and size-dynamic ONNX model (opset 17).
 
     Raises ValueError naming the op or tensor when the model uses something this converter does not
     support, so that an unexpected model version fails at conversion time rather than giving wrong boxes.
@@ -490,7 +500,7 @@ class _Converter:
         self._set_output(ctx, self._activation(ctx, fused, output), layout)
 
     def _resize_bilinear(self, ctx: _OpContext) -> None:
-        """Sizes are built from the runtime batch/channel dims so the graph stays batch-dynamic."""
+        """A fixed output size becomes fixed scale factors, so the graph stays dynamic in batch and size."""
         self._check_float_activation(ctx)
         options = self._options(ctx, tflite.ResizeBilinearOptions)
         size = self._require_constant(ctx.inputs[1], ctx, "size").astype(np.int64).reshape(-1)
@@ -498,25 +508,23 @@ class _Converter:
             raise ValueError(
                 f"RESIZE_BILINEAR op {ctx.index}: size must have 2 elements, got {size.tolist()}"
             )
+        source_hw = self._shape(ctx.inputs[0])[1:3]
+        if len(source_hw) != 2 or any(o % i for o, i in zip(size.tolist(), source_hw, strict=True)):
+            raise ValueError(
+                f"RESIZE_BILINEAR op {ctx.index}: {list(source_hw)} -> {size.tolist()} is not an integer "
+                "upscale, so it cannot be made size-dynamic"
+            )
         if options.AlignCorners():
             mode = "align_corners"
         elif options.HalfPixelCenters():
             mode = "half_pixel"
         else:
             mode = "asymmetric"
-        source = self._runtime(ctx.inputs[0], "nchw")
+        scales = np.array([1.0, 1.0] + [o / i for o, i in zip(size.tolist(), source_hw, strict=True)], np.float32)
         name = ctx.node_name
-        self._node("Shape", [source], [f"{name}/nc"], f"{name}/shape", start=0, end=2)
-        self._node(
-            "Concat",
-            [f"{name}/nc", self._ints(f"{name}/hw", size)],
-            [f"{name}/sizes"],
-            f"{name}/sizes",
-            axis=0,
-        )
         self._node(
             "Resize",
-            [source, "", "", f"{name}/sizes"],
+            [self._runtime(ctx.inputs[0], "nchw"), "", self._initializer(f"{name}/scales", scales)],
             [name],
             name,
             doc=self._tensor_name(ctx.outputs[0]),
@@ -541,16 +549,19 @@ class _Converter:
         self._set_output(ctx, ctx.node_name, "nchw")
 
     def _reshape(self, ctx: _OpContext) -> None:
-        """The target comes from the static output shape with the batch dim as 0 (copy), never a baked 1."""
+        """Only the SSD heads' flattening [1, H, W, C] -> [1, H*W*C/K, K] is supported: it becomes
+        [0, -1, K], which keeps the batch (0 copies it) and the image size dynamic."""
         self._check_float_activation(ctx)
         source_shape = self._shape(ctx.inputs[0])
         target = list(self._shape(ctx.outputs[0]))
-        if not target or not source_shape or target[0] != source_shape[0]:
+        flattens_heads = (len(source_shape) == 4 and len(target) == 3 and target[0] == source_shape[0]
+                          and target[1] * target[2] == int(np.prod(source_shape[1:])))
+        if not flattens_heads:
             raise ValueError(
-                f"RESHAPE op {ctx.index}: {source_shape} -> {target} does not keep the batch "
-                "dimension, so it cannot be made batch-dynamic"
+                f"RESHAPE op {ctx.index}: {source_shape} -> {target} is not an SSD head's [1, H, W, C] -> "
+                "[1, A, K] flattening, so it cannot be made batch- and size-dynamic"
             )
-        target[0] = 0
+        target = [0, -1, target[2]]
         self._node(
             "Reshape",
             [self._runtime(ctx.inputs[0], "nhwc"), self._ints(f"{ctx.node_name}/shape", target)],
@@ -619,19 +630,19 @@ class _Converter:
             "scores/clip",
         )
         self._node("Sigmoid", ["scores/clipped"], [SCORES_NAME], "scores/sigmoid")
-        _, height, width, channels = self.input_shape
-        anchors, coords = self._shape(boxes_index)[1:]
+        channels = self.input_shape[3]
+        coords = self._shape(boxes_index)[2]
         return helper.make_graph(
             self.nodes,
             graph_name,
             inputs=[
                 helper.make_tensor_value_info(
-                    INPUT_NAME, TensorProto.UINT8, [BATCH_DIM, height, width, channels]
+                    INPUT_NAME, TensorProto.UINT8, [BATCH_DIM, HEIGHT_DIM, WIDTH_DIM, channels]
                 )
             ],
             outputs=[
-                helper.make_tensor_value_info(BOXES_NAME, TensorProto.FLOAT, [BATCH_DIM, anchors, coords]),
-                helper.make_tensor_value_info(SCORES_NAME, TensorProto.FLOAT, [BATCH_DIM, anchors]),
+                helper.make_tensor_value_info(BOXES_NAME, TensorProto.FLOAT, [BATCH_DIM, ANCHOR_DIM, coords]),
+                helper.make_tensor_value_info(SCORES_NAME, TensorProto.FLOAT, [BATCH_DIM, ANCHOR_DIM]),
             ],
             initializer=list(self.initializers.values()),
         )

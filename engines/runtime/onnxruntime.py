@@ -30,6 +30,11 @@ class OnnxRuntimeSession:
     On CUDA the session runs on its own CuPy stream (`stream`), given to ONNX Runtime as its compute
     stream, so that pre-processing kernels, the model and post-processing are ordered on one stream
     without device-wide synchronisation. Inputs and outputs stay in GPU memory (IO binding).
+
+    A model that takes images of any size (the detectors) gets one ONNX Runtime session per input shape
+    on CUDA: the CUDA provider keeps set-up (cuDNN plans, ~6-9 s per shape on the H100) only for the
+    last shape a convolution saw, so one session fed alternating pyramid levels redid it on every run.
+    Each session sees one shape and sets up once.
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False):
@@ -73,6 +78,9 @@ class OnnxRuntimeSession:
 
                 graph = to_float16(onnx.load(str(model.path))).SerializeToString()
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
+            self._by_shape: dict[tuple[int, ...], Any] = {}
+            self._new_session = (lambda: ort.InferenceSession(graph, sess_options=opts, providers=providers)) \
+                if device == "cuda" and model.spec.size_multiple else None
         except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
             raise ModelError(f"ONNX Runtime cannot load the model: {exc}", path=model.path,
                              hint="run `vidx models fetch --force`") from exc
@@ -110,7 +118,13 @@ class OnnxRuntimeSession:
             raise RuntimeUnavailable("CuPy is not available")
         # Inputs may come from kernels on another stream: order this session's stream after them.
         self.stream.wait_event(cp.cuda.get_current_stream().record())
-        binding = self._session.io_binding()
+        session = self._session
+        if self._new_session is not None:
+            shape = tuple(int(d) for v in inputs.values() for d in v.shape)
+            if shape not in self._by_shape:
+                self._by_shape[shape] = self._session if not self._by_shape else self._new_session()
+            session = self._by_shape[shape]
+        binding = session.io_binding()
         batch = 0
         keep_alive = []
         for name, value in inputs.items():
@@ -119,11 +133,26 @@ class OnnxRuntimeSession:
             batch = int(arr.shape[0])
             binding.bind_input(name, "cuda", cp.cuda.runtime.getDevice(), arr.dtype, list(arr.shape), arr.data.ptr)
         outputs: dict[str, Array] = {}
+        allocated_by_ort = []
         with self.stream:
             for name, shape, dtype in self._outputs:
+                if any(not isinstance(d, int) for d in shape[1:]):
+                    # Sized by the input (a detector's anchors grow with the image): ONNX Runtime allocates it.
+                    binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice())
+                    allocated_by_ort.append((name, dtype))
+                    continue
                 dims = [batch if not isinstance(d, int) else d for d in shape]
                 out = cp.empty(dims, dtype=dtype)
                 outputs[name] = out
                 binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice(), dtype, dims, out.data.ptr)
-        self._session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
+        if allocated_by_ort:
+            values = dict(zip((o.name for o in session.get_outputs()), binding.get_outputs(), strict=True))
+            for name, dtype in allocated_by_ort:
+                value = values[name]
+                shape = tuple(value.shape())
+                nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                # The CuPy array keeps ONNX Runtime's buffer (the OrtValue) alive as the memory's owner.
+                memory = cp.cuda.UnownedMemory(value.data_ptr(), nbytes, value)
+                outputs[name] = cp.ndarray(shape, dtype=dtype, memptr=cp.cuda.MemoryPointer(memory, 0))
         return outputs

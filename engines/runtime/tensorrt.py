@@ -9,6 +9,10 @@ The plan is cached under a key of everything that makes it valid: the ONNX file'
 name and compute capability, the TensorRT version, the precision and the optimisation profile. A
 timing cache per GPU and TensorRT version makes rebuilds of other profiles fast.
 
+The detectors are dynamic in image size as well as batch (one input per pyramid level): their profile
+spans heights and widths from one stride to a 4K frame's finest level (`SPATIAL_MAX`), tuned for the
+finest level of a 1080p frame (`SPATIAL_OPT`).
+
 This module is written against TensorRT's documented Python API; it runs only where `tensorrt`
 imports and a GPU is present (see docs/gpu.md for what was and was not verified).
 """
@@ -36,19 +40,36 @@ log = logging.getLogger(__name__)
 
 PRECISION = "fp16"
 WORKSPACE_BYTES = 1 << 30
+SPATIAL_OPT = (800, 1376)
+"""Canvas of a 1080p frame's finest face level at the default --min-face 24 (scale 0.7)."""
+SPATIAL_MAX = (2176, 3872)
+"""A 3840x2160 frame at scale 1 on its canvas (the detectors never upscale a frame)."""
 
 
 def plan_key(model: ModelFile, gpu_name: str, capability: tuple[int, int], trt_version: str,
-             profile: tuple[int, int, int]) -> str:
+             profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]) -> str:
     blob = json.dumps({
         "onnx_sha256": model.provenance.onnx_sha256, "gpu": gpu_name, "cc": list(capability),
-        "tensorrt": trt_version, "precision": PRECISION, "profile": list(profile),
+        "tensorrt": trt_version, "precision": PRECISION, "profile": [list(p) for p in profile],
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def input_profile(model: ModelFile, max_batch: int
+                  ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(min, opt, max) NHWC input shapes of the optimisation profile."""
+    spec = model.spec
+    opt_batch = max(1, max_batch // 2)
+    if not spec.size_multiple:
+        size = spec.input_size
+        return (1, size, size, 3), (opt_batch, size, size, 3), (max_batch, size, size, 3)
+    step = spec.size_multiple
+    return (1, step, step, 3), (opt_batch, *SPATIAL_OPT, 3), (max_batch, *SPATIAL_MAX, 3)
+
+
 class TensorRTSession:
-    """One model as a TensorRT engine with a dynamic batch from 1 to max_batch."""
+    """One model as a TensorRT engine with a dynamic batch from 1 to max_batch (and a dynamic image size
+    for the detectors)."""
 
     def __init__(self, model: ModelFile, *, max_batch: int = 64, cache_dir: Path | None = None):
         try:
@@ -68,8 +89,7 @@ class TensorRTSession:
         props = cp.cuda.runtime.getDeviceProperties(dev.id)
         gpu_name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         capability = (int(props["major"]), int(props["minor"]))
-        opt = max(1, max_batch // 2)
-        self.profile = (1, opt, max_batch)
+        self.profile = input_profile(model, max_batch)
         self.cache_dir = (cache_dir or model.path.parent.parent / "tensorrt")
         key = plan_key(model, gpu_name, capability, trt.__version__, self.profile)
         self.plan_path = self.cache_dir / f"{model.spec.name}-{key}.plan"
@@ -112,9 +132,7 @@ class TensorRTSession:
         timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.exists() else b"")
         config.set_timing_cache(timing, False)
         profile = builder.create_optimization_profile()
-        size = self.model.spec.input_size
-        lo, opt, hi = self.profile
-        profile.set_shape(self.model.spec.input_name, (lo, size, size, 3), (opt, size, size, 3), (hi, size, size, 3))
+        profile.set_shape(self.model.spec.input_name, *self.profile)
         config.add_optimization_profile(profile)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
@@ -145,8 +163,9 @@ class TensorRTSession:
         with self.stream:
             for name in self._inputs:
                 arr = cp.ascontiguousarray(cp.asarray(inputs[name], dtype=self._dtypes[name]))
-                if arr.shape[0] > self.profile[2]:
-                    raise ValueError(f"batch {arr.shape[0]} exceeds the engine's profile maximum {self.profile[2]}")
+                if any(d > m for d, m in zip(arr.shape, self.profile[2], strict=True)):
+                    raise ValueError(f"input {tuple(arr.shape)} exceeds the engine's profile maximum "
+                                     f"{self.profile[2]}")
                 keep.append(arr)
                 self._context.set_input_shape(name, tuple(arr.shape))
                 self._context.set_tensor_address(name, arr.data.ptr)
