@@ -71,24 +71,16 @@ class Detections:
 
 @dataclass(frozen=True)
 class Level:
-    """One pyramid level: the frame scaled by `scale` to height x width, placed at (x0, y0) of a canvas."""
+    """One pyramid level, one model input: the frame scaled by `scale` to height x width, at the top left
+    of a black canvas_h x canvas_w canvas (sides multiples of the network's stride)."""
 
     scale: float
     height: int
     width: int
-    x0: int = 0
-    y0: int = 0
+    canvas_h: int
+    canvas_w: int
     max_box: float = math.inf
     """Largest box (model pixels) this level answers for; larger ones belong to a coarser level."""
-
-
-@dataclass(frozen=True)
-class Canvas:
-    """One model input: a pyramid level of a frame on black, sides multiples of the network's stride."""
-
-    height: int
-    width: int
-    levels: tuple[Level, ...]
 
 
 def _align_up(n: int, align: int) -> int:
@@ -96,18 +88,17 @@ def _align_up(n: int, align: int) -> int:
 
 
 def plan_levels(height: int, width: int, scales: Sequence[float], *, align: int, margin: int,
-                band: float = math.inf) -> list[Canvas]:
-    """Pyramid levels at `scales` (finest first), each on a canvas of its own that leaves at least `margin`
-    black pixels right of and below the scaled frame, so that nothing of the frame lies in the model's
+                band: float = math.inf) -> list[Level]:
+    """Pyramid levels at `scales` (finest first), each on a canvas that leaves at least `margin` black
+    pixels right of and below the scaled frame, so that nothing of the frame lies in the model's
     bottom-right corner; every level but the coarsest answers only for boxes under `band` times its scale
     step (model pixels)."""
-    canvases = []
+    levels = []
     for i, scale in enumerate(scales):
         h, w = max(1, round(height * scale)), max(1, round(width * scale))
         step = scale / scales[i + 1] if i + 1 < len(scales) else math.inf
-        canvases.append(Canvas(_align_up(h + margin, align), _align_up(w + margin, align),
-                               (Level(scale, h, w, max_box=band * step),)))
-    return canvases
+        levels.append(Level(scale, h, w, _align_up(h + margin, align), _align_up(w + margin, align), band * step))
+    return levels
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -141,7 +132,7 @@ class BlazeDetector:
     min_box: float = 0.0
     """Boxes narrower than this (model pixels) are below what the model finds reliably."""
     _anchor_cache: dict[tuple[int, int, int], Array] = field(default_factory=dict, repr=False)
-    _plans: dict[tuple[int, int], list[Canvas]] = field(default_factory=dict, repr=False)
+    _plans: dict[tuple[int, int], list[Level]] = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -156,14 +147,14 @@ class BlazeDetector:
             self._anchor_cache[key] = xp.asarray(self.anchors.centres(height, width))
         return self._anchor_cache[key]
 
-    def plan(self, height: int, width: int) -> list[Canvas]:
-        """The model inputs of a height x width frame, finest level first (cached per frame size)."""
+    def plan(self, height: int, width: int) -> list[Level]:
+        """The pyramid levels of a height x width frame, finest first (cached per frame size)."""
         key = (height, width)
         if key not in self._plans:
             self._plans[key] = self._plan(height, width)
         return self._plans[key]
 
-    def _plan(self, height: int, width: int) -> list[Canvas]:
+    def _plan(self, height: int, width: int) -> list[Level]:
         raise NotImplementedError
 
     def detect(self, frames: Sequence[Array]) -> list[Detections]:
@@ -176,34 +167,28 @@ class BlazeDetector:
             by_size.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(f)
         found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in frames]
         for (height, width), members in by_size.items():
-            canvases = self.plan(height, width)
+            levels = self.plan(height, width)
             for start in range(0, len(members), self.batch_size):
                 part = members[start:start + self.batch_size]
-                for canvas, batch in zip(canvases, self._canvas_batches(xp, [frames[f] for f in part], canvases),
-                                         strict=True):
-                    boxes, scores, kps, image = self._run(batch, canvas)
-                    real = image < len(part)  # GPU batches are padded with black images
-                    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+                for level, batch in zip(levels, self._level_batches(xp, [frames[f] for f in part], levels),
+                                        strict=True):
+                    boxes, scores, kps, image = self._run(batch, level)
+                    keep = image < len(part)  # GPU batches are padded with black images
                     width_px = boxes[:, 2] - boxes[:, 0]
-                    for level in canvas.levels:
-                        keep = real & (width_px >= self.min_box) & (width_px <= level.max_box)
-                        # the level a box belongs to is the one its centre lies on (not the black around it)
-                        keep &= (cx >= level.x0) & (cx < level.x0 + level.width)
-                        keep &= (cy >= level.y0) & (cy < level.y0 + level.height)
-                        offset = np.array([level.x0, level.y0], np.float32)
-                        inv = np.float32(1.0 / level.scale)
-                        for k in np.unique(image[keep]):
-                            sel = keep & (image == k)
-                            placed = (boxes[sel].reshape(-1, 2, 2) - offset).reshape(-1, 4) * inv
-                            found[part[int(k)]].append((placed, scores[sel], (kps[sel] - offset) * inv))
+                    keep &= (width_px >= self.min_box) & (width_px <= level.max_box)
+                    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+                    keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
+                    inv = np.float32(1.0 / level.scale)
+                    for k in np.unique(image[keep]):
+                        sel = keep & (image == k)
+                        found[part[int(k)]].append((boxes[sel] * inv, scores[sel], kps[sel] * inv))
         return [self._merge(parts) for parts in found]
 
-    def _canvas_batches(self, xp: ModuleType, frames: Sequence[Array], canvases: Sequence[Canvas]
-                        ) -> Iterator[Array]:
-        """For each canvas, the frames' model inputs: N x height x width x 3 uint8.
+    def _level_batches(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level]) -> Iterator[Array]:
+        """For each level, finest first, the frames' model inputs: N x canvas_h x canvas_w x 3 uint8.
 
         On the GPU one kernel launch per level scales every frame straight onto its canvas, and the batch
-        is padded with black images to batch_size, so that the model always sees the same input shape.
+        is padded with black images to batch_size, so that each level's model input always has one shape.
         On the CPU Pillow scales each level from the finer one before it (cheaper than from the full
         frame, and antialiased either way).
         """
@@ -212,24 +197,21 @@ class BlazeDetector:
 
             dev = [xp.ascontiguousarray(xp.asarray(f)) for f in frames]
             n = max(self.batch_size, len(dev))
-            for canvas in canvases:
-                out = xp.zeros((n, canvas.height, canvas.width, 3), xp.uint8)
-                for level in canvas.levels:
-                    cuda_ops.place_levels(dev, [(f, level.width, level.height, level.x0, level.y0)
-                                                for f in range(len(dev))], out)
+            for level in levels:
+                out = xp.zeros((n, level.canvas_h, level.canvas_w, 3), xp.uint8)
+                cuda_ops.place_levels(dev, [(f, level.width, level.height, 0, 0) for f in range(len(dev))], out)
                 yield out
             return
         current = [to_host(f) for f in frames]
-        for canvas in canvases:
-            batch = np.zeros((len(current), canvas.height, canvas.width, 3), np.uint8)
-            for level in canvas.levels:
-                current = [resize(img, level.height, level.width) for img in current]
-                for i, img in enumerate(current):
-                    batch[i, level.y0:level.y0 + level.height, level.x0:level.x0 + level.width] = img
+        for level in levels:
+            current = [resize(img, level.height, level.width) for img in current]
+            batch = np.zeros((len(current), level.canvas_h, level.canvas_w, 3), np.uint8)
+            for i, img in enumerate(current):
+                batch[i, :level.height, :level.width] = img
             yield batch
 
-    def _run(self, batch: Array, canvas: Canvas) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Model + anchor decoding + threshold for a batch of one canvas: candidates in canvas pixels.
+    def _run(self, batch: Array, level: Level) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Model + anchor decoding + threshold for a batch of one level: candidates in canvas pixels.
 
         Returns boxes (N x 4), scores (N), keypoints (N x K x 2) and the batch image of each (N), on the
         host, brought back in one transfer.
@@ -238,7 +220,7 @@ class BlazeDetector:
         stream = getattr(self.session, "stream", None)
         out = self.session.run({"image": batch})
         k = self.n_keypoints
-        anchors = self._anchor_array(xp, canvas.height, canvas.width)
+        anchors = self._anchor_array(xp, level.canvas_h, level.canvas_w)
         with stream if stream is not None else contextlib.nullcontext():
             reg, scores = out["boxes"], out["scores"]
             if xp is not np:  # one kernel and one copy instead of a dozen small array operations
@@ -306,7 +288,7 @@ class FaceDetector(BlazeDetector):
                          min_box=MODEL_MIN_FACE_PX * 0.8)
         self.min_face_px = min_face_px
 
-    def _plan(self, height: int, width: int) -> list[Canvas]:
+    def _plan(self, height: int, width: int) -> list[Level]:
         """Finest level first; coarser levels, LEVEL_STEP apart, until a face as large as the frame's short
         side is within the model's reliable range."""
         scales = [min(1.0, FINEST_FACE_PX / self.min_face_px)]
@@ -329,7 +311,7 @@ class PersonDetector(BlazeDetector):
     def __init__(self, session: Session, *, score_threshold: float = 0.5, batch_size: int = 4):
         super().__init__(session, PERSON_ANCHORS, len(PERSON_KEYPOINTS), score_threshold, batch_size=batch_size)
 
-    def _plan(self, height: int, width: int) -> list[Canvas]:
+    def _plan(self, height: int, width: int) -> list[Level]:
         scales = [self.size / min(height, width)]
         if max(height, width) > min(height, width) * 1.05:
             scales.append(self.size / max(height, width))

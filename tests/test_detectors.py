@@ -88,14 +88,13 @@ def test_pyramid_levels_cover_every_face_size(engines: Engines) -> None:
     the frame's short side within the model's reliable 96 px, and canvases are whole model strides with a
     black margin right and below."""
     det: FaceDetector = engines.faces
-    canvases = det.plan(1080, 1920)
-    levels = [c.levels[0] for c in canvases]
+    levels = det.plan(1080, 1920)
     assert [round(lv.scale, 4) for lv in levels] == [0.7, 0.35, 0.175, 0.0875]
     assert det.min_face_px * levels[0].scale >= 16.8 - 1e-6
     assert 1080 * levels[-1].scale <= 96
-    for canvas, level in zip(canvases, levels, strict=True):
-        assert canvas.height % 32 == 0 and canvas.width % 32 == 0
-        assert canvas.height - level.height >= 16 and canvas.width - level.width >= 16
+    for level in levels:
+        assert level.canvas_h % 32 == 0 and level.canvas_w % 32 == 0
+        assert level.canvas_h - level.height >= 16 and level.canvas_w - level.width >= 16
         assert level.width == round(1920 * level.scale) and level.height == round(1080 * level.scale)
     assert levels[-1].max_box == np.inf and levels[0].max_box < np.inf
     assert len(det.plan(360, 640)) == 3  # a small frame needs fewer levels

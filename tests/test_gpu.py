@@ -94,15 +94,14 @@ def test_decode_kernel_matches_the_array_decode(cp: object) -> None:
                                       size=1.0, n_keypoints=k, cap=100) is None  # too many: the caller falls back
 
 
-def test_gpu_canvas_matches_the_host_pyramid(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
+def test_gpu_levels_match_the_host_pyramid(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
     """The level kernel gives the model inputs the CPU path builds with Pillow."""
     det = engines.faces
     frames = [photos["t1"], photos["t1"][::-1].copy()]
-    canvases = det.plan(*frames[0].shape[:2])
-    host = list(det._canvas_batches(np, frames, canvases))
-    dev = [b.get() for b in det._canvas_batches(cp, [cp.asarray(f) for f in frames], canvases)]  # type: ignore[attr-defined]
-    for canvas, want, got in zip(canvases, host, dev, strict=True):
-        level = canvas.levels[0]
+    levels = det.plan(*frames[0].shape[:2])
+    host = list(det._level_batches(np, frames, levels))
+    dev = [b.get() for b in det._level_batches(cp, [cp.asarray(f) for f in frames], levels)]  # type: ignore[attr-defined]
+    for level, want, got in zip(levels, host, dev, strict=True):
         assert got.shape == (det.batch_size, *want.shape[1:])
         assert not got[2:].any()  # padding images are black
         assert np.abs(got[:2].astype(np.int16) - want).mean() < 2.0, level

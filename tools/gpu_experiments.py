@@ -201,17 +201,17 @@ def stage_experiments(work: Path) -> None:
         return out
 
     faces = engines.faces
-    canvases = faces.plan(*frames[0].shape[:2])
+    levels = faces.plan(*frames[0].shape[:2])
     emit(experiment="stage_info", frames=len(frames), frame_shape=frames[0].shape,
-         canvases=[(c.height, c.width, [lv.scale for lv in c.levels]) for c in canvases])
+         levels=[(lv.scale, lv.canvas_h, lv.canvas_w) for lv in levels])
     dets = timed("faces.detect(32 frames)", lambda: faces.detect(frames))
     xp = cp
-    timed("faces: level kernels (32 frames)", lambda: list(faces._canvas_batches(xp, frames, canvases)))
-    for canvas, batch in zip(canvases, faces._canvas_batches(xp, frames, canvases), strict=True):
-        timed(f"faces: session.run (32 frames at {canvas.height}x{canvas.width})",
+    timed("faces: level kernels (32 frames)", lambda: list(faces._level_batches(xp, frames, levels)))
+    for level, batch in zip(levels, faces._level_batches(xp, frames, levels), strict=True):
+        timed(f"faces: session.run (32 frames at {level.canvas_h}x{level.canvas_w})",
               lambda b=batch: faces.session.run({"image": b}))  # type: ignore[misc]
-        timed(f"faces: _run = run + decode + to host ({canvas.height}x{canvas.width})",
-              lambda b=batch, c=canvas: faces._run(b, c))  # type: ignore[misc]
+        timed(f"faces: _run = run + decode + to host ({level.canvas_h}x{level.canvas_w})",
+              lambda b=batch, lv=level: faces._run(b, lv))  # type: ignore[misc]
     if engines.persons is not None:
         timed("persons.detect(32 frames)", lambda: engines.persons.detect(frames))  # type: ignore[union-attr]
     import numpy as np
@@ -238,7 +238,7 @@ def pipeline_experiments(work: Path) -> None:
     from vidx.bench_video import run_pipeline
 
     paths = clips(work)
-    for batch in (64, 256):
+    for batch in (16, 32):  # frames per detector run (one pyramid level each)
         settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine="onnxruntime", detector_batch=batch,
                                                        videos_in_flight=14))
         indexer = pipeline.VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore()),
@@ -260,8 +260,8 @@ def contention_experiments(work: Path) -> None:
     import numpy as np
 
     engines, frames = gpu_engines_and_frames(work)
-    canvas = engines.faces.plan(*frames[0].shape[:2])[0]
-    finest = next(iter(engines.faces._canvas_batches(cp, frames, [canvas])))
+    level = engines.faces.plan(*frames[0].shape[:2])[0]
+    finest = next(iter(engines.faces._level_batches(cp, frames, [level])))
     chips = cp.asarray(np.random.default_rng(0).integers(0, 255, (64, 150, 150, 3), dtype=np.uint8))
     paths = clips(work)
 
@@ -284,7 +284,7 @@ def contention_experiments(work: Path) -> None:
         stop = threading.Event()
         threads = background(kind.replace("_decoders", ""), stop)
         time.sleep(1.0)
-        for name, fn in (("faces._run(32 frames, all levels)", lambda: engines.faces._run(finest, canvas)),
+        for name, fn in (("faces._run(32 frames, finest level)", lambda: engines.faces._run(finest, level)),
                          ("embed_chips(64)", lambda: engines.embedder.embed_chips(chips))):
             times = []
             for _ in range(30):
