@@ -267,9 +267,10 @@ face at 14 px is found less often than the several overlapping tile views of the
 at 16.8 px a single view finds more (docs/models.md, "Face size range")."""
 LEVEL_STEP = 2.0
 """Scale ratio between pyramid levels. The model's reliable range (14-96 px) spans ~6.9x, so a step of 3
-would do in principle; but one view of a face scores lower than the best of two at times (a t1.jpg face
-scored 0.85 at one level and 0.41 at the next), and with a step of 2 most faces are seen at two levels
-(docs/models.md: measured against steps of 3, for 18% more pixels)."""
+would do in principle, and found as many synthetic faces; but a fine level must then answer for boxes up
+to ~126 model px, where clutter in obama.jpg scored 0.68, and narrowing that band to 63 px lost a t1.jpg
+face (0.85 at one level, 0.41 at the next). With a step of 2 the band is 70 px and the photos' best
+clutter 0.54, for 18% more pixels (docs/measurements/detector_recall_levels.txt)."""
 LEVEL_BAND = 2.5
 """A level answers for faces up to LEVEL_BAND x MODEL_MIN_FACE_PX times its scale step (70 model px at a
 step of 2); larger boxes at a fine level were mostly clutter (a 0.68 one in obama.jpg) and belong to the
