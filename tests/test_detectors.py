@@ -123,6 +123,18 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     assert nms(boxes, scores, 0.3).tolist() == [1, 2]
 
 
+def test_overlapping_candidates_blend_into_one_face_by_score(engines: Engines) -> None:
+    """Weighted suppression: one face per cluster, box and keypoints the score-weighted mean, best score."""
+    boxes = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.6, 0.7], np.float32)
+    kps = np.zeros((3, 6, 2), np.float32)
+    kps[:, :, 0] = boxes[:, :1] + 3
+    dets = engines.faces._merge([(boxes[:2], scores[:2], kps[:2]), (boxes[2:], scores[2:], kps[2:])])
+    np.testing.assert_allclose(dets.boxes, [[0.8, 0, 10.8, 10], [50, 50, 60, 60]], atol=1e-5)
+    np.testing.assert_allclose(dets.scores, [0.9, 0.7])
+    np.testing.assert_allclose(dets.keypoints[:, :, 0], [[3.8] * 6, [53] * 6], atol=1e-5)
+
+
 def test_detector_plans_are_cached(engines: Engines) -> None:
     det: FaceDetector = engines.faces
     assert det.plan(720, 1280) is det.plan(720, 1280)

@@ -125,10 +125,11 @@ def test_gpu_embeddings_match_the_cpu(cp: object, engines: Engines, gpu_engines:
         _, host = largest_face_embedding(engines, photos[name])
         _, dev = largest_face_embedding(gpu_engines, cp.asarray(photos[name]))  # type: ignore[attr-defined]
         assert host is not None and dev is not None
-        # The GPU warp filters a strongly downscaled face with one triangle filter, the CPU path with
-        # Pillow's box pre-shrink + bilinear: on a 2204 px portrait that moves the descriptor by 0.051
-        # (H100, measured), a tenth of the 0.6 same-person radius.
-        assert np.linalg.norm(host - dev) < 0.08, name
+        # The GPU scales pyramid levels and warps chips with one triangle filter, the CPU with Pillow's
+        # box pre-shrink + bilinear, so keypoints differ by a fraction of a model pixel: 0.02-0.06 apart on
+        # the H100 (FP32 and FP16). For scale: the CPU path alone moves these embeddings by up to 0.14 when
+        # the photo is shifted by 3-7 px (docs/models.md).
+        assert np.linalg.norm(host - dev) < 0.1, name
         embs[name] = dev
     assert np.linalg.norm(embs["obama"] - embs["obama2"]) < 0.6
     assert np.linalg.norm(embs["obama"] - embs["biden"]) > 0.6
@@ -205,9 +206,16 @@ def test_gpu_pipeline_gives_the_cpu_tracks(indexed: tuple[list[SampleVideo], Pat
     for video in videos:
         cpu, gpu = (tracks(c, video.name) for c in (cpu_catalog, catalog))
         assert len(gpu) == len(cpu), (video.name, [(t.start_s, t.end_s) for t in gpu])
-        for a, b in zip(cpu, gpu, strict=True):
+        gpu_embs = np.stack([embedding_from_bytes(t.embedding) for t in gpu]) if gpu else np.zeros((0, 128))
+        paired = set()
+        for a in cpu:  # tracks that start together (two people walking in) pair by embedding, not by order
+            dist = np.linalg.norm(gpu_embs - embedding_from_bytes(a.embedding), axis=1)
+            k = int(np.argmin(dist))
+            b = gpu[k]
+            assert dist[k] < 0.15, (video.name, a.start_s, float(dist[k]))
             assert abs(a.start_s - b.start_s) <= INTERVAL + 0.05 and abs(a.end_s - b.end_s) <= INTERVAL + 0.05
-            assert np.linalg.norm(embedding_from_bytes(a.embedding) - embedding_from_bytes(b.embedding)) < 0.1
+            paired.add(k)
+        assert len(paired) == len(gpu), video.name
 
 
 def tracks(catalog: Catalog, name: str) -> list[Track]:

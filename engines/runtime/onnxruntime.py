@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,9 +33,10 @@ class OnnxRuntimeSession:
     without device-wide synchronisation. Inputs and outputs stay in GPU memory (IO binding).
 
     A model that takes images of any size (the detectors) gets one ONNX Runtime session per input shape
-    on CUDA: the CUDA provider keeps set-up (cuDNN plans, ~6-9 s per shape on the H100) only for the
-    last shape a convolution saw, so one session fed alternating pyramid levels redid it on every run.
-    Each session sees one shape and sets up once.
+    on CUDA: the CUDA provider keeps set-up (cuDNN plans, ~6-10 s per shape at 32 frames on the H100)
+    only for the last shape a convolution saw, so one session fed alternating pyramid levels redid it on
+    every run. Each session sees one shape and sets up once. (No provider option removes the set-up
+    without slower convolutions: docs/gpu.md items 15-16.)
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False):
@@ -79,6 +81,7 @@ class OnnxRuntimeSession:
                 graph = to_float16(onnx.load(str(model.path))).SerializeToString()
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
             self._by_shape: dict[tuple[int, ...], Any] = {}
+            self._by_shape_lock = threading.Lock()
             self._new_session = (lambda: ort.InferenceSession(graph, sess_options=opts, providers=providers)) \
                 if device == "cuda" and model.spec.size_multiple else None
         except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
@@ -121,9 +124,10 @@ class OnnxRuntimeSession:
         session = self._session
         if self._new_session is not None:
             shape = tuple(int(d) for v in inputs.values() for d in v.shape)
-            if shape not in self._by_shape:
-                self._by_shape[shape] = self._session if not self._by_shape else self._new_session()
-            session = self._by_shape[shape]
+            with self._by_shape_lock:  # threads (steps in flight, concurrent warm-up) may bring new shapes at once
+                if shape not in self._by_shape:
+                    self._by_shape[shape] = self._session if not self._by_shape else self._new_session()
+                session = self._by_shape[shape]
         binding = session.io_binding()
         batch = 0
         keep_alive = []

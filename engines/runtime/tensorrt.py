@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,9 @@ class TensorRTSession:
             raise ModelError("TensorRT cannot deserialize the cached plan", path=self.plan_path,
                              hint="delete it; it is rebuilt on the next run")
         self._context = self._engine.create_execution_context()
+        self._context_lock = threading.Lock()
+        """One execution context: a run sets its shapes and addresses, then enqueues, with no other run between
+        (the pipeline has two analysis steps in flight, each in its own thread)."""
         self.stream = cp.cuda.Stream(non_blocking=True)
         self._names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in self._names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -160,7 +164,7 @@ class TensorRTSession:
             raise ValueError(f"{self.model.spec.name} needs inputs {sorted(missing)}")
         self.stream.wait_event(cp.cuda.get_current_stream().record())
         keep: list[Any] = []
-        with self.stream:
+        with self._context_lock, self.stream:
             for name in self._inputs:
                 arr = cp.ascontiguousarray(cp.asarray(inputs[name], dtype=self._dtypes[name]))
                 if any(d > m for d, m in zip(arr.shape, self.profile[2], strict=True)):
