@@ -124,7 +124,7 @@ class OnnxRuntimeSession:
         session = self._session
         if self._new_session is not None:
             shape = tuple(int(d) for v in inputs.values() for d in v.shape)
-            with self._by_shape_lock:  # threads (steps in flight, concurrent warm-up) may bring new shapes at once
+            with self._by_shape_lock:  # two analysis steps in flight may meet a new frame size at once
                 if shape not in self._by_shape:
                     self._by_shape[shape] = self._session if not self._by_shape else self._new_session()
                 session = self._by_shape[shape]
