@@ -41,7 +41,7 @@ PREFETCH_BATCHES = 2
 STAGES = ("wait_for_frames", "wait_for_models", "detect_faces", "detect_persons", "align", "embed", "track")
 STEPS_IN_FLIGHT_GPU = 2
 """Analysis steps under way at once when the models run on a GPU: while one step's models run, the next
-step's host work (tile tables, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
+step's host work (level batches, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
 for Python. On a CPU the models use every core already: one step at a time."""
 THUMBNAIL_QUALITY = 88
 FEED_POLL_S = 0.05

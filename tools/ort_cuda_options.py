@@ -12,7 +12,6 @@ and fourth show the steady time. Results of 2026-11-25 on an H100: docs/measurem
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -74,7 +73,7 @@ def main() -> None:
         return
     for name in VARIANTS:
         proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
-                              timeout=300, env=dict(os.environ))
+                              timeout=300)
         lines = proc.stdout.strip().splitlines()
         print(lines[-1] if lines else json.dumps({"variant": name, "error": proc.stderr[-600:]}), flush=True)
 
