@@ -4,8 +4,8 @@ Every kernel reads frames through a table of device pointers, so one launch serv
 different videos and sizes (cross-video batches) without stacking or copying them first:
 
 - `nv12_to_rgb`: a decoded NV12 surface (NVDEC's native output) to upright RGB, rotation included.
-- `place_levels`: the detector's input, one pyramid level of every frame of a batch in one launch:
-  each frame scaled to the level's size at the level's place on its canvas, resampled with an
+- `place_level`: the detector's input, one pyramid level of every frame of a batch in one launch:
+  each frame scaled to the level's size at the top left of its canvas, resampled with an
   antialiasing triangle filter (the same filter family as Pillow's BILINEAR on the CPU path).
 - `warp_affine_frames`: aligned face chips for many faces of many frames in one launch, with a
   footprint that widens with the downscale factor (so a large face gives the same chip as a small one).
@@ -54,26 +54,24 @@ __device__ void sample_tri(const u8* img, int H, int W, long long row_stride, fl
 
 __device__ u8 to_u8(float v) { return (u8)fminf(fmaxf(v + 0.5f, 0.f), 255.f); }
 
-// One thread per pixel of a max_h x max_w window of every image. meta: [frame_slot, level_w, level_h, x0, y0]
-// int32 per image: the frame scaled to level_w x level_h is written at (x0, y0) of out's image; nothing else
-// of out is touched. frames: device pointers; dims: [H, W] int32 per frame slot.
-extern "C" __global__ void place_levels(const unsigned long long* frames, const int* dims, const int* meta,
-                                        int n_images, int max_h, int max_w, int out_h, int out_w, u8* out) {
+// One thread per pixel of a level_h x level_w window of every image: frame t scaled to level_w x level_h is
+// written at the top left of out's image t; nothing else of out is touched. frames: device pointers;
+// dims: [H, W] int32 per frame.
+extern "C" __global__ void place_level(const unsigned long long* frames, const int* dims, int n_images,
+                                       int lw, int lh, int out_h, int out_w, u8* out) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long per_image = (long long)max_h * max_w;
+    long long per_image = (long long)lh * lw;
     if (i >= per_image * n_images) return;
     int t = (int)(i / per_image);
     int r = (int)(i % per_image);
-    int ly = r / max_w, lx = r % max_w;
-    const int* m = meta + 5 * t;
-    int slot = m[0], lw = m[1], lh = m[2], x0 = m[3], y0 = m[4];
-    if (lx >= lw || ly >= lh || x0 + lx >= out_w || y0 + ly >= out_h) return;
-    int H = dims[2 * slot], W = dims[2 * slot + 1];
+    int ly = r / lw, lx = r % lw;
+    if (lx >= out_w || ly >= out_h) return;
+    int H = dims[2 * t], W = dims[2 * t + 1];
     float rx = (float)W / lw, ry = (float)H / lh;
     float cx = (lx + 0.5f) * rx - 0.5f, cy = (ly + 0.5f) * ry - 0.5f;
     float rgb[3];
-    sample_tri((const u8*)frames[slot], H, W, 3LL * W, cx, cy, fmaxf(rx, 1.f), fmaxf(ry, 1.f), rgb);
-    u8* o = out + 3 * ((long long)t * out_h * out_w + (long long)(y0 + ly) * out_w + (x0 + lx));
+    sample_tri((const u8*)frames[t], H, W, 3LL * W, cx, cy, fmaxf(rx, 1.f), fmaxf(ry, 1.f), rgb);
+    u8* o = out + 3 * ((long long)t * out_h * out_w + (long long)ly * out_w + lx);
     o[0] = to_u8(rgb[0]); o[1] = to_u8(rgb[1]); o[2] = to_u8(rgb[2]);
 }
 // One thread per chip pixel. chip_meta: [frame_slot] int32; maps: 2x3 float32 per chip (chip -> frame).
@@ -129,7 +127,7 @@ extern "C" __global__ void nv12_to_rgb(const u8* y_plane, const u8* uv_plane, in
 // taken with atomicAdd on the counter in out[0] (an int). The caller sorts rows by flat_index.
 extern "C" __global__ void decode_candidates(const float* reg, const float* scores, const float* anchors,
                                              int n, int n_anchors, int reg_width, int n_kps, float thr,
-                                             float size, int cap, float* out) {
+                                             int cap, float* out) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float s = scores[i];
@@ -138,7 +136,7 @@ extern "C" __global__ void decode_candidates(const float* reg, const float* scor
     if (slot >= cap) return;
     int a = i % n_anchors;
     const float* r = reg + (long long)i * reg_width;
-    float ax = anchors[2 * a] * size, ay = anchors[2 * a + 1] * size;
+    float ax = anchors[2 * a], ay = anchors[2 * a + 1];
     float cx = r[0] + ax, cy = r[1] + ay, hw = r[2] * 0.5f, hh = r[3] * 0.5f;
     float* o = out + 1 + (long long)slot * (6 + 2 * n_kps);
     o[0] = cx - hw; o[1] = cy - hh; o[2] = cx + hw; o[3] = cy + hh; o[4] = s;
@@ -156,7 +154,7 @@ def _kernels() -> dict[str, Any]:
     if cp is None:
         raise RuntimeError("engines.cuda_ops needs CuPy and a CUDA device")
     module = cp.RawModule(code=_SOURCE, options=("-std=c++11",))
-    names = ("place_levels", "warp_affine", "nv12_to_rgb", "decode_candidates")
+    names = ("place_level", "warp_affine", "nv12_to_rgb", "decode_candidates")
     return {name: module.get_function(name) for name in names}
 
 
@@ -178,31 +176,25 @@ def _frame_table(frames: Sequence[Array]) -> tuple[Array, Array]:
     return ptrs, dims
 
 
-def place_levels(frames: Sequence[Array], specs: Sequence[tuple[int, int, int, int, int]], out: Array) -> None:
-    """Write frames[slot] scaled to level_w x level_h (antialiased) at (x0, y0) of image n of `out`
-    (N x H x W x 3 uint8), for each spec n = (slot, level_w, level_h, x0, y0); the rest of out is left
-    as it is. Images of out beyond len(specs) are not touched."""
-    cp = cupy_module()
-    assert cp is not None
-    if not specs:
+def place_level(frames: Sequence[Array], width: int, height: int, out: Array) -> None:
+    """Write each frame scaled to width x height (antialiased) at the top left of image n of `out`
+    (N x H x W x 3 uint8, N >= len(frames)); the rest of out is left as it is."""
+    if not frames:
         return
-    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or len(specs) > out.shape[0]:
-        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {len(specs)}")
+    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or len(frames) > out.shape[0]:
+        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {len(frames)}")
     ptrs, dims = _frame_table(frames)
-    meta = cp.asarray(np.asarray(specs, np.int32).reshape(-1))
-    max_w = max(s[1] for s in specs)
-    max_h = max(s[2] for s in specs)
-    _launch("place_levels", len(specs) * max_h * max_w,
-            (ptrs, dims, meta, np.int32(len(specs)), np.int32(max_h), np.int32(max_w), np.int32(out.shape[1]),
+    _launch("place_level", len(frames) * height * width,
+            (ptrs, dims, np.int32(len(frames)), np.int32(width), np.int32(height), np.int32(out.shape[1]),
              np.int32(out.shape[2]), out))
 
 
-def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: float, size: float,
-                      n_keypoints: int, cap: int = 4096) -> np.ndarray | None:
+def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: float, n_keypoints: int,
+                      cap: int = 4096) -> np.ndarray | None:
     """Anchor decoding and thresholding of a detector batch in one launch, brought to the host in one copy.
 
-    reg: B x A x R float32 regressors, scores: B x A float32, anchors: A x 2 float32 centres, multiplied
-    by `size` (1 for centres already in model pixels). Returns N x (6 + 2K) float32 rows
+    reg: B x A x R float32 regressors, scores: B x A float32, anchors: A x 2 float32 centres in model
+    pixels. Returns N x (6 + 2K) float32 rows
     [x0 y0 x1 y1 score kps... flat_index] in model pixels, in flat (image, anchor) order; None when more
     than `cap` anchors pass (the caller then decodes another way).
     Each CuPy call is a chance for another Python thread to take the GIL for up to a switch interval,
@@ -219,7 +211,7 @@ def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: f
     out = cp.zeros(1 + cap * width, cp.float32)  # out[0] is the int counter: all-zero bits are 0 either way
     _launch("decode_candidates", b * a,
             (reg, scores, anchors, np.int32(b * a), np.int32(a), np.int32(reg.shape[2]), np.int32(n_keypoints),
-             np.float32(threshold), np.float32(size), np.int32(cap), out))
+             np.float32(threshold), np.int32(cap), out))
     host = out.get()
     n = int(host[:1].view(np.int32)[0])
     if n > cap:
@@ -234,7 +226,7 @@ def resize(img: Array, out_h: int, out_w: int) -> Array:
     if img.shape[0] == out_h and img.shape[1] == out_w:
         return img
     out = cupy_module().empty((1, out_h, out_w, 3), np.uint8)  # type: ignore[union-attr]
-    place_levels([img], [(0, out_w, out_h, 0, 0)], out)
+    place_level([img], out_w, out_h, out)
     return out[0]
 
 

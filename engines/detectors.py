@@ -207,7 +207,7 @@ class BlazeDetector:
             n = max(self.batch_size, len(dev))
             for level in levels:
                 out = xp.zeros((n, level.canvas_h, level.canvas_w, 3), xp.uint8)
-                cuda_ops.place_levels(dev, [(f, level.width, level.height, 0, 0) for f in range(len(dev))], out)
+                cuda_ops.place_level(dev, level.width, level.height, out)
                 yield out
             return
         current = [to_host(f) for f in frames]
@@ -235,7 +235,7 @@ class BlazeDetector:
                 from engines import cuda_ops
 
                 rows = cuda_ops.decode_candidates(reg, scores, anchors, threshold=self.score_threshold,
-                                                  size=1.0, n_keypoints=k)
+                                                  n_keypoints=k)
                 if rows is not None:
                     flat = rows[:, 5 + 2 * k].astype(np.int64)
                     return (rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(-1, k, 2),

@@ -24,23 +24,31 @@ class StreamPool:
         self._lock = threading.Lock()
         self.created = 0
 
-    @contextlib.contextmanager
-    def lend(self) -> Iterator[Any]:
+    def take(self) -> Any:
+        """A stream for as long as the caller needs it; hand it back with `give`."""
         cp = cupy_module()
         if cp is None:
             raise RuntimeError("CUDA streams need CuPy and a GPU")
         with self._lock:
-            stream = self._free.pop() if self._free else None
-            if stream is None:
-                stream = cp.cuda.Stream(non_blocking=True)
-                self.created += 1
+            if self._free:
+                return self._free.pop()
+            self.created += 1
+        return cp.cuda.Stream(non_blocking=True)
+
+    def give(self, stream: Any) -> None:
+        with self._lock:
+            self._free.append(stream)
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[Any]:
+        stream = self.take()
         try:
             with stream:
                 yield stream
         finally:
-            with self._lock:
-                self._free.append(stream)
+            self.give(stream)
 
 
 STREAMS = StreamPool()
-"""The process's pool: NVDEC decoders and the pipeline's model threads borrow from it."""
+"""The process's pool: NVDEC decoders (for as long as a decoder lives) and the pipeline's model threads
+borrow from it."""

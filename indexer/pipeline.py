@@ -46,6 +46,8 @@ for Python. On a CPU the models use every core already: one step at a time."""
 THUMBNAIL_QUALITY = 88
 FEED_POLL_S = 0.05
 """How often index_many asks a feed that said "no task right now" again, while videos are in flight."""
+GATHER_POLL_S = 0.002
+"""How often index_many looks at the models while frames wait for them or a step is being analysed."""
 _NO_MORE = object()
 
 
@@ -225,10 +227,14 @@ class VideoIndexer:
         messages: queue.Queue[tuple[str, _VideoState, Any]] = queue.Queue(maxsize=PREFETCH_BATCHES * max(limit, 2))
         stop = threading.Event()
         live: dict[int, _VideoState] = {}
+        ended: dict[int, VideoError | None] = {}
+        """Videos whose decoder has finished (or failed), by id of their state: they finish once every frame
+        of theirs is tracked. They do not count against `limit`: the next video starts decoding at once."""
         step = self.frame_batch
         overlap = STEPS_IN_FLIGHT_GPU if self.models_on_gpu else 1
         pool = ThreadPoolExecutor(overlap, thread_name_prefix="vidx-models") if overlap > 1 else None
         steps: deque[tuple[list[_Frame], Future[_Inferred]]] = deque()
+        gathered: list[_Frame] = []
 
         def start_next() -> bool:
             """Start the next video if there is one now."""
@@ -248,7 +254,13 @@ class VideoIndexer:
                              name=f"vidx-decode-{task.video_id}").start()
             return True
 
-        def submit(frames: list[_Frame]) -> None:
+        def models_busy() -> bool:
+            return any(not future.done() for _, future in steps)
+
+        def submit(n: int) -> None:
+            """The first n gathered frames become a step (its models start now, in the pool on a GPU)."""
+            frames = gathered[:n]
+            del gathered[:n]
             if not frames:
                 return
             if pool is None:
@@ -260,6 +272,15 @@ class VideoIndexer:
             while len(steps) >= overlap:
                 record_oldest()
 
+        def submit_ready() -> None:
+            """Whole steps go at once. A partial step goes only when the models would otherwise wait: on a GPU
+            every step costs a whole batch (inputs are padded to a fixed shape), so the frames at the end of
+            one video wait for other videos' frames while the models are busy."""
+            while len(gathered) >= step:
+                submit(step)
+            if gathered and messages.empty() and not models_busy():
+                submit(len(gathered))
+
         def record_oldest() -> None:
             frames, future = steps.popleft()
             t0 = time.perf_counter()
@@ -267,30 +288,39 @@ class VideoIndexer:
             self.timings["wait_for_models"] += time.perf_counter() - t0
             self._record(frames, inferred, on_progress)
 
-        def settle(state: _VideoState) -> None:
-            """Track every step holding frames of this video (and the steps before them)."""
-            last = max((i for i, (frames, _) in enumerate(steps) if any(fr.video is state for fr in frames)),
-                       default=-1)
-            for _ in range(last + 1):
-                record_oldest()
+        def unfinished(state: _VideoState) -> bool:
+            """Whether frames of this video are still to be analysed or tracked."""
+            return (any(fr.video is state for fr in gathered)
+                    or any(fr.video is state for frames, _ in steps for fr in frames))
 
         try:
-            gathered: list[_Frame] = []
             while True:
                 # Claims happen here, after the caller has taken the last result: only when there is room.
-                while len(live) < limit and start_next():
+                while len(live) - len(ended) < limit and start_next():
                     pass
+                while steps and steps[0][1].done():
+                    record_oldest()
+                for key, error in list(ended.items()):
+                    state = live[key]
+                    if not unfinished(state):
+                        del ended[key], live[key]
+                        yield state.task, (error if error is not None else self._finish(state))
                 if not live:
                     if exhausted:
                         break
                     time.sleep(max(0.0, idle_until - time.monotonic()))  # nothing to do until the feed has a task
                     continue
+                if gathered or steps:  # frames waiting for the models, or a step to track when it is done
+                    timeout: float | None = GATHER_POLL_S
+                elif exhausted or len(live) - len(ended) >= limit:
+                    timeout = None
+                else:  # with room for a video, wake up now and then to ask the feed for one
+                    timeout = FEED_POLL_S
                 t0 = time.perf_counter()
                 try:
-                    # With room for a video, wake up now and then to ask the feed for one.
-                    kind, state, payload = messages.get(timeout=None if exhausted or len(live) >= limit
-                                                        else FEED_POLL_S)
+                    kind, state, payload = messages.get(timeout=timeout)
                 except queue.Empty:
+                    submit_ready()
                     continue
                 finally:
                     self.timings["wait_for_frames"] += time.perf_counter() - t0
@@ -298,15 +328,12 @@ class VideoIndexer:
                     gathered.extend(_Frame(state, payload.frames[i], float(payload.pts_s[i]),
                                            int(payload.frame_index[i])) for i in range(len(payload)))
                     state.info = payload.video
-                    if len(gathered) >= step or messages.empty():
-                        submit(gathered)
-                        gathered = []
-                    continue
-                submit(gathered)  # the video's last frames are analysed before it ends
-                gathered = []
-                settle(state)
-                del live[id(state)]
-                yield state.task, (payload if kind == "error" else self._finish(state))
+                elif kind == "error":  # the video fails as a whole: its frames not yet analysed are dropped
+                    gathered[:] = [fr for fr in gathered if fr.video is not state]
+                    ended[id(state)] = payload
+                else:
+                    ended[id(state)] = None
+                submit_ready()
         finally:
             stop.set()
             if pool is not None:

@@ -79,7 +79,7 @@ def test_decode_kernel_matches_the_array_decode(cp: object) -> None:
     reg = rng.normal(0, 20, (b, len(anchors), 4 + 2 * k)).astype(np.float32)
     scores = rng.random((b, len(anchors))).astype(np.float32)
     rows = cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
-                                      size=1.0, n_keypoints=k)
+                                      n_keypoints=k)
     tile, anchor = np.nonzero(scores >= 0.9)
     r, a = reg[tile, anchor], anchors[anchor]
     cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
@@ -91,7 +91,7 @@ def test_decode_kernel_matches_the_array_decode(cp: object) -> None:
     np.testing.assert_allclose(rows[:, 5:5 + 2 * k], kps, atol=2e-3)
     np.testing.assert_array_equal(rows[:, -1].astype(np.int64), tile * len(anchors) + anchor)
     assert cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
-                                      size=1.0, n_keypoints=k, cap=100) is None  # too many: the caller falls back
+                                      n_keypoints=k, cap=100) is None  # too many: the caller falls back
 
 
 def test_gpu_levels_match_the_host_pyramid(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
@@ -188,6 +188,26 @@ def test_nvdec_frames_and_timestamps_match_pyav(indexed: tuple[list[SampleVideo]
         assert gpu_frames[0].shape == cpu_frames[0].shape == (video.height, video.width, 3), video.name
         diff = np.mean([np.abs(a.astype(np.int16) - b).mean() for a, b in zip(gpu_frames, cpu_frames, strict=True)])
         assert diff < 4.0, (video.name, diff)  # colour-matrix rounding, not different pictures
+
+
+def test_reused_nvdec_decoders_give_what_fresh_ones_give(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]
+                                                        ) -> None:
+    """A decoder flushed at the end of one video decodes the next of its kind like a new one: same frames,
+    same timestamps, in any order (the pool keeps them between videos)."""
+    from indexer.decode.nvdec import DECODERS, NvdecDecoder
+
+    paths = [Path(v.path) for v in indexed[0]]
+    fresh = {}
+    for path in paths:
+        DECODERS.clear()
+        fresh[path] = decode_all(NvdecDecoder(), path, "every-frame")
+    reused_before = DECODERS.reused
+    for path in paths + paths[::-1]:
+        pts, frames = decode_all(NvdecDecoder(), path, "every-frame")
+        assert np.array_equal(pts, fresh[path][0]), path.name
+        assert len(frames) == len(fresh[path][1]), path.name
+        assert all(np.array_equal(a, b) for a, b in zip(frames, fresh[path][1], strict=True)), path.name
+    assert DECODERS.reused - reused_before >= len(paths), (DECODERS.reused, reused_before, DECODERS.created)
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "auto"])

@@ -164,8 +164,10 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
         assert first_done.wait(120), "no video done in 120 s"
         job_id = state.list_jobs(catalog)[0]["job_id"]
         at_cancel = state.job_info(catalog, job_id)  # work is left: this tests a cancel, not a finished job
-        assert (at_cancel["status"], at_cancel["done"], at_cancel["queued"], at_cancel["running"]) == (
-            "running", 1, 7, 0), at_cancel
+        # The next video may already be claimed: its decoding starts while the first one's last frames are analysed.
+        assert (at_cancel["status"], at_cancel["done"], at_cancel["queued"] + at_cancel["running"]) == (
+            "running", 1, 7), at_cancel
+        assert at_cancel["running"] <= 1, at_cancel
         assert state.cancel(catalog, job_id) == "cancelling"  # the driver is alive: it is asked to stop
         beats = [t for t in threading.enumerate() if isinstance(t, _Heartbeat) and t.job_id == job_id]
         assert len(beats) == 1
@@ -175,7 +177,9 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
     driver.join(120)
     assert not driver.is_alive()
     summary = results[0].summary
-    assert (summary["status"], summary["done"], summary["running"], summary["queued"]) == ("cancelled", 1, 0, 7)
+    # A cancel stops the claims; the video already claimed at the cancel (if any) is finished, not abandoned.
+    assert (summary["status"], summary["done"], summary["running"], summary["queued"]) == (
+        "cancelled", 1 + at_cancel["running"], 0, 7 - at_cancel["running"]), (summary, at_cancel)
     assert state.job_info(catalog, job_id)["status"] == "cancelled"
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
     assert (resumed.summary["status"], resumed.summary["done"]) == ("done", 8)

@@ -24,7 +24,7 @@ from vidx.bench_video import rss_mib, run_pipeline
 work, seconds = Path(sys.argv[1]), float(sys.argv[2])
 clips = sorted(work.glob("bench_h264_*.mp4")) + sorted(work.glob("bench_hevc_*.mp4"))
 paths = [clips[i % len(clips)] for i in range(16)]
-settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine="onnxruntime", videos_in_flight=14))
+settings = IndexSettings(runtime=RuntimeConfig(device="gpu", videos_in_flight=14))  # the default engine (FP16)
 indexer = VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore()), settings, NvdecDecoder())
 run_pipeline(indexer, paths[:2], 2)
 pool = cp.get_default_memory_pool()

@@ -32,11 +32,13 @@ class OnnxRuntimeSession:
     stream, so that pre-processing kernels, the model and post-processing are ordered on one stream
     without device-wide synchronisation. Inputs and outputs stay in GPU memory (IO binding).
 
-    A model that takes images of any size (the detectors) gets one ONNX Runtime session per input shape
-    on CUDA: the CUDA provider keeps set-up (cuDNN plans, ~6-10 s per shape at 32 frames on the H100)
-    only for the last shape a convolution saw, so one session fed alternating pyramid levels redid it on
-    every run. Each session sees one shape and sets up once. (No provider option removes the set-up
-    without slower convolutions: docs/gpu.md items 15-16.)
+    On CUDA every input shape (the detectors' pyramid levels and frame sizes, the embedder's padded
+    batch sizes) gets an ONNX Runtime session of its own: the CUDA provider keeps set-up (cuDNN plans,
+    ~6-10 s per shape at 32 frames for the detectors on the H100) only for the last shape a convolution
+    saw, so one session fed alternating pyramid levels redid it on every run, and one embedder session
+    fed alternating batch sizes spent more time setting up than embedding. Each session sees one shape
+    and sets up once. (No provider option removes the set-up without slower convolutions: docs/gpu.md
+    items 15-16.)
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False):
@@ -83,7 +85,7 @@ class OnnxRuntimeSession:
             self._by_shape: dict[tuple[int, ...], Any] = {}
             self._by_shape_lock = threading.Lock()
             self._new_session = (lambda: ort.InferenceSession(graph, sess_options=opts, providers=providers)) \
-                if device == "cuda" and model.spec.size_multiple else None
+                if device == "cuda" else None
         except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
             raise ModelError(f"ONNX Runtime cannot load the model: {exc}", path=model.path,
                              hint="run `vidx models fetch --force`") from exc
