@@ -102,10 +102,38 @@ def plan_levels(height: int, width: int, scales: Sequence[float], *, align: int,
     return levels
 
 
+NMS_MATRIX_MAX = 512
+"""Up to this many candidates, suppression works from one IoU matrix (a few array operations); above it,
+box by box (an n x n matrix of a crowded frame's thousands of candidates would cost more than it saves)."""
+
+
 def nms_clusters(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[np.ndarray]:
     """Greedy non-maximum suppression, best first: for each box kept, its index followed by the indices of
     the boxes it suppresses (IoU >= iou)."""
+    n = len(boxes)
+    if n <= 1:
+        return [np.zeros(1, np.int64)] if n else []
     order = np.argsort(-scores, kind="stable")
+    if n > NMS_MATRIX_MAX:
+        return _nms_clusters_boxwise(boxes, scores, iou, order)
+    b = boxes[order]
+    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    w = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    overlaps = inter / (area[:, None] + area[None, :] - inter + 1e-9) >= iou
+    np.fill_diagonal(overlaps, True)
+    alive = np.ones(n, bool)
+    clusters = []
+    for i in range(n):  # i: the best box still alive (every better one is in a cluster already)
+        if alive[i]:
+            members = np.flatnonzero(alive & overlaps[i])
+            alive[members] = False
+            clusters.append(order[members])
+    return clusters
+
+
+def _nms_clusters_boxwise(boxes: np.ndarray, scores: np.ndarray, iou: float, order: np.ndarray) -> list[np.ndarray]:
     area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
     clusters = []
     while order.size:
@@ -261,13 +289,13 @@ class BlazeDetector:
         # suppresses (neighbouring anchors, adjacent levels), with the best one's score. Blending steadies
         # the keypoints that alignment depends on: a 3-7 px shift of a portrait moved its embedding by up
         # to 0.22 with the best candidate alone, 0.14 blended (docs/models.md).
-        out_boxes, out_kps = [], []
-        for member in clusters:
-            weight = scores[member] / scores[member].sum()
-            out_boxes.append(weight @ boxes[member])
-            out_kps.append(np.tensordot(weight, kps[member], axes=1))
-        return Detections(np.asarray(out_boxes, np.float32), scores[[c[0] for c in clusters]],
-                          np.asarray(out_kps, np.float32))
+        members = np.concatenate(clusters)
+        sizes = np.fromiter((len(c) for c in clusters), np.int64, len(clusters))
+        starts = np.cumsum(sizes) - sizes
+        weight = scores[members] / np.repeat(np.add.reduceat(scores[members], starts), sizes)
+        out_boxes = np.add.reduceat(boxes[members] * weight[:, None], starts)
+        out_kps = np.add.reduceat(kps[members] * weight[:, None, None], starts)
+        return Detections(out_boxes.astype(np.float32), scores[members[starts]], out_kps.astype(np.float32))
 
 
 FACE_ANCHORS = AnchorSpec(size=192, strides=(4,), per_cell=(1,))

@@ -31,24 +31,29 @@ def chip_points(size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndar
     return (padding + MEAN_FACE_POINTS) / (1 + 2 * padding) * size
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The 2x3 rotation + uniform scale + translation that best maps src points onto dst (Umeyama)."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    sc, dc = src - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(dc.T @ sc / len(src))
-    d = np.array([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
-    rot = u @ np.diag(d) @ vt
-    var = (sc ** 2).sum() / len(src)
-    scale = (sig * d).sum() / var if var > 0 else 1.0
-    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+def chips_from_frames(keypoints: np.ndarray) -> np.ndarray:
+    """For K faces' keypoints (K x P x 2, the first four used): K 2x3 maps from chip pixels to frame pixels.
 
-
-def chip_from_frame(keypoints: np.ndarray) -> np.ndarray:
-    """For a face's keypoints (P x 2, first four used): the 2x3 map from chip pixels to frame pixels."""
-    fwd = similarity_transform(keypoints[:4], chip_points())
-    return np.linalg.inv(np.vstack([fwd, [0, 0, 1]]))[:2]
+    The map is the inverse of the least-squares similarity (rotation, uniform scale, translation) taking a
+    face's four points onto dlib's chip points (what Umeyama's method gives), solved for all faces at once
+    in closed form: as complex numbers, chip = a * frame + t with a = sum(conj(s) d) / sum(|s|^2) over the
+    centred points s (frame) and d (chip).
+    """
+    if len(keypoints) == 0:
+        return np.zeros((0, 2, 3))
+    kps = np.asarray(keypoints, np.float64).reshape(len(keypoints), -1, 2)[:, :4]
+    dst = chip_points()
+    s = kps[..., 0] + 1j * kps[..., 1]
+    d = dst[:, 0] + 1j * dst[:, 1]
+    sc = s - s.mean(axis=1, keepdims=True)
+    dc = d - d.mean()
+    var = (np.abs(sc) ** 2).sum(axis=1)
+    a = (np.conj(sc) * dc).sum(axis=1) / np.where(var > 0, var, 1.0)
+    a = np.where((var > 0) & (a != 0), a, 1.0)  # all four points on one spot: no rotation or scale to find
+    t = d.mean() - a * s.mean(axis=1)
+    inv_a, inv_t = 1.0 / a, -t / a  # frame = chip / a - t / a
+    return np.stack([np.stack([inv_a.real, -inv_a.imag, inv_t.real], axis=1),
+                     np.stack([inv_a.imag, inv_a.real, inv_t.imag], axis=1)], axis=1)
 
 
 def padded_batch(n: int, limit: int, smallest: int = 8) -> int:
@@ -68,7 +73,7 @@ class FaceEmbedder:
 
     def chips(self, frames: Sequence[Array], frame_index: Sequence[int], keypoints: np.ndarray) -> Array:
         """K aligned 150x150x3 uint8 chips for K faces (frame_index[k] says in which frame)."""
-        maps = np.stack([chip_from_frame(k) for k in keypoints]) if len(keypoints) else np.zeros((0, 2, 3))
+        maps = chips_from_frames(keypoints)
         xp = session_array_module(self.session)
         return warp_affine_batch([xp.asarray(f) for f in frames], maps, list(frame_index), CHIP_SIZE)
 

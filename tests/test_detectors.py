@@ -123,6 +123,23 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     assert nms(boxes, scores, 0.3).tolist() == [1, 2]
 
 
+def test_matrix_suppression_gives_the_box_by_box_clusters() -> None:
+    """Suppression from one IoU matrix (up to NMS_MATRIX_MAX candidates) equals the greedy box-by-box loop."""
+    from engines.detectors import _nms_clusters_boxwise, nms_clusters
+
+    rng = np.random.default_rng(1)
+    for n in (2, 7, 60, 300):
+        xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
+        size = rng.uniform(5, 60, (n, 1)).astype(np.float32)
+        boxes = np.hstack([xy, xy + size])
+        scores = rng.choice(np.linspace(0.5, 1.0, 20), n).astype(np.float32)  # ties, to check the order too
+        for iou in (0.3, 0.5):
+            fast = nms_clusters(boxes, scores, iou)
+            slow = _nms_clusters_boxwise(boxes, scores, iou, np.argsort(-scores, kind="stable"))
+            assert len(fast) == len(slow) > 1
+            assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
+
+
 def test_overlapping_candidates_blend_into_one_face_by_score(engines: Engines) -> None:
     """Weighted suppression: one face per cluster, box and keypoints the score-weighted mean, best score."""
     boxes = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]], np.float32)

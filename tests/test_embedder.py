@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from engines.embedder import CHIP_SIZE, chip_from_frame, chip_points, similarity_transform
+from engines.embedder import CHIP_SIZE, chip_points, chips_from_frames
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
 from engines.photos import IDENTITY
@@ -65,20 +65,41 @@ def test_descriptors_are_128_d_and_unnormalised(descriptors: dict[str, np.ndarra
     assert min(norms) > 0.5 and max(norms) < 2.0
 
 
-def test_similarity_transform_recovers_a_known_map() -> None:
+def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Reference: the 2x3 least-squares rotation + uniform scale + translation from src to dst (Umeyama, SVD)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    sc, dc = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(dc.T @ sc / len(src))
+    d = np.array([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rot = u @ np.diag(d) @ vt
+    scale = (sig * d).sum() / ((sc ** 2).sum() / len(src))
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def test_chip_maps_are_the_inverse_of_umeyamas_similarity() -> None:
+    """All faces at once in closed form give, face by face, what the SVD method gives."""
     rng = np.random.default_rng(0)
-    src = rng.uniform(0, 100, (4, 2))
+    kps = rng.uniform(0, 1000, (50, 6, 2))
+    kps[:, :4] = kps[:, :1] + rng.normal(0, 40, (50, 4, 2))  # face-sized point sets, some mirrored by chance
+    maps = chips_from_frames(kps)
+    for k in range(len(kps)):
+        fwd = np.vstack([umeyama(kps[k, :4], chip_points()), [0, 0, 1]])
+        np.testing.assert_allclose(maps[k], np.linalg.inv(fwd)[:2], rtol=1e-9, atol=1e-9)
+    assert chips_from_frames(np.zeros((0, 6, 2))).shape == (0, 2, 3)
+
+
+def test_chip_map_recovers_a_known_similarity() -> None:
     angle, scale, shift = 0.3, 1.7, np.array([5.0, -3.0])
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    dst = scale * src @ rot.T + shift
-    m = similarity_transform(src, dst)
-    np.testing.assert_allclose(m[:, :2], scale * rot, atol=1e-9)
-    np.testing.assert_allclose(m[:, 2], shift, atol=1e-9)
+    frame_points = (chip_points() - shift) @ np.linalg.inv(scale * rot).T  # chip = scale * rot @ frame + shift
+    to_frame = chips_from_frames(frame_points[None])[0]
+    np.testing.assert_allclose(to_frame[:, :2], np.linalg.inv(scale * rot), atol=1e-9)
+    np.testing.assert_allclose(to_frame @ np.r_[chip_points()[2], 1.0], frame_points[2], atol=1e-9)
 
 
 def test_chip_puts_the_eyes_where_dlib_does(engines: Engines, photos: dict[str, np.ndarray]) -> None:
     dets = engines.faces.detect([photos["obama"]])[0]
-    to_frame = chip_from_frame(dets.keypoints[0])
+    to_frame = chips_from_frames(dets.keypoints[:1])[0]
     eyes_in_chip = chip_points()[:2]
     eyes_in_frame = (to_frame @ np.c_[eyes_in_chip, np.ones(2)].T).T
     assert np.abs(eyes_in_frame - dets.keypoints[0, :2]).max() < 12  # least squares over 4 points
