@@ -55,6 +55,10 @@ class OnnxRuntimeSession:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        if device == "cpu":
+            # ONNX Runtime's pool threads spin between runs by default, taking the cores the decoder
+            # threads need: on the 2-core dev box the CPU pipeline ran 3-12% faster without (docs/benchmarks.md).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.stream: Any = None
         providers: list[Any]
         if device == "cuda":
