@@ -76,10 +76,13 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
+    """The host a benchmark ran on, for its record: CPU model, logical cores, memory, Python, OS. Every
+    `vidx bench` records this (the model benchmarks add the runtimes and the GPU)."""
     import os
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "os": platform.platform()}
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": round(memory, 1),
+            "python": platform.python_version(), "os": platform.platform()}
 
 
 def bench_jobs(cache_dir: Path | None, *, videos: int = 20, workers: int | None = None, command: str = "",

@@ -19,7 +19,6 @@ incremental update (add and remove tracks without rebuilding).
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.bench import cpu_model
+from jobs.bench import machine
 from vidx.ann import DIM, ExactSearcher, build_ivf, ivf_lists_for
 
 SAME_L2 = 0.4
@@ -175,12 +174,6 @@ def _recall(found: np.ndarray, truth: np.ndarray, truth_d: np.ndarray, strangers
             "recall_known_people": round(float(per_query[~strangers].mean()), 4),
             "recall_strangers": round(float(per_query[strangers].mean()), 4) if strangers.any() else 1.0,
             "recall_same_person_l2_0_6": round(hit_close / max(int(close.sum()), 1), 4)}
-
-
-def machine() -> dict[str, Any]:
-    cpu = cpu_model()
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version()}
 
 
 def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: list[int], device: str = "cpu",

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -14,13 +11,12 @@ import numpy as np
 from engines.arrays import cupy_module
 from engines.runtime.base import open_session, runtime_report, session_array_module
 from engines.zoo import MODEL_NAMES, ModelStore
-from jobs.bench import cpu_model
+from jobs.bench import machine
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = cpu_model()
-    info: dict[str, Any] = {"cpu": f"{cpu} ({os.cpu_count()} logical cores)", "python": sys.version.split()[0],
-                            "platform": platform.platform()}
+    """The host (`jobs.bench.machine`), plus ONNX Runtime, the GPU, CUDA and TensorRT as this process sees them."""
+    info = machine()
     import onnxruntime
 
     info["onnxruntime"] = onnxruntime.__version__

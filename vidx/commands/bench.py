@@ -34,7 +34,8 @@ def bench_engines(ctx: Context, device: str, engine: str, batches: str, seconds:
                        command=" ".join(["vidx", *sys.argv[1:]]))
 
     def render(res: dict[str, Any]) -> None:
-        out.print(f"{res['machine']['cpu']} · {res['machine'].get('gpu') or 'no GPU'}")
+        out.print(f"{res['machine']['cpu']} ({res['machine']['cores']} logical cores) · "
+                  f"{res['machine'].get('gpu') or 'no GPU'}")
         table = Table("model", "runtime", "batch", "items/s", "ms/batch (median)")
         for r in res["rows"]:
             table.add_row(r["model"], r["runtime"], str(r["batch"]), f"{r['items_per_s']:,.0f}",
@@ -76,7 +77,8 @@ def bench_pipeline(ctx: Context, work_dir: Path, codec: str, save: Path | None, 
     _save(result, save)
 
     def render(res: dict[str, Any]) -> None:
-        out.print(f"{res['machine']['cpu']} · {res['video_seconds']:.0f} s of 1080p30 {res['codec']}")
+        out.print(f"{res['machine']['cpu']} ({res['machine']['cores']} logical cores) · "
+                  f"{res['video_seconds']:.0f} s of 1080p30 {res['codec']}")
         ff = res["rows"].get("ffmpeg_null")
         out.print(f"ffmpeg -f null: {ff['wall_s']:.1f} s" if ff else "ffmpeg not found: no decode baseline")
         table = Table("videos in flight", "wall s", "x real time", "x ffmpeg time", "decoded fps", "analysed")
