@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -122,7 +123,12 @@ class DecoderPool:
     decoding of 42 short clips 2.9x faster and decoding every frame 14% faster (H100, docs/gpu.md).
     A decoder goes back only when its file was decoded to the end (the end-of-stream packet flushed
     it) at the size it was lent for; after an error or an early stop it is dropped. The kind includes
-    the codec because a decoder fed another codec's packets outputs nothing and raises nothing.
+    the codec because a decoder fed another codec's packets outputs nothing and raises nothing, and the
+    stream's parameter sets (a digest of the container's codec extradata: SPS/PPS/VPS): a decoder sets
+    its number of decode surfaces from the first stream it sees, and for a later stream of the same size
+    that needs more of them (more reference frames) NVIDIA's decoder class keeps the old number rather
+    than reconfigure. Files from one camera or encoder setting share parameter sets; others get their
+    own decoders.
     """
 
     def __init__(self, max_idle: int = MAX_IDLE_DECODERS):
@@ -133,9 +139,9 @@ class DecoderPool:
         self.reused = 0
 
     @contextlib.contextmanager
-    def lend(self, gpu_id: int, codec: Any, chroma: Any, bitdepth: int, height: int, width: int
-             ) -> Iterator[LentDecoder]:
-        key = (gpu_id, str(codec), str(chroma), bitdepth, height, width)
+    def lend(self, gpu_id: int, codec: Any, chroma: Any, bitdepth: int, height: int, width: int,
+             parameter_sets: str = "") -> Iterator[LentDecoder]:
+        key = (gpu_id, str(codec), str(chroma), bitdepth, height, width, parameter_sets)
         with self._lock:
             lent = next((d for d in reversed(self._idle.values()) if d.key == key), None)
             if lent is not None:
@@ -206,17 +212,26 @@ def frame_buffer(shape: tuple[int, ...]) -> Array:
         return cp.empty(shape, cp.uint8)
 
 
-def lend_decoder(gpu_id: int, demuxer: Any) -> contextlib.AbstractContextManager[LentDecoder]:
-    """A decoder from the process's pool for the demuxer's stream (its codec, chroma, depth and size)."""
+def lend_decoder(gpu_id: int, demuxer: Any, parameter_sets: str) -> contextlib.AbstractContextManager[LentDecoder]:
+    """A decoder from the process's pool for the demuxer's stream (codec, chroma, depth, size, parameter sets)."""
     return DECODERS.lend(gpu_id, demuxer.GetNvCodecId(), demuxer.ChromaFormat(), demuxer.BitDepth(),
-                         demuxer.Height(), demuxer.Width())
+                         demuxer.Height(), demuxer.Width(), parameter_sets)
+
+
+def parameter_sets_digest(extradata: bytes | None) -> str:
+    """What tells streams with different parameter sets apart: a digest of the codec's extradata."""
+    return hashlib.sha1(extradata or b"").hexdigest()[:16]
 
 
 def decode_frames_only(path: Path, gpu_id: int = 0) -> int:
     """Decode every frame of the file with NVDEC and drop it: the decoder's own speed (benchmarks)."""
+    from indexer.decode.pyav import open_container, video_stream
+
+    with open_container(path) as container:  # headers only, for the parameter sets: no frame is decoded
+        parameter_sets = parameter_sets_digest(video_stream(container, path).codec_context.extradata)
     demuxer = _nvc().CreateDemuxer(filename=str(path))
     n = 0
-    with lend_decoder(gpu_id, demuxer) as lent:
+    with lend_decoder(gpu_id, demuxer, parameter_sets) as lent:
         for packet in demuxer:
             n += len(lent.decoder.Decode(packet))
         lent.flushed = True
@@ -241,8 +256,9 @@ class NvdecDecoder:
 
         return PyAVDecoder().probe(path)
 
-    def _container(self, path: Path) -> tuple[VideoInfo, Fraction | None, int | None, bool | None]:
-        """Stream facts, time base, start PTS and colour matrix (True = BT.709) from the container (PyAV).
+    def _container(self, path: Path) -> tuple[VideoInfo, Fraction | None, int | None, bool | None, str]:
+        """Stream facts, time base, start PTS, colour matrix (True = BT.709) and a digest of the parameter
+        sets, from the container (PyAV).
 
         One open, one frame decoded on one CPU thread (the rotation is only on decoded frames): a
         frame-threaded FFmpeg decoder would start and stop a thread pool per video for nothing.
@@ -255,7 +271,8 @@ class NvdecDecoder:
             info = PyAVDecoder().probe_open(path, container, stream)
             space = int(getattr(stream.codec_context, "colorspace", 2) or 2)
             bt709 = True if space == 1 else False if space in (5, 6) else None  # 2: unspecified
-            return info, stream.time_base, stream.start_time, bt709
+            return (info, stream.time_base, stream.start_time, bt709,
+                    parameter_sets_digest(stream.codec_context.extradata))
 
     def _supported(self, demuxer: Any) -> str | None:
         """None when NVDEC decodes this stream, else the reason it cannot."""
@@ -279,7 +296,7 @@ class NvdecDecoder:
         nvc = _nvc()
         started = time.monotonic()
         self.fell_back = None
-        info, time_base, start, bt709 = self._container(path)
+        info, time_base, start, bt709, parameter_sets = self._container(path)
         try:
             demuxer = nvc.CreateDemuxer(filename=str(path))
         except Exception as exc:
@@ -295,7 +312,7 @@ class NvdecDecoder:
         buf: Array | None = None
         pts: list[float] = []
         index: list[int] = []
-        with lend_decoder(self.gpu_id, demuxer) as lent:
+        with lend_decoder(self.gpu_id, demuxer, parameter_sets) as lent:
             stream = lent.stream
             for frame, coded_h, coded_w in self._decoded_frames(path, demuxer, lent, key_only):
                 n = stats.frames_decoded
