@@ -115,7 +115,7 @@ def nms_clusters(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[np.n
         return [np.zeros(1, np.int64)] if n else []
     order = np.argsort(-scores, kind="stable")
     if n > NMS_MATRIX_MAX:
-        return _nms_clusters_boxwise(boxes, scores, iou, order)
+        return _nms_clusters_boxwise(boxes, iou, order)
     b = boxes[order]
     area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
     w = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
@@ -133,7 +133,8 @@ def nms_clusters(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[np.n
     return clusters
 
 
-def _nms_clusters_boxwise(boxes: np.ndarray, scores: np.ndarray, iou: float, order: np.ndarray) -> list[np.ndarray]:
+def _nms_clusters_boxwise(boxes: np.ndarray, iou: float, order: np.ndarray) -> list[np.ndarray]:
+    """The same clusters, one kept box at a time; `order` is the boxes' indices, best score first."""
     area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
     clusters = []
     while order.size:

@@ -135,7 +135,7 @@ def test_matrix_suppression_gives_the_box_by_box_clusters() -> None:
         scores = rng.choice(np.linspace(0.5, 1.0, 20), n).astype(np.float32)  # ties, to check the order too
         for iou in (0.3, 0.5):
             fast = nms_clusters(boxes, scores, iou)
-            slow = _nms_clusters_boxwise(boxes, scores, iou, np.argsort(-scores, kind="stable"))
+            slow = _nms_clusters_boxwise(boxes, iou, np.argsort(-scores, kind="stable"))
             assert len(fast) == len(slow) > 1
             assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
 

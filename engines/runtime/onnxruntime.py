@@ -157,7 +157,7 @@ class OnnxRuntimeSession:
                 binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice(), dtype, dims, out.data.ptr)
         session.run_with_iobinding(binding)
         if allocated_by_ort:
-            values = dict(zip((o.name for o in session.get_outputs()), binding.get_outputs(), strict=True))
+            values = dict(zip((name for name, _, _ in self._outputs), binding.get_outputs(), strict=True))
             for name, dtype in allocated_by_ort:
                 value = values[name]
                 shape = tuple(value.shape())
