@@ -9,9 +9,11 @@ candidates; chip alignment maps: `chips_from_frames` (all faces in closed form) 
 
 from __future__ import annotations
 
+import importlib.util
 import timeit
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -19,16 +21,22 @@ from engines.detectors import _nms_clusters_boxwise, nms_clusters
 from engines.embedder import chip_points, chips_from_frames
 
 
+def _reference_umeyama() -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The per-face SVD (Umeyama) that chips_from_frames replaced: the tests' reference implementation."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "test_embedder.py"
+    spec = importlib.util.spec_from_file_location("test_embedder_reference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.umeyama  # type: ignore[no-any-return]
+
+
+UMEYAMA = _reference_umeyama()
+
+
 def umeyama_map(points: np.ndarray) -> np.ndarray:
     """Chip -> frame map of one face the way it was computed before: Umeyama's SVD, then an inverse."""
-    dst = chip_points()
-    mu_s, mu_d = points.mean(0), dst.mean(0)
-    sc, dc = points - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(dc.T @ sc / len(points))
-    d = np.array([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
-    rot = u @ np.diag(d) @ vt
-    scale = (sig * d).sum() / ((sc ** 2).sum() / len(points))
-    fwd = np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+    fwd = UMEYAMA(points, chip_points())
     return np.linalg.inv(np.vstack([fwd, [0, 0, 1]]))[:2]
 
 
