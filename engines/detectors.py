@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -170,6 +172,8 @@ class BlazeDetector:
     """Boxes narrower than this (model pixels) are below what the model finds reliably."""
     _anchor_cache: dict[tuple[int, int, int], Array] = field(default_factory=dict, repr=False)
     _plans: dict[tuple[int, int], list[Level]] = field(default_factory=dict, repr=False)
+    _prepared: set[tuple[int, int]] = field(default_factory=set, repr=False)
+    _prepare_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def size(self) -> int:
@@ -194,6 +198,33 @@ class BlazeDetector:
     def _plan(self, height: int, width: int) -> list[Level]:
         raise NotImplementedError
 
+    def input_shapes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """The model input shape of each pyramid level of a height x width frame, as run on a GPU (batches
+        padded to batch_size)."""
+        return [(self.batch_size, level.canvas_h, level.canvas_w, 3) for level in self.plan(height, width)]
+
+    def prepare(self, height: int, width: int) -> None:
+        """On a GPU, set up the runtime for every level of a height x width frame, the levels side by side
+        (one thread each), unless done before. ONNX Runtime's CUDA provider spends seconds of host time on
+        the first run of each input shape (cuDNN plans, docs/gpu.md item 15); run level after level inside
+        the first detect() of a new frame size, those seconds add up, here they overlap."""
+        xp = self._xp()
+        if xp is np or (height, width) in self._prepared:
+            return
+        device = xp.cuda.Device()
+
+        def first_run(shape: tuple[int, int, int, int]) -> None:
+            with device:
+                self.session.run({"image": xp.zeros(shape, xp.uint8)})
+
+        with self._prepare_lock:  # a second model thread meeting the same new size waits for the first
+            if (height, width) in self._prepared:
+                return
+            shapes = self.input_shapes(height, width)
+            with ThreadPoolExecutor(len(shapes), thread_name_prefix="vidx-prepare") as pool:
+                list(pool.map(first_run, shapes))
+            self._prepared.add((height, width))
+
     def detect(self, frames: Sequence[Array]) -> list[Detections]:
         """Detections for each frame (HxWx3 uint8 RGB, numpy or CuPy)."""
         if not frames:
@@ -204,6 +235,7 @@ class BlazeDetector:
             by_size.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(f)
         found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in frames]
         for (height, width), members in by_size.items():
+            self.prepare(height, width)
             levels = self.plan(height, width)
             for start in range(0, len(members), self.batch_size):
                 part = members[start:start + self.batch_size]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -41,22 +44,41 @@ class Engines:
     def describe(self) -> dict[str, str]:
         return {name: s.description for name, s in self.sessions.items()}
 
-    def warm_up(self) -> float:
-        """Run each model once: the first run allocates memory and picks kernels (TensorRT, cuDNN)."""
+    def warm_up(self, height: int = 1080, width: int = 1920) -> float:
+        """Run each model once: the first run allocates memory and picks kernels (TensorRT, cuDNN).
+
+        On a GPU every input shape a height x width video needs (each pyramid level of both detectors, each
+        padded embedder batch size) is set up here, not in the first analysis steps, and the shapes are set
+        up side by side, one thread each: ONNX Runtime's CUDA provider spends seconds of host time per shape
+        finalising cuDNN plans (docs/gpu.md item 15), and those seconds overlap (H100, FP16 models: 49 s
+        one shape after another, 41 s side by side)."""
         started = time.monotonic()
         xp = session_array_module(self.embedder.session)
         rng = np.random.default_rng(0)
-        # On a GPU, a 1080p frame: the detectors' input shape for the most common video size is set up here
-        # (ONNX Runtime's CUDA provider takes seconds per new shape), not in the first analysis step.
-        shape = (360, 640, 3) if xp is np else (1080, 1920, 3)
-        frame = xp.asarray(rng.integers(0, 255, shape, dtype=np.uint8))
+        if xp is np:
+            frame = rng.integers(0, 255, (360, 640, 3), dtype=np.uint8)
+            self.faces.detect([frame])
+            if self.persons is not None:
+                self.persons.detect([frame])
+            self.embedder.embed_chips(rng.integers(0, 255, (2, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8))
+            return time.monotonic() - started
+        runs: list[Callable[[], object]] = [partial(d.prepare, height, width) for d in (self.faces, self.persons)
+                                            if d is not None]
+        for n in sorted({padded_batch(n, self.embedder.batch_size) for n in range(1, self.embedder.batch_size + 1)}):
+            runs.append(partial(self.embedder.embed_chips, xp.zeros((n, CHIP_SIZE, CHIP_SIZE, 3), xp.uint8)))
+        device = xp.cuda.Device()
+
+        def run(fn: Callable[[], object]) -> None:
+            with device:
+                fn()
+
+        with ThreadPoolExecutor(len(runs), thread_name_prefix="vidx-warm-up") as pool:
+            list(pool.map(run, runs))
+        # Then the whole path once (the pre- and post-processing kernels compile on first use).
+        frame = xp.asarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
         self.faces.detect([frame])
         if self.persons is not None:
             self.persons.detect([frame])
-        sizes = [2] if xp is np else sorted({padded_batch(n, self.embedder.batch_size)
-                                             for n in range(1, self.embedder.batch_size + 1)})
-        for n in sizes:  # on a GPU, every padded batch size once: later batches find their kernels ready
-            self.embedder.embed_chips(xp.asarray(rng.integers(0, 255, (n, CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)))
         return time.monotonic() - started
 
 

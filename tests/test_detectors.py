@@ -155,3 +155,14 @@ def test_overlapping_candidates_blend_into_one_face_by_score(engines: Engines) -
 def test_detector_plans_are_cached(engines: Engines) -> None:
     det: FaceDetector = engines.faces
     assert det.plan(720, 1280) is det.plan(720, 1280)
+
+
+def test_input_shapes_are_the_padded_level_canvases(engines: Engines) -> None:
+    """What the GPU warm-up sets up before the first run: one shape per level, the batch padded to the
+    detector's batch size, the canvas of that level (on a CPU prepare() has nothing to set up)."""
+    det: FaceDetector = engines.faces
+    shapes = det.input_shapes(1080, 1920)
+    assert shapes == [(det.batch_size, lv.canvas_h, lv.canvas_w, 3) for lv in det.plan(1080, 1920)]
+    assert shapes[0] == (det.batch_size, 800, 1376, 3) and len(set(shapes)) == 4
+    det.prepare(1080, 1920)
+    assert det._prepared == set()

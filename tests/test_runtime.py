@@ -75,3 +75,25 @@ def test_tensorrt_engine_matches_onnxruntime(store: ModelStore, tmp_path: object
     ref = open_session(model, device="cpu", report=CPU_ONLY).run({"chips": chips})["embedding"]
     assert np.abs(got - ref).max() < 2e-2  # FP16
     assert trt_session.plan_path.exists()
+
+
+def test_shape_sessions_are_bounded_and_evict_the_least_recently_used() -> None:
+    """CUDA sessions per input shape: the session opened at load takes the first shape, a shape met again
+    gets its session back, and beyond the limit the least recently used shape goes."""
+    from engines.runtime.onnxruntime import ShapeSessions
+
+    made: list[object] = []
+
+    def new() -> object:
+        made.append(object())
+        return made[-1]
+
+    loaded = object()
+    sessions = ShapeSessions(lambda: loaded, new, limit=3)
+    assert sessions.get((1, 2)) is loaded
+    a, b = sessions.get((3, 4)), sessions.get((5, 6))
+    assert sessions.get((1, 2)) is loaded and sessions.get((3, 4)) is a  # (5, 6) is now the least recent
+    c = sessions.get((7, 8))
+    assert sessions.shapes() == [(1, 2), (3, 4), (7, 8)] and sessions.evicted == 1
+    assert sessions.get((5, 6)) not in (a, b, c, loaded)  # set up again, evicting (1, 2)
+    assert sessions.shapes() == [(3, 4), (7, 8), (5, 6)] and len(made) == 4

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,53 @@ ORT_TO_NUMPY = {
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
 }
+
+FUSED_FP16_ENV = "VIDX_ORT_FP16_FUSED"
+"""Experimental, off by default: set to 1 to run FP16 convolutions in NHWC with the bias add fused in
+(ONNX Runtime CUDA options prefer_nhwc + fuse_conv_bias). Measured on an H100 (tools/gpu_pipeline_rows.py):
+every-frame pipeline +35%, key frames +8-16%, default sampling +17%, the same faces; but ~2x the set-up per
+input shape (warm-up 62 s instead of 41 with shapes side by side, and tens of seconds more for each new frame
+size), and of the GPU tests only the detector and embedding comparisons have run with it (docs/gpu.md item 26)."""
+
+
+MAX_SHAPE_SESSIONS = 12
+"""ONNX Runtime sessions kept per model on CUDA, one per input shape (6 detector levels for a 1080p video with
+persons on, so two frame sizes in flight fit). Each keeps a GPU memory arena as large as its shape's peak: a
+worker that met many frame sizes ran the H100 out of memory (the FP16 GPU test, 2026-11-25) before shapes
+were evicted, least recently used first."""
+
+
+class ShapeSessions:
+    """One ONNX Runtime session per input shape, at most `limit`, the least recently used evicted (a run
+    still under way keeps its session alive; a shape met again is set up again)."""
+
+    def __init__(self, first: Callable[[], Any], new: Callable[[], Any], limit: int = MAX_SHAPE_SESSIONS):
+        self._first: Callable[[], Any] | None = first
+        self._new = new
+        self.limit = limit
+        self._sessions: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()  # two analysis steps in flight may meet a new frame size at once
+        self.evicted = 0
+
+    def get(self, shape: tuple[int, ...]) -> Any:
+        with self._lock:
+            session = self._sessions.get(shape)
+            if session is not None:
+                self._sessions.move_to_end(shape)
+                return session
+            if self._first is not None:  # the session opened at load takes the first shape
+                make, self._first = self._first, None
+            else:
+                make = self._new
+            while len(self._sessions) >= self.limit:
+                self._sessions.popitem(last=False)
+                self.evicted += 1
+            session = self._sessions[shape] = make()
+            return session
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        with self._lock:
+            return list(self._sessions)
 
 
 class OnnxRuntimeSession:
@@ -67,14 +116,14 @@ class OnnxRuntimeSession:
                 raise RuntimeUnavailable("ONNX Runtime's CUDA provider or CuPy is not available",
                                          hint="install vidx[gpu] (see docs/gpu.md)")
             self.stream = cp.cuda.Stream(non_blocking=True)
-            providers = [
-                ("CUDAExecutionProvider", {
-                    "device_id": cp.cuda.runtime.getDevice(),
-                    "user_compute_stream": str(self.stream.ptr),
-                    "cudnn_conv_algo_search": "HEURISTIC",
-                }),
-                "CPUExecutionProvider",
-            ]
+            cuda_options = {
+                "device_id": cp.cuda.runtime.getDevice(),
+                "user_compute_stream": str(self.stream.ptr),
+                "cudnn_conv_algo_search": "HEURISTIC",
+            }
+            if fp16 and os.environ.get(FUSED_FP16_ENV) == "1":
+                cuda_options.update(prefer_nhwc="1", fuse_conv_bias="1")
+            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         try:
@@ -86,10 +135,12 @@ class OnnxRuntimeSession:
 
                 graph = to_float16(onnx.load(str(model.path))).SerializeToString()
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
-            self._by_shape: dict[tuple[int, ...], Any] = {}
-            self._by_shape_lock = threading.Lock()
-            self._new_session = (lambda: ort.InferenceSession(graph, sess_options=opts, providers=providers)) \
-                if device == "cuda" else None
+            self._by_shape: ShapeSessions | None = None
+            if device == "cuda":
+                first = self._session
+                self._by_shape = ShapeSessions(lambda: first,
+                                               lambda: ort.InferenceSession(graph, sess_options=opts,
+                                                                            providers=providers))
         except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
             raise ModelError(f"ONNX Runtime cannot load the model: {exc}", path=model.path,
                              hint="run `vidx models fetch --force`") from exc
@@ -128,12 +179,8 @@ class OnnxRuntimeSession:
         # Inputs may come from kernels on another stream: order this session's stream after them.
         self.stream.wait_event(cp.cuda.get_current_stream().record())
         session = self._session
-        if self._new_session is not None:
-            shape = tuple(int(d) for v in inputs.values() for d in v.shape)
-            with self._by_shape_lock:  # two analysis steps in flight may meet a new frame size at once
-                if shape not in self._by_shape:
-                    self._by_shape[shape] = self._session if not self._by_shape else self._new_session()
-                session = self._by_shape[shape]
+        if self._by_shape is not None:
+            session = self._by_shape.get(tuple(int(d) for v in inputs.values() for d in v.shape))
         binding = session.io_binding()
         batch = 0
         keep_alive = []
