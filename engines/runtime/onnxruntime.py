@@ -86,8 +86,8 @@ class OnnxRuntimeSession:
     ~6-10 s per shape at 32 frames for the detectors on the H100) only for the last shape a convolution
     saw, so one session fed alternating pyramid levels redid it on every run, and one embedder session
     fed alternating batch sizes spent more time setting up than embedding. Each session sees one shape
-    and sets up once. (No provider option removes the set-up without slower convolutions: docs/gpu.md
-    items 15-16.)
+    and sets up once, up to MAX_SHAPE_SESSIONS shapes per model (docs/gpu.md item 29). (No provider option
+    removes the set-up without slower convolutions: docs/gpu.md items 15-16.)
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False):
