@@ -31,7 +31,7 @@ FUSED_FP16_ENV = "VIDX_ORT_FP16_FUSED"
 (ONNX Runtime CUDA options prefer_nhwc + fuse_conv_bias). Measured on an H100 (tools/gpu_pipeline_rows.py):
 every-frame pipeline +35%, key frames +8-16%, default sampling +17%, the same faces; but ~2x the set-up per
 input shape (warm-up 62 s instead of 41 with shapes side by side, and tens of seconds more for each new frame
-size), and of the GPU tests only the detector and embedding comparisons have run with it (docs/gpu.md item 26)."""
+size), and of the GPU tests only the detector and embedding comparisons have run with it (docs/gpu.md item 27)."""
 
 
 MAX_SHAPE_SESSIONS = 12
