@@ -3,8 +3,8 @@ with the engines' load-and-warm-up time: for A/B runs of engine settings, one fr
 
     python3 tools/gpu_pipeline_rows.py WORK_DIR LABEL [CODEC] [COPIES]   (clips built by `vidx bench gpu`)
 
-One JSON line. The rows are those of `vidx bench gpu` (same clips, same in-flight count, the files passed
-KEYFRAME_PASSES times for key frames) without its decode-only and CPU rows.
+One JSON line. The rows are `vidx bench gpu`'s (the same function, `vidx.bench_video.gpu_pipeline_rows`)
+without its decode-only and CPU rows.
 """
 
 from __future__ import annotations
@@ -16,26 +16,21 @@ from pathlib import Path
 
 from engines.loader import load_engines
 from engines.zoo import ModelStore
-from indexer.decode.nvdec import NvdecDecoder
-from indexer.pipeline import VideoIndexer
-from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
-from vidx.bench_video import KEYFRAME_PASSES, rss_mib, run_pipeline
+from schemas.config import IndexSettings, RuntimeConfig
+from vidx.bench_video import gpu_pipeline_rows, rss_mib
 
 work, label = Path(sys.argv[1]), sys.argv[2]
 codec = sys.argv[3] if len(sys.argv) > 3 else "h264"
 copies = int(sys.argv[4]) if len(sys.argv) > 4 else 14
 files = sorted(work.glob(f"bench_{codec}_*.mp4"))
 paths = [files[i % len(files)] for i in range(copies)]
-runtime = RuntimeConfig(device="gpu", videos_in_flight=copies)
+runtime = RuntimeConfig(device="gpu")
 t0 = time.perf_counter()
 engines = load_engines(IndexSettings().detection, runtime, store=ModelStore())
 out: dict[str, object] = {"label": label, "codec": codec, "videos": copies,
                           "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
                           "engines": engines.describe()}
-for mode in ("fps", "every-frame", "keyframes"):
-    indexer = VideoIndexer(engines, IndexSettings(sampling=SamplingConfig(mode=mode), runtime=runtime), NvdecDecoder())
-    run_pipeline(indexer, paths[:1], 1)
-    row = run_pipeline(indexer, paths * (KEYFRAME_PASSES if mode == "keyframes" else 1), copies)
+for mode, row in gpu_pipeline_rows(engines, runtime, paths, copies, lambda line: print(line, file=sys.stderr)).items():
     out[mode] = {k: row[k] for k in ("wall_s", "frames_decoded", "frames_analysed", "faces", "decoded_fps",
                                      "video_s_per_s", "failed", "stage_s")}
     print(json.dumps({"label": label, "mode": mode, **out[mode]}), file=sys.stderr, flush=True)

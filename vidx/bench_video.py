@@ -16,10 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from engines.loader import load_engines
+from engines.loader import Engines, load_engines
 from engines.photos import load_photo
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, open_decoder
@@ -152,13 +153,37 @@ def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264
             "clips": [c.name for c in clips], "video_seconds": duration, "rows": rows}
 
 
+def _prefixed(say: Callable[[str], None], prefix: str, line: str) -> None:
+    say(f"{prefix}: {line}")
+
+
+def gpu_pipeline_rows(engines: Engines, runtime: RuntimeConfig, paths: list[Path], in_flight: int,
+                      say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """The GPU pipeline over `paths` at each sampling mode (fps, every-frame, keyframes), `in_flight` videos
+    at once, on engines loaded once: one run_pipeline row per mode, after a one-video warm-up run of it."""
+    from indexer.decode.nvdec import NvdecDecoder
+
+    rows = {}
+    for mode in ("fps", "every-frame", "keyframes"):
+        settings = IndexSettings(sampling=SamplingConfig(mode=mode),
+                                 runtime=replace(runtime, videos_in_flight=in_flight))
+        indexer = VideoIndexer(engines, settings, NvdecDecoder())
+        run_pipeline(indexer, paths[:1], 1)  # warm-up: this sampling's first steps, NVDEC decoders
+        # Key frames only: the files pass KEYFRAME_PASSES times, or the row lasts well under a second
+        # (10 key frames per 20 s clip) and measures mostly the run's start and end.
+        todo = paths * (KEYFRAME_PASSES if mode == "keyframes" else 1)
+        say(f"GPU pipeline, sampling {mode}, {in_flight} videos in flight, {len(todo)} videos")
+        rows[mode] = run_pipeline(indexer, todo, in_flight)
+    return rows
+
+
 def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], copies: int, command: str,
               cpu_videos: int, say: Callable[[str], None], codecs: tuple[str, ...] = ("h264", "hevc")
               ) -> dict[str, Any]:
     """Decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU pipeline."""
     import cupy as cp
 
-    from indexer.decode.nvdec import DECODERS, NvdecDecoder, decode_frames_only
+    from indexer.decode.nvdec import DECODERS, decode_frames_only
 
     clips = bench_clips(work_dir, cache_dir, say)
     store = ModelStore(cache_dir)
@@ -184,16 +209,7 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
             say(f"   {res['decode_only'][-1]}")
         best = max(res["decode_only"], key=lambda r: r["fps"])
         n_best = best["decoders"]
-        for mode in ("fps", "every-frame", "keyframes"):
-            settings = IndexSettings(sampling=SamplingConfig(mode=mode),
-                                     runtime=replace(gpu_runtime, videos_in_flight=n_best))
-            indexer = VideoIndexer(engines, settings, NvdecDecoder())
-            run_pipeline(indexer, paths[:1], 1)  # warm-up: this sampling's first steps, NVDEC decoders
-            # Key frames only: the files pass KEYFRAME_PASSES times, or the row lasts well under a second
-            # (10 key frames per 20 s clip) and measures mostly the run's start and end.
-            todo = paths * (KEYFRAME_PASSES if mode == "keyframes" else 1)
-            say(f"{codec}: GPU pipeline, sampling {mode}, {n_best} videos in flight, {len(todo)} videos")
-            row = run_pipeline(indexer, todo, n_best)
+        for mode, row in gpu_pipeline_rows(engines, gpu_runtime, paths, n_best, partial(_prefixed, say, codec)).items():
             row["x_decode_only"] = round(row["decoded_fps"] / best["fps"], 3)
             res[f"pipeline_{mode}"] = row
             say(f"   {row}")
