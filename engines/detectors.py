@@ -17,8 +17,8 @@ import contextlib
 import math
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from types import ModuleType
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from engines.arrays import Array, array_module, to_host
 from engines.imageops import resize
 from engines.runtime.base import Session, session_array_module
+from engines.streams import side_by_side
 
 
 @dataclass(frozen=True)
@@ -211,19 +212,16 @@ class BlazeDetector:
         xp = self._xp()
         if xp is np or (height, width) in self._prepared:
             return
-        device = xp.cuda.Device()
-
-        def first_run(shape: tuple[int, int, int, int]) -> None:
-            with device:
-                self.session.run({"image": xp.zeros(shape, xp.uint8)})
-
         with self._prepare_lock:  # a second model thread meeting the same new size waits for the first
             if (height, width) in self._prepared:
                 return
-            shapes = self.input_shapes(height, width)
-            with ThreadPoolExecutor(len(shapes), thread_name_prefix="vidx-prepare") as pool:
-                list(pool.map(first_run, shapes))
+            side_by_side([partial(self._first_run, shape) for shape in self.input_shapes(height, width)],
+                         "vidx-prepare")
             self._prepared.add((height, width))
+
+    def _first_run(self, shape: tuple[int, int, int, int]) -> None:
+        xp = self._xp()  # the input is made in the running thread, on its stream
+        self.session.run({"image": xp.zeros(shape, xp.uint8)})
 
     def detect(self, frames: Sequence[Array]) -> list[Detections]:
         """Detections for each frame (HxWx3 uint8 RGB, numpy or CuPy)."""

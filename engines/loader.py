@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -15,6 +14,7 @@ from engines.detectors import FaceDetector, PersonDetector
 from engines.embedder import CHIP_SIZE, FaceEmbedder, padded_batch
 from engines.runtime.base import RuntimeReport, Session, open_session, runtime_report, session_array_module
 from engines.sources import Progress
+from engines.streams import side_by_side
 from engines.zoo import ModelStore
 from schemas.config import DetectionConfig, RuntimeConfig
 
@@ -66,14 +66,7 @@ class Engines:
                                             if d is not None]
         for n in sorted({padded_batch(n, self.embedder.batch_size) for n in range(1, self.embedder.batch_size + 1)}):
             runs.append(partial(self.embedder.embed_chips, xp.zeros((n, CHIP_SIZE, CHIP_SIZE, 3), xp.uint8)))
-        device = xp.cuda.Device()
-
-        def run(fn: Callable[[], object]) -> None:
-            with device:
-                fn()
-
-        with ThreadPoolExecutor(len(runs), thread_name_prefix="vidx-warm-up") as pool:
-            list(pool.map(run, runs))
+        side_by_side(runs, "vidx-warm-up")
         # Then the whole path once (the pre- and post-processing kernels compile on first use).
         frame = xp.asarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
         self.faces.detect([frame])

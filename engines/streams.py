@@ -1,4 +1,5 @@
-"""CUDA streams lent out and taken back, so that a long run uses a fixed set of them.
+"""CUDA streams lent out and taken back, so that a long run uses a fixed set of them; and CUDA work run
+side by side in threads on the caller's device.
 
 CuPy's memory pool keeps freed blocks per stream: memory freed by work on one stream is reused only
 by later allocations on that same stream. A fresh stream for every video (or every thread) therefore
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engines.arrays import cupy_module
@@ -52,3 +54,18 @@ class StreamPool:
 STREAMS = StreamPool()
 """The process's pool: NVDEC decoders (for as long as a decoder lives) and the pipeline's model threads
 borrow from it."""
+
+
+def side_by_side(calls: Sequence[Callable[[], object]], name: str) -> None:
+    """Run the calls at once, one thread each, on the calling thread's CUDA device (a new thread starts on
+    device 0); returns when all have returned, raising the first error. For host-bound work that releases
+    the GIL, like a runtime's first run of a new input shape."""
+    cp = cupy_module()
+    device = cp.cuda.Device() if cp is not None else contextlib.nullcontext()
+
+    def run(call: Callable[[], object]) -> None:
+        with device:
+            call()
+
+    with ThreadPoolExecutor(max(1, len(calls)), thread_name_prefix=name) as pool:
+        list(pool.map(run, calls))

@@ -97,3 +97,25 @@ def test_shape_sessions_are_bounded_and_evict_the_least_recently_used() -> None:
     assert sessions.shapes() == [(1, 2), (3, 4), (7, 8)] and sessions.evicted == 1
     assert sessions.get((5, 6)) not in (a, b, c, loaded)  # set up again, evicting (1, 2)
     assert sessions.shapes() == [(3, 4), (7, 8), (5, 6)] and len(made) == 4
+
+
+def test_side_by_side_runs_every_call_in_its_own_thread_and_raises_the_first_error() -> None:
+    import threading
+
+    from engines.streams import side_by_side
+
+    seen: list[int] = []
+    barrier = threading.Barrier(3, timeout=10)  # passes only if all three calls run at once
+
+    def call() -> None:
+        barrier.wait()
+        seen.append(threading.get_ident())
+
+    side_by_side([call, call, call], "test")
+    assert len(set(seen)) == 3
+
+    def fails() -> None:
+        raise ValueError("set-up failed")
+
+    with pytest.raises(ValueError, match="set-up failed"):
+        side_by_side([fails, lambda: None], "test")
