@@ -62,13 +62,16 @@ class VideoResult:
     thumbnails: dict[int, bytes]
     """JPEG bytes of each track's best face, by track id."""
     frames_decoded: int
+    frames_in_video: int
+    """Frames the video holds (demuxed), whether decoded or skipped as not needed by the sampling."""
     frames_analysed: int
     decode_s: float
     total_s: float
 
     def summary(self) -> dict[str, Any]:
         return {
-            "video": self.info.path, "frames_decoded": self.frames_decoded, "frames_analysed": self.frames_analysed,
+            "video": self.info.path, "frames_decoded": self.frames_decoded,
+            "frames_in_video": self.frames_in_video, "frames_analysed": self.frames_analysed,
             "faces": self.faces.num_rows, "persons": self.persons.num_rows, "tracks": self.tracks.num_rows,
             "seconds": round(self.total_s, 3),
         }
@@ -372,6 +375,7 @@ class VideoIndexer:
             tracks=_tracks_table(state.tracker, state.faces, task.video_id, task.run_key),
             thumbnails={tid: jpeg(chip) for tid, chip in state.best_chips.items()},
             frames_decoded=stats.frames_decoded,
+            frames_in_video=stats.frames_in_video,
             frames_analysed=stats.frames_sampled,
             decode_s=stats.seconds,
             total_s=time.monotonic() - state.started,

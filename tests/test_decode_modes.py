@@ -9,7 +9,7 @@ codecs and GOP sizes the archive does not write.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ import pytest
 
 from engines.loader import Engines
 from engines.verify import largest_face_embedding
-from indexer.decode.base import FrameBatch
+from indexer.decode.base import FrameBatch, FrameSampler, PacketPlan
+from indexer.decode.bitstream import ReferenceScanner
 from indexer.decode.pyav import PyAVDecoder
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
@@ -124,6 +125,8 @@ def test_keyframe_mode_analyses_only_the_key_frames(tmp_path: Path, engines: Eng
     sampled = [b for b in decoder.batches(path, SamplingConfig(mode="keyframes"), 16)]
     pts = np.concatenate([b.pts_s for b in sampled])
     np.testing.assert_allclose(pts, keys, atol=1e-6)
+    # each key frame keeps its place among all frames, though the others were never decoded
+    assert np.concatenate([b.frame_index for b in sampled]).tolist() == [i for i, (_, k) in enumerate(decoded) if k]
     assert decoder.stats.frames_sampled == len(keys)
     assert decoder.stats.frames_decoded == len(keys)  # the decoder skipped the other frames (skip_frame NONKEY)
 
@@ -262,7 +265,8 @@ def test_cross_video_batching_gives_one_video_at_a_time_results(
     for video in videos:
         a, b = alone[video.name], batched[video.name]
         assert isinstance(b, VideoResult), b
-        assert (a.frames_decoded, a.frames_analysed) == (b.frames_decoded, b.frames_analysed) == (105, 7)
+        assert (a.frames_in_video, a.frames_analysed) == (b.frames_in_video, b.frames_analysed) == (105, 7)
+        assert a.frames_decoded == b.frames_decoded < 105  # unsampled B-frames were not decoded
         # faces: same frames, same boxes (within a pixel), same embeddings, same track of each
         fa, fb = a.faces, b.faces
         assert fa.num_rows == fb.num_rows > 0, video.name
@@ -292,3 +296,134 @@ def test_cross_video_batching_gives_one_video_at_a_time_results(
                                         tb.column("end_s").to_pylist(), embeddings(tb), strict=True):
             assert np.linalg.norm(emb - descriptors[app.photo]) < SAME_PERSON, (video.name, app)
             assert abs(start - app.start_s) <= 0.5 + 1e-6 and abs(end - app.end_s) <= 0.5 + 1e-6, (video.name, app)
+
+
+# --- d. frames no sample needs are not decoded ---------------------------------------------------------
+
+
+def _stream_in_decode_order(rng: np.random.Generator, n: int) -> tuple[list[int], list[int], set[int]]:
+    """A made-up stream: presentation PTS (1/90000 s, frame gaps from 1/60 to 1/10 s), the packets' decode
+    order (each anchor before the B-frames it closes, B-pyramids up to 7 deep) and which are non-reference."""
+    pts = np.concatenate([[0], np.cumsum(rng.integers(1500, 9000, n - 1))]).tolist()
+    order: list[int] = [0]
+    nonref: set[int] = set()
+    i = 0
+    while i < n - 1:
+        gap = int(min(rng.integers(1, 8), n - 1 - i))
+        order.append(i + gap)  # the anchor (a reference)
+        middle = list(range(i + 1, i + gap))
+        if middle:
+            mid = middle[len(middle) // 2]
+            order += [mid] + [j for j in middle if j != mid]  # a pyramid: its middle frame first
+            nonref |= {j for j in middle if j != mid or rng.random() < 0.5}
+        i += gap
+    return pts, order, nonref
+
+
+def _sampled(pts: Sequence[int], sampling: SamplingConfig) -> list[int]:
+    sampler = FrameSampler(sampling)
+    return [p for p in pts if sampler.take(p / 90000, False)]
+
+
+@pytest.mark.parametrize("fps", [2.0, 0.5, 7.0, 29.97])
+def test_packet_plan_never_skips_a_frame_the_sampler_takes(fps: float) -> None:
+    sampling = SamplingConfig(fps=fps)
+    skipped_any = False
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        pts, order, nonref = _stream_in_decode_order(rng, 400)
+        plan = PacketPlan(sampling, Fraction(1, 90000), pts[0])
+        decoded = [f for f in order if plan.packet(pts[f]) or f not in nonref]
+        skipped_any |= len(decoded) < len(pts)
+        shown = sorted(decoded)  # a decoder outputs frames in presentation order
+        assert _sampled([pts[f] for f in shown], sampling) == _sampled(pts, sampling), seed
+        # every decoded frame is told its place among all frames, skipped ones included
+        assert [plan.frame_index(pts[f]) for f in shown] == shown, seed
+    assert skipped_any
+
+
+def _annex_b_packets(path: Path) -> tuple[str, list[av.Packet]]:
+    """The stream's packets as NVDEC gets them from PyNvVideoCodec's demuxer: Annex B, parameter sets in band."""
+    from av.bitstream import BitStreamFilterContext
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name
+        bsf = BitStreamFilterContext(f"{codec}_mp4toannexb", stream)
+        return codec, [out for packet in container.demux(stream) for out in bsf.filter(packet)]
+
+
+def _decode_annex_b(codec: str, packets: list[av.Packet]) -> dict[int, np.ndarray]:
+    ctx = av.CodecContext.create(codec, "r")
+    frames = {}
+    for packet in [*packets, None]:
+        for frame in ctx.decode(packet):
+            frames[frame.pts] = frame.to_ndarray(format="gray")
+    return frames
+
+
+@pytest.mark.parametrize("encoder,options", [
+    ("libx264", {"preset": "veryfast"}),
+    ("libx265", {"preset": "ultrafast", "x265-params": "log-level=error"}),
+    # temporal sub-layers: a non-reference picture of a lower sub-layer is still referred to by higher ones
+    ("libx265", {"preset": "fast", "x265-params": "log-level=error:temporal-layers=3:b-pyramid=1"}),
+], ids=["h264", "hevc", "hevc-temporal-layers"])
+def test_reference_scanner_drops_only_pictures_nothing_refers_to(
+        encoder: str, options: dict[str, str], tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    path = encode_clip(PORTRAIT, photos, tmp_path / f"{encoder}.mp4", encoder, container="mp4", options=options)
+    codec, packets = _annex_b_packets(path)
+    scanner = ReferenceScanner(codec)
+    droppable = [scanner.droppable(bytes(p)) for p in packets]
+    assert 0 < sum(droppable) < len(packets) // 2 + 1, droppable
+    # Some droppable pictures are still decoded (as when sampled): whatever they refer to must be there.
+    kept = [p for i, p in enumerate(packets) if not droppable[i] or i % 3 == 0]
+    every = _decode_annex_b(codec, packets)
+    some = _decode_annex_b(codec, kept)
+    assert len(every) == len(packets) == 3 * FPS and sorted(some) == sorted(p.pts for p in kept)
+    for pts, image in some.items():  # bit for bit what decoding every frame gives
+        assert np.array_equal(image, every[pts]), pts
+
+
+def test_reference_scanner_reads_nal_headers_by_the_specs() -> None:
+    def nal(*header: int, body: bytes = b"\x88\x84") -> bytes:
+        return b"\x00\x00\x00\x01" + bytes(header) + body
+
+    h264 = ReferenceScanner("h264")
+    sei, non_idr_ref, non_idr_nonref, idr = nal(0x06), nal(0x41), nal(0x01), nal(0x65)
+    assert h264.droppable(sei + non_idr_nonref)  # nal_ref_idc 0: nothing refers to it
+    assert not h264.droppable(sei + non_idr_ref) and not h264.droppable(idr)
+    assert not h264.droppable(sei)  # no slice in the packet: keep it
+
+    def hevc_nal(kind: int, temporal_id: int, body: bytes = b"\xaf\x00") -> bytes:
+        return nal(kind << 1, temporal_id + 1, body=body)
+
+    hevc = ReferenceScanner("hevc")
+    tsa_n_1, tsa_n_2, trail_r_2 = hevc_nal(2, 1), hevc_nal(2, 2), hevc_nal(1, 2)
+    assert not hevc.droppable(tsa_n_2)  # no SPS seen yet: the stream's top sub-layer is unknown
+    sps = hevc_nal(33, 0, body=bytes([0x02 << 1 | 0x01]))  # sps_max_sub_layers_minus1 = 2
+    assert not hevc.droppable(sps + hevc_nal(19, 0))  # IDR
+    assert hevc.droppable(tsa_n_2)
+    assert not hevc.droppable(tsa_n_1)  # a lower sub-layer's non-reference picture: higher ones may refer to it
+    assert not hevc.droppable(trail_r_2)
+    assert not ReferenceScanner("vp9").droppable(tsa_n_2)
+
+
+@pytest.mark.parametrize("encoder,options", [
+    ("libx264", {"preset": "veryfast"}),
+    ("libx265", {"preset": "ultrafast", "x265-params": "log-level=error"}),
+], ids=["h264", "hevc"])
+def test_cpu_decoder_skips_unsampled_frames_and_samples_the_same(
+        encoder: str, options: dict[str, str], tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    path = encode_clip(PORTRAIT, photos, tmp_path / f"{encoder}.mp4", encoder, container="mp4", options=options)
+    runs = {}
+    for skip in (False, True):
+        decoder = PyAVDecoder(skip_unsampled=skip)
+        batches = list(decoder.batches(path, SamplingConfig(fps=2.0), 4))
+        runs[skip] = (decoder.stats, np.concatenate([b.frames for b in batches]),
+                      np.concatenate([b.pts_s for b in batches]), np.concatenate([b.frame_index for b in batches]))
+    (every, frames_a, pts_a, index_a), (some, frames_b, pts_b, index_b) = runs[False], runs[True]
+    assert every.frames_decoded == every.frames_in_video == some.frames_in_video == 3 * FPS
+    assert some.frames_decoded < 0.75 * every.frames_decoded, some  # the B-frames in between were skipped
+    np.testing.assert_allclose(pts_b, np.arange(6) * 0.5, atol=1e-6)
+    assert np.array_equal(pts_a, pts_b) and np.array_equal(frames_a, frames_b)
+    assert index_b.tolist() == index_a.tolist() == [15 * i for i in range(6)]

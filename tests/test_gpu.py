@@ -210,6 +210,35 @@ def test_reused_nvdec_decoders_give_what_fresh_ones_give(indexed: tuple[list[Sam
     assert DECODERS.reused - reused_before >= len(paths), (DECODERS.reused, reused_before, DECODERS.created)
 
 
+def test_nvdec_skips_unsampled_frames_and_samples_the_same(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult]
+                                                          ) -> None:
+    """At 2 fps, leaving out the non-reference pictures no sample needs gives bit for bit the frames, times and
+    frame indexes that decoding everything gives (H.264 and HEVC, variable rate and rotated clips included)."""
+    from engines.arrays import to_host
+    from indexer.decode.nvdec import NvdecDecoder
+    from indexer.decode.pyav import PyAVDecoder
+
+    decoded = {True: 0, False: 0}
+    for video in indexed[0]:
+        path = Path(video.path)
+        runs = {}
+        for skip in (False, True):
+            nv = NvdecDecoder(skip_unsampled=skip)
+            batches = list(nv.batches(path, SamplingConfig(), 16))
+            assert nv.fell_back is None, (video.name, nv.fell_back)
+            decoded[skip] += nv.stats.frames_decoded
+            runs[skip] = (nv.stats.frames_in_video, np.concatenate([b.pts_s for b in batches]),
+                          np.concatenate([b.frame_index for b in batches]),
+                          [f for b in batches for f in to_host(b.frames)])
+        (n_all, pts_all, index_all, frames_all), (n_some, pts_some, index_some, frames_some) = runs[False], runs[True]
+        assert n_all == n_some > 0 and np.array_equal(pts_all, pts_some), video.name
+        assert np.array_equal(index_all, index_some), video.name
+        assert all(np.array_equal(a, b) for a, b in zip(frames_all, frames_some, strict=True)), video.name
+        cpu = [b for b in PyAVDecoder().batches(path, SamplingConfig(), 16)]
+        assert np.concatenate([b.frame_index for b in cpu]).tolist() == index_some.tolist(), video.name
+    assert decoded[True] < 0.8 * decoded[False], decoded
+
+
 @pytest.mark.parametrize("engine", ["onnxruntime", "auto"])
 def test_gpu_pipeline_gives_the_cpu_tracks(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
                                            tmp_path: Path, cache_dir: Path, engine: str) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -40,7 +44,8 @@ class FrameBatch:
     pts_s: np.ndarray
     """N float64: seconds from the stream start, from container PTS (right for variable frame rate)."""
     frame_index: np.ndarray
-    """N int64: position of each frame in decode output order, counting every decoded frame."""
+    """N int64: position of each frame among all the stream's frames in presentation order (frames the
+    decoder skipped count too; see `PacketPlan`)."""
     video: VideoInfo = field(repr=False)
 
     def __post_init__(self) -> None:
@@ -68,10 +73,13 @@ class FrameSampler:
     time is taken, so variable frame rate and dropped frames do not shift later samples.
     """
 
+    TOLERANCE = 1e-3
+    """A frame this close before a grid time counts as at it (container time bases round)."""
+
     def __init__(self, config: SamplingConfig):
         self.config = config
         self._next = 0.0
-        self._tolerance = 1e-3
+        self._tolerance = self.TOLERANCE
 
     def take(self, pts_s: float, is_key: bool) -> bool:
         mode = self.config.mode
@@ -87,9 +95,87 @@ class FrameSampler:
         return True
 
 
+class PacketPlan:
+    """Which demuxed packets a sampling needs decoded, and where each decoded frame sits in the stream.
+
+    Every reference frame must be decoded, since later frames are built from it, but a non-reference
+    frame (most B-frames: about half of an x264 or x265 stream with default settings) matters only if it
+    is itself sampled. At 2 fps of a 30 fps stream that is 1 in 15, so the decoders skip the rest.
+    Whether a packet's frame could be sampled is decided from the packets' timestamps alone, before
+    decoding: by `FrameSampler`'s rule, a frame is taken when a grid time lies after the frame before it
+    (in presentation order) and at or before the frame itself. Packets arrive in decode order; the frame
+    before this one is looked up among the last `WINDOW` packets' timestamps. If it is not there (a
+    reordering deeper than the window, a missing timestamp), the packet is decoded: the plan can make a
+    decoder do more work than needed, never drop a frame the sampler would take.
+
+    It also gives each decoded frame its index among all the stream's frames in presentation order
+    (the number of packets with an earlier timestamp), so frames keep their index when others are skipped.
+    """
+
+    WINDOW = 64
+
+    def __init__(self, sampling: SamplingConfig, time_base: float | Fraction, start: int | None):
+        self.interval = sampling.interval_s
+        """Seconds between samples, or None when the sampling is not by rate (every packet is wanted)."""
+        self.time_base = time_base
+        self.start = start
+        """PTS of the stream's time zero; until known (set by the first decoded frame), every packet is wanted."""
+        self._recent: list[float] = []
+        self._earlier: list[int] = []
+        """Heap of demuxed packets' PTS whose frames have not yet been placed."""
+        self._placed = 0
+        self._last_index = -1
+
+    def seconds(self, pts: int) -> float:
+        """A frame's time from its PTS: seconds since the stream start (the first frame if the container has none)."""
+        if self.start is None:
+            self.start = pts
+        return float((pts - self.start) * self.time_base)
+
+    def packet(self, pts: int | None) -> bool:
+        """Record a demuxed packet (decode order); True when its frame could be sampled (decode it even if
+        no other frame refers to it)."""
+        if pts is None:
+            return True
+        heapq.heappush(self._earlier, pts)
+        if self.interval is None or self.start is None:
+            return True
+        t = float((pts - self.start) * self.time_base)
+        at = bisect.bisect_left(self._recent, t)
+        before = self._recent[at - 1] if at else None
+        self._recent.insert(at, t)
+        if len(self._recent) > self.WINDOW:
+            del self._recent[0]
+        if before is None:
+            return True
+        tol, eps = FrameSampler.TOLERANCE, 1e-6
+        grid = math.floor((t + tol + eps) / self.interval) * self.interval  # the last grid time the frame reaches
+        return grid > before + tol - eps
+
+    def frame_index(self, pts: int | None) -> int:
+        """Index of a decoded frame (output order) among all frames of the stream, skipped ones included."""
+        if pts is not None:
+            earlier = self._earlier
+            while earlier and earlier[0] < pts:
+                heapq.heappop(earlier)
+                self._placed += 1
+            index = self._placed
+            if earlier and earlier[0] == pts:
+                heapq.heappop(earlier)
+                self._placed += 1
+        else:
+            index = self._last_index + 1
+        index = max(index, self._last_index + 1)  # damaged timestamps: indexes still grow
+        self._last_index = index
+        return index
+
+
 @dataclass
 class DecodeStats:
     frames_decoded: int = 0
+    """Frames the decoder produced (fewer than the video holds when frames no sample needs were skipped)."""
+    frames_in_video: int = 0
+    """Packets with data that were demuxed: the video's frames, decoded or not."""
     frames_sampled: int = 0
     seconds: float = 0.0
 

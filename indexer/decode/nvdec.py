@@ -2,9 +2,10 @@
 
 Packets come from PyNvVideoCodec's demuxer and go to its core decoder, which writes NV12 surfaces
 on our own CUDA stream. Only sampled frames are converted (NV12 -> upright RGB, one kernel per frame
-on the same stream, so the decoder cannot reuse a surface before the kernel has read it); the others
-are decoded (later frames depend on them) and dropped. In key-frame mode only key packets reach the
-decoder, so the rest is never decoded at all.
+on the same stream, so the decoder cannot reuse a surface before the kernel has read it). What no sample
+needs never reaches the decoder: in key-frame mode every packet but the key ones, at a sampling rate the
+non-reference pictures (most B-frames) that will not be sampled (`PacketPlan`, `ReferenceScanner`).
+Other frames are decoded (later frames depend on them) and dropped.
 
 Decoders are kept for the next video of the same kind (`DECODERS`): a decoder that has been flushed at
 the end of one file decodes the next file of the same codec, chroma format, bit depth and size exactly as
@@ -18,6 +19,7 @@ A codec this GPU's NVDEC cannot decode falls back to PyAV on the CPU, and says s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import logging
@@ -34,7 +36,8 @@ import numpy as np
 
 from engines.arrays import Array, cupy_module
 from engines.streams import STREAMS
-from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, VideoInfo
+from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, PacketPlan, VideoInfo
+from indexer.decode.bitstream import ReferenceScanner
 from indexer.errors import VideoError
 from schemas.config import SamplingConfig
 
@@ -223,6 +226,16 @@ def parameter_sets_digest(extradata: bytes | None) -> str:
     return hashlib.sha1(extradata or b"").hexdigest()[:16]
 
 
+PACKET_HEAD_BYTES = 512
+"""Bytes of a packet read for its first slice's NAL header (parameter sets and SEI come first; a packet
+whose slice starts later is decoded, never dropped)."""
+
+
+def _packet_head(packet: Any) -> bytes:
+    """The first bytes of a demuxed packet (host memory owned by PyNvVideoCodec's demuxer)."""
+    return ctypes.string_at(packet.bsl_data, min(int(packet.bsl), PACKET_HEAD_BYTES))
+
+
 def decode_frames_only(path: Path, gpu_id: int = 0) -> int:
     """Decode every frame of the file with NVDEC and drop it: the decoder's own speed (benchmarks)."""
     from indexer.decode.pyav import open_container, video_stream
@@ -244,9 +257,11 @@ class NvdecDecoder:
 
     device: Literal["cpu", "cuda"] = "cuda"
 
-    def __init__(self, gpu_id: int = 0, *, cpu_threads: int = 0):
+    def __init__(self, gpu_id: int = 0, *, cpu_threads: int = 0, skip_unsampled: bool = True):
         self.gpu_id = gpu_id
         self.cpu_threads = cpu_threads
+        self.skip_unsampled = skip_unsampled
+        """At a sampling rate, keep non-reference pictures that will not be sampled from NVDEC (off: decode all)."""
         self.stats = DecodeStats()
         self.fell_back: str | None = None
         """Why the last video was decoded on the CPU instead (None when NVDEC did it)."""
@@ -306,21 +321,21 @@ class NvdecDecoder:
             yield from self._on_cpu(path, sampling, batch_size, reason)
             return
         stats = self.stats = DecodeStats()
-        tb = float(time_base) if time_base else demuxer.GetTimebaseNum() / demuxer.GetTimebaseDen()
+        tb = time_base or Fraction(demuxer.GetTimebaseNum(), demuxer.GetTimebaseDen())
+        plan = PacketPlan(sampling, tb, start)
         sampler = FrameSampler(sampling)
         key_only = sampling.mode == "keyframes"
+        scanner = ReferenceScanner(info.codec) if self.skip_unsampled and sampling.mode == "fps" else None
         buf: Array | None = None
         pts: list[float] = []
         index: list[int] = []
         with lend_decoder(self.gpu_id, demuxer, parameter_sets) as lent:
             stream = lent.stream
-            for frame, coded_h, coded_w in self._decoded_frames(path, demuxer, lent, key_only):
-                n = stats.frames_decoded
+            for frame, coded_h, coded_w in self._decoded_frames(path, demuxer, lent, plan, key_only, scanner, stats):
                 stats.frames_decoded += 1
                 raw = int(frame.getPTS())
-                if start is None:
-                    start = raw
-                t = (raw - start) * tb
+                n = plan.frame_index(raw)
+                t = plan.seconds(raw)
                 if not sampler.take(t, key_only):
                     continue
                 shape = (coded_w, coded_h, 3) if info.rotation in (90, 270) else (coded_h, coded_w, 3)
@@ -347,13 +362,21 @@ class NvdecDecoder:
             raise VideoError("the video stream has no decodable frames", path=path)
 
     @staticmethod
-    def _decoded_frames(path: Path, demuxer: Any, lent: LentDecoder, key_only: bool) -> Iterator[tuple[Any, int, int]]:
+    def _decoded_frames(path: Path, demuxer: Any, lent: LentDecoder, plan: PacketPlan, key_only: bool,
+                        scanner: ReferenceScanner | None, stats: DecodeStats) -> Iterator[tuple[Any, int, int]]:
         """(frame, height, width) of each decoded frame: packets from the demuxer into PyNvVideoCodec's core
-        decoder. The demuxer's last packet is empty: it flushes the decoder, which may then decode another file."""
+        decoder, less those no sample needs (key frames only: all others; with a `scanner`: non-reference
+        pictures the plan says will not be sampled). The demuxer's last packet is empty: it flushes the
+        decoder, which may then decode another file."""
         decoder = lent.decoder
         for packet in demuxer:
-            if key_only and not packet.key and packet.bsl:
-                continue
+            if packet.bsl:
+                stats.frames_in_video += 1
+                wanted = plan.packet(getattr(packet, "pts", None))
+                if key_only and not packet.key:
+                    continue
+                if not wanted and scanner is not None and scanner.droppable(_packet_head(packet)):
+                    continue
             try:
                 decoded = decoder.Decode(packet)
             except Exception as exc:

@@ -1,7 +1,8 @@
 """CPU decoding with PyAV (FFmpeg's libavcodec), frame-threaded.
 
-Only the sampled frames are converted to RGB (the colour conversion costs as much as decoding); in
-keyframe mode the decoder itself skips every other frame.
+Only the sampled frames are converted to RGB (the colour conversion costs as much as decoding). The
+decoder itself skips what no sample needs: in keyframe mode every other frame, at a sampling rate the
+non-reference frames that will not be sampled (`PacketPlan`; FFmpeg's `skip_frame`, set per packet).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal
 import av
 import numpy as np
 
-from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, VideoInfo
+from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, PacketPlan, VideoInfo
 from indexer.errors import VideoError
 from schemas.config import SamplingConfig
 
@@ -139,9 +140,11 @@ def stream_info(path: Path, container: Any, stream: Any, rotation: int = 0) -> V
 class PyAVDecoder:
     device: Literal["cpu", "cuda"] = "cpu"
 
-    def __init__(self, threads: int = 0, *, max_pixels: int = MAX_VIDEO_PIXELS):
+    def __init__(self, threads: int = 0, *, max_pixels: int = MAX_VIDEO_PIXELS, skip_unsampled: bool = True):
         self.threads = threads
         self.max_pixels = max_pixels
+        self.skip_unsampled = skip_unsampled
+        """At a sampling rate, leave non-reference frames that will not be sampled undecoded (off: decode all)."""
         self.stats = DecodeStats()
 
     def _check_size(self, info: VideoInfo, path: Path) -> None:
@@ -178,8 +181,10 @@ class PyAVDecoder:
             ctx.thread_count = self.threads
             if sampling.mode == "keyframes":
                 ctx.skip_frame = "NONKEY"
+            skipping = self.skip_unsampled and sampling.mode == "fps"
+            skip = "DEFAULT"
             time_base: Fraction = stream.time_base
-            start = stream.start_time if stream.start_time is not None else None
+            plan = PacketPlan(sampling, float(time_base), stream.start_time)
             sampler = FrameSampler(sampling)
             frames: list[np.ndarray] = []
             pts: list[float] = []
@@ -189,6 +194,9 @@ class PyAVDecoder:
                 demuxed += packet.size > 0
                 if packet.is_corrupt and packet.pos is not None and before is not None:
                     cut_off |= packet.pos + packet.size >= before[1]  # a packet cut short by the end of the file
+                wanted = plan.packet(packet.pts) or packet.size == 0
+                if skipping and skip != (mode := "DEFAULT" if wanted else "NONREF"):
+                    ctx.skip_frame = skip = mode  # NONREF: FFmpeg drops the packet if no frame refers to its frame
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as exc:
@@ -198,15 +206,13 @@ class PyAVDecoder:
                                          path=path) from exc
                     continue
                 for frame in decoded:
-                    n = stats.frames_decoded
                     stats.frames_decoded += 1
                     raw_pts = frame.pts if frame.pts is not None else frame.dts
+                    n = plan.frame_index(raw_pts)
                     if raw_pts is None:
                         t = pts[-1] + 1.0 / (info.fps or 30.0) if pts else 0.0
                     else:
-                        if start is None:
-                            start = raw_pts
-                        t = float((raw_pts - start) * time_base)
+                        t = plan.seconds(raw_pts)
                     if not sampler.take(t, bool(frame.key_frame)):
                         continue
                     rotation = display_rotation(frame.rotation)
@@ -223,6 +229,7 @@ class PyAVDecoder:
                 stats.frames_sampled += len(frames)
                 yield self._batch(frames, pts, index, info)
         stats.seconds = time.monotonic() - started
+        stats.frames_in_video = demuxed
         self._check_unchanged(path, before)
         expected = int(stream.frames or 0)
         if expected and demuxed < expected:
