@@ -342,15 +342,17 @@ def test_packet_plan_never_skips_a_frame_the_sampler_takes(fps: float) -> None:
     assert skipped_any
 
 
-def _annex_b_packets(path: Path) -> tuple[str, list[av.Packet]]:
-    """The stream's packets as NVDEC gets them from PyNvVideoCodec's demuxer: Annex B, parameter sets in band."""
+def _annex_b_packets(path: Path) -> tuple[str, bytes, list[av.Packet]]:
+    """The codec, its extradata and the stream's packets in Annex B form, as NVDEC gets them from
+    PyNvVideoCodec's demuxer (here with the parameter sets in band too)."""
     from av.bitstream import BitStreamFilterContext
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         codec = stream.codec_context.name
+        extradata = bytes(stream.codec_context.extradata or b"")
         bsf = BitStreamFilterContext(f"{codec}_mp4toannexb", stream)
-        return codec, [out for packet in container.demux(stream) for out in bsf.filter(packet)]
+        return codec, extradata, [out for packet in container.demux(stream) for out in bsf.filter(packet)]
 
 
 def _decode_annex_b(codec: str, packets: list[av.Packet]) -> dict[int, np.ndarray]:
@@ -371,10 +373,12 @@ def _decode_annex_b(codec: str, packets: list[av.Packet]) -> dict[int, np.ndarra
 def test_reference_scanner_drops_only_pictures_nothing_refers_to(
         encoder: str, options: dict[str, str], tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     path = encode_clip(PORTRAIT, photos, tmp_path / f"{encoder}.mp4", encoder, container="mp4", options=options)
-    codec, packets = _annex_b_packets(path)
+    codec, extradata, packets = _annex_b_packets(path)
     scanner = ReferenceScanner(codec)
     droppable = [scanner.droppable(bytes(p)) for p in packets]
     assert 0 < sum(droppable) < len(packets) // 2 + 1, droppable
+    if codec == "hevc":  # the MP4's hvcC record says what the in-band SPS says
+        assert ReferenceScanner(codec, extradata).top_sub_layer == scanner.top_sub_layer is not None
     # Some droppable pictures are still decoded (as when sampled): whatever they refer to must be there.
     kept = [p for i, p in enumerate(packets) if not droppable[i] or i % 3 == 0]
     every = _decode_annex_b(codec, packets)
@@ -406,6 +410,11 @@ def test_reference_scanner_reads_nal_headers_by_the_specs() -> None:
     assert not hevc.droppable(tsa_n_1)  # a lower sub-layer's non-reference picture: higher ones may refer to it
     assert not hevc.droppable(trail_r_2)
     assert not ReferenceScanner("vp9").droppable(tsa_n_2)
+    # the same SPS from an MP4 hvcC record (22 bytes of stream facts, one array: the SPS, length-prefixed)
+    sps_nal = sps[4:]
+    hvcc = bytes(22) + bytes([1, 0x80 | 33, 0, 1]) + len(sps_nal).to_bytes(2, "big") + sps_nal
+    from_mp4 = ReferenceScanner("hevc", hvcc)
+    assert from_mp4.top_sub_layer == 2 and from_mp4.droppable(tsa_n_2) and not from_mp4.droppable(tsa_n_1)
 
 
 @pytest.mark.parametrize("encoder,options", [

@@ -30,13 +30,39 @@ class ReferenceScanner:
 
     H.264: a slice with nal_ref_idc 0 belongs to a picture no other picture refers to (all slices of a
     picture agree on that). HEVC: a sub-layer non-reference picture is safe to drop only in the highest
-    temporal sub-layer of the stream, which its sequence parameter set gives (sps_max_sub_layers_minus1);
-    until an SPS has been seen nothing is dropped. Other codecs: nothing is dropped.
+    temporal sub-layer of the stream, which its sequence parameter set gives (sps_max_sub_layers_minus1: read
+    from the container's extradata, or from the packets); until an SPS has been seen nothing is dropped.
+    Other codecs: nothing is dropped.
     """
 
-    def __init__(self, codec: str):
+    def __init__(self, codec: str, extradata: bytes | None = None):
         self.codec = codec
-        self._top_sub_layer: int | None = None
+        self.top_sub_layer: int | None = None
+        """HEVC: the stream's highest temporal sub-layer, from the last SPS seen (None until one is)."""
+        if codec == "hevc" and extradata:
+            self._hevc_parameter_sets(extradata)
+
+    def _hevc_parameter_sets(self, extradata: bytes) -> None:
+        """Read the SPS from the container's codec extradata: Annex B, or MP4's hvcC record (ISO/IEC 14496-15:
+        22 bytes of stream facts, then arrays of parameter sets by NAL unit type, each NAL unit length-prefixed).
+        Some demuxers (PyNvVideoCodec's among them) do not repeat the parameter sets in the packets."""
+        if extradata.startswith(START_CODE) or extradata.startswith(b"\x00" + START_CODE):
+            self._hevc(extradata)
+            return
+        if len(extradata) < 23:
+            return
+        at, arrays = 23, extradata[22]
+        for _ in range(arrays):
+            if at + 3 > len(extradata):
+                return
+            kind, count = extradata[at] & 0x3F, int.from_bytes(extradata[at + 1:at + 3], "big")
+            at += 3
+            for _ in range(count):
+                size = int.from_bytes(extradata[at:at + 2], "big")
+                nal = extradata[at + 2:at + 2 + size]
+                if kind == HEVC_SPS and len(nal) > 2:
+                    self.top_sub_layer = (nal[2] >> 1) & 0x07
+                at += 2 + size
 
     def droppable(self, data: bytes) -> bool:
         if self.codec == "h264":
@@ -65,9 +91,8 @@ class ReferenceScanner:
             kind = (data[at] >> 1) & 0x3F
             if kind == HEVC_SPS:
                 # after the 2-byte header: sps_video_parameter_set_id u(4), sps_max_sub_layers_minus1 u(3)
-                self._top_sub_layer = (data[at + 2] >> 1) & 0x07
+                self.top_sub_layer = (data[at + 2] >> 1) & 0x07
             elif kind < 32:  # the first slice of the picture
                 temporal_id = (data[at + 1] & 0x07) - 1
-                return (kind in HEVC_SUB_LAYER_NON_REFERENCE and self._top_sub_layer is not None
-                        and temporal_id == self._top_sub_layer)
+                return kind in HEVC_SUB_LAYER_NON_REFERENCE and temporal_id == self.top_sub_layer
         return False

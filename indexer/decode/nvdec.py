@@ -271,9 +271,9 @@ class NvdecDecoder:
 
         return PyAVDecoder().probe(path)
 
-    def _container(self, path: Path) -> tuple[VideoInfo, Fraction | None, int | None, bool | None, str]:
-        """Stream facts, time base, start PTS, colour matrix (True = BT.709) and a digest of the parameter
-        sets, from the container (PyAV).
+    def _container(self, path: Path) -> tuple[VideoInfo, Fraction | None, int | None, bool | None, bytes]:
+        """Stream facts, time base, start PTS, colour matrix (True = BT.709) and the codec's extradata (the
+        parameter sets), from the container (PyAV).
 
         One open, one frame decoded on one CPU thread (the rotation is only on decoded frames): a
         frame-threaded FFmpeg decoder would start and stop a thread pool per video for nothing.
@@ -287,7 +287,7 @@ class NvdecDecoder:
             space = int(getattr(stream.codec_context, "colorspace", 2) or 2)
             bt709 = True if space == 1 else False if space in (5, 6) else None  # 2: unspecified
             return (info, stream.time_base, stream.start_time, bt709,
-                    parameter_sets_digest(stream.codec_context.extradata))
+                    bytes(stream.codec_context.extradata or b""))
 
     def _supported(self, demuxer: Any) -> str | None:
         """None when NVDEC decodes this stream, else the reason it cannot."""
@@ -311,7 +311,7 @@ class NvdecDecoder:
         nvc = _nvc()
         started = time.monotonic()
         self.fell_back = None
-        info, time_base, start, bt709, parameter_sets = self._container(path)
+        info, time_base, start, bt709, extradata = self._container(path)
         try:
             demuxer = nvc.CreateDemuxer(filename=str(path))
         except Exception as exc:
@@ -325,11 +325,11 @@ class NvdecDecoder:
         plan = PacketPlan(sampling, tb, start)
         sampler = FrameSampler(sampling)
         key_only = sampling.mode == "keyframes"
-        scanner = ReferenceScanner(info.codec) if self.skip_unsampled and sampling.mode == "fps" else None
+        scanner = ReferenceScanner(info.codec, extradata) if self.skip_unsampled and sampling.mode == "fps" else None
         buf: Array | None = None
         pts: list[float] = []
         index: list[int] = []
-        with lend_decoder(self.gpu_id, demuxer, parameter_sets) as lent:
+        with lend_decoder(self.gpu_id, demuxer, parameter_sets_digest(extradata)) as lent:
             stream = lent.stream
             for frame, coded_h, coded_w in self._decoded_frames(path, demuxer, lent, plan, key_only, scanner, stats):
                 stats.frames_decoded += 1
