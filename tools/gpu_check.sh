@@ -2,15 +2,27 @@
 # One GPU lease: the gpu-marked tests, then (optionally) `vidx bench gpu`. Results under $OUT.
 #   bash tools/gpu_check.sh [tests|bench|all]
 # Run after the devkit parts are received (. /tmp/devkit/env); models and photos come in .devcache.
+#   TESTS_K      pytest -k expression for the tests (default: every GPU test)
+#   TESTS_LIMIT  seconds before the tests are stopped (default 420)
+#   BENCH_ARGS   extra arguments for `vidx bench gpu`
+#   AB_ROWS=1    after the bench, the three pipeline rows again with NVDEC decoding every frame
+#                (tools/gpu_pipeline_rows.py ... decode-all), for the skip-unsampled A/B
 set -uo pipefail
 what=${1:-all}
-export PYTHONPATH=$PWD:${PYTHONPATH:-} VIDX_CACHE_DIR=$PWD/.devcache VIDX_REQUIRE_GPU=1
+export PYTHONPATH=$PWD:${PYTHONPATH:-} VIDX_CACHE_DIR=$PWD/.devcache VIDX_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import PyNvVideoCodec as n, onnxruntime as o, cupy as c, av; print('pynvc', getattr(n,'__version__','?'), 'ort', o.__version__, o.get_available_providers(), 'cupy', c.__version__, 'av', av.__version__)" | tee -a "$OUT/gpu.txt"
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  timeout 420 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu.py --durations=8 2>&1 | tail -60 | tee "$OUT/gpu_tests.txt"
+  k=()
+  [ -n "${TESTS_K:-}" ] && k=(-k "$TESTS_K")
+  timeout "${TESTS_LIMIT:-420}" python3 -m pytest -v -p no:cacheprovider -o addopts="" tests/test_gpu.py "${k[@]}" \
+    --durations=12 2>&1 | tee "$OUT/gpu_tests.txt" | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error|assert" | tail -60
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  python3 -m vidx bench gpu --work-dir /tmp/vidx-bench ${BENCH_ARGS:-} --save "$OUT/bench_gpu.json" 2>&1 | tail -60 | tee "$OUT/bench_gpu.txt"
+  python3 -m vidx bench gpu --work-dir /tmp/vidx-bench ${BENCH_ARGS:-} --save "$OUT/bench_gpu.json" 2>&1 \
+    | tee "$OUT/bench_gpu.txt" | tail -60
+  if [ "${AB_ROWS:-0}" = 1 ]; then
+    python3 tools/gpu_pipeline_rows.py /tmp/vidx-bench decode-all h264 14 decode-all 2>&1 | tee "$OUT/rows_decode_all.jsonl" | tail -5
+  fi
 fi
