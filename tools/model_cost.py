@@ -1,0 +1,99 @@
+"""How much arithmetic the CPU path's models need per 1080p frame, and the least time that can take here.
+
+    python3 tools/model_cost.py [HEIGHT WIDTH]   (default 1080 1920; models from the model cache)
+
+For each pyramid level the detectors plan for a HEIGHT x WIDTH frame at default settings, counts the
+multiply-accumulates of every Conv node of the ONNX graph (ONNX shape inference at that level's canvas)
+and the values the Conv nodes write; times ONNX Runtime (this machine's default threads, spinning off, as
+the pipeline runs it) on one canvas per level; and measures what this CPU reaches on a large FP32 matrix
+product (NumPy's BLAS), an upper bound on the rate any convolution reaches here. The floor column is
+MACs x 2 / that rate: no FP32 implementation of these models can be faster on this machine.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import shape_inference
+
+from engines.loader import load_engines
+from engines.zoo import ModelStore
+from schemas.config import DetectionConfig, RuntimeConfig
+
+
+def conv_cost(model: onnx.ModelProto, shape: tuple[int, int, int, int]) -> tuple[float, float]:
+    """(multiply-accumulates, values written) of the graph's Conv nodes for an input of `shape`."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, shape):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
+    for output in model.graph.output:
+        for dim in output.type.tensor_type.shape.dim:
+            dim.ClearField("dim_value")
+            dim.ClearField("dim_param")
+    del model.graph.value_info[:]
+    model = shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in [*model.graph.value_info, *model.graph.output]}
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    macs = written = 0.0
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        out, kernel = shapes[node.output[0]], weights[node.input[1]]
+        macs += float(np.prod(out)) * float(np.prod(kernel[1:]))
+        written += float(np.prod(out))
+    return macs, written
+
+
+def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
+    """FP32 FLOP/s of the best of `repeats` n x n matrix products."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(height: int, width: int) -> None:
+    engines = load_engines(DetectionConfig(), RuntimeConfig(device="cpu"), warm_up=False)
+    store = ModelStore()
+    rate = gemm_rate()
+    print(f"FP32 matrix product on this CPU: {rate / 1e9:.0f} GFLOP/s")
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    total_floor = total_ms = 0.0
+    detectors = [("face_detector", engines.faces)]
+    if engines.persons is not None:
+        detectors.append(("person_detector", engines.persons))
+    for name, detector in detectors:
+        path = store.onnx_path(name)  # type: ignore[arg-type]
+        model = onnx.load(str(path))
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed_name = session.get_inputs()[0].name
+        for level in detector.plan(height, width):
+            shape = (1, level.canvas_h, level.canvas_w, 3)
+            macs, written = conv_cost(model, shape)
+            feed = {feed_name: np.zeros(shape, np.uint8 if "uint8" in session.get_inputs()[0].type else np.float32)}
+            session.run(None, feed)
+            ms = min(_timed(lambda: session.run(None, feed)) for _ in range(3)) * 1000
+            floor = 2 * macs / rate * 1000
+            total_floor += floor
+            total_ms += ms
+            print(f"{name} scale {level.scale:.3f} canvas {level.canvas_h}x{level.canvas_w}: "
+                  f"{macs / 1e9:.2f} GMAC, {written / 1e6:.0f} M conv outputs ({written * 4 / 1e6:.0f} MB FP32), "
+                  f"floor {floor:.1f} ms, ONNX Runtime {ms:.1f} ms ({floor / ms:.0%} of the rate)")
+    print(f"all levels of one {height}x{width} frame: floor {total_floor:.0f} ms, ONNX Runtime {total_ms:.0f} ms")
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:3])) if len(sys.argv) >= 3 else main(1080, 1920)
