@@ -28,7 +28,7 @@ from schemas.config import DetectionConfig, RuntimeConfig
 def conv_cost(model: onnx.ModelProto, shape: tuple[int, int, int, int]) -> tuple[float, float]:
     """(multiply-accumulates, values written) of the graph's Conv nodes for an input of `shape`."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, shape):
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, shape, strict=True):
         dim.ClearField("dim_param")
         dim.dim_value = value
     for output in model.graph.output:
@@ -64,6 +64,12 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0
 
 
+def run_ms(session: ort.InferenceSession, feed: dict[str, np.ndarray], repeats: int = 3) -> float:
+    """Milliseconds of the best of `repeats` runs, after one untimed run."""
+    session.run(None, feed)
+    return min(_timed(lambda: session.run(None, feed)) for _ in range(repeats)) * 1000
+
+
 def main(height: int, width: int) -> None:
     engines = load_engines(DetectionConfig(), RuntimeConfig(device="cpu"), warm_up=False)
     store = ModelStore()
@@ -83,9 +89,8 @@ def main(height: int, width: int) -> None:
         for level in detector.plan(height, width):
             shape = (1, level.canvas_h, level.canvas_w, 3)
             macs, written = conv_cost(model, shape)
-            feed = {feed_name: np.zeros(shape, np.uint8 if "uint8" in session.get_inputs()[0].type else np.float32)}
-            session.run(None, feed)
-            ms = min(_timed(lambda: session.run(None, feed)) for _ in range(3)) * 1000
+            dtype = np.uint8 if "uint8" in session.get_inputs()[0].type else np.float32
+            ms = run_ms(session, {feed_name: np.zeros(shape, dtype)})
             floor = 2 * macs / rate * 1000
             total_floor += floor
             total_ms += ms
