@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnx import shape_inference
 
+from engines.detectors import BlazeDetector
 from engines.loader import load_engines
 from engines.zoo import ModelStore
 from schemas.config import DetectionConfig, RuntimeConfig
@@ -78,7 +79,7 @@ def main(height: int, width: int) -> None:
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     total_floor = total_ms = 0.0
-    detectors = [("face_detector", engines.faces)]
+    detectors: list[tuple[str, BlazeDetector]] = [("face_detector", engines.faces)]
     if engines.persons is not None:
         detectors.append(("person_detector", engines.persons))
     for name, detector in detectors:
