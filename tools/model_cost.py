@@ -4,9 +4,10 @@
 
 For each pyramid level the detectors plan for a HEIGHT x WIDTH frame at default settings, counts the
 multiply-accumulates of every Conv node of the ONNX graph (ONNX shape inference at that level's canvas)
-and the values the Conv nodes write; times ONNX Runtime (this machine's default threads, spinning off, as
-the pipeline runs it) on one canvas per level; and measures what this CPU reaches on a large FP32 matrix
-product (NumPy's BLAS), an upper bound on the rate any convolution reaches here. The floor column is
+and the values the Conv nodes write; times the detector's own ONNX Runtime session (opened by the
+project's loader, as the pipeline runs it) on one canvas per level; and measures what this CPU
+reaches on a large FP32 matrix product (NumPy's BLAS), an upper bound on the rate any convolution
+reaches here. The floor column is
 MACs x 2 / that rate: no FP32 implementation of these models can be faster on this machine.
 """
 
@@ -17,12 +18,11 @@ import time
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import shape_inference
 
 from engines.detectors import BlazeDetector
 from engines.loader import load_engines
-from engines.zoo import ModelStore
+from engines.zoo import ModelName, ModelStore
 from schemas.config import DetectionConfig, RuntimeConfig
 
 
@@ -65,10 +65,12 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0
 
 
-def run_ms(session: ort.InferenceSession, feed: dict[str, np.ndarray], repeats: int = 3) -> float:
-    """Milliseconds of the best of `repeats` runs, after one untimed run."""
-    session.run(None, feed)
-    return min(_timed(lambda: session.run(None, feed)) for _ in range(repeats)) * 1000
+def run_ms(detector: BlazeDetector, shape: tuple[int, int, int, int], repeats: int = 3) -> float:
+    """Milliseconds of the best of `repeats` runs of the detector's session on a black input, after one
+    untimed run."""
+    feed = {"image": np.zeros(shape, np.uint8)}
+    detector.session.run(feed)
+    return min(_timed(lambda: detector.session.run(feed)) for _ in range(repeats)) * 1000
 
 
 def main(height: int, width: int) -> None:
@@ -76,22 +78,16 @@ def main(height: int, width: int) -> None:
     store = ModelStore()
     rate = gemm_rate()
     print(f"FP32 matrix product on this CPU: {rate / 1e9:.0f} GFLOP/s")
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     total_floor = total_ms = 0.0
-    detectors: list[tuple[str, BlazeDetector]] = [("face_detector", engines.faces)]
+    detectors: list[tuple[ModelName, BlazeDetector]] = [("face_detector", engines.faces)]
     if engines.persons is not None:
         detectors.append(("person_detector", engines.persons))
     for name, detector in detectors:
-        path = store.onnx_path(name)  # type: ignore[arg-type]
-        model = onnx.load(str(path))
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed_name = session.get_inputs()[0].name
+        model = onnx.load(str(store.onnx_path(name)))
         for level in detector.plan(height, width):
             shape = (1, level.canvas_h, level.canvas_w, 3)
             macs, written = conv_cost(model, shape)
-            dtype = np.uint8 if "uint8" in session.get_inputs()[0].type else np.float32
-            ms = run_ms(session, {feed_name: np.zeros(shape, dtype)})
+            ms = run_ms(detector, shape)
             floor = 2 * macs / rate * 1000
             total_floor += floor
             total_ms += ms
@@ -102,4 +98,5 @@ def main(height: int, width: int) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3])) if len(sys.argv) >= 3 else main(1080, 1920)
+    size = [int(a) for a in sys.argv[1:3]] if len(sys.argv) >= 3 else [1080, 1920]
+    main(*size)
