@@ -206,18 +206,27 @@ class BlazeDetector:
 
     def prepare(self, height: int, width: int) -> None:
         """On a GPU, set up the runtime for every level of a height x width frame, the levels side by side
-        (one thread each), unless done before. ONNX Runtime's CUDA provider spends seconds of host time on
-        the first run of each input shape (cuDNN plans, docs/gpu.md item 15); run level after level inside
-        the first detect() of a new frame size, those seconds add up, here they overlap."""
+        (one thread each), unless their set-up is held. ONNX Runtime's CUDA provider spends seconds of host
+        time on the first run of each input shape (cuDNN plans, docs/gpu.md item 15); run level after level
+        inside the first detect() of a new frame size, those seconds add up, here they overlap. A size whose
+        shapes the runtime has since evicted (docs/gpu.md item 29) is set up side by side again."""
         xp = self._xp()
-        if xp is np or (height, width) in self._prepared:
+        if xp is np or not self._not_set_up(height, width):
             return
         with self._prepare_lock:  # a second model thread meeting the same new size waits for the first
-            if (height, width) in self._prepared:
-                return
-            side_by_side([partial(self._first_run, shape) for shape in self.input_shapes(height, width)],
-                         "vidx-prepare")
+            todo = self._not_set_up(height, width)
+            if todo:
+                side_by_side([partial(self._first_run, shape) for shape in todo], "vidx-prepare")
             self._prepared.add((height, width))
+
+    def _not_set_up(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """The input shapes of a frame size whose runtime set-up is not held. A runtime that keeps set-up per
+        shape says which it holds (`shapes_set_up`); for any other, a size prepared once stays prepared."""
+        shapes = self.input_shapes(height, width)
+        held = getattr(self.session, "shapes_set_up", lambda: None)()
+        if held is None:
+            return [] if (height, width) in self._prepared else shapes
+        return [shape for shape in shapes if shape not in held]
 
     def _first_run(self, shape: tuple[int, int, int, int]) -> None:
         xp = self._xp()  # the input is made in the running thread, on its stream

@@ -37,7 +37,13 @@ from schemas.tables import FACES, PERSONS, TRACKS
 
 log = logging.getLogger(__name__)
 
-PREFETCH_BATCHES = 2
+PREFETCH_HANDOFFS = 4
+"""Hand-offs per video in flight that may wait in the queue for the models (frames held on the device)."""
+DECODE_HANDOFF = 8
+"""Sampled frames a decoder thread hands over at once (at most a step's worth). Steps are gathered across
+videos, so a hand-off need not fill one: small hand-offs let the models start on a video's first frames
+instead of waiting until each decoder has a whole step (at 2 fps a step of 32 frames is 16 s of video,
+most of a short clip)."""
 STAGES = ("wait_for_frames", "wait_for_models", "detect_faces", "detect_persons", "align", "embed", "track")
 STEPS_IN_FLIGHT_GPU = 2
 """Analysis steps under way at once when the models run on a GPU: while one step's models run, the next
@@ -227,7 +233,7 @@ class VideoIndexer:
         exhausted = False
         idle_until = 0.0
         """After the feed said "nothing now", it is not asked again before this time."""
-        messages: queue.Queue[tuple[str, _VideoState, Any]] = queue.Queue(maxsize=PREFETCH_BATCHES * max(limit, 2))
+        messages: queue.Queue[tuple[str, _VideoState, Any]] = queue.Queue(maxsize=PREFETCH_HANDOFFS * max(limit, 2))
         stop = threading.Event()
         live: dict[int, _VideoState] = {}
         ended: dict[int, VideoError | None] = {}
@@ -352,7 +358,7 @@ class VideoIndexer:
         """A decoder thread: batches of sampled frames of one video, then "end" (or "error")."""
         task = state.task
         try:
-            size = self.frame_batch
+            size = min(self.frame_batch, DECODE_HANDOFF)
             for batch in state.decoder.batches(task.path, self.settings.sampling, size):
                 if not _put(messages, ("frames", state, batch), stop):
                     return

@@ -298,6 +298,48 @@ def test_cross_video_batching_gives_one_video_at_a_time_results(
             assert abs(start - app.start_s) <= 0.5 + 1e-6 and abs(end - app.end_s) <= 0.5 + 1e-6, (video.name, app)
 
 
+
+class GatedDecoder(PyAVDecoder):
+    """PyAV, but after its first hand-off the decoder waits until the models have started: it records how
+    many frames each hand-off held and how far decoding had got when the models first ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.models_started = threading.Event()
+        self.handoffs: list[int] = []
+
+    def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
+        for batch in super().batches(path, sampling, batch_size):
+            self.handoffs.append(len(batch))
+            yield batch
+            assert self.models_started.wait(60), "the models never started on the frames handed over"
+
+
+def test_models_start_before_a_video_has_decoded_a_whole_step(
+        tmp_path: Path, engines: Engines, photos: dict[str, np.ndarray], descriptors: dict[str, np.ndarray],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = BATCH_PLANS[0]  # 3.5 s at 4 fps: 14 samples, fewer than a step of 16
+    video = build_video(plan, tmp_path, photos)
+    decoder = GatedDecoder()
+    first_step: list[int] = []
+    detect = engines.faces.detect
+
+    def spying_detect(frames: list[Any]) -> Any:
+        if not first_step:
+            first_step.append(len(frames))
+            decoder.models_started.set()
+        return detect(frames)
+
+    monkeypatch.setattr(engines.faces, "detect", spying_detect)
+    indexer = indexer_for(engines, SamplingConfig(fps=4.0), frame_batch=16, decoder=decoder)
+    result = indexer.index(Path(video.path), video_id=1, run_key="handoff")
+    monkeypatch.undo()
+    # the first frames went to the models while the rest of the video was still to be decoded
+    assert first_step == [decoder.handoffs[0]] and decoder.handoffs[0] < 14, (first_step, decoder.handoffs)
+    assert sum(decoder.handoffs) == result.frames_analysed == 14
+    (app,) = video.appearances
+    assert_one_track_of(result, descriptors[app.photo], app.start_s, app.end_s, tol=0.25 + 1e-6)
+
 # --- d. frames no sample needs are not decoded ---------------------------------------------------------
 
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # One GPU lease: the gpu-marked tests, then (optionally) `vidx bench gpu`. Results under $OUT.
-#   bash tools/gpu_check.sh [tests|bench|all]
+#   bash tools/gpu_check.sh [tests|bench|all|ab|soak]
 # Run after the devkit parts are received (. /tmp/devkit/env); models and photos come in .devcache.
 #   TESTS_K      pytest -k expression for the tests (default: every GPU test)
 #   TESTS_LIMIT  seconds before the tests are stopped (default 420)
 #   BENCH_ARGS   extra arguments for `vidx bench gpu`
 #   AB_ROWS=1    after the bench, the three pipeline rows again with NVDEC decoding every frame
 #                (tools/gpu_pipeline_rows.py ... decode-all), for the skip-unsampled A/B
+#   ab           tools/gpu_pipeline_rows.py on the bench clips (built by `bench`) with its ROWS / HANDOFFS
+#                environment (e.g. HANDOFFS=32,8,32,8 ROWS=fps,keyframes), AB_CODECS (default h264,hevc)
+#   soak         tools/gpu_soak.py for SOAK_S seconds (default 600) in a process session of its own, so that
+#                it outlives one command's 10-minute limit; waits up to SOAK_WAIT s (default 570) for it. Run
+#                `soak` again in the next call (same warm machine) to wait for the end. Log: $OUT/soak.jsonl
 set -uo pipefail
 what=${1:-all}
 export PYTHONPATH=$PWD:${PYTHONPATH:-} VIDX_CACHE_DIR=$PWD/.devcache VIDX_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
@@ -25,4 +30,18 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   if [ "${AB_ROWS:-0}" = 1 ]; then
     python3 tools/gpu_pipeline_rows.py /tmp/vidx-bench decode-all h264 14 decode-all 2>&1 | tee "$OUT/rows_decode_all.jsonl" | tail -5
   fi
+fi
+if [ "$what" = ab ]; then
+  python3 tools/gpu_pipeline_rows.py /tmp/vidx-bench ab "${AB_CODECS:-h264,hevc}" 14 2>"$OUT/ab_rows.jsonl" \
+    | tee "$OUT/ab.json"
+  grep '"mode"' "$OUT/ab_rows.jsonl" | cut -c1-400
+fi
+if [ "$what" = soak ]; then
+  if ! pgrep -f tools/gpu_soak.py >/dev/null; then
+    setsid nohup python3 tools/gpu_soak.py /tmp/vidx-bench "${SOAK_S:-600}" >/tmp/soak.jsonl 2>&1 </dev/null &
+  fi
+  end=$((SECONDS + ${SOAK_WAIT:-570}))
+  while pgrep -f tools/gpu_soak.py >/dev/null && [ "$SECONDS" -lt "$end" ]; do sleep 5; done
+  cp /tmp/soak.jsonl "$OUT/soak.jsonl"
+  tail -4 /tmp/soak.jsonl
 fi

@@ -1,43 +1,56 @@
-"""The GPU pipeline's three sampling rows (default, every frame, key frames) on the bench clips, in one process,
-with the engines' load-and-warm-up time: for A/B runs of engine settings, one fresh process per variant.
+"""The GPU pipeline's sampling rows (default, every frame, key frames) on the bench clips, in one process,
+with the engines' load-and-warm-up time: for A/B runs of engine or pipeline settings.
 
-    python3 tools/gpu_pipeline_rows.py WORK_DIR LABEL [CODEC] [COPIES] [decode-all]   (clips built by `vidx bench gpu`)
+    python3 tools/gpu_pipeline_rows.py WORK_DIR LABEL [CODECS] [COPIES] [decode-all]   (clips built by `vidx bench gpu`)
 
-`decode-all`: NVDEC also decodes the non-reference frames no sample needs (the decoders skip them by default).
+CODECS: comma-separated (default h264). `decode-all`: NVDEC also decodes the non-reference frames no sample
+needs (the decoders skip them by default). Environment:
+  ROWS=fps,keyframes   the sampling modes to run (default: all three)
+  HANDOFFS=32,8,32,8   run the rows once per value of `indexer.pipeline.DECODE_HANDOFF`, in this order, in
+                       this process (an A/B within one warm-up; default: the pipeline's own value once)
 
-One JSON line. The rows are `vidx bench gpu`'s (the same function, `vidx.bench_video.gpu_pipeline_rows`)
-without its decode-only and CPU rows.
+One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
+function, `vidx.bench_video.gpu_pipeline_rows`) without its decode-only and CPU rows.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from engines.loader import load_engines
 from engines.zoo import ModelStore
-from schemas.config import IndexSettings, RuntimeConfig
+from indexer import pipeline
+from schemas.config import IndexSettings, RuntimeConfig, SamplingMode
 from vidx.bench_video import gpu_pipeline_rows, rss_mib
 
 work, label = Path(sys.argv[1]), sys.argv[2]
-codec = sys.argv[3] if len(sys.argv) > 3 else "h264"
+codecs = (sys.argv[3] if len(sys.argv) > 3 else "h264").split(",")
 copies = int(sys.argv[4]) if len(sys.argv) > 4 else 14
 decode_all = len(sys.argv) > 5 and sys.argv[5] == "decode-all"  # NVDEC decodes unsampled non-reference frames too
-files = sorted(work.glob(f"bench_{codec}_*.mp4"))
-paths = [files[i % len(files)] for i in range(copies)]
+modes = tuple(cast(SamplingMode, m) for m in os.environ.get("ROWS", "fps,every-frame,keyframes").split(","))
+handoffs = [int(h) for h in os.environ.get("HANDOFFS", str(pipeline.DECODE_HANDOFF)).split(",")]
 runtime = RuntimeConfig(device="gpu")
 t0 = time.perf_counter()
 engines = load_engines(IndexSettings().detection, runtime, store=ModelStore())
-out: dict[str, object] = {"label": label, "codec": codec, "videos": copies,
-                          "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
-                          "engines": engines.describe()}
-out["decode_all"] = decode_all
-for mode, row in gpu_pipeline_rows(engines, runtime, paths, copies, lambda line: print(line, file=sys.stderr),
-                                   skip_unsampled=not decode_all).items():
-    out[mode] = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
-                                     "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
-    print(json.dumps({"label": label, "mode": mode, **out[mode]}), file=sys.stderr, flush=True)
+out: dict[str, object] = {"label": label, "videos": copies, "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
+                          "engines": engines.describe(), "decode_all": decode_all, "rows": []}
+rows: list[dict[str, object]] = []
+for codec in codecs:
+    files = sorted(work.glob(f"bench_{codec}_*.mp4"))
+    paths = [files[i % len(files)] for i in range(copies)]
+    for handoff in handoffs:
+        pipeline.DECODE_HANDOFF = handoff
+        for mode, row in gpu_pipeline_rows(engines, runtime, paths, copies, lambda line: print(line, file=sys.stderr),
+                                           skip_unsampled=not decode_all, modes=modes).items():
+            kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
+                                        "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
+            rows.append({"codec": codec, "decode_handoff": handoff, "mode": mode, **kept})
+            print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
+out["rows"] = rows
 out["rss_mib"] = round(rss_mib(), 1)
 print(json.dumps(out), flush=True)

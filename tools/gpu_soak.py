@@ -1,44 +1,78 @@
-"""Long run of the GPU pipeline: host RSS and GPU memory after each pass over the clips (does memory grow?).
+"""Long run of the GPU pipeline at the default sampling: host RSS and GPU memory after each pass (does memory
+grow?), and the pipeline's frame rate over passes long enough that a run's start and end weigh little.
 
-    python3 tools/gpu_soak.py WORK_DIR SECONDS   (bench clips in WORK_DIR, built by `vidx bench gpu`)
+    python3 tools/gpu_soak.py WORK_DIR SECONDS   (builds the bench clips in WORK_DIR if they are missing)
 
-One JSON line per pass, then a summary line; the engines are loaded once, as a worker does.
+Environment: COPIES videos per pass (default 42, 3 per decoder), HANDOFFS (comma-separated values of
+`indexer.pipeline.DECODE_HANDOFF` to cycle through, default the pipeline's own), CODECS (default h264,hevc).
+First a decode-only row per codec over the same COPIES files (14 NVDEC threads), then the engines are loaded
+once, as a worker does, and passes cycle through codec x hand-off until SECONDS have passed. One JSON line
+per pass, then a summary line with each cell's median rate and its ratio to decode-only.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import sys
 import time
+from itertools import cycle
 from pathlib import Path
 
 import cupy as cp
 
 from engines.loader import load_engines
 from engines.zoo import ModelStore
-from indexer.decode.nvdec import NvdecDecoder
+from indexer import pipeline
+from indexer.decode.nvdec import NvdecDecoder, decode_frames_only
 from indexer.pipeline import VideoIndexer
 from schemas.config import IndexSettings, RuntimeConfig
-from vidx.bench_video import rss_mib, run_pipeline
+from vidx.bench_video import bench_clips, decode_only, rss_mib, run_pipeline
 
+DECODERS = 14
 work, seconds = Path(sys.argv[1]), float(sys.argv[2])
-clips = sorted(work.glob("bench_h264_*.mp4")) + sorted(work.glob("bench_hevc_*.mp4"))
-paths = [clips[i % len(clips)] for i in range(16)]
-settings = IndexSettings(runtime=RuntimeConfig(device="gpu", videos_in_flight=14))  # the default engine (FP16)
+copies = int(os.environ.get("COPIES", "42"))
+codecs = os.environ.get("CODECS", "h264,hevc").split(",")
+handoffs = [int(h) for h in os.environ.get("HANDOFFS", str(pipeline.DECODE_HANDOFF)).split(",")]
+bench_clips(work, None, lambda line: print(line, file=sys.stderr))
+paths = {}
+for codec in codecs:
+    files = sorted(work.glob(f"bench_{codec}_*.mp4"))
+    paths[codec] = [files[i % len(files)] for i in range(copies)]
+decode_fps = {}
+for codec in codecs:
+    row = decode_only(paths[codec], DECODERS, decode_frames_only)
+    decode_fps[codec] = row["fps"]
+    print(json.dumps({"decode_only": codec, **row}), flush=True)
+
+settings = IndexSettings(runtime=RuntimeConfig(device="gpu", videos_in_flight=DECODERS))  # the default engine (FP16)
+t0 = time.monotonic()
 indexer = VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore()), settings, NvdecDecoder())
-run_pipeline(indexer, paths[:2], 2)
+run_pipeline(indexer, paths[codecs[0]][:2], 2)
+print(json.dumps({"load_and_warm_up_s": round(time.monotonic() - t0, 1)}), flush=True)
 pool = cp.get_default_memory_pool()
 start, rss_start = time.monotonic(), rss_mib()
 passes = frames = 0
 peak_pool = 0
-while time.monotonic() - start < seconds:
-    row = run_pipeline(indexer, paths, 14)
+rates: dict[str, list[float]] = {}
+for codec, handoff in cycle([(c, h) for c in codecs for h in handoffs]):
+    if time.monotonic() - start >= seconds:
+        break
+    pipeline.DECODE_HANDOFF = handoff
+    row = run_pipeline(indexer, paths[codec], DECODERS)
     passes += 1
     frames += row["frames_decoded"]
     peak_pool = max(peak_pool, pool.total_bytes())
-    print(json.dumps({"pass": passes, "t_s": round(time.monotonic() - start, 1), "rss_mib": round(rss_mib(), 1),
-                      "pool_gib": round(pool.total_bytes() / 2**30, 2), "decoded_fps": row["decoded_fps"],
-                      "failed": row["failed"]}), flush=True)
+    rates.setdefault(f"{codec}/handoff{handoff}", []).append(row["video_fps"])
+    print(json.dumps({"pass": passes, "t_s": round(time.monotonic() - start, 1), "codec": codec, "handoff": handoff,
+                      "rss_mib": round(rss_mib(), 1), "pool_gib": round(pool.total_bytes() / 2**30, 2),
+                      "wall_s": row["wall_s"], "video_fps": row["video_fps"], "decoded_fps": row["decoded_fps"],
+                      "faces": row["faces"], "failed": row["failed"], "stage_s": row["stage_s"]}), flush=True)
+cells = {key: {"passes": len(v), "median_video_fps": statistics.median(v), "min": min(v), "max": max(v),
+               "x_decode_only": round(statistics.median(v) / decode_fps[key.split("/")[0]], 3)}
+         for key, v in rates.items()}
 print(json.dumps({"summary": True, "seconds": round(time.monotonic() - start, 1), "passes": passes,
-                  "frames_decoded": frames, "rss_mib_start": round(rss_start, 1), "rss_mib_end": round(rss_mib(), 1),
+                  "videos_per_pass": copies, "frames_decoded": frames, "decode_only_fps": decode_fps, "cells": cells,
+                  "rss_mib_start": round(rss_start, 1), "rss_mib_end": round(rss_mib(), 1),
                   "gpu_pool_peak_gib": round(peak_pool / 2**30, 2)}), flush=True)

@@ -25,7 +25,7 @@ from engines.photos import load_photo
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, open_decoder
 from indexer.pipeline import VideoIndexer, VideoTask
-from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
+from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
 from vidx.benchmarks import machine_info
 from vidx.sample_archive import SampleVideo, build_sample_archive
 
@@ -162,14 +162,16 @@ def _prefixed(say: Callable[[str], None], prefix: str, line: str) -> None:
 
 
 def gpu_pipeline_rows(engines: Engines, runtime: RuntimeConfig, paths: list[Path], in_flight: int,
-                      say: Callable[[str], None], *, skip_unsampled: bool = True) -> dict[str, dict[str, Any]]:
-    """The GPU pipeline over `paths` at each sampling mode (fps, every-frame, keyframes), `in_flight` videos
-    at once, on engines loaded once: one run_pipeline row per mode, after a one-video warm-up run of it.
-    `skip_unsampled` False makes NVDEC decode every frame at the default sampling (for A/B runs)."""
+                      say: Callable[[str], None], *, skip_unsampled: bool = True,
+                      modes: tuple[SamplingMode, ...] = ("fps", "every-frame", "keyframes"),
+                      ) -> dict[str, dict[str, Any]]:
+    """The GPU pipeline over `paths` at each sampling mode of `modes`, `in_flight` videos at once, on engines
+    loaded once: one run_pipeline row per mode, after a one-video warm-up run of it. `skip_unsampled` False
+    makes NVDEC decode every frame at the default sampling (for A/B runs)."""
     from indexer.decode.nvdec import NvdecDecoder
 
-    rows = {}
-    for mode in ("fps", "every-frame", "keyframes"):
+    rows: dict[str, dict[str, Any]] = {}
+    for mode in modes:
         settings = IndexSettings(sampling=SamplingConfig(mode=mode),
                                  runtime=replace(runtime, videos_in_flight=in_flight))
         indexer = VideoIndexer(engines, settings, NvdecDecoder(skip_unsampled=skip_unsampled))

@@ -162,6 +162,11 @@ class OnnxRuntimeSession:
     def description(self) -> str:
         return f"onnxruntime {self._ort.__version__} {self._active}" + (" FP16" if self.fp16 else "")
 
+    def shapes_set_up(self) -> set[tuple[int, ...]] | None:
+        """On CUDA, the input shapes (all inputs' dimensions in a row) whose session is held, set up or being
+        set up; None on the CPU, where a session is not tied to a shape."""
+        return set(self._by_shape.shapes()) if self._by_shape is not None else None
+
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         unknown = set(inputs) - set(self._inputs)
         if unknown:
