@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 PREFETCH_HANDOFFS = 4
 """Hand-offs per video in flight that may wait in the queue for the models (frames held on the device)."""
 DECODE_HANDOFF = 8
-"""Sampled frames a decoder thread hands over at once (at most a step's worth). Steps are gathered across
+"""Sampled frames a decoder thread hands over at once (at most a step's worth), unless
+RuntimeConfig.decode_handoff says otherwise. Steps are gathered across
 videos, so a hand-off need not fill one: small hand-offs let the models start on a video's first frames
 instead of waiting until each decoder has a whole step (at 2 fps a step of 32 frames is 16 s of video,
 most of a short clip)."""
@@ -358,7 +359,7 @@ class VideoIndexer:
         """A decoder thread: batches of sampled frames of one video, then "end" (or "error")."""
         task = state.task
         try:
-            size = min(self.frame_batch, DECODE_HANDOFF)
+            size = min(self.frame_batch, self.settings.runtime.decode_handoff or DECODE_HANDOFF)
             for batch in state.decoder.batches(task.path, self.settings.sampling, size):
                 if not _put(messages, ("frames", state, batch), stop):
                     return

@@ -110,6 +110,8 @@ class RuntimeConfig:
     frame_batch: int = 0
     """Sampled frames (from any of the videos in flight) analysed together in one step (0 = automatic: 32 on a
     GPU, 16 on a CPU)."""
+    decode_handoff: int = 0
+    """Sampled frames a decoder hands to the models at once, at most a step's worth (0 = automatic: 8)."""
     videos_in_flight: int = 0
     """Videos decoded at once by one worker (0 = automatic: 8 with NVDEC, which has up to 7 engines, else 1)."""
 
@@ -120,6 +122,7 @@ class RuntimeConfig:
         check_range("embedder batch", self.embedder_batch, 1, 4096)
         check_range("decode threads", self.decode_threads, 0, 256)
         check_range("frame batch", self.frame_batch, 0, 1024)
+        check_range("decode hand-off", self.decode_handoff, 0, 1024)
         check_range("videos in flight", self.videos_in_flight, 0, 256)
 
 

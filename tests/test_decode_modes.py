@@ -298,10 +298,9 @@ def test_cross_video_batching_gives_one_video_at_a_time_results(
             assert abs(start - app.start_s) <= 0.5 + 1e-6 and abs(end - app.end_s) <= 0.5 + 1e-6, (video.name, app)
 
 
-
 class GatedDecoder(PyAVDecoder):
-    """PyAV, but after its first hand-off the decoder waits until the models have started: it records how
-    many frames each hand-off held and how far decoding had got when the models first ran."""
+    """PyAV, but after each hand-off the decoder waits until the models have started, and it records how
+    many frames each hand-off held."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -339,6 +338,7 @@ def test_models_start_before_a_video_has_decoded_a_whole_step(
     assert sum(decoder.handoffs) == result.frames_analysed == 14
     (app,) = video.appearances
     assert_one_track_of(result, descriptors[app.photo], app.start_s, app.end_s, tol=0.25 + 1e-6)
+
 
 # --- d. frames no sample needs are not decoded ---------------------------------------------------------
 

@@ -6,8 +6,8 @@ with the engines' load-and-warm-up time: for A/B runs of engine or pipeline sett
 CODECS: comma-separated (default h264). `decode-all`: NVDEC also decodes the non-reference frames no sample
 needs (the decoders skip them by default). Environment:
   ROWS=fps,keyframes   the sampling modes to run (default: all three)
-  HANDOFFS=32,8,32,8   run the rows once per value of `indexer.pipeline.DECODE_HANDOFF`, in this order, in
-                       this process (an A/B within one warm-up; default: the pipeline's own value once)
+  HANDOFFS=32,8,32,8   run the rows once per RuntimeConfig.decode_handoff, in this order, in this process
+                       (an A/B within one warm-up; default: the pipeline's own value once)
 
 One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
 function, `vidx.bench_video.gpu_pipeline_rows`) without its decode-only and CPU rows.
@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -26,14 +27,14 @@ from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
 from schemas.config import IndexSettings, RuntimeConfig, SamplingMode
-from vidx.bench_video import gpu_pipeline_rows, rss_mib
+from vidx.bench_video import gpu_pipeline_rows, repeated_clips, rss_mib
 
 work, label = Path(sys.argv[1]), sys.argv[2]
 codecs = (sys.argv[3] if len(sys.argv) > 3 else "h264").split(",")
 copies = int(sys.argv[4]) if len(sys.argv) > 4 else 14
 decode_all = len(sys.argv) > 5 and sys.argv[5] == "decode-all"  # NVDEC decodes unsampled non-reference frames too
 modes = tuple(cast(SamplingMode, m) for m in os.environ.get("ROWS", "fps,every-frame,keyframes").split(","))
-handoffs = [int(h) for h in os.environ.get("HANDOFFS", str(pipeline.DECODE_HANDOFF)).split(",")]
+handoffs = [int(h) for h in os.environ.get("HANDOFFS", "0").split(",")]  # 0: the pipeline's default
 runtime = RuntimeConfig(device="gpu")
 t0 = time.perf_counter()
 engines = load_engines(IndexSettings().detection, runtime, store=ModelStore())
@@ -41,15 +42,14 @@ out: dict[str, object] = {"label": label, "videos": copies, "load_and_warm_up_s"
                           "engines": engines.describe(), "decode_all": decode_all, "rows": []}
 rows: list[dict[str, object]] = []
 for codec in codecs:
-    files = sorted(work.glob(f"bench_{codec}_*.mp4"))
-    paths = [files[i % len(files)] for i in range(copies)]
+    paths = repeated_clips(work, codec, copies)
     for handoff in handoffs:
-        pipeline.DECODE_HANDOFF = handoff
-        for mode, row in gpu_pipeline_rows(engines, runtime, paths, copies, lambda line: print(line, file=sys.stderr),
+        for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, copies,
+                                           lambda line: print(line, file=sys.stderr),
                                            skip_unsampled=not decode_all, modes=modes).items():
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
-            rows.append({"codec": codec, "decode_handoff": handoff, "mode": mode, **kept})
+            rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF, "mode": mode, **kept})
             print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
 out["rows"] = rows
 out["rss_mib"] = round(rss_mib(), 1)

@@ -4,7 +4,7 @@ grow?), and the pipeline's frame rate over passes long enough that a run's start
     python3 tools/gpu_soak.py WORK_DIR SECONDS   (builds the bench clips in WORK_DIR if they are missing)
 
 Environment: COPIES videos per pass (default 42, 3 per decoder), HANDOFFS (comma-separated values of
-`indexer.pipeline.DECODE_HANDOFF` to cycle through, default the pipeline's own), CODECS (default h264,hevc).
+RuntimeConfig.decode_handoff to cycle through, default the pipeline's own), CODECS (default h264,hevc).
 First a decode-only row per codec over the same COPIES files (14 NVDEC threads), then the engines are loaded
 once, as a worker does, and passes cycle through codec x hand-off until SECONDS have passed. One JSON line
 per pass, then a summary line with each cell's median rate and its ratio to decode-only.
@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from itertools import cycle
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from indexer import pipeline
 from indexer.decode.nvdec import NvdecDecoder, decode_frames_only
 from indexer.pipeline import VideoIndexer
 from schemas.config import IndexSettings, RuntimeConfig
-from vidx.bench_video import bench_clips, decode_only, rss_mib, run_pipeline
+from vidx.bench_video import bench_clips, decode_only, repeated_clips, rss_mib, run_pipeline
 
 DECODERS = 14
 work, seconds = Path(sys.argv[1]), float(sys.argv[2])
@@ -36,10 +37,7 @@ copies = int(os.environ.get("COPIES", "42"))
 codecs = os.environ.get("CODECS", "h264,hevc").split(",")
 handoffs = [int(h) for h in os.environ.get("HANDOFFS", str(pipeline.DECODE_HANDOFF)).split(",")]
 bench_clips(work, None, lambda line: print(line, file=sys.stderr))
-paths = {}
-for codec in codecs:
-    files = sorted(work.glob(f"bench_{codec}_*.mp4"))
-    paths[codec] = [files[i % len(files)] for i in range(copies)]
+paths = {codec: repeated_clips(work, codec, copies) for codec in codecs}
 decode_fps = {}
 for codec in codecs:
     row = decode_only(paths[codec], DECODERS, decode_frames_only)
@@ -48,8 +46,10 @@ for codec in codecs:
 
 settings = IndexSettings(runtime=RuntimeConfig(device="gpu", videos_in_flight=DECODERS))  # the default engine (FP16)
 t0 = time.monotonic()
-indexer = VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore()), settings, NvdecDecoder())
-run_pipeline(indexer, paths[codecs[0]][:2], 2)
+engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
+indexers = {h: VideoIndexer(engines, replace(settings, runtime=replace(settings.runtime, decode_handoff=h)),
+                            NvdecDecoder()) for h in handoffs}
+run_pipeline(indexers[handoffs[0]], paths[codecs[0]][:2], 2)
 print(json.dumps({"load_and_warm_up_s": round(time.monotonic() - t0, 1)}), flush=True)
 pool = cp.get_default_memory_pool()
 start, rss_start = time.monotonic(), rss_mib()
@@ -59,8 +59,7 @@ rates: dict[str, list[float]] = {}
 for codec, handoff in cycle([(c, h) for c in codecs for h in handoffs]):
     if time.monotonic() - start >= seconds:
         break
-    pipeline.DECODE_HANDOFF = handoff
-    row = run_pipeline(indexer, paths[codec], DECODERS)
+    row = run_pipeline(indexers[handoff], paths[codec], DECODERS)
     passes += 1
     frames += row["frames_decoded"]
     peak_pool = max(peak_pool, pool.total_bytes())

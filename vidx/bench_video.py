@@ -51,6 +51,12 @@ def bench_clips(work_dir: Path, cache_dir: Path | None, say: Callable[[str], Non
     return videos
 
 
+def repeated_clips(work_dir: Path, codec: str, copies: int) -> list[Path]:
+    """`copies` paths cycling through the bench clips of one codec in work_dir (built by bench_clips)."""
+    files = sorted(work_dir.glob(f"bench_{codec}_*.mp4"))
+    return [files[i % len(files)] for i in range(copies)]
+
+
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:
