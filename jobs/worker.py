@@ -26,6 +26,7 @@ from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, DecodeStats, FrameBatch, VideoInfo, open_decoder
 from indexer.errors import VideoError
+from indexer.host_memory import limit_malloc_arenas
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
 from indexer.write import OutputStore, write_video_outputs
 from jobs.outcome import TrackRow, VideoOutcome
@@ -109,6 +110,7 @@ class VideoWorker:
 
     def __init__(self, settings: IndexSettings, out_uri: str, *, cache_dir: Path | None = None, name: str | None = None,
                  in_flight: int | None = None, faults: str | None = None):
+        limit_malloc_arenas()  # before the runtimes and decoders start their threads
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.store = OutputStore(out_uri)

@@ -26,9 +26,11 @@ from typing import cast
 from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
+from indexer.host_memory import limit_malloc_arenas
 from schemas.config import IndexSettings, RuntimeConfig, SamplingMode
 from vidx.bench_video import gpu_pipeline_rows, repeated_clips, rss_mib
 
+limit_malloc_arenas()  # as a worker does
 work, label = Path(sys.argv[1]), sys.argv[2]
 codecs = (sys.argv[3] if len(sys.argv) > 3 else "h264").split(",")
 copies = int(sys.argv[4]) if len(sys.argv) > 4 else 14

@@ -4,7 +4,8 @@ grow?), and the pipeline's frame rate over passes long enough that a run's start
     python3 tools/gpu_soak.py WORK_DIR SECONDS   (builds the bench clips in WORK_DIR if they are missing)
 
 Environment: COPIES videos per pass (default 42, 3 per decoder), HANDOFFS (comma-separated values of
-RuntimeConfig.decode_handoff to cycle through, default the pipeline's own), CODECS (default h264,hevc).
+RuntimeConfig.decode_handoff to cycle through, default the pipeline's own), CODECS (default h264,hevc),
+MALLOC_ARENA_MAX (default: the worker's cap, indexer.host_memory; 128 is glibc's own on 16 cores).
 First a decode-only row per codec over the same COPIES files (14 NVDEC threads), then the engines are loaded
 once, as a worker does, and passes cycle through codec x hand-off until SECONDS have passed. One JSON line
 per pass, then a summary line with each cell's median rate and its ratio to decode-only.
@@ -16,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from dataclasses import replace
 from itertools import cycle
@@ -27,11 +29,13 @@ from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
 from indexer.decode.nvdec import NvdecDecoder, decode_frames_only
+from indexer.host_memory import limit_malloc_arenas
 from indexer.pipeline import VideoIndexer
 from schemas.config import IndexSettings, RuntimeConfig
 from vidx.bench_video import bench_clips, decode_only, repeated_clips, rss_mib, run_pipeline
 
 DECODERS = 14
+arenas = limit_malloc_arenas()  # as a worker does; MALLOC_ARENA_MAX=128 is glibc's default on 16 cores
 work, seconds = Path(sys.argv[1]), float(sys.argv[2])
 copies = int(os.environ.get("COPIES", "42"))
 codecs = os.environ.get("CODECS", "h264,hevc").split(",")
@@ -66,12 +70,15 @@ for codec, handoff in cycle([(c, h) for c in codecs for h in handoffs]):
     rates.setdefault(f"{codec}/handoff{handoff}", []).append(row["video_fps"])
     print(json.dumps({"pass": passes, "t_s": round(time.monotonic() - start, 1), "codec": codec, "handoff": handoff,
                       "rss_mib": round(rss_mib(), 1), "pool_gib": round(pool.total_bytes() / 2**30, 2),
+                      "pool_used_gib": round(pool.used_bytes() / 2**30, 2), "py_blocks": sys.getallocatedblocks(),
+                      "threads": threading.active_count(),
                       "wall_s": row["wall_s"], "video_fps": row["video_fps"], "decoded_fps": row["decoded_fps"],
                       "faces": row["faces"], "failed": row["failed"], "stage_s": row["stage_s"]}), flush=True)
 cells = {key: {"passes": len(v), "median_video_fps": statistics.median(v), "min": min(v), "max": max(v),
                "x_decode_only": round(statistics.median(v) / decode_fps[key.split("/")[0]], 3)}
          for key, v in rates.items()}
 print(json.dumps({"summary": True, "seconds": round(time.monotonic() - start, 1), "passes": passes,
-                  "videos_per_pass": copies, "frames_decoded": frames, "decode_only_fps": decode_fps, "cells": cells,
+                  "videos_per_pass": copies, "malloc_arenas": arenas, "frames_decoded": frames,
+                  "decode_only_fps": decode_fps, "cells": cells,
                   "rss_mib_start": round(rss_start, 1), "rss_mib_end": round(rss_mib(), 1),
                   "gpu_pool_peak_gib": round(peak_pool / 2**30, 2)}), flush=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from indexer.host_memory import limit_malloc_arenas
 from schemas.errors import VidxError
 from vidx import __version__
 from vidx.ann import register_after_jobs
@@ -52,6 +53,7 @@ cli.add_command(demo.demo_cmd)
 
 
 def main() -> None:
+    limit_malloc_arenas()  # a worker's many threads would otherwise each grow an arena (indexer/host_memory.py)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack to stderr: where is a job stuck?
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

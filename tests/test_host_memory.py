@@ -1,0 +1,63 @@
+"""A worker caps glibc's malloc arenas, so its decoder threads share a few instead of growing one each."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+
+import pytest
+
+from indexer.host_memory import MALLOC_ARENAS
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc arenas are glibc's")
+
+THREADS = 12
+# A fresh interpreter starts THREADS threads that allocate (blocks above pymalloc's 512 bytes go to malloc)
+# and all wait at a barrier, so none can reuse an arena another thread let go; then glibc's malloc_stats()
+# lists the arenas on stderr ("Arena N:").
+ALLOCATING_THREADS = f"""
+import ctypes, sys, threading
+if sys.argv[1] == "capped":
+    from indexer.host_memory import limit_malloc_arenas
+    print(limit_malloc_arenas())
+barrier = threading.Barrier({THREADS} + 1)
+def work():
+    held = [bytes(2048) for _ in range(2000)]
+    barrier.wait()
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range({THREADS})]
+for t in threads:
+    t.start()
+barrier.wait()
+sys.stderr.flush()
+ctypes.CDLL(None).malloc_stats()
+barrier.wait()
+for t in threads:
+    t.join()
+"""
+
+
+def arenas_of(mode: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    run = subprocess.run([sys.executable, "-c", ALLOCATING_THREADS, mode], capture_output=True, text=True, env=env,
+                         timeout=60, check=True)
+    return len(re.findall(r"^Arena \d+:", run.stderr, re.MULTILINE)), run.stdout.strip()
+
+
+def test_worker_cap_keeps_threads_to_a_few_arenas() -> None:
+    uncapped, _ = arenas_of("default")
+    capped, cap = arenas_of("capped")
+    assert cap == str(MALLOC_ARENAS)
+    assert capped <= MALLOC_ARENAS, capped
+    # the control: without the cap the same threads get arenas of their own (glibc allows 8 per core)
+    assert uncapped > MALLOC_ARENAS, uncapped
+
+
+def test_environment_setting_wins() -> None:
+    code = "from indexer.host_memory import limit_malloc_arenas; print(limit_malloc_arenas())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                         env={**os.environ, "MALLOC_ARENA_MAX": "5"})
+    assert run.stdout.strip() == "5"
