@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from sqlalchemy import CursorResult, Engine, create_engine, delete, event, make_url, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, make_url, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,7 +67,7 @@ def retrying(method: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatena
     """Run a Catalog method (one or more whole transactions) again while the database is briefly unavailable.
 
     Every decorated method is safe to re-run: a failed transaction was rolled back, and the writes are
-    idempotent (record replaces a video's tracks; claim_next claims whatever is queued).
+    idempotent (record replaces a video's tracks; finish_job rewrites the same summary).
     """
 
     @functools.wraps(method)
@@ -221,9 +221,6 @@ class Catalog:
             s.flush()
         return out
 
-    def is_current(self, video: Video, run: Run) -> bool:
-        return video.status == "indexed" and video.run_id == run.id
-
     @retrying
     def record(self, outcome: VideoOutcome, run: Run, task_id: int | None = None) -> Superseded:
         """Commit one video's outcome in one transaction; says which older results it replaced.
@@ -263,41 +260,6 @@ class Catalog:
         return superseded
 
     # ------------------------------------------------------------------------------------- jobs
-
-    @retrying
-    def create_job(self, archive: str, run: Run, options: dict[str, Any], videos: list[Video],
-                   *, driver: str) -> tuple[int, int, int]:
-        """A job with one task per video: queued, or skipped when the video is current for this run."""
-        with self.session() as s:
-            job = Job(archive=archive, status="running", run_id=run.id, options=options, started_at=utcnow(),
-                      heartbeat_at=utcnow(), driver=driver)
-            s.add(job)
-            s.flush()
-            queued = skipped = 0
-            for v in videos:
-                current = self.is_current(v, run)
-                s.add(Task(job_id=job.id, video_id=v.id, path=v.path, fingerprint=v.fingerprint, size=v.size,
-                           status="skipped" if current else "queued",
-                           error="already indexed with this pipeline, these models and settings" if current else None))
-                queued += not current
-                skipped += current
-            return job.id, queued, skipped
-
-    @retrying
-    def claim_next(self, job_id: int, worker: str) -> Task | None:
-        """Atomically move the largest queued task of a job to running (several drivers may race)."""
-        while True:
-            with self.session() as s:
-                task = s.scalar(select(Task).where(Task.job_id == job_id, Task.status == "queued")
-                                .order_by(Task.size.desc(), Task.id).limit(1))
-                if task is None:
-                    return None
-                claimed = s.execute(update(Task).where(Task.id == task.id, Task.status == "queued").values(
-                    status="running", worker=worker, claimed_at=utcnow(), attempts=Task.attempts + 1))
-                if cast("CursorResult[Any]", claimed).rowcount == 1:
-                    s.flush()
-                    s.refresh(task)
-                    return task
 
     @retrying
     def finish_job(self, job_id: int, status: str) -> dict[str, Any]:

@@ -7,7 +7,9 @@ a resumed job racing a late driver) can never run the same video at once:
 * a task moves queued -> running only if it is still queued (the UPDATE's WHERE says so);
 * before that, the claim "touches" the video row, which takes the row lock on PostgreSQL and the
   write lock on SQLite, then checks that no task of another *live* job is running that video and that
-  nobody finished it meanwhile. A job is live while its driver's heartbeat is fresh.
+  nobody finished it meanwhile. A job is live while its driver's heartbeat is fresh; a driver on this
+  host is live while its process exists, whatever the clock says (a step of the wall clock, or a
+  heartbeat thread that stalls, must not let a second job run the same videos).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import func, select, update
@@ -34,6 +37,9 @@ HEARTBEAT_S = 2.0
 """How often a driver beats (and looks for a cancel request)."""
 STALE_AFTER_S = 30.0
 """A running job whose driver has not beaten for this long is taken to be dead (resumable)."""
+LOCAL_STALE_AFTER_S = 600.0
+"""The same for a driver on this host whose process still exists. The process check is what tells; this
+limit only keeps a reused process id from holding a dead job forever."""
 CHUNK = 500
 
 Blocked = Literal["blocked"]
@@ -127,11 +133,6 @@ def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], 
         return job.id, queued, skipped
 
 
-def _live_jobs(stale_after_s: float) -> Any:
-    cutoff = utcnow() - dt.timedelta(seconds=stale_after_s)
-    return select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.heartbeat_at >= cutoff)
-
-
 @retrying
 def claim_next(catalog: Catalog, job_id: int, worker: str, *, max_attempts: int | None = None,
                stale_after_s: float = STALE_AFTER_S) -> Task | Blocked | None:
@@ -158,10 +159,9 @@ def claim_next(catalog: Catalog, job_id: int, worker: str, *, max_attempts: int 
                 return None
             # Lock the video row first: PostgreSQL row lock / SQLite write lock until this transaction ends.
             s.execute(update(Video).where(Video.id == task.video_id).values(size=Video.size))
-            busy = s.scalar(select(Task.job_id).where(
-                Task.video_id == task.video_id, Task.status == "running", Task.job_id != job_id,
-                Task.job_id.in_(_live_jobs(stale_after_s))).limit(1))
-            if busy is not None:
+            running_it = s.scalars(select(Job).join(Task, Task.job_id == Job.id).where(
+                Task.video_id == task.video_id, Task.status == "running", Task.job_id != job_id))
+            if any(driver_alive(other, stale_after_s=stale_after_s) for other in running_it):
                 seen.add(task.id)
                 continue
             video = s.get(Video, task.video_id)
@@ -225,24 +225,34 @@ def get_job(catalog: Catalog, job_id: int) -> Job:
     return job
 
 
-def _process_gone(driver: str | None) -> bool:
-    """True when the driver ran on this host and its process no longer exists (no need to wait for staleness)."""
+def _local_process_exists(driver: str | None) -> bool | None:
+    """Whether the driver's process exists, when it ran on this host; None when it ran elsewhere."""
     host, _, pid = (driver or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
-        return False
+        return None
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:  # somebody else's process
+        return True
+    try:  # a driver that died but was not reaped yet is a zombie: gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def driver_alive(job: Job, *, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """A driver on this host: its process exists (and it beat in the last LOCAL_STALE_AFTER_S). Elsewhere:
+    it beat in the last `stale_after_s`, by this host's clock."""
     beat = aware(job.heartbeat_at)
-    return (job.status in ("running", "cancelling") and beat is not None
-            and (utcnow() - beat).total_seconds() < stale_after_s and not _process_gone(job.driver))
+    if job.status not in ("running", "cancelling") or beat is None:
+        return False
+    age = (utcnow() - beat).total_seconds()
+    local = _local_process_exists(job.driver)
+    if local is None:
+        return age < stale_after_s
+    return local and age < max(stale_after_s, LOCAL_STALE_AFTER_S)
 
 
 @retrying
@@ -261,7 +271,8 @@ def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False
         if driver_alive(job, stale_after_s=stale_after_s) and not force:
             age = (utcnow() - (aware(job.heartbeat_at) or utcnow())).total_seconds()
             raise JobStateError(f"job {job_id} is still being driven by {job.driver} (heartbeat {age:.0f} s ago)",
-                                hint=f"wait {stale_after_s:.0f} s after it stops, or cancel it first")
+                                hint=f"stop it or cancel it first (a driver on another host counts as stopped "
+                                     f"{stale_after_s:.0f} s after its last heartbeat), or --force")
         prev = job.heartbeat_at
         took = s.execute(update(Job).where(Job.id == job_id, Job.heartbeat_at.is_(prev) if prev is None
                                            else Job.heartbeat_at == prev)

@@ -6,20 +6,24 @@ Every test that takes `db_url` runs once on SQLite and once on a fresh PostgreSQ
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.engine import make_url
 
+from jobs import state
 from jobs.archive import VideoFile
 from jobs.catalog import Catalog, IndexError_, pgvector_status
 from jobs.outcome import TrackRow, VideoOutcome
-from schemas.sql import Task, Track, Video
+from schemas.sql import Job, Task, Track, Video, utcnow
 
 RUN_A = ("a" * 32, "1", {"face": "m1"}, {"fps": 2})
 RUN_B = ("b" * 32, "1", {"face": "m2"}, {"fps": 2})
@@ -89,16 +93,16 @@ def test_claims_go_largest_first_each_task_once_even_when_drivers_race(db_url: s
     catalog = Catalog(db_url)
     run = catalog.ensure_run(*RUN_A)
     videos = catalog.register(make_files(tmp_path, {f"v{i}.mp4": 100 + 10 * i for i in range(12)}))
-    job_id, queued, skipped = catalog.create_job(str(tmp_path), run, {}, videos, driver="test")
+    job_id, queued, skipped = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver="test")
     assert (queued, skipped) == (12, 0)
-    first = catalog.claim_next(job_id, "w0")
-    assert first is not None and first.size == 210 and first.status == "running" and first.attempts == 1
+    first = state.claim_next(catalog, job_id, "w0")
+    assert isinstance(first, Task) and first.size == 210 and first.status == "running" and first.attempts == 1
     claimed: list[int] = [first.id]
     lock = threading.Lock()
 
     def drain(name: str) -> None:
         other = Catalog(db_url)  # its own connections, as another driver process would have
-        while (task := other.claim_next(job_id, name)) is not None:
+        while isinstance(task := state.claim_next(other, job_id, name), Task):
             with lock:
                 claimed.append(task.id)
         other.close()
@@ -109,9 +113,40 @@ def test_claims_go_largest_first_each_task_once_even_when_drivers_race(db_url: s
     for t in threads:
         t.join(60)
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 12
-    assert catalog.claim_next(job_id, "w0") is None
+    assert state.claim_next(catalog, job_id, "w0") is None
     summary = catalog.job_summary(job_id)
     assert summary["running"] == 12 and summary["queued"] == 0
+    catalog.close()
+
+
+def test_a_running_video_stays_with_its_job_while_the_driver_lives_whatever_the_clock(
+        db_url: str, tmp_path: Path) -> None:
+    """Job A runs both videos; job B over the same archive may take one only when A's driver is dead.
+
+    A driver on this host is alive while its process exists, even with a heartbeat two minutes old (the
+    wall clock stepped, or its heartbeat thread stalled); one elsewhere is judged by its heartbeat."""
+    catalog = Catalog(db_url)
+    run = catalog.ensure_run(*RUN_A)
+    videos = catalog.register(make_files(tmp_path, {"big.mp4": 200, "small.mp4": 100}))
+    here = socket.gethostname()
+    a, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver=f"{here}:{os.getpid()}")
+    b, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver="elsewhere:1")
+    assert all(isinstance(state.claim_next(catalog, a, "wa"), Task) for _ in videos)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+
+    def driver_of_a(driver: str, beat_age_s: float) -> Task | str | None:
+        with catalog.session() as s:
+            s.execute(update(Job).where(Job.id == a).values(
+                driver=driver, heartbeat_at=utcnow() - dt.timedelta(seconds=beat_age_s)))
+        return state.claim_next(catalog, b, "wb")
+
+    assert driver_of_a(f"{here}:{os.getpid()}", 120) == state.BLOCKED
+    taken = driver_of_a(f"{here}:{gone.pid}", 0)  # its process is gone: no need to wait for the heartbeat
+    assert isinstance(taken, Task) and taken.path.endswith("big.mp4")
+    assert driver_of_a("elsewhere:2", 5) == state.BLOCKED
+    taken = driver_of_a("elsewhere:2", 120)
+    assert isinstance(taken, Task) and taken.path.endswith("small.mp4")
     catalog.close()
 
 
@@ -120,9 +155,9 @@ def test_rerun_skips_current_videos_and_a_new_run_requeues_them(db_url: str, tmp
     run_a = catalog.ensure_run(*RUN_A)
     assert catalog.ensure_run(*RUN_A).id == run_a.id
     videos = catalog.register(make_files(tmp_path, {"a.mp4": 300, "b.mp4": 200, "c.mp4": 100}))
-    job_id, queued, _ = catalog.create_job(str(tmp_path), run_a, {}, videos, driver="test")
+    job_id, queued, _ = state.plan_job(catalog, str(tmp_path), run_a, {}, videos, driver="test")
     assert queued == 3
-    while (task := catalog.claim_next(job_id, "w")) is not None:
+    while isinstance(task := state.claim_next(catalog, job_id, "w"), Task):
         status = "failed" if task.path.endswith("c.mp4") else "done"
         catalog.record(VideoOutcome(task.video_id, status, error="bad" if status == "failed" else None,
                                     tracks=tracks(1, f"t/{task.video_id}"), frames_decoded=10), run_a, task.id)
@@ -131,13 +166,15 @@ def test_rerun_skips_current_videos_and_a_new_run_requeues_them(db_url: str, tmp
     assert summary["failures"][0]["path"].endswith("c.mp4") and summary["failures"][0]["error"] == "bad"
 
     videos = catalog.register([VideoFile(Path(v.path), v.size, v.mtime) for v in videos])
-    job2, queued2, skipped2 = catalog.create_job(str(tmp_path), run_a, {}, videos, driver="test")
+    job2, queued2, skipped2 = state.plan_job(catalog, str(tmp_path), run_a, {}, videos, driver="test",
+                                             retry_failed=True)
     assert (queued2, skipped2) == (1, 2)  # only the failed one is tried again
     with catalog.session() as s:
         reasons = set(s.scalars(select(Task.error).where(Task.job_id == job2, Task.status == "skipped")))
     assert reasons == {"already indexed with this pipeline, these models and settings"}
-    run_b = catalog.ensure_run(*RUN_B)
-    _, queued3, skipped3 = catalog.create_job(str(tmp_path), run_b, {}, videos, driver="test")
+    run_b = catalog.ensure_run(*RUN_B)  # a new run: the indexed ones are stale, redone only when asked to
+    _, queued3, skipped3 = state.plan_job(catalog, str(tmp_path), run_b, {}, videos, driver="test",
+                                          reprocess_stale=True)
     assert (queued3, skipped3) == (3, 0)
     catalog.close()
 

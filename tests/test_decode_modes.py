@@ -8,8 +8,10 @@ codecs and GOP sizes the archive does not write.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,31 @@ KEYFRAME_PLAN = VideoPlan("keyframes", "h264", 640, 360, (Run(4.0, FPS),), (
     Shot("obama", 0.9, 3.1, (0.4, 0.5), (0.6, 0.5), 0.6, 0.6),))
 
 
+def scheduling() -> tuple[int, int] | None:
+    """This thread's scheduling policy and priority (None where the OS does not say)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+
+
+@contextmanager
+def scheduling_kept() -> Iterator[None]:
+    """Put this thread's scheduling back the way it was when an encoder changed it.
+
+    SVT-AV1 (libsvtav1), run as root as CI does, switches the calling thread to SCHED_FIFO at priority
+    99 and leaves it so. Every thread started afterwards inherits that, and the rest of the test session
+    ran real-time: a busy thread is never preempted by its peers, so on 2 cores the two-drivers test took
+    minutes instead of seconds, the whole suite 7.5 minutes instead of 2.5, and a driver's heartbeat
+    thread could be starved past the 30 s after which its job looked dead.
+    """
+    before = scheduling()
+    try:
+        yield
+    finally:
+        if before is not None and scheduling() != before:
+            os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
+
+
 def encode_clip(plan: VideoPlan, photos: dict[str, np.ndarray], path: Path, encoder: str, *, container: str,
                 options: dict[str, str] | None = None, gop: int = 2 * FPS, bit_rate: int | None = None) -> Path:
     """Render the plan with the sample archive's Composer and encode it with any PyAV encoder, constant rate.
@@ -49,7 +76,7 @@ def encode_clip(plan: VideoPlan, photos: dict[str, np.ndarray], path: Path, enco
     """
     composer = Composer(plan, photos, seed=3)
     fps = plan.runs[0].fps
-    with av.open(str(path), mode="w", format=container) as out:
+    with scheduling_kept(), av.open(str(path), mode="w", format=container) as out:
         stream: Any = out.add_stream(encoder, rate=fps, options=options or {})
         stream.width, stream.height = plan.width, plan.height
         stream.pix_fmt = "yuv420p"
@@ -178,8 +205,10 @@ def test_other_codecs_decode_and_index(codec: str, tmp_path: Path, engines: Engi
     if encoder is None:
         pytest.skip(f"this PyAV/FFmpeg build has no {codec} encoder ({' or '.join(spec['encoders'])})")
     options = spec["options"].get(encoder, {}) if codec == "av1" else spec["options"]
+    before = scheduling()
     path = encode_clip(PORTRAIT, photos, tmp_path / f"portrait_{codec}{spec['suffix']}", encoder,
                        container=spec["container"], options=options, bit_rate=spec.get("bit_rate"))
+    assert scheduling() == before  # libsvtav1 as root leaves the thread SCHED_FIFO unless put back
     if codec == "mpeg4":
         with av.open(str(path)) as container:
             assert container.streams.video[0].codec_context.codec_tag == "mp4v"
