@@ -32,6 +32,22 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs an NVIDIA GPU with CuPy (VIDX_REQUIRE_GPU=1 makes this a failure on GPU runners)")
 
 
+@pytest.fixture(autouse=True)
+def _scheduling_unchanged() -> Iterator[None]:
+    """A test must leave the main thread's scheduling as it found it: threads started later inherit it, and
+    a session left real-time (SVT-AV1 as root switches to SCHED_FIFO 99) starves heartbeats and ran the
+    suite 3x slower (docs/jobs.md, "Several drivers at once")."""
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    before, priority = os.sched_getscheduler(0), os.sched_getparam(0)
+    yield
+    after = os.sched_getscheduler(0)
+    if after != before:
+        os.sched_setscheduler(0, before, priority)
+        pytest.fail(f"the test changed this thread's scheduling policy from {before} to {after} (put back now)")
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The user's vidx cache (VIDX_CACHE_DIR or ~/.cache/vidx): models and photos are fetched once."""
