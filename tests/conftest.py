@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scheduling import restore, scheduling  # tests/scheduling.py
 
 from engines.arrays import cupy_module
 from engines.loader import Engines, load_engines
@@ -34,18 +35,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(autouse=True)
 def _scheduling_unchanged() -> Iterator[None]:
-    """A test must leave the main thread's scheduling as it found it: threads started later inherit it, and
-    a session left real-time (SVT-AV1 as root switches to SCHED_FIFO 99) starves heartbeats and ran the
-    suite 3x slower (docs/jobs.md, "Several drivers at once")."""
-    if not hasattr(os, "sched_getscheduler"):
-        yield
-        return
-    before, priority = os.sched_getscheduler(0), os.sched_getparam(0)
+    """A test must leave the main thread's scheduling as it found it (tests/scheduling.py says why)."""
+    before = scheduling()
     yield
-    after = os.sched_getscheduler(0)
+    after = scheduling()
     if after != before:
-        os.sched_setscheduler(0, before, priority)
-        pytest.fail(f"the test changed this thread's scheduling policy from {before} to {after} (put back now)")
+        restore(before)
+        pytest.fail(f"the test changed this thread's scheduling (policy, priority) from {before} to {after} "
+                    "(put back now)")
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,8 @@ codecs and GOP sizes the archive does not write.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import av
 import numpy as np
 import pyarrow as pa
 import pytest
+from scheduling import scheduling, scheduling_kept  # tests/scheduling.py
 
 from engines.loader import Engines
 from engines.verify import largest_face_embedding
@@ -41,31 +40,6 @@ PORTRAIT = VideoPlan("portrait", "h264", 640, 360, (Run(3.0, FPS),), (
 KEYFRAME_GOP = 20
 KEYFRAME_PLAN = VideoPlan("keyframes", "h264", 640, 360, (Run(4.0, FPS),), (
     Shot("obama", 0.9, 3.1, (0.4, 0.5), (0.6, 0.5), 0.6, 0.6),))
-
-
-def scheduling() -> tuple[int, int] | None:
-    """This thread's scheduling policy and priority (None where the OS does not say)."""
-    if not hasattr(os, "sched_getscheduler"):
-        return None
-    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-
-
-@contextmanager
-def scheduling_kept() -> Iterator[None]:
-    """Put this thread's scheduling back the way it was when an encoder changed it.
-
-    SVT-AV1 (libsvtav1), run as root as CI does, switches the calling thread to SCHED_FIFO at priority
-    99 and leaves it so. Every thread started afterwards inherits that, and the rest of the test session
-    ran real-time: a busy thread is never preempted by its peers, so on 2 cores the two-drivers test took
-    minutes instead of seconds, the whole suite 7.5 minutes instead of 2.5, and a driver's heartbeat
-    thread could be starved past the 30 s after which its job looked dead.
-    """
-    before = scheduling()
-    try:
-        yield
-    finally:
-        if before is not None and scheduling() != before:
-            os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
 
 
 def encode_clip(plan: VideoPlan, photos: dict[str, np.ndarray], path: Path, encoder: str, *, container: str,
