@@ -43,11 +43,13 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "empty.mp4": ("failed", "the file is empty (0 bytes)"),
     "no_moov.mp4": ("failed", "index (moov box) is missing"),
     "half_mdat.mp4": ("failed", "the file is truncated"),
-    "random.mp4": ("failed", "not a video file FFmpeg recognises"),
+    "random.mp4": ("failed", "not a video file FFmpeg recognises (random or corrupt data?)"),
+    "noise_read_as_lyrics.mp4": ("failed", "binary data that FFmpeg can only guess at as LRC lyrics"),
+    "noise_read_as_raw_h263.mp4": ("failed", "named .mp4 but without its container; FFmpeg can only guess at raw H.26"),
     "text.mp4": ("failed", "a text file, not a video"),
-    "subtitles.mp4": ("failed", "no video stream (the file has subtitle)"),
+    "subtitles.mp4": ("failed", "no video stream (the file has subtitle; FFmpeg reads it as WebVTT"),
     "photo.mp4": ("failed", "a still image (JPEG), not a video"),
-    "audio_only.mp4": ("failed", "no video stream (the file has audio)"),
+    "audio_only.mp4": ("failed", "no video stream (the file has audio; FFmpeg reads it as QuickTime"),
     "no_frames.mkv": ("failed", "the video stream holds no frames"),
     "unknown_codec.mp4": ("failed", "the video codec is not supported"),
     "deleted_during_job.mp4": ("failed", "the file does not exist (deleted or moved?)"),
@@ -82,7 +84,9 @@ def build(archive: Path, outside: Path) -> None:
     bf.truncate_before_moov(bf.write_video(outside / "tail_moov.mp4", faststart=False, seconds=2),
                             archive / "no_moov.mp4")
     bf.truncate_mdat(bf.write_video(outside / "front_moov.mp4", seconds=2), archive / "half_mdat.mp4")
-    (archive / "random.mp4").write_bytes(os.urandom(30_000))
+    (archive / "random.mp4").write_bytes(bf.noise(30_000))
+    bf.noise_read_as("lrc", archive / "noise_read_as_lyrics.mp4")  # FFmpeg's probes take some noise for a format
+    bf.noise_read_as("h263", archive / "noise_read_as_raw_h263.mp4")  # ... that then decodes a frame of noise
     (archive / "text.mp4").write_text("Shopping list: eggs, milk, bread.\nNot a video at all.\n" * 20)
     (archive / "subtitles.mp4").write_text("WEBVTT\n\n00:00.000 --> 00:01.000\nsubtitles, no pictures\n")
     (archive / "photo.mp4").write_bytes(bf.jpeg_bytes())
@@ -175,7 +179,7 @@ def test_the_command_exit_code_and_json_summary_report_failures(tmp_path: Path, 
     archive = tmp_path / "archive"
     archive.mkdir()
     badfiles.write_video(archive / "good.mp4")
-    (archive / "broken.mp4").write_bytes(os.urandom(5000))
+    (archive / "broken.mp4").write_bytes(badfiles.noise(5000))
     (archive / "loop.mp4").symlink_to("loop.mp4")
     result = CliRunner().invoke(cli, ["index", str(archive), "--out", str(tmp_path / "out"), "--device", "cpu",
                                       "--json"], catch_exceptions=False)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badfiles import noise  # tests/badfiles.py
 from sqlalchemy import func, select
 
 from engines.photos import load_photo
@@ -125,7 +126,7 @@ def test_a_crashing_and_a_hanging_decoder_take_down_only_their_worker(
     make_short_archive(archive, clip_photos, 4)
     make_clip(archive / "segv_me.mp4", clip_photos["biden"], seconds=1.0)
     make_clip(archive / "hang_me.mp4", clip_photos["obama"], seconds=1.0)
-    (archive / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    (archive / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + noise(2000))
     monkeypatch.setenv(FAULTS_ENV, "crash=segv_me;hang=hang_me")
     out = tmp_path / "out"
     catalog = Catalog(default_db_url(out))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badfiles import noise  # tests/badfiles.py
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
@@ -281,7 +282,7 @@ def test_in_process_job_with_videos_in_flight_gives_the_one_at_a_time_results(
     """LocalExecutor through VideoWorker.process_many: 3 videos in flight share the models' steps; a garbage
     file among them fails alone; every video gets the tracks the one-at-a-time run gives it."""
     make_short_archive(tmp_path / "a", clip_photos, 4, seconds=(1.0, 2.0))
-    (tmp_path / "a" / "garbage.mp4").write_bytes(os.urandom(4096))
+    (tmp_path / "a" / "garbage.mp4").write_bytes(noise(4096))
     results = {}
     for in_flight in (1, 3):
         catalog = Catalog(default_db_url(tmp_path / f"out{in_flight}"))

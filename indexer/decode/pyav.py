@@ -7,6 +7,7 @@ non-reference frames that will not be sampled (`PacketPlan`; FFmpeg's `skip_fram
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import stat
@@ -75,18 +76,39 @@ def open_container(path: Path) -> Any:
     if name.endswith("_pipe") or name in IMAGE_FORMATS:
         container.close()
         raise VideoError(f"a still image ({name.removesuffix('_pipe').upper()}), not a video", path=path)
+    if guessed_raw_stream(path, container.format):
+        container.close()
+        raise VideoError(f"not a video file FFmpeg recognises: named {path.suffix} but without its container; "
+                         f"FFmpeg can only guess at {container.format.long_name} (random or corrupt data?)",
+                         path=path)
     return container
 
 
 IMAGE_FORMATS = frozenset({"image2", "apng", "webp", "bmp", "png", "tiff"})
 """FFmpeg demuxers of still images (plus every `*_pipe` one): a photo named .mp4 is refused, not indexed."""
 
+CONTAINER_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp", ".ogv",
+})
+"""Names that promise a container with timestamps (.mpg is left out: MPEG-1/2 elementary streams carry it too)."""
+
+
+def guessed_raw_stream(path: Path, fmt: Any) -> bool:
+    """FFmpeg read a file named as a container as a bare elementary stream (no timestamps, no container).
+
+    Its raw-stream probes accept some random data: 1 in 1,000-2,000 blocks of noise opens as raw H.261, H.263 or
+    H.266 and even decodes a frame of noise. A real container never opens that way, so the name and the
+    guess disagree; a raw stream under its own name (.h264, .hevc, .m4v as raw MPEG-4) still indexes.
+    """
+    suffix = path.suffix.lower()
+    raw = bool(fmt.flags & av.format.Flags.no_timestamps.value)
+    return raw and suffix in CONTAINER_SUFFIXES and suffix.lstrip(".") not in fmt.extensions
+
 
 def what_it_looks_like(path: Path) -> str:
     """A guess, from the first bytes, at what a file FFmpeg cannot open is: for the error message."""
     try:
-        with path.open("rb") as f:
-            head = f.read(512)
+        head = file_head(path)
     except OSError:
         return "the file cannot be read"
     if head[4:8] == b"ftyp":
@@ -95,13 +117,32 @@ def what_it_looks_like(path: Path) -> str:
         return "a damaged JPEG image"
     if head[:4] in (b"RIFF", b"\x1aE\xdf\xa3", b"OggS") or head[:3] == b"FLV":
         return "a damaged or truncated container"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
+    text = utf8_text(head)
+    if text is None:
         return "not a video file FFmpeg recognises (random or corrupt data?)"
     if all(c.isprintable() or c in "\r\n\t" for c in text):
         return "a text file, not a video"
     return "not a video file FFmpeg recognises"
+
+
+def file_head(path: Path, n: int = 512) -> bytes:
+    with path.open("rb") as f:
+        return f.read(n)
+
+
+def utf8_text(head: bytes) -> str | None:
+    """The bytes as UTF-8 (a character cut off at the end is fine), or None when they are not UTF-8."""
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return None
+
+
+TEXT_FORMATS = frozenset({
+    "aqtitle", "ass", "jacosub", "lrc", "microdvd", "mpl2", "mpsub", "pjs", "realtext", "sami", "scc", "srt", "stl",
+    "subviewer", "subviewer1", "vplayer", "webvtt",
+})
+"""FFmpeg's demuxers of plain-text subtitles: the LRC one accepts about 1 in 250 blocks of random bytes."""
 
 
 def ffmpeg_reason(exc: BaseException) -> str:
@@ -111,8 +152,13 @@ def ffmpeg_reason(exc: BaseException) -> str:
 
 def video_stream(container: Any, path: Path) -> Any:
     if not container.streams.video:
+        fmt = container.format
+        if fmt.name in TEXT_FORMATS and utf8_text(file_head(path)) is None:
+            raise VideoError(f"not a video file FFmpeg recognises: binary data that FFmpeg can only guess at as "
+                             f"{fmt.long_name} (random or corrupt data?)", path=path)
         kinds = sorted({s.type for s in container.streams}) or ["no streams at all"]
-        raise VideoError(f"no video stream (the file has {', '.join(kinds)})", path=path)
+        raise VideoError(f"no video stream (the file has {', '.join(kinds)}; FFmpeg reads it as {fmt.long_name})",
+                         path=path)
     stream = container.streams.video[0]
     if stream.codec_context is None or stream.codec_context.name is None:
         raise VideoError("the video codec is not supported by this FFmpeg build", path=path)
