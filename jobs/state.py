@@ -9,7 +9,9 @@ a resumed job racing a late driver) can never run the same video at once:
   write lock on SQLite, then checks that no task of another *live* job is running that video and that
   nobody finished it meanwhile. A job is live while its driver's heartbeat is fresh; a driver on this
   host is live while its process exists, whatever the clock says (a step of the wall clock, or a
-  heartbeat thread that stalls, must not let a second job run the same videos).
+  heartbeat thread that stalls, must not let a second job run the same videos). Heartbeats are written
+  and judged by one clock, the database's (`db_clock`): on PostgreSQL the server's, so hosts whose
+  clocks disagree still agree on how old a beat is.
 """
 
 from __future__ import annotations
@@ -63,6 +65,16 @@ def retrying(fn: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatenate[C
 
 class JobStateError(VidxError):
     """A job cannot be resumed, cancelled or found."""
+
+
+def db_clock(s: Session) -> dt.datetime:
+    """Now, by the clock heartbeats are written and judged by: the PostgreSQL server's (one clock for all
+    hosts; its transaction start time), or this host's for SQLite (a database file on this host)."""
+    if s.get_bind().dialect.name == "postgresql":
+        now = aware(s.scalar(select(func.now())))
+        if now is not None:
+            return now
+    return utcnow()
 
 
 def aware(t: dt.datetime | None) -> dt.datetime | None:
@@ -119,7 +131,7 @@ def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], 
     with catalog.session() as s:
         job = Job(archive=archive, status=status, run_id=run.id, options=options, driver=driver,
                   started_at=utcnow() if status == "running" else None,
-                  heartbeat_at=utcnow() if status == "running" else None)
+                  heartbeat_at=db_clock(s) if status == "running" else None)
         s.add(job)
         s.flush()
         last = last_outcomes(s, [v.id for v in videos])
@@ -160,8 +172,9 @@ def claim_next(catalog: Catalog, job_id: int, worker: str, *, max_attempts: int 
             # Lock the video row first: PostgreSQL row lock / SQLite write lock until this transaction ends.
             s.execute(update(Video).where(Video.id == task.video_id).values(size=Video.size))
             running_it = s.scalars(select(Job).join(Task, Task.job_id == Job.id).where(
-                Task.video_id == task.video_id, Task.status == "running", Task.job_id != job_id))
-            if any(driver_alive(other, stale_after_s=stale_after_s) for other in running_it):
+                Task.video_id == task.video_id, Task.status == "running", Task.job_id != job_id)).all()
+            now = db_clock(s) if running_it else None
+            if now is not None and any(driver_alive(other, now, stale_after_s=stale_after_s) for other in running_it):
                 seen.add(task.id)
                 continue
             video = s.get(Video, task.video_id)
@@ -212,7 +225,7 @@ def release_running(catalog: Catalog, job_id: int) -> None:
 def heartbeat(catalog: Catalog, job_id: int) -> str:
     """Beat for this job's driver; returns the job's status (`cancelling` asks the driver to stop)."""
     with catalog.session() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=db_clock(s)))
         status = s.scalar(select(Job.status).where(Job.id == job_id))
     return status or "missing"
 
@@ -242,13 +255,13 @@ def _local_process_exists(driver: str | None) -> bool | None:
         return True
 
 
-def driver_alive(job: Job, *, stale_after_s: float = STALE_AFTER_S) -> bool:
+def driver_alive(job: Job, now: dt.datetime, *, stale_after_s: float = STALE_AFTER_S) -> bool:
     """A driver on this host: its process exists (and it beat in the last LOCAL_STALE_AFTER_S). Elsewhere:
-    it beat in the last `stale_after_s`, by this host's clock."""
+    it beat in the last `stale_after_s`. `now` is `db_clock`'s, the clock the beats were written by."""
     beat = aware(job.heartbeat_at)
     if job.status not in ("running", "cancelling") or beat is None:
         return False
-    age = (utcnow() - beat).total_seconds()
+    age = (now - beat).total_seconds()
     local = _local_process_exists(job.driver)
     if local is None:
         return age < stale_after_s
@@ -268,15 +281,16 @@ def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False
             raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
         if job.status == "done":
             raise JobStateError(f"job {job_id} is already done", hint="vidx job submit runs what is missing")
-        if driver_alive(job, stale_after_s=stale_after_s) and not force:
-            age = (utcnow() - (aware(job.heartbeat_at) or utcnow())).total_seconds()
+        now = db_clock(s)
+        if driver_alive(job, now, stale_after_s=stale_after_s) and not force:
+            age = (now - (aware(job.heartbeat_at) or now)).total_seconds()
             raise JobStateError(f"job {job_id} is still being driven by {job.driver} (heartbeat {age:.0f} s ago)",
                                 hint=f"stop it or cancel it first (a driver on another host counts as stopped "
                                      f"{stale_after_s:.0f} s after its last heartbeat), or --force")
         prev = job.heartbeat_at
         took = s.execute(update(Job).where(Job.id == job_id, Job.heartbeat_at.is_(prev) if prev is None
                                            else Job.heartbeat_at == prev)
-                         .values(status="running", driver=driver, heartbeat_at=utcnow(), finished_at=None,
+                         .values(status="running", driver=driver, heartbeat_at=now, finished_at=None,
                                  started_at=job.started_at or utcnow()))
         if took.rowcount != 1:  # type: ignore[attr-defined]
             raise JobStateError(f"job {job_id} was taken over by another driver just now")
@@ -295,7 +309,7 @@ def cancel(catalog: Catalog, job_id: int) -> str:
             raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
         if job.status in ("done", "failed", "cancelled"):
             return job.status
-        if driver_alive(job):
+        if driver_alive(job, db_clock(s)):
             job.status = "cancelling"
             return "cancelling"
         s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued"))
@@ -315,6 +329,7 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
             Task.job_id == job_id, Task.status.in_(("queued", "running")))) or 0
         running = s.execute(select(Task.path, Task.worker, Task.attempts).where(
             Task.job_id == job_id, Task.status == "running").order_by(Task.path)).all()
+        now = db_clock(s)
     started, finished = aware(job.started_at), aware(job.finished_at)
     wall = ((finished or utcnow()) - started).total_seconds() if started else 0.0
     finished_n = summary["done"] + summary["failed"]
@@ -323,7 +338,7 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
         eta = wall * left_size / done_size
     return {
         **summary, "status": job.status, "archive": job.archive, "driver": job.driver,
-        "alive": driver_alive(job), "options": job.options,
+        "alive": driver_alive(job, now), "options": job.options,
         "created_at": _iso(job.created_at), "started_at": _iso(started), "finished_at": _iso(finished),
         "heartbeat_at": _iso(job.heartbeat_at), "wall_s": round(wall, 3),
         "videos_per_s": round(finished_n / wall, 4) if wall > 0 else None,
@@ -336,13 +351,14 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
 def list_jobs(catalog: Catalog, limit: int = 50) -> list[dict[str, Any]]:
     with catalog.session() as s:
         jobs = s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+        now = db_clock(s)
         counts: dict[int, dict[str, int]] = {}
         for jid, status, n in s.execute(select(Task.job_id, Task.status, func.count())
                                         .where(Task.job_id.in_([j.id for j in jobs]))
                                         .group_by(Task.job_id, Task.status)):
             counts.setdefault(jid, {})[status] = n
     return [{"job_id": j.id, "status": j.status, "archive": j.archive, "created_at": _iso(j.created_at),
-             "finished_at": _iso(j.finished_at), "alive": driver_alive(j), **counts.get(j.id, {})} for j in jobs]
+             "finished_at": _iso(j.finished_at), "alive": driver_alive(j, now), **counts.get(j.id, {})} for j in jobs]
 
 
 def _iso(t: dt.datetime | None) -> str | None:

@@ -150,6 +150,29 @@ def test_a_running_video_stays_with_its_job_while_the_driver_lives_whatever_the_
     catalog.close()
 
 
+@pytest.mark.parametrize("driver_clock_s", [-120.0, 120.0], ids=["driver_clock_behind", "driver_clock_ahead"])
+def test_hosts_whose_clocks_disagree_agree_on_a_heartbeat_s_age(postgres_url: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 driver_clock_s: float) -> None:
+    """On PostgreSQL beats are written and judged by the server's clock: a driver on a host whose clock is two
+    minutes off holds its videos while it beats (behind, its beats looked two minutes old), and loses them as
+    soon as it stops (ahead, they looked fresh for two minutes more)."""
+    catalog = Catalog(postgres_url)
+    run = catalog.ensure_run(*RUN_A)
+    videos = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
+    a, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver="host-a:1")
+    b, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver="host-b:1")
+    assert isinstance(state.claim_next(catalog, a, "wa"), Task)
+    real = state.utcnow
+    with monkeypatch.context() as m:  # host a, its clock off, beats once more and stops
+        m.setattr(state, "utcnow", lambda: real() + dt.timedelta(seconds=driver_clock_s))
+        assert state.heartbeat(catalog, a) == "running"
+    assert state.claim_next(catalog, b, "wb") == state.BLOCKED  # host b: a is alive
+    time.sleep(1.2)
+    assert isinstance(state.claim_next(catalog, b, "wb", stale_after_s=1.0), Task)  # a's beat is 1.2 s old
+    catalog.close()
+
+
 def test_rerun_skips_current_videos_and_a_new_run_requeues_them(db_url: str, tmp_path: Path) -> None:
     catalog = Catalog(db_url)
     run_a = catalog.ensure_run(*RUN_A)
