@@ -26,10 +26,13 @@ _M_ARENA_MAX = -8  # <malloc.h>
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> int | None:
-    """Caps glibc's malloc arenas for this process from now on; call it before the worker starts threads.
+    """Caps glibc's malloc arenas for this process from now on; call it before the process starts threads.
 
     Returns the cap in effect: MALLOC_ARENA_MAX's value when the environment sets it (glibc applied it at
-    start, and it is left alone), else `arenas`; None where the C library is not glibc.
+    start, and it is left alone), else `arenas`; None where the C library is not glibc. Too late in a
+    process that already made more than 8 arenas: glibc fixes its limit then and ignores this. A Ray worker
+    has 16 before an actor's constructor runs, so processes that another program starts get the cap from
+    their environment instead (`arena_env`).
     """
     if platform.libc_ver()[0] != "glibc":
         return None
@@ -39,3 +42,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> int | None:
         log.warning("mallopt(M_ARENA_MAX, %d) failed; host memory may grow with the decoder threads", arenas)
         return None
     return arenas
+
+
+def arena_env() -> dict[str, str]:
+    """Environment variables that cap the malloc arenas of a worker process from its first allocation: for
+    the processes Ray starts (an explicit MALLOC_ARENA_MAX here is passed on as it is)."""
+    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "").strip() or str(MALLOC_ARENAS)}

@@ -27,7 +27,9 @@ class RayWorker:
         import ray
 
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        return {**self.worker.describe(), "gpus": ",".join(str(g) for g in gpus)}
+        # what glibc read when this process started (indexer/host_memory.py: set by RayExecutor)
+        arenas = os.environ.get("MALLOC_ARENA_MAX", "glibc's default")
+        return {**self.worker.describe(), "gpus": ",".join(str(g) for g in gpus), "malloc_arena_max": arenas}
 
     def process(self, spec: TaskSpec) -> VideoOutcome:
         """One video; the actor's concurrent calls all feed one running batch of videos (shared steps)."""

@@ -33,7 +33,8 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Which decoded frames are analysed. Timestamps always come from container PTS."""
+    """Which decoded frames are analysed. Timestamps come from container PTS (a bare stream has none: its frames
+    are counted at its frame rate)."""
 
     mode: SamplingMode = "fps"
     fps: float = 2.0

@@ -54,11 +54,12 @@ def frames(width: int, height: int, n: int, seed: int = 0) -> list[np.ndarray]:
 def write_video(path: Path, *, width: int = 96, height: int = 64, seconds: float = 1.0, fps: int = 10,
                 codec: str = "libx264", faststart: bool = True, rotation: int = 0,
                 pts_schedule: list[int] | None = None, time_base: Fraction | None = None,
-                audio: bool = False, seed: int = 0) -> Path:
-    """An MP4 (or other container by suffix) of a smooth gradient; `pts_schedule` gives VFR timestamps."""
+                audio: bool = False, seed: int = 0, container_format: str | None = None) -> Path:
+    """An MP4 (or other container by suffix, or `container_format`: "h264" is a bare stream) of a smooth
+    gradient; `pts_schedule` gives VFR timestamps."""
     n = len(pts_schedule) if pts_schedule is not None else max(1, round(seconds * fps))
-    options = {"movflags": "+faststart"} if faststart and path.suffix == ".mp4" else {}
-    with av.open(str(path), mode="w", options=options) as container:
+    options = {"movflags": "+faststart"} if faststart and path.suffix == ".mp4" and not container_format else {}
+    with av.open(str(path), mode="w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import badfiles  # tests/badfiles.py
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
@@ -45,7 +46,8 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "half_mdat.mp4": ("failed", "the file is truncated"),
     "random.mp4": ("failed", "not a video file FFmpeg recognises (random or corrupt data?)"),
     "noise_read_as_lyrics.mp4": ("failed", "binary data that FFmpeg can only guess at as LRC lyrics"),
-    "noise_read_as_raw_h263.mp4": ("failed", "named .mp4 but without its container; FFmpeg can only guess at raw H.26"),
+    "noise_read_as_raw_h263.mp4": ("failed", "its bytes pass only for raw H.263, a bare stream without a container"),
+    "bare_h264_stream.mp4": ("done", None),  # a DVR export: raw H.264 under a container's name
     "text.mp4": ("failed", "a text file, not a video"),
     "subtitles.mp4": ("failed", "no video stream (the file has subtitle; FFmpeg reads it as WebVTT"),
     "photo.mp4": ("failed", "a still image (JPEG), not a video"),
@@ -80,6 +82,7 @@ def build(archive: Path, outside: Path) -> None:
     bf.write_video(archive / "vfr.mp4", pts_schedule=[0, 33, 66, 100, 400, 700, 733, 766, 1300, 1900],
                    time_base=Fraction(1, 1000))
     bf.write_video(archive / "rotated_phone.mp4", width=96, height=64, rotation=90, seed=3)
+    bf.write_video(archive / "bare_h264_stream.mp4", seconds=2, seed=7, container_format="h264")
     (archive / "empty.mp4").write_bytes(b"")
     bf.truncate_before_moov(bf.write_video(outside / "tail_moov.mp4", faststart=False, seconds=2),
                             archive / "no_moov.mp4")
@@ -171,6 +174,22 @@ def test_odd_but_valid_videos_are_read_right(bad: BadArchive) -> None:
     assert videos[NEWLINE_NAME].path.endswith("two\nlines.mp4")
     assert videos[WEIRD_NAME].path.endswith(WEIRD_NAME)
     assert "alias.mp4" not in videos  # a link inside the archive is the file it points to
+    assert videos["bare_h264_stream.mp4"].frames_decoded == 20
+
+
+def test_a_bare_stream_is_timed_by_counting_its_frames(tmp_path: Path) -> None:
+    """Raw H.264 has no timestamps: frame n is at n / the stream's frame rate, across batches (they restarted at
+    0 in each batch), and key frames only still counts every frame."""
+    path = badfiles.write_video(tmp_path / "dvr.mp4", seconds=2, fps=10, container_format="h264")
+    decoder = PyAVDecoder()
+    fps = decoder.probe(path).fps
+    assert fps  # FFmpeg's guess: the stream says nothing of its rate
+    every = [t for b in decoder.batches(path, SamplingConfig(mode="every-frame"), batch_size=8) for t in b.pts_s]
+    assert np.allclose(every, np.arange(20) / fps), every
+    sampled = [t for b in decoder.batches(path, SamplingConfig(fps=2.0), batch_size=8) for t in b.pts_s]
+    assert len(sampled) >= 2 and set(sampled) <= set(every) and sampled == sorted(sampled)
+    keys = [t for b in decoder.batches(path, SamplingConfig(mode="keyframes"), batch_size=8) for t in b.pts_s]
+    assert keys[0] == 0.0 and set(keys) <= set(every)
 
 
 def test_the_command_exit_code_and_json_summary_report_failures(tmp_path: Path, cache_dir: Path) -> None:

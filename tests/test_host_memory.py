@@ -61,3 +61,63 @@ def test_environment_setting_wins() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
                          env={**os.environ, "MALLOC_ARENA_MAX": "5"})
     assert run.stdout.strip() == "5"
+
+
+def test_ray_workers_get_the_cap_from_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray worker process has 16 arenas (2 cores) before an actor's constructor runs, so a cap set from Python
+    there changes nothing; the environment RayExecutor gives its actors (`arena_env`) caps them from the start."""
+    ray = pytest.importorskip("ray")
+
+    def arenas_after_threads(threads: int = THREADS) -> int:
+        import ctypes
+        import tempfile
+        import threading
+
+        barrier = threading.Barrier(threads + 1)
+
+        def work() -> None:
+            held = [bytes(2048) for _ in range(2000)]
+            barrier.wait()
+            barrier.wait()
+            del held
+
+        started = [threading.Thread(target=work) for _ in range(threads)]
+        for t in started:
+            t.start()
+        barrier.wait()
+        with tempfile.TemporaryFile() as err:  # malloc_stats() writes to fd 2
+            saved = os.dup(2)
+            os.dup2(err.fileno(), 2)
+            try:
+                ctypes.CDLL(None).malloc_stats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            barrier.wait()
+            for t in started:
+                t.join()
+            err.seek(0)
+            return len(re.findall(rb"^Arena \d+:", err.read(), re.MULTILINE))
+
+    class Probe:
+        def __init__(self, cap_from_python: bool) -> None:
+            if cap_from_python:
+                from indexer.host_memory import limit_malloc_arenas
+                limit_malloc_arenas()
+
+        def arenas(self) -> int:
+            return arenas_after_threads()
+
+    from indexer.host_memory import arena_env
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)  # Ray's processes inherit this one's environment
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="vidx-tests")
+    try:
+        probe = ray.remote(Probe)
+        too_late = probe.remote(True)
+        from_start = probe.options(runtime_env={"env_vars": arena_env()}).remote(False)
+        late, capped = ray.get([too_late.arenas.remote(), from_start.arenas.remote()], timeout=120)
+    finally:
+        ray.shutdown()
+    assert capped <= MALLOC_ARENAS, capped
+    assert late > MALLOC_ARENAS, late  # the control: mallopt inside the actor came after glibc fixed its limit

@@ -22,6 +22,7 @@ from badfiles import noise  # tests/badfiles.py
 from sqlalchemy import func, select
 
 from engines.photos import load_photo
+from indexer.host_memory import arena_env
 from jobs.bench import PHOTOS, make_clip, make_short_archive
 from jobs.catalog import Catalog, default_db_url
 from jobs.ray_executor import RayExecutor, RayOptions
@@ -71,6 +72,7 @@ def test_two_gpu_workers_share_the_videos_and_a_resubmit_does_nothing(
     assert result.summary["done"] == 8 and result.summary["failed"] == 0
     assert result.workers["workers"] == "2 x gpu (2 videos at once each)"
     assert result.workers["gpus"] in ("0", "1")  # Ray's GPU id of the first worker up
+    assert result.workers["malloc_arena_max"] == arena_env()["MALLOC_ARENA_MAX"]  # the worker's, from its start
     tasks = tasks_of(catalog, result.job_id)
     per_worker = Counter((t.worker or "").split("@")[0] for t in tasks)
     assert set(per_worker) == {"gpu0", "gpu1"} and min(per_worker.values()) >= 2, per_worker

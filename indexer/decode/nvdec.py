@@ -271,14 +271,14 @@ class NvdecDecoder:
 
         return PyAVDecoder().probe(path)
 
-    def _container(self, path: Path) -> tuple[VideoInfo, Fraction | None, int | None, bool | None, bytes]:
-        """Stream facts, time base, start PTS, colour matrix (True = BT.709) and the codec's extradata (the
-        parameter sets), from the container (PyAV).
+    def _container(self, path: Path) -> tuple[VideoInfo, Fraction | None, int | None, bool | None, bytes, bool]:
+        """Stream facts, time base, start PTS, colour matrix (True = BT.709), the codec's extradata (the
+        parameter sets) and whether it is a bare stream without a container, from the container (PyAV).
 
         One open, one frame decoded on one CPU thread (the rotation is only on decoded frames): a
         frame-threaded FFmpeg decoder would start and stop a thread pool per video for nothing.
         """
-        from indexer.decode.pyav import PyAVDecoder, open_container, video_stream
+        from indexer.decode.pyav import PyAVDecoder, bare_stream, open_container, video_stream
 
         with open_container(path) as container:
             stream = video_stream(container, path)
@@ -287,7 +287,7 @@ class NvdecDecoder:
             space = int(getattr(stream.codec_context, "colorspace", 2) or 2)
             bt709 = True if space == 1 else False if space in (5, 6) else None  # 2: unspecified
             return (info, stream.time_base, stream.start_time, bt709,
-                    bytes(stream.codec_context.extradata or b""))
+                    bytes(stream.codec_context.extradata or b""), bare_stream(container.format))
 
     def _supported(self, demuxer: Any) -> str | None:
         """None when NVDEC decodes this stream, else the reason it cannot."""
@@ -311,7 +311,10 @@ class NvdecDecoder:
         nvc = _nvc()
         started = time.monotonic()
         self.fell_back = None
-        info, time_base, start, bt709, extradata = self._container(path)
+        info, time_base, start, bt709, extradata, bare = self._container(path)
+        if bare:  # PyAV times its frames by counting them (indexer/decode/pyav.py)
+            yield from self._on_cpu(path, sampling, batch_size, "a bare stream without timestamps")
+            return
         try:
             demuxer = nvc.CreateDemuxer(filename=str(path))
         except Exception as exc:

@@ -8,6 +8,7 @@ non-reference frames that will not be sampled (`PacketPlan`; FFmpeg's `skip_fram
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import os
 import stat
@@ -72,37 +73,40 @@ def open_container(path: Path) -> Any:
                          path=path) from exc
     except (OSError, UnicodeError) as exc:
         raise VideoError(f"cannot open the file: {exc}", path=path) from exc
-    name = str(container.format.name)
+    fmt = container.format
+    name = str(fmt.name)
     if name.endswith("_pipe") or name in IMAGE_FORMATS:
         container.close()
         raise VideoError(f"a still image ({name.removesuffix('_pipe').upper()}), not a video", path=path)
-    if guessed_raw_stream(path, container.format):
-        container.close()
-        raise VideoError(f"not a video file FFmpeg recognises: named {path.suffix} but without its container; "
-                         f"FFmpeg can only guess at {container.format.long_name} (random or corrupt data?)",
-                         path=path)
+    if bare_stream(fmt):
+        if fmt.name in NOISE_PRONE_STREAMS and path.suffix.lower().lstrip(".") not in fmt.extensions:
+            container.close()
+            raise VideoError(f"not a video file FFmpeg recognises: its bytes pass only for {fmt.long_name}, a bare "
+                             "stream without a container, as random data often does (random or corrupt data?)",
+                             path=path)
+        warn_bare_stream(str(path), fmt.long_name)
     return container
+
+
+@functools.lru_cache(maxsize=256)
+def warn_bare_stream(path: str, stream: str) -> None:
+    """Once per file (it is opened more than once: probe, then decode)."""
+    log.warning("%s: a bare %s stream without a container: its timestamps are FFmpeg's guess from the "
+                "stream's frame rate", path, stream)
 
 
 IMAGE_FORMATS = frozenset({"image2", "apng", "webp", "bmp", "png", "tiff"})
 """FFmpeg demuxers of still images (plus every `*_pipe` one): a photo named .mp4 is refused, not indexed."""
 
-CONTAINER_SUFFIXES = frozenset({
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".wmv", ".flv", ".3gp", ".ogv",
-})
-"""Names that promise a container with timestamps (.mpg is left out: MPEG-1/2 elementary streams carry it too)."""
+NOISE_PRONE_STREAMS = frozenset({"h261", "h263", "vvc"})
+"""Bare-stream demuxers whose probes accept random data: of some 35,000 blocks of noise of 0.1-30 kB, about
+1 in 2,000 opened as raw H.261, H.263 or H.266 and even decoded a frame of noise (none as H.264, HEVC or MPEG-4,
+whose probes ask for more structure). Such a file is refused unless its name says it is that stream."""
 
 
-def guessed_raw_stream(path: Path, fmt: Any) -> bool:
-    """FFmpeg read a file named as a container as a bare elementary stream (no timestamps, no container).
-
-    Its raw-stream probes accept some random data: 1 in 1,000-2,000 blocks of noise opens as raw H.261, H.263 or
-    H.266 and even decodes a frame of noise. A real container never opens that way, so the name and the
-    guess disagree; a raw stream under its own name (.h264, .hevc, .m4v as raw MPEG-4) still indexes.
-    """
-    suffix = path.suffix.lower()
-    raw = bool(fmt.flags & av.format.Flags.no_timestamps.value)
-    return raw and suffix in CONTAINER_SUFFIXES and suffix.lstrip(".") not in fmt.extensions
+def bare_stream(fmt: Any) -> bool:
+    """FFmpeg reads the file as an elementary stream with no container (and so no timestamps)."""
+    return bool(fmt.flags & av.format.Flags.no_timestamps.value)
 
 
 def what_it_looks_like(path: Path) -> str:
@@ -130,6 +134,13 @@ def file_head(path: Path, n: int = 512) -> bytes:
         return f.read(n)
 
 
+def looks_like_utf8(path: Path) -> bool:
+    try:
+        return utf8_text(file_head(path)) is not None
+    except OSError:
+        return True  # unreadable now: say what FFmpeg read, not a guess at the bytes
+
+
 def utf8_text(head: bytes) -> str | None:
     """The bytes as UTF-8 (a character cut off at the end is fine), or None when they are not UTF-8."""
     try:
@@ -153,7 +164,7 @@ def ffmpeg_reason(exc: BaseException) -> str:
 def video_stream(container: Any, path: Path) -> Any:
     if not container.streams.video:
         fmt = container.format
-        if fmt.name in TEXT_FORMATS and utf8_text(file_head(path)) is None:
+        if fmt.name in TEXT_FORMATS and not looks_like_utf8(path):
             raise VideoError(f"not a video file FFmpeg recognises: binary data that FFmpeg can only guess at as "
                              f"{fmt.long_name} (random or corrupt data?)", path=path)
         kinds = sorted({s.type for s in container.streams}) or ["no streams at all"]
@@ -225,7 +236,8 @@ class PyAVDecoder:
             ctx = stream.codec_context
             ctx.thread_type = "AUTO"
             ctx.thread_count = self.threads
-            if sampling.mode == "keyframes":
+            bare = bare_stream(container.format)  # no timestamps: frames are timed by counting them all
+            if sampling.mode == "keyframes" and not bare:
                 ctx.skip_frame = "NONKEY"
             skipping = self.skip_unsampled and sampling.mode == "fps"
             skip = "DEFAULT"
@@ -235,6 +247,7 @@ class PyAVDecoder:
             frames: list[np.ndarray] = []
             pts: list[float] = []
             index: list[int] = []
+            last_t: float | None = None  # the previous decoded frame's time, sampled or not
             bad = 0
             for packet in self._packets(container, stream, path):
                 demuxed += packet.size > 0
@@ -256,9 +269,10 @@ class PyAVDecoder:
                     raw_pts = frame.pts if frame.pts is not None else frame.dts
                     n = plan.frame_index(raw_pts)
                     if raw_pts is None:
-                        t = pts[-1] + 1.0 / (info.fps or 30.0) if pts else 0.0
+                        t = last_t + 1.0 / (info.fps or 30.0) if last_t is not None else 0.0
                     else:
                         t = plan.seconds(raw_pts)
+                    last_t = t
                     if not sampler.take(t, bool(frame.key_frame)):
                         continue
                     rotation = display_rotation(frame.rotation)
