@@ -10,8 +10,6 @@ finished video in one transaction.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -136,7 +134,7 @@ class PlanOptions:
 
 
 def this_driver() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return state.driver_id()
 
 
 def compute_run(catalog: Catalog, settings: IndexSettings, cache_dir: Path | None) -> Run:
@@ -177,21 +175,28 @@ def plan(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSettin
 
 
 class _Heartbeat(threading.Thread):
-    """Beats for the driver every few seconds and notices a cancel request."""
+    """Beats for the driver every few seconds and notices a cancel request, or that another process took
+    the job over (then this driver stops claiming and leaves the job's state to the new one)."""
 
-    def __init__(self, catalog: Catalog, job_id: int):
+    def __init__(self, catalog: Catalog, job_id: int, driver: str | None = None):
         super().__init__(name=f"vidx-heartbeat-{job_id}", daemon=True)
-        self.catalog, self.job_id = catalog, job_id
+        self.catalog, self.job_id, self.driver = catalog, job_id, driver
         self.cancelled = threading.Event()
+        self.taken_over = threading.Event()
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(state.HEARTBEAT_S):
             try:
-                if state.heartbeat(self.catalog, self.job_id) == "cancelling":
-                    self.cancelled.set()
+                status = state.heartbeat(self.catalog, self.job_id, self.driver)
             except Exception as exc:  # a missed beat is not fatal; the next one may get through
                 log.warning("heartbeat of job %d failed: %s", self.job_id, exc)
+                continue
+            if status == state.TAKEN_OVER:
+                log.warning("job %d: another process is its driver now; this one stops", self.job_id)
+                self.taken_over.set()
+            if status in ("cancelling", "cancelled", state.TAKEN_OVER):
+                self.cancelled.set()
 
 
 def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: Path | None = None,
@@ -207,7 +212,7 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
     out_uri = job.options["out"]
     max_attempts = int(job.options.get("executor", {}).get("max_attempts", DEFAULT_MAX_ATTEMPTS))
     store = OutputStore(out_uri)
-    beat = _Heartbeat(catalog, job_id)
+    beat = _Heartbeat(catalog, job_id, job.driver)
 
     def next_task(worker: str) -> NextTask:
         task = state.claim_next(catalog, job_id, worker, max_attempts=max_attempts)
@@ -239,16 +244,19 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
             workers = executor.start(settings, out_uri, cache_dir)
             events.on_workers(workers)
             executor.run(hooks)
-        status = "cancelled" if beat.cancelled.is_set() else "done"
+        status = state.TAKEN_OVER if beat.taken_over.is_set() else "cancelled" if beat.cancelled.is_set() else "done"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
         beat.done.set()
         executor.close()
-        if status != "done":  # whatever was running goes back to the queue: `vidx job resume` picks it up
-            state.release_running(catalog, job_id)
-        summary = catalog.finish_job(job_id, status)
+        if beat.taken_over.is_set():  # the job's queue and state are the new driver's
+            summary = catalog.job_summary(job_id)
+        else:
+            if status != "done":  # whatever was running goes back to the queue: `vidx job resume` picks it up
+                state.release_running(catalog, job_id)
+            summary = catalog.finish_job(job_id, status)
         for hook in AFTER_JOB:
             try:
                 hook(catalog, out_uri)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import logging
 import os
 import socket
@@ -47,6 +48,8 @@ CHUNK = 500
 Blocked = Literal["blocked"]
 BLOCKED: Blocked = "blocked"
 """claim_next: queued tasks remain, but other live jobs are running their videos right now."""
+TAKEN_OVER = "taken over"
+"""heartbeat: another process became this job's driver (`vidx job resume --force`); this one must stop."""
 
 
 P = ParamSpec("P")
@@ -222,11 +225,17 @@ def release_running(catalog: Catalog, job_id: int) -> None:
 
 
 @retrying
-def heartbeat(catalog: Catalog, job_id: int) -> str:
-    """Beat for this job's driver; returns the job's status (`cancelling` asks the driver to stop)."""
+def heartbeat(catalog: Catalog, job_id: int, driver: str | None = None) -> str:
+    """Beat for this job's driver; returns the job's status (`cancelling` asks the driver to stop), or
+    TAKEN_OVER when `driver` is no longer the job's driver (the beat is then not written)."""
     with catalog.session() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=db_clock(s)))
+        beat = update(Job).where(Job.id == job_id)
+        if driver is not None:
+            beat = beat.where(Job.driver == driver)
+        wrote = s.execute(beat.values(heartbeat_at=db_clock(s))).rowcount  # type: ignore[attr-defined]
         status = s.scalar(select(Job.status).where(Job.id == job_id))
+    if status is not None and not wrote:
+        return TAKEN_OVER
     return status or "missing"
 
 
@@ -238,21 +247,58 @@ def get_job(catalog: Catalog, job_id: int) -> Job:
     return job
 
 
+def driver_id(pid: int | None = None) -> str:
+    """Who drives a job: `host:pid:space:start`, where `space` names the process-id namespace on this boot
+    and `start` is the process's start time (both from /proc; plain `host:pid` where there is no /proc).
+
+    A host name alone does not say that a process id means the same process: a container restarted under
+    its old host name, or pods sharing their node's name, count processes from 1 in a namespace of their
+    own, and a finished driver's id can be reused. A driver in another namespace is judged by its heartbeat.
+    """
+    pid = os.getpid() if pid is None else pid
+    space, stat = _pid_space(), _proc_stat(pid)
+    if space is None or stat is None:
+        return f"{socket.gethostname()}:{pid}"
+    return f"{socket.gethostname()}:{pid}:{space}:{stat[1]}"
+
+
+def _pid_space() -> str | None:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        space = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return hashlib.sha256(f"{boot}/{space}".encode()).hexdigest()[:10]
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process in this namespace, None if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
 def _local_process_exists(driver: str | None) -> bool | None:
-    """Whether the driver's process exists, when it ran on this host; None when it ran elsewhere."""
-    host, _, pid = (driver or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    """Whether the driver's process exists, when it ran on this host in this namespace; None when it ran
+    elsewhere (another host, or another container under the same host name)."""
+    host, _, rest = (driver or "").partition(":")
+    pid, space, start = [*rest.split(":"), "", ""][:3]
+    if host != socket.gethostname() or not pid.isdigit() or (space and space != _pid_space()):
         return None
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # somebody else's process
+        pass
+    stat = _proc_stat(int(pid))
+    if stat is None:
         return True
-    try:  # a driver that died but was not reaped yet is a zombie: gone all the same
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    if stat[0] == "Z":  # a driver that died but was not reaped yet is a zombie: gone all the same
+        return False
+    return not start or stat[1] == start  # another start time: the id was reused by another process
 
 
 def driver_alive(job: Job, now: dt.datetime, *, stale_after_s: float = STALE_AFTER_S) -> bool:
@@ -287,13 +333,12 @@ def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False
             raise JobStateError(f"job {job_id} is still being driven by {job.driver} (heartbeat {age:.0f} s ago)",
                                 hint=f"stop it or cancel it first (a driver on another host counts as stopped "
                                      f"{stale_after_s:.0f} s after its last heartbeat), or --force")
-        prev = job.heartbeat_at
-        took = s.execute(update(Job).where(Job.id == job_id, Job.heartbeat_at.is_(prev) if prev is None
-                                           else Job.heartbeat_at == prev)
+        took = s.execute(update(Job).where(*as_read(job))
                          .values(status="running", driver=driver, heartbeat_at=now, finished_at=None,
                                  started_at=job.started_at or utcnow()))
         if took.rowcount != 1:  # type: ignore[attr-defined]
-            raise JobStateError(f"job {job_id} was taken over by another driver just now")
+            raise JobStateError(f"job {job_id} changed just now (another driver took it over, or it was "
+                                "cancelled)", hint="vidx job status shows it")
         s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued"))
         s.flush()
         s.refresh(job)
@@ -302,19 +347,37 @@ def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False
 
 @retrying
 def cancel(catalog: Catalog, job_id: int) -> str:
-    """Ask a job to stop. A live driver sees `cancelling` at its next beat; otherwise it is cancelled now."""
-    with catalog.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
-        if job.status in ("done", "failed", "cancelled"):
-            return job.status
-        if driver_alive(job, db_clock(s)):
-            job.status = "cancelling"
-            return "cancelling"
-        s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued"))
-        job.status, job.finished_at = "cancelled", utcnow()
-        return "cancelled"
+    """Ask a job to stop. A live driver sees `cancelling` at its next beat; otherwise it is cancelled now.
+
+    The change is made only if the job is still as it was read (a resume may take it over meanwhile, or its
+    driver beat): then it is looked at again, so a job that just got a live driver is not cancelled under it.
+    """
+    for _ in range(20):
+        with catalog.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
+            if job.status in ("done", "failed", "cancelled"):
+                return job.status
+            alive = driver_alive(job, db_clock(s))
+            values: dict[str, Any] = {"status": "cancelling"} if alive else {"status": "cancelled",
+                                                                            "finished_at": utcnow()}
+            if s.execute(update(Job).where(*as_read(job)).values(**values)).rowcount != 1:  # type: ignore[attr-defined]
+                continue
+            if not alive:
+                s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running")
+                          .values(status="queued"))
+            return str(values["status"])
+    raise JobStateError(f"job {job_id} kept changing while it was being cancelled", hint="try again")
+
+
+def as_read(job: Job) -> list[Any]:
+    """Conditions that hold while a job row is as it was read: its status, driver and last heartbeat."""
+    def same(column: Any, value: Any) -> Any:
+        return column.is_(None) if value is None else column == value
+
+    return [Job.id == job.id, Job.status == job.status, same(Job.driver, job.driver),
+            same(Job.heartbeat_at, job.heartbeat_at)]
 
 
 def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:

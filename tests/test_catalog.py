@@ -14,16 +14,17 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import create_engine, event, func, select, text, update
 from sqlalchemy.engine import make_url
 
 from jobs import state
 from jobs.archive import VideoFile
 from jobs.catalog import Catalog, IndexError_, pgvector_status
 from jobs.outcome import TrackRow, VideoOutcome
-from schemas.sql import Job, Task, Track, Video, utcnow
+from schemas.sql import Job, Task, Track, Video
 
 RUN_A = ("a" * 32, "1", {"face": "m1"}, {"fps": 2})
 RUN_B = ("b" * 32, "1", {"face": "m2"}, {"fps": 2})
@@ -121,33 +122,71 @@ def test_claims_go_largest_first_each_task_once_even_when_drivers_race(db_url: s
 
 def test_a_running_video_stays_with_its_job_while_the_driver_lives_whatever_the_clock(
         db_url: str, tmp_path: Path) -> None:
-    """Job A runs both videos; job B over the same archive may take one only when A's driver is dead.
+    """Job A runs every video; job B over the same archive may take one only when A's driver is dead.
 
     A driver on this host is alive while its process exists, even with a heartbeat two minutes old (the
-    wall clock stepped, or its heartbeat thread stalled); one elsewhere is judged by its heartbeat."""
+    wall clock stepped, or its heartbeat thread stalled); not when its process id now names a process that
+    started later (reused); one elsewhere, or in another process namespace under this host's name (a
+    restarted container), is judged by its heartbeat."""
     catalog = Catalog(db_url)
     run = catalog.ensure_run(*RUN_A)
-    videos = catalog.register(make_files(tmp_path, {"big.mp4": 200, "small.mp4": 100}))
-    here = socket.gethostname()
-    a, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver=f"{here}:{os.getpid()}")
+    videos = catalog.register(make_files(tmp_path, {f"v{size}.mp4": size for size in (500, 400, 300, 200)}))
+    me = state.driver_id()
+    a, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver=me)
     b, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver="elsewhere:1")
     assert all(isinstance(state.claim_next(catalog, a, "wa"), Task) for _ in videos)
-    gone = subprocess.Popen(["true"])
-    gone.wait()
+    child = subprocess.Popen(["sleep", "30"])
+    gone = state.driver_id(child.pid)
+    child.kill()
+    child.wait()
+    host, pid, space, start = me.split(":")
+    assert (host, pid) == (socket.gethostname(), str(os.getpid())) and space and start.isdigit(), me
 
-    def driver_of_a(driver: str, beat_age_s: float) -> Task | str | None:
+    def driver_of_a(driver: str, beat_age_s: float) -> str:
         with catalog.session() as s:
             s.execute(update(Job).where(Job.id == a).values(
-                driver=driver, heartbeat_at=utcnow() - dt.timedelta(seconds=beat_age_s)))
-        return state.claim_next(catalog, b, "wb")
+                driver=driver, heartbeat_at=state.db_clock(s) - dt.timedelta(seconds=beat_age_s)))
+        taken = state.claim_next(catalog, b, "wb")
+        return Path(taken.path).name if isinstance(taken, Task) else str(taken)
 
-    assert driver_of_a(f"{here}:{os.getpid()}", 120) == state.BLOCKED
-    taken = driver_of_a(f"{here}:{gone.pid}", 0)  # its process is gone: no need to wait for the heartbeat
-    assert isinstance(taken, Task) and taken.path.endswith("big.mp4")
+    assert driver_of_a(me, 120) == state.BLOCKED
+    assert driver_of_a(gone, 0) == "v500.mp4"  # its process is gone: no need to wait for the heartbeat
+    assert driver_of_a(f"{host}:{pid}:{space}:{int(start) + 1}", 0) == "v400.mp4"  # this pid, another process
+    other_container = f"{host}:{pid}:{'0' * len(space)}:{start}"
+    assert driver_of_a(other_container, 5) == state.BLOCKED  # its process table is not this one's: heartbeat
+    assert driver_of_a(other_container, 120) == "v300.mp4"
     assert driver_of_a("elsewhere:2", 5) == state.BLOCKED
-    taken = driver_of_a("elsewhere:2", 120)
-    assert isinstance(taken, Task) and taken.path.endswith("small.mp4")
+    assert driver_of_a("elsewhere:2", 120) == "v200.mp4"
     catalog.close()
+
+
+def test_a_cancel_does_not_cancel_a_job_that_a_resume_takes_over_meanwhile(db_url: str, tmp_path: Path) -> None:
+    """cancel() finds the driver dead; before it writes, a resume takes the job over (another connection).
+    The cancel must see that the job changed and ask the new, live driver to stop instead of marking the job
+    cancelled under it (and re-queuing its videos)."""
+    catalog, other = Catalog(db_url), Catalog(db_url)
+    run = catalog.ensure_run(*RUN_A)
+    videos = catalog.register(make_files(tmp_path, {"v.mp4": 100}))
+    job_id, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver="dead-host:1")
+    with catalog.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=state.db_clock(s) - dt.timedelta(minutes=5)))
+    resumed: list[str] = []
+
+    def resume_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not resumed and statement.lstrip().upper().startswith("UPDATE JOBS"):
+            resumed.append(state.take_over(other, job_id, "new-host:2").driver or "")
+
+    event.listen(catalog.engine, "before_cursor_execute", resume_first)
+    try:
+        assert state.cancel(catalog, job_id) == "cancelling"
+    finally:
+        event.remove(catalog.engine, "before_cursor_execute", resume_first)
+    assert resumed == ["new-host:2"]
+    job = state.get_job(catalog, job_id)
+    assert (job.status, job.driver) == ("cancelling", "new-host:2")
+    assert state.heartbeat(other, job_id, "new-host:2") == "cancelling"  # the new driver is asked to stop
+    catalog.close()
+    other.close()
 
 
 @pytest.mark.parametrize("driver_clock_s", [-120.0, 120.0], ids=["driver_clock_behind", "driver_clock_ahead"])
