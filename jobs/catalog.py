@@ -26,7 +26,7 @@ from jobs.archive import VideoFile, fingerprint
 from jobs.outcome import VideoOutcome
 from schemas import migrations
 from schemas.errors import VidxError
-from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, Run, Task, Track, Video, utcnow
+from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, Run, Task, Track, Video, db_clock, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,8 @@ class Catalog:
     def finish_job(self, job_id: int, status: str) -> dict[str, Any]:
         summary = self.job_summary(job_id)
         with self.session() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=utcnow(), summary=summary))
+            s.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=db_clock(s),
+                                                                 summary=summary))
         return summary
 
     @retrying

@@ -18,9 +18,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from jobs.catalog import Catalog
-from jobs.state import aware
 from schemas.errors import InputError, VidxError
-from schemas.sql import Schedule, utcnow
+from schemas.sql import Schedule, aware, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from jobs.catalog import Catalog
 from schemas.errors import VidxError
-from schemas.sql import Job, Run, Task, Video, utcnow
+from schemas.sql import Job, Run, Task, Video, aware, db_clock, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +68,6 @@ def retrying(fn: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatenate[C
 
 class JobStateError(VidxError):
     """A job cannot be resumed, cancelled or found."""
-
-
-def db_clock(s: Session) -> dt.datetime:
-    """Now, by the clock heartbeats are written and judged by: the PostgreSQL server's (one clock for all
-    hosts; its transaction start time), or this host's for SQLite (a database file on this host)."""
-    if s.get_bind().dialect.name == "postgresql":
-        now = aware(s.scalar(select(func.now())))
-        if now is not None:
-            return now
-    return utcnow()
-
-
-def aware(t: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands datetimes back without a zone; they were written in UTC."""
-    if t is None or t.tzinfo is not None:
-        return t
-    return t.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -133,7 +116,7 @@ def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], 
     """A job with one task per video, queued or skipped with its reason. Returns (job id, queued, skipped)."""
     with catalog.session() as s:
         job = Job(archive=archive, status=status, run_id=run.id, options=options, driver=driver,
-                  started_at=utcnow() if status == "running" else None,
+                  started_at=db_clock(s) if status == "running" else None,
                   heartbeat_at=db_clock(s) if status == "running" else None)
         s.add(job)
         s.flush()
@@ -335,7 +318,7 @@ def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False
                                      f"{stale_after_s:.0f} s after its last heartbeat), or --force")
         took = s.execute(update(Job).where(*as_read(job))
                          .values(status="running", driver=driver, heartbeat_at=now, finished_at=None,
-                                 started_at=job.started_at or utcnow()))
+                                 started_at=job.started_at or now))
         if took.rowcount != 1:  # type: ignore[attr-defined]
             raise JobStateError(f"job {job_id} changed just now (another driver took it over, or it was "
                                 "cancelled)", hint="vidx job status shows it")
@@ -361,7 +344,7 @@ def cancel(catalog: Catalog, job_id: int) -> str:
                 return job.status
             alive = driver_alive(job, db_clock(s))
             values: dict[str, Any] = {"status": "cancelling"} if alive else {"status": "cancelled",
-                                                                            "finished_at": utcnow()}
+                                                                            "finished_at": db_clock(s)}
             if s.execute(update(Job).where(*as_read(job)).values(**values)).rowcount != 1:  # type: ignore[attr-defined]
                 continue
             if not alive:
@@ -394,7 +377,7 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
             Task.job_id == job_id, Task.status == "running").order_by(Task.path)).all()
         now = db_clock(s)
     started, finished = aware(job.started_at), aware(job.finished_at)
-    wall = ((finished or utcnow()) - started).total_seconds() if started else 0.0
+    wall = ((finished or now) - started).total_seconds() if started else 0.0
     finished_n = summary["done"] + summary["failed"]
     eta = None
     if job.status in ("running", "cancelling") and done_size and left_size and wall > 0:

@@ -21,14 +21,33 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    select,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 SQL_SCHEMA_VERSION = 1
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def db_clock(s: Session) -> dt.datetime:
+    """Now, by the clock a job's heartbeats and times are written and judged by: the PostgreSQL server's (one
+    clock for all hosts; its transaction's start), or this host's for SQLite (a database file on this host)."""
+    if s.get_bind().dialect.name == "postgresql":
+        now = aware(s.scalar(select(func.now())))
+        if now is not None:
+            return now
+    return utcnow()
+
+
+def aware(t: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands datetimes back without a zone; they were written in UTC."""
+    if t is None or t.tzinfo is not None:
+        return t
+    return t.replace(tzinfo=dt.UTC)
 
 
 class Base(DeclarativeBase):
