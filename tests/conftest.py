@@ -33,16 +33,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs an NVIDIA GPU with CuPy (VIDX_REQUIRE_GPU=1 makes this a failure on GPU runners)")
 
 
+SESSION_SCHEDULING = scheduling()
+"""The main thread's scheduling when the session started: every test starts and ends with it."""
+
+
 @pytest.fixture(autouse=True)
 def _scheduling_unchanged() -> Iterator[None]:
-    """A test must leave the main thread's scheduling as it found it (tests/scheduling.py says why)."""
-    before = scheduling()
+    """A test, and the fixtures set up for it, must leave the main thread's scheduling as the session began
+    with it (tests/scheduling.py says why)."""
+    _check_scheduling("a fixture set up for this test")
     yield
-    after = scheduling()
-    if after != before:
-        restore(before)
-        pytest.fail(f"the test changed this thread's scheduling (policy, priority) from {before} to {after} "
-                    "(put back now)")
+    _check_scheduling("the test")
+
+
+def _check_scheduling(who: str) -> None:
+    now = scheduling()
+    if now != SESSION_SCHEDULING:
+        restore(SESSION_SCHEDULING)
+        pytest.fail(f"{who} changed this thread's scheduling (policy, priority) from {SESSION_SCHEDULING} to "
+                    f"{now} (put back now)")
 
 
 @pytest.fixture(scope="session")
