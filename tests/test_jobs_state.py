@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -141,10 +142,27 @@ def test_job_cli_status_list_cancel_and_resume(tmp_path: Path, clip_photos: dict
         state.get_job(catalog, 999)
 
 
-def held_driver(archive: Path, catalog: Catalog, out: Path, cache_dir: Path,
-                ) -> tuple[threading.Thread, list[JobResult], threading.Event]:
-    """A job driven in a thread of this process, held once its first video is recorded until `release` is
-    set (so that a request made meanwhile is seen before the job can finish). Returns once it is held."""
+@dataclass
+class HeldJob:
+    catalog: Catalog
+    job_id: int
+    driver: threading.Thread
+    results: list[JobResult]
+    release: threading.Event
+
+    def finish(self) -> JobResult:
+        self.release.set()
+        self.driver.join(120)
+        assert not self.driver.is_alive()
+        return self.results[0]
+
+
+def held_job(tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path, n_videos: int,
+             seconds: tuple[float, float]) -> HeldJob:
+    """A job over a new archive, driven in a thread of this process and held once its first video is recorded
+    until `finish()` (so that a request made meanwhile is seen before the job can finish)."""
+    make_short_archive(tmp_path / "a", clip_photos, n_videos, seconds=seconds)
+    catalog = Catalog(default_db_url(tmp_path / "out"))
     first_done, release = threading.Event(), threading.Event()
 
     def hold_after_first(path: str, outcome: VideoOutcome) -> None:
@@ -154,11 +172,11 @@ def held_driver(archive: Path, catalog: Catalog, out: Path, cache_dir: Path,
 
     results: list[JobResult] = []
     driver = threading.Thread(target=lambda: results.append(run_job(
-        archive, catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=LocalExecutor(),
-        cache_dir=cache_dir, events=JobEvents(on_video=hold_after_first))))
+        tmp_path / "a", catalog=catalog, out_uri=str(tmp_path / "out"), settings=SETTINGS,
+        executor=LocalExecutor(), cache_dir=cache_dir, events=JobEvents(on_video=hold_after_first))))
     driver.start()
     assert first_done.wait(120), "no video done in 120 s"
-    return driver, results, release
+    return HeldJob(catalog, state.list_jobs(catalog)[0]["job_id"], driver, results, release)
 
 
 def heartbeat_of(job_id: int) -> _Heartbeat:
@@ -168,14 +186,11 @@ def heartbeat_of(job_id: int) -> _Heartbeat:
 
 def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
         tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
-    make_short_archive(tmp_path / "a", clip_photos, 8, seconds=(2.0, 3.0))
-    out = tmp_path / "out"
-    catalog = Catalog(default_db_url(out))
     # A live driver sees a cancel at its next heartbeat (every HEARTBEAT_S), and the other 7 videos can take less
     # than that after the first is done: left alone, the job could finish before the cancel is noticed.
-    driver, results, release = held_driver(tmp_path / "a", catalog, out, cache_dir)
+    held = held_job(tmp_path, clip_photos, cache_dir, 8, (2.0, 3.0))
+    catalog, job_id = held.catalog, held.job_id
     try:
-        job_id = state.list_jobs(catalog)[0]["job_id"]
         at_cancel = state.job_info(catalog, job_id)  # work is left: this tests a cancel, not a finished job
         # The next video may already be claimed: its decoding starts while the first one's last frames are analysed.
         assert (at_cancel["status"], at_cancel["done"], at_cancel["queued"] + at_cancel["running"]) == (
@@ -184,10 +199,7 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
         assert state.cancel(catalog, job_id) == "cancelling"  # the driver is alive: it is asked to stop
         assert heartbeat_of(job_id).cancelled.wait(10 * state.HEARTBEAT_S), "the heartbeat never saw the cancel"
     finally:
-        release.set()
-    driver.join(120)
-    assert not driver.is_alive()
-    summary = results[0].summary
+        summary = held.finish().summary
     # A cancel stops the claims; the video already claimed at the cancel (if any) is finished, not abandoned.
     assert (summary["status"], summary["done"], summary["running"], summary["queued"]) == (
         "cancelled", 1 + at_cancel["running"], 0, 7 - at_cancel["running"]), (summary, at_cancel)
@@ -201,25 +213,20 @@ def test_a_driver_taken_over_by_force_stops_and_leaves_the_job_to_the_new_one(
     """`vidx job resume --force` while the driver still runs: the old driver sees at its next beat that the job
     is not its own any more, claims nothing more, and neither re-queues the new driver's videos nor writes the
     job's end; the job is the new driver's (its beats are the ones written)."""
-    make_short_archive(tmp_path / "a", clip_photos, 4, seconds=(1.0, 2.0))
-    out = tmp_path / "out"
-    catalog = Catalog(default_db_url(out))
-    driver, results, release = held_driver(tmp_path / "a", catalog, out, cache_dir)
+    held = held_job(tmp_path, clip_photos, cache_dir, 4, (1.0, 2.0))
+    catalog, job_id = held.catalog, held.job_id
     try:
-        job_id = state.list_jobs(catalog)[0]["job_id"]
         with pytest.raises(state.JobStateError, match="still being driven"):
             state.take_over(catalog, job_id, "other-host:7")
         state.take_over(catalog, job_id, "other-host:7", force=True)
         assert heartbeat_of(job_id).taken_over.wait(10 * state.HEARTBEAT_S), "the old driver never noticed"
         assert state.heartbeat(catalog, job_id, state.driver_id()) == state.TAKEN_OVER
     finally:
-        release.set()
-    driver.join(120)
-    assert not driver.is_alive()
-    assert results[0].summary["status"] == state.TAKEN_OVER
+        result = held.finish()
+    assert result.summary["status"] == state.TAKEN_OVER
     job = state.get_job(catalog, job_id)
     assert (job.status, job.driver, job.finished_at) == ("running", "other-host:7", None)
-    assert results[0].summary["done"] < 4  # it stopped claiming
+    assert result.summary["done"] < 4  # it stopped claiming
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir, force=True)
     assert (resumed.summary["status"], resumed.summary["done"], resumed.summary["failed"]) == ("done", 4, 0)
     with catalog.session() as s:
