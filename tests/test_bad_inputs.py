@@ -50,6 +50,7 @@ EXPECTED: dict[str, tuple[str, str | None]] = {
     "bare_h264_stream.mp4": ("done", None),  # a DVR export: raw H.264 under a container's name
     "text.mp4": ("failed", "a text file, not a video"),
     "subtitles.mp4": ("failed", "no video stream (the file has subtitle; FFmpeg reads it as WebVTT"),
+    "subtitles_latin1.mp4": ("failed", "no video stream (the file has subtitle; FFmpeg reads it as SubRip"),
     "photo.mp4": ("failed", "a still image (JPEG), not a video"),
     "audio_only.mp4": ("failed", "no video stream (the file has audio; FFmpeg reads it as QuickTime"),
     "no_frames.mkv": ("failed", "the video stream holds no frames"),
@@ -92,6 +93,7 @@ def build(archive: Path, outside: Path) -> None:
     bf.noise_read_as("h263", archive / "noise_read_as_raw_h263.mp4")  # ... that then decodes a frame of noise
     (archive / "text.mp4").write_text("Shopping list: eggs, milk, bread.\nNot a video at all.\n" * 20)
     (archive / "subtitles.mp4").write_text("WEBVTT\n\n00:00.000 --> 00:01.000\nsubtitles, no pictures\n")
+    (archive / "subtitles_latin1.mp4").write_bytes("1\n00:00:01,000 --> 00:00:02,000\nCafé déjà vu\n".encode("latin-1"))
     (archive / "photo.mp4").write_bytes(bf.jpeg_bytes())
     bf.write_audio_only(archive / "audio_only.mp4")
     bf.write_no_frames(archive / "no_frames.mkv")

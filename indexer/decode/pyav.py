@@ -134,11 +134,17 @@ def file_head(path: Path, n: int = 512) -> bytes:
         return f.read(n)
 
 
-def looks_like_utf8(path: Path) -> bool:
+def looks_like_text(path: Path) -> bool:
+    """UTF-8, UTF-16 with its byte-order mark, or a single-byte encoding with few control characters (random
+    bytes have ~25% of them in Latin-1)."""
     try:
-        return utf8_text(file_head(path)) is not None
+        head = file_head(path)
     except OSError:
         return True  # unreadable now: say what FFmpeg read, not a guess at the bytes
+    if utf8_text(head) is not None or head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return True
+    latin = head.decode("latin-1")
+    return sum(c.isprintable() or c in "\r\n\t" for c in latin) >= 0.97 * len(latin)
 
 
 def utf8_text(head: bytes) -> str | None:
@@ -164,7 +170,7 @@ def ffmpeg_reason(exc: BaseException) -> str:
 def video_stream(container: Any, path: Path) -> Any:
     if not container.streams.video:
         fmt = container.format
-        if fmt.name in TEXT_FORMATS and not looks_like_utf8(path):
+        if fmt.name in TEXT_FORMATS and not looks_like_text(path):
             raise VideoError(f"not a video file FFmpeg recognises: binary data that FFmpeg can only guess at as "
                              f"{fmt.long_name} (random or corrupt data?)", path=path)
         kinds = sorted({s.type for s in container.streams}) or ["no streams at all"]
