@@ -212,10 +212,11 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
     out_uri = job.options["out"]
     max_attempts = int(job.options.get("executor", {}).get("max_attempts", DEFAULT_MAX_ATTEMPTS))
     store = OutputStore(out_uri)
-    beat = _Heartbeat(catalog, job_id, job.driver)
+    driver = this_driver()  # plan_job or take_over made this process the driver
+    beat = _Heartbeat(catalog, job_id, driver)
 
     def next_task(worker: str) -> NextTask:
-        task = state.claim_next(catalog, job_id, worker, max_attempts=max_attempts)
+        task = state.claim_next(catalog, job_id, worker, max_attempts=max_attempts, driver=driver)
         if task is None or task == state.BLOCKED:
             return task
         return TaskSpec(video_id=task.video_id, path=task.path, fingerprint=task.fingerprint,

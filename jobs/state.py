@@ -133,20 +133,24 @@ def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], 
 
 @retrying
 def claim_next(catalog: Catalog, job_id: int, worker: str, *, max_attempts: int | None = None,
-               stale_after_s: float = STALE_AFTER_S) -> Task | Blocked | None:
+               stale_after_s: float = STALE_AFTER_S, driver: str | None = None) -> Task | Blocked | None:
     """Move the largest queued task of this job to running, unless another live job is on its video.
 
     Returns the task, BLOCKED (queued tasks remain but every one is being run by another job; ask
-    again later), or None (nothing queued). A task whose video another job finished meanwhile, with the
-    same fingerprint and run, is marked skipped on the way. A task that already used `max_attempts`
-    (its driver died during each one: a decoder that crashes an in-process worker) is marked failed.
+    again later), or None (nothing queued, or the job's driver is no longer `driver`: it was taken over).
+    A task whose video another job finished meanwhile, with the same fingerprint and run, is marked
+    skipped on the way. A task that already used `max_attempts` (its driver died during each one: a
+    decoder that crashes an in-process worker) is marked failed.
     """
     seen: set[int] = set()
     while True:
         with catalog.session() as s:
-            job = s.get(Job, job_id)
+            # Shared row lock on PostgreSQL: a take-over waits for this claim to end, and then re-queues it.
+            job = s.get(Job, job_id, with_for_update={"read": True})
             if job is None:
                 raise JobStateError(f"no job {job_id}")
+            if driver is not None and job.driver != driver:
+                return None
             q = select(Task).where(Task.job_id == job_id, Task.status == "queued")
             if seen:
                 q = q.where(Task.id.not_in(seen))
@@ -304,28 +308,30 @@ def take_over(catalog: Catalog, job_id: int, driver: str, *, force: bool = False
 
     Refused while the old driver still beats (unless `force`), and for a job that finished.
     """
-    with catalog.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
-        if job.status == "done":
-            raise JobStateError(f"job {job_id} is already done", hint="vidx job submit runs what is missing")
-        now = db_clock(s)
-        if driver_alive(job, now, stale_after_s=stale_after_s) and not force:
-            age = (now - (aware(job.heartbeat_at) or now)).total_seconds()
-            raise JobStateError(f"job {job_id} is still being driven by {job.driver} (heartbeat {age:.0f} s ago)",
-                                hint=f"stop it or cancel it first (a driver on another host counts as stopped "
-                                     f"{stale_after_s:.0f} s after its last heartbeat), or --force")
-        took = s.execute(update(Job).where(*as_read(job))
-                         .values(status="running", driver=driver, heartbeat_at=now, finished_at=None,
-                                 started_at=job.started_at or now))
-        if took.rowcount != 1:  # type: ignore[attr-defined]
-            raise JobStateError(f"job {job_id} changed just now (another driver took it over, or it was "
-                                "cancelled)", hint="vidx job status shows it")
-        s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued"))
-        s.flush()
-        s.refresh(job)
-        return job
+    for _ in range(20):  # looked at again when the job changed between reading and writing (a beat)
+        with catalog.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
+            if job.status == "done":
+                raise JobStateError(f"job {job_id} is already done", hint="vidx job submit runs what is missing")
+            now = db_clock(s)
+            if driver_alive(job, now, stale_after_s=stale_after_s) and not force:
+                age = (now - (aware(job.heartbeat_at) or now)).total_seconds()
+                raise JobStateError(f"job {job_id} is still being driven by {job.driver} (heartbeat {age:.0f} s "
+                                    "ago)", hint=f"stop it or cancel it first (a driver on another host counts "
+                                                 f"as stopped {stale_after_s:.0f} s after its last heartbeat), "
+                                                 "or --force")
+            took = s.execute(update(Job).where(*as_read(job))
+                             .values(status="running", driver=driver, heartbeat_at=now, finished_at=None,
+                                     started_at=job.started_at or now))
+            if took.rowcount != 1:  # type: ignore[attr-defined]
+                continue
+            s.execute(update(Task).where(Task.job_id == job_id, Task.status == "running").values(status="queued"))
+            s.flush()
+            s.refresh(job)
+            return job
+    raise JobStateError(f"job {job_id} kept changing while it was being taken over", hint="try again")
 
 
 @retrying

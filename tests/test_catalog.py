@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, event, func, select, text, update
 from sqlalchemy.engine import make_url
 
+import schemas.sql
 from jobs import state
 from jobs.archive import VideoFile
 from jobs.catalog import Catalog, IndexError_, pgvector_status
@@ -202,9 +203,10 @@ def test_hosts_whose_clocks_disagree_agree_on_a_heartbeat_s_age(postgres_url: st
     a, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver="host-a:1")
     b, _, _ = state.plan_job(catalog, str(tmp_path), run, {}, videos, driver="host-b:1")
     assert isinstance(state.claim_next(catalog, a, "wa"), Task)
-    real = state.utcnow
+    real = schemas.sql.utcnow
     with monkeypatch.context() as m:  # host a, its clock off, beats once more and stops
-        m.setattr(state, "utcnow", lambda: real() + dt.timedelta(seconds=driver_clock_s))
+        for module in (schemas.sql, state):
+            m.setattr(module, "utcnow", lambda: real() + dt.timedelta(seconds=driver_clock_s))
         assert state.heartbeat(catalog, a) == "running"
     assert state.claim_next(catalog, b, "wb") == state.BLOCKED  # host b: a is alive
     time.sleep(1.2)

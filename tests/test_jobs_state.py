@@ -221,6 +221,8 @@ def test_a_driver_taken_over_by_force_stops_and_leaves_the_job_to_the_new_one(
         state.take_over(catalog, job_id, "other-host:7", force=True)
         assert heartbeat_of(job_id).taken_over.wait(10 * state.HEARTBEAT_S), "the old driver never noticed"
         assert state.heartbeat(catalog, job_id, state.driver_id()) == state.TAKEN_OVER
+        assert state.job_info(catalog, job_id)["queued"] > 0
+        assert state.claim_next(catalog, job_id, "late", driver=state.driver_id()) is None  # its claims end too
     finally:
         result = held.finish()
     assert result.summary["status"] == state.TAKEN_OVER
