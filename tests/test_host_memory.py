@@ -44,7 +44,11 @@ def arenas_of(mode: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     run = subprocess.run([sys.executable, "-c", ALLOCATING_THREADS, mode], capture_output=True, text=True, env=env,
                          timeout=60, check=True)
-    return len(re.findall(r"^Arena \d+:", run.stderr, re.MULTILINE)), run.stdout.strip()
+    return count_arenas(run.stderr), run.stdout.strip()
+
+
+def count_arenas(malloc_stats: str) -> int:
+    return len(re.findall(r"^Arena \d+:", malloc_stats, re.MULTILINE))
 
 
 def test_worker_cap_keeps_threads_to_a_few_arenas() -> None:
@@ -68,45 +72,28 @@ def test_ray_workers_get_the_cap_from_their_environment(monkeypatch: pytest.Monk
     there changes nothing; the environment RayExecutor gives its actors (`arena_env`) caps them from the start."""
     ray = pytest.importorskip("ray")
 
-    def arenas_after_threads(threads: int = THREADS) -> int:
-        import ctypes
-        import tempfile
-        import threading
-
-        barrier = threading.Barrier(threads + 1)
-
-        def work() -> None:
-            held = [bytes(2048) for _ in range(2000)]
-            barrier.wait()
-            barrier.wait()
-            del held
-
-        started = [threading.Thread(target=work) for _ in range(threads)]
-        for t in started:
-            t.start()
-        barrier.wait()
-        with tempfile.TemporaryFile() as err:  # malloc_stats() writes to fd 2
-            saved = os.dup(2)
-            os.dup2(err.fileno(), 2)
-            try:
-                ctypes.CDLL(None).malloc_stats()
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-            barrier.wait()
-            for t in started:
-                t.join()
-            err.seek(0)
-            return len(re.findall(rb"^Arena \d+:", err.read(), re.MULTILINE))
-
     class Probe:
+        """Runs ALLOCATING_THREADS inside a Ray worker process and hands back what malloc_stats() wrote."""
+
         def __init__(self, cap_from_python: bool) -> None:
-            if cap_from_python:
+            if cap_from_python:  # where RayWorker's VideoWorker calls it
                 from indexer.host_memory import limit_malloc_arenas
                 limit_malloc_arenas()
 
-        def arenas(self) -> int:
-            return arenas_after_threads()
+        def malloc_stats(self, script: str) -> str:
+            import tempfile
+
+            with tempfile.TemporaryFile() as err:  # malloc_stats() writes to fd 2
+                saved = os.dup(2)
+                os.dup2(err.fileno(), 2)
+                try:
+                    sys.argv = ["probe", "default"]
+                    exec(script, {})
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                err.seek(0)
+                return err.read().decode(errors="replace")
 
     from indexer.host_memory import arena_env
 
@@ -116,8 +103,9 @@ def test_ray_workers_get_the_cap_from_their_environment(monkeypatch: pytest.Monk
         probe = ray.remote(Probe)
         too_late = probe.remote(True)
         from_start = probe.options(runtime_env={"env_vars": arena_env()}).remote(False)
-        late, capped = ray.get([too_late.arenas.remote(), from_start.arenas.remote()], timeout=120)
+        stats = ray.get([p.malloc_stats.remote(ALLOCATING_THREADS) for p in (too_late, from_start)], timeout=120)
     finally:
         ray.shutdown()
+    late, capped = (count_arenas(text) for text in stats)
     assert capped <= MALLOC_ARENAS, capped
     assert late > MALLOC_ARENAS, late  # the control: mallopt inside the actor came after glibc fixed its limit
