@@ -115,9 +115,9 @@ def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], 
              status: str = "running") -> tuple[int, int, int]:
     """A job with one task per video, queued or skipped with its reason. Returns (job id, queued, skipped)."""
     with catalog.session() as s:
+        now = db_clock(s) if status == "running" else None
         job = Job(archive=archive, status=status, run_id=run.id, options=options, driver=driver,
-                  started_at=db_clock(s) if status == "running" else None,
-                  heartbeat_at=db_clock(s) if status == "running" else None)
+                  started_at=now, heartbeat_at=now)
         s.add(job)
         s.flush()
         last = last_outcomes(s, [v.id for v in videos])
@@ -348,9 +348,9 @@ def cancel(catalog: Catalog, job_id: int) -> str:
                 raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
             if job.status in ("done", "failed", "cancelled"):
                 return job.status
-            alive = driver_alive(job, db_clock(s))
-            values: dict[str, Any] = {"status": "cancelling"} if alive else {"status": "cancelled",
-                                                                            "finished_at": db_clock(s)}
+            now = db_clock(s)
+            alive = driver_alive(job, now)
+            values: dict[str, Any] = {"status": "cancelling"} if alive else {"status": "cancelled", "finished_at": now}
             if s.execute(update(Job).where(*as_read(job)).values(**values)).rowcount != 1:  # type: ignore[attr-defined]
                 continue
             if not alive:

@@ -79,7 +79,7 @@ def open_container(path: Path) -> Any:
         container.close()
         raise VideoError(f"a still image ({name.removesuffix('_pipe').upper()}), not a video", path=path)
     if bare_stream(fmt):
-        if fmt.name in NOISE_PRONE_STREAMS and path.suffix.lower().lstrip(".") not in fmt.extensions:
+        if name in NOISE_PRONE_STREAMS and path.suffix.lower().lstrip(".") not in fmt.extensions:
             container.close()
             raise VideoError(f"not a video file FFmpeg recognises: its bytes pass only for {fmt.long_name}, a bare "
                              "stream without a container, as random data often does (random or corrupt data?)",
