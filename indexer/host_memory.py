@@ -30,9 +30,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> int | None:
 
     Returns the cap in effect: MALLOC_ARENA_MAX's value when the environment sets it (glibc applied it at
     start, and it is left alone), else `arenas`; None where the C library is not glibc. Too late in a
-    process that already made more than 8 arenas: glibc fixes its limit then and ignores this. A Ray worker
-    has 16 before an actor's constructor runs, so processes that another program starts get the cap from
-    their environment instead (`arena_env`).
+    process that already made more than 8 arenas: glibc fixes its limit then and ignores this. In a Ray
+    worker, ~22 threads run before an actor's constructor and the cap set there leaves 16 arenas (2 cores), so
+    processes that another program starts get the cap from their environment instead (`arena_env`).
     """
     if platform.libc_ver()[0] != "glibc":
         return None

@@ -68,19 +68,21 @@ def test_environment_setting_wins() -> None:
 
 
 def test_ray_workers_get_the_cap_from_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Ray worker process has 16 arenas (2 cores) before an actor's constructor runs, so a cap set from Python
-    there changes nothing; the environment RayExecutor gives its actors (`arena_env`) caps them from the start."""
+    """A Ray worker process runs ~22 threads before an actor's constructor does, so a cap set from Python there
+    changes nothing (16 arenas on 2 cores); the environment RayExecutor gives its actors (`arena_env`) caps them
+    from the start. `pytest -s` prints the counts (docs/measurements/ray_worker_arenas_2core_s14.txt)."""
     ray = pytest.importorskip("ray")
 
     class Probe:
         """Runs ALLOCATING_THREADS inside a Ray worker process and hands back what malloc_stats() wrote."""
 
         def __init__(self, cap_from_python: bool) -> None:
+            self.threads = len(os.listdir("/proc/self/task"))  # Ray's own, before this constructor's code
             if cap_from_python:  # where RayWorker's VideoWorker calls it
                 from indexer.host_memory import limit_malloc_arenas
                 limit_malloc_arenas()
 
-        def malloc_stats(self, script: str) -> str:
+        def malloc_stats(self, script: str) -> tuple[int, str]:
             import tempfile
 
             with tempfile.TemporaryFile() as err:  # malloc_stats() writes to fd 2
@@ -93,7 +95,7 @@ def test_ray_workers_get_the_cap_from_their_environment(monkeypatch: pytest.Monk
                     os.dup2(saved, 2)
                     os.close(saved)
                 err.seek(0)
-                return err.read().decode(errors="replace")
+                return self.threads, err.read().decode(errors="replace")
 
     from indexer.host_memory import arena_env
 
@@ -106,6 +108,8 @@ def test_ray_workers_get_the_cap_from_their_environment(monkeypatch: pytest.Monk
         stats = ray.get([p.malloc_stats.remote(ALLOCATING_THREADS) for p in (too_late, from_start)], timeout=120)
     finally:
         ray.shutdown()
-    late, capped = (count_arenas(text) for text in stats)
+    late, capped = (count_arenas(text) for _, text in stats)
+    print(f"Ray worker: {stats[0][0]} threads when the actor's constructor ran; arenas after {THREADS} allocating "
+          f"threads: {late} with the cap set in the constructor, {capped} with MALLOC_ARENA_MAX from the start")
     assert capped <= MALLOC_ARENAS, capped
     assert late > MALLOC_ARENAS, late  # the control: mallopt inside the actor came after glibc fixed its limit

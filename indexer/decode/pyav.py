@@ -99,9 +99,11 @@ IMAGE_FORMATS = frozenset({"image2", "apng", "webp", "bmp", "png", "tiff"})
 """FFmpeg demuxers of still images (plus every `*_pipe` one): a photo named .mp4 is refused, not indexed."""
 
 NOISE_PRONE_STREAMS = frozenset({"h261", "h263", "vvc"})
-"""Bare-stream demuxers whose probes accept random data: of some 35,000 blocks of noise of 0.1-30 kB, about
-1 in 2,000 opened as raw H.261, H.263 or H.266 and even decoded a frame of noise (none as H.264, HEVC or MPEG-4,
-whose probes ask for more structure). Such a file is refused unless its name says it is that stream."""
+"""Bare-stream demuxers whose probes accept random data: of 60,000 blocks of noise of 0.1-30 kB, 20 opened as
+raw H.263 or H.261 (and one other block as H.266) and even decoded a frame of noise; none as H.264, HEVC or
+MPEG-4, whose probes ask for more structure (tools/ffmpeg_noise_probe.py,
+docs/measurements/ffmpeg_noise_probe_2core_s14.txt). Such a file is refused unless its name says it is that
+stream."""
 
 
 def bare_stream(fmt: Any) -> bool:
@@ -159,7 +161,7 @@ TEXT_FORMATS = frozenset({
     "aqtitle", "ass", "jacosub", "lrc", "microdvd", "mpl2", "mpsub", "pjs", "realtext", "sami", "scc", "srt", "stl",
     "subviewer", "subviewer1", "vplayer", "webvtt",
 })
-"""FFmpeg's demuxers of plain-text subtitles: the LRC one accepts about 1 in 250 blocks of random bytes."""
+"""FFmpeg's demuxers of plain-text subtitles: the LRC one accepts about 1 in 230 blocks of random bytes."""
 
 
 def ffmpeg_reason(exc: BaseException) -> str:
