@@ -31,9 +31,10 @@ from engines.loader import Engines
 from engines.streams import STREAMS
 from indexer.decode.base import Decoder, VideoInfo
 from indexer.errors import VideoError
-from indexer.tracking import FaceTracker, face_quality
+from indexer.tracking import FaceTracker, PersonTrack, PersonTracker, Track, face_quality, person_of_faces
 from schemas.config import IndexSettings
-from schemas.tables import FACES, PERSONS, TRACKS
+from schemas.ids import face_track_id, person_track_id
+from schemas.tables import FACES, PERSON_TRACKS, PERSONS, TRACKS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ STEPS_IN_FLIGHT_GPU = 2
 step's host work (level batches, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
 for Python. On a CPU the models use every core already: one step at a time."""
 THUMBNAIL_QUALITY = 88
+PERSON_THUMBNAIL_HEIGHT = 256
+"""Person thumbnails are the best sighting's box, scaled down to at most this many pixels high."""
 FEED_POLL_S = 0.05
 """How often index_many asks a feed that said "no task right now" again, while videos are in flight."""
 GATHER_POLL_S = 0.002
@@ -66,8 +69,9 @@ class VideoResult:
     faces: pa.Table
     persons: pa.Table
     tracks: pa.Table
-    thumbnails: dict[int, bytes]
-    """JPEG bytes of each track's best face, by track id."""
+    person_tracks: pa.Table
+    thumbnails: dict[str, bytes]
+    """JPEG bytes of each face track's best face and each person track's best sighting, by public track id."""
     frames_decoded: int
     frames_in_video: int
     """Frames the video holds (demuxed), whether decoded or skipped as not needed by the sampling."""
@@ -80,6 +84,7 @@ class VideoResult:
             "video": self.info.path, "frames_decoded": self.frames_decoded,
             "frames_in_video": self.frames_in_video, "frames_analysed": self.frames_analysed,
             "faces": self.faces.num_rows, "persons": self.persons.num_rows, "tracks": self.tracks.num_rows,
+            "person_tracks": self.person_tracks.num_rows,
             "seconds": round(self.total_s, 3),
         }
 
@@ -96,12 +101,14 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.pts)
 
-    def add(self, pts: float, index: int, box: np.ndarray, score: float, kps: np.ndarray, **extra: Any) -> int:
+    def add(self, pts: float, index: int, box: np.ndarray, score: float, kps: np.ndarray | None = None,
+            **extra: Any) -> int:
         self.pts.append(pts)
         self.index.append(index)
         self.boxes.append(box)
         self.scores.append(score)
-        self.keypoints.append(kps.reshape(-1))
+        if kps is not None:
+            self.keypoints.append(kps.reshape(-1))
         for k, v in extra.items():
             self.extra.setdefault(k, []).append(v)
         return len(self.pts) - 1
@@ -140,10 +147,14 @@ class _VideoState:
     task: VideoTask
     decoder: Decoder
     tracker: FaceTracker
+    person_tracker: PersonTracker
     started: float
     faces: _Rows = field(default_factory=_Rows)
     persons: _Rows = field(default_factory=_Rows)
     best_chips: dict[int, np.ndarray] = field(default_factory=dict)
+    """The aligned chip of each face track's best face, by track number."""
+    best_crops: dict[int, np.ndarray] = field(default_factory=dict)
+    """The box of each person track's best sighting, cut from its frame, by track number."""
     info: VideoInfo | None = None
 
 
@@ -258,7 +269,8 @@ class VideoIndexer:
             if not isinstance(task, VideoTask):  # None: nothing to start right now
                 idle_until = time.monotonic() + FEED_POLL_S
                 return False
-            state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking), time.monotonic())
+            state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking),
+                                PersonTracker(self.settings.person_tracking), time.monotonic())
             live[id(state)] = state
             threading.Thread(target=self._decode, args=(state, messages, stop), daemon=True,
                              name=f"vidx-decode-{task.video_id}").start()
@@ -374,13 +386,22 @@ class VideoIndexer:
         task, det = state.task, self.settings.detection
         stats = state.decoder.stats
         info = state.info or state.decoder.probe(task.path)
+        video = _VideoKey(info.path, task.video_id, task.run_key)
+        face_tracks = [t for t in state.tracker.tracks if t.n_embedded > 0]
+        person_tracks = state.person_tracker.kept() if det.detect_persons else []
+        person_of_track = _person_of_face_tracks(state.faces, {t.track_index for t in person_tracks})
+        thumbnails = {face_track_id(task.video_id, t.track_id): jpeg(state.best_chips[t.track_id])
+                      for t in face_tracks if t.track_id in state.best_chips}
+        thumbnails.update({person_track_id(task.video_id, t.track_index): jpeg(state.best_crops[t.track_index])
+                           for t in person_tracks if t.track_index in state.best_crops})
         return VideoResult(
             info=info,
-            faces=_faces_table(state.faces, task.video_id, task.run_key),
-            persons=(_persons_table(state.persons, task.video_id, task.run_key) if det.detect_persons
-                     else PERSONS.empty_table()),
-            tracks=_tracks_table(state.tracker, state.faces, task.video_id, task.run_key),
-            thumbnails={tid: jpeg(chip) for tid, chip in state.best_chips.items()},
+            faces=_faces_table(state.faces, video, {t.track_id for t in face_tracks}),
+            persons=(_persons_table(state.persons, video, {t.track_index for t in person_tracks})
+                     if det.detect_persons else PERSONS.empty_table()),
+            tracks=_tracks_table(face_tracks, state.faces, video, person_of_track),
+            person_tracks=_person_tracks_table(person_tracks, state.persons, video, person_of_track),
+            thumbnails=thumbnails,
             frames_decoded=stats.frames_decoded,
             frames_in_video=stats.frames_in_video,
             frames_analysed=stats.frames_sampled,
@@ -424,15 +445,14 @@ class VideoIndexer:
     def _record(self, batch: list[_Frame], inferred: _Inferred, on_progress: ProgressFn | None) -> None:
         """Rows, tracks and best chips of a step's frames, into their videos' state (calling thread only)."""
         clock = _Clock(self.timings, self._clock_lock)
-        if inferred.persons is not None:
-            for fr, dets in zip(batch, inferred.persons, strict=True):
-                for k in range(len(dets)):
-                    fr.video.persons.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k]), dets.keypoints[k])
         sharp, embeddings, ok_mask, chips = inferred.sharpness, inferred.embeddings, inferred.embedded, inferred.chips
         lookup = {fk: i for i, fk in enumerate(inferred.embeddable)}
         with self._models_stream():
             for f, (fr, dets) in enumerate(zip(batch, inferred.faces, strict=True)):
                 video = fr.video
+                people = _track_persons(fr, inferred.persons[f]) if inferred.persons is not None else None
+                owner = (person_of_faces(dets.boxes, people[0]) if people is not None
+                         else np.full(len(dets), -1, np.int64))
                 rows, embs, chip_of = [], [], []
                 for k in range(len(dets)):
                     i = lookup.get((f, k))
@@ -440,7 +460,9 @@ class VideoIndexer:
                     s = float(sharp[i]) if i is not None else None
                     rows.append(video.faces.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k]),
                                                 dets.keypoints[k], size_px=float(dets.boxes[k, 2] - dets.boxes[k, 0]),
-                                                sharpness=s, embedding=emb, track_id=None))
+                                                sharpness=s, embedding=emb, track_id=None,
+                                                person_track=int(people[1][owner[k]]) if owner[k] >= 0 and people
+                                                is not None else None))
                     embs.append(emb)
                     chip_of.append(i)
                 if not rows:
@@ -462,6 +484,31 @@ class VideoIndexer:
                 on_progress(group[0].video.task, len(group), group[-1].pts_s)
 
 
+def _track_persons(fr: _Frame, dets: Detections) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and person tracks of one frame's person boxes; returns the boxes and each one's track number."""
+    video = fr.video
+    rows = [video.persons.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k])) for k in range(len(dets))]
+    tracks = np.asarray(video.person_tracker.update(fr.pts_s, rows, dets.boxes, dets.scores), np.int64)
+    for row, t in zip(rows, tracks, strict=True):
+        video.persons.extra.setdefault("track", []).append(int(t))
+        if video.person_tracker.tracks[t].best_row == row:
+            video.best_crops[int(t)] = _crop(fr.image, video.persons.boxes[row])
+    return dets.boxes, tracks
+
+
+def _crop(image: Array, box: np.ndarray) -> np.ndarray:
+    """The box cut from a frame (on the device or the host), on the host, at most PERSON_THUMBNAIL_HEIGHT high."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
+    x1, y1 = min(w, max(x0 + 1, int(np.ceil(box[2])))), min(h, max(y0 + 1, int(np.ceil(box[3]))))
+    crop = to_host(image[y0:y1, x0:x1])
+    if crop.shape[0] > PERSON_THUMBNAIL_HEIGHT:
+        scale = PERSON_THUMBNAIL_HEIGHT / crop.shape[0]
+        crop = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
+            (max(1, round(crop.shape[1] * scale)), PERSON_THUMBNAIL_HEIGHT), Image.Resampling.BILINEAR))
+    return np.ascontiguousarray(crop)
+
+
 class _Clock:
     """Adds the time since the last lap to a named total (totals shared by threads, hence the lock)."""
 
@@ -477,12 +524,35 @@ class _Clock:
         self.last = now
 
 
+@dataclass(frozen=True)
+class _VideoKey:
+    """What every row of a video's tables carries."""
+
+    path: str
+    video_id: int
+    run_key: str
+
+    def columns(self, n: int) -> list[pa.Array]:
+        return [pa.array([self.path] * n, pa.string()), pa.array(np.full(n, self.video_id, np.int64)),
+                pa.array([self.run_key] * n, pa.string())]
+
+
 def _fixed_list(rows: list[np.ndarray], width: int) -> pa.Array:
     flat = np.asarray(rows, np.float32).reshape(-1) if rows else np.zeros(0, np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), width)
 
 
-def _faces_table(rows: _Rows, video_id: int, run_key: str) -> pa.Table:
+def _person_of_face_tracks(faces: _Rows, kept: set[int]) -> dict[int, int]:
+    """The person track of each face track: the one most of its faces were inside (kept person tracks only)."""
+    votes: dict[int, dict[int, int]] = {}
+    for track, person in zip(faces.extra.get("track_id", []), faces.extra.get("person_track", []), strict=True):
+        if track is not None and person is not None and person in kept:
+            counts = votes.setdefault(track, {})
+            counts[person] = counts.get(person, 0) + 1
+    return {track: max(counts, key=lambda p: (counts[p], -p)) for track, counts in votes.items()}
+
+
+def _faces_table(rows: _Rows, video: _VideoKey, tracks: set[int]) -> pa.Table:
     n = len(rows)
     if n == 0:
         return FACES.empty_table()
@@ -490,44 +560,67 @@ def _faces_table(rows: _Rows, video_id: int, run_key: str) -> pa.Table:
     emb_flat = np.stack([e if e is not None else np.zeros(128, np.float32) for e in emb]).reshape(-1)
     emb_arr = pa.FixedSizeListArray.from_arrays(pa.array(emb_flat, pa.float32()), 128,
                                                 mask=pa.array([e is None for e in emb]))
+    track_ids = [face_track_id(video.video_id, t) if t is not None and t in tracks else None
+                 for t in rows.extra["track_id"]]
     return pa.Table.from_arrays([
-        pa.array([video_id] * n, pa.int64()), pa.array([run_key] * n, pa.string()),
-        pa.array(rows.pts, pa.float64()), pa.array(rows.index, pa.int64()),
+        *video.columns(n), pa.array(rows.pts, pa.float64()), pa.array(rows.index, pa.int64()),
         _fixed_list(rows.boxes, 4), pa.array(rows.scores, pa.float32()), _fixed_list(rows.keypoints, 12),
         pa.array(rows.extra["size_px"], pa.float32()), pa.array(rows.extra["sharpness"], pa.float32()),
-        emb_arr, pa.array(rows.extra["track_id"], pa.int64()),
+        emb_arr, pa.array(track_ids, pa.string()),
     ], schema=FACES)
 
 
-def _persons_table(rows: _Rows, video_id: int, run_key: str) -> pa.Table:
+def _persons_table(rows: _Rows, video: _VideoKey, tracks: set[int]) -> pa.Table:
     n = len(rows)
     if n == 0:
         return PERSONS.empty_table()
+    track_ids = [person_track_id(video.video_id, t) if t in tracks else None for t in rows.extra["track"]]
     return pa.Table.from_arrays([
-        pa.array([video_id] * n, pa.int64()), pa.array([run_key] * n, pa.string()),
-        pa.array(rows.pts, pa.float64()), pa.array(rows.index, pa.int64()),
-        _fixed_list(rows.boxes, 4), pa.array(rows.scores, pa.float32()), _fixed_list(rows.keypoints, 8),
+        *video.columns(n), pa.array(rows.pts, pa.float64()), pa.array(rows.index, pa.int64()),
+        _fixed_list(rows.boxes, 4), pa.array(rows.scores, pa.float32()), pa.array(track_ids, pa.string()),
     ], schema=PERSONS)
 
 
-def _tracks_table(tracker: FaceTracker, faces: _Rows, video_id: int, run_key: str) -> pa.Table:
-    tracks = [t for t in tracker.tracks if t.n_embedded > 0]
+def _tracks_table(tracks: list[Track], faces: _Rows, video: _VideoKey, person_of: dict[int, int]) -> pa.Table:
     if not tracks:
         return TRACKS.empty_table()
-    n = len(tracks)
+    n, vid = len(tracks), video.video_id
     return pa.Table.from_arrays([
-        pa.array([video_id] * n, pa.int64()), pa.array([run_key] * n, pa.string()),
-        pa.array([t.track_id for t in tracks], pa.int64()),
+        *video.columns(n),
+        pa.array([face_track_id(vid, t.track_id) for t in tracks], pa.string()),
         pa.array([t.start_s for t in tracks], pa.float64()), pa.array([t.end_s for t in tracks], pa.float64()),
         pa.array([t.n_faces for t in tracks], pa.int32()),
         _fixed_list([t.embedding for t in tracks], 128),
         pa.array([faces.pts[t.best_face] for t in tracks], pa.float64()),
         _fixed_list([faces.boxes[t.best_face] for t in tracks], 4),
         pa.array([t.best_quality for t in tracks], pa.float32()),
-        pa.array([thumbnail_path(video_id, run_key, t.track_id) for t in tracks], pa.string()),
+        pa.array([thumbnail_path(vid, video.run_key, face_track_id(vid, t.track_id)) for t in tracks], pa.string()),
+        pa.array([person_track_id(vid, person_of[t.track_id]) if t.track_id in person_of else None
+                  for t in tracks], pa.string()),
     ], schema=TRACKS)
 
 
-def thumbnail_path(video_id: int, run_key: str, track_id: int) -> str:
-    """Where a track's thumbnail lives, relative to the output root."""
-    return f"thumbnails/video-{video_id:08d}/run-{run_key}/track-{track_id:04d}.jpg"
+def _person_tracks_table(tracks: list[PersonTrack], persons: _Rows, video: _VideoKey,
+                         person_of: dict[int, int]) -> pa.Table:
+    if not tracks:
+        return PERSON_TRACKS.empty_table()
+    n, vid = len(tracks), video.video_id
+    faces_of: dict[int, list[str]] = {}
+    for face_track, person in sorted(person_of.items()):
+        faces_of.setdefault(person, []).append(face_track_id(vid, face_track))
+    return pa.Table.from_arrays([
+        *video.columns(n),
+        pa.array([person_track_id(vid, t.track_index) for t in tracks], pa.string()),
+        pa.array([t.start_s for t in tracks], pa.float64()), pa.array([t.end_s for t in tracks], pa.float64()),
+        pa.array([t.n_detections for t in tracks], pa.int32()),
+        pa.array([persons.pts[t.best_row] for t in tracks], pa.float64()),
+        _fixed_list([persons.boxes[t.best_row] for t in tracks], 4),
+        pa.array([thumbnail_path(vid, video.run_key, person_track_id(vid, t.track_index)) for t in tracks],
+                 pa.string()),
+        pa.array([faces_of.get(t.track_index, []) for t in tracks], pa.list_(pa.string())),
+    ], schema=PERSON_TRACKS)
+
+
+def thumbnail_path(video_id: int, run_key: str, track_id: str) -> str:
+    """Where a track's thumbnail lives, relative to the output root: named by its public track id."""
+    return f"thumbnails/video-{video_id:08d}/run-{run_key}/{track_id}.jpg"

@@ -1,19 +1,25 @@
-"""Linking faces across samples of one video into face tracks.
+"""Linking detections across samples of one video: faces into face tracks, people into person tracks.
 
 A face joins the live track whose embedding is nearest (below a threshold, dlib's 0.6 scale) and
 whose last sighting is recent enough; where the face overlaps the track's last box, a looser
 threshold applies (a head turning changes the descriptor more than it moves the face). Faces that
 could not be embedded (too small or blurred) join by box overlap only. Assignment is greedy by
 distance, which for the handful of faces in a frame matches the optimal assignment in practice.
+
+A person box joins the live person track whose box, moved on by the track's recent velocity, is nearest
+(centre distance over the box's size; boxes of very different sizes never match); people carry no
+descriptor, so position and motion are all there is. A face inside a person's box
+ties its face track to that person track.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.config import TrackingConfig
+from schemas.config import PersonTrackingConfig, TrackingConfig
 
 POSITION_ONLY_IOU = 0.3
 
@@ -117,3 +123,103 @@ def face_quality(boxes: np.ndarray, keypoints: np.ndarray, sharpness: np.ndarray
     size = np.clip(width / 150.0, 0, 1)
     sharp = np.clip(sharpness / 200.0, 0, 1)
     return (0.35 * size + 0.25 * sharp + 0.25 * frontal + 0.15 * scores).astype(np.float32)
+
+
+@dataclass
+class PersonTrack:
+    track_index: int
+    start_s: float
+    end_s: float
+    last_box: np.ndarray
+    velocity: np.ndarray
+    """Box corners' motion in pixels per second, from the last two sightings."""
+    n_detections: int = 0
+    best_quality: float = -1.0
+    best_row: int = -1
+    """Row (in the video's person list) of the best sighting: largest, most confident."""
+
+    def predicted(self, t: float) -> np.ndarray:
+        return self.last_box + self.velocity * (t - self.end_s)
+
+
+@dataclass
+class PersonTracker:
+    """Links person boxes across samples by nearness to each live track's predicted box."""
+
+    config: PersonTrackingConfig
+    tracks: list[PersonTrack] = field(default_factory=list)
+    _live: list[PersonTrack] = field(default_factory=list)
+
+    def update(self, t: float, rows: list[int], boxes: np.ndarray, scores: np.ndarray) -> list[int]:
+        """Assign the person boxes of one sample (taken at time t) to tracks; returns a track index per box."""
+        self._live = [tr for tr in self._live if t - tr.end_s <= self.config.max_gap_s]
+        pairs = []
+        for j, tr in enumerate(self._live):
+            guess = tr.predicted(t)
+            for i in range(len(rows)):
+                shift = _shift(boxes[i], guess)
+                if shift <= self.config.max_shift or box_iou(boxes[i], guess) >= self.config.min_iou:
+                    pairs.append((shift, i, j))
+        assigned = [-1] * len(rows)
+        taken: set[int] = set()
+        for _, i, j in sorted(pairs):
+            if assigned[i] < 0 and j not in taken:
+                assigned[i] = j
+                taken.add(j)
+        out = []
+        for i, row in enumerate(rows):
+            box = boxes[i].astype(np.float32)
+            if assigned[i] >= 0:
+                tr = self._live[assigned[i]]
+                dt = t - tr.end_s
+                if dt > 0:
+                    tr.velocity = ((box - tr.last_box) / dt).astype(np.float32)
+            else:
+                tr = PersonTrack(len(self.tracks), t, t, box, np.zeros(4, np.float32))
+                self.tracks.append(tr)
+                self._live.append(tr)
+            tr.end_s, tr.last_box = t, box
+            tr.n_detections += 1
+            quality = float(np.sqrt(max(box[2] - box[0], 0) * max(box[3] - box[1], 0)) * scores[i])
+            if quality > tr.best_quality:
+                tr.best_quality, tr.best_row = quality, row
+            out.append(tr.track_index)
+        return out
+
+    def kept(self) -> list[PersonTrack]:
+        """Tracks seen often enough to be a person rather than a passing false box."""
+        return [tr for tr in self.tracks if tr.n_detections >= self.config.min_detections]
+
+
+def _shift(box: np.ndarray, guess: np.ndarray) -> float:
+    """Distance between two boxes' centres over the geometric mean of their sizes; infinite when their widths
+    or heights differ by more than 2x (a child and an adult, a near and a far person)."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    gw, gh = guess[2] - guess[0], guess[3] - guess[1]
+    if min(bw, bh, gw, gh) <= 0 or not (0.5 <= bw / gw <= 2.0 and 0.5 <= bh / gh <= 2.0):
+        return math.inf
+    dx = (box[0] + box[2] - guess[0] - guess[2]) / 2
+    dy = (box[1] + box[3] - guess[1] - guess[3]) / 2
+    return float(math.hypot(dx, dy) / math.sqrt(math.sqrt(bw * bh * gw * gh)))
+
+
+def person_of_faces(face_boxes: np.ndarray, person_boxes: np.ndarray) -> np.ndarray:
+    """For each face, the index of the person box it belongs to, or -1: the face's centre lies in the person
+    box's upper half and most of the face is inside it; of several such boxes, the narrowest wins (in a crowd
+    a wide box can cover someone else's head)."""
+    out = np.full(len(face_boxes), -1, np.int64)
+    if not len(face_boxes) or not len(person_boxes):
+        return out
+    f, p = face_boxes[:, None, :], person_boxes[None, :, :]
+    cx, cy = (f[..., 0] + f[..., 2]) / 2, (f[..., 1] + f[..., 3]) / 2
+    upper = (cx >= p[..., 0]) & (cx <= p[..., 2]) & (cy >= p[..., 1]) & (cy <= (p[..., 1] + p[..., 3]) / 2)
+    inter_w = np.clip(np.minimum(f[..., 2], p[..., 2]) - np.maximum(f[..., 0], p[..., 0]), 0, None)
+    inter_h = np.clip(np.minimum(f[..., 3], p[..., 3]) - np.maximum(f[..., 1], p[..., 1]), 0, None)
+    face_area = np.maximum((f[..., 2] - f[..., 0]) * (f[..., 3] - f[..., 1]), 1e-6)
+    inside = upper & (inter_w * inter_h / face_area >= 0.6)
+    width = np.broadcast_to(p[..., 2] - p[..., 0], inside.shape)
+    cost = np.where(inside, width, np.inf)
+    best = np.argmin(cost, axis=1)
+    found = np.isfinite(cost[np.arange(len(face_boxes)), best])
+    out[found] = best[found]
+    return out

@@ -26,7 +26,7 @@ from engines.sources import write_atomic
 from indexer.errors import VideoError
 from indexer.pipeline import VideoResult
 from schemas.errors import VidxError
-from schemas.tables import file_metadata
+from schemas.tables import TABLES, file_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,7 +105,7 @@ def parquet_bytes(table: pa.Table, metadata: dict[bytes, bytes]) -> bytes:
 def write_video_outputs(store: OutputStore, result: VideoResult, *, video_id: int, run_key: str,
                         pipeline_version: str, model_versions: dict[str, str], params: dict[str, object],
                         fingerprint: str) -> list[str]:
-    """Write the three parts and the thumbnails; returns what was written (relative paths)."""
+    """Write the four parts and the thumbnails; returns what was written (relative paths)."""
     if result.tracks.num_rows and result.tracks.column("video_id")[0].as_py() != video_id:
         raise VideoError("internal error: result belongs to another video", path=result.info.path)
     meta = file_metadata(pipeline_version=pipeline_version, model_versions=model_versions, run_key=run_key,
@@ -115,7 +115,8 @@ def write_video_outputs(store: OutputStore, result: VideoResult, *, video_id: in
         for rel, data in thumbnail_files(result):
             with_retries(rel, functools.partial(store.write_bytes, rel, data))
             written.append(rel)
-        for table_name, table in (("faces", result.faces), ("persons", result.persons), ("tracks", result.tracks)):
+        for table_name, table in (("faces", result.faces), ("persons", result.persons), ("tracks", result.tracks),
+                                  ("person_tracks", result.person_tracks)):
             rel = part_name(table_name, video_id, run_key)
             data = parquet_bytes(table, meta)
             with_retries(rel, functools.partial(store.write_bytes, rel, data))
@@ -128,14 +129,15 @@ def write_video_outputs(store: OutputStore, result: VideoResult, *, video_id: in
 
 
 def thumbnail_files(result: VideoResult) -> list[tuple[str, bytes]]:
-    paths = dict(zip(result.tracks.column("track_id").to_pylist(), result.tracks.column("thumbnail").to_pylist(),
-                     strict=True))
+    paths: dict[str, str] = {}
+    for table, key in ((result.tracks, "track_id"), (result.person_tracks, "person_track_id")):
+        paths.update(zip(table.column(key).to_pylist(), table.column("thumbnail").to_pylist(), strict=True))
     return [(paths[tid], data) for tid, data in sorted(result.thumbnails.items()) if tid in paths]
 
 
 def remove_video_outputs(store: OutputStore, video_id: int, run_key: str, thumbnails: list[str]) -> None:
     """Remove a superseded run's files of one video (after the index points at the new run)."""
-    for table in ("faces", "persons", "tracks"):
+    for table in TABLES:
         store.delete(part_name(table, video_id, run_key))
     for rel in thumbnails:
         store.delete(rel)

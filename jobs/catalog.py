@@ -26,7 +26,7 @@ from jobs.archive import VideoFile, fingerprint
 from jobs.outcome import VideoOutcome
 from schemas import migrations
 from schemas.errors import VidxError
-from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, Run, Task, Track, Video, db_clock, utcnow
+from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, PersonTrack, Run, Task, Track, Video, db_clock, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +235,21 @@ class Catalog:
                 raise IndexError_(f"video {outcome.video_id} vanished from the index")
             now = utcnow()
             if outcome.status == "done":
-                old = s.scalars(select(Track).where(Track.video_id == video.id, Track.run_id != run.id)).all()
+                old: list[Track | PersonTrack] = [
+                    *s.scalars(select(Track).where(Track.video_id == video.id, Track.run_id != run.id)),
+                    *s.scalars(select(PersonTrack).where(PersonTrack.video_id == video.id,
+                                                         PersonTrack.run_id != run.id))]
                 superseded.thumbnails = [t.thumbnail for t in old if t.thumbnail]
                 old_runs = {t.run_id for t in old}
                 s.execute(delete(Track).where(Track.video_id == video.id))
+                s.execute(delete(PersonTrack).where(PersonTrack.video_id == video.id))
                 s.add_all(Track(video_id=video.id, run_id=run.id, track_index=t.track_index, start_s=t.start_s,
                                 end_s=t.end_s, n_faces=t.n_faces, embedding=t.embedding, quality=t.quality,
-                                best_pts_s=t.best_pts_s, thumbnail=t.thumbnail) for t in outcome.tracks)
+                                best_pts_s=t.best_pts_s, thumbnail=t.thumbnail,
+                                person_track_index=t.person_track_index) for t in outcome.tracks)
+                s.add_all(PersonTrack(video_id=video.id, run_id=run.id, track_index=p.track_index, start_s=p.start_s,
+                                      end_s=p.end_s, n_detections=p.n_detections, best_pts_s=p.best_pts_s,
+                                      thumbnail=p.thumbnail) for p in outcome.person_tracks)
                 if video.run_id is not None and video.run_id != run.id:
                     old_runs.add(video.run_id)
                 superseded.run_keys = list(s.scalars(select(Run.key).where(Run.id.in_(old_runs))))

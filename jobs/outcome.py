@@ -20,6 +20,19 @@ class TrackRow:
     quality: float
     best_pts_s: float
     thumbnail: str | None
+    person_track_index: int | None = None
+
+
+@dataclass
+class PersonTrackRow:
+    """A person track as the worker hands it to the driver."""
+
+    track_index: int
+    start_s: float
+    end_s: float
+    n_detections: int
+    best_pts_s: float
+    thumbnail: str | None
 
 
 @dataclass
@@ -39,5 +52,6 @@ class VideoOutcome:
     frames_analysed: int = 0
     elapsed_s: float = 0.0
     tracks: list[TrackRow] = field(default_factory=list)
+    person_tracks: list[PersonTrackRow] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     worker: str | None = None

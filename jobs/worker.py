@@ -29,9 +29,10 @@ from indexer.errors import VideoError
 from indexer.host_memory import limit_malloc_arenas
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
 from indexer.write import OutputStore, write_video_outputs
-from jobs.outcome import TrackRow, VideoOutcome
+from jobs.outcome import PersonTrackRow, TrackRow, VideoOutcome
 from schemas.config import PIPELINE_VERSION, IndexSettings, SamplingConfig
 from schemas.embeddings import embedding_to_bytes
+from schemas.ids import parse_face_track_id, parse_person_track_id
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,22 @@ class TaskSpec:
 def track_rows(result: VideoResult) -> list[TrackRow]:
     t = result.tracks.to_pydict()
     return [
-        TrackRow(track_index=t["track_id"][i], start_s=t["start_s"][i], end_s=t["end_s"][i], n_faces=t["n_faces"][i],
-                 embedding=embedding_to_bytes(t["embedding"][i]), quality=t["quality"][i],
-                 best_pts_s=t["best_pts_s"][i], thumbnail=t["thumbnail"][i])
+        TrackRow(track_index=parse_face_track_id(t["track_id"][i])[1], start_s=t["start_s"][i], end_s=t["end_s"][i],
+                 n_faces=t["n_faces"][i], embedding=embedding_to_bytes(t["embedding"][i]), quality=t["quality"][i],
+                 best_pts_s=t["best_pts_s"][i], thumbnail=t["thumbnail"][i],
+                 person_track_index=(parse_person_track_id(t["person_track_id"][i])[1] if t["person_track_id"][i]
+                                     else None))
         for i in range(result.tracks.num_rows)
+    ]
+
+
+def person_track_rows(result: VideoResult) -> list[PersonTrackRow]:
+    t = result.person_tracks.to_pydict()
+    return [
+        PersonTrackRow(track_index=parse_person_track_id(t["person_track_id"][i])[1], start_s=t["start_s"][i],
+                       end_s=t["end_s"][i], n_detections=t["n_detections"][i], best_pts_s=t["best_pts_s"][i],
+                       thumbnail=t["thumbnail"][i])
+        for i in range(result.person_tracks.num_rows)
     ]
 
 
@@ -251,7 +264,8 @@ class VideoWorker:
         return VideoOutcome(
             spec.video_id, "done", codec=info.codec, width=info.width, height=info.height, fps=info.fps,
             duration_s=info.duration_s, frames_decoded=result.frames_decoded, frames_analysed=result.frames_analysed,
-            elapsed_s=time.monotonic() - started, tracks=track_rows(result), files=files, worker=self.name)
+            elapsed_s=time.monotonic() - started, tracks=track_rows(result),
+            person_tracks=person_track_rows(result), files=files, worker=self.name)
 
     def _failed(self, spec: TaskSpec, exc: VideoError, started: float) -> VideoOutcome:
         log.warning("%s", exc.describe())

@@ -17,7 +17,7 @@ EngineChoice = Literal["auto", "onnxruntime", "onnxruntime-fp16", "tensorrt"]
 """auto: TensorRT, else ONNX Runtime, FP16 on a GPU either way; onnxruntime: FP32; onnxruntime-fp16: ONNX
 Runtime on the GPU with an FP16 copy of each model (TensorRT is always FP16)."""
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 """Bump when a change to the indexer changes its results; older runs become stale."""
 
 
@@ -98,6 +98,29 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class PersonTrackingConfig:
+    """How person boxes in successive samples are linked into person tracks."""
+
+    max_gap_s: float = 2.0
+    """A person track ends when nobody is seen where it was heading for this long."""
+    max_shift: float = 1.0
+    """How far a box may be from where the track was heading and still continue it: centre distance over the
+    boxes' size (the geometric mean of their sides). At 2 samples per second a walker's first step, before
+    the track has a velocity, is about half a box size."""
+    min_iou: float = 0.3
+    """A box overlapping the predicted box this much continues the track however far the centres are apart
+    (a person bending or half hidden changes the box's shape more than its place)."""
+    min_detections: int = 2
+    """Tracks seen fewer times than this are dropped as passing false boxes."""
+
+    def __post_init__(self) -> None:
+        check_range("person track gap", self.max_gap_s, 0.0, 3600.0)
+        check_range("person track shift", self.max_shift, 0.0, 100.0)
+        check_range("person track iou", self.min_iou, 0.0, 1.0)
+        check_range("person track detections", self.min_detections, 1, 1_000_000)
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how the engines run. Does not change results, so it is not part of the run key."""
 
@@ -134,6 +157,7 @@ class IndexSettings:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    person_tracking: PersonTrackingConfig = field(default_factory=PersonTrackingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def result_params(self) -> dict[str, Any]:
@@ -142,6 +166,7 @@ class IndexSettings:
             "sampling": asdict(self.sampling),
             "detection": asdict(self.detection),
             "tracking": asdict(self.tracking),
+            "person_tracking": asdict(self.person_tracking),
         }
 
     def to_json(self) -> str:
@@ -154,6 +179,7 @@ class IndexSettings:
             sampling=SamplingConfig(**raw.get("sampling", {})),
             detection=DetectionConfig(**raw.get("detection", {})),
             tracking=TrackingConfig(**raw.get("tracking", {})),
+            person_tracking=PersonTrackingConfig(**raw.get("person_tracking", {})),
             runtime=RuntimeConfig(**raw.get("runtime", {})),
         )
 

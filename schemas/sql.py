@@ -26,7 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-SQL_SCHEMA_VERSION = 1
+from schemas.ids import face_track_id, person_track_id
+
+SQL_SCHEMA_VERSION = 2
 
 
 def utcnow() -> dt.datetime:
@@ -147,6 +149,32 @@ class Track(Base):
     best_pts_s: Mapped[float] = mapped_column(Float)
     thumbnail: Mapped[str | None] = mapped_column(Text)
     cluster_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    person_track_index: Mapped[int | None] = mapped_column(Integer)
+    """The person track (same video and run) most of this track's faces were inside."""
+
+    @property
+    def public_id(self) -> str:
+        return face_track_id(self.video_id, self.track_index)
+
+
+class PersonTrack(Base):
+    """A person track: one body seen continuously in one video, by one run."""
+
+    __tablename__ = "person_tracks"
+    __table_args__ = (UniqueConstraint("video_id", "run_id", "track_index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    track_index: Mapped[int] = mapped_column(Integer)
+    start_s: Mapped[float] = mapped_column(Float)
+    end_s: Mapped[float] = mapped_column(Float)
+    n_detections: Mapped[int] = mapped_column(Integer)
+    best_pts_s: Mapped[float] = mapped_column(Float)
+    thumbnail: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def public_id(self) -> str:
+        return person_track_id(self.video_id, self.track_index)
 
 
 class Person(Base):

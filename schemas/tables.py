@@ -1,7 +1,10 @@
-"""Arrow schemas of the Parquet outputs: `faces`, `persons` and `tracks`, one part file per video per run.
+"""Arrow schemas of the Parquet outputs: `faces`, `persons`, `tracks` and `person_tracks`, one part file per
+video per run.
 
-Every part carries the schema version, the pipeline and model versions, the run key and the video
-in its file metadata, so a part read on its own (pandas, polars, DuckDB) says what produced it.
+Every row carries the video's path (dictionary-encoded, so it costs next to nothing) and id, and every
+part carries the schema version, the pipeline and model versions, the run key and the video in its file
+metadata, so a part read on its own (pandas, polars, DuckDB) says what produced it. Tracks are named by
+their public identifiers (schemas.ids): face tracks `V-N`, person tracks `V-pN`.
 """
 
 from __future__ import annotations
@@ -10,13 +13,18 @@ import json
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 EMBEDDING_DIM = 128
 
 _video_cols = [
-    pa.field("video_id", pa.int64(), nullable=False),
+    pa.field("video", pa.string(), nullable=False, metadata={"doc": "the video file's path, as indexed"}),
+    pa.field("video_id", pa.int64(), nullable=False, metadata={"doc": "the video's id in the SQL index"}),
     pa.field("run_key", pa.string(), nullable=False),
 ]
+_face_track = pa.field("track_id", pa.string(), nullable=True,
+                       metadata={"doc": "public face track id, video id - track number (12-3)"})
+_person_track = pa.field("person_track_id", pa.string(), nullable=True,
+                         metadata={"doc": "public person track id, video id - p track number (12-p3)"})
 _box = pa.field("bbox", pa.list_(pa.float32(), 4), nullable=False,
                 metadata={"doc": "x0, y0, x1, y1 in pixels of the displayed (rotation-corrected) frame"})
 
@@ -32,7 +40,7 @@ FACES = pa.schema([
     pa.field("sharpness", pa.float32(), nullable=True, metadata={"doc": "Laplacian variance of the aligned chip"}),
     pa.field("embedding", pa.list_(pa.float32(), EMBEDDING_DIM), nullable=True,
              metadata={"doc": "raw dlib descriptor; null when the face was too small or blurred to embed"}),
-    pa.field("track_id", pa.int64(), nullable=True, metadata={"doc": "track number within the video and run"}),
+    _face_track,
 ])
 
 PERSONS = pa.schema([
@@ -41,13 +49,12 @@ PERSONS = pa.schema([
     pa.field("frame_index", pa.int64(), nullable=False),
     _box,
     pa.field("score", pa.float32(), nullable=False),
-    pa.field("keypoints", pa.list_(pa.float32(), 8), nullable=False,
-             metadata={"doc": "x, y of hip centre, body extent, shoulder centre, head extent"}),
+    _person_track,
 ])
 
 TRACKS = pa.schema([
     *_video_cols,
-    pa.field("track_id", pa.int64(), nullable=False),
+    _face_track.with_nullable(False),
     pa.field("start_s", pa.float64(), nullable=False),
     pa.field("end_s", pa.float64(), nullable=False),
     pa.field("n_faces", pa.int32(), nullable=False),
@@ -57,9 +64,25 @@ TRACKS = pa.schema([
     pa.field("best_bbox", pa.list_(pa.float32(), 4), nullable=False),
     pa.field("quality", pa.float32(), nullable=False),
     pa.field("thumbnail", pa.string(), nullable=True, metadata={"doc": "JPEG path relative to the output root"}),
+    pa.field("person_track_id", pa.string(), nullable=True,
+             metadata={"doc": "the person track most of this track's faces were inside"}),
 ])
 
-TABLES: dict[str, pa.Schema] = {"faces": FACES, "persons": PERSONS, "tracks": TRACKS}
+PERSON_TRACKS = pa.schema([
+    *_video_cols,
+    _person_track.with_nullable(False),
+    pa.field("start_s", pa.float64(), nullable=False),
+    pa.field("end_s", pa.float64(), nullable=False),
+    pa.field("n_detections", pa.int32(), nullable=False),
+    pa.field("best_pts_s", pa.float64(), nullable=False),
+    pa.field("best_bbox", pa.list_(pa.float32(), 4), nullable=False),
+    pa.field("thumbnail", pa.string(), nullable=True, metadata={"doc": "JPEG path relative to the output root"}),
+    pa.field("face_track_ids", pa.list_(pa.string()), nullable=False,
+             metadata={"doc": "face tracks seen on this person"}),
+])
+
+TABLES: dict[str, pa.Schema] = {"faces": FACES, "persons": PERSONS, "tracks": TRACKS,
+                                "person_tracks": PERSON_TRACKS}
 
 
 def file_metadata(*, pipeline_version: str, model_versions: dict[str, str], run_key: str,

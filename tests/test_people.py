@@ -14,7 +14,7 @@ from engines.photos import photo_path
 from jobs.catalog import Catalog, default_db_url
 from jobs.runner import JobResult
 from vidx.cli import cli
-from vidx.people import resolve_labels
+from vidx.people import resolve_labels, track_rows_of
 from vidx.sample_archive import SampleVideo
 
 TOL = 0.55
@@ -81,7 +81,8 @@ def test_labels_survive_reclustering_and_named_people_never_merge(indexed: Index
     # Re-cluster so loosely that every track falls into one cluster: the two people are still kept apart.
     loose = vidx(people_out, "people", "cluster", "--eps", "1.5", "--min-samples", "1")
     for c in loose:
-        named = {before[t][0] for t in c["track_ids"] if t in before}
+        rows = track_rows_of(catalog, c["track_ids"])
+        named = {before[t][0] for t in rows if t in before}
         assert len(named) <= 1, c
     assert {c["person"] for c in loose} >= {"Joe Biden", "Someone Else"}
     assert resolve_labels(catalog) == before  # clustering never touches labels
@@ -120,19 +121,19 @@ def test_labels_follow_a_video_through_reprocessing(people_out: Path, cache_dir:
     other = next(t for t in vidx(people_out, "search", "--photo", str(photo_path("biden", cache_dir)),
                                  "--device", "cpu"))
     with catalog.session() as s:
-        stranger = s.get(Track, other["track_id"])
+        stranger = s.get(Track, track_rows_of(catalog, [other["track_id"]])[0])
         assert stranger is not None
         rows.insert(0, TrackRow(0, hit["start_s"], hit["end_s"], 3, stranger.embedding, 1.0, hit["start_s"], None))
     catalog.record(VideoOutcome(video.id, "done", duration_s=video.duration_s, tracks=rows), run)
     resolved = resolve_labels(catalog, {video.id})
     assert len(resolved) == 1
     new_track = next(iter(resolved))
-    labelled = next(t for t in old if t.id == hit["track_id"])
+    labelled = next(t for t in old if t.public_id == hit["track_id"])
     with catalog.session() as s:  # the new run's row of the labelled face, not the stranger beside it
         t = s.get(Track, new_track)
         assert t is not None and t.embedding == labelled.embedding and t.run_id == run.id
     found = vidx(people_out, "search", "--person", "Interviewee", "--device", "cpu")
-    assert any(h["video"].endswith("interview_hevc.mp4") and h["labelled"] and h["track_id"] == new_track
+    assert any(h["video"].endswith("interview_hevc.mp4") and h["labelled"] and h["track_id"] == t.public_id
                for h in found)
 
 

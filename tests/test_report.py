@@ -46,8 +46,8 @@ def test_report_shows_the_hits_in_chromium(indexed: Indexed, cache_dir: Path, tm
     text = page.read_text()
     assert "src=\"file:" not in text and "http" not in text  # self-contained: nothing to fetch
     dom = chromium_dom(page, tmp_path / "profile")
-    cards = re.findall(r'<div class="hit" data-rank="(\d+)" data-track="(\d+)">', dom)
-    assert [int(t) for _, t in cards] == [h["track_id"] for h in hits]
+    cards = re.findall(r'<div class="hit" data-rank="(\d+)" data-track="([\d-]+)">', dom)
+    assert [t for _, t in cards] == [h["track_id"] for h in hits]
     assert dom.count('src="data:image/jpeg;base64,') == len(hits) + 1  # the query face and each thumbnail
     for h in hits:
         assert Path(h["video"]).name in dom
@@ -58,7 +58,7 @@ def test_report_shows_the_hits_in_chromium(indexed: Indexed, cache_dir: Path, tm
 
 def test_names_are_escaped(tmp_path: Path) -> None:
     video = tmp_path / "<img src=x onerror=alert(1)>&.mp4"
-    hit = Hit(video=str(video), start_s=1.0, end_s=2.0, score=0.9, distance=0.4, track_id=5, track_ids=[5],
+    hit = Hit(video=str(video), start_s=1.0, end_s=2.0, score=0.9, distance=0.4, track_id="1-5", track_ids=["1-5"],
               thumbnail=None, video_id=1, duration_s=10.0, person='<b>"Bob" & Al</b>')
     page = render_report([hit], out_root=tmp_path, person="<i>Bob</i>")
     assert "<img src=x" not in page and "<b>" not in page and "<i>Bob" not in page

@@ -56,8 +56,10 @@ def test_photo_finds_every_appearance_and_no_one_else(indexed: Indexed, cache_di
     assert_hits_match(hits, truth_of(videos, person))
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     for h in hits:
-        assert h["score"] >= DEFAULT_THRESHOLD and isinstance(h["track_id"], int)
+        assert h["score"] >= DEFAULT_THRESHOLD and h["track_id"] == f"{h['video_id']}-{h['track_id'].split('-')[1]}"
+        assert h["track_id"] in h["track_ids"]
         assert Path(h["thumbnail"]).is_file() and Path(h["video"]).is_file()
+        assert Path(h["thumbnail"]).name == f"{h['track_id']}.jpg"  # thumbnails are named by the public id
 
 
 def test_nobody_else_scores_near_the_threshold(indexed: Indexed, cache_dir: Path) -> None:

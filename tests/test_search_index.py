@@ -60,9 +60,10 @@ def test_refresh_is_incremental_and_search_follows_reindexing(indexed: Indexed, 
     hits = search_index(catalog, index, query)
     meeting = [h for h in hits if h.video.endswith("meeting_h264.mp4")]
     with catalog.session() as s:
-        live = set(s.scalars(select(Track.id).join(Video, Video.id == Track.video_id)
-                             .where(Video.path.like("%/meeting_h264.mp4"), Track.run_id == Video.run_id)))
-    assert len(meeting) == 1 and meeting[0].track_id in live  # (SQLite may reuse the replaced rows' ids)
+        live = {t.public_id for t in s.scalars(select(Track).join(Video, Video.id == Track.video_id)
+                                               .where(Video.path.like("%/meeting_h264.mp4"),
+                                                      Track.run_id == Video.run_id))}
+    assert len(meeting) == 1 and meeting[0].track_id in live
     assert {Path(h.video).name for h in hits} == {"meeting_h264.mp4", "interview_hevc.mp4"}
 
     # An interrupted refresh leaves the index dirty: the next refresh rebuilds it from SQL.

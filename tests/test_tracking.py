@@ -1,11 +1,13 @@
-"""Linking faces into tracks: embedding distance, with a looser bound where the face stays in place."""
+"""Linking faces into tracks (embedding distance, with a looser bound where the face stays in place) and
+person boxes into person tracks (overlap with the predicted box), and faces to the bodies they are on."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from indexer.tracking import FaceTracker
-from schemas.config import TrackingConfig
+from indexer.tracking import FaceTracker, PersonTracker, person_of_faces
+from schemas.config import PersonTrackingConfig, TrackingConfig
+from vidx.timeline import PersonSpan, count_segments
 
 
 def _at_distance(base: np.ndarray, d: float, seed: int) -> np.ndarray:
@@ -28,3 +30,61 @@ def test_a_turning_head_stays_one_track_where_it_is_but_not_elsewhere() -> None:
     # a different person (0.8 away) in place starts a new track too
     assert tracker.update(1.5, [3], here[None], [_at_distance(base, 0.8, 3)], q) not in (first, [1])
     assert len(tracker.tracks) == 3
+
+
+def _box(cx: float, cy: float, w: float = 40, h: float = 100) -> np.ndarray:
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float32)
+
+
+def _people(*boxes: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
+    return list(range(len(boxes))), np.stack(boxes), np.full(len(boxes), 0.9, np.float32)
+
+
+def test_walkers_keep_their_tracks_when_they_pass_each_other() -> None:
+    """Two people walking towards each other at 2 samples per second: each keeps its own track through the
+    crossing, because the track's box is moved on by its velocity before the overlap is measured."""
+    tracker = PersonTracker(PersonTrackingConfig())
+    ids = []
+    for step in range(9):
+        t = step * 0.5
+        a, b = _box(100 + 30 * step, 200), _box(340 - 30 * step, 205)
+        ids.append(tracker.update(t, *_people(a, b)))
+    assert len(tracker.tracks) == 2
+    assert all(row == ids[0] for row in ids)
+    assert [(tr.start_s, tr.end_s, tr.n_detections) for tr in tracker.kept()] == [(0.0, 4.0, 9), (0.0, 4.0, 9)]
+
+
+def test_a_person_gone_longer_than_the_gap_comes_back_as_a_new_track() -> None:
+    tracker = PersonTracker(PersonTrackingConfig(max_gap_s=2.0))
+    first = tracker.update(0.0, *_people(_box(100, 200)))
+    assert tracker.update(0.5, *_people(_box(104, 200))) == first
+    assert tracker.update(1.5, *_people(_box(106, 200))) == first  # a missed sample or two: same track
+    assert tracker.update(5.0, *_people(_box(106, 200))) != first  # 3.5 s unseen: someone new, or back later
+    assert len(tracker.tracks) == 2
+
+
+def test_a_box_seen_once_is_not_kept_as_a_person_track() -> None:
+    tracker = PersonTracker(PersonTrackingConfig(min_detections=2))
+    tracker.update(0.0, *_people(_box(100, 200), _box(500, 200)))
+    tracker.update(0.5, *_people(_box(102, 200)))
+    assert [tr.track_index for tr in tracker.kept()] == [0]
+
+
+def test_a_face_belongs_to_the_narrowest_body_whose_upper_half_holds_it() -> None:
+    near = _box(200, 300, w=120, h=300)  # a person close to the camera
+    far = _box(230, 240, w=40, h=110)  # a smaller person behind, their head inside the near person's box
+    faces = np.stack([
+        _box(230, 200, w=14, h=16),  # the far person's head
+        _box(190, 180, w=40, h=46),  # the near person's head
+        _box(200, 420, w=20, h=20),  # something at belt height: no one's face
+        _box(700, 100, w=20, h=20),  # outside every body
+    ])
+    assert person_of_faces(faces, np.stack([near, far])).tolist() == [1, 0, -1, -1]
+    assert person_of_faces(faces, np.zeros((0, 4), np.float32)).tolist() == [-1, -1, -1, -1]
+
+
+def test_head_counts_over_time_come_from_the_person_tracks() -> None:
+    spans = [PersonSpan("1-p0", 0.0, 4.0, 9, None), PersonSpan("1-p1", 1.0, 2.0, 3, None),
+             PersonSpan("1-p2", 6.0, 7.0, 3, None)]
+    assert [(s.start_s, s.end_s, s.people) for s in count_segments(spans)] == [
+        (0.0, 1.0, 1), (1.0, 2.0, 2), (2.0, 4.0, 1), (6.0, 7.0, 1)]

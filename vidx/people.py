@@ -28,7 +28,7 @@ from jobs.catalog import Catalog
 from schemas.embeddings import embedding_from_bytes, embedding_to_bytes
 from schemas.errors import InputError
 from schemas.sql import Exemplar, Label, Person, Track, Video
-from vidx.search import TrackInfo, detect_query_face, load_tracks
+from vidx.search import TrackInfo, detect_query_face, live_track_rows, load_tracks
 
 LABEL_MATCH_L2 = 0.6
 """A label applies to a track of its video and time span whose descriptor is this close (dlib's boundary)."""
@@ -160,31 +160,40 @@ def label_names(catalog: Catalog, resolved: dict[int, tuple[int, int]]) -> dict[
     return {tid: names[pid] for tid, (pid, _) in resolved.items() if pid in names}
 
 
-def label_tracks(catalog: Catalog, track_ids: Sequence[int], name: str) -> dict[str, list[int]]:
-    """Label tracks as a person (created if new). Tracks already labelled as someone else are left alone."""
+def track_rows_of(catalog: Catalog, public_ids: Sequence[str]) -> list[int]:
+    """The SQL rows of face tracks named by their public ids; one that names no live track is an error."""
+    rows = live_track_rows(catalog, public_ids)
+    missing = [p for p in public_ids if p not in rows]
+    if missing:
+        raise PersonError(f"no live face track {', '.join(missing)}",
+                          hint="face track ids such as 12-3 are in `vidx search` output")
+    return [rows[p] for p in public_ids]
+
+
+def label_tracks(catalog: Catalog, track_ids: Sequence[int], name: str) -> dict[str, list[str]]:
+    """Label tracks (SQL rows) as a person (created if new); says which public track ids were labelled, were
+    already, or were left alone because they are labelled as someone else."""
     tracks = load_tracks(catalog, track_ids)
-    missing = [t for t in track_ids if t not in tracks]
-    if missing and len(track_ids) == 1:
-        raise PersonError(f"no live track {missing[0]}", hint="track ids are in `vidx search --json` output")
     person = get_person(catalog, name, create=True)
     current = resolve_labels(catalog, {t.video_id for t in tracks.values()})
-    done: dict[str, list[int]] = {"labelled": [], "already": [], "conflict": [], "missing": missing}
+    done: dict[str, list[str]] = {"labelled": [], "already": [], "conflict": []}
     with catalog.session() as s:
         for tid, t in tracks.items():
             if tid in current:
-                done["already" if current[tid][0] == person.id else "conflict"].append(tid)
+                done["already" if current[tid][0] == person.id else "conflict"].append(t.public_id)
                 continue
             s.add(Label(person_id=person.id, video_id=t.video_id, start_s=t.start_s, end_s=t.end_s,
                         embedding=embedding_to_bytes(t.embedding)))
-            done["labelled"].append(tid)
+            done["labelled"].append(t.public_id)
     if done["conflict"] and len(track_ids) == 1:
-        raise PersonError(f"track {track_ids[0]} is labelled as someone else",
+        raise PersonError(f"track {done['conflict'][0]} is labelled as someone else",
                           hint="remove that label first with `vidx person unlabel TRACK_ID`")
     return done
 
 
 def unlabel_tracks(catalog: Catalog, track_ids: Sequence[int], name: str | None = None) -> int:
-    """Remove the labels that apply to these tracks (only those of `name` if given); returns how many."""
+    """Remove the labels that apply to these tracks (SQL rows; only those of `name` if given); returns how
+    many."""
     tracks = load_tracks(catalog, track_ids)
     resolved = resolve_labels(catalog, {t.video_id for t in tracks.values()})
     person_id = get_person(catalog, name).id if name else None
@@ -257,7 +266,8 @@ class Cluster:
     size: int
     videos: int
     person: str | None
-    track_ids: list[int]
+    track_ids: list[str]
+    """Public ids of the cluster's face tracks."""
     thumbnail: str | None
 
     def to_json(self) -> dict[str, Any]:
@@ -357,13 +367,14 @@ def _describe(catalog: Catalog, ids: np.ndarray, final: np.ndarray, person_of: n
     for i, c in enumerate(final):
         if c >= 0:
             members_of.setdefault(int(c), []).append(i)
-    info = load_tracks(catalog, [int(ids[i]) for m in members_of.values() for i in m[:1000]]) if members_of else {}
+    info = load_tracks(catalog, [int(ids[i]) for m in members_of.values() for i in m]) if members_of else {}
     for cid, members in members_of.items():
         tids = [int(ids[i]) for i in members]
         people = {int(person_of[i]) for i in members if person_of[i] >= 0}
         tracks = [info[t] for t in tids if t in info]
         out.append(Cluster(cid, len(members), len({t.video_id for t in tracks}),
-                           names.get(next(iter(people))) if len(people) == 1 else None, tids,
+                           names.get(next(iter(people))) if len(people) == 1 else None,
+                           [t.public_id for t in tracks],
                            next((t.thumbnail for t in tracks if t.thumbnail), None)))
     out.sort(key=lambda c: (-c.size, c.id))
     return out

@@ -1,8 +1,9 @@
 """The HTML report of a search: one self-contained page (thumbnails inlined as data URIs, no scripts).
 
 The page shows the query (the face cropped from the photo, or the person's name), a timeline per
-video with a mark where the person appears, then each appearance: thumbnail, video name, score and
-times that open the video at that moment (file URL with a `#t=start,end` media fragment).
+video with a mark where the person appears and, below it, a lane of the video's person tracks (every
+body seen, the one the found face belongs to highlighted), then each appearance: thumbnail, video name,
+score and times that open the video at that moment (file URL with a `#t=start,end` media fragment).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vidx.search import Hit, QueryFace
+from vidx.timeline import PersonSpan
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
@@ -23,6 +25,9 @@ h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 .timeline{margin:6px 0 14px}.timeline .name{font-size:13px;margin-bottom:3px}
 .bar{position:relative;height:14px;background:#ddd;border-radius:3px}
 .seg{position:absolute;top:0;height:14px;background:#d9480f;border-radius:3px;min-width:3px}
+.people{position:relative;margin-top:2px;background:#eee;border-radius:3px}
+.pseg{position:absolute;height:5px;background:#868e96;border-radius:2px;min-width:2px}
+.pseg.found{background:#d9480f}
 .hits{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:14px}
 .hit{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
 .hit img{width:100%;border-radius:4px}.hit .video{font-weight:600;word-break:break-all}
@@ -64,9 +69,31 @@ def _fmt(seconds: float) -> str:
     return f"{int(m)}:{s:05.2f}"
 
 
+def _people_lane(spans: list[PersonSpan], length: float, found: set[str]) -> str:
+    """Person tracks as thin bars, one row per track that overlaps an earlier one (so concurrent people
+    show as stacked bars); the tracks the found faces belong to are highlighted."""
+    rows: list[float] = []  # end time of the last bar in each row
+    bars = []
+    for s in sorted(spans, key=lambda s: (s.start_s, s.end_s)):
+        row = next((i for i, end in enumerate(rows) if end < s.start_s), len(rows))
+        if row == len(rows):
+            rows.append(s.end_s)
+        rows[row] = s.end_s
+        left = 100.0 * s.start_s / length
+        width = max(100.0 * (s.end_s - s.start_s) / length, 0.3)
+        cls = "pseg found" if s.person_track_id in found else "pseg"
+        bars.append(f'<div class="{cls}" data-person-track="{html.escape(s.person_track_id)}" '
+                    f'style="left:{left:.2f}%;width:{width:.2f}%;top:{row * 7}px" '
+                    f'title="person track {html.escape(s.person_track_id)}: {_fmt(s.start_s)} - {_fmt(s.end_s)}">'
+                    f'</div>')
+    return f'<div class="people" style="height:{max(len(rows), 1) * 7}px">{"".join(bars)}</div>'
+
+
 def render_report(hits: list[Hit], *, out_root: Path | None, query: QueryFace | None = None,
-                  person: str | None = None, threshold: float | None = None) -> str:
-    """The page as a string. Thumbnails are read from `out_root` (the output folder) and inlined."""
+                  person: str | None = None, threshold: float | None = None,
+                  person_tracks: dict[str, list[PersonSpan]] | None = None) -> str:
+    """The page as a string. Thumbnails are read from `out_root` (the output folder) and inlined;
+    `person_tracks` (by video path) draws each video's person tracks under its timeline."""
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -90,7 +117,8 @@ def render_report(hits: list[Hit], *, out_root: Path | None, query: QueryFace | 
         by_video.setdefault(h.video, []).append(h)
     parts.append("<h2>Timelines</h2>")
     for video, vh in sorted(by_video.items()):
-        length = max([h.duration_s or 0.0 for h in vh] + [h.end_s for h in vh]) or 1.0
+        spans = (person_tracks or {}).get(video, [])
+        length = max([h.duration_s or 0.0 for h in vh] + [h.end_s for h in vh] + [s.end_s for s in spans]) or 1.0
         parts.append(f'<div class="timeline"><div class="name">{e(Path(video).name)}</div><div class="bar">')
         for h in sorted(vh, key=lambda h: h.start_s):
             left = 100.0 * h.start_s / length
@@ -98,7 +126,10 @@ def render_report(hits: list[Hit], *, out_root: Path | None, query: QueryFace | 
             parts.append(f'<a class="seg" href="{e(video_url(h.video, h.start_s, h.end_s))}" '
                          f'style="left:{left:.2f}%;width:{width:.2f}%" '
                          f'title="{e(_fmt(h.start_s))} - {e(_fmt(h.end_s))}"></a>')
-        parts.append("</div></div>")
+        parts.append("</div>")
+        if spans:
+            parts.append(_people_lane(spans, length, {h.person_track_id for h in vh if h.person_track_id}))
+        parts.append("</div>")
 
     parts.append('<h2>Appearances</h2><div class="hits">')
     for rank, h in enumerate(hits, 1):
@@ -107,14 +138,15 @@ def render_report(hits: list[Hit], *, out_root: Path | None, query: QueryFace | 
             p = out_root / h.thumbnail
             if p.is_file():
                 thumb = _data_uri(p.read_bytes())
-        img = (f'<img alt="thumbnail of track {h.track_id}" src="{thumb}">' if thumb
+        img = (f'<img alt="thumbnail of track {e(h.track_id)}" src="{thumb}">' if thumb
                else '<div class="noimg">no thumbnail</div>')
         url = e(video_url(h.video, h.start_s, h.end_s))
         who = f" · {e(h.person)}" if h.person else ""
         tag = " · labelled" if h.labelled else ""
-        parts.append(f'<div class="hit" data-rank="{rank}" data-track="{h.track_id}">{img}'
+        body = f" · person {e(h.person_track_id)}" if h.person_track_id else ""
+        parts.append(f'<div class="hit" data-rank="{rank}" data-track="{e(h.track_id)}">{img}'
                      f'<div class="video">{e(Path(h.video).name)}</div>'
                      f'<div><a class="time" href="{url}">{e(_fmt(h.start_s))} - {e(_fmt(h.end_s))}</a></div>'
-                     f'<div class="score">score {h.score:.2f} · track {h.track_id}{who}{tag}</div></div>')
+                     f'<div class="score">score {h.score:.2f} · track {e(h.track_id)}{body}{who}{tag}</div></div>')
     parts.append("</div></body></html>")
     return "\n".join(parts)

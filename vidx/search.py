@@ -24,6 +24,7 @@ from engines.images import load_rgb
 from engines.loader import Engines
 from jobs.catalog import Catalog
 from schemas.embeddings import embedding_from_bytes
+from schemas.ids import face_track_id, parse_face_track_id, person_track_id
 from schemas.sql import Run, Track, Video
 from vidx.ann import VectorIndex, index_dir_for
 
@@ -49,8 +50,9 @@ def distance_from_score(score: float) -> float:
 class Hit:
     """One appearance: a person seen in a video from start_s to end_s (tracks that touch are merged).
 
-    track_id is the best-scoring track of the appearance, track_ids all of them; labelled says that a
-    manual label (a fixed fact) puts the person there, person names who a label says the track is.
+    track_id is the public id (schemas.ids) of the best-scoring face track of the appearance, track_ids all of
+    them; person_track_id the person track (the body) that face was seen on, when one was; labelled says that
+    a manual label (a fixed fact) puts the person there, person names who a label says the track is.
     """
 
     video: str
@@ -58,13 +60,14 @@ class Hit:
     end_s: float
     score: float
     distance: float
-    track_id: int
-    track_ids: list[int]
+    track_id: str
+    track_ids: list[str]
     thumbnail: str | None
     video_id: int
     duration_s: float | None = None
     labelled: bool = False
     person: str | None = None
+    person_track_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,9 +75,11 @@ class Hit:
 
 @dataclass
 class TrackInfo:
-    """A live track as search needs it."""
+    """A live track as search needs it (id: the SQL row, public_id: what users see)."""
 
     id: int
+    public_id: str
+    person_track_id: str | None
     video_id: int
     path: str
     start_s: float
@@ -157,15 +162,34 @@ def load_tracks(catalog: Catalog, ids: Iterable[int]) -> dict[int, TrackInfo]:
     runs: dict[int, float] = {}
     with catalog.session() as s:
         for start in range(0, len(ids), 900):
-            rows = s.execute(select(Track.id, Track.video_id, Track.start_s, Track.end_s, Track.thumbnail,
+            rows = s.execute(select(Track.id, Track.video_id, Track.track_index, Track.person_track_index,
+                                    Track.start_s, Track.end_s, Track.thumbnail,
                                     Track.embedding, Track.cluster_id, Video.path, Video.duration_s, Video.run_id)
                              .join(Video, Video.id == Track.video_id)
                              .where(Track.run_id == Video.run_id, Track.id.in_(ids[start:start + 900]))).all()
             for r in rows:
                 if r.run_id not in runs:
                     runs[r.run_id] = _sample_interval(s.get(Run, r.run_id))
-                out[r.id] = TrackInfo(r.id, r.video_id, r.path, r.start_s, r.end_s, r.thumbnail,
+                person = (person_track_id(r.video_id, r.person_track_index) if r.person_track_index is not None
+                          else None)
+                out[r.id] = TrackInfo(r.id, face_track_id(r.video_id, r.track_index), person, r.video_id, r.path,
+                                      r.start_s, r.end_s, r.thumbnail,
                                       embedding_from_bytes(r.embedding), r.duration_s, runs[r.run_id], r.cluster_id)
+    return out
+
+
+def live_track_rows(catalog: Catalog, public_ids: Iterable[str]) -> dict[str, int]:
+    """SQL row of each live face track named by its public id (`12-3`); ids that name no live track are
+    absent. A malformed id is an InputError."""
+    wanted = {parse_face_track_id(p): p for p in public_ids}
+    out: dict[str, int] = {}
+    with catalog.session() as s:
+        for (video_id, index), public in wanted.items():
+            row = s.scalar(select(Track.id).join(Video, Video.id == Track.video_id)
+                           .where(Track.run_id == Video.run_id, Track.video_id == video_id,
+                                  Track.track_index == index))
+            if row is not None:
+                out[public] = row
     return out
 
 
@@ -235,9 +259,11 @@ def _merge(group: list[tuple[TrackInfo, float, float, bool]], labels: dict[int, 
     best_t, best_d, best_s, _ = max(group, key=lambda x: (x[2], -x[1]))
     return Hit(video=best_t.path, start_s=round(min(x[0].start_s for x in group), 3),
                end_s=round(max(x[0].end_s for x in group), 3), score=round(best_s, 4), distance=round(best_d, 4),
-               track_id=best_t.id, track_ids=sorted(x[0].id for x in group), thumbnail=best_t.thumbnail,
-               video_id=best_t.video_id, duration_s=best_t.duration_s, labelled=any(x[3] for x in group),
-               person=next((labels[x[0].id] for x in group if x[0].id in labels), None))
+               track_id=best_t.public_id, track_ids=[x[0].public_id for x in sorted(group, key=lambda x: x[0].id)],
+               thumbnail=best_t.thumbnail, video_id=best_t.video_id, duration_s=best_t.duration_s,
+               labelled=any(x[3] for x in group),
+               person=next((labels[x[0].id] for x in group if x[0].id in labels), None),
+               person_track_id=best_t.person_track_id)
 
 
 def search_tracks(catalog: Catalog, query: np.ndarray, *, top: int = 20, threshold: float = DEFAULT_THRESHOLD,

@@ -1,4 +1,5 @@
-"""`vidx person ...` (named people and manual labels) and `vidx people cluster` (unknown faces)."""
+"""`vidx person ...` (named people and manual labels), `vidx people cluster` (unknown faces) and
+`vidx people timeline` (how many people, when)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from typing import Any
 import click
 from rich.table import Table
 
-from vidx.commands.common import Context, db_option, db_url_for, device_option, json_option, out_option, pass_ctx
+from vidx.commands.common import (
+    Context,
+    db_option,
+    db_url_for,
+    device_option,
+    fmt_time,
+    json_option,
+    out_option,
+    pass_ctx,
+)
 from vidx.commands.search import json_rows, load_query_engines, local_root
 from vidx.output import emit, out
 
@@ -75,7 +85,7 @@ def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db
 
     Labels are fixed facts: searches by NAME always return them, and re-clustering never undoes them.
     """
-    from vidx.people import cluster_members, label_tracks
+    from vidx.people import cluster_members, label_tracks, track_rows_of
 
     catalog = _catalog(out_dir, db_url)
     if cluster_id is not None:
@@ -83,9 +93,9 @@ def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db
             raise click.UsageError("with --cluster give only the NAME")
         name, tracks = args[0], cluster_members(catalog, cluster_id)
     else:
-        if len(args) != 2 or not args[0].isdigit():
+        if len(args) != 2:
             raise click.UsageError("usage: vidx person label TRACK_ID NAME (or --cluster C NAME)")
-        name, tracks = args[1], [int(args[0])]
+        name, tracks = args[1], track_rows_of(catalog, [args[0]])
     done = label_tracks(catalog, tracks, name)
     result = {"name": name, **done}
 
@@ -100,16 +110,17 @@ def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db
 
 
 @person.command("unlabel")
-@click.argument("track_id", type=int)
+@click.argument("track_id")
 @click.option("--name", default=None, help="Remove only this person's label.")
 @out_option
 @db_option
 @json_option
-def person_unlabel(track_id: int, name: str | None, out_dir: str, db_url: str | None, as_json: bool) -> None:
-    """Remove the manual label(s) on TRACK_ID."""
-    from vidx.people import unlabel_tracks
+def person_unlabel(track_id: str, name: str | None, out_dir: str, db_url: str | None, as_json: bool) -> None:
+    """Remove the manual label(s) on face track TRACK_ID (such as 12-3)."""
+    from vidx.people import track_rows_of, unlabel_tracks
 
-    n = unlabel_tracks(_catalog(out_dir, db_url), [track_id], name)
+    catalog = _catalog(out_dir, db_url)
+    n = unlabel_tracks(catalog, track_rows_of(catalog, [track_id]), name)
     emit({"track_id": track_id, "removed": n}, as_json, lambda r: out.print(f"{r['removed']} label(s) removed"))
 
 
@@ -143,3 +154,36 @@ def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | Non
         out.print(table if rows else "no clusters (too few tracks, or none close enough)")
 
     emit(rows, as_json, render)
+
+
+@people.command("timeline")
+@click.argument("video")
+@out_option
+@db_option
+@json_option
+def people_timeline(video: str, out_dir: str, db_url: str | None, as_json: bool) -> None:
+    """How many people a VIDEO (path, file name or id) shows, and when: its person tracks and head counts."""
+    from vidx.timeline import person_timeline
+
+    result = person_timeline(_catalog(out_dir, db_url), video).to_json()
+    root = local_root(out_dir)
+    for track in result["person_tracks"]:
+        if track["thumbnail"] and root is not None:
+            track["thumbnail"] = str(root / track["thumbnail"])
+
+    def render(r: dict[str, Any]) -> None:
+        out.print(f"{r['video']}: {len(r['person_tracks'])} person track(s), at most {r['max_people']} at once",
+                  markup=False)
+        table = Table("from", "to", "people")
+        for seg in r["segments"]:
+            table.add_row(fmt_time(seg["start_s"]), fmt_time(seg["end_s"]), str(seg["people"]))
+        if r["segments"]:
+            out.print(table)
+        tracks = Table("person track", "from", "to", "sightings", "face tracks")
+        for t in r["person_tracks"]:
+            tracks.add_row(t["person_track_id"], fmt_time(t["start_s"]), fmt_time(t["end_s"]),
+                           str(t["n_detections"]), " ".join(t["face_track_ids"]))
+        if r["person_tracks"]:
+            out.print(tracks)
+
+    emit(result, as_json, render)

@@ -96,9 +96,11 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
     root = local_root(out_dir)
     if html_file is not None:
         from vidx.report import render_report
+        from vidx.timeline import video_timeline
 
-        html_file.write_text(render_report(hits, out_root=root, query=query, person=person_name, threshold=threshold),
-                             encoding="utf-8")
+        people = {h.video: video_timeline(catalog, h.video_id).person_tracks for h in hits}
+        html_file.write_text(render_report(hits, out_root=root, query=query, person=person_name, threshold=threshold,
+                                           person_tracks=people), encoding="utf-8")
         say(f"report written to {html_file}")
     rows = json_rows(hits, root)
 
@@ -107,11 +109,11 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
             faces = f" ({query.faces_in_photo} face(s) in the photo)" if query else ""
             out.print(f"no appearance scores {threshold} or more{faces}")
             return
-        table = Table("score", "video", "from", "to", "track", "person")
+        table = Table("score", "video", "from", "to", "track", "person track", "person")
         for r in rows:
             who = (r["person"] or "") + (" (label)" if r["labelled"] else "")
             table.add_row(f"{r['score']:.2f}", Path(r["video"]).name, fmt_time(r["start_s"]), fmt_time(r["end_s"]),
-                          str(r["track_id"]), who)
+                          r["track_id"], r["person_track_id"] or "", who)
         out.print(table)
         out.print(f"{len(rows)} appearance(s); thumbnails and full paths with --json")
 
