@@ -13,8 +13,8 @@ from engines.photos import load_photo, photo_path
 from jobs.catalog import Catalog
 from jobs.runner import JobResult, LocalExecutor, run_job
 from schemas.config import IndexSettings, RuntimeConfig
-from schemas.sql import Track, Video
-from schemas.tables import FACES, PERSONS, TRACKS
+from schemas.sql import PersonTrack, Track, Video
+from schemas.tables import FACES, PERSON_TRACKS, PERSONS, TRACKS
 from vidx.sample_archive import SampleVideo
 
 INTERVAL = 0.5  # default sampling: 2 frames per second
@@ -116,7 +116,8 @@ def test_same_person_across_videos_matches(indexed_db: Indexed,
 def test_parquet_parts_read_back_with_the_declared_schema(
         indexed_db: Indexed) -> None:
     videos, out, catalog, _ = indexed_db
-    for table, schema in (("faces", FACES), ("persons", PERSONS), ("tracks", TRACKS)):
+    for table, schema in (("faces", FACES), ("persons", PERSONS), ("tracks", TRACKS),
+                          ("person_tracks", PERSON_TRACKS)):
         data = ds.dataset(out / table, format="parquet", schema=schema).to_table()
         assert data.schema.equals(schema)
         assert len(list((out / table).glob("*.parquet"))) == len(videos)  # none for the broken file
@@ -129,6 +130,32 @@ def test_parquet_parts_read_back_with_the_declared_schema(
     assert faces.num_rows > 0 and np.all(np.diff(faces.column("pts_s").to_numpy()[:5]) >= 0)
     thumbs = [out / t for t in tracks.column("thumbnail").to_pylist()]
     assert thumbs and all(p.exists() and p.read_bytes()[:2] == b"\xff\xd8" for p in thumbs)
+
+
+def test_every_row_names_its_video_and_tracks_by_their_public_ids(indexed_db: Indexed) -> None:
+    """One track id everywhere: the faces' track_id is a track of the tracks table, whose rows are the SQL
+    index's tracks under the same public ids; thumbnails are named by it; every row carries its video's path."""
+    _, out, catalog, _ = indexed_db
+    faces, tracks, persons, person_tracks = (ds.dataset(out / t, format="parquet").to_table()
+                                             for t in ("faces", "tracks", "persons", "person_tracks"))
+    with catalog.session() as s:
+        paths = dict(s.execute(select(Video.id, Video.path)).all())
+        sql_ids = {t.public_id for t in s.scalars(select(Track))}
+        sql_people = {t.public_id for t in s.scalars(select(PersonTrack))}
+    for table in (faces, tracks, persons, person_tracks):
+        for video_id, path in zip(table.column("video_id").to_pylist(), table.column("video").to_pylist(),
+                                  strict=True):
+            assert paths[video_id] == path
+    assert set(tracks.column("track_id").to_pylist()) == sql_ids
+    assert set(faces.column("track_id").drop_null().to_pylist()) == sql_ids
+    for track_id, video_id, thumb in zip(*(tracks.column(c).to_pylist() for c in ("track_id", "video_id", "thumbnail")),
+                                         strict=True):
+        assert track_id.startswith(f"{video_id}-") and Path(thumb).name == f"{track_id}.jpg"
+    assert person_tracks.num_rows > 0 and set(person_tracks.column("person_track_id").to_pylist()) == sql_people
+    assert set(persons.column("person_track_id").drop_null().to_pylist()) == sql_people
+    assert set(tracks.column("person_track_id").drop_null().to_pylist()) <= sql_people
+    for thumb in person_tracks.column("thumbnail").to_pylist():
+        assert (out / thumb).read_bytes()[:2] == b"\xff\xd8"
 
 
 def test_second_run_does_nothing(indexed_db: Indexed, cache_dir: Path) -> None:
