@@ -27,6 +27,14 @@ def cupy_module() -> ModuleType | None:
     return cupy
 
 
+def require_cupy() -> ModuleType:
+    """CuPy, for code that only runs on the GPU path (which is chosen only when cupy_module() found a GPU)."""
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError("the GPU path was entered without a usable CuPy and CUDA device")
+    return cp
+
+
 def array_module(x: Array) -> ModuleType:
     """numpy for host arrays, cupy for device arrays."""
     if isinstance(x, np.ndarray):

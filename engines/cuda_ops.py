@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.arrays import Array, cupy_module
+from engines.arrays import Array, require_cupy
 
 _SOURCE = r"""
 typedef unsigned char u8;
@@ -150,9 +150,7 @@ THREADS = 256
 
 @functools.cache
 def _kernels() -> dict[str, Any]:
-    cp = cupy_module()
-    if cp is None:
-        raise RuntimeError("engines.cuda_ops needs CuPy and a CUDA device")
+    cp = require_cupy()
     module = cp.RawModule(code=_SOURCE, options=("-std=c++11",))
     names = ("place_level", "warp_affine", "nv12_to_rgb", "decode_candidates")
     return {name: module.get_function(name) for name in names}
@@ -166,8 +164,7 @@ def _launch(name: str, n_threads: int, args: tuple[Any, ...]) -> None:
 
 def _frame_table(frames: Sequence[Array]) -> tuple[Array, Array]:
     """Device tables of frame pointers and (H, W); frames must be C-contiguous HxWx3 uint8 CuPy arrays."""
-    cp = cupy_module()
-    assert cp is not None
+    cp = require_cupy()
     for f in frames:
         if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or not f.flags.c_contiguous:
             raise ValueError(f"frames must be C-contiguous HxWx3 uint8, got {f.shape} {f.dtype}")
@@ -200,8 +197,7 @@ def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: f
     Each CuPy call is a chance for another Python thread to take the GIL for up to a switch interval,
     so the many small array operations of a generic decode cost far more than their GPU time.
     """
-    cp = cupy_module()
-    assert cp is not None
+    cp = require_cupy()
     reg = cp.ascontiguousarray(reg, dtype=cp.float32)
     scores = cp.ascontiguousarray(scores, dtype=cp.float32)
     b, a = scores.shape
@@ -222,10 +218,10 @@ def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: f
 
 def resize(img: Array, out_h: int, out_w: int) -> Array:
     """Antialiased resize of one HxWx3 uint8 device image."""
-    img = cupy_module().ascontiguousarray(img)  # type: ignore[union-attr]
+    img = require_cupy().ascontiguousarray(img)
     if img.shape[0] == out_h and img.shape[1] == out_w:
         return img
-    out = cupy_module().empty((1, out_h, out_w, 3), np.uint8)  # type: ignore[union-attr]
+    out = require_cupy().empty((1, out_h, out_w, 3), np.uint8)
     place_level([img], out_w, out_h, out)
     return out[0]
 
@@ -233,8 +229,7 @@ def resize(img: Array, out_h: int, out_w: int) -> Array:
 def warp_affine_frames(frames: Sequence[Array], src_from_dst: np.ndarray, frame_index: Sequence[int],
                        size: int) -> Array:
     """K x size x size x 3 chips: chip k samples frames[frame_index[k]] at src_from_dst[k] @ (x, y, 1)."""
-    cp = cupy_module()
-    assert cp is not None
+    cp = require_cupy()
     out = cp.empty((len(frame_index), size, size, 3), cp.uint8)
     if not len(frame_index):
         return out
@@ -259,8 +254,7 @@ def nv12_to_rgb(y_ptr: int, uv_ptr: int, y_pitch: int, uv_pitch: int, height: in
 
     bt709 defaults to the usual convention: BT.709 for HD (height >= 720), BT.601 below.
     """
-    cp = cupy_module()
-    assert cp is not None
+    cp = require_cupy()
     rot = rotation % 360
     if rot not in (0, 90, 180, 270):
         raise ValueError(f"rotation must be a multiple of 90, got {rotation}")

@@ -239,7 +239,7 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
     out["gpu_memory_pool_peak_gib"] = round(pool.total_bytes() / 2**30, 2)
     out["rss_mib"] = {"start": round(rss_start, 1), "end": round(rss_mib(), 1)}
     try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.used",
+        smi = subprocess.run([shutil.which("nvidia-smi") or "nvidia-smi", "--query-gpu=name,driver_version,memory.used",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=10).stdout.strip()
         out["nvidia_smi"] = smi
     except (OSError, subprocess.SubprocessError):

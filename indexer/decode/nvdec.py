@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engines.arrays import Array, cupy_module
+from engines.arrays import Array, cupy_module, require_cupy
 from engines.streams import STREAMS
 from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, PacketPlan, VideoInfo
 from indexer.decode.bitstream import ReferenceScanner
@@ -195,8 +195,7 @@ DECODERS = DecoderPool()
 
 @functools.cache
 def _frame_buffer_stream() -> Any:
-    cp = cupy_module()
-    assert cp is not None
+    cp = require_cupy()
     return cp.cuda.Stream(non_blocking=True)
 
 
@@ -209,8 +208,7 @@ def frame_buffer(shape: tuple[int, ...]) -> Array:
     Nothing runs on that stream: reuse is safe because every user of a batch has synchronised before
     dropping it (the decoder before handing it over, the models at the end of a step).
     """
-    cp = cupy_module()
-    assert cp is not None
+    cp = require_cupy()
     with _frame_buffer_stream():
         return cp.empty(shape, cp.uint8)
 
@@ -223,7 +221,7 @@ def lend_decoder(gpu_id: int, demuxer: Any, parameter_sets: str) -> contextlib.A
 
 def parameter_sets_digest(extradata: bytes | None) -> str:
     """What tells streams with different parameter sets apart: a digest of the codec's extradata."""
-    return hashlib.sha1(extradata or b"").hexdigest()[:16]
+    return hashlib.sha1(extradata or b"", usedforsecurity=False).hexdigest()[:16]
 
 
 PACKET_HEAD_BYTES = 512
@@ -305,9 +303,7 @@ class NvdecDecoder:
     def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
         from engines import cuda_ops
 
-        cp = cupy_module()
-        if cp is None:
-            raise RuntimeError("NvdecDecoder needs CuPy and a GPU")
+        require_cupy()
         nvc = _nvc()
         started = time.monotonic()
         self.fell_back = None
