@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from badfiles import noise  # tests/badfiles.py
 from sqlalchemy import func, select
 
@@ -31,7 +32,6 @@ from jobs.worker import FAULTS_ENV
 from schemas.config import IndexSettings, RuntimeConfig
 from schemas.sql import Job, Task, Track
 
-ray = pytest.importorskip("ray")
 SETTINGS = IndexSettings(runtime=RuntimeConfig(device="cpu"))
 
 

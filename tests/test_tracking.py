@@ -88,3 +88,64 @@ def test_head_counts_over_time_come_from_the_person_tracks() -> None:
              PersonSpan("1-p2", 6.0, 7.0, 3, None)]
     assert [(s.start_s, s.end_s, s.people) for s in count_segments(spans)] == [
         (0.0, 1.0, 1), (1.0, 2.0, 2), (2.0, 4.0, 1), (6.0, 7.0, 1)]
+
+
+def _face(cx: float, cy: float, w: float = 50) -> np.ndarray:
+    return np.array([cx - w / 2, cy - w / 2, cx + w / 2, cy + w / 2], np.float32)
+
+
+def _identities(n: int, apart: float = 0.8) -> list[np.ndarray]:
+    """n descriptors, each pair about `apart` from each other (different people on dlib's scale)."""
+    rng = np.random.default_rng(7)
+    base = rng.normal(0, 0.1, 128).astype(np.float32)
+    return [_at_distance(base, apart / np.sqrt(2), 100 + i) for i in range(n)]
+
+
+def test_faces_that_cross_keep_their_tracks() -> None:
+    """Two people walk past each other: at the crossing their boxes overlap, but each face keeps its own
+    track because the descriptor decides, not the position."""
+    a, b = _identities(2)
+    tracker = FaceTracker(TrackingConfig())
+    q = np.ones(2, np.float32)
+    ids = []
+    for step in range(7):
+        xa, xb = 100 + 40 * step, 340 - 40 * step
+        noise = [_at_distance(a, 0.2, 10 + step), _at_distance(b, 0.2, 20 + step)]
+        ids.append(tracker.update(step * 0.5, [2 * step, 2 * step + 1], np.stack([_face(xa, 100), _face(xb, 104)]),
+                                  noise, q))
+    assert all(row == ids[0] for row in ids) and len(tracker.tracks) == 2
+
+
+def test_a_face_hidden_for_a_moment_continues_its_track_but_one_gone_too_long_starts_anew() -> None:
+    (a,) = _identities(1)
+    q = np.ones(1, np.float32)
+    tracker = FaceTracker(TrackingConfig(max_gap_s=2.5))
+    first = tracker.update(0.0, [0], _face(100, 100)[None], [a], q)
+    assert tracker.update(2.0, [1], _face(110, 100)[None], [_at_distance(a, 0.3, 1)], q) == first  # occluded 2 s
+    assert tracker.update(8.0, [2], _face(110, 100)[None], [_at_distance(a, 0.3, 2)], q) != first  # back after 6 s
+    assert [(t.start_s, t.end_s, t.n_faces) for t in tracker.tracks] == [(0.0, 2.0, 2), (8.0, 8.0, 1)]
+
+
+def test_two_similar_people_side_by_side_get_two_tracks() -> None:
+    """Two different people whose descriptors are close (0.5 apart, under the in-place bound) in one frame:
+    one sample's faces never share a track, and each later face goes to its nearer track."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 0.1, 128).astype(np.float32)
+    b = _at_distance(a, 0.5, 4)
+    q = np.ones(2, np.float32)
+    tracker = FaceTracker(TrackingConfig())
+    first = tracker.update(0.0, [0, 1], np.stack([_face(100, 100), _face(170, 100)]), [a, b], q)
+    assert len(set(first)) == 2
+    later = tracker.update(0.5, [2, 3], np.stack([_face(172, 100), _face(102, 100)]),
+                           [_at_distance(b, 0.1, 5), _at_distance(a, 0.1, 6)], q)
+    assert later == [first[1], first[0]]
+
+
+def test_faces_too_small_to_embed_follow_a_track_by_position_only() -> None:
+    (a,) = _identities(1)
+    q = np.ones(1, np.float32)
+    tracker = FaceTracker(TrackingConfig())
+    first = tracker.update(0.0, [0], _face(100, 100)[None], [a], q)
+    assert tracker.update(0.5, [1], _face(104, 100)[None], [None], q) == first  # overlaps: same track
+    assert tracker.update(1.0, [2], _face(400, 100)[None], [None], q) == [-1]  # elsewhere: no track
+    assert tracker.tracks[0].n_faces == 2 and tracker.tracks[0].n_embedded == 1
