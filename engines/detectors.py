@@ -207,9 +207,10 @@ class BlazeDetector:
     def prepare(self, height: int, width: int) -> None:
         """On a GPU, set up the runtime for every level of a height x width frame, the levels side by side
         (one thread each), unless their set-up is held. ONNX Runtime's CUDA provider spends seconds of host
-        time on the first run of each input shape (cuDNN plans, docs/gpu.md item 15); run level after level
+        time on the first run of each input shape (finalising cuDNN plans); run level after level
         inside the first detect() of a new frame size, those seconds add up, here they overlap. A size whose
-        shapes the runtime has since evicted (docs/gpu.md item 29) is set up side by side again."""
+        shapes the runtime has since evicted (it keeps MAX_SHAPE_SESSIONS per model) is set up side by side
+        again (docs/gpu.md, "What the GPU path does")."""
         xp = self._xp()
         if xp is np or not self._not_set_up(height, width):
             return
@@ -356,7 +357,7 @@ LEVEL_STEP = 2.0
 would do in principle, and found as many synthetic faces; but a fine level must then answer for boxes up
 to ~126 model px, where clutter in obama.jpg scored 0.68, and narrowing that band to 63 px lost a t1.jpg
 face (0.85 at one level, 0.41 at the next). With a step of 2 the band is 70 px and the photos' best
-clutter 0.54, for 18% more pixels (docs/measurements/detector_recall_levels.txt)."""
+clutter 0.54, for 18% more pixels (docs/measurements/detector_recall_levels_cpu_2core.txt)."""
 LEVEL_BAND = 2.5
 """A level answers for faces up to LEVEL_BAND x MODEL_MIN_FACE_PX times its scale step (70 model px at a
 step of 2); larger boxes at a fine level were mostly clutter (a 0.68 one in obama.jpg) and belong to the

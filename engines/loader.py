@@ -50,8 +50,8 @@ class Engines:
         On a GPU every input shape a height x width video needs (each pyramid level of both detectors, each
         padded embedder batch size) is set up here, not in the first analysis steps, and the shapes are set
         up side by side, one thread each: ONNX Runtime's CUDA provider spends seconds of host time per shape
-        finalising cuDNN plans (docs/gpu.md item 15), and those seconds overlap (H100, FP16 models: 49 s
-        one shape after another, 41 s side by side)."""
+        finalising cuDNN plans (docs/gpu.md, "What the GPU path does"), and those seconds overlap (H100, FP16
+        models: 49 s one shape after another, 41 s side by side)."""
         started = time.monotonic()
         xp = session_array_module(self.embedder.session)
         rng = np.random.default_rng(0)

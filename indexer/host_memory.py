@@ -4,8 +4,8 @@ glibc gives each thread that allocates while the others hold their arenas a new 
 (128 on a 16-core GPU host). A worker runs a dozen or more decoder threads plus the runtimes' own, each
 allocating and freeing packets and host buffers of many sizes: every arena keeps its own free pages, and
 the process's resident memory climbs for minutes before it levels off. On an H200 over 10 minutes of the
-GPU pipeline (docs/gpu.md item 35), RSS went from 3.9 to 5.9 GiB with glibc's default and levelled
-off at 3.8 GiB with two arenas; frame rates within 3% of each other (passes vary by +-10%), Python's own
+GPU pipeline (docs/performance.md, "GPU at steady state"), RSS went from 3.9 to 5.9 GiB with glibc's default
+and levelled off at 3.8 GiB with two arenas; frame rates within 3% of each other (passes vary by +-10%), Python's own
 object count flat in both.
 """
 
@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 MALLOC_ARENAS = 2
 """Arenas a worker process allows itself unless MALLOC_ARENA_MAX says otherwise: the setting measured flat
-over minutes. It may cost ~2.5% of frame rate; 8 looked free and nearly as flat over 100 s (docs/gpu.md
-item 35), and is the next candidate."""
+over minutes. It may cost ~2.5% of frame rate; 8 looked free and nearly as flat over 100 s (docs/performance.md,
+"GPU at steady state"), and is the next candidate."""
 _M_ARENA_MAX = -8  # <malloc.h>
 
 

@@ -48,7 +48,8 @@ class RayOptions:
     workers_per_gpu: int = 2
     """GPU workers that share one GPU (each asks Ray for 1/N of a GPU). Each is a process with its own
     Python interpreter, so their host work (decoder loops, tracking, launching kernels) runs in parallel:
-    on an H100, 2 per GPU indexed 1.25-1.3x faster than 1 (docs/benchmarks.md)."""
+    on an H100, 2 per GPU indexed 2,423 decoded frames/s against 1,808 in one process (docs/performance.md,
+    "GPU through the product")."""
     videos_per_worker: int | None = None
     """Videos each worker runs at once, sharing the models' batches (default: 8 on a GPU, to keep the NVDEC
     engines busy, as `vidx index` does; 1 on a CPU)."""

@@ -1,4 +1,4 @@
-"""CPU decoding beyond the default path (issue 3): key-frame mode, codecs other than H.264/HEVC, and
+"""CPU decoding beyond the default path: key-frame mode, codecs other than H.264/HEVC, and
 cross-video batching giving the results of one video at a time.
 
 Clips are short (3-4 s, 360p and smaller) and made the way the sample archive makes its own (its

@@ -70,7 +70,7 @@ def test_environment_setting_wins() -> None:
 def test_ray_workers_get_the_cap_from_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ray worker process runs ~22 threads before an actor's constructor does, so a cap set from Python there
     changes nothing (16 arenas on 2 cores); the environment RayExecutor gives its actors (`arena_env`) caps them
-    from the start. `pytest -s` prints the counts (docs/measurements/ray_worker_arenas_2core_s14.txt)."""
+    from the start. `pytest -s` prints the counts (docs/measurements/ray_worker_arenas_cpu_2core.txt)."""
     import ray  # a dependency of vidx: missing, this fails instead of skipping
 
     class Probe:

@@ -79,7 +79,6 @@ def main() -> None:
     scene_clip = sys.argv[1]
     configs = [tuple(map(float, c.split(","))) for c in sys.argv[2:]] or [(detectors.LEVEL_STEP,
                                                                           detectors.LEVEL_BAND)]
-    det = load_engines(DetectionConfig(face_score=0.4), warm_up=False).faces
     names = ["t1", *PORTRAIT_FACES]
     photos = {n: np.asarray(Image.open(photo_path(n)).convert("RGB")) for n in names}
     with av.open(scene_clip) as container:
@@ -87,7 +86,7 @@ def main() -> None:
     scenes = synthetic_frames(photos, np.asarray(Image.fromarray(first).resize((1920, 1080))))
     for step, band in configs:
         detectors.LEVEL_STEP, detectors.LEVEL_BAND = step, band
-        det._plans.clear()
+        det = load_engines(DetectionConfig(face_score=0.4), warm_up=False).faces  # plans the levels afresh
         clutter, t1_weakest, portrait_weakest = 0.0, 1.0, 1.0
         for name, im in photos.items():
             d = det.detect([im])[0]

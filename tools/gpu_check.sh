@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# One GPU lease: the gpu-marked tests, then (optionally) `vidx bench gpu`. Results under $OUT.
-#   bash tools/gpu_check.sh [tests|bench|all|ab|soak]
-# Run after the devkit parts are received (. /tmp/devkit/env); models and photos come in .devcache.
+# GPU acceptance run on an NVIDIA machine: the gpu-marked tests, `vidx bench gpu`, pipeline A/B rows or a soak.
+#   bash tools/gpu_check.sh [tests|bench|all|ab|soak]      (from the repository root; results under $OUT)
+# Needs vidx[gpu] installed; models and test photos are cached in .devcache (VIDX_CACHE_DIR).
 #   TESTS_K      pytest -k expression for the tests (default: every GPU test)
 #   TESTS_LIMIT  seconds before the tests are stopped (default 420)
 #   BENCH_ARGS   extra arguments for `vidx bench gpu`
 #   AB_ROWS=1    after the bench, the three pipeline rows again with NVDEC decoding every frame
-#                (tools/gpu_pipeline_rows.py ... decode-all), for the skip-unsampled A/B
+#                (tools/gpu_pipeline_rows.py ... decode-all): what skipping unsampled frames saves
 #   ab           tools/gpu_pipeline_rows.py on the bench clips (built by `bench`) with its ROWS / HANDOFFS
 #                environment (e.g. HANDOFFS=32,8,32,8 ROWS=fps,keyframes), AB_CODECS (default h264,hevc)
-#   soak         tools/gpu_soak.py for SOAK_S seconds (default 600) in a process session of its own, so that
-#                it outlives one command's 10-minute limit; waits up to SOAK_WAIT s (default 570) for it. Run
-#                `soak` again in the next call (same warm machine) to wait for the end. Log: $OUT/soak.jsonl
+#   soak         tools/gpu_soak.py for SOAK_S seconds (default 600); log in $OUT/soak.jsonl
 set -uo pipefail
 what=${1:-all}
 export PYTHONPATH=$PWD:${PYTHONPATH:-} VIDX_CACHE_DIR=$PWD/.devcache VIDX_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
@@ -37,11 +35,5 @@ if [ "$what" = ab ]; then
   grep '"mode"' "$OUT/ab_rows.jsonl" | cut -c1-400
 fi
 if [ "$what" = soak ]; then
-  if ! pgrep -f tools/gpu_soak.py >/dev/null; then
-    setsid nohup python3 tools/gpu_soak.py /tmp/vidx-bench "${SOAK_S:-600}" >/tmp/soak.jsonl 2>&1 </dev/null &
-  fi
-  end=$((SECONDS + ${SOAK_WAIT:-570}))
-  while pgrep -f tools/gpu_soak.py >/dev/null && [ "$SECONDS" -lt "$end" ]; do sleep 5; done
-  cp /tmp/soak.jsonl "$OUT/soak.jsonl"
-  tail -4 /tmp/soak.jsonl
+  python3 tools/gpu_soak.py /tmp/vidx-bench "${SOAK_S:-600}" 2>&1 | tee "$OUT/soak.jsonl" | tail -4
 fi

@@ -1,4 +1,4 @@
-"""One lease: the same archive indexed by several executors and GPU counts, timed, results compared.
+"""The same archive indexed through the product by several executors and worker counts, timed, results compared.
 
     python3 tools/gpu_scaling.py --copies 28 local ray:1x1 ray:1x2 ray:2x2   (results under $OUT)
 
@@ -118,7 +118,7 @@ def main() -> None:
     archive = Path("/tmp/scaling-archive")
     videos = build_archive(archive, args.copies)
     print(f"{len(videos)} videos in {archive}", flush=True)
-    results = []
+    results: list[dict[str, object]] = []
     from engines.photos import photo_path
 
     photo = photo_path(args.search_photo)

@@ -6,7 +6,7 @@ Each variant runs in a fresh process (CUDA and cuDNN state would otherwise carry
 inputs and outputs on the GPU (IO binding), zero images in batches of 32 at the finest and the second
 1080p pyramid levels' canvases (800x1376, 416x704), then the first shape again. A run's time includes
 the device synchronisation after it. The first run of a shape pays the provider's set-up; the third
-and fourth show the steady time. Results of 2026-11-25 on an H100: docs/measurements/ort_cuda_options_h100.txt.
+and fourth show the steady time. Output on an H100: docs/measurements/ort_cuda_options_h100.txt (part 3).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ RETRAIN_GROWTH = 4.0
 COMPACT_FRACTION = 0.3
 """Rewrite the row files once this fraction of rows are tombstones."""
 PROBE_FRACTION = 16
-"""IVF lists probed per query: nlist / 16 (256 of 4096 at 10M tracks: recall@10 0.95, docs/benchmarks.md)."""
+"""IVF lists probed per query: nlist / 16 (256 of 4096 at 10M tracks: recall@10 0.956, docs/performance.md)."""
 
 
 def nprobe_for(nlist: int) -> int:

@@ -31,14 +31,15 @@ FUSED_FP16_ENV = "VIDX_ORT_FP16_FUSED"
 (ONNX Runtime CUDA options prefer_nhwc + fuse_conv_bias). Measured on an H100 (tools/gpu_pipeline_rows.py):
 every-frame pipeline +35%, key frames +8-16%, default sampling +17%, the same faces; but ~2x the set-up per
 input shape (warm-up 62 s instead of 41 with shapes side by side, and tens of seconds more for each new frame
-size), and of the GPU tests only the detector and embedding comparisons have run with it (docs/gpu.md item 27)."""
+size), and of the GPU tests only the detector and embedding comparisons have run with it (docs/performance.md,
+"GPU through the product")."""
 
 
 MAX_SHAPE_SESSIONS = 12
 """ONNX Runtime sessions kept per model on CUDA, one per input shape (6 detector levels for a 1080p video with
 persons on, so two frame sizes in flight fit). Each keeps a GPU memory arena as large as its shape's peak: a
-worker that met many frame sizes ran the H100 out of memory (the FP16 GPU test, 2026-11-25) before shapes
-were evicted, least recently used first."""
+worker that met many frame sizes ran the H100 out of memory (in the FP16 GPU test) before shapes were
+evicted, least recently used first."""
 
 
 class ShapeSessions:
@@ -86,8 +87,9 @@ class OnnxRuntimeSession:
     ~6-10 s per shape at 32 frames for the detectors on the H100) only for the last shape a convolution
     saw, so one session fed alternating pyramid levels redid it on every run, and one embedder session
     fed alternating batch sizes spent more time setting up than embedding. Each session sees one shape
-    and sets up once, up to MAX_SHAPE_SESSIONS shapes per model (docs/gpu.md item 29). (No provider option
-    removes the set-up without slower convolutions: docs/gpu.md items 15-16.)
+    and sets up once, up to MAX_SHAPE_SESSIONS shapes per model, as each session's memory arena grows to its
+    shape's peak. (No provider option removes the set-up without slower convolutions: docs/performance.md,
+    "Known to be slow, and why".)
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False):
@@ -106,7 +108,7 @@ class OnnxRuntimeSession:
         opts.log_severity_level = 3
         if device == "cpu":
             # ONNX Runtime's pool threads spin between runs by default, taking the cores the decoder
-            # threads need: on the 2-core dev box the CPU pipeline ran 3-12% faster without (docs/benchmarks.md).
+            # threads need: on a 2-core box the CPU pipeline ran 3-12% faster without (docs/performance.md).
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.stream: Any = None
         providers: list[Any]

@@ -9,7 +9,8 @@ Other frames are decoded (later frames depend on them) and dropped.
 
 Decoders are kept for the next video of the same kind (`DECODERS`): a decoder that has been flushed at
 the end of one file decodes the next file of the same codec, chroma format, bit depth and size exactly as
-a fresh one does (frames and PTS compared on an H100), without setting up NVDEC again (docs/gpu.md).
+a fresh one does (frames and PTS compared on an H100), without setting up NVDEC again (docs/gpu.md,
+"What the GPU path does").
 
 Timestamps: each frame's PTS in the stream time base, minus the stream's start time, as in the
 PyAV decoder. Rotation comes from the container (read with PyAV, which costs one CPU frame decode).
@@ -122,8 +123,9 @@ class DecoderPool:
     """NVDEC decoders lent for one video and taken back, to decode the next video of the same kind.
 
     Setting a decoder up (its parser, NVDEC session and surfaces, made on the first sequence header)
-    is per-video work that does not depend on the video: reusing flushed decoders made key-frame
-    decoding of 42 short clips 2.9x faster and decoding every frame 14% faster (H100, docs/gpu.md).
+    is per-video work that does not depend on the video: reusing flushed decoders took key-frame
+    decoding of 42 short clips from 3.536 to 1.289 s and decoding every frame from 2,953 to 3,343 fps
+    (H100, tools/nvdec_reuse_probe.py, docs/measurements/nvdec_decoder_reuse_h100.jsonl).
     A decoder goes back only when its file was decoded to the end (the end-of-stream packet flushed
     it) at the size it was lent for; after an error or an early stop it is dropped. The kind includes
     the codec because a decoder fed another codec's packets outputs nothing and raises nothing, and the

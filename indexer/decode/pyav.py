@@ -102,7 +102,7 @@ NOISE_PRONE_STREAMS = frozenset({"h261", "h263", "vvc"})
 """Bare-stream demuxers whose probes accept random data: of 60,000 blocks of noise of 0.1-30 kB, 20 opened as
 raw H.263 or H.261 (and one other block as H.266) and even decoded a frame of noise; none as H.264, HEVC or
 MPEG-4, whose probes ask for more structure (tools/ffmpeg_noise_probe.py,
-docs/measurements/ffmpeg_noise_probe_2core_s14.txt). Such a file is refused unless its name says it is that
+docs/measurements/ffmpeg_noise_probe_cpu_2core.txt). Such a file is refused unless its name says it is that
 stream."""
 
 

@@ -1,4 +1,4 @@
-"""`vidx bench`: benchmarks whose results go to docs/benchmarks.md."""
+"""`vidx bench`: benchmarks whose results go to docs/performance.md."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from vidx.output import emit, out
 
 @click.group()
 def bench() -> None:
-    """Benchmarks (results go to docs/benchmarks.md with the machine and command)."""
+    """Benchmarks (results go to docs/performance.md with the machine and command)."""
 
 
 @bench.command("engines")
