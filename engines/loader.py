@@ -10,12 +10,13 @@ from functools import partial
 
 import numpy as np
 
+from engines.centerface import CenterFaceDetector
 from engines.detectors import FaceDetector, PersonDetector
 from engines.embedder import CHIP_SIZE, FaceEmbedder, padded_batch
 from engines.runtime.base import RuntimeReport, Session, open_session, runtime_report, session_array_module
 from engines.sources import Progress
 from engines.streams import side_by_side
-from engines.zoo import ModelStore
+from engines.zoo import FACE_DETECTOR_MODELS, ModelStore
 from schemas.config import DetectionConfig, RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ frames per run, the small coarse levels run ~1.4x faster per frame at 4."""
 class Engines:
     """The models a worker needs, opened on one device."""
 
-    faces: FaceDetector
+    faces: FaceDetector | CenterFaceDetector
     persons: PersonDetector | None
     embedder: FaceEmbedder
     model_versions: dict[str, str]
@@ -88,21 +89,28 @@ def load_engines(
     runtime = runtime or RuntimeConfig()
     store = store or ModelStore(progress=progress)
     report = report or runtime_report()
-    names = ["face_detector", "face_embedder"] + (["person_detector"] if detection.detect_persons else [])
+    face_model = FACE_DETECTOR_MODELS[detection.face_detector]
+    names = [face_model, "face_embedder"] + (["person_detector"] if detection.detect_persons else [])
     sessions: dict[str, Session] = {}
     versions: dict[str, str] = {}
     for name in names:
-        model = store.load(name)  # type: ignore[arg-type]
+        model = store.load(name)
         versions[name] = model.provenance.version
         batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch or GPU_DETECTOR_BATCH
         sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch,
                                       report=report)
         log.info("%s: %s", name, sessions[name].description)
-    on_gpu = sessions["face_detector"].device == "cuda"
+    on_gpu = sessions[face_model].device == "cuda"
     frames = runtime.detector_batch or (GPU_DETECTOR_BATCH if on_gpu else CPU_DETECTOR_BATCH)
+    faces: FaceDetector | CenterFaceDetector
+    if detection.face_detector == "centerface":
+        faces = CenterFaceDetector(sessions[face_model], score_threshold=detection.centerface_score,
+                                   min_face_px=detection.min_face_px, batch_size=frames)
+    else:
+        faces = FaceDetector(sessions[face_model], score_threshold=detection.face_score,
+                             min_face_px=detection.min_face_px, batch_size=frames)
     engines = Engines(
-        faces=FaceDetector(sessions["face_detector"], score_threshold=detection.face_score,
-                           min_face_px=detection.min_face_px, batch_size=frames),
+        faces=faces,
         persons=PersonDetector(sessions["person_detector"], score_threshold=detection.person_score,
                                batch_size=frames)
         if "person_detector" in sessions else None,

@@ -1,6 +1,6 @@
 """`vidx models verify`: the files match their records, and the models still see faces correctly.
 
-The numeric check runs the three models on real photos and compares with what the reference
+The numeric check runs the models on real photos and compares with what the reference
 conversion measured (../shared/reference/models/README.md): six faces in t1.jpg, one in each
 portrait, the same person closer than 0.6 in L2 and different people farther.
 """
@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engines.centerface import CenterFaceDetector
+from engines.detectors import FaceDetector
 from engines.errors import ModelError
 from engines.loader import Engines, load_engines
 from engines.photos import IDENTITY, PORTRAITS, load_photo
+from engines.runtime.base import open_session
 from engines.sources import check_sha256
-from engines.zoo import MODEL_NAMES, ModelStore, spec_of
+from engines.zoo import FACE_DETECTOR_MODELS, MODEL_NAMES, ModelStore, spec_of
 from schemas.config import DetectionConfig, RuntimeConfig
 
 
@@ -83,4 +86,21 @@ def verify_models(store: ModelStore, runtime: RuntimeConfig | None = None) -> Ve
     report.add("different people L2 > 0.6", best_other > 0.6, f"smallest different-person distance {best_other:.3f}")
     n_persons = len(engines.persons.detect([t1])[0]) if engines.persons else 0
     report.add("people in t1.jpg", n_persons >= 3, f"{n_persons} found (reference: 4 of 6)")
+    _verify_other_face_detector(report, store, runtime or RuntimeConfig(), t1)
     return report
+
+
+def _verify_other_face_detector(report: VerifyReport, store: ModelStore, runtime: RuntimeConfig,
+                                t1: np.ndarray) -> None:
+    """The face detector not chosen by default must see the same faces: six in t1.jpg, one per portrait."""
+    default = DetectionConfig()
+    choice = next(c for c in FACE_DETECTOR_MODELS if c != default.face_detector)
+    name = FACE_DETECTOR_MODELS[choice]
+    session = open_session(store.load(name), device=runtime.device, engine=runtime.engine)
+    detector = (CenterFaceDetector(session, score_threshold=default.centerface_score) if choice == "centerface"
+                else FaceDetector(session, score_threshold=default.face_score))
+    n_t1 = len(detector.detect([t1])[0])
+    report.add(f"{name}: faces in t1.jpg", n_t1 == 6, f"{n_t1} of 6 found")
+    for photo in PORTRAITS:
+        n = len(detector.detect([load_photo(photo, store.cache_dir)])[0])
+        report.add(f"{name}: faces in {photo}", n == 1, f"{n} found, 1 expected")

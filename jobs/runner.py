@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 
-from engines.zoo import ModelStore
+from engines.zoo import ModelStore, run_models
 from indexer.write import OutputStore, remove_video_outputs
 from jobs import state
 from jobs.archive import VideoFile, scan_archive
@@ -138,7 +138,7 @@ def this_driver() -> str:
 
 
 def compute_run(catalog: Catalog, settings: IndexSettings, cache_dir: Path | None) -> Run:
-    versions = ModelStore(cache_dir).versions()
+    versions = ModelStore(cache_dir).versions(run_models(settings.detection.face_detector))
     key = run_key(PIPELINE_VERSION, versions, settings.result_params())
     return catalog.ensure_run(key, PIPELINE_VERSION, versions, settings.result_params())
 

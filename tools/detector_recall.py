@@ -13,6 +13,7 @@ in t1.jpg and in the portraits. Runs on the CPU (ONNX Runtime), a few minutes on
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import av
 import numpy as np
@@ -43,7 +44,7 @@ def iou(a: tuple[float, ...] | np.ndarray, b: tuple[float, ...] | np.ndarray) ->
     return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
-def synthetic_frames(photos: dict[str, np.ndarray], scene: np.ndarray
+def synthetic_frames(photos: dict[str, np.ndarray], scene: np.ndarray, widths: Sequence[int] = WIDTHS
                      ) -> list[tuple[int, np.ndarray, list[tuple[float, ...]]]]:
     rng = np.random.default_rng(1)
     noise = rng.normal(110, 25, (1080, 1920, 3)).clip(0, 255).astype(np.uint8)
@@ -55,7 +56,7 @@ def synthetic_frames(photos: dict[str, np.ndarray], scene: np.ndarray
         x1, y1 = int(min(im.shape[1], cx + w)), int(min(im.shape[0], cy + w))
         crops.append((im[y0:y1, x0:x1], (b[0] - x0, b[1] - y0, b[2] - x0, b[3] - y0)))
     out: list[tuple[int, np.ndarray, list[tuple[float, ...]]]] = []
-    for width in WIDTHS:
+    for width in widths:
         for background in (noise, scene):
             for rep in range(2):
                 frame, truth = background.copy(), list[tuple[float, ...]]()

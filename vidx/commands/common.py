@@ -30,6 +30,12 @@ engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime
                                   "onnxruntime: FP32; onnxruntime-fp16: FP16 on ONNX Runtime's CUDA provider).")
 
 
+face_detector_option = click.option(
+    "--face-detector", type=click.Choice(["blazeface", "centerface"]), default="blazeface", show_default=True,
+    help="blazeface: BlazeFace over an image pyramid; centerface: CenterFace over whole frames (docs/models.md "
+         "compares them). Part of the run key: changing it reindexes.")
+
+
 def sampling_options(fn: Any) -> Any:
     fn = click.option("--sample-fps", type=click.FloatRange(0.01, 240), default=2.0, show_default=True,
                       help="Frames analysed per second of video.")(fn)
@@ -42,7 +48,7 @@ def sampling_options(fn: Any) -> Any:
 
 
 def build_settings(device: str, engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-                   no_persons: bool) -> Any:
+                   no_persons: bool, face_detector: str = "blazeface") -> Any:
     from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
 
     if every_frame and keyframes:
@@ -50,7 +56,8 @@ def build_settings(device: str, engine: str, sample_fps: float, every_frame: boo
     mode = "every-frame" if every_frame else "keyframes" if keyframes else "fps"
     return IndexSettings(
         sampling=SamplingConfig(mode=mode, fps=sample_fps),  # type: ignore[arg-type]
-        detection=DetectionConfig(min_face_px=min_face, detect_persons=not no_persons),
+        detection=DetectionConfig(min_face_px=min_face, detect_persons=not no_persons,
+                                  face_detector=face_detector),  # type: ignore[arg-type]
         runtime=RuntimeConfig(device=device, engine=engine),  # type: ignore[arg-type]
     )
 

@@ -12,6 +12,7 @@ from vidx.commands.common import (
     db_option,
     device_option,
     engine_option,
+    face_detector_option,
     json_option,
     out_option,
     pass_ctx,
@@ -38,14 +39,15 @@ from vidx.commands.job import (
 @device_option
 @engine_option
 @sampling_options
+@face_detector_option
 @json_option
 @pass_ctx
 def index_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str,
               executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
               sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-              no_persons: bool, as_json: bool) -> None:
+              no_persons: bool, face_detector: str, as_json: bool) -> None:
     """Index ARCHIVE (a folder, searched recursively, or a text file listing videos) in the foreground."""
-    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
     if executor_args.address and executor == "local":
         executor = "ray"  # naming a cluster means running on it
     ex = executor_args.to_json(executor, device)

@@ -22,6 +22,7 @@ from vidx.commands.common import (
     db_url_for,
     device_option,
     engine_option,
+    face_detector_option,
     json_option,
     out_option,
     pass_ctx,
@@ -176,14 +177,15 @@ def job() -> None:
 @device_option
 @engine_option
 @sampling_options
+@face_detector_option
 @json_option
 @pass_ctx
 def submit_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str,
                executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, detach: bool, device: str,
                engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-               no_persons: bool, as_json: bool) -> None:
+               no_persons: bool, face_detector: str, as_json: bool) -> None:
     """Index ARCHIVE as a job: only what is missing (new, changed, or stale with --reprocess-stale)."""
-    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
     ex = executor_args.to_json(executor, device)
     if detach:
         info = start_detached(ctx, archive, out_dir=out_dir, db_url=db_url, settings=settings, executor=ex,
