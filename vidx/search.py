@@ -145,7 +145,7 @@ def photo_faces(engines: Engines, photo: Path) -> dict[str, Any]:
     image = load_rgb(photo)
     dets, order = _faces_by_size(engines, image, photo)
     return {"width": int(image.shape[1]), "height": int(image.shape[0]),
-            "faces": [{"face": n, "box": [float(v) for v in dets.boxes[k].round(1)]}
+            "faces": [{"face": n, "box": [round(float(v), 1) for v in dets.boxes[k]]}
                       for n, k in enumerate(order.tolist(), 1)]}
 
 
