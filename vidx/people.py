@@ -378,3 +378,67 @@ def _describe(catalog: Catalog, ids: np.ndarray, final: np.ndarray, person_of: n
                            next((t.thumbnail for t in tracks if t.thumbnail), None)))
     out.sort(key=lambda c: (-c.size, c.id))
     return out
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def label(catalog: Catalog, name: str, *, track_id: str | None = None, cluster_id: int | None = None) -> dict[str, Any]:
+    """`vidx person label`: label one face track (public id) or every track of a cluster as NAME."""
+    if (track_id is None) == (cluster_id is None):
+        raise PersonError("give a face track id or a cluster id to label")
+    rows = cluster_members(catalog, cluster_id) if cluster_id is not None else track_rows_of(catalog, [track_id or ""])
+    return {"name": name, **label_tracks(catalog, rows, name)}
+
+
+def unlabel(catalog: Catalog, track_id: str, name: str | None = None) -> dict[str, Any]:
+    """`vidx person unlabel`: remove the label(s) on a face track (public id), only `name`'s if given."""
+    return {"track_id": track_id, "removed": unlabel_tracks(catalog, track_rows_of(catalog, [track_id]), name)}
+
+
+def cluster_index(catalog: Catalog, out_dir: str | None, *, eps: float = DEFAULT_EPS,
+                  min_samples: int = DEFAULT_MIN_SAMPLES) -> list[Cluster]:
+    """`vidx people cluster`: cluster the live tracks, reading their descriptors from the search index."""
+    from vidx.search import open_search_index
+
+    vectors = open_search_index(catalog, out_dir, device="cpu").rows()  # faster than reading SQL rows
+    return cluster_people(catalog, eps=eps, min_samples=min_samples, vectors=vectors)
+
+
+def stored_clusters(catalog: Catalog) -> list[Cluster]:
+    """The clusters as the last clustering left them (largest first), named by the labels that apply now."""
+    with catalog.session() as s:
+        rows = s.execute(select(Track.id, Track.cluster_id).join(Video, Video.id == Track.video_id)
+                         .where(Track.run_id == Video.run_id, Track.cluster_id.is_not(None))
+                         .order_by(Track.id)).all()
+        names = dict(s.execute(select(Person.id, Person.name)).all())
+    ids = np.asarray([r.id for r in rows], np.int64)
+    final = np.asarray([r.cluster_id for r in rows], np.int64)
+    resolved = resolve_labels(catalog)
+    person_of = np.asarray([resolved.get(int(t), (-1, -1))[0] for t in ids], np.int64)
+    return _describe(catalog, ids, final, person_of, names)
+
+
+@dataclass
+class FaceTrackView:
+    """A live face track of a video as a person sees it: when, which body, which cluster, who a label says."""
+
+    track_id: str
+    start_s: float
+    end_s: float
+    thumbnail: str | None
+    person_track_id: str | None
+    cluster_id: int | None
+    person: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def video_face_tracks(catalog: Catalog, video_id: int) -> list[FaceTrackView]:
+    """The live face tracks of one video, in time order, with the names their labels give them."""
+    tracks = _live_tracks_of_videos(catalog, {video_id})
+    names = label_names(catalog, resolve_labels(catalog, {video_id}))
+    tracks.sort(key=lambda t: (t.start_s, t.public_id))
+    return [FaceTrackView(t.public_id, t.start_s, t.end_s, t.thumbnail, t.person_track_id, t.cluster_id,
+                          names.get(t.id)) for t in tracks]

@@ -24,6 +24,7 @@ from engines.images import load_rgb
 from engines.loader import Engines
 from jobs.catalog import Catalog
 from schemas.embeddings import embedding_from_bytes
+from schemas.errors import InputError
 from schemas.ids import face_track_id, parse_face_track_id, person_track_id
 from schemas.sql import Run, Track, Video
 from vidx.ann import VectorIndex, index_dir_for
@@ -120,15 +121,38 @@ class QueryFace:
     about: dict[str, Any] = field(default_factory=dict)
 
 
-def detect_query_face(engines: Engines, photo: Path, face: int | None = None) -> QueryFace:
-    """The descriptor of the chosen face of a photo (faces numbered by size, 1 = largest)."""
-    image = load_rgb(photo)
+def query_engines(store: Any, device: str = "auto") -> Engines:
+    """The two models a photo query needs (face detector and embedder), not warmed up: one photo is not worth it."""
+    from engines.loader import load_engines
+    from schemas.config import DetectionConfig, RuntimeConfig
+
+    return load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device=device),  # type: ignore[arg-type]
+                        store=store, warm_up=False)
+
+
+def _faces_by_size(engines: Engines, image: np.ndarray, photo: Path) -> tuple[Any, np.ndarray]:
+    """The detections of a photo and their order by area, largest first (the numbering of `--face`)."""
     dets = engines.faces.detect([image])[0]
     if not len(dets):
         raise ImageError("no face found in the photo", path=photo,
                          hint="use a photo where the face is visible, frontal and at least ~40 pixels wide")
     areas = (dets.boxes[:, 2] - dets.boxes[:, 0]) * (dets.boxes[:, 3] - dets.boxes[:, 1])
-    order = np.argsort(-areas)
+    return dets, np.argsort(-areas)
+
+
+def photo_faces(engines: Engines, photo: Path) -> dict[str, Any]:
+    """The faces of a photo as `--face` numbers them (1 = largest): boxes in pixels, and the photo's size."""
+    image = load_rgb(photo)
+    dets, order = _faces_by_size(engines, image, photo)
+    return {"width": int(image.shape[1]), "height": int(image.shape[0]),
+            "faces": [{"face": n, "box": [round(float(v), 1) for v in dets.boxes[k]]}
+                      for n, k in enumerate(order.tolist(), 1)]}
+
+
+def detect_query_face(engines: Engines, photo: Path, face: int | None = None) -> QueryFace:
+    """The descriptor of the chosen face of a photo (faces numbered by size, 1 = largest)."""
+    image = load_rgb(photo)
+    dets, order = _faces_by_size(engines, image, photo)
     if face is not None and not (1 <= face <= len(order)):
         raise ImageError(f"--face {face} asked for, but the photo has {len(order)} face(s)", path=photo,
                          hint=f"choose a face from 1 (largest) to {len(order)}")
@@ -264,6 +288,31 @@ def _merge(group: list[tuple[TrackInfo, float, float, bool]], labels: dict[int, 
                labelled=any(x[3] for x in group),
                person=next((labels[x[0].id] for x in group if x[0].id in labels), None),
                person_track_id=best_t.person_track_id)
+
+
+def find_appearances(catalog: Catalog, out_dir: str | None, *, query: np.ndarray | None = None,
+                     person: str | None = None, top: int = 20, threshold: float = DEFAULT_THRESHOLD,
+                     filters: Filters | None = None, device: str = "auto") -> list[Hit]:
+    """`vidx search`: the appearances of the face `query` describes, or of the named `person`, best first.
+
+    Manual labels name the people on the tracks found. A search by name queries with the person's exemplars
+    and labelled tracks, leaves out tracks labelled as someone else and always returns the labelled ones.
+    """
+    from vidx.people import get_person, label_names, person_queries, resolve_labels  # vidx.people builds on this
+
+    if (query is None) == (person is None):
+        raise InputError("give exactly one of a query photo or a person's name")
+    resolved = resolve_labels(catalog)
+    names = label_names(catalog, resolved)
+    if query is not None:
+        index = open_search_index(catalog, out_dir, device=device)
+        return search_index(catalog, index, query, top=top, threshold=threshold, filters=filters, labels=names)
+    known = get_person(catalog, person or "")
+    queries = person_queries(catalog, known)
+    index = open_search_index(catalog, out_dir, device=device)
+    forced = load_tracks(catalog, [tid for tid, (pid, _) in resolved.items() if pid == known.id])
+    return search_index(catalog, index, queries, top=top, threshold=threshold, filters=filters, labels=names,
+                        exclude_other_people=known.name, forced=forced)
 
 
 def search_tracks(catalog: Catalog, query: np.ndarray, *, top: int = 20, threshold: float = DEFAULT_THRESHOLD,

@@ -117,3 +117,37 @@ def count_segments(spans: list[PersonSpan]) -> list[Segment]:
         else:
             out.append(Segment(a, b, n))
     return out
+
+
+@dataclass
+class VideoSummary:
+    """An indexed video as a list shows it: what it is, whether it is indexed, how many tracks its live run has."""
+
+    video_id: int
+    video: str
+    status: str
+    error: str | None
+    duration_s: float | None
+    codec: str | None
+    width: int | None
+    height: int | None
+    face_tracks: int
+    person_tracks: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_videos(catalog: Catalog) -> list[VideoSummary]:
+    """Every video of the index by path, with the number of face and person tracks of its live results."""
+    from sqlalchemy import func
+
+    with catalog.session() as s:
+        faces = dict(s.execute(select(Track.video_id, func.count()).join(Video, Video.id == Track.video_id)
+                               .where(Track.run_id == Video.run_id).group_by(Track.video_id)).all())
+        bodies = dict(s.execute(select(PersonTrack.video_id, func.count())
+                                .join(Video, Video.id == PersonTrack.video_id)
+                                .where(PersonTrack.run_id == Video.run_id).group_by(PersonTrack.video_id)).all())
+        videos = s.scalars(select(Video).order_by(Video.path)).all()
+        return [VideoSummary(v.id, v.path, v.status, v.error, v.duration_s, v.codec, v.width, v.height,
+                             int(faces.get(v.id, 0)), int(bodies.get(v.id, 0))) for v in videos]

@@ -85,19 +85,16 @@ def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db
 
     Labels are fixed facts: searches by NAME always return them, and re-clustering never undoes them.
     """
-    from vidx.people import cluster_members, label_tracks, track_rows_of
+    from vidx.people import label
 
-    catalog = _catalog(out_dir, db_url)
     if cluster_id is not None:
         if len(args) != 1:
             raise click.UsageError("with --cluster give only the NAME")
-        name, tracks = args[0], cluster_members(catalog, cluster_id)
+        result = label(_catalog(out_dir, db_url), args[0], cluster_id=cluster_id)
     else:
         if len(args) != 2:
             raise click.UsageError("usage: vidx person label TRACK_ID NAME (or --cluster C NAME)")
-        name, tracks = args[1], track_rows_of(catalog, [args[0]])
-    done = label_tracks(catalog, tracks, name)
-    result = {"name": name, **done}
+        result = label(_catalog(out_dir, db_url), args[1], track_id=args[0])
 
     def render(r: dict[str, Any]) -> None:
         out.print(f"{len(r['labelled'])} track(s) labelled {r['name']}", markup=False)
@@ -117,11 +114,10 @@ def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db
 @json_option
 def person_unlabel(track_id: str, name: str | None, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Remove the manual label(s) on face track TRACK_ID (such as 12-3)."""
-    from vidx.people import track_rows_of, unlabel_tracks
+    from vidx.people import unlabel
 
-    catalog = _catalog(out_dir, db_url)
-    n = unlabel_tracks(catalog, track_rows_of(catalog, [track_id]), name)
-    emit({"track_id": track_id, "removed": n}, as_json, lambda r: out.print(f"{r['removed']} label(s) removed"))
+    result = unlabel(_catalog(out_dir, db_url), track_id, name)
+    emit(result, as_json, lambda r: out.print(f"{r['removed']} label(s) removed"))
 
 
 @click.group("people")
@@ -139,12 +135,9 @@ def people() -> None:
 @json_option
 def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Cluster the face tracks (DBSCAN); name a cluster with `vidx person label --cluster C NAME`."""
-    from vidx.people import cluster_people
-    from vidx.search import open_search_index
+    from vidx.people import cluster_index
 
-    catalog = _catalog(out_dir, db_url)
-    vectors = open_search_index(catalog, out_dir, device="cpu").rows()  # faster than reading SQL rows
-    clusters = cluster_people(catalog, eps=eps, min_samples=min_samples, vectors=vectors)
+    clusters = cluster_index(_catalog(out_dir, db_url), out_dir, eps=eps, min_samples=min_samples)
     rows = json_rows(clusters, local_root(out_dir))
 
     def render(rows: list[dict[str, Any]]) -> None:

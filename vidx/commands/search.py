@@ -38,11 +38,9 @@ def json_rows(items: Any, root: Path | None) -> list[dict[str, Any]]:
 
 
 def load_query_engines(ctx: Context, device: str) -> Any:
-    from engines.loader import load_engines
-    from schemas.config import DetectionConfig, RuntimeConfig
+    from vidx.search import query_engines
 
-    return load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device=device),  # type: ignore[arg-type]
-                        store=ctx.store(), warm_up=False)
+    return query_engines(ctx.store(), device)
 
 
 @click.command("search")
@@ -68,8 +66,7 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
                html_file: Path | None, out_dir: str, db_url: str | None, device: str, as_json: bool) -> None:
     """Find where and when a person appears: give a PHOTO of them, or the NAME of a known person."""
     from jobs.catalog import Catalog
-    from vidx.people import get_person, label_names, person_queries, resolve_labels
-    from vidx.search import DEFAULT_THRESHOLD, Filters, detect_query_face, load_tracks, open_search_index, search_index
+    from vidx.search import DEFAULT_THRESHOLD, Filters, detect_query_face, find_appearances
 
     if (photo is None) == (person_name is None):
         raise click.UsageError("give exactly one of --photo IMG or --person NAME")
@@ -77,22 +74,10 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
         raise click.UsageError("--after must not be later than --before")
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     catalog = Catalog(db_url_for(out_dir, db_url))
-    filters = Filters(video_glob, after, before)
-    query = None
-    resolved = resolve_labels(catalog)
-    names = label_names(catalog, resolved)
-    if photo is not None:
-        query = detect_query_face(load_query_engines(ctx, device), photo, face)
-        index = open_search_index(catalog, out_dir, device=device)
-        hits = search_index(catalog, index, query.embedding, top=top, threshold=threshold, filters=filters,
-                            labels=names)
-    else:
-        person = get_person(catalog, person_name or "")
-        queries = person_queries(catalog, person)
-        index = open_search_index(catalog, out_dir, device=device)
-        forced = load_tracks(catalog, [tid for tid, (pid, _) in resolved.items() if pid == person.id])
-        hits = search_index(catalog, index, queries, top=top, threshold=threshold, filters=filters, labels=names,
-                            exclude_other_people=person.name, forced=forced)
+    query = detect_query_face(load_query_engines(ctx, device), photo, face) if photo is not None else None
+    hits = find_appearances(catalog, out_dir, query=query.embedding if query is not None else None,
+                            person=person_name, top=top, threshold=threshold,
+                            filters=Filters(video_glob, after, before), device=device)
     root = local_root(out_dir)
     if html_file is not None:
         from vidx.report import render_report
