@@ -26,13 +26,26 @@ def local_root(out_dir: str) -> Path | None:
     return Path(out_dir).expanduser().resolve() if "://" not in out_dir else None
 
 
-def json_rows(items: Any, root: Path | None) -> list[dict[str, Any]]:
-    """Each item's `to_json()`, its thumbnail made a path under the local output folder when there is one."""
+def output_root(out_dir: str) -> Path | str:
+    """The output folder as a local path, or the object-store URI as given."""
+    return out_dir.rstrip("/") if "://" in out_dir else Path(out_dir).expanduser().resolve()
+
+
+def located(root: Path | str | None, rel: str) -> str:
+    """Where a file of the output is for a reader: a local path, or the object's URI."""
+    if root is None:
+        return rel
+    return f"{root}/{rel}" if isinstance(root, str) else str(root / rel)
+
+
+def json_rows(items: Any, root: Path | str | None) -> list[dict[str, Any]]:
+    """Each item's `to_json()`, its thumbnail made a full location: a path under the local output folder, or
+    the thumbnail object's URI when the output is in object storage."""
     rows = []
     for item in items:
         d = item.to_json()
         if item.thumbnail and root is not None:
-            d["thumbnail"] = str(root / item.thumbnail)
+            d["thumbnail"] = located(root, item.thumbnail)
         rows.append(d)
     return rows
 
@@ -93,7 +106,7 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
         forced = load_tracks(catalog, [tid for tid, (pid, _) in resolved.items() if pid == person.id])
         hits = search_index(catalog, index, queries, top=top, threshold=threshold, filters=filters, labels=names,
                             exclude_other_people=person.name, forced=forced)
-    root = local_root(out_dir)
+    root = output_root(out_dir)
     if html_file is not None:
         from vidx.report import render_report
         from vidx.timeline import video_timeline
