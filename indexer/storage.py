@@ -94,14 +94,35 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if scheme in ("s3", "s3a"):
         if not parsed.netloc:
             raise InputError("an S3 URI names a bucket: s3://BUCKET/PREFIX", path=uri)
+        endpoint = aws_endpoint()
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        fs = _s3(aws_endpoint(), region)
+        if region is None and endpoint is None:
+            region = _bucket_region(parsed.netloc)
+        fs = _s3(endpoint, region)
         return fs, f"{parsed.netloc}{parsed.path}".rstrip("/")
     try:
         return pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as exc:  # an unknown scheme, or a file system this pyarrow was built without
         raise InputError(f"this object store is not supported here: {exc}", path=uri,
                          hint="s3:// works everywhere; gs:// where pyarrow has GCS support") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_region(bucket: str) -> str | None:
+    """Where a bucket lives, when no region is configured (AWS answers a request in the wrong region with a redirect
+    that the SDK does not follow); None if it cannot be asked, and the SDK's own default applies."""
+    try:
+        return str(pafs.resolve_s3_region(bucket))
+    except (OSError, ValueError) as exc:
+        log.debug("region of bucket %s not resolved: %s", bucket, exc)
+        return None
+
+
+def forwarded_env() -> dict[str, str]:
+    """Where the object store is (endpoint, region), for worker processes started elsewhere (Ray actors).
+    Credentials are not passed on: each node resolves its own (instance profile, its environment)."""
+    names = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+    return {n: os.environ[n] for n in names if os.environ.get(n)}
 
 
 @functools.lru_cache(maxsize=8)
