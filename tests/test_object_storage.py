@@ -310,3 +310,26 @@ def test_a_missing_bucket_or_denied_access_is_a_clear_error(s3: S3, tmp_path: Pa
     finally:
         requests.post(f"{s3.endpoint}/moto-api/reset-auth", data=b"inf", timeout=10).raise_for_status()
         storage._s3.cache_clear()
+
+
+def test_scratch_space_is_bounded(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    space = storage.Scratch(tmp_path, budget=1000)
+    with pytest.raises(VideoError) as err, space.reserve(1001, "s3://b/huge.mp4"):
+        pass
+    assert err.value.path == "s3://b/huge.mp4" and "scratch space budget" in err.value.message
+    order: list[str] = []
+
+    def second() -> None:
+        with space.reserve(600, "s3://b/b.mp4"):
+            order.append("b")
+
+    with space.reserve(700, "s3://b/a.mp4"):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.3)
+        order.append("a done")  # b waited for a: 700 + 600 would overflow the budget
+    waiter.join(5)
+    assert order == ["a done", "b"] and space.used == 0
