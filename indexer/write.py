@@ -74,10 +74,6 @@ class OutputStore:
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
-    def uri_of(self, rel: str) -> str:
-        """Where a file under this root is, for people and other tools: a local path or the object's URI."""
-        return self.path(rel) if self.is_local else f"{self.uri.rstrip('/')}/{rel}"
-
     def write_bytes(self, rel: str, data: bytes) -> None:
         final = self.path(rel)
         if self.is_local:
