@@ -1,8 +1,11 @@
 """Writing a video's results: Parquet parts and thumbnails, never half-written.
 
 Outputs live under a root that is a local folder or an object-store URI (pyarrow filesystems). On a
-local disk every file is written under a temporary name and renamed; on an object store a PUT is
-already all-or-nothing. A failed write removes what it wrote, so a failed video leaves no part.
+local disk every file is written under a temporary name and renamed. On an object store an object is
+visible once its upload completes, and pyarrow's output stream completes a multipart upload on close
+even after a failed write (so a `with` block would publish half a file): a small file goes up as one
+PUT of the whole buffer, a larger one to a staging key that is copied into place (a server-side copy is
+atomic) once it is whole. A failed write removes what it wrote, so a failed video leaves no part.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import io
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +29,17 @@ import pyarrow.parquet as pq
 from engines.sources import write_atomic
 from indexer.errors import VideoError
 from indexer.pipeline import VideoResult
+from indexer.storage import filesystem, is_uri, reason
 from schemas.errors import VidxError
 from schemas.tables import TABLES, file_metadata
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 IO_RETRIES = 3
+SINGLE_PUT_BYTES = 5 << 20
+"""Objects up to this size are written with one PUT (below pyarrow's 10 MiB part size, where it makes one)."""
+STAGING = "_staging"
+"""Where larger objects are uploaded before being copied into place; `_` keeps dataset readers out of it."""
 
 
 class OutputError(VidxError):
@@ -50,7 +59,9 @@ class OutputStore:
     root: str = field(init=False)
 
     def __post_init__(self) -> None:
-        if "://" in self.uri:
+        if is_uri(self.uri):
+            self.fs, self.root = filesystem(self.uri)
+        elif "://" in self.uri:
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(self.uri))
@@ -65,13 +76,46 @@ class OutputStore:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         final = self.path(rel)
-        parent = final.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if not self.is_local:
-            with self.fs.open_output_stream(final) as f:
-                f.write(data)
+        if self.is_local:
+            Path(final).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(final), data)
+        elif len(data) <= SINGLE_PUT_BYTES:
+            self._put(final, data)
+        else:
+            staged = self.path(f"{STAGING}/{uuid.uuid4().hex}-{rel.rsplit('/', 1)[-1]}")
+            try:
+                self._put(staged, data)
+                size = self.fs.get_file_info(staged).size
+                if size != len(data):  # never copy a short upload into place
+                    raise OSError(f"the staged upload holds {size} of {len(data)} bytes")
+                self.fs.copy_file(staged, final)
+            finally:
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(staged)
+
+    def _put(self, key: str, data: bytes) -> None:
+        """One object from a whole buffer; closed (which completes the upload) only once all of it was written."""
+        stream = self.fs.open_output_stream(key)
+        stream.write(data)
+        stream.close()
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return bytes(f.read())
+
+    def check(self) -> None:
+        """Fail early, naming the URI and the reason, when an object-store root cannot be reached."""
+        if self.is_local:
             return
-        write_atomic(Path(final), data)
+        bucket = self.root.split("/", 1)[0]
+        try:
+            info = self.fs.get_file_info(bucket)
+            if info.type == pafs.FileType.NotFound:
+                raise OSError("NO_SUCH_BUCKET: the bucket does not exist")
+            self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        except OSError as exc:
+            raise OutputError(f"cannot use the output location: {reason(exc)}", path=self.uri,
+                              hint="the credentials in use need to list, read and write there") from exc
 
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -88,7 +132,7 @@ def with_retries(what: str, fn: Callable[[], T]) -> T:
             return fn()
         except OSError as exc:
             if exc.errno in (28, 13, 30) or attempt == IO_RETRIES - 1:  # ENOSPC, EACCES, EROFS
-                raise OutputError(f"cannot write {what}: {exc.strerror or exc}",
+                raise OutputError(f"cannot write {what}: {exc.strerror or reason(exc)}",
                                   hint="free space or fix permissions, then resume the job") from exc
             log.warning("writing %s failed (%s); retrying", what, exc)
             time.sleep(0.5 * 2**attempt)

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, create_engine, delete, event, make_url, select, t
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.archive import VideoFile, fingerprint
+from jobs.archive import VideoFile, video_fingerprint
 from jobs.outcome import VideoOutcome
 from schemas import migrations
 from schemas.errors import VidxError
@@ -212,11 +212,11 @@ class Catalog:
             for f in files:
                 v = existing.get(str(f.path))
                 if v is None:
-                    v = Video(path=str(f.path), size=f.size, mtime=f.mtime, fingerprint=fingerprint(f.path, f.size))
+                    v = Video(path=str(f.path), size=f.size, mtime=f.mtime, fingerprint=video_fingerprint(f))
                     s.add(v)
                 elif v.size != f.size or abs(v.mtime - f.mtime) > 1e-6:
                     v.size, v.mtime = f.size, f.mtime
-                    v.fingerprint = fingerprint(f.path, f.size)
+                    v.fingerprint = video_fingerprint(f)
                 out.append(v)
             s.flush()
         return out

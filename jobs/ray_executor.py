@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.host_memory import arena_env
+from indexer.storage import forwarded_env
 from jobs import state
 from jobs.outcome import VideoOutcome
 from jobs.ray_worker import RayWorker
@@ -161,7 +162,7 @@ class RayExecutor:
         # answered while every video is busy.
         self._actor_opts["max_concurrency"] = self._per_worker + 1
         # Set at the worker process's start: from Python inside the actor it would come too late (host_memory).
-        self._actor_opts["runtime_env"] = {"env_vars": arena_env()}
+        self._actor_opts["runtime_env"] = {"env_vars": {**forwarded_env(), **arena_env()}}
         self._actor_args = (settings.to_json(), out_uri, str(cache_dir) if cache_dir else None)
         faults = os.environ.get(FAULTS_ENV)
         self._faults = faults

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from engines.zoo import ModelStore, run_models
 from indexer.write import OutputStore, remove_video_outputs
 from jobs import state
-from jobs.archive import VideoFile, scan_archive
+from jobs.archive import Skipped, VideoFile, scan_archive
 from jobs.catalog import Catalog
 from jobs.outcome import VideoOutcome
 from jobs.worker import TaskSpec, VideoWorker
@@ -155,11 +155,12 @@ def register(catalog: Catalog, files: list[VideoFile]) -> list[Video]:
     raise AssertionError("unreachable")
 
 
-def plan(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSettings, cache_dir: Path | None = None,
-         options: PlanOptions | None = None, executor_options: dict[str, Any] | None = None,
-         status: str = "running") -> tuple[int, int, int, list[tuple[Path, str]]]:
+def plan(archive: Path | str, *, catalog: Catalog, out_uri: str, settings: IndexSettings,
+         cache_dir: Path | None = None, options: PlanOptions | None = None,
+         executor_options: dict[str, Any] | None = None, status: str = "running") -> tuple[int, int, int, Skipped]:
     """Scan an archive and record a job for it: (job id, queued, skipped, unreadable entries)."""
     options = options or PlanOptions()
+    OutputStore(out_uri).check()
     files, unreadable = scan_archive(archive)
     videos = register(catalog, files)
     run = compute_run(catalog, settings, cache_dir)
@@ -212,6 +213,7 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
     out_uri = job.options["out"]
     max_attempts = int(job.options.get("executor", {}).get("max_attempts", DEFAULT_MAX_ATTEMPTS))
     store = OutputStore(out_uri)
+    store.check()  # a missing bucket or denied access is one clear error, not a failure per video
     driver = this_driver()  # plan_job or take_over made this process the driver
     beat = _Heartbeat(catalog, job_id, driver)
 
@@ -268,7 +270,7 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
     return JobResult(job_id, summary, workers)
 
 
-def run_job(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSettings, executor: Executor,
+def run_job(archive: Path | str, *, catalog: Catalog, out_uri: str, settings: IndexSettings, executor: Executor,
             cache_dir: Path | None = None, events: JobEvents | None = None, options: PlanOptions | None = None,
             executor_options: dict[str, Any] | None = None) -> JobResult:
     """Plan a job for an archive and drive it to the end in this process."""

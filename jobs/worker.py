@@ -25,9 +25,11 @@ from pathlib import Path
 from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, DecodeStats, FrameBatch, VideoInfo, open_decoder
+from indexer.decode.staged import RemoteSources, StagedDecoder
 from indexer.errors import VideoError
 from indexer.host_memory import limit_malloc_arenas
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
+from indexer.storage import is_uri
 from indexer.write import OutputStore, write_video_outputs
 from jobs.outcome import PersonTrackRow, TrackRow, VideoOutcome
 from schemas.config import PIPELINE_VERSION, IndexSettings, SamplingConfig
@@ -135,6 +137,8 @@ class VideoWorker:
         fault_plan = parse_faults(faults if faults is not None else os.environ.get(FAULTS_ENV))
         if fault_plan:
             decoder = FaultyDecoder(decoder, fault_plan)
+        self.sources = RemoteSources()
+        decoder = StagedDecoder(decoder, self.sources)  # videos in object storage: staged in scratch, then decoded
         self.indexer = VideoIndexer(self.engines, settings, decoder)
         self.in_flight = in_flight or self.indexer.videos_in_flight
         self._progress: dict[int, float] = {}
@@ -225,7 +229,9 @@ class VideoWorker:
                     continue
                 started[spec.video_id] = (spec, time.monotonic())
                 self._moved(spec.video_id)
-                yield VideoTask(Path(spec.path), spec.video_id, spec.run_key)
+                path = (self.sources.local_path(spec.path, spec.video_id, spec.fingerprint) if is_uri(spec.path)
+                        else Path(spec.path))
+                yield VideoTask(path, spec.video_id, spec.run_key)
 
         try:
             for task, result in self.indexer.index_many(tasks(), in_flight=in_flight or self.in_flight,

@@ -11,12 +11,16 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
 
+from schemas.errors import VidxError
 from vidx.search import Hit, QueryFace
 from vidx.timeline import PersonSpan
+
+log = logging.getLogger(__name__)
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
@@ -89,10 +93,26 @@ def _people_lane(spans: list[PersonSpan], length: float, found: set[str]) -> str
     return f'<div class="people" style="height:{max(len(rows), 1) * 7}px">{"".join(bars)}</div>'
 
 
-def render_report(hits: list[Hit], *, out_root: Path | None, query: QueryFace | None = None,
+def _thumbnail_bytes(out_root: Path | str | None, rel: str) -> bytes | None:
+    """A thumbnail's bytes from the output folder or object store; None when it cannot be read (the page says so)."""
+    if out_root is None:
+        return None
+    if isinstance(out_root, Path):
+        p = out_root / rel
+        return p.read_bytes() if p.is_file() else None
+    from indexer.write import OutputStore
+
+    try:
+        return OutputStore(out_root).read_bytes(rel)
+    except (OSError, VidxError) as exc:
+        log.warning("thumbnail %s/%s not read: %s", out_root, rel, exc)
+        return None
+
+
+def render_report(hits: list[Hit], *, out_root: Path | str | None, query: QueryFace | None = None,
                   person: str | None = None, threshold: float | None = None,
                   person_tracks: dict[str, list[PersonSpan]] | None = None) -> str:
-    """The page as a string. Thumbnails are read from `out_root` (the output folder) and inlined;
+    """The page as a string. Thumbnails are read from `out_root` (the output folder or object-store URI) and inlined;
     `person_tracks` (by video path) draws each video's person tracks under its timeline."""
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -133,11 +153,8 @@ def render_report(hits: list[Hit], *, out_root: Path | None, query: QueryFace | 
 
     parts.append('<h2>Appearances</h2><div class="hits">')
     for rank, h in enumerate(hits, 1):
-        thumb = None
-        if h.thumbnail and out_root is not None:
-            p = out_root / h.thumbnail
-            if p.is_file():
-                thumb = _data_uri(p.read_bytes())
+        data = _thumbnail_bytes(out_root, h.thumbnail) if h.thumbnail else None
+        thumb = _data_uri(data) if data else None
         img = (f'<img alt="thumbnail of track {e(h.track_id)}" src="{thumb}">' if thumb
                else '<div class="noimg">no thumbnail</div>')
         url = e(video_url(h.video, h.start_s, h.end_s))

@@ -62,6 +62,26 @@ def build_settings(device: str, engine: str, sample_fps: float, every_frame: boo
     )
 
 
+class ArchiveParam(click.ParamType):
+    """A local folder or list file (must exist), or an object-store URI such as s3://bucket/prefix (kept as is)."""
+
+    name = "archive"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, str) and "://" in value and not value.startswith("file://"):
+            return value
+        return click.Path(exists=True, path_type=Path).convert(value, param, ctx)
+
+
+def archive_argument(fn: Any) -> Any:
+    return click.argument("archive", type=ArchiveParam())(fn)
+
+
+def resolved_archive(archive: Path | str) -> str:
+    """How an archive is stored in a schedule: an absolute path, or the URI as given."""
+    return archive if isinstance(archive, str) else str(archive.resolve())
+
+
 out_option = click.option("--out", "out_dir", default="./vidx-data", show_default=True, envvar="VIDX_OUT",
                           help="Output folder (or object-store URI) for Parquet parts and thumbnails.")
 db_option = click.option("--db", "db_url", default=None, envvar="VIDX_DB",

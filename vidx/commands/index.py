@@ -8,6 +8,7 @@ import click
 
 from vidx.commands.common import (
     Context,
+    archive_argument,
     build_settings,
     db_option,
     device_option,
@@ -29,7 +30,7 @@ from vidx.commands.job import (
 
 
 @click.command("index")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@archive_argument
 @out_option
 @db_option
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
@@ -42,7 +43,7 @@ from vidx.commands.job import (
 @face_detector_option
 @json_option
 @pass_ctx
-def index_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str,
+def index_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | None, executor: str,
               executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
               sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
               no_persons: bool, face_detector: str, as_json: bool) -> None:

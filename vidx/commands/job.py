@@ -17,6 +17,7 @@ from rich.table import Table
 
 from vidx.commands.common import (
     Context,
+    archive_argument,
     build_settings,
     db_option,
     db_url_for,
@@ -118,7 +119,7 @@ def finish(summary: dict[str, Any], as_json: bool) -> None:
         sys.exit(3)
 
 
-def run_foreground(ctx: Context, archive: Path, *, out_dir: str, db_url: str | None, settings: Any,
+def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: str | None, settings: Any,
                    executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool, as_json: bool,
                    address: str | None = None) -> dict[str, Any]:
     """Plan and drive a job in this process with a progress bar; the summary (for printing)."""
@@ -135,7 +136,7 @@ def run_foreground(ctx: Context, archive: Path, *, out_dir: str, db_url: str | N
     return {**result.summary, "workers": result.workers, "out": out_dir, "db": catalog.url}
 
 
-def start_detached(ctx: Context, archive: Path, *, out_dir: str, db_url: str | None, settings: Any,
+def start_detached(ctx: Context, archive: Path | str, *, out_dir: str, db_url: str | None, settings: Any,
            executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool) -> dict[str, Any]:
     """Plan the job here, then drive it from a background process (`vidx job resume ID`)."""
     from jobs.catalog import Catalog
@@ -166,7 +167,7 @@ def job() -> None:
 
 
 @job.command("submit")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@archive_argument
 @out_option
 @db_option
 @click.option("--executor", type=click.Choice(EXECUTORS), default="ray", show_default=True,
@@ -180,7 +181,7 @@ def job() -> None:
 @face_detector_option
 @json_option
 @pass_ctx
-def submit_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, executor: str,
+def submit_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | None, executor: str,
                executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, detach: bool, device: str,
                engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
                no_persons: bool, face_detector: str, as_json: bool) -> None:

@@ -19,7 +19,7 @@ from vidx.commands.common import (
     out_option,
     pass_ctx,
 )
-from vidx.commands.search import json_rows, load_query_engines, local_root
+from vidx.commands.search import json_rows, load_query_engines, located, output_root
 from vidx.output import emit, out
 
 
@@ -138,7 +138,7 @@ def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | Non
     from vidx.people import cluster_index
 
     clusters = cluster_index(_catalog(out_dir, db_url), out_dir, eps=eps, min_samples=min_samples)
-    rows = json_rows(clusters, local_root(out_dir))
+    rows = json_rows(clusters, output_root(out_dir))
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("cluster", "tracks", "videos", "person")
@@ -159,10 +159,10 @@ def people_timeline(video: str, out_dir: str, db_url: str | None, as_json: bool)
     from vidx.timeline import person_timeline
 
     result = person_timeline(_catalog(out_dir, db_url), video).to_json()
-    root = local_root(out_dir)
+    root = output_root(out_dir)
     for track in result["person_tracks"]:
-        if track["thumbnail"] and root is not None:
-            track["thumbnail"] = str(root / track["thumbnail"])
+        if track["thumbnail"]:
+            track["thumbnail"] = located(root, track["thumbnail"])
 
     def render(r: dict[str, Any]) -> None:
         out.print(f"{r['video']}: {len(r['person_tracks'])} person track(s), at most {r['max_people']} at once",

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from vidx.commands.common import (
     Context,
+    archive_argument,
     build_settings,
     db_option,
     db_url_for,
@@ -20,6 +21,7 @@ from vidx.commands.common import (
     json_option,
     out_option,
     pass_ctx,
+    resolved_archive,
     sampling_options,
 )
 from vidx.commands.job import EXECUTORS, ExecutorArgs, executor_options, plan_options
@@ -35,7 +37,7 @@ def schedule() -> None:
 
 @schedule.command("add")
 @click.argument("name")
-@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@archive_argument
 @click.option("--cron", required=True, help='When to run, five cron fields in UTC, e.g. "0 2 * * *" (02:00 daily).')
 @out_option
 @db_option
@@ -46,7 +48,7 @@ def schedule() -> None:
 @engine_option
 @sampling_options
 @json_option
-def add_cmd(name: str, archive: Path, cron: str, out_dir: str, db_url: str | None, executor: str,
+def add_cmd(name: str, archive: Path | str, cron: str, out_dir: str, db_url: str | None, executor: str,
             executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
             sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
             as_json: bool) -> None:
@@ -59,7 +61,7 @@ def add_cmd(name: str, archive: Path, cron: str, out_dir: str, db_url: str | Non
     options = {"out": out_dir, "settings": settings.to_json(), "reprocess_stale": reprocess_stale,
                "retry_failed": retry_failed,
                "executor": executor_args.to_json(executor, device)}
-    info = add_schedule(Catalog(db_url_for(out_dir, db_url)), name, str(archive.resolve()), cron, options)
+    info = add_schedule(Catalog(db_url_for(out_dir, db_url)), name, resolved_archive(archive), cron, options)
     emit(info, as_json, lambda i: out.print(f"schedule {i['name']}: {i['cron']} (UTC), next run {i['next_run_at']}"))
 
 
@@ -110,7 +112,8 @@ def _submitter(ctx: Context, catalog: Any, quiet: bool) -> Any:
             err.print(f"schedule {claimed.name}: slot {claimed.slot:%Y-%m-%d %H:%M} UTC, indexing {claimed.archive}")
         executor = o.get("executor", {"kind": "local"})
         with JobProgress(quiet=quiet) as progress:
-            result = run_job(Path(claimed.archive), catalog=catalog, out_uri=o["out"],
+            archive = claimed.archive if "://" in claimed.archive else Path(claimed.archive)
+            result = run_job(archive, catalog=catalog, out_uri=o["out"],
                              settings=IndexSettings.from_json(o["settings"]), executor=make_executor(executor),
                              cache_dir=ctx.cache_dir, events=progress.events(),
                              options=PlanOptions(bool(o.get("reprocess_stale")), bool(o.get("retry_failed"))),

@@ -21,18 +21,26 @@ from vidx.commands.common import (
 from vidx.output import emit, out, say
 
 
-def local_root(out_dir: str) -> Path | None:
-    """The output folder as a local path (None for an object-store URI)."""
-    return Path(out_dir).expanduser().resolve() if "://" not in out_dir else None
+def output_root(out_dir: str) -> Path | str:
+    """The output folder as a local path, or the object-store URI as given."""
+    return out_dir.rstrip("/") if "://" in out_dir else Path(out_dir).expanduser().resolve()
 
 
-def json_rows(items: Any, root: Path | None) -> list[dict[str, Any]]:
-    """Each item's `to_json()`, its thumbnail made a path under the local output folder when there is one."""
+def located(root: Path | str | None, rel: str) -> str:
+    """Where a file of the output is for a reader: a local path, or the object's URI."""
+    if root is None:
+        return rel
+    return f"{root}/{rel}" if isinstance(root, str) else str(root / rel)
+
+
+def json_rows(items: Any, root: Path | str | None) -> list[dict[str, Any]]:
+    """Each item's `to_json()`, its thumbnail made a full location: a path under the local output folder, or
+    the thumbnail object's URI when the output is in object storage."""
     rows = []
     for item in items:
         d = item.to_json()
         if item.thumbnail and root is not None:
-            d["thumbnail"] = str(root / item.thumbnail)
+            d["thumbnail"] = located(root, item.thumbnail)
         rows.append(d)
     return rows
 
@@ -78,7 +86,7 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
     hits = find_appearances(catalog, out_dir, query=query.embedding if query is not None else None,
                             person=person_name, top=top, threshold=threshold,
                             filters=Filters(video_glob, after, before), device=device)
-    root = local_root(out_dir)
+    root = output_root(out_dir)
     if html_file is not None:
         from vidx.report import render_report
         from vidx.timeline import video_timeline
