@@ -19,10 +19,10 @@ from vidx.commands.common import (
     Context,
     build_settings,
     db_option,
-    db_url_for,
     device_option,
     engine_option,
     json_option,
+    open_catalog,
     out_option,
     pass_ctx,
     sampling_options,
@@ -121,11 +121,10 @@ def run_foreground(ctx: Context, archive: Path, *, out_dir: str, db_url: str | N
                    executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool, as_json: bool,
                    address: str | None = None) -> dict[str, Any]:
     """Plan and drive a job in this process with a progress bar; the summary (for printing)."""
-    from jobs.catalog import Catalog
     from jobs.runner import PlanOptions, run_job
     from vidx.progress import JobProgress
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url, create=True)
     with JobProgress(quiet=as_json) as progress:
         result = run_job(archive, catalog=catalog, out_uri=out_dir, settings=settings,
                          executor=make_executor(executor, address), cache_dir=ctx.cache_dir,
@@ -137,11 +136,10 @@ def run_foreground(ctx: Context, archive: Path, *, out_dir: str, db_url: str | N
 def start_detached(ctx: Context, archive: Path, *, out_dir: str, db_url: str | None, settings: Any,
            executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool) -> dict[str, Any]:
     """Plan the job here, then drive it from a background process (`vidx job resume ID`)."""
-    from jobs.catalog import Catalog
     from jobs.runner import PlanOptions, plan
 
-    url = db_url_for(out_dir, db_url)
-    catalog = Catalog(url)
+    catalog = open_catalog(out_dir, db_url, create=True)
+    url = catalog.url
     job_id, queued, skipped, unreadable = plan(
         archive, catalog=catalog, out_uri=out_dir, settings=settings, cache_dir=ctx.cache_dir,
         options=PlanOptions(reprocess_stale, retry_failed), executor_options=executor, status="queued")
@@ -209,12 +207,11 @@ def submit_cmd(ctx: Context, archive: Path, out_dir: str, db_url: str | None, ex
 def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, address: str | None, force: bool,
                quiet: bool, as_json: bool) -> None:
     """Continue job JOB_ID after its driver stopped: unfinished videos run, finished ones stay."""
-    from jobs.catalog import Catalog
     from jobs.runner import resume_job
     from jobs.state import get_job
     from vidx.progress import JobProgress
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     job_row = get_job(catalog, job_id)
     executor = make_executor(job_row.options.get("executor", {"kind": "local"}), address)
     with JobProgress(quiet=as_json or quiet) as progress:
@@ -233,10 +230,9 @@ def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, addr
 @json_option
 def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool, as_json: bool) -> None:
     """State of job JOB_ID (default: the latest): counts, rate, ETA, videos in progress."""
-    from jobs.catalog import Catalog
     from jobs.state import job_info, list_jobs
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     if job_id is None:
         jobs = list_jobs(catalog, limit=1)
         if not jobs:
@@ -272,10 +268,9 @@ def render_status(i: dict[str, Any]) -> None:
 @json_option
 def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> None:
     """Recent jobs, newest first."""
-    from jobs.catalog import Catalog
     from jobs.state import list_jobs
 
-    rows = list_jobs(Catalog(db_url_for(out_dir, db_url)), limit=limit)
+    rows = list_jobs(open_catalog(out_dir, db_url), limit=limit)
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("job", "status", "done", "skipped", "failed", "queued", "created", "archive")
@@ -295,9 +290,8 @@ def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> Non
 @json_option
 def cancel_cmd(job_id: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Stop job JOB_ID: its driver finishes the videos' bookkeeping and stops; `vidx job resume` continues it."""
-    from jobs.catalog import Catalog
     from jobs.state import cancel
 
-    status = cancel(Catalog(db_url_for(out_dir, db_url)), job_id)
+    status = cancel(open_catalog(out_dir, db_url), job_id)
     emit({"job_id": job_id, "status": status}, as_json,
          lambda d: err.print(f"job {d['job_id']}: {d['status']}"))

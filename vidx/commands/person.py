@@ -8,15 +8,21 @@ from typing import Any
 import click
 from rich.table import Table
 
-from vidx.commands.common import Context, db_option, db_url_for, device_option, json_option, out_option, pass_ctx
+from vidx.commands.common import (
+    Context,
+    db_option,
+    device_option,
+    json_option,
+    open_catalog,
+    out_option,
+    pass_ctx,
+)
 from vidx.commands.search import json_rows, load_query_engines, local_root
 from vidx.output import emit, out
 
 
 def _catalog(out_dir: str, db_url: str | None) -> Any:
-    from jobs.catalog import Catalog
-
-    return Catalog(db_url_for(out_dir, db_url))
+    return open_catalog(out_dir, db_url)
 
 
 @click.group("person")

@@ -14,10 +14,10 @@ from vidx.commands.common import (
     Context,
     build_settings,
     db_option,
-    db_url_for,
     device_option,
     engine_option,
     json_option,
+    open_catalog,
     out_option,
     pass_ctx,
     sampling_options,
@@ -52,14 +52,13 @@ def add_cmd(name: str, archive: Path, cron: str, out_dir: str, db_url: str | Non
             as_json: bool) -> None:
     """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
     stale ones too with --reprocess-stale)."""
-    from jobs.catalog import Catalog
     from jobs.schedule import add_schedule
 
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
     options = {"out": out_dir, "settings": settings.to_json(), "reprocess_stale": reprocess_stale,
                "retry_failed": retry_failed,
                "executor": executor_args.to_json(executor, device)}
-    info = add_schedule(Catalog(db_url_for(out_dir, db_url)), name, str(archive.resolve()), cron, options)
+    info = add_schedule(open_catalog(out_dir, db_url, create=True), name, str(archive.resolve()), cron, options)
     emit(info, as_json, lambda i: out.print(f"schedule {i['name']}: {i['cron']} (UTC), next run {i['next_run_at']}"))
 
 
@@ -69,10 +68,9 @@ def add_cmd(name: str, archive: Path, cron: str, out_dir: str, db_url: str | Non
 @json_option
 def list_cmd(out_dir: str, db_url: str | None, as_json: bool) -> None:
     """The schedules, with their next and last runs."""
-    from jobs.catalog import Catalog
     from jobs.schedule import list_schedules
 
-    rows = list_schedules(Catalog(db_url_for(out_dir, db_url)))
+    rows = list_schedules(open_catalog(out_dir, db_url))
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("name", "cron (UTC)", "next run", "last run", "last job", "archive")
@@ -90,10 +88,9 @@ def list_cmd(out_dir: str, db_url: str | None, as_json: bool) -> None:
 @db_option
 def remove_cmd(name: str, out_dir: str, db_url: str | None) -> None:
     """Remove schedule NAME (its jobs stay)."""
-    from jobs.catalog import Catalog
     from jobs.schedule import remove_schedule
 
-    remove_schedule(Catalog(db_url_for(out_dir, db_url)), name)
+    remove_schedule(open_catalog(out_dir, db_url), name)
     err.print(f"schedule {name} removed")
 
 
@@ -127,10 +124,9 @@ def _submitter(ctx: Context, catalog: Any, quiet: bool) -> Any:
 @pass_ctx
 def run_due_cmd(ctx: Context, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Run every schedule that is due now, once (for system cron or a systemd timer)."""
-    from jobs.catalog import Catalog
     from jobs.schedule import run_due
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     results = run_due(catalog, _submitter(ctx, catalog, as_json))
     emit(results, as_json, lambda rs: err.print(
         "nothing due" if not rs else "\n".join(f"schedule {r['schedule']}: job {r['job_id']}"
@@ -146,10 +142,9 @@ def run_due_cmd(ctx: Context, out_dir: str, db_url: str | None, as_json: bool) -
 @pass_ctx
 def scheduler_cmd(ctx: Context, out_dir: str, db_url: str | None, max_sleep: float, once: bool) -> None:
     """Run schedules as they fall due, forever (several schedulers may share one index safely)."""
-    from jobs.catalog import Catalog
     from jobs.schedule import run_due, seconds_until_next
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     submit = _submitter(ctx, catalog, False)
     while True:
         for r in run_due(catalog, submit):
