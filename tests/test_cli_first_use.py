@@ -1,20 +1,30 @@
-"""What a new user meets first: a command pointed at no index, a mistyped --db, a database server that is down.
-
-Each must end in one clear line naming the place and the reason, a non-zero exit code, and nothing created.
+"""What a new user meets first: a command pointed at no index, a mistyped --db, a database server that is down
+(each must end in one clear line naming the place and the reason, a non-zero exit code, and nothing created),
+and output read from a log or a pipe.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from engines.photos import photo_path
+from jobs.catalog import Catalog
+from jobs.runner import JobResult
 from schemas.errors import VidxError
 from vidx.cli import cli
+from vidx.sample_archive import SampleVideo
+
+Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
 
 
 def run(*args: str) -> Result:
@@ -66,3 +76,16 @@ def test_a_database_server_that_is_down_fails_at_once(caplog: pytest.LogCaptureF
     assert_clear_error(result, "127.0.0.1", "cannot connect")
     assert time.monotonic() - started < 10
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text  # no retry chatter
+
+
+def test_tables_are_not_cut_when_stdout_is_not_a_terminal(indexed: Indexed, private_out: Callable[[str], Path]) -> None:
+    out = private_out("wide")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    listed = subprocess.run([sys.executable, "-m", "vidx", "job", "list", "--out", str(out)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    jobs = json.loads(subprocess.run([sys.executable, "-m", "vidx", "job", "list", "--out", str(out), "--json"],
+                                     env=env, capture_output=True, text=True, timeout=120).stdout)
+    for job in jobs:  # every row whole, on one line: the archive path and the full creation time
+        assert any(job["archive"] in line and job["created_at"] in line for line in listed.stdout.splitlines()), \
+            listed.stdout
