@@ -369,6 +369,36 @@ def as_read(job: Job) -> list[Any]:
             same(Job.heartbeat_at, job.heartbeat_at)]
 
 
+@retrying
+def note_detached_driver(catalog: Catalog, job_id: int, driver: str, log_path: str) -> None:
+    """Record the background process started to drive a queued job, and its log: `job status` can then tell a
+    driver that died before it took the job over (it could not even start) from one that is starting."""
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
+        s.execute(update(Job).where(Job.id == job_id).values(options={**job.options, "log": log_path}))
+        s.execute(update(Job).where(Job.id == job_id, Job.status == "queued", Job.driver.is_(None))
+                  .values(driver=driver))
+
+
+DRIVER_LOG_LINES = 5
+
+
+def log_tail(path: str | None, lines: int = DRIVER_LOG_LINES) -> list[str]:
+    """The last non-empty lines of a driver's log (its last error, when it died); [] when there is none."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
 def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
     """A job's state for `vidx job status`: counts, frames, rate and ETA from the finished tasks."""
     job = get_job(catalog, job_id)
@@ -388,9 +418,15 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
     eta = None
     if job.status in ("running", "cancelling") and done_size and left_size and wall > 0:
         eta = wall * left_size / done_size
+    alive = driver_alive(job, now)
+    # gone: a detached driver that never took its queued job over, or a running job's driver that stopped
+    gone = ((job.status == "queued" and _local_process_exists(job.driver) is False)
+            or (job.status in ("running", "cancelling") and not alive))
+    log_path = job.options.get("log")
     return {
         **summary, "status": job.status, "archive": job.archive, "driver": job.driver,
-        "alive": driver_alive(job, now), "options": job.options,
+        "alive": alive, "driver_gone": gone, "driver_log": log_path,
+        "driver_error": log_tail(log_path) if gone else [], "options": job.options,
         "created_at": _iso(job.created_at), "started_at": _iso(started), "finished_at": _iso(finished),
         "heartbeat_at": _iso(job.heartbeat_at), "wall_s": round(wall, 3),
         "videos_per_s": round(finished_n / wall, 4) if wall > 0 else None,

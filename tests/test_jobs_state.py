@@ -13,8 +13,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -349,3 +351,44 @@ def test_in_process_job_with_videos_in_flight_gives_the_one_at_a_time_results(
         catalog.close()
     assert len({name for name, *_ in results[1]}) >= 3  # face tracks in most clips (one photo is a small group)
     assert results[3] == results[1]
+
+
+def wait_for_exit(pid: int, timeout: float = 120) -> None:
+    """Reap a detached driver this process started (it exits once its job is driven or it failed)."""
+    deadline = time.monotonic() + timeout
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        assert time.monotonic() < deadline, f"driver {pid} still running after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_a_detached_driver_is_not_shadowed_by_the_working_directory_and_a_dead_one_shows_its_error(
+        indexed: tuple[list, Path, Catalog, JobResult], private_out: Callable[[str], Path], tmp_path: Path,
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = Path(indexed[0][0].path).parent  # already indexed: the driver has nothing to do but finish
+    out = private_out("detached")
+    shadow = tmp_path / "parent_of_a_clone"
+    (shadow / "vidx").mkdir(parents=True)
+    (shadow / "vidx" / "__init__.py").write_text("")
+    monkeypatch.chdir(shadow)
+
+    def submit() -> dict[str, Any]:
+        res = CliRunner().invoke(cli, ["--cache-dir", str(cache_dir), "job", "submit", str(archive), "--out",
+                                       str(out), "--executor", "local", "--device", "cpu", "--detach", "--json"])
+        assert res.exit_code == 0, res.output
+        detached = json.loads(res.output)
+        wait_for_exit(detached["driver_pid"])
+        res = CliRunner().invoke(cli, ["job", "status", str(detached["job_id"]), "--out", str(out), "--json"])
+        assert res.exit_code == 0, res.output
+        return {**json.loads(res.output), "log_text": Path(detached["log"]).read_text(errors="replace")}
+
+    info = submit()
+    assert (info["status"], info["driver_gone"]) == ("done", False), info["log_text"]
+
+    # A driver that cannot start (here a broken `vidx` named on PYTHONPATH) leaves its job queued: status says
+    # that its driver is gone, with the end of its log.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")]))
+    info = submit()
+    assert (info["status"], info["driver_gone"]) == ("queued", True), info
+    assert any("vidx" in line for line in info["driver_error"]), info
+    res = CliRunner().invoke(cli, ["job", "status", str(info["job_id"]), "--out", str(out)])
+    assert "driver gone" in res.output and info["driver_error"][-1] in res.output

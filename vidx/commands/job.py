@@ -137,6 +137,7 @@ def start_detached(ctx: Context, archive: Path, *, out_dir: str, db_url: str | N
            executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool) -> dict[str, Any]:
     """Plan the job here, then drive it from a background process (`vidx job resume ID`)."""
     from jobs.runner import PlanOptions, plan
+    from jobs.state import driver_id, note_detached_driver
 
     catalog = open_catalog(out_dir, db_url, create=True)
     url = catalog.url
@@ -149,10 +150,14 @@ def start_detached(ctx: Context, archive: Path, *, out_dir: str, db_url: str | N
     env = dict(os.environ)
     if ctx.cache_dir:
         env["VIDX_CACHE_DIR"] = str(ctx.cache_dir)
+    # -P: the working directory is not put on sys.path, so a `vidx/` folder there (the parent of a clone)
+    # cannot shadow the installed package in the driver
     with log_path.open("ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "vidx", "job", "resume", str(job_id), "--db", url, "--quiet"],
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "vidx", "job", "resume", str(job_id), "--db", url,
+                                 "--quiet"],
                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
+    note_detached_driver(catalog, job_id, driver_id(proc.pid), str(log_path))
     return {"job_id": job_id, "queued": queued, "skipped": skipped, "unreadable": len(unreadable),
             "driver_pid": proc.pid, "log": str(log_path), "db": url}
 
@@ -241,7 +246,7 @@ def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool
     while True:
         info = job_info(catalog, job_id)
         emit(info, as_json, render_status)
-        if not watch or info["status"] not in ("running", "cancelling", "queued"):
+        if not watch or info["status"] not in ("running", "cancelling", "queued") or info["driver_gone"]:
             return
         time.sleep(2.0)
 
@@ -249,9 +254,13 @@ def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool
 def render_status(i: dict[str, Any]) -> None:
     eta = f", ETA {i['eta_s']:.0f} s" if i.get("eta_s") is not None else ""
     rate = f", {i['frames_per_s']:,.0f} frames/s" if i.get("frames_per_s") else ""
-    alive = "" if i["status"] not in ("running", "cancelling") else (" (driver alive)" if i["alive"]
-                                                                     else " (driver gone: vidx job resume)")
+    alive = (" (driver gone: vidx job resume)" if i["driver_gone"] else " (driver alive)" if i["alive"]
+             else "") if i["status"] in ("running", "cancelling", "queued") else ""
     out.print(escape(f"job {i['job_id']} [{i['status']}{alive}] {i['archive']}"), highlight=False)
+    if i["driver_gone"] and i.get("driver_error"):
+        out.print(escape(f"  its driver stopped; the end of {i['driver_log']}:"), highlight=False)
+        for line in i["driver_error"]:
+            out.print(escape(f"    {line}"), style="red", highlight=False)
     out.print(f"  {i['done']} done, {i['skipped']} skipped, {i['failed']} failed, {i['running']} running, "
               f"{i['queued']} queued of {i['videos']}; {i['frames_decoded']:,} frames in {i['wall_s']:.1f} s"
               f"{rate}{eta}")
