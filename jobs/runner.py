@@ -112,7 +112,8 @@ class LocalExecutor:
 class JobEvents:
     """Callbacks for progress display; all optional."""
 
-    on_plan: Callable[[int, int, int], None] = lambda queued, skipped, bad: None
+    on_plan: Callable[[dict[str, int]], None] = lambda counts: None
+    """queued, skipped, unreadable, and how many videos of each state.PlanKind (when the job was planned here)."""
     on_video: Callable[[str, VideoOutcome], None] = lambda path, outcome: None
     on_workers: Callable[[dict[str, Any]], None] = lambda info: None
     on_retry: Callable[[str, str], None] = lambda path, reason: None
@@ -129,7 +130,8 @@ class JobResult:
 class PlanOptions:
     """What a submit decides beyond the indexing settings."""
 
-    reprocess_stale: bool = False
+    reprocess_stale: bool = True
+    """Redo videos indexed by another run (pipeline or model version, settings that change results)."""
     retry_failed: bool = False
 
 
@@ -264,6 +266,7 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
             except Exception as exc:  # search refreshes its index itself when it finds it stale
                 log.warning("after job %d: %s failed: %s", job_id, getattr(hook, "__name__", hook), exc)
     summary["status"] = status
+    summary["plan"] = job.options.get("plan", {})
     summary["unreadable"] = [{"path": p, "error": why} for p, why in job.options.get("unreadable", [])]
     return JobResult(job_id, summary, workers)
 
@@ -279,7 +282,8 @@ def run_job(archive: Path, *, catalog: Catalog, out_uri: str, settings: IndexSet
     job_id, queued, skipped, unreadable = plan(archive, catalog=catalog, out_uri=out_uri, settings=settings,
                                                cache_dir=cache_dir, options=options,
                                                executor_options=executor_options)
-    events.on_plan(queued, skipped, len(unreadable))
+    events.on_plan({"queued": queued, "skipped": skipped, "unreadable": len(unreadable),
+                    **state.get_job(catalog, job_id).options.get("plan", {})})
     return drive_job(job_id, catalog=catalog, executor=executor, cache_dir=cache_dir, events=events)
 
 
@@ -289,5 +293,6 @@ def resume_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: 
     events = events or JobEvents()
     state.take_over(catalog, job_id, this_driver(), force=force)
     summary = catalog.job_summary(job_id)
-    events.on_plan(summary["queued"], summary["skipped"] + summary["done"] + summary["failed"], 0)
+    events.on_plan({"queued": summary["queued"], "skipped": summary["skipped"], "unreadable": 0,
+                    "finished": summary["done"] + summary["failed"]})
     return drive_job(job_id, catalog=catalog, executor=executor, cache_dir=cache_dir, events=events)

@@ -237,7 +237,7 @@ def test_rerun_skips_current_videos_and_a_new_run_requeues_them(db_url: str, tmp
     with catalog.session() as s:
         reasons = set(s.scalars(select(Task.error).where(Task.job_id == job2, Task.status == "skipped")))
     assert reasons == {"already indexed with this pipeline, these models and settings"}
-    run_b = catalog.ensure_run(*RUN_B)  # a new run: the indexed ones are stale, redone only when asked to
+    run_b = catalog.ensure_run(*RUN_B)  # a new run: the indexed ones are stale and redone
     _, queued3, skipped3 = state.plan_job(catalog, str(tmp_path), run_b, {}, videos, driver="test",
                                           reprocess_stale=True)
     assert (queued3, skipped3) == (3, 0)

@@ -74,7 +74,7 @@ def test_two_jobs_over_one_archive_at_once_index_each_video_once(
     assert len(reasons) == 8 and all(e.startswith(("indexed meanwhile by job", "already indexed")) for e in reasons)
 
 
-def test_resubmits_are_incremental_and_reprocess_stale_replaces_old_results(
+def test_resubmits_are_incremental_and_a_changed_setting_replaces_old_results(
         tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
     archive = tmp_path / "a"
     clips = make_short_archive(archive, clip_photos, 3)
@@ -97,15 +97,15 @@ def test_resubmits_are_incremental_and_reprocess_stale_replaces_old_results(
     assert (changed.summary["done"], changed.summary["skipped"]) == (1, 3)
 
     other = IndexSettings(sampling=SamplingConfig(fps=1.0), runtime=RuntimeConfig(device="cpu"))
-    stale = submit(other)
-    # Indexed videos are stale for the new run and left alone; the corrupt one is tried once with the new run.
-    assert (stale.summary["done"], stale.summary["failed"], stale.summary["skipped"]) == (0, 1, 3)
+    kept = submit(other, reprocess_stale=False)
+    # With --keep-stale, indexed videos are stale for the new run and left alone; the corrupt one is tried once.
+    assert (kept.summary["done"], kept.summary["failed"], kept.summary["skipped"]) == (0, 1, 3)
     with catalog.session() as s:
-        reasons = set(s.scalars(select(Task.error).where(Task.job_id == stale.job_id)))
-    assert any("--reprocess-stale" in (r or "") for r in reasons)
+        reasons = set(s.scalars(select(Task.error).where(Task.job_id == kept.job_id)))
+    assert any("--keep-stale" in (r or "") for r in reasons)
     old_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
-    redo = submit(other, reprocess_stale=True)
-    assert redo.summary["done"] == 3
+    redo = submit(other)  # by default, a setting that changes results re-indexes what it makes stale
+    assert redo.summary["done"] == 3 and redo.summary["plan"]["stale"] == 3
     new_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
     assert len(new_parts) == 3 and not set(old_parts) & set(new_parts)  # old run's parts replaced
     with catalog.session() as s:
@@ -392,3 +392,26 @@ def test_a_detached_driver_is_not_shadowed_by_the_working_directory_and_a_dead_o
     assert any("vidx" in line for line in info["driver_error"]), info
     res = CliRunner().invoke(cli, ["job", "status", str(info["job_id"]), "--out", str(out)])
     assert "driver gone" in res.output and info["driver_error"][-1] in res.output
+
+
+def test_a_setting_that_changes_results_re_indexes_and_says_so(tmp_path: Path, clip_photos: dict[str, np.ndarray],
+                                                               cache_dir: Path) -> None:
+    make_short_archive(tmp_path / "a", clip_photos, 1, seconds=(1.0,))
+    base = ["--cache-dir", str(cache_dir), "index", str(tmp_path / "a"), "--out", str(tmp_path / "out"),
+            "--device", "cpu"]
+
+    def index(*args: str) -> tuple[dict[str, Any], str]:
+        res = CliRunner().invoke(cli, [*base, *args])
+        assert res.exit_code == 0, res.output
+        status = CliRunner().invoke(cli, ["job", "status", "--out", str(tmp_path / "out"), "--json"])
+        return json.loads(status.stdout), res.stderr
+
+    first, _ = index()
+    assert first["done"] == 1
+    again, said = index()
+    assert again["done"] == 0 and "0 videos to index, 1 already current" in said
+    finer, said = index("--min-face", "12")
+    assert finer["done"] == 1, said
+    assert "1 video to index (1 indexed with other settings or models before), 0 already current" in said
+    kept, said = index("--min-face", "16", "--keep-stale")
+    assert kept["done"] == 0 and "1 indexed with other settings or models, kept (--keep-stale)" in said

@@ -41,10 +41,10 @@ class JobProgress:
     def events(self) -> JobEvents:
         return JobEvents(on_plan=self.on_plan, on_video=self.on_video, on_workers=self.on_workers)
 
-    def on_plan(self, queued: int, skipped: int, bad: int) -> None:
-        self.progress.update(self.task, total=queued)
+    def on_plan(self, counts: dict[str, int]) -> None:
+        self.progress.update(self.task, total=counts["queued"])
         if not self.quiet:
-            err.print(f"{queued} videos to index, {skipped} already current" + (f", {bad} unreadable" if bad else ""))
+            err.print(describe_plan(counts), highlight=False)
 
     def on_workers(self, info: dict[str, Any]) -> None:
         if not self.quiet:
@@ -60,7 +60,7 @@ class JobProgress:
 
     @staticmethod
     def render_summary(s: dict[str, Any]) -> None:
-        out.print(f"job {s['job_id']}: {s['done']} indexed, {s['skipped']} skipped (current), {s['failed']} failed"
+        out.print(f"job {s['job_id']}: {s['done']} indexed, {s['skipped']} skipped, {s['failed']} failed"
                   + (f", {len(s['unreadable'])} unreadable" if s["unreadable"] else "")
                   + f"; {s['frames_decoded']:,} frames decoded")
         for f in s["failures"]:
@@ -68,3 +68,24 @@ class JobProgress:
         for f in s["unreadable"]:
             out.print(f"  [yellow]skipped[/yellow] {f['path']}: {f['error']}", highlight=False)
         out.print(f"results: {s['out']} · index: {s['db']}")
+
+
+def describe_plan(c: dict[str, int]) -> str:
+    """What a job is about to do, in words: `2 videos to index (1 new, 1 indexed with other settings or models
+    before), 3 already current`. A resumed job has no per-kind counts: then queued and finished only."""
+    queued = c["queued"]
+    why = [f"{c[k]} {label}" for k, label in (("new", "new"), ("changed", "changed on disk"),
+                                              ("stale", "indexed with other settings or models before"),
+                                              ("retry", "to try again")) if c.get(k)]
+    parts = [f"{queued} video{'s' if queued != 1 else ''} to index" + (f" ({', '.join(why)})" if why else "")]
+    if "current" in c:
+        parts.append(f"{c['current']} already current")
+        if c.get("stale_kept"):
+            parts.append(f"{c['stale_kept']} indexed with other settings or models, kept (--keep-stale)")
+        if c.get("failed_before"):
+            parts.append(f"{c['failed_before']} failed before (--retry-failed tries again)")
+    else:
+        parts.append(f"{c.get('finished', 0)} finished, {c['skipped']} skipped")
+    if c.get("unreadable"):
+        parts.append(f"{c['unreadable']} unreadable")
+    return ", ".join(parts)

@@ -86,8 +86,10 @@ def executor_options(fn: Any) -> Any:
 
 
 def plan_options(fn: Any) -> Any:
-    fn = click.option("--reprocess-stale", is_flag=True,
-                      help="Also redo videos indexed by another pipeline/model version or other settings.")(fn)
+    fn = click.option("--reprocess-stale/--keep-stale", default=True, show_default=True,
+                      help="Redo videos indexed by another pipeline/model version or with other settings that change "
+                           "results (--sample-fps, --every-frame, --keyframes, --min-face, --no-persons), or keep "
+                           "their results as they are.")(fn)
     fn = click.option("--retry-failed", is_flag=True,
                       help="Also retry videos that failed before (same file, same run).")(fn)
     return fn

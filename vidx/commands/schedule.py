@@ -51,7 +51,7 @@ def add_cmd(name: str, archive: Path, cron: str, out_dir: str, db_url: str | Non
             sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
             as_json: bool) -> None:
     """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
-    stale ones too with --reprocess-stale)."""
+    stale ones, indexed by another run, unless --keep-stale)."""
     from jobs.schedule import add_schedule
 
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
@@ -110,7 +110,7 @@ def _submitter(ctx: Context, catalog: Any, quiet: bool) -> Any:
             result = run_job(Path(claimed.archive), catalog=catalog, out_uri=o["out"],
                              settings=IndexSettings.from_json(o["settings"]), executor=make_executor(executor),
                              cache_dir=ctx.cache_dir, events=progress.events(),
-                             options=PlanOptions(bool(o.get("reprocess_stale")), bool(o.get("retry_failed"))),
+                             options=PlanOptions(bool(o.get("reprocess_stale", True)), bool(o.get("retry_failed"))),
                              executor_options=executor)
         return result.job_id
 
