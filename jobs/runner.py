@@ -52,6 +52,8 @@ class TaskHooks:
     """An attempt ended without an outcome (worker died or hung); the video will be tried again."""
     should_stop: Callable[[], bool]
     """True once the job was cancelled."""
+    on_progress: Callable[[TaskSpec, float], None] = lambda spec, pts_s: None
+    """How far (seconds of video) the analysis of a video got; called by executors that can tell."""
 
 
 class Executor(Protocol):
@@ -98,7 +100,7 @@ class LocalExecutor:
                     if isinstance(spec, TaskSpec):
                         yield spec
 
-            for spec, outcome in worker.process_many(claims()):
+            for spec, outcome in worker.process_many(claims(), on_progress=hooks.on_progress):
                 hooks.on_done(spec, outcome)
             if not blocked:
                 return
@@ -117,6 +119,11 @@ class JobEvents:
     on_video: Callable[[str, VideoOutcome], None] = lambda path, outcome: None
     on_workers: Callable[[dict[str, Any]], None] = lambda info: None
     on_retry: Callable[[str, str], None] = lambda path, reason: None
+    on_start: Callable[[list[str]], None] = lambda paths: None
+    """The paths of the videos the driver is about to index."""
+    on_progress: Callable[[str, float], None] = lambda path, pts_s: None
+    """How far into a video (seconds) the analysis got; only from the in-process executor (Ray's workers
+    report whole videos)."""
 
 
 @dataclass
@@ -224,8 +231,15 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
         return TaskSpec(video_id=task.video_id, path=task.path, fingerprint=task.fingerprint,
                         run_key=run.key, task_id=task.id, attempts=task.attempts, size=task.size)
 
+    found = {"faces": 0, "persons": 0, "tracks": 0, "video_s": 0.0}
+
     def on_done(spec: TaskSpec, outcome: VideoOutcome) -> None:
         superseded = catalog.record(outcome, run, spec.task_id)
+        if outcome.status == "done":
+            found["faces"] += outcome.faces
+            found["persons"] += outcome.persons
+            found["tracks"] += len(outcome.tracks)
+            found["video_s"] += outcome.duration_s or 0.0
         for key in superseded.run_keys:
             remove_video_outputs(store, spec.video_id, key, [])
         for thumb in superseded.thumbnails:
@@ -237,13 +251,15 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
             state.note_retry(catalog, spec.task_id, reason)
         events.on_retry(spec.path, reason)
 
-    hooks = TaskHooks(next_task, on_done, on_retry, beat.cancelled.is_set)
+    hooks = TaskHooks(next_task, on_done, on_retry, beat.cancelled.is_set,
+                      on_progress=lambda spec, pts_s: events.on_progress(spec.path, pts_s))
     workers: dict[str, Any] = {}
     status = "failed"
     beat.start()
     try:
         queued = catalog.job_summary(job_id)["queued"]
         if queued:
+            events.on_start(state.queued_paths(catalog, job_id))
             workers = executor.start(settings, out_uri, cache_dir)
             events.on_workers(workers)
             executor.run(hooks)
@@ -267,6 +283,9 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
                 log.warning("after job %d: %s failed: %s", job_id, getattr(hook, "__name__", hook), exc)
     summary["status"] = status
     summary["plan"] = job.options.get("plan", {})
+    # found by this driver (a resumed job's earlier drivers reported theirs)
+    summary.update(faces=found["faces"], persons=found["persons"], tracks=found["tracks"],
+                   video_s=round(found["video_s"], 3))
     summary["unreadable"] = [{"path": p, "error": why} for p, why in job.options.get("unreadable", [])]
     return JobResult(job_id, summary, workers)
 

@@ -247,6 +247,11 @@ def heartbeat(catalog: Catalog, job_id: int, driver: str | None = None) -> str:
     return status or "missing"
 
 
+def queued_paths(catalog: Catalog, job_id: int) -> list[str]:
+    with catalog.session() as s:
+        return list(s.scalars(select(Task.path).where(Task.job_id == job_id, Task.status == "queued")))
+
+
 def get_job(catalog: Catalog, job_id: int) -> Job:
     with catalog.session() as s:
         job = s.get(Job, job_id)

@@ -415,3 +415,38 @@ def test_a_setting_that_changes_results_re_indexes_and_says_so(tmp_path: Path, c
     assert "1 video to index (1 indexed with other settings or models before), 0 already current" in said
     kept, said = index("--min-face", "16", "--keep-stale")
     assert kept["done"] == 0 and "1 indexed with other settings or models, kept (--keep-stale)" in said
+
+
+def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary_counts_what_was_found(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    from vidx.progress import JobProgress
+
+    clips = make_short_archive(tmp_path / "a", clip_photos, 2, seconds=(2.5, 2.0))
+    seen: list[tuple[float, float | None, float | None, int]] = []  # completed, total, ETA, videos done
+    with JobProgress() as progress:
+        events = progress.events()
+        inner_progress, inner_video = events.on_progress, events.on_video
+
+        def on_progress(path: str, pts_s: float) -> None:
+            inner_progress(path, pts_s)
+            task = progress.progress.tasks[0]
+            seen.append((task.completed, task.total, task.time_remaining, progress.videos_done))
+
+        def on_video(path: str, outcome: VideoOutcome) -> None:
+            inner_video(path, outcome)
+            time.sleep(0.3)  # the lengths are read on a thread: let it finish before the second video
+
+        events.on_progress, events.on_video = on_progress, on_video
+        out = tmp_path / "out"
+        result = run_job(tmp_path / "a", catalog=Catalog(default_db_url(out)), out_uri=str(out), settings=SETTINGS,
+                         executor=LocalExecutor(), cache_dir=cache_dir, events=events)
+    assert seen, "no progress reported within a video"
+    # Within the first video the bar already moved, by seconds of that video, before any video was done.
+    assert any(completed > 0 and done == 0 for completed, _, _, done in seen), seen
+    total = seen[-1][1]
+    assert total is not None and abs(total - 4.5) < 0.2, seen  # both videos' lengths
+    assert any(eta is not None and done == 1 for _, _, eta, done in seen), seen  # an ETA while work is left
+    assert progress.progress.tasks[0].completed == pytest.approx(total, abs=0.2)
+    s = result.summary
+    assert s["done"] == 2 and s["faces"] >= s["tracks"] >= 1 and s["persons"] >= 1, s
+    assert s["video_s"] == pytest.approx(4.5, abs=0.2) and len(clips) == 2
