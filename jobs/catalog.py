@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, make_url, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import Engine, create_engine, delete, event, inspect, make_url, select, text, update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.archive import VideoFile, video_fingerprint
 from jobs.outcome import VideoOutcome
 from schemas import migrations
-from schemas.errors import VidxError
+from schemas.errors import InputError, VidxError
 from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, PersonTrack, Run, Task, Track, Video, db_clock, utcnow
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 
 class IndexError_(VidxError):
     """The SQL index cannot be opened or written."""
+
+
+class NoIndexError(InputError):
+    """A command that reads the index was pointed at a place that holds none."""
+
+
+class DatabaseURLError(InputError):
+    """--db is not a URL SQLAlchemy can open (a typo, an unknown dialect, a driver that is not installed)."""
 
 
 def default_db_url(out_dir: str | os.PathLike[str]) -> str:
@@ -44,6 +53,7 @@ DB_RETRY_S = float(os.environ.get("VIDX_DB_RETRY_S", "60"))
 LOCK_WAIT_S = 5.0
 """How long one attempt waits on a lock (SQLite busy timeout, PostgreSQL lock_timeout) before it fails and
 the retry loop backs off: a lock that is never released ends in a clear error instead of a hung job."""
+NO_INDEX_HINT = "index videos first with `vidx index ARCHIVE --out OUT`, or give the --out / --db of an existing index"
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -63,6 +73,18 @@ def is_transient(exc: DBAPIError) -> bool:
     return bool(getattr(exc.orig, "__module__", "").startswith("psycopg"))  # no SQLSTATE: cannot connect
 
 
+def is_lock(exc: DBAPIError) -> bool:
+    """A lock held by another transaction (not a connection failure)."""
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    message = str(exc.orig).lower()
+    return sqlstate.startswith(("40", "55P03")) or "locked" in message or "busy" in message
+
+
+def first_line(exc: DBAPIError) -> str:
+    text_ = str(exc.orig).strip()
+    return text_.splitlines()[0] if text_ else type(exc.orig).__name__
+
+
 def retrying(method: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatenate[Catalog, P], R]:
     """Run a Catalog method (one or more whole transactions) again while the database is briefly unavailable.
 
@@ -77,11 +99,37 @@ def retrying(method: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatena
     return wrapper
 
 
-def make_engine(url: str, *, lock_wait_s: float = LOCK_WAIT_S) -> Engine:
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+CONNECT_TIMEOUT_S = 10
+"""How long a PostgreSQL connection attempt may take (a host that drops packets would otherwise hang for minutes)."""
+
+
+def parse_db_url(url: str) -> URL:
+    """The URL parsed, or a DatabaseURLError that names it and says what a good one looks like."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseURLError("not a database URL", path=url, hint="e.g. sqlite:////abs/path/index.sqlite or "
+                               "postgresql+psycopg://user:pass@host/db") from exc
+    return parsed
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL; None for other databases and in-memory ones."""
+    if url.get_backend_name() != "sqlite" or url.query.get("uri") or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database or "")
+
+
+def make_engine(url: str, *, lock_wait_s: float = LOCK_WAIT_S, make_dirs: bool = True) -> Engine:
+    parsed = parse_db_url(url)
+    where = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite":
+        path = sqlite_file(parsed)
+        if path is not None and make_dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif path is not None and not path.parent.is_dir():  # a typo must not leave folders behind
+            raise NoIndexError(f"the folder {path.parent} does not exist", path=where,
+                               hint="check the path given with --db or --out")
         engine = create_engine(url, connect_args={"timeout": lock_wait_s})
 
         @event.listens_for(engine, "connect")
@@ -93,7 +141,20 @@ def make_engine(url: str, *, lock_wait_s: float = LOCK_WAIT_S) -> Engine:
             cur.close()
 
         return engine
-    engine = create_engine(url, pool_pre_ping=True)
+    try:
+        dialect = parsed.get_dialect()
+        connect_args = ({"connect_timeout": CONNECT_TIMEOUT_S}
+                        if dialect.name == "postgresql" and "connect_timeout" not in parsed.query else {})
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except NoSuchModuleError as exc:
+        hint = ("PostgreSQL URLs start with postgresql+psycopg://" if parsed.drivername.startswith("postgres")
+                else "e.g. sqlite:////abs/path/index.sqlite or postgresql+psycopg://user:pass@host/db")
+        raise DatabaseURLError(f"unknown database kind {parsed.drivername!r}", path=where, hint=hint) from exc
+    except ImportError as exc:
+        hint = ("pip install -e '.[postgres]'" if parsed.get_backend_name() == "postgresql"
+                else "install the Python driver this URL names")
+        raise DatabaseURLError(f"the database driver for {parsed.drivername!r} is not installed ({exc})", path=where,
+                               hint=hint) from exc
     if engine.dialect.name == "postgresql":
 
         @event.listens_for(engine, "connect")
@@ -134,17 +195,45 @@ def pgvector_status(engine: Engine) -> Literal["installed", "available", "absent
 class Catalog:
     """The SQL index of one output folder: opened (and migrated to the current schema) once per process."""
 
-    def __init__(self, url: str, *, retry_s: float = DB_RETRY_S, lock_wait_s: float = LOCK_WAIT_S):
+    def __init__(self, url: str, *, retry_s: float = DB_RETRY_S, lock_wait_s: float = LOCK_WAIT_S,
+                 create: bool = True, make_dirs: bool = True):
+        """Open (`create`: or create) the index at `url`; `make_dirs` lets a SQLite file's folder be created.
+
+        Without `create`, a place that holds no index is a NoIndexError and nothing is written there.
+        """
         self.url = url
-        self.where = make_url(url).render_as_string(hide_password=True)
+        self.where = parse_db_url(url).render_as_string(hide_password=True)
         self.retry_s = retry_s
+        if not create and (path := sqlite_file(parse_db_url(url))) is not None and not path.is_file():
+            raise NoIndexError("no vidx index here (the file does not exist)", path=self.where, hint=NO_INDEX_HINT)
         try:
-            self.engine = make_engine(url, lock_wait_s=lock_wait_s)
+            self.engine = make_engine(url, lock_wait_s=lock_wait_s, make_dirs=make_dirs)
         except OperationalError as exc:
             raise IndexError_(f"cannot open the SQL index: {exc.orig}", path=self.where) from exc
+        self._connect_once(create)
         self.migration = self.retry("open", lambda: migrations.upgrade(self.engine, where=self.where))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.retry("open", self._stamp_version)
+
+    def _connect_once(self, create: bool) -> None:
+        """Connect before anything else: a server that is down or a URL that points nowhere fails now, in one
+        line (the retries are for locks, and for a database that goes away during a job)."""
+
+        def attempt() -> list[str]:
+            try:
+                with self.engine.connect() as conn:
+                    return list(inspect(conn).get_table_names())
+            except DBAPIError as exc:
+                if is_lock(exc):  # another process holds the database: self.retry waits for it
+                    raise
+                self.engine.dispose()
+                raise IndexError_(f"cannot connect to the SQL index: {first_line(exc)}", path=self.where,
+                                  hint="check the --db URL and that the database server is up") from exc
+
+        tables = self.retry("open", attempt)
+        if not create and "videos" not in tables:
+            self.engine.dispose()
+            raise NoIndexError("no vidx index in this database", path=self.where, hint=NO_INDEX_HINT)
 
     def _stamp_version(self) -> None:
         with contextlib.suppress(IntegrityError), self.session() as s:  # IntegrityError: a concurrent opener did it
@@ -160,7 +249,7 @@ class Catalog:
             try:
                 return fn()
             except DBAPIError as exc:
-                reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+                reason = first_line(exc)
                 if not is_transient(exc):
                     if isinstance(exc, OperationalError):  # disk full, read-only, I/O error: say so, plainly
                         raise IndexError_(f"the SQL index cannot be written ({what}): {reason}", path=self.where,
@@ -174,7 +263,8 @@ class Catalog:
                         hint="check that the database server is up and that no other process holds a lock; "
                              "the job can be resumed") from exc
                 delay = min(delay, self.retry_s - waited)
-                log.warning("SQL index busy or unreachable (%s: %s); retrying in %.2f s", what, reason, delay)
+                # quiet unless -v: the final error says what happened, once
+                log.info("SQL index busy or unreachable (%s: %s); retrying in %.2f s", what, reason, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -50,6 +50,10 @@ class VideoOutcome:
     duration_s: float | None = None
     frames_decoded: int = 0
     frames_analysed: int = 0
+    faces: int = 0
+    """Faces detected (rows of the faces part)."""
+    persons: int = 0
+    """Persons detected (rows of the persons part)."""
     elapsed_s: float = 0.0
     tracks: list[TrackRow] = field(default_factory=list)
     person_tracks: list[PersonTrackRow] = field(default_factory=list)

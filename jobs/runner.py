@@ -52,6 +52,8 @@ class TaskHooks:
     """An attempt ended without an outcome (worker died or hung); the video will be tried again."""
     should_stop: Callable[[], bool]
     """True once the job was cancelled."""
+    on_progress: Callable[[TaskSpec, float], None] = lambda spec, pts_s: None
+    """How far (seconds of video) the analysis of a video got; called by executors that can tell."""
 
 
 class Executor(Protocol):
@@ -98,7 +100,7 @@ class LocalExecutor:
                     if isinstance(spec, TaskSpec):
                         yield spec
 
-            for spec, outcome in worker.process_many(claims()):
+            for spec, outcome in worker.process_many(claims(), on_progress=hooks.on_progress):
                 hooks.on_done(spec, outcome)
             if not blocked:
                 return
@@ -112,10 +114,16 @@ class LocalExecutor:
 class JobEvents:
     """Callbacks for progress display; all optional."""
 
-    on_plan: Callable[[int, int, int], None] = lambda queued, skipped, bad: None
+    on_plan: Callable[[dict[str, int]], None] = lambda counts: None
+    """queued, skipped, unreadable, and how many videos of each state.PlanKind (when the job was planned here)."""
     on_video: Callable[[str, VideoOutcome], None] = lambda path, outcome: None
     on_workers: Callable[[dict[str, Any]], None] = lambda info: None
     on_retry: Callable[[str, str], None] = lambda path, reason: None
+    on_start: Callable[[list[str]], None] = lambda paths: None
+    """The paths of the videos the driver is about to index."""
+    on_progress: Callable[[str, float], None] = lambda path, pts_s: None
+    """How far into a video (seconds) the analysis got; only from the in-process executor (Ray's workers
+    report whole videos)."""
 
 
 @dataclass
@@ -129,7 +137,8 @@ class JobResult:
 class PlanOptions:
     """What a submit decides beyond the indexing settings."""
 
-    reprocess_stale: bool = False
+    reprocess_stale: bool = True
+    """Redo videos indexed by another run (pipeline or model version, settings that change results)."""
     retry_failed: bool = False
 
 
@@ -224,8 +233,15 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
         return TaskSpec(video_id=task.video_id, path=task.path, fingerprint=task.fingerprint,
                         run_key=run.key, task_id=task.id, attempts=task.attempts, size=task.size)
 
+    found = {"faces": 0, "persons": 0, "tracks": 0, "video_s": 0.0}
+
     def on_done(spec: TaskSpec, outcome: VideoOutcome) -> None:
         superseded = catalog.record(outcome, run, spec.task_id)
+        if outcome.status == "done":
+            found["faces"] += outcome.faces
+            found["persons"] += outcome.persons
+            found["tracks"] += len(outcome.tracks)
+            found["video_s"] += outcome.duration_s or 0.0
         for key in superseded.run_keys:
             remove_video_outputs(store, spec.video_id, key, [])
         for thumb in superseded.thumbnails:
@@ -237,13 +253,15 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
             state.note_retry(catalog, spec.task_id, reason)
         events.on_retry(spec.path, reason)
 
-    hooks = TaskHooks(next_task, on_done, on_retry, beat.cancelled.is_set)
+    hooks = TaskHooks(next_task, on_done, on_retry, beat.cancelled.is_set,
+                      on_progress=lambda spec, pts_s: events.on_progress(spec.path, pts_s))
     workers: dict[str, Any] = {}
     status = "failed"
     beat.start()
     try:
         queued = catalog.job_summary(job_id)["queued"]
         if queued:
+            events.on_start(state.queued_paths(catalog, job_id))
             workers = executor.start(settings, out_uri, cache_dir)
             events.on_workers(workers)
             executor.run(hooks)
@@ -266,6 +284,10 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
             except Exception as exc:  # search refreshes its index itself when it finds it stale
                 log.warning("after job %d: %s failed: %s", job_id, getattr(hook, "__name__", hook), exc)
     summary["status"] = status
+    summary["plan"] = job.options.get("plan", {})
+    # found by this driver (a resumed job's earlier drivers reported theirs)
+    summary.update(faces=found["faces"], persons=found["persons"], tracks=found["tracks"],
+                   video_s=round(found["video_s"], 3))
     summary["unreadable"] = [{"path": p, "error": why} for p, why in job.options.get("unreadable", [])]
     return JobResult(job_id, summary, workers)
 
@@ -281,7 +303,8 @@ def run_job(archive: Path | str, *, catalog: Catalog, out_uri: str, settings: In
     job_id, queued, skipped, unreadable = plan(archive, catalog=catalog, out_uri=out_uri, settings=settings,
                                                cache_dir=cache_dir, options=options,
                                                executor_options=executor_options)
-    events.on_plan(queued, skipped, len(unreadable))
+    events.on_plan({"queued": queued, "skipped": skipped, "unreadable": len(unreadable),
+                    **state.get_job(catalog, job_id).options.get("plan", {})})
     return drive_job(job_id, catalog=catalog, executor=executor, cache_dir=cache_dir, events=events)
 
 
@@ -291,5 +314,6 @@ def resume_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: 
     events = events or JobEvents()
     state.take_over(catalog, job_id, this_driver(), force=force)
     summary = catalog.job_summary(job_id)
-    events.on_plan(summary["queued"], summary["skipped"] + summary["done"] + summary["failed"], 0)
+    events.on_plan({"queued": summary["queued"], "skipped": summary["skipped"], "unreadable": 0,
+                    "finished": summary["done"] + summary["failed"]})
     return drive_job(job_id, catalog=catalog, executor=executor, cache_dir=cache_dir, events=events)

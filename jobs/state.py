@@ -22,10 +22,11 @@ import hashlib
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, get_args
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -94,26 +95,42 @@ def last_outcomes(s: Session, video_ids: Iterable[int]) -> dict[int, LastOutcome
     return out
 
 
+PlanKind = Literal["new", "changed", "stale", "retry", "current", "failed_before", "stale_kept"]
+"""What a video is to a new job: indexed (new, changed file, stale: indexed by another run, retry) or skipped
+(current, failed_before: failed with this run and this file, stale_kept: another run's results kept)."""
+
+
+def plan_kind(video: Video, last: LastOutcome | None, run_id: int, *, reprocess_stale: bool,
+              retry_failed: bool) -> tuple[PlanKind, str | None]:
+    """What a video is to a job of run `run_id`, and why it needs no work (None when it must be indexed)."""
+    if last is None:
+        return "new", None
+    if last.fingerprint != video.fingerprint:
+        return "changed", None  # changed since it was last looked at
+    if last.status == "done" and video.run_id == run_id and last.run_id == run_id:
+        return "current", "already indexed with this pipeline, these models and settings"
+    if last.status == "failed" and last.run_id == run_id and not retry_failed:
+        return "failed_before", f"failed before in job {last.job_id}: {last.error} (--retry-failed tries again)"
+    if video.run_id is not None and video.run_id != run_id and video.status == "indexed" and last.status == "done":
+        if not reprocess_stale:
+            return "stale_kept", ("indexed by another pipeline/model version or other settings, kept as it is "
+                                  "(--keep-stale)")
+        return "stale", None
+    return "retry", None
+
+
 def classify(video: Video, last: LastOutcome | None, run_id: int, *, reprocess_stale: bool,
              retry_failed: bool) -> str | None:
     """Why a video needs no work in a job of run `run_id` (the skip reason), or None when it must be indexed."""
-    if last is None or last.fingerprint != video.fingerprint:
-        return None  # new, or changed since it was last looked at
-    if last.status == "done" and video.run_id == run_id and last.run_id == run_id:
-        return "already indexed with this pipeline, these models and settings"
-    if last.status == "failed" and last.run_id == run_id and not retry_failed:
-        return f"failed before in job {last.job_id}: {last.error} (--retry-failed tries again)"
-    if (video.run_id is not None and video.run_id != run_id and video.status == "indexed"
-            and not reprocess_stale and last.status == "done"):
-        return "indexed by another pipeline/model version or other settings (--reprocess-stale redoes it)"
-    return None
+    return plan_kind(video, last, run_id, reprocess_stale=reprocess_stale, retry_failed=retry_failed)[1]
 
 
 @retrying
 def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], videos: list[Video], *,
-             driver: str | None, reprocess_stale: bool = False, retry_failed: bool = False,
+             driver: str | None, reprocess_stale: bool = True, retry_failed: bool = False,
              status: str = "running") -> tuple[int, int, int]:
-    """A job with one task per video, queued or skipped with its reason. Returns (job id, queued, skipped)."""
+    """A job with one task per video, queued or skipped with its reason. Returns (job id, queued, skipped);
+    the job's options get `plan`: how many videos of each PlanKind."""
     with catalog.session() as s:
         now = db_clock(s) if status == "running" else None
         job = Job(archive=archive, status=status, run_id=run.id, options=options, driver=driver,
@@ -122,12 +139,16 @@ def plan_job(catalog: Catalog, archive: str, run: Run, options: dict[str, Any], 
         s.flush()
         last = last_outcomes(s, [v.id for v in videos])
         queued = skipped = 0
+        kinds: Counter[str] = Counter()
         for v in videos:
-            why = classify(v, last.get(v.id), run.id, reprocess_stale=reprocess_stale, retry_failed=retry_failed)
+            kind, why = plan_kind(v, last.get(v.id), run.id, reprocess_stale=reprocess_stale,
+                                  retry_failed=retry_failed)
+            kinds[kind] += 1
             s.add(Task(job_id=job.id, video_id=v.id, path=v.path, fingerprint=v.fingerprint, size=v.size,
                        status="skipped" if why else "queued", error=why))
             queued += why is None
             skipped += why is not None
+        job.options = {**options, "plan": {k: kinds.get(k, 0) for k in get_args(PlanKind)}}
         return job.id, queued, skipped
 
 
@@ -224,6 +245,11 @@ def heartbeat(catalog: Catalog, job_id: int, driver: str | None = None) -> str:
     if status is not None and not wrote:
         return TAKEN_OVER
     return status or "missing"
+
+
+def queued_paths(catalog: Catalog, job_id: int) -> list[str]:
+    with catalog.session() as s:
+        return list(s.scalars(select(Task.path).where(Task.job_id == job_id, Task.status == "queued")))
 
 
 def get_job(catalog: Catalog, job_id: int) -> Job:
@@ -369,6 +395,36 @@ def as_read(job: Job) -> list[Any]:
             same(Job.heartbeat_at, job.heartbeat_at)]
 
 
+@retrying
+def note_detached_driver(catalog: Catalog, job_id: int, driver: str, log_path: str) -> None:
+    """Record the background process started to drive a queued job, and its log: `job status` can then tell a
+    driver that died before it took the job over (it could not even start) from one that is starting."""
+    with catalog.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobStateError(f"no job {job_id} in this index", path=catalog.url)
+        s.execute(update(Job).where(Job.id == job_id).values(options={**job.options, "log": log_path}))
+        s.execute(update(Job).where(Job.id == job_id, Job.status == "queued", Job.driver.is_(None))
+                  .values(driver=driver))
+
+
+DRIVER_LOG_LINES = 5
+
+
+def log_tail(path: str | None, lines: int = DRIVER_LOG_LINES) -> list[str]:
+    """The last non-empty lines of a driver's log (its last error, when it died); [] when there is none."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
 def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
     """A job's state for `vidx job status`: counts, frames, rate and ETA from the finished tasks."""
     job = get_job(catalog, job_id)
@@ -388,9 +444,15 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
     eta = None
     if job.status in ("running", "cancelling") and done_size and left_size and wall > 0:
         eta = wall * left_size / done_size
+    alive = driver_alive(job, now)
+    # gone: a detached driver that never took its queued job over, or a running job's driver that stopped
+    gone = ((job.status == "queued" and _local_process_exists(job.driver) is False)
+            or (job.status in ("running", "cancelling") and not alive))
+    log_path = job.options.get("log")
     return {
         **summary, "status": job.status, "archive": job.archive, "driver": job.driver,
-        "alive": driver_alive(job, now), "options": job.options,
+        "alive": alive, "driver_gone": gone, "driver_log": log_path,
+        "driver_error": log_tail(log_path) if gone else [], "options": job.options,
         "created_at": _iso(job.created_at), "started_at": _iso(started), "finished_at": _iso(finished),
         "heartbeat_at": _iso(job.heartbeat_at), "wall_s": round(wall, 3),
         "videos_per_s": round(finished_n / wall, 4) if wall > 0 else None,

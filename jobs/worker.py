@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,11 +209,13 @@ class VideoWorker:
             for done in waiting.values():
                 done.set_exception(exc)
 
-    def process_many(self, specs: Iterable[TaskSpec | None], in_flight: int | None = None
+    def process_many(self, specs: Iterable[TaskSpec | None], in_flight: int | None = None,
+                     on_progress: Callable[[TaskSpec, float], None] | None = None
                      ) -> Iterator[tuple[TaskSpec, VideoOutcome]]:
         """Index videos `in_flight` at once through one indexer, so that their sampled frames share the
         models' batches (on a GPU: several NVDEC sessions busy, full batches); outcomes as videos finish.
 
+        `on_progress(spec, pts_s)` hears how far into each video the analysis got (after every step).
         `specs` is read lazily, one spec each time a video finishes: a claim from the job queue happens
         only when there is room for the video. It may yield None for "nothing right now" (see
         VideoIndexer.index_many).
@@ -233,9 +235,14 @@ class VideoWorker:
                         else Path(spec.path))
                 yield VideoTask(path, spec.video_id, spec.run_key)
 
+        def moved(task: VideoTask, _: int, pts_s: float) -> None:
+            self._moved(task.video_id)
+            if on_progress is not None and task.video_id in started:
+                on_progress(started[task.video_id][0], pts_s)
+
         try:
             for task, result in self.indexer.index_many(tasks(), in_flight=in_flight or self.in_flight,
-                                                        on_progress=lambda t, n, pts: self._moved(t.video_id)):
+                                                        on_progress=moved):
                 spec, t0 = started.pop(task.video_id)
                 with self._lock:
                     self._progress.pop(spec.video_id, None)
@@ -270,6 +277,7 @@ class VideoWorker:
         return VideoOutcome(
             spec.video_id, "done", codec=info.codec, width=info.width, height=info.height, fps=info.fps,
             duration_s=info.duration_s, frames_decoded=result.frames_decoded, frames_analysed=result.frames_analysed,
+            faces=result.faces.num_rows, persons=result.persons.num_rows,
             elapsed_s=time.monotonic() - started, tracks=track_rows(result),
             person_tracks=person_track_rows(result), files=files, worker=self.name)
 

@@ -7,6 +7,7 @@ Every test that takes `db_url` runs once on SQLite and once on a fresh PostgreSQ
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
 import sqlite3
@@ -236,7 +237,7 @@ def test_rerun_skips_current_videos_and_a_new_run_requeues_them(db_url: str, tmp
     with catalog.session() as s:
         reasons = set(s.scalars(select(Task.error).where(Task.job_id == job2, Task.status == "skipped")))
     assert reasons == {"already indexed with this pipeline, these models and settings"}
-    run_b = catalog.ensure_run(*RUN_B)  # a new run: the indexed ones are stale, redone only when asked to
+    run_b = catalog.ensure_run(*RUN_B)  # a new run: the indexed ones are stale and redone
     _, queued3, skipped3 = state.plan_job(catalog, str(tmp_path), run_b, {}, videos, driver="test",
                                           reprocess_stale=True)
     assert (queued3, skipped3) == (3, 0)
@@ -263,6 +264,7 @@ def test_a_new_run_supersedes_the_old_tracks_atomically(db_url: str, tmp_path: P
 
 
 def test_a_locked_sqlite_index_is_retried_until_the_lock_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="jobs.catalog")  # retries are logged quietly (shown with -v)
     path = tmp_path / "index.sqlite"
     catalog = Catalog(f"sqlite:///{path}", retry_s=20, lock_wait_s=0.1)
     run = catalog.ensure_run(*RUN_A)
@@ -299,14 +301,15 @@ def test_a_sqlite_lock_that_stays_gives_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_postgres_server_gives_a_clear_error(tmp_path: Path) -> None:
+    """Opening fails at the first refused connection: the retries are for a server that goes away mid-job."""
     pytest.importorskip("psycopg")
     started = time.monotonic()
     url = f"postgresql+psycopg://vidx:secret@/vidx?host={tmp_path}&port=5999"  # no server on that socket
     with pytest.raises(IndexError_) as err:
-        Catalog(url, retry_s=1.0)
-    assert "the SQL index is unavailable (open)" in err.value.message
+        Catalog(url, retry_s=30.0)
+    assert "cannot connect to the SQL index" in err.value.message
     assert "secret" not in err.value.describe()
-    assert 0.9 <= time.monotonic() - started < 30
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.postgres
@@ -404,6 +407,7 @@ def test_a_job_rides_out_a_database_lock_taken_while_it_runs(db_url: str, tmp_pa
     archive.mkdir()
     for i in range(4):
         badfiles.write_video(archive / f"v{i}.mp4", seed=i)
+    caplog.set_level(logging.INFO, logger="jobs.catalog")
     catalog = Catalog(db_url, retry_s=30, lock_wait_s=0.2)
     locker = create_engine(db_url)
     held: list[threading.Thread] = []

@@ -13,8 +13,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,7 +74,7 @@ def test_two_jobs_over_one_archive_at_once_index_each_video_once(
     assert len(reasons) == 8 and all(e.startswith(("indexed meanwhile by job", "already indexed")) for e in reasons)
 
 
-def test_resubmits_are_incremental_and_reprocess_stale_replaces_old_results(
+def test_resubmits_are_incremental_and_a_changed_setting_replaces_old_results(
         tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
     archive = tmp_path / "a"
     clips = make_short_archive(archive, clip_photos, 3)
@@ -95,15 +97,15 @@ def test_resubmits_are_incremental_and_reprocess_stale_replaces_old_results(
     assert (changed.summary["done"], changed.summary["skipped"]) == (1, 3)
 
     other = IndexSettings(sampling=SamplingConfig(fps=1.0), runtime=RuntimeConfig(device="cpu"))
-    stale = submit(other)
-    # Indexed videos are stale for the new run and left alone; the corrupt one is tried once with the new run.
-    assert (stale.summary["done"], stale.summary["failed"], stale.summary["skipped"]) == (0, 1, 3)
+    kept = submit(other, reprocess_stale=False)
+    # With --keep-stale, indexed videos are stale for the new run and left alone; the corrupt one is tried once.
+    assert (kept.summary["done"], kept.summary["failed"], kept.summary["skipped"]) == (0, 1, 3)
     with catalog.session() as s:
-        reasons = set(s.scalars(select(Task.error).where(Task.job_id == stale.job_id)))
-    assert any("--reprocess-stale" in (r or "") for r in reasons)
+        reasons = set(s.scalars(select(Task.error).where(Task.job_id == kept.job_id)))
+    assert any("--keep-stale" in (r or "") for r in reasons)
     old_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
-    redo = submit(other, reprocess_stale=True)
-    assert redo.summary["done"] == 3
+    redo = submit(other)  # by default, a setting that changes results re-indexes what it makes stale
+    assert redo.summary["done"] == 3 and redo.summary["plan"]["stale"] == 3
     new_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
     assert len(new_parts) == 3 and not set(old_parts) & set(new_parts)  # old run's parts replaced
     with catalog.session() as s:
@@ -349,3 +351,102 @@ def test_in_process_job_with_videos_in_flight_gives_the_one_at_a_time_results(
         catalog.close()
     assert len({name for name, *_ in results[1]}) >= 3  # face tracks in most clips (one photo is a small group)
     assert results[3] == results[1]
+
+
+def wait_for_exit(pid: int, timeout: float = 120) -> None:
+    """Reap a detached driver this process started (it exits once its job is driven or it failed)."""
+    deadline = time.monotonic() + timeout
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        assert time.monotonic() < deadline, f"driver {pid} still running after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_a_detached_driver_is_not_shadowed_by_the_working_directory_and_a_dead_one_shows_its_error(
+        indexed: tuple[list, Path, Catalog, JobResult], private_out: Callable[[str], Path], tmp_path: Path,
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = Path(indexed[0][0].path).parent  # already indexed: the driver has nothing to do but finish
+    out = private_out("detached")
+    shadow = tmp_path / "parent_of_a_clone"
+    (shadow / "vidx").mkdir(parents=True)
+    (shadow / "vidx" / "__init__.py").write_text("")
+    monkeypatch.chdir(shadow)
+
+    def submit() -> dict[str, Any]:
+        res = CliRunner().invoke(cli, ["--cache-dir", str(cache_dir), "job", "submit", str(archive), "--out",
+                                       str(out), "--executor", "local", "--device", "cpu", "--detach", "--json"])
+        assert res.exit_code == 0, res.output
+        detached = json.loads(res.output)
+        wait_for_exit(detached["driver_pid"])
+        res = CliRunner().invoke(cli, ["job", "status", str(detached["job_id"]), "--out", str(out), "--json"])
+        assert res.exit_code == 0, res.output
+        return {**json.loads(res.output), "log_text": Path(detached["log"]).read_text(errors="replace")}
+
+    info = submit()
+    assert (info["status"], info["driver_gone"]) == ("done", False), info["log_text"]
+
+    # A driver that cannot start (here a broken `vidx` named on PYTHONPATH) leaves its job queued: status says
+    # that its driver is gone, with the end of its log.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")]))
+    info = submit()
+    assert (info["status"], info["driver_gone"]) == ("queued", True), info
+    assert any("vidx" in line for line in info["driver_error"]), info
+    res = CliRunner().invoke(cli, ["job", "status", str(info["job_id"]), "--out", str(out)])
+    assert "driver gone" in res.output and info["driver_error"][-1] in res.output
+
+
+def test_a_setting_that_changes_results_re_indexes_and_says_so(tmp_path: Path, clip_photos: dict[str, np.ndarray],
+                                                               cache_dir: Path) -> None:
+    make_short_archive(tmp_path / "a", clip_photos, 1, seconds=(1.0,))
+    base = ["--cache-dir", str(cache_dir), "index", str(tmp_path / "a"), "--out", str(tmp_path / "out"),
+            "--device", "cpu"]
+
+    def index(*args: str) -> tuple[dict[str, Any], str]:
+        res = CliRunner().invoke(cli, [*base, *args])
+        assert res.exit_code == 0, res.output
+        status = CliRunner().invoke(cli, ["job", "status", "--out", str(tmp_path / "out"), "--json"])
+        return json.loads(status.stdout), res.stderr
+
+    first, _ = index()
+    assert first["done"] == 1
+    again, said = index()
+    assert again["done"] == 0 and "0 videos to index, 1 already current" in said
+    finer, said = index("--min-face", "12")
+    assert finer["done"] == 1, said
+    assert "1 video to index (1 indexed with other settings or models before), 0 already current" in said
+    kept, said = index("--min-face", "16", "--keep-stale")
+    assert kept["done"] == 0 and "1 indexed with other settings or models, kept (--keep-stale)" in said
+
+
+def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary_counts_what_was_found(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+    from vidx.progress import JobProgress
+
+    clips = make_short_archive(tmp_path / "a", clip_photos, 2, seconds=(2.5, 2.0))
+    seen: list[tuple[float, float | None, float | None, int]] = []  # completed, total, ETA, videos done
+    with JobProgress() as progress:
+        events = progress.events()
+        inner_progress, inner_video = events.on_progress, events.on_video
+
+        def on_progress(path: str, pts_s: float) -> None:
+            inner_progress(path, pts_s)
+            task = progress.progress.tasks[0]
+            seen.append((task.completed, task.total, task.time_remaining, progress.videos_done))
+
+        def on_video(path: str, outcome: VideoOutcome) -> None:
+            inner_video(path, outcome)
+            time.sleep(0.3)  # the lengths are read on a thread: let it finish before the second video
+
+        events.on_progress, events.on_video = on_progress, on_video
+        out = tmp_path / "out"
+        result = run_job(tmp_path / "a", catalog=Catalog(default_db_url(out)), out_uri=str(out), settings=SETTINGS,
+                         executor=LocalExecutor(), cache_dir=cache_dir, events=events)
+    assert seen, "no progress reported within a video"
+    # Within the first video the bar already moved, by seconds of that video, before any video was done.
+    assert any(completed > 0 and done == 0 for completed, _, _, done in seen), seen
+    total = seen[-1][1]
+    assert total is not None and abs(total - 4.5) < 0.2, seen  # both videos' lengths
+    assert any(eta is not None and done == 1 for _, _, eta, done in seen), seen  # an ETA while work is left
+    assert progress.progress.tasks[0].completed == pytest.approx(total, abs=0.2)
+    s = result.summary
+    assert s["done"] == 2 and s["faces"] >= s["tracks"] >= 1 and s["persons"] >= 1, s
+    assert s["video_s"] == pytest.approx(4.5, abs=0.2) and len(clips) == 2

@@ -152,3 +152,15 @@ def test_dbscan_finds_identities_exactly_and_through_ivf() -> None:
         assert all(len(set(faces.identity[labels == c])) == 1 for c in clusters)  # never two identities
         repeated = [i for i, n in zip(*np.unique(faces.identity, return_counts=True), strict=True) if n >= 2]
         assert len(clusters) <= len(repeated) * 1.02  # and (almost) never an identity split
+
+
+def test_cluster_ids_stay_the_same_across_runs(private_out: Callable[[str], Path]) -> None:
+    """Re-clustering unchanged tracks keeps every cluster's id, so `person label --cluster C` names the same faces."""
+    out = private_out("stable_clusters")
+    first = {c["id"]: sorted(c["track_ids"]) for c in vidx(out, "people", "cluster")}
+    assert first
+    second = {c["id"]: sorted(c["track_ids"]) for c in vidx(out, "people", "cluster")}
+    assert second == first
+    cid, members = next(iter(first.items()))
+    done = vidx(out, "person", "label", "--cluster", str(cid), "Same Face")
+    assert sorted(done["labelled"]) == members

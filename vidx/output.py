@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+NOT_A_TERMINAL_WIDTH = 100_000
+"""Columns when output goes to a pipe or a file: a table or line is never cut or wrapped there (rich assumes 80)."""
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console: a terminal's own width; elsewhere (logs, pipes) wide enough for any line, unless COLUMNS
+    says otherwise."""
+    c = Console(stderr=stderr, highlight=False)
+    if c.is_terminal or os.environ.get("COLUMNS"):
+        return c
+    return Console(stderr=stderr, highlight=False, width=NOT_A_TERMINAL_WIDTH)
+
+
+err = console(stderr=True)
+out = console()
 
 
 def say(line: str) -> None:

@@ -296,7 +296,7 @@ def cluster_people(catalog: Catalog, *, eps: float = DEFAULT_EPS, min_samples: i
     person_of = np.asarray([resolved.get(int(t), (-1, -1))[0] for t in ids], np.int64)
     labels = _split_named(labels, person_of, x)
     old = _old_cluster_ids(catalog)
-    final = _stable_ids(labels, old)
+    final = _stable_ids(labels, ids, old)
     with catalog.session() as s:
         s.execute(update(Track).values(cluster_id=None))
         if len(ids):
@@ -335,8 +335,11 @@ def _old_cluster_ids(catalog: Catalog) -> dict[int, int]:
     return {int(t): int(c) for t, c in rows if c is not None}
 
 
-def _stable_ids(labels: np.ndarray, old: dict[int, int]) -> np.ndarray:
-    """Renumber clusters, keeping each one's most common previous id when no bigger cluster took it."""
+def _stable_ids(labels: np.ndarray, ids: np.ndarray, old: dict[int, int]) -> np.ndarray:
+    """Renumber clusters, keeping each one's most common previous id when no bigger cluster took it.
+
+    `labels[i]` is the new cluster of track `ids[i]`; `old` maps track ids (not positions) to previous ids.
+    """
     final = np.full(len(labels), -1, np.int64)
     if not len(labels) or labels.max() < 0:
         return final
@@ -345,7 +348,7 @@ def _stable_ids(labels: np.ndarray, old: dict[int, int]) -> np.ndarray:
     next_id = max([*old.values(), 0]) + 1
     pending = []
     for members in clusters:
-        votes = Counter(old[int(i)] for i in members if int(i) in old)
+        votes = Counter(old[t] for t in (int(ids[i]) for i in members) if t in old)
         choice = next((cid for cid, _ in votes.most_common() if cid not in taken), None)
         if choice is None:
             pending.append(members)

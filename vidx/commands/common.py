@@ -98,6 +98,17 @@ def db_url_for(out_dir: str, db_url: str | None) -> str:
     return default_db_url(out_dir)
 
 
+def open_catalog(out_dir: str, db_url: str | None, *, create: bool = False) -> Any:
+    """The SQL index of a command. Only commands that index (`create`) may create it, and then only the default
+    --out folder is made; a command that reads refuses a place without an index and writes nothing there."""
+    from jobs.catalog import Catalog
+
+    url = db_url_for(out_dir, db_url)
+    if create and db_url is None:
+        Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)  # results are written there too
+    return Catalog(url, create=create, make_dirs=False)
+
+
 def fmt_time(seconds: float) -> str:
     m, s = divmod(seconds, 60)
     h, m = divmod(int(m), 60)

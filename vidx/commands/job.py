@@ -20,11 +20,11 @@ from vidx.commands.common import (
     archive_argument,
     build_settings,
     db_option,
-    db_url_for,
     device_option,
     engine_option,
     face_detector_option,
     json_option,
+    open_catalog,
     out_option,
     pass_ctx,
     sampling_options,
@@ -88,8 +88,10 @@ def executor_options(fn: Any) -> Any:
 
 
 def plan_options(fn: Any) -> Any:
-    fn = click.option("--reprocess-stale", is_flag=True,
-                      help="Also redo videos indexed by another pipeline/model version or other settings.")(fn)
+    fn = click.option("--reprocess-stale/--keep-stale", default=True, show_default=True,
+                      help="Redo videos indexed by another pipeline/model version or with other settings that change "
+                           "results (--sample-fps, --every-frame, --keyframes, --min-face, --no-persons), or keep "
+                           "their results as they are.")(fn)
     fn = click.option("--retry-failed", is_flag=True,
                       help="Also retry videos that failed before (same file, same run).")(fn)
     return fn
@@ -123,11 +125,10 @@ def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: s
                    executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool, as_json: bool,
                    address: str | None = None) -> dict[str, Any]:
     """Plan and drive a job in this process with a progress bar; the summary (for printing)."""
-    from jobs.catalog import Catalog
     from jobs.runner import PlanOptions, run_job
     from vidx.progress import JobProgress
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url, create=True)
     with JobProgress(quiet=as_json) as progress:
         result = run_job(archive, catalog=catalog, out_uri=out_dir, settings=settings,
                          executor=make_executor(executor, address), cache_dir=ctx.cache_dir,
@@ -139,11 +140,11 @@ def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: s
 def start_detached(ctx: Context, archive: Path | str, *, out_dir: str, db_url: str | None, settings: Any,
            executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool) -> dict[str, Any]:
     """Plan the job here, then drive it from a background process (`vidx job resume ID`)."""
-    from jobs.catalog import Catalog
     from jobs.runner import PlanOptions, plan
+    from jobs.state import driver_id, note_detached_driver
 
-    url = db_url_for(out_dir, db_url)
-    catalog = Catalog(url)
+    catalog = open_catalog(out_dir, db_url, create=True)
+    url = catalog.url
     job_id, queued, skipped, unreadable = plan(
         archive, catalog=catalog, out_uri=out_dir, settings=settings, cache_dir=ctx.cache_dir,
         options=PlanOptions(reprocess_stale, retry_failed), executor_options=executor, status="queued")
@@ -153,10 +154,14 @@ def start_detached(ctx: Context, archive: Path | str, *, out_dir: str, db_url: s
     env = dict(os.environ)
     if ctx.cache_dir:
         env["VIDX_CACHE_DIR"] = str(ctx.cache_dir)
+    # -P: the working directory is not put on sys.path, so a `vidx/` folder there (the parent of a clone)
+    # cannot shadow the installed package in the driver
     with log_path.open("ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "vidx", "job", "resume", str(job_id), "--db", url, "--quiet"],
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "vidx", "job", "resume", str(job_id), "--db", url,
+                                 "--quiet"],
                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
+    note_detached_driver(catalog, job_id, driver_id(proc.pid), str(log_path))
     return {"job_id": job_id, "queued": queued, "skipped": skipped, "unreadable": len(unreadable),
             "driver_pid": proc.pid, "log": str(log_path), "db": url}
 
@@ -212,12 +217,11 @@ def submit_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | No
 def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, address: str | None, force: bool,
                quiet: bool, as_json: bool) -> None:
     """Continue job JOB_ID after its driver stopped: unfinished videos run, finished ones stay."""
-    from jobs.catalog import Catalog
     from jobs.runner import resume_job
     from jobs.state import get_job
     from vidx.progress import JobProgress
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     job_row = get_job(catalog, job_id)
     executor = make_executor(job_row.options.get("executor", {"kind": "local"}), address)
     with JobProgress(quiet=as_json or quiet) as progress:
@@ -236,10 +240,9 @@ def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, addr
 @json_option
 def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool, as_json: bool) -> None:
     """State of job JOB_ID (default: the latest): counts, rate, ETA, videos in progress."""
-    from jobs.catalog import Catalog
     from jobs.state import job_info, list_jobs
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     if job_id is None:
         jobs = list_jobs(catalog, limit=1)
         if not jobs:
@@ -248,7 +251,7 @@ def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool
     while True:
         info = job_info(catalog, job_id)
         emit(info, as_json, render_status)
-        if not watch or info["status"] not in ("running", "cancelling", "queued"):
+        if not watch or info["status"] not in ("running", "cancelling", "queued") or info["driver_gone"]:
             return
         time.sleep(2.0)
 
@@ -256,9 +259,13 @@ def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool
 def render_status(i: dict[str, Any]) -> None:
     eta = f", ETA {i['eta_s']:.0f} s" if i.get("eta_s") is not None else ""
     rate = f", {i['frames_per_s']:,.0f} frames/s" if i.get("frames_per_s") else ""
-    alive = "" if i["status"] not in ("running", "cancelling") else (" (driver alive)" if i["alive"]
-                                                                     else " (driver gone: vidx job resume)")
+    alive = (" (driver gone: vidx job resume)" if i["driver_gone"] else " (driver alive)" if i["alive"]
+             else "") if i["status"] in ("running", "cancelling", "queued") else ""
     out.print(escape(f"job {i['job_id']} [{i['status']}{alive}] {i['archive']}"), highlight=False)
+    if i["driver_gone"] and i.get("driver_error"):
+        out.print(escape(f"  its driver stopped; the end of {i['driver_log']}:"), highlight=False)
+        for line in i["driver_error"]:
+            out.print(escape(f"    {line}"), style="red", highlight=False)
     out.print(f"  {i['done']} done, {i['skipped']} skipped, {i['failed']} failed, {i['running']} running, "
               f"{i['queued']} queued of {i['videos']}; {i['frames_decoded']:,} frames in {i['wall_s']:.1f} s"
               f"{rate}{eta}")
@@ -275,10 +282,9 @@ def render_status(i: dict[str, Any]) -> None:
 @json_option
 def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> None:
     """Recent jobs, newest first."""
-    from jobs.catalog import Catalog
     from jobs.state import list_jobs
 
-    rows = list_jobs(Catalog(db_url_for(out_dir, db_url)), limit=limit)
+    rows = list_jobs(open_catalog(out_dir, db_url), limit=limit)
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("job", "status", "done", "skipped", "failed", "queued", "created", "archive")
@@ -298,9 +304,8 @@ def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> Non
 @json_option
 def cancel_cmd(job_id: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Stop job JOB_ID: its driver finishes the videos' bookkeeping and stops; `vidx job resume` continues it."""
-    from jobs.catalog import Catalog
     from jobs.state import cancel
 
-    status = cancel(Catalog(db_url_for(out_dir, db_url)), job_id)
+    status = cancel(open_catalog(out_dir, db_url), job_id)
     emit({"job_id": job_id, "status": status}, as_json,
          lambda d: err.print(f"job {d['job_id']}: {d['status']}"))

@@ -12,10 +12,10 @@ from rich.table import Table
 from vidx.commands.common import (
     Context,
     db_option,
-    db_url_for,
     device_option,
     fmt_time,
     json_option,
+    open_catalog,
     out_option,
     pass_ctx,
 )
@@ -24,9 +24,7 @@ from vidx.output import emit, out
 
 
 def _catalog(out_dir: str, db_url: str | None) -> Any:
-    from jobs.catalog import Catalog
-
-    return Catalog(db_url_for(out_dir, db_url))
+    return open_catalog(out_dir, db_url)
 
 
 @click.group("person")

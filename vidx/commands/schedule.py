@@ -15,10 +15,10 @@ from vidx.commands.common import (
     archive_argument,
     build_settings,
     db_option,
-    db_url_for,
     device_option,
     engine_option,
     json_option,
+    open_catalog,
     out_option,
     pass_ctx,
     resolved_archive,
@@ -53,15 +53,14 @@ def add_cmd(name: str, archive: Path | str, cron: str, out_dir: str, db_url: str
             sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
             as_json: bool) -> None:
     """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
-    stale ones too with --reprocess-stale)."""
-    from jobs.catalog import Catalog
+    stale ones, indexed by another run, unless --keep-stale)."""
     from jobs.schedule import add_schedule
 
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
     options = {"out": out_dir, "settings": settings.to_json(), "reprocess_stale": reprocess_stale,
                "retry_failed": retry_failed,
                "executor": executor_args.to_json(executor, device)}
-    info = add_schedule(Catalog(db_url_for(out_dir, db_url)), name, resolved_archive(archive), cron, options)
+    info = add_schedule(open_catalog(out_dir, db_url, create=True), name, resolved_archive(archive), cron, options)
     emit(info, as_json, lambda i: out.print(f"schedule {i['name']}: {i['cron']} (UTC), next run {i['next_run_at']}"))
 
 
@@ -71,10 +70,9 @@ def add_cmd(name: str, archive: Path | str, cron: str, out_dir: str, db_url: str
 @json_option
 def list_cmd(out_dir: str, db_url: str | None, as_json: bool) -> None:
     """The schedules, with their next and last runs."""
-    from jobs.catalog import Catalog
     from jobs.schedule import list_schedules
 
-    rows = list_schedules(Catalog(db_url_for(out_dir, db_url)))
+    rows = list_schedules(open_catalog(out_dir, db_url))
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("name", "cron (UTC)", "next run", "last run", "last job", "archive")
@@ -92,10 +90,9 @@ def list_cmd(out_dir: str, db_url: str | None, as_json: bool) -> None:
 @db_option
 def remove_cmd(name: str, out_dir: str, db_url: str | None) -> None:
     """Remove schedule NAME (its jobs stay)."""
-    from jobs.catalog import Catalog
     from jobs.schedule import remove_schedule
 
-    remove_schedule(Catalog(db_url_for(out_dir, db_url)), name)
+    remove_schedule(open_catalog(out_dir, db_url), name)
     err.print(f"schedule {name} removed")
 
 
@@ -116,7 +113,7 @@ def _submitter(ctx: Context, catalog: Any, quiet: bool) -> Any:
             result = run_job(archive, catalog=catalog, out_uri=o["out"],
                              settings=IndexSettings.from_json(o["settings"]), executor=make_executor(executor),
                              cache_dir=ctx.cache_dir, events=progress.events(),
-                             options=PlanOptions(bool(o.get("reprocess_stale")), bool(o.get("retry_failed"))),
+                             options=PlanOptions(bool(o.get("reprocess_stale", True)), bool(o.get("retry_failed"))),
                              executor_options=executor)
         return result.job_id
 
@@ -130,10 +127,9 @@ def _submitter(ctx: Context, catalog: Any, quiet: bool) -> Any:
 @pass_ctx
 def run_due_cmd(ctx: Context, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Run every schedule that is due now, once (for system cron or a systemd timer)."""
-    from jobs.catalog import Catalog
     from jobs.schedule import run_due
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     results = run_due(catalog, _submitter(ctx, catalog, as_json))
     emit(results, as_json, lambda rs: err.print(
         "nothing due" if not rs else "\n".join(f"schedule {r['schedule']}: job {r['job_id']}"
@@ -149,10 +145,9 @@ def run_due_cmd(ctx: Context, out_dir: str, db_url: str | None, as_json: bool) -
 @pass_ctx
 def scheduler_cmd(ctx: Context, out_dir: str, db_url: str | None, max_sleep: float, once: bool) -> None:
     """Run schedules as they fall due, forever (several schedulers may share one index safely)."""
-    from jobs.catalog import Catalog
     from jobs.schedule import run_due, seconds_until_next
 
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     submit = _submitter(ctx, catalog, False)
     while True:
         for r in run_due(catalog, submit):

@@ -11,10 +11,10 @@ from rich.table import Table
 from vidx.commands.common import (
     Context,
     db_option,
-    db_url_for,
     device_option,
     fmt_time,
     json_option,
+    open_catalog,
     out_option,
     pass_ctx,
 )
@@ -73,7 +73,6 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
                threshold: float | None, video_glob: str | None, after: float | None, before: float | None,
                html_file: Path | None, out_dir: str, db_url: str | None, device: str, as_json: bool) -> None:
     """Find where and when a person appears: give a PHOTO of them, or the NAME of a known person."""
-    from jobs.catalog import Catalog
     from vidx.search import DEFAULT_THRESHOLD, Filters, detect_query_face, find_appearances
 
     if (photo is None) == (person_name is None):
@@ -81,7 +80,7 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
     if after is not None and before is not None and after > before:
         raise click.UsageError("--after must not be later than --before")
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
-    catalog = Catalog(db_url_for(out_dir, db_url))
+    catalog = open_catalog(out_dir, db_url)
     query = detect_query_face(load_query_engines(ctx, device), photo, face) if photo is not None else None
     hits = find_appearances(catalog, out_dir, query=query.embedding if query is not None else None,
                             person=person_name, top=top, threshold=threshold,
