@@ -6,7 +6,7 @@ import ipaddress
 
 import click
 
-from vidx.commands.common import Context, db_option, db_url_for, device_option, out_option, pass_ctx
+from vidx.commands.common import Context, db_option, db_url_for, device_option, open_catalog, out_option, pass_ctx
 from vidx.output import err, say
 
 
@@ -28,6 +28,7 @@ def serve_cmd(ctx: Context, out_dir: str, db_url: str | None, host: str, port: i
     from web.app import serve
 
     url = db_url_for(out_dir, db_url)
+    open_catalog(out_dir, db_url).close()  # no index here, or a bad URL: one clear line now, not on each request
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
