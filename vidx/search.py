@@ -26,7 +26,7 @@ from jobs.catalog import Catalog
 from schemas.embeddings import embedding_from_bytes
 from schemas.ids import face_track_id, parse_face_track_id, person_track_id
 from schemas.sql import Run, Track, Video
-from vidx.ann import VectorIndex, index_dir_for
+from vidx.ann import VectorSearch, open_vector_search
 
 SCORE_CENTRE = 0.6
 SCORE_WIDTH = 0.05
@@ -146,13 +146,10 @@ def query_embedding(engines: Engines, photo: Path, face: int | None = None) -> t
     return q.embedding, {"faces_in_photo": q.faces_in_photo, "face": q.face, "box": q.box}
 
 
-def open_search_index(catalog: Catalog, out_dir: str | None, *, device: str = "auto",
-                      index_dir: Path | None = None) -> VectorIndex:
-    """The vector index of this SQL index, refreshed (incrementally) if a job changed tracks since."""
-    index = VectorIndex(index_dir or index_dir_for(catalog, out_dir))
-    index.refresh(catalog)
-    with index.lock(exclusive=False):
-        return index.open(device=device)
+def open_search_index(catalog: Catalog, out_dir: str | None, *, index_dir: Path | None = None) -> VectorSearch:
+    """The vector search of this SQL index: pgvector in the database where it has it, else the FAISS file
+    index, refreshed (incrementally) if a job changed tracks since."""
+    return open_vector_search(catalog, out_dir, index_dir=index_dir)
 
 
 def load_tracks(catalog: Catalog, ids: Iterable[int]) -> dict[int, TrackInfo]:
@@ -201,7 +198,7 @@ def _sample_interval(run: Run | None) -> float:
     return DEFAULT_SAMPLE_INTERVAL_S
 
 
-def search_index(catalog: Catalog, index: VectorIndex, queries: np.ndarray, *, top: int = 20,
+def search_index(catalog: Catalog, index: VectorSearch, queries: np.ndarray, *, top: int = 20,
                  threshold: float = DEFAULT_THRESHOLD, filters: Filters | None = None,
                  labels: dict[int, str] | None = None, exclude_other_people: str | None = None,
                  forced: dict[int, TrackInfo] | None = None) -> list[Hit]:

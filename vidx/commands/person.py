@@ -143,7 +143,7 @@ def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | Non
     from vidx.search import open_search_index
 
     catalog = _catalog(out_dir, db_url)
-    vectors = open_search_index(catalog, out_dir, device="cpu").rows()  # faster than reading SQL rows
+    vectors = open_search_index(catalog, out_dir).rows()  # faster than reading SQL rows
     clusters = cluster_people(catalog, eps=eps, min_samples=min_samples, vectors=vectors)
     rows = json_rows(clusters, local_root(out_dir))
 

@@ -83,13 +83,13 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
     names = label_names(catalog, resolved)
     if photo is not None:
         query = detect_query_face(load_query_engines(ctx, device), photo, face)
-        index = open_search_index(catalog, out_dir, device=device)
+        index = open_search_index(catalog, out_dir)
         hits = search_index(catalog, index, query.embedding, top=top, threshold=threshold, filters=filters,
                             labels=names)
     else:
         person = get_person(catalog, person_name or "")
         queries = person_queries(catalog, person)
-        index = open_search_index(catalog, out_dir, device=device)
+        index = open_search_index(catalog, out_dir)
         forced = load_tracks(catalog, [tid for tid, (pid, _) in resolved.items() if pid == person.id])
         hits = search_index(catalog, index, queries, top=top, threshold=threshold, filters=filters, labels=names,
                             exclude_other_people=person.name, forced=forced)
