@@ -264,14 +264,13 @@ class FaissFileIndex(RadiusSearch):
                                    hint="run `vidx index` or any search, which refreshes it")
         self.state = self._read_state() or {}
         path = str(self._path("index.faiss"))
+        # Memory-mapped (IVF lists, or the flat codes): opening costs little at any size, pages are read on use,
+        # and a refresh replaces the file by rename, so this mapping stays valid.
+        mmap = faiss.IO_FLAG_MMAP if self.kind == "ivf" else faiss.IO_FLAG_MMAP_IFC
         try:
+            self.index = faiss.read_index(path, mmap | faiss.IO_FLAG_READ_ONLY)
             if self.kind == "ivf":
-                # Memory-mapped: opening costs nothing at any size, the probed lists are paged in on use, and
-                # a refresh replaces the file by rename, so this mapping stays valid.
-                self.index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
                 self.index.nprobe = int(self.state.get("nprobe", nprobe_for(int(self.index.nlist))))
-            else:
-                self.index = faiss.read_index(path)
         except RuntimeError as exc:
             raise SearchIndexError(f"cannot read the search index: {exc}", path=path,
                                    hint="delete the search-index folder; the next search rebuilds it") from exc
