@@ -22,7 +22,7 @@ from schemas.sql import Track, Video
 from schemas.vectors import HNSW_INDEX, TABLE
 from vidx.ann import FaissFileIndex, PgVectorSearch
 from vidx.cli import cli
-from vidx.people import resolve_labels
+from vidx.people import resolve_labels, track_rows_of
 from vidx.sample_archive import SampleVideo
 from vidx.search import open_search_index, query_embedding, search_index
 
@@ -59,7 +59,7 @@ def test_search_people_and_clusters_on_postgres(indexed_postgres: Indexed, cache
     assert set(cluster["track_ids"]) == obama_tracks
     vidx(out, url, "person", "label", "--cluster", str(cluster["id"]), "Obama")
     before = resolve_labels(catalog)
-    assert set(before) == obama_tracks
+    assert set(before) == set(track_rows_of(catalog, sorted(obama_tracks)))  # labels are keyed by SQL row
     vidx(out, url, "people", "cluster", "--eps", "1.5", "--min-samples", "1")
     assert resolve_labels(catalog) == before
     listed = {p["name"]: p for p in vidx(out, url, "person", "list")}
