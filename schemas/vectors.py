@@ -60,9 +60,9 @@ def create_track_vectors(conn: Connection) -> bool:
                         "the FAISS file index; a superuser can run CREATE EXTENSION vector",
                         str(exc.orig).strip().splitlines()[0])
             return False
-    conn.execute(text(f"CREATE TABLE {TABLE} (track_id INTEGER PRIMARY KEY REFERENCES tracks (id) "
+    conn.execute(text("CREATE TABLE track_vectors (track_id INTEGER PRIMARY KEY REFERENCES tracks (id) "
                       "ON DELETE CASCADE, embedding vector(128) NOT NULL)"))
-    insert = text(f"INSERT INTO {TABLE} (track_id, embedding) VALUES (:id, CAST(:v AS vector))")
+    insert = text("INSERT INTO track_vectors (track_id, embedding) VALUES (:id, CAST(:v AS vector))")
     last = -1
     while True:  # in pages by id: an index of millions of tracks is never held in memory at once
         page = conn.execute(text("SELECT id, embedding FROM tracks WHERE id > :last ORDER BY id LIMIT 10000"),
@@ -74,7 +74,7 @@ def create_track_vectors(conn: Connection) -> bool:
             conn.execute(insert, rows)
         last = page[-1][0]
     # Built after the fill: one HNSW build is much faster than as many single inserts into the graph.
-    conn.execute(text(f"CREATE INDEX {HNSW_INDEX} ON {TABLE} USING hnsw (embedding vector_l2_ops)"))
+    conn.execute(text("CREATE INDEX ix_track_vectors_hnsw ON track_vectors USING hnsw (embedding vector_l2_ops)"))
     return True
 
 
@@ -82,4 +82,4 @@ def insert_track_vectors(conn: Connection, tracks: list[tuple[int, bytes]]) -> N
     """Write the vectors of newly added tracks (id, float32 bytes), in the caller's transaction."""
     rows = [{"id": tid, "v": vector_literal(emb)} for tid, emb in tracks if is_finite(emb)]
     if rows:
-        conn.execute(text(f"INSERT INTO {TABLE} (track_id, embedding) VALUES (:id, CAST(:v AS vector))"), rows)
+        conn.execute(text("INSERT INTO track_vectors (track_id, embedding) VALUES (:id, CAST(:v AS vector))"), rows)

@@ -39,7 +39,7 @@ from sqlalchemy import select, text
 from jobs.catalog import Catalog
 from schemas.errors import VidxError
 from schemas.sql import Track, Video
-from schemas.vectors import TABLE, vector_literal
+from schemas.vectors import vector_literal
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class PgVectorSearch(RadiusSearch):
         self.catalog = catalog
         self.ef_search = ef_search
         with catalog.engine.connect() as conn:
-            self._live = int(conn.scalar(text(f"SELECT count(*) FROM {TABLE}")) or 0)
+            self._live = int(conn.scalar(text("SELECT count(*) FROM track_vectors")) or 0)
             version = str(conn.scalar(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")))
         # Iterative scans (pgvector 0.8) let one query return more than ef_search rows, as `within` may ask.
         self.iterative = tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) >= (0, 8)
@@ -403,7 +403,7 @@ class PgVectorSearch(RadiusSearch):
         q = np.atleast_2d(np.asarray(queries, np.float32))
         out_d = np.full((len(q), k), np.inf, np.float32)
         out_i = np.full((len(q), k), -1, np.int64)
-        stmt = text(f"SELECT track_id, embedding <-> CAST(:q AS vector) FROM {TABLE} "
+        stmt = text("SELECT track_id, embedding <-> CAST(:q AS vector) FROM track_vectors "
                     "ORDER BY embedding <-> CAST(:q AS vector) LIMIT :k")
         with self.catalog.engine.begin() as conn:
             # SET LOCAL takes no bound parameters; set_config(..., true) is the same, scoped to this transaction.

@@ -262,26 +262,23 @@ def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: l
 def bench_pgvector(server_url: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
                    truth_d: np.ndarray, strangers: np.ndarray, ef_searches: tuple[int, ...], *, threads: int,
                    say: Callable[[str], None] = print) -> dict[str, Any]:
-    """pgvector's HNSW index in a scratch database of `server_url` (created, then dropped), searched as vidx
-    searches it (PgVectorSearch: one statement per query over the pool), over the given vectors."""
-    import uuid
-
-    from sqlalchemy import create_engine, insert
+    """pgvector's HNSW index in the scratch database vidx_bench_search of `server_url` (created, then dropped),
+    searched as vidx searches it (PgVectorSearch: one statement per query over the pool), over the given vectors."""
+    from sqlalchemy import create_engine, insert, text
     from sqlalchemy.engine import make_url
 
     from jobs.catalog import Catalog
     from schemas.sql import Run, Video, utcnow
-    from schemas.vectors import HNSW_INDEX, TABLE
     from vidx.ann import PgVectorSearch
 
     server = make_url(server_url)
-    name = f"vidx_bench_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')  # a generated identifier: DDL takes no parameters
+        conn.exec_driver_sql("DROP DATABASE IF EXISTS vidx_bench_search WITH (FORCE)")
+        conn.exec_driver_sql("CREATE DATABASE vidx_bench_search")
     catalog = None
     try:
-        catalog = Catalog(server.set(database=name).render_as_string(hide_password=False))
+        catalog = Catalog(server.set(database="vidx_bench_search").render_as_string(hide_password=False))
         if not catalog.vectors_in_db:
             raise RuntimeError(f"the PostgreSQL server at {catalog.where} has no pgvector extension")
         n, videos = len(vectors), 10_000
@@ -298,7 +295,7 @@ def bench_pgvector(server_url: str, vectors: np.ndarray, queries: np.ndarray, tr
             run_id = run.id
         ids = np.arange(1, n + 1, dtype=np.int64)
         with catalog.engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP INDEX {HNSW_INDEX}")  # bulk load, then one build: what is timed below
+            conn.exec_driver_sql("DROP INDEX ix_track_vectors_hnsw")  # bulk load, then one build: what is timed below
             raw = conn.connection.dbapi_connection
             assert raw is not None
             for start in range(0, n, 100_000):
@@ -313,20 +310,22 @@ def bench_pgvector(server_url: str, vectors: np.ndarray, queries: np.ndarray, tr
                 # pgvector's binary form: int16 dimensions, int16 unused, float32 big-endian values
                 head = np.zeros(m, [("dim", ">i2"), ("unused", ">i2")])
                 head["dim"] = DIM
-                _copy_binary(raw, f"{TABLE} (track_id, embedding)",
+                _copy_binary(raw, "track_vectors (track_id, embedding)",
                              [(">i4", ids[start:start + m]), ("V516", (head, x.astype(">f4")))])
-            conn.exec_driver_sql(f"SELECT setval('tracks_id_seq', {n})")
-            conn.exec_driver_sql(f"ANALYZE {TABLE}")
+            conn.execute(text("SELECT setval('tracks_id_seq', :n)"), {"n": n})
+            conn.exec_driver_sql("ANALYZE track_vectors")
         fill_s = time.perf_counter() - t0
         say(f"pgvector: building the HNSW index (m 16, ef_construction 64) with {threads} processes")
         t0 = time.perf_counter()
         with catalog.engine.begin() as conn:
             conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '4GB'")  # the whole graph in memory
-            conn.exec_driver_sql(f"SET LOCAL max_parallel_maintenance_workers = {max(threads - 1, 0)}")
-            conn.exec_driver_sql(f"CREATE INDEX {HNSW_INDEX} ON {TABLE} USING hnsw (embedding vector_l2_ops)")
+            conn.execute(text("SELECT set_config('max_parallel_maintenance_workers', :v, true)"),
+                         {"v": str(max(threads - 1, 0))})
+            conn.exec_driver_sql("CREATE INDEX ix_track_vectors_hnsw ON track_vectors "
+                                 "USING hnsw (embedding vector_l2_ops)")
         build_s = time.perf_counter() - t0
         with catalog.engine.connect() as conn:
-            size = int(conn.exec_driver_sql(f"SELECT pg_relation_size('{HNSW_INDEX}')").scalar() or 0)
+            size = int(conn.exec_driver_sql("SELECT pg_relation_size('ix_track_vectors_hnsw')").scalar() or 0)
         rows = []
         for ef in ef_searches:
             search = PgVectorSearch(catalog, ef_search=ef)
@@ -341,7 +340,7 @@ def bench_pgvector(server_url: str, vectors: np.ndarray, queries: np.ndarray, tr
         if catalog is not None:
             catalog.close()
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.exec_driver_sql("DROP DATABASE IF EXISTS vidx_bench_search WITH (FORCE)")
         admin.dispose()
 
 

@@ -10,7 +10,7 @@ nothing and search keeps its FAISS file index (schemas/vectors.py).
 
 from alembic import op
 
-from schemas.vectors import TABLE, create_track_vectors
+from schemas.vectors import create_track_vectors
 
 revision = '0003'
 down_revision = '0002'
@@ -24,4 +24,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        op.execute("DROP TABLE IF EXISTS track_vectors")
