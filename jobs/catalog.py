@@ -28,6 +28,7 @@ from jobs.outcome import VideoOutcome
 from schemas import migrations
 from schemas.errors import InputError, VidxError
 from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, PersonTrack, Run, Task, Track, Video, db_clock, utcnow
+from schemas.vectors import has_track_vectors, insert_track_vectors
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,12 @@ class Catalog:
         self.migration = self.retry("open", lambda: migrations.upgrade(self.engine, where=self.where))
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.retry("open", self._stamp_version)
+        self.vectors_in_db = self.retry("open", self._has_track_vectors)
+        """True where tracks' vectors are also kept in the database for pgvector search (schemas/vectors.py)."""
+
+    def _has_track_vectors(self) -> bool:
+        with self.engine.connect() as conn:
+            return has_track_vectors(conn)
 
     def _connect_once(self, create: bool) -> None:
         """Connect before anything else: a server that is down or a URL that points nowhere fails now, in one
@@ -333,10 +340,14 @@ class Catalog:
                 old_runs = {t.run_id for t in old}
                 s.execute(delete(Track).where(Track.video_id == video.id))
                 s.execute(delete(PersonTrack).where(PersonTrack.video_id == video.id))
-                s.add_all(Track(video_id=video.id, run_id=run.id, track_index=t.track_index, start_s=t.start_s,
+                tracks = [Track(video_id=video.id, run_id=run.id, track_index=t.track_index, start_s=t.start_s,
                                 end_s=t.end_s, n_faces=t.n_faces, embedding=t.embedding, quality=t.quality,
                                 best_pts_s=t.best_pts_s, thumbnail=t.thumbnail,
-                                person_track_index=t.person_track_index) for t in outcome.tracks)
+                                person_track_index=t.person_track_index) for t in outcome.tracks]
+                s.add_all(tracks)
+                if self.vectors_in_db and tracks:
+                    s.flush()  # the new tracks' ids; the old ones' vectors went with them (ON DELETE CASCADE)
+                    insert_track_vectors(s.connection(), [(t.id, t.embedding) for t in tracks])
                 s.add_all(PersonTrack(video_id=video.id, run_id=run.id, track_index=p.track_index, start_s=p.start_s,
                                       end_s=p.end_s, n_detections=p.n_detections, best_pts_s=p.best_pts_s,
                                       thumbnail=p.thumbnail) for p in outcome.person_tracks)

@@ -8,6 +8,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -108,8 +109,17 @@ def private_out(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
 
 
 POSTGRES_URL = os.environ.get("VIDX_TEST_POSTGRES_URL")
-"""A PostgreSQL server for the SQL tests (.ci/run starts one), e.g. postgresql+psycopg://vidx@/postgres?host=/tmp/s"""
-NO_POSTGRES = "set VIDX_TEST_POSTGRES_URL=postgresql+psycopg://... (.ci/run does) to run SQL tests on PostgreSQL"
+"""A PostgreSQL server for the SQL tests (.ci/postgres starts one), e.g. postgresql+psycopg://vidx@/postgres?host=/tmp/s"""
+REQUIRE_POSTGRES = os.environ.get("VIDX_REQUIRE_POSTGRES") == "1"
+"""Set by .ci/postgres: a PostgreSQL test that cannot run (no server, no pgvector) fails instead of skipping."""
+NO_POSTGRES = "set VIDX_TEST_POSTGRES_URL=postgresql+psycopg://... (.ci/postgres does) to run SQL tests on PostgreSQL"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip, except where CI requires PostgreSQL (VIDX_REQUIRE_POSTGRES=1), where that is a failure."""
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"VIDX_REQUIRE_POSTGRES=1 but {reason}")
+    pytest.skip(reason)
 
 
 @contextlib.contextmanager
@@ -119,7 +129,7 @@ def fresh_postgres_database() -> Iterator[str]:
     from sqlalchemy.engine import make_url
 
     if not POSTGRES_URL:
-        pytest.skip(NO_POSTGRES)
+        skip_or_fail(NO_POSTGRES)
     server = make_url(POSTGRES_URL)
     name = f"vidx_test_{uuid.uuid4().hex[:16]}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT")

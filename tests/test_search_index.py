@@ -1,4 +1,4 @@
-"""The vector index: incremental refresh after a video is re-indexed, stale files rebuilt, exact vs FAISS IVF."""
+"""The FAISS file index: incremental refresh after a video is re-indexed, stale files rebuilt, exact vs IVF."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from jobs.catalog import Catalog, default_db_url
 from jobs.outcome import TrackRow, VideoOutcome
 from jobs.runner import JobResult
 from schemas.sql import Track, Video
-from vidx.ann import ExactSearcher, VectorIndex, build_ivf, index_dir_for
+from vidx.ann import FaissFileIndex, build_flat, build_ivf, faiss_search, index_dir_for, sql_rows
 from vidx.bench_search import SyntheticFaces, real_mean_descriptor
 from vidx.sample_archive import SampleVideo
 from vidx.search import open_search_index, query_embedding, search_index
@@ -45,18 +45,20 @@ def reindex_video(catalog: Catalog, name: str, run_key: str) -> list[int]:
 def test_refresh_is_incremental_and_search_follows_reindexing(indexed: Indexed, copy_out: Path, engines: object,
                                                               cache_dir: Path, ann_min: int) -> None:
     catalog = Catalog(default_db_url(copy_out))
-    index = VectorIndex(index_dir_for(catalog, str(copy_out)) / f"min{ann_min}")
-    first = index.refresh(catalog, ann_min=ann_min)
+    index = FaissFileIndex(index_dir_for(catalog, str(copy_out)) / f"min{ann_min}", catalog)
+    first = index.refresh(ann_min=ann_min)
     assert first.rebuilt and first.kind == ("ivf" if ann_min == 1 else "exact") and first.live > 0
-    assert index.refresh(catalog, ann_min=ann_min).added == 0  # nothing changed: nothing done
+    assert index.refresh(ann_min=ann_min).added == 0  # nothing changed: nothing done
 
     old_ids = reindex_video(catalog, "meeting_h264.mp4", f"rerun-{ann_min}")
-    again = index.refresh(catalog, ann_min=ann_min)
+    again = index.refresh(ann_min=ann_min)
     assert not again.rebuilt and again.removed == len(old_ids) and again.added == len(old_ids)
     assert again.live == first.live
+    index.open()
+    rows, truth = index.rows(), sql_rows(catalog)  # for clustering: the live tracks as SQL holds them
+    assert np.array_equal(rows[0], truth[0]) and np.array_equal(rows[1], truth[1])
 
     query, _ = query_embedding(engines, photo_path("obama2", cache_dir))  # type: ignore[arg-type]
-    index.open()
     hits = search_index(catalog, index, query)
     meeting = [h for h in hits if h.video.endswith("meeting_h264.mp4")]
     with catalog.session() as s:
@@ -67,10 +69,10 @@ def test_refresh_is_incremental_and_search_follows_reindexing(indexed: Indexed, 
     assert {Path(h.video).name for h in hits} == {"meeting_h264.mp4", "interview_hevc.mp4"}
 
     # An interrupted refresh leaves the index dirty: the next refresh rebuilds it from SQL.
-    meta = json.loads((index.root / "meta.json").read_text())
-    (index.root / "meta.json").write_text(json.dumps({**meta, "dirty": True}))
+    state = json.loads((index.root / "state.json").read_text())
+    (index.root / "state.json").write_text(json.dumps({**state, "dirty": True}))
     assert index.stale_reason() == "a refresh was interrupted"
-    rebuilt = index.refresh(catalog, ann_min=ann_min)
+    rebuilt = index.refresh(ann_min=ann_min)
     assert rebuilt.rebuilt and rebuilt.live == first.live
 
 
@@ -79,7 +81,7 @@ def test_search_refreshes_a_stale_index_by_itself(indexed: Indexed, copy_out: Pa
     root = index_dir_for(catalog, str(copy_out))
     index = open_search_index(catalog, str(copy_out))
     assert root.is_dir() and index.live > 0
-    (root / "vectors.f32").write_bytes(b"")  # damaged files
+    (root / "index.faiss").write_bytes(b"damaged")
     assert open_search_index(catalog, str(copy_out)).live == index.live
 
 
@@ -97,7 +99,7 @@ def test_ivf_agrees_with_exact_search() -> None:
     x = faces.all()
     ids = np.arange(len(x), dtype=np.int64) * 3 + 7  # track ids are not row numbers
     queries, strangers = faces.queries(100, seed=9)
-    exact_d, exact_i = ExactSearcher(x, ids, device="cpu").search(queries, 10)
+    exact_d, exact_i = faiss_search(build_flat(x, ids), queries, 10)
     brute = np.argsort(((x[None, :, :] - queries[:5, None, :]) ** 2).sum(-1), axis=1)[:, :10]
     assert np.array_equal(exact_i[:5], ids[brute])
     ivf = build_ivf(x, ids)
@@ -118,19 +120,6 @@ def test_jobs_refresh_the_index_when_they_end(indexed: Indexed, copy_out: Path) 
     assert refresh_search_index in AFTER_JOB
     catalog = Catalog(default_db_url(copy_out))
     done = refresh_search_index(catalog, str(copy_out))
-    assert VectorIndex(index_dir_for(catalog, str(copy_out))).stale_reason() is None
+    assert FaissFileIndex(index_dir_for(catalog, str(copy_out)), catalog).stale_reason() is None
     assert refresh_search_index(catalog, str(copy_out)).added == 0 and done.live > 0
 
-
-@pytest.mark.gpu
-def test_exact_search_on_the_gpu_matches_numpy() -> None:
-    mean, _ = real_mean_descriptor()
-    faces = SyntheticFaces(100_000, mean, seed=6)
-    x = faces.all()
-    ids = np.arange(len(x), dtype=np.int64)
-    queries, _ = faces.queries(20, seed=8)
-    gpu = ExactSearcher(x, ids, device="gpu")
-    assert gpu.xp is not np
-    d_gpu, i_gpu = gpu.search(queries, 10)
-    d_cpu, i_cpu = ExactSearcher(x, ids, device="cpu").search(queries, 10)
-    assert np.mean(i_gpu == i_cpu) > 0.99 and np.allclose(d_gpu, d_cpu, atol=1e-3)

@@ -1,23 +1,22 @@
-"""The vector index of face tracks: exact search for small indexes, FAISS IVF for large ones.
+"""Vector search over the live face tracks, behind one protocol (VectorSearch) with two implementations.
 
-The SQL index stays the source of truth; this is a derived, persisted copy of the live tracks'
-embeddings kept next to it (folder `search-index/` beside the SQLite file, or in the output folder
-for other databases):
+- `PgVectorSearch`: on a PostgreSQL index whose server has pgvector, the `track_vectors` table
+  (schemas/vectors.py) with its HNSW index, written in the same transaction as the tracks. Every host
+  searching that database shares it; nothing is kept on disk beside it.
+- `FaissFileIndex` everywhere else (SQLite, PostgreSQL without pgvector): a FAISS index derived from
+  the SQL index, in `search-index/` beside the SQLite file (for other databases in the output folder):
 
-    meta.json      format, dimension, rows, kind (exact | ivf), a `dirty` flag, the SQL state it mirrors
-    refresh.lock   taken exclusively by a refresh, shared by a search while it opens the files
-    ids.i64        track id per row, -1 for a removed row (tombstone)        (append-only, raw int64)
-    videos.i64     video id per row                                          (append-only, raw int64)
-    vectors.f32    128 float32 per row                                       (append-only, raw float32)
-    videos.npz     video id -> (run id, indexed_at) as last mirrored: what tells which videos changed
-    ann.faiss      the FAISS IVF index (ids are track ids) when the index is large
+    index.faiss   IndexIDMap2(IndexFlatL2) (exact) below VIDX_ANN_MIN_TRACKS live tracks, else an
+                  IndexIVFScalarQuantizer (fp16 codes); FAISS ids are track ids
+    mirror.npz    what the index mirrors: each video's run and commit time, each track's video
+    state.json    version, kind, live tracks, the size of index.faiss, `dirty` while a refresh writes
+    refresh.lock  exclusive for a refresh, shared for a search while it opens the index
 
-After a job, `refresh_search_index` compares the videos table with videos.npz, tombstones the rows
-of changed or vanished videos, appends the current tracks of changed videos, and applies the same
-removals and additions to the FAISS index (`remove_ids`, `add_with_ids`): no full rebuild. A full
-rebuild happens only when the files are missing, inconsistent or `dirty` (a refresh died midway),
-when the index crosses the size at which exact and ANN search change places, or when it grew to
-several times the size its IVF centroids were trained on.
+After a job (`refresh_search_index`) and before a search, the file index compares the videos table
+with mirror.npz and applies only the changes (`remove_ids` of changed or vanished videos' tracks,
+`add_with_ids` of changed videos' current tracks). It is rebuilt from SQL when files are missing,
+inconsistent or dirty, when the size crosses the exact/IVF switch, or when an IVF index grew to
+several times the size its centroids were trained on.
 """
 
 from __future__ import annotations
@@ -30,53 +29,87 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from jobs.catalog import Catalog
 from schemas.errors import VidxError
 from schemas.sql import Track, Video
+from schemas.vectors import vector_literal
 
 log = logging.getLogger(__name__)
 
 DIM = 128
-FORMAT = "vidx-search-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ANN_MIN_TRACKS = int(os.environ.get("VIDX_ANN_MIN_TRACKS", "2000000"))
-"""From this many live tracks on, search goes through the FAISS IVF index; below, exact (numpy / CuPy)."""
+"""From this many live tracks on, the file index is FAISS IVF; below, exact (flat)."""
 RETRAIN_GROWTH = 4.0
 """Rebuild the IVF index once it holds this many times the tracks its centroids were trained on."""
-COMPACT_FRACTION = 0.3
-"""Rewrite the row files once this fraction of rows are tombstones."""
 PROBE_FRACTION = 16
 """IVF lists probed per query: nlist / 16 (256 of 4096 at 10M tracks: recall@10 0.956, docs/performance.md)."""
-
-
-def nprobe_for(nlist: int) -> int:
-    return min(nlist, max(8, nlist // PROBE_FRACTION))
+HNSW_EF_SEARCH = 100
+"""pgvector HNSW candidate list per query (pgvector's default is 40; docs/search.md has the measured recall)."""
 
 
 class SearchIndexError(VidxError):
     """The vector index cannot be read or written."""
 
 
-def index_dir_for(catalog: Catalog, out_dir: str | os.PathLike[str] | None, cache_dir: Path | None = None) -> Path:
-    """Where the vector index of this SQL index lives: beside the SQLite file, else in the output folder."""
-    url = catalog.url
-    if url.startswith("sqlite") and "///" in url:
-        db = url.split("///", 1)[1]
-        if db and db != ":memory:":
-            return Path(db).expanduser().resolve().parent / "search-index"
-    if out_dir is not None and "://" not in str(out_dir):
-        return Path(out_dir).expanduser().resolve() / "search-index"
-    from engines.sources import default_cache_dir
+class VectorSearch(Protocol):
+    """The k nearest live tracks of query descriptors, wherever the vectors live."""
 
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return (cache_dir or default_cache_dir()) / "search-index" / key
+    @property
+    def kind(self) -> str:
+        """exact | ivf (FAISS file) | pgvector"""
+        ...
+
+    @property
+    def live(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(L2 distances, track ids), each (len(queries), k), nearest first; id -1 and distance inf where fewer."""
+        ...
+
+    def within(self, queries: np.ndarray, radius: float, *, limit: int = 50_000) -> dict[int, float]: ...
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(track ids ascending, vectors) of the live tracks, for clustering."""
+        ...
+
+
+class RadiusSearch:
+    """`within` on top of `search`: asks for more neighbours until the farthest is outside the radius."""
+
+    @property
+    def live(self) -> int:
+        raise NotImplementedError
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def within(self, queries: np.ndarray, radius: float, *, limit: int = 50_000) -> dict[int, float]:
+        """Every track within L2 `radius` of any query (up to `limit` per query): track id -> nearest distance."""
+        k = min(256, max(self.live, 1))
+        while True:
+            dist, ids = self.search(queries, k)
+            full = bool(np.any(np.isfinite(dist[:, -1]) & (dist[:, -1] <= radius))) and k < min(limit, self.live)
+            if not full:
+                break
+            k = min(k * 4, limit, self.live)
+        out: dict[int, float] = {}
+        for row_d, row_i in zip(dist, ids, strict=True):
+            for d, i in zip(row_d, row_i, strict=True):
+                if i >= 0 and d <= radius and d < out.get(int(i), np.inf):
+                    out[int(i)] = float(d)
+        return out
+
+
+def nprobe_for(nlist: int) -> int:
+    return min(nlist, max(8, nlist // PROBE_FRACTION))
 
 
 def ivf_lists_for(n: int) -> int:
@@ -101,51 +134,30 @@ def build_ivf(vectors: np.ndarray, ids: np.ndarray, *, nlist: int | None = None,
     train_size = max(train_size, 40 * nlist)
     sample = vectors if n <= train_size else vectors[np.sort(rng.choice(n, train_size, replace=False))]
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
-    for start in range(0, n, 500_000):
-        chunk = np.ascontiguousarray(vectors[start:start + 500_000], dtype=np.float32)
-        index.add_with_ids(chunk, np.ascontiguousarray(ids[start:start + 500_000], dtype=np.int64))
+    _add(index, vectors, ids)
     index.nprobe = nprobe_for(nlist)
     return index
 
 
-class ExactSearcher:
-    """Brute-force L2 over all rows: numpy on the host, CuPy when a GPU is usable."""
+def build_flat(vectors: np.ndarray, ids: np.ndarray) -> Any:
+    """Exact search: FAISS flat L2 with track ids (IndexIDMap2 also maps ids back to rows, for `rows`)."""
+    import faiss
 
-    def __init__(self, vectors: np.ndarray, ids: np.ndarray, *, device: str = "auto"):
-        from engines.arrays import cupy_module
+    index = faiss.IndexIDMap2(faiss.IndexFlatL2(DIM))
+    _add(index, vectors, ids)
+    return index
 
-        cp = cupy_module() if device in ("auto", "gpu") else None
-        if device == "gpu" and cp is None:
-            raise SearchIndexError("--device gpu asked for, but no GPU is usable (CuPy missing or no CUDA device)")
-        self.xp: Any = cp if cp is not None else np
-        self.ids = ids
-        self.vectors = self.xp.asarray(vectors, dtype=self.xp.float32)
-        norms = self.xp.einsum("ij,ij->i", self.vectors, self.vectors)  # no n x 128 temporary
-        self.norms = self.xp.where(self.xp.asarray(ids) >= 0, norms, self.xp.inf)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, ids), each (len(queries), k), nearest first; missing neighbours have id -1."""
-        xp = self.xp
-        q = xp.asarray(np.atleast_2d(queries), dtype=xp.float32)
-        n = len(self.ids)
-        k_eff = min(k, n)
-        out_d = np.full((len(q), k), np.inf, np.float32)
-        out_i = np.full((len(q), k), -1, np.int64)
-        if k_eff == 0:
-            return out_d, out_i
-        d2 = self.norms[None, :] - 2.0 * (q @ self.vectors.T) + (q * q).sum(axis=1)[:, None]
-        part = xp.argpartition(d2, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n else xp.tile(xp.arange(n), (len(q), 1))
-        top = xp.take_along_axis(d2, part, axis=1)
-        order = xp.argsort(top, axis=1)
-        part = xp.take_along_axis(part, order, axis=1)
-        top = xp.take_along_axis(top, order, axis=1)
-        if xp is not np:
-            part, top = xp.asnumpy(part), xp.asnumpy(top)
-        dist = np.sqrt(np.maximum(top, 0)).astype(np.float32)
-        found = self.ids[part]
-        found[~np.isfinite(top)] = -1
-        out_d[:, :k_eff], out_i[:, :k_eff] = np.where(found >= 0, dist, np.inf), found
-        return out_d, out_i
+def _add(index: Any, vectors: np.ndarray, ids: np.ndarray, chunk: int = 500_000) -> None:
+    for start in range(0, len(vectors), chunk):  # chunks: a float16 input is converted a piece at a time
+        index.add_with_ids(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32),
+                           np.ascontiguousarray(ids[start:start + chunk], dtype=np.int64))
+
+
+def faiss_search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS search with L2 distances (not squared) and inf where fewer than k were found."""
+    d2, ids = index.search(np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32), k)
+    return np.where(ids >= 0, np.sqrt(np.maximum(d2, 0)), np.inf).astype(np.float32), ids.astype(np.int64)
 
 
 @dataclass
@@ -164,58 +176,70 @@ class Refresh:
         return dict(self.__dict__)
 
 
-@dataclass
-class VectorIndex:
-    """The persisted vector index of one SQL index (see the module docstring for the files)."""
+def index_dir_for(catalog: Catalog, out_dir: str | os.PathLike[str] | None, cache_dir: Path | None = None) -> Path:
+    """Where the file index of this SQL index lives: beside the SQLite file, else in the output folder."""
+    url = catalog.url
+    if url.startswith("sqlite") and "///" in url:
+        db = url.split("///", 1)[1]
+        if db and db != ":memory:":
+            return Path(db).expanduser().resolve().parent / "search-index"
+    if out_dir is not None and "://" not in str(out_dir):
+        return Path(out_dir).expanduser().resolve() / "search-index"
+    from engines.sources import default_cache_dir
 
-    root: Path
-    meta: dict[str, Any] = field(default_factory=dict)
-    _exact: ExactSearcher | None = None
-    _ivf: Any = None
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return (cache_dir or default_cache_dir()) / "search-index" / key
 
-    # ------------------------------------------------------------------ files
+
+class FaissFileIndex(RadiusSearch):
+    """The FAISS index file of one SQL index (the module docstring lists its files)."""
+
+    def __init__(self, root: Path, catalog: Catalog):
+        self.root = root
+        self.catalog = catalog
+        self.state: dict[str, Any] = {}
+        self.index: Any = None
 
     @property
     def kind(self) -> str:
-        return str(self.meta.get("kind", "exact"))
+        return str(self.state.get("kind", "exact"))
+
+    @property
+    def live(self) -> int:
+        return int(self.state.get("live", 0))
 
     def _path(self, name: str) -> Path:
         return self.root / name
 
-    def _read_meta(self) -> dict[str, Any] | None:
+    def _read_state(self) -> dict[str, Any] | None:
         try:
-            meta = json.loads(self._path("meta.json").read_text())
+            state = json.loads(self._path("state.json").read_text())
         except (OSError, ValueError):
             return None
-        return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+        return state if isinstance(state, dict) else None
 
-    def _write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self._path(".meta.json.tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, self._path("meta.json"))
-        self.meta = meta
+    def _write_state(self, state: dict[str, Any]) -> None:
+        tmp = self._path(".state.json.tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self._path("state.json"))
+        self.state = state
 
     def stale_reason(self) -> str | None:
-        """Why the files cannot be trusted as they are (None when consistent with their meta)."""
-        meta = self._read_meta()
-        if meta is None:
+        """Why the files cannot be trusted as they are (None when they agree with state.json)."""
+        state = self._read_state()
+        if state is None:
             return "no index yet"
-        if meta.get("version") != FORMAT_VERSION or meta.get("dim") != DIM:
+        if state.get("version") != FORMAT_VERSION:
             return "index written by another version"
-        if meta.get("dirty"):
+        if state.get("dirty"):
             return "a refresh was interrupted"
-        rows = int(meta.get("rows", -1))
         try:
-            if (self._path("ids.i64").stat().st_size != rows * 8
-                    or self._path("videos.i64").stat().st_size != rows * 8
-                    or self._path("vectors.f32").stat().st_size != rows * DIM * 4):
-                return "row files do not match their meta"
-            if not self._path("videos.npz").exists():
-                return "videos.npz missing"
-            if meta.get("kind") == "ivf" and not self._path("ann.faiss").exists():
-                return "ann.faiss missing"
+            if self._path("index.faiss").stat().st_size != state.get("bytes"):
+                return "index.faiss does not match state.json"
+            if not self._path("mirror.npz").is_file():
+                return "mirror.npz missing"
         except OSError:
-            return "row files missing"
+            return "index.faiss missing"
         return None
 
     @contextlib.contextmanager
@@ -228,195 +252,185 @@ class VectorIndex:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def _load_rows(self, mapped: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors); mapped: vectors memory-mapped read-only (no copy; the file is append-only and
-        compaction replaces it by rename, so a mapping stays valid)."""
-        ids = np.fromfile(self._path("ids.i64"), dtype="<i8")
-        if mapped and ids.size:
-            vectors = np.memmap(self._path("vectors.f32"), dtype="<f4", mode="r").reshape(-1, DIM)
-        else:
-            vectors = np.fromfile(self._path("vectors.f32"), dtype="<f4").reshape(-1, DIM)
-        return ids, vectors[: len(ids)]
-
-    def _load_videos(self) -> dict[int, tuple[int, float]]:
-        with np.load(self._path("videos.npz")) as z:
-            return {int(v): (int(r), float(t)) for v, r, t in zip(z["video"], z["run"], z["stamp"], strict=True)}
-
-    def _save_videos(self, videos: dict[int, tuple[int, float]]) -> None:
-        keys = np.fromiter(videos.keys(), np.int64, len(videos))
-        runs = np.fromiter((videos[k][0] for k in keys), np.int64, len(videos))
-        stamps = np.fromiter((videos[k][1] for k in keys), np.float64, len(videos))
-        tmp = self._path(".videos.tmp.npz")
-        np.savez(tmp, video=keys, run=runs, stamp=stamps)
-        os.replace(tmp, self._path("videos.npz"))
-
-    def _save_ivf(self, index: Any) -> None:
-        import faiss
-
-        tmp = self._path(".ann.faiss.tmp")
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, self._path("ann.faiss"))
-
     # ------------------------------------------------------------------ search
 
-    def open(self, *, device: str = "auto") -> VectorIndex:
-        """Load the index for searching (call refresh first; this does not look at SQL)."""
+    def open(self) -> FaissFileIndex:
+        """Load the index for searching (refresh first; this does not look at SQL)."""
+        import faiss
+
         reason = self.stale_reason()
         if reason is not None:
             raise SearchIndexError(f"search index not usable: {reason}", path=self.root,
                                    hint="run `vidx index` or any search, which refreshes it")
-        self.meta = self._read_meta() or {}
-        if self.kind == "ivf":
-            import faiss
-
-            # Memory-mapped: opening costs nothing at any size, the probed lists are paged in on use, and
-            # a refresh replaces the file by rename, so this mapping stays valid.
-            self._ivf = faiss.read_index(str(self._path("ann.faiss")), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-            self._ivf.nprobe = int(self.meta.get("nprobe", nprobe_for(int(self._ivf.nlist))))
-        else:
-            ids, vectors = self._load_rows(mapped=True)
-            self._exact = ExactSearcher(vectors, ids, device=device)
+        self.state = self._read_state() or {}
+        path = str(self._path("index.faiss"))
+        # Memory-mapped (IVF lists, or the flat codes): opening costs little at any size, pages are read on use,
+        # and a refresh replaces the file by rename, so this mapping stays valid.
+        mmap = faiss.IO_FLAG_MMAP if self.kind == "ivf" else faiss.IO_FLAG_MMAP_IFC
+        try:
+            self.index = faiss.read_index(path, mmap | faiss.IO_FLAG_READ_ONLY)
+            if self.kind == "ivf":
+                self.index.nprobe = int(self.state.get("nprobe", nprobe_for(int(self.index.nlist))))
+        except RuntimeError as exc:
+            raise SearchIndexError(f"cannot read the search index: {exc}", path=path,
+                                   hint="delete the search-index folder; the next search rebuilds it") from exc
+        if self.index.ntotal != self.live:
+            raise SearchIndexError(f"index.faiss holds {self.index.ntotal} tracks, state.json says {self.live}",
+                                   path=path, hint="delete the search-index folder; the next search rebuilds it")
         return self
 
-    @property
-    def live(self) -> int:
-        return int(self.meta.get("live", 0))
-
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest tracks of each query: (L2 distances, track ids), nearest first, -1 ids where fewer."""
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if self._ivf is not None:
-            d2, ids = self._ivf.search(q, k)
-            return np.sqrt(np.maximum(d2, 0)).astype(np.float32), ids.astype(np.int64)
-        if self._exact is None:
+        if self.index is None:
             raise SearchIndexError("search index not opened", path=self.root)
-        return self._exact.search(q, k)
-
-    def within(self, queries: np.ndarray, radius: float, *, limit: int = 50_000) -> dict[int, float]:
-        """Every track within L2 `radius` of any query (up to `limit` per query): track id -> nearest distance."""
-        k = min(256, max(self.live, 1))
-        while True:
-            dist, ids = self.search(queries, k)
-            full = bool(np.any(np.isfinite(dist[:, -1]) & (dist[:, -1] <= radius))) and k < min(limit, self.live)
-            if not full:
-                break
-            k = min(k * 4, limit, self.live)
-        out: dict[int, float] = {}
-        for row_d, row_i in zip(dist, ids, strict=True):
-            for d, i in zip(row_d, row_i, strict=True):
-                if i >= 0 and d <= radius and d < out.get(int(i), np.inf):
-                    out[int(i)] = float(d)
-        return out
+        return faiss_search(self.index, queries, k)
 
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """(track ids, vectors) of the live rows, for clustering and benchmarks."""
-        ids, vectors = self._load_rows()
-        keep = ids >= 0
-        return ids[keep], vectors[keep]
+        if self.kind == "exact" and self.index is not None:
+            import faiss
+
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            vectors = self.index.index.reconstruct_n(0, self.index.ntotal)
+            order = np.argsort(ids, kind="stable")
+            return ids[order], vectors[order]
+        return sql_rows(self.catalog)  # IVF codes are fp16: clustering reads the exact vectors
 
     # ------------------------------------------------------------------ refresh
 
-    def refresh(self, catalog: Catalog, *, ann_min: int | None = None, force: bool = False) -> Refresh:
+    def refresh(self, *, ann_min: int | None = None, force: bool = False) -> Refresh:
         """Bring the index up to date with the SQL index: incremental when possible, else a full rebuild."""
         t0 = time.perf_counter()
         ann_min = ANN_MIN_TRACKS if ann_min is None else ann_min
         with self.lock(exclusive=True):
-            current = _sql_videos(catalog)
+            current = _sql_videos(self.catalog)
             reason = "forced" if force else self.stale_reason()
             if reason is None:
-                self.meta = self._read_meta() or {}
-                result = self._incremental(catalog, current, ann_min)
+                self.state = self._read_state() or {}
+                result = self._incremental(current, ann_min)
             else:
-                result = self._rebuild(catalog, current, ann_min, reason)
+                result = self._rebuild(current, ann_min, reason)
         result.seconds = round(time.perf_counter() - t0, 3)
         if result.added or result.removed or result.rebuilt:
             log.info("search index %s: %s", self.root, result)
         return result
 
-    def _rebuild(self, catalog: Catalog, current: dict[int, tuple[int, float]], ann_min: int, reason: str) -> Refresh:
+    def _rebuild(self, current: dict[int, tuple[int, float]], ann_min: int, reason: str) -> Refresh:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._write_meta({"format": FORMAT, "version": FORMAT_VERSION, "dim": DIM, "dirty": True, "rows": 0})
-        ids, vids, vectors = _sql_tracks(catalog, None)
-        self._replace_rows(ids, vids, vectors)
-        self._save_videos(current)
+        for old in ("meta.json", "ids.i64", "videos.i64", "vectors.f32", "videos.npz", "ann.faiss"):
+            self._path(old).unlink(missing_ok=True)  # the row files of the format this one replaced
+        self._write_state({"version": FORMAT_VERSION, "dirty": True})
+        ids, vids, vectors = _sql_tracks(self.catalog, None)
         kind = "ivf" if len(ids) >= ann_min else "exact"
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "dim": DIM, "rows": len(ids), "live": len(ids),
-                "kind": kind, "db": _redact(catalog.url), "updated_at": time.time(), "dirty": False}
+        state: dict[str, Any] = {"version": FORMAT_VERSION, "kind": kind}
         if kind == "ivf":
             index = build_ivf(vectors, ids)
-            del vectors
-            self._save_ivf(index)
-            meta.update(trained_on=len(ids), nlist=int(index.nlist), nprobe=int(index.nprobe))
+            state.update(trained_on=len(ids), nlist=int(index.nlist), nprobe=int(index.nprobe))
         else:
-            self._path("ann.faiss").unlink(missing_ok=True)
-        self._write_meta(meta)
+            index = build_flat(vectors, ids)
+        del vectors
+        self._save(index, state, current, ids, vids)
         return Refresh(kind, len(ids), added=len(ids), rebuilt=True, reason=reason)
 
-    def _incremental(self, catalog: Catalog, current: dict[int, tuple[int, float]], ann_min: int) -> Refresh:
-        seen = self._load_videos()
+    def _incremental(self, current: dict[int, tuple[int, float]], ann_min: int) -> Refresh:
+        import faiss
+
+        with np.load(self._path("mirror.npz")) as z:
+            seen = {int(v): (int(r), float(t)) for v, r, t in zip(z["video"], z["run"], z["stamp"], strict=True)}
+            track_ids, track_videos = z["track"], z["track_video"]
         changed = [v for v, stamp in current.items() if seen.get(v) != stamp]
         gone = [v for v in seen if v not in current]
         if not changed and not gone:
             return Refresh(self.kind, self.live)
-        self._write_meta({**self.meta, "dirty": True})
-        ids = np.fromfile(self._path("ids.i64"), dtype="<i8")
-        row_videos = np.fromfile(self._path("videos.i64"), dtype="<i8")
-        new_ids, new_vids, new_vectors = _sql_tracks(catalog, changed)
-        # Rows of every changed or vanished video go, then the changed videos' current tracks come in.
-        drop_rows = np.nonzero((ids >= 0) & np.isin(row_videos, np.asarray(changed + gone, np.int64)))[0]
-        removed_ids = ids[drop_rows]
-        live = self.live - len(drop_rows) + len(new_ids)
+        drop = np.isin(track_videos, np.asarray(changed + gone, np.int64))
+        new_ids, new_vids, new_vectors = _sql_tracks(self.catalog, changed)
+        live = len(track_ids) - int(drop.sum()) + len(new_ids)
         kind_now = "ivf" if live >= ann_min else "exact"
-        grew = self.kind == "ivf" and live > RETRAIN_GROWTH * float(self.meta.get("trained_on", live))
+        grew = self.kind == "ivf" and live > RETRAIN_GROWTH * float(self.state.get("trained_on", live))
         if kind_now != self.kind or grew:
             why = "grew past the IVF training size" if grew else f"size {live} moves search to {kind_now}"
-            return self._rebuild(catalog, current, ann_min, why)
-        if len(drop_rows):
-            mm = np.memmap(self._path("ids.i64"), dtype="<i8", mode="r+")
-            mm[drop_rows] = -1
-            mm.flush()
-            del mm
-        with open(self._path("ids.i64"), "ab") as fh:
-            fh.write(new_ids.astype("<i8").tobytes())
-        with open(self._path("videos.i64"), "ab") as fh:
-            fh.write(new_vids.astype("<i8").tobytes())
-        with open(self._path("vectors.f32"), "ab") as fh:
-            fh.write(new_vectors.astype("<f4").tobytes())
-        rows = len(ids) + len(new_ids)
-        if self.kind == "ivf":
-            import faiss
+            return self._rebuild(current, ann_min, why)
+        self._write_state({**self.state, "dirty": True})
+        index: Any = faiss.read_index(str(self._path("index.faiss")))
+        if index.ntotal != len(track_ids):
+            return self._rebuild(current, ann_min, "index.faiss does not match mirror.npz")
+        if drop.any():
+            index.remove_ids(np.ascontiguousarray(track_ids[drop], dtype=np.int64))
+        if len(new_ids):
+            index.add_with_ids(np.ascontiguousarray(new_vectors, dtype=np.float32), new_ids)
+        self._save(index, self.state, current, np.concatenate([track_ids[~drop], new_ids]),
+                   np.concatenate([track_videos[~drop], new_vids]))
+        return Refresh(self.kind, live, added=len(new_ids), removed=int(drop.sum()))
 
-            index: Any = faiss.read_index(str(self._path("ann.faiss")))
-            if len(removed_ids):
-                index.remove_ids(np.ascontiguousarray(removed_ids, dtype=np.int64))
-            if len(new_ids):
-                index.add_with_ids(np.ascontiguousarray(new_vectors, dtype=np.float32), new_ids.astype(np.int64))
-            self._save_ivf(index)
-        self._save_videos(current)
-        meta = {**self.meta, "rows": rows, "live": live, "updated_at": time.time(), "dirty": False}
-        self._write_meta(meta)
-        if rows and (rows - live) / rows > COMPACT_FRACTION:
-            self._compact()
-        return Refresh(self.kind, live, added=len(new_ids), removed=len(drop_rows))
+    def _save(self, index: Any, state: dict[str, Any], videos: dict[int, tuple[int, float]], track_ids: np.ndarray,
+              track_videos: np.ndarray) -> None:
+        """Write index and mirror under temporary names, then rename (a search that mapped the old file keeps
+        reading it), then state.json, which clears `dirty`."""
+        import faiss
 
-    def _replace_rows(self, ids: np.ndarray, videos: np.ndarray, vectors: np.ndarray) -> None:
-        """Write new row files under temporary names, then rename: a search that memory-mapped the old
-        vectors file keeps reading it (writing in place could truncate the file under its mapping)."""
-        for name, data in (("ids.i64", ids.astype("<i8")), ("videos.i64", videos.astype("<i8")),
-                           ("vectors.f32", vectors.astype("<f4"))):
-            tmp = self._path(f".{name}.tmp")
-            data.tofile(tmp)
-            os.replace(tmp, self._path(name))
+        tmp = self._path(".index.faiss.tmp")
+        faiss.write_index(index, str(tmp))
+        size = tmp.stat().st_size
+        os.replace(tmp, self._path("index.faiss"))
+        keys = np.fromiter(videos.keys(), np.int64, len(videos))
+        tmp_npz = self._path(".mirror.tmp.npz")
+        np.savez(tmp_npz, video=keys, run=np.fromiter((videos[k][0] for k in keys), np.int64, len(keys)),
+                 stamp=np.fromiter((videos[k][1] for k in keys), np.float64, len(keys)),
+                 track=track_ids.astype(np.int64), track_video=track_videos.astype(np.int64))
+        os.replace(tmp_npz, self._path("mirror.npz"))
+        self._write_state({k: v for k, v in state.items() if k != "dirty"}
+                          | {"live": len(track_ids), "bytes": size, "db": _redact(self.catalog.url),
+                             "updated_at": time.time(), "dirty": False})
 
-    def _compact(self) -> None:
-        """Rewrite the row files without tombstones (the FAISS index holds track ids and is unaffected)."""
-        self._write_meta({**self.meta, "dirty": True})
-        ids, vectors = self._load_rows()
-        keep = ids >= 0
-        row_videos = np.fromfile(self._path("videos.i64"), dtype="<i8")[keep]
-        ids, vectors = ids[keep], vectors[keep]
-        self._replace_rows(ids, row_videos, vectors)
-        self._write_meta({**self.meta, "rows": len(ids), "live": len(ids), "dirty": False})
+
+class PgVectorSearch(RadiusSearch):
+    """Search in the database: pgvector's HNSW index over `track_vectors` (one query per statement)."""
+
+    kind = "pgvector"
+
+    def __init__(self, catalog: Catalog, *, ef_search: int = HNSW_EF_SEARCH):
+        self.catalog = catalog
+        self.ef_search = ef_search
+        with catalog.engine.connect() as conn:
+            self._live = int(conn.scalar(text("SELECT count(*) FROM track_vectors")) or 0)
+            version = str(conn.scalar(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")))
+        # Iterative scans (pgvector 0.8) let one query return more than ef_search rows, as `within` may ask.
+        self.iterative = tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) >= (0, 8)
+
+    @property
+    def live(self) -> int:
+        return self._live
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.atleast_2d(np.asarray(queries, np.float32))
+        out_d = np.full((len(q), k), np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        stmt = text("SELECT track_id, embedding <-> CAST(:q AS vector) FROM track_vectors "
+                    "ORDER BY embedding <-> CAST(:q AS vector) LIMIT :k")
+        with self.catalog.engine.begin() as conn:
+            # SET LOCAL takes no bound parameters; set_config(..., true) is the same, scoped to this transaction.
+            conn.execute(text("SELECT set_config('hnsw.ef_search', :v, true)"),
+                         {"v": str(min(1000, max(self.ef_search, k)))})
+            if self.iterative and k > 1000:
+                conn.execute(text("SELECT set_config('hnsw.iterative_scan', 'strict_order', true), "
+                                  "set_config('hnsw.max_scan_tuples', :n, true)"), {"n": str(max(20_000, 4 * k))})
+            for row, v in enumerate(q):
+                found = conn.execute(stmt, {"q": vector_literal(v), "k": k}).all()
+                if found:
+                    out_i[row, :len(found)] = [r[0] for r in found]
+                    out_d[row, :len(found)] = [r[1] for r in found]
+        return out_d, out_i
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        return sql_rows(self.catalog)
+
+
+def open_vector_search(catalog: Catalog, out_dir: str | None, *, index_dir: Path | None = None) -> VectorSearch:
+    """pgvector where the database has it, else the file index (refreshed first, incrementally)."""
+    if catalog.vectors_in_db:
+        return PgVectorSearch(catalog)
+    index = FaissFileIndex(index_dir or index_dir_for(catalog, out_dir), catalog)
+    index.refresh()
+    with index.lock(exclusive=False):
+        return index.open()
 
 
 def _redact(url: str) -> str:
@@ -448,7 +462,8 @@ def _sql_tracks(catalog: Catalog, videos: list[int] | None) -> tuple[np.ndarray,
         for stmt in chunks:
             for tid, vid, emb in s.execute(stmt):
                 if len(emb) != DIM * 4:
-                    raise SearchIndexError(f"track {tid} has a {len(emb) // 4}-D embedding, expected {DIM}")
+                    raise SearchIndexError(f"track {tid} has a {len(emb) // 4}-D embedding, expected {DIM}",
+                                           path=catalog.where)
                 ids.append(tid)
                 vids.append(vid)
                 blobs.append(emb)
@@ -458,11 +473,19 @@ def _sql_tracks(catalog: Catalog, videos: list[int] | None) -> tuple[np.ndarray,
     return np.asarray(ids, np.int64), np.asarray(vids, np.int64), vectors
 
 
+def sql_rows(catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids ascending, vectors) of the live tracks, read from SQL."""
+    ids, _, vectors = _sql_tracks(catalog, None)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], vectors[order]
 
 
 def refresh_search_index(catalog: Catalog, out_uri: str | None) -> Refresh:
-    """Bring the vector index of this SQL index up to date (incremental); called after every job."""
-    return VectorIndex(index_dir_for(catalog, out_uri)).refresh(catalog)
+    """Bring the file index of this SQL index up to date (incremental); called after every job. pgvector
+    needs nothing: the job wrote the vectors with the tracks."""
+    if catalog.vectors_in_db:
+        return Refresh("pgvector", PgVectorSearch(catalog).live)
+    return FaissFileIndex(index_dir_for(catalog, out_uri), catalog).refresh()
 
 
 def register_after_jobs() -> None:

@@ -10,14 +10,16 @@ heavy-tailed number of tracks (log-normal, median 8): a few people appear very o
 Queries are fresh samples of identities that are in the index (a new photo of someone filmed),
 plus 10% of identities that are not.
 
-Measured: exact top-10 (numpy; CuPy with --device gpu) at --exact-tracks, and FAISS IVF (fp16
-codes) top-10 at --ann-tracks for several nprobe values: build time, memory, latency p50/p95 for one
-query at a time, recall@10 against exact search over the same vectors, and the cost of an
-incremental update (add and remove tracks without rebuilding).
+Measured: exact top-10 (FAISS flat) at --exact-tracks, FAISS IVF (fp16 codes) top-10 at --ann-tracks
+for several nprobe values, and with --pgvector-url pgvector's HNSW index in PostgreSQL over the same
+--ann-tracks vectors for several ef_search values: build time, memory, latency p50/p95 for one query at
+a time, recall@10 against exact search over the same vectors, and the cost of an incremental update of
+the IVF index (add and remove tracks without rebuilding).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import time
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from jobs.bench import machine
-from vidx.ann import DIM, ExactSearcher, build_ivf, ivf_lists_for
+from vidx.ann import DIM, build_flat, build_ivf, faiss_search, ivf_lists_for
 
 SAME_L2 = 0.4
 DIFF_L2 = 0.9
@@ -176,9 +178,10 @@ def _recall(found: np.ndarray, truth: np.ndarray, truth_d: np.ndarray, strangers
             "recall_same_person_l2_0_6": round(hit_close / max(int(close.sum()), 1), 4)}
 
 
-def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: list[int], device: str = "cpu",
+def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: list[int],
                  threads: int | None = None, seed: int = 0, say: Callable[[str], None] = print,
-                 command: str = "", end_to_end: int = 0, work_dir: Any = None) -> dict[str, Any]:
+                 command: str = "", end_to_end: int = 0, work_dir: Any = None, pgvector_url: str | None = None,
+                 ef_searches: tuple[int, ...] = (40, 100, 200)) -> dict[str, Any]:
     import faiss
 
     threads = threads or os.cpu_count() or 1
@@ -194,18 +197,18 @@ def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: l
         result["synthetic"].update(identities_exact=faces.identities, measured=faces.check(x))
         q, _ = faces.queries(queries)
         t0 = time.perf_counter()
-        searcher = ExactSearcher(x, np.arange(exact_tracks, dtype=np.int64), device=device)
+        flat = build_flat(x, np.arange(exact_tracks, dtype=np.int64))
         build = time.perf_counter() - t0
         say(f"exact: {exact_tracks:,} tracks, {queries} queries one at a time")
-        lat = _latencies(lambda v: searcher.search(v, 10), q)
+        lat = _latencies(lambda v: faiss_search(flat, v, 10), q)
         batch_t0 = time.perf_counter()
-        searcher.search(q, 10)
+        faiss_search(flat, q, 10)
         batch = time.perf_counter() - batch_t0
-        result["exact"] = {"tracks": exact_tracks, "device": "gpu" if searcher.xp is not np else "cpu",
-                           "build_s": round(build, 3), "memory_gib": round(x.nbytes / 2**30, 3),
-                           "top10": lat, "batch_queries_per_s": round(len(q) / batch, 1), "rss_gib": _rss_gib()}
+        result["exact"] = {"tracks": exact_tracks, "index": "IDMap2,Flat", "build_s": round(build, 3),
+                           "memory_gib": round(x.nbytes / 2**30, 3), "top10": lat,
+                           "batch_queries_per_s": round(len(q) / batch, 1), "rss_gib": _rss_gib()}
         say(f"exact: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms")
-        del searcher, x
+        del flat, x
     if end_to_end:
         result["end_to_end"] = bench_end_to_end(end_to_end, work_dir or "vidx-bench/search", say=say)
     if ann_tracks:
@@ -249,7 +252,120 @@ def bench_search(*, exact_tracks: int, ann_tracks: int, queries: int, nprobes: l
                          "generate_s": round(gen_s, 1), "build_s": round(build_s, 1),
                          "index_memory_gib": round(code_bytes / 2**30, 3), "rss_gib": _rss_gib(),
                          "nprobe": rows, "incremental": upd}
+        del index
+        if pgvector_url:
+            result["pgvector"] = bench_pgvector(pgvector_url, x16, q, truth, truth_d, strangers, ef_searches,
+                                                threads=threads, say=say)
     return result
+
+
+def bench_pgvector(server_url: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                   truth_d: np.ndarray, strangers: np.ndarray, ef_searches: tuple[int, ...], *, threads: int,
+                   say: Callable[[str], None] = print) -> dict[str, Any]:
+    """pgvector's HNSW index in the scratch database vidx_bench_search of `server_url` (created, then dropped),
+    searched as vidx searches it (PgVectorSearch: one statement per query over the pool), over the given vectors."""
+    from sqlalchemy import create_engine, insert, text
+    from sqlalchemy.engine import make_url
+
+    from jobs.catalog import Catalog
+    from schemas.sql import Run, Video, utcnow
+    from vidx.ann import PgVectorSearch
+
+    server = make_url(server_url)
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("DROP DATABASE IF EXISTS vidx_bench_search WITH (FORCE)")
+        conn.exec_driver_sql("CREATE DATABASE vidx_bench_search")
+    catalog = None
+    try:
+        catalog = Catalog(server.set(database="vidx_bench_search").render_as_string(hide_password=False))
+        if not catalog.vectors_in_db:
+            raise RuntimeError(f"the PostgreSQL server at {catalog.where} has no pgvector extension")
+        n, videos = len(vectors), 10_000
+        say(f"pgvector: copying {n:,} tracks into {catalog.where}")
+        t0 = time.perf_counter()
+        with catalog.session() as s:
+            run = Run(key="bench", pipeline_version="bench", models={}, params={})
+            s.add(run)
+            s.flush()
+            now = utcnow()
+            s.execute(insert(Video), [{"id": v + 1, "path": f"/archive/video-{v:06d}.mp4", "size": 1, "mtime": 0.0,
+                                       "fingerprint": "x", "status": "indexed", "run_id": run.id, "indexed_at": now}
+                                      for v in range(videos)])
+            run_id = run.id
+        ids = np.arange(1, n + 1, dtype=np.int64)
+        with catalog.engine.begin() as conn:
+            conn.exec_driver_sql("DROP INDEX ix_track_vectors_hnsw")  # bulk load, then one build: what is timed below
+            raw = conn.connection.dbapi_connection
+            if raw is None:
+                raise RuntimeError("the SQLAlchemy connection has no DBAPI connection")
+            for start in range(0, n, 100_000):
+                x = np.asarray(vectors[start:start + 100_000], np.float32)
+                m = len(x)
+                _copy_binary(raw, "tracks (id, video_id, run_id, track_index, start_s, end_s, n_faces, embedding, "
+                                  "quality, best_pts_s)",
+                             [(">i4", ids[start:start + m]), (">i4", ids[start:start + m] % videos + 1),
+                              (">i4", np.full(m, run_id)), (">i4", ids[start:start + m]), (">f8", np.zeros(m)),
+                              (">f8", np.full(m, 5.0)), (">i4", np.full(m, 10)), ("V512", x.astype("<f4")),
+                              (">f8", np.ones(m)), (">f8", np.zeros(m))])
+                # pgvector's binary form: int16 dimensions, int16 unused, float32 big-endian values
+                head = np.zeros(m, [("dim", ">i2"), ("unused", ">i2")])
+                head["dim"] = DIM
+                _copy_binary(raw, "track_vectors (track_id, embedding)",
+                             [(">i4", ids[start:start + m]), ("V516", (head, x.astype(">f4")))])
+            conn.execute(text("SELECT setval('tracks_id_seq', :n)"), {"n": n})
+            conn.exec_driver_sql("ANALYZE track_vectors")
+        fill_s = time.perf_counter() - t0
+        say(f"pgvector: building the HNSW index (m 16, ef_construction 64) with {threads} processes")
+        t0 = time.perf_counter()
+        with catalog.engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '4GB'")  # the whole graph in memory
+            conn.execute(text("SELECT set_config('max_parallel_maintenance_workers', :v, true)"),
+                         {"v": str(max(threads - 1, 0))})
+            conn.exec_driver_sql("CREATE INDEX ix_track_vectors_hnsw ON track_vectors "
+                                 "USING hnsw (embedding vector_l2_ops)")
+        build_s = time.perf_counter() - t0
+        with catalog.engine.connect() as conn:
+            size = int(conn.exec_driver_sql("SELECT pg_relation_size('ix_track_vectors_hnsw')").scalar() or 0)
+        rows = []
+        for ef in ef_searches:
+            search = PgVectorSearch(catalog, ef_search=ef)
+            lat = _latencies(functools.partial(search.search, k=10), queries)
+            found = np.concatenate([search.search(v[None, :], 10)[1] for v in queries]) - 1  # rows, not ids
+            rec = _recall(found, truth, truth_d, strangers)
+            rows.append({"ef_search": ef, "top10": lat, **rec})
+            say(f"pgvector: ef_search {ef}: p95 {lat['p95_ms']} ms, {rec}")
+        return {"tracks": n, "index": "hnsw (m 16, ef_construction 64), vector_l2_ops", "fill_s": round(fill_s, 1),
+                "build_s": round(build_s, 1), "index_gib": round(size / 2**30, 3), "ef_search": rows}
+    finally:
+        if catalog is not None:
+            catalog.close()
+        with admin.connect() as conn:
+            conn.exec_driver_sql("DROP DATABASE IF EXISTS vidx_bench_search WITH (FORCE)")
+        admin.dispose()
+
+
+def _copy_binary(conn: Any, target: str, columns: list[tuple[str, Any]]) -> None:
+    """COPY rows in PostgreSQL's binary format, built with numpy (per row: field count, then length + value of
+    each field): 100k rows in milliseconds where formatting them as text would take seconds."""
+    m = len(columns[0][1]) if not isinstance(columns[0][1], tuple) else len(columns[0][1][0])
+    fields: list[tuple[str, str]] = [("count", ">i2")]
+    for i, (dtype, _) in enumerate(columns):
+        fields += [(f"len{i}", ">i4"), (f"v{i}", dtype)]
+    rows = np.zeros(m, fields)
+    rows["count"] = len(columns)
+    for i, (dtype, values) in enumerate(columns):
+        rows[f"len{i}"] = np.dtype(dtype).itemsize
+        if isinstance(values, tuple):  # several arrays side by side in one field
+            rows[f"v{i}"] = np.concatenate([np.ascontiguousarray(v).view(np.uint8).reshape(m, -1) for v in values],
+                                           axis=1).view(dtype).reshape(m)
+        elif dtype.startswith("V"):
+            rows[f"v{i}"] = np.ascontiguousarray(values).view(np.uint8).reshape(m, -1).view(dtype).reshape(m)
+        else:
+            rows[f"v{i}"] = values
+    payload = b"PGCOPY\n\xff\r\n\x00" + bytes(8) + rows.tobytes() + b"\xff\xff"
+    with conn.cursor() as cur, cur.copy(f"COPY {target} FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.write(payload)
 
 
 def bench_end_to_end(tracks: int, work_dir: Any, *, videos: int = 10_000, queries: int = 20, seed: int = 0,
@@ -258,7 +374,7 @@ def bench_end_to_end(tracks: int, work_dir: Any, *, videos: int = 10_000, querie
 
     Times: filling SQL (not part of search), the first refresh (full build of the vector index), a
     no-op refresh (what every search pays to check staleness), opening the index (reading the row
-    files), and a whole appearance search (index + SQL rows + merging) per query, cold and warm.
+    index), and a whole appearance search (index + SQL rows + merging) per query, cold and warm.
     """
     from pathlib import Path
 
@@ -266,7 +382,7 @@ def bench_end_to_end(tracks: int, work_dir: Any, *, videos: int = 10_000, querie
 
     from jobs.catalog import Catalog
     from schemas.sql import Run, Track, Video, utcnow
-    from vidx.ann import VectorIndex
+    from vidx.ann import FaissFileIndex
     from vidx.search import search_index
 
     work = Path(work_dir)
@@ -302,15 +418,15 @@ def bench_end_to_end(tracks: int, work_dir: Any, *, videos: int = 10_000, querie
                  "end_s": float(t_start[i] + 5), "n_faces": 10, "embedding": x[i].astype("<f4").tobytes(),
                  "quality": 1.0, "best_pts_s": float(t_start[i])} for i in range(len(x))])
     fill = time.perf_counter() - t0
-    index = VectorIndex(work / "search-index")
+    index = FaissFileIndex(work / "search-index", catalog)
     t0 = time.perf_counter()
-    first = index.refresh(catalog)
+    first = index.refresh()
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index.refresh(catalog)
+    index.refresh()
     noop = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index.open(device="cpu")
+    index.open()
     open_s = time.perf_counter() - t0
     q, _ = faces.queries(queries, seed=seed + 11)
     t0 = time.perf_counter()

@@ -404,7 +404,7 @@ def cluster_index(catalog: Catalog, out_dir: str | None, *, eps: float = DEFAULT
     """`vidx people cluster`: cluster the live tracks, reading their descriptors from the search index."""
     from vidx.search import open_search_index
 
-    vectors = open_search_index(catalog, out_dir, device="cpu").rows()  # faster than reading SQL rows
+    vectors = open_search_index(catalog, out_dir).rows()  # faster than reading SQL rows
     return cluster_people(catalog, eps=eps, min_samples=min_samples, vectors=vectors)
 
 

@@ -27,7 +27,7 @@ from schemas.embeddings import embedding_from_bytes
 from schemas.errors import InputError
 from schemas.ids import face_track_id, parse_face_track_id, person_track_id
 from schemas.sql import Run, Track, Video
-from vidx.ann import VectorIndex, index_dir_for
+from vidx.ann import VectorSearch, open_vector_search
 
 SCORE_CENTRE = 0.6
 SCORE_WIDTH = 0.05
@@ -170,13 +170,10 @@ def query_embedding(engines: Engines, photo: Path, face: int | None = None) -> t
     return q.embedding, {"faces_in_photo": q.faces_in_photo, "face": q.face, "box": q.box}
 
 
-def open_search_index(catalog: Catalog, out_dir: str | None, *, device: str = "auto",
-                      index_dir: Path | None = None) -> VectorIndex:
-    """The vector index of this SQL index, refreshed (incrementally) if a job changed tracks since."""
-    index = VectorIndex(index_dir or index_dir_for(catalog, out_dir))
-    index.refresh(catalog)
-    with index.lock(exclusive=False):
-        return index.open(device=device)
+def open_search_index(catalog: Catalog, out_dir: str | None, *, index_dir: Path | None = None) -> VectorSearch:
+    """The vector search of this SQL index: pgvector in the database where it has it, else the FAISS file
+    index, refreshed (incrementally) if a job changed tracks since."""
+    return open_vector_search(catalog, out_dir, index_dir=index_dir)
 
 
 def load_tracks(catalog: Catalog, ids: Iterable[int]) -> dict[int, TrackInfo]:
@@ -225,7 +222,7 @@ def _sample_interval(run: Run | None) -> float:
     return DEFAULT_SAMPLE_INTERVAL_S
 
 
-def search_index(catalog: Catalog, index: VectorIndex, queries: np.ndarray, *, top: int = 20,
+def search_index(catalog: Catalog, index: VectorSearch, queries: np.ndarray, *, top: int = 20,
                  threshold: float = DEFAULT_THRESHOLD, filters: Filters | None = None,
                  labels: dict[int, str] | None = None, exclude_other_people: str | None = None,
                  forced: dict[int, TrackInfo] | None = None) -> list[Hit]:
@@ -292,7 +289,7 @@ def _merge(group: list[tuple[TrackInfo, float, float, bool]], labels: dict[int, 
 
 def find_appearances(catalog: Catalog, out_dir: str | None, *, query: np.ndarray | None = None,
                      person: str | None = None, top: int = 20, threshold: float = DEFAULT_THRESHOLD,
-                     filters: Filters | None = None, device: str = "auto") -> list[Hit]:
+                     filters: Filters | None = None) -> list[Hit]:
     """`vidx search`: the appearances of the face `query` describes, or of the named `person`, best first.
 
     Manual labels name the people on the tracks found. A search by name queries with the person's exemplars
@@ -305,11 +302,11 @@ def find_appearances(catalog: Catalog, out_dir: str | None, *, query: np.ndarray
     resolved = resolve_labels(catalog)
     names = label_names(catalog, resolved)
     if query is not None:
-        index = open_search_index(catalog, out_dir, device=device)
+        index = open_search_index(catalog, out_dir)
         return search_index(catalog, index, query, top=top, threshold=threshold, filters=filters, labels=names)
     known = get_person(catalog, person or "")
     queries = person_queries(catalog, known)
-    index = open_search_index(catalog, out_dir, device=device)
+    index = open_search_index(catalog, out_dir)
     forced = load_tracks(catalog, [tid for tid, (pid, _) in resolved.items() if pid == known.id])
     return search_index(catalog, index, queries, top=top, threshold=threshold, filters=filters, labels=names,
                         exclude_other_people=known.name, forced=forced)

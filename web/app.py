@@ -379,7 +379,7 @@ def create_app(out_dir: str, catalog: Catalog, *, cache_dir: Path | None = None,
                 except ImageError as exc:
                     raise named(exc, photo) from exc
         hits = search_q.find_appearances(catalog, out_dir, query=query, person=person if query is None else None,
-                                         top=top, threshold=threshold, filters=filters, device=device)
+                                         top=top, threshold=threshold, filters=filters)
         return hits_json(hits)
 
     @app.post("/api/faces", tags=["search"], summary="The faces of a photo, numbered by size (--face N)")

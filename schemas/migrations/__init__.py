@@ -119,7 +119,8 @@ def upgrade(engine: Engine, *, where: str | None = None) -> Migration:
 def schema_diff(engine: Engine) -> list[Any]:
     """Differences between the database's schema and the models (empty when they agree)."""
     from schemas.sql import Base
+    from schemas.vectors import include_name
 
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": include_name})
         return list(compare_metadata(ctx, Base.metadata))

@@ -142,23 +142,28 @@ def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_vide
 @click.option("--nprobe", "nprobes", default="16,32,64,128,256", show_default=True,
               help="IVF lists probed, comma-separated.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="FAISS threads [default: all cores].")
-@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu", show_default=True,
-              help="Where exact search runs (gpu: CuPy).")
+@click.option("--pgvector-url", default=None, metavar="URL",
+              help="A PostgreSQL server with pgvector: also measure its HNSW index over the --ann-tracks vectors "
+                   "(in a scratch database, dropped afterwards).")
+@click.option("--ef-search", "ef_searches", default="40,100,200", show_default=True,
+              help="pgvector HNSW ef_search values, comma-separated.")
 @click.option("--end-to-end", type=click.IntRange(0), default=0, show_default=True,
               help="Also time `vidx search`'s whole path over a SQLite index of this many tracks (0 skips).")
 @click.option("--work-dir", "search_work_dir", type=click.Path(file_okay=False), default="vidx-bench/search",
               show_default=True, help="Where the end-to-end SQLite index is written.")
 @json_option
-def bench_search_cmd(exact_tracks: int, ann_tracks: int, queries: int, nprobes: str, threads: int | None, device: str,
-                     end_to_end: int, search_work_dir: str, as_json: bool) -> None:
-    """Exact and ANN top-10 over synthetic dlib-like face descriptors: latency, recall, build time, memory."""
+def bench_search_cmd(exact_tracks: int, ann_tracks: int, queries: int, nprobes: str, threads: int | None,
+                     pgvector_url: str | None, ef_searches: str, end_to_end: int, search_work_dir: str,
+                     as_json: bool) -> None:
+    """Exact, IVF and pgvector HNSW top-10 over synthetic dlib-like face descriptors: latency, recall, build time."""
     from vidx.bench_search import bench_search
     from vidx.output import say
 
     result = bench_search(exact_tracks=exact_tracks, ann_tracks=ann_tracks, queries=queries,
-                          nprobes=[int(p) for p in nprobes.split(",") if p.strip()], device=device, threads=threads,
+                          nprobes=[int(p) for p in nprobes.split(",") if p.strip()], threads=threads,
                           say=say, command=" ".join(["vidx", *sys.argv[1:]]), end_to_end=end_to_end,
-                          work_dir=search_work_dir)
+                          work_dir=search_work_dir, pgvector_url=pgvector_url,
+                          ef_searches=tuple(int(e) for e in ef_searches.split(",") if e.strip()))
 
     def render(res: dict[str, Any]) -> None:
         out.print(f"{res['machine']['cpu']} · {res['machine']['cores']} cores · {res['threads']} threads")
@@ -167,7 +172,7 @@ def bench_search_cmd(exact_tracks: int, ann_tracks: int, queries: int, nprobes: 
         table = Table("search", "tracks", "nprobe", "p50 ms", "p95 ms", "recall@10", "known", "L2<0.6", "build s")
         if "exact" in res:
             e = res["exact"]
-            table.add_row(f"exact ({e['device']})", f"{e['tracks']:,}", "", f"{e['top10']['p50_ms']:.2f}",
+            table.add_row(f"exact ({e['index']})", f"{e['tracks']:,}", "", f"{e['top10']['p50_ms']:.2f}",
                           f"{e['top10']['p95_ms']:.2f}", "1", "1", "1", f"{e['build_s']:.1f}")
         if "ann" in res:
             a = res["ann"]
@@ -176,6 +181,13 @@ def bench_search_cmd(exact_tracks: int, ann_tracks: int, queries: int, nprobes: 
                               f"{r['top10']['p95_ms']:.2f}", f"{r['recall_at_10']:.3f}",
                               f"{r['recall_known_people']:.3f}", f"{r['recall_same_person_l2_0_6']:.3f}",
                               f"{a['build_s']:.0f}")
+        if "pgvector" in res:
+            p = res["pgvector"]
+            for r in p["ef_search"]:
+                table.add_row("pgvector hnsw", f"{p['tracks']:,}", f"ef {r['ef_search']}",
+                              f"{r['top10']['p50_ms']:.2f}", f"{r['top10']['p95_ms']:.2f}", f"{r['recall_at_10']:.3f}",
+                              f"{r['recall_known_people']:.3f}", f"{r['recall_same_person_l2_0_6']:.3f}",
+                              f"{p['build_s']:.0f}")
         out.print(table)
 
     emit(result, as_json, render)

@@ -84,7 +84,7 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
     query = detect_query_face(load_query_engines(ctx, device), photo, face) if photo is not None else None
     hits = find_appearances(catalog, out_dir, query=query.embedding if query is not None else None,
                             person=person_name, top=top, threshold=threshold,
-                            filters=Filters(video_glob, after, before), device=device)
+                            filters=Filters(video_glob, after, before))
     root = output_root(out_dir)
     if html_file is not None:
         from vidx.report import render_report
