@@ -55,7 +55,8 @@ def verify_models(store: ModelStore, runtime: RuntimeConfig | None = None) -> Ve
         spec = spec_of(name)
         try:
             model = store.load(name)
-            check_sha256(store.cache_dir / "sources" / spec.source.cache_name, spec.source.sha256)
+            for source in (spec.source, *spec.extra_sources):
+                check_sha256(store.cache_dir / "sources" / source.cache_name, source.sha256)
             report.add(f"{name} files", True, f"source and ONNX sha256 match ({model.provenance.version})")
         except ModelError as exc:
             report.add(f"{name} files", False, exc.describe())
