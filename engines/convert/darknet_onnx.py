@@ -19,6 +19,7 @@ A = sum over the heads of 3 x (H / stride) x (W / stride), head by head in .cfg 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,14 +141,21 @@ class _Tensor:
     stride: int
 
 
-def convert_darknet_yolo(cfg_text: str, weights: bytes, *, graph_name: str,
-                         keep_class: int = PERSON_CLASS) -> onnx.ModelProto:
+def convert_darknet_yolo(cfg_text: str, weights: bytes, *, graph_name: str, keep_class: int = PERSON_CLASS,
+                         masks: Sequence[Sequence[int]] | None = None) -> onnx.ModelProto:
     """The ONNX model of a Darknet YOLO .cfg + .weights pair (see the module docstring for the contract).
 
-    Raises ValueError naming the section or the reason when the files do not fit together or use a layer
-    this converter does not support.
+    masks: the anchor mask of each [yolo] layer in order, in place of the .cfg's (for a .cfg whose masks
+    differ from those the weights were trained with). Raises ValueError naming the section or the reason
+    when the files do not fit together or use a layer this converter does not support.
     """
     sections = parse_cfg(cfg_text)
+    heads = [sec for sec in sections if sec.kind == "yolo"]
+    if masks is not None:
+        if len(masks) != len(heads):
+            raise ValueError(f"{len(masks)} anchor masks given for {len(heads)} [yolo] layers")
+        for sec, mask in zip(heads, masks, strict=True):
+            sec.options["mask"] = ",".join(str(m) for m in mask)
     net = sections[0]
     reader = WeightReader(weights)
     b = _Builder()
