@@ -16,6 +16,7 @@ frame on the same machinery; its graph decodes boxes itself, and suppression is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,8 @@ class Level:
     canvas_w: int
     max_box: float = math.inf
     """Largest box (model pixels) this level answers for; larger ones belong to a coarser level."""
+    min_box: float = 0.0
+    """Smallest box (model pixels) this level answers for; smaller ones belong to a finer level."""
 
 
 def _align_up(n: int, align: int) -> int:
@@ -254,7 +257,7 @@ class BlazeDetector:
                     boxes, scores, kps, image = self._run(batch, level)
                     keep = image < len(part)  # GPU batches are padded with black images
                     width_px = boxes[:, 2] - boxes[:, 0]
-                    keep &= (width_px >= self.min_box) & (width_px <= level.max_box)
+                    keep &= (width_px >= max(self.min_box, level.min_box)) & (width_px <= level.max_box)
                     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
                     keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
                     inv = np.float32(1.0 / level.scale)
@@ -390,28 +393,42 @@ class FaceDetector(BlazeDetector):
 PERSON_ALIGN = 32
 """YOLOv3-tiny's total stride: its input sides must be multiples of it."""
 PERSON_LONG_SIDE = 768
-"""Default long side of the person detector's input (frames are scaled to it at their own aspect). On
-vtest.avi (768x576, 4-9 pedestrians) 768 found the most people for its cost (docs/models.md)."""
+"""Long side of the person detector's fine level (frames are scaled to it at their own aspect). On
+vtest.avi (768x576, 4-9 pedestrians) 768 found the most people without false ones (docs/models.md)."""
+PERSON_COARSE_SIDE = 416
+"""Long side of the coarse level (YOLOv3-tiny's training size): people filling much of the frame (t1.jpg's
+six at a table) are found there; at 768 only 4 of the 6 were (docs/models.md)."""
+PERSON_COARSE_MIN_BOX = 48.0
+"""Narrowest box (coarse-level pixels) the coarse level answers for: below it, it added boxes around two
+small pedestrians walking together on vtest.avi, and the fine level finds such people one by one."""
 PERSON_NMS_IOU = 0.45
 """Darknet's own NMS threshold for YOLO: people side by side overlap more than faces do."""
 
 
 class PersonDetector(BlazeDetector):
-    """YOLOv3-tiny (COCO person class) on one level: the frame scaled so that its long side is `long_side`,
-    at the top left of a canvas whose sides are multiples of 32. The graph decodes its heads itself
+    """YOLOv3-tiny (COCO person class) on two levels: the frame scaled so that its long side is `long_side`,
+    and so that it is `coarse_side` (the coarse level answering for large people only), each at the top left
+    of a canvas whose sides are multiples of 32. The graph decodes its heads itself
     (engines.convert.darknet_onnx): `boxes` in canvas pixels and `scores`; here they are thresholded on the
     session's array module and suppressed on the host. People have no keypoints (K = 0)."""
 
-    def __init__(self, session: Session, *, score_threshold: float = 0.3, long_side: int = PERSON_LONG_SIDE,
-                 batch_size: int = 4):
-        if long_side < PERSON_ALIGN:
-            raise ValueError(f"the person detector's long side must be at least {PERSON_ALIGN} px, got {long_side}")
+    def __init__(self, session: Session, *, score_threshold: float = 0.4, long_side: int = PERSON_LONG_SIDE,
+                 coarse_side: int = PERSON_COARSE_SIDE, batch_size: int = 4):
+        if min(long_side, coarse_side) < PERSON_ALIGN:
+            raise ValueError(f"the person detector's levels need a long side of at least {PERSON_ALIGN} px, "
+                             f"got {long_side} and {coarse_side}")
         super().__init__(session, AnchorSpec(size=long_side, strides=(32, 16), per_cell=(3, 3), align=PERSON_ALIGN),
                          0, score_threshold, nms_iou=PERSON_NMS_IOU, batch_size=batch_size)
         self.long_side = long_side
+        self.coarse_side = coarse_side
 
     def _plan(self, height: int, width: int) -> list[Level]:
-        return plan_levels(height, width, [self.long_side / max(height, width)], align=PERSON_ALIGN, margin=0)
+        long = max(height, width)
+        if self.coarse_side * 1.25 > self.long_side:  # one level is enough when the two are this close
+            return plan_levels(height, width, [self.long_side / long], align=PERSON_ALIGN, margin=0)
+        fine, coarse = plan_levels(height, width, [self.long_side / long, self.coarse_side / long],
+                                   align=PERSON_ALIGN, margin=0)
+        return [fine, dataclasses.replace(coarse, min_box=PERSON_COARSE_MIN_BOX)]
 
     def _run(self, batch: Array, level: Level) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         xp = array_module(batch)

@@ -506,7 +506,7 @@ def _persons_table(rows: _Rows, video_id: int, run_key: str) -> pa.Table:
     return pa.Table.from_arrays([
         pa.array([video_id] * n, pa.int64()), pa.array([run_key] * n, pa.string()),
         pa.array(rows.pts, pa.float64()), pa.array(rows.index, pa.int64()),
-        _fixed_list(rows.boxes, 4), pa.array(rows.scores, pa.float32()), _fixed_list(rows.keypoints, 8),
+        _fixed_list(rows.boxes, 4), pa.array(rows.scores, pa.float32()),
     ], schema=PERSONS)
 
 

@@ -10,7 +10,8 @@ import json
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""2: `persons` has no keypoints column (the person detector is YOLOv3-tiny, boxes only)."""
 EMBEDDING_DIM = 128
 
 _video_cols = [
@@ -41,8 +42,6 @@ PERSONS = pa.schema([
     pa.field("frame_index", pa.int64(), nullable=False),
     _box,
     pa.field("score", pa.float32(), nullable=False),
-    pa.field("keypoints", pa.list_(pa.float32(), 8), nullable=False,
-             metadata={"doc": "x, y of hip centre, body extent, shoulder centre, head extent"}),
 ])
 
 TRACKS = pa.schema([
