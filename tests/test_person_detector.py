@@ -75,8 +75,8 @@ def to_opencv_order(values: np.ndarray, height: int, width: int) -> np.ndarray:
 def test_conversion_matches_opencv_on_real_images(store: ModelStore, darknet_files: tuple[str, bytes, Path, Path],
                                                   photos: dict[str, np.ndarray],
                                                   vtest_frames: dict[int, np.ndarray]) -> None:
-    """Same boxes (within 0.05 px) and person scores (within 1e-3) as OpenCV's Darknet loader, on t1.jpg at
-    640x416 and vtest.avi frames at their own 768x576."""
+    """Same boxes (within 0.01 px at every anchor) and person scores (within 1e-4) as OpenCV's Darknet loader,
+    on t1.jpg at 640x416 and vtest.avi frames at their own 768x576 (measured: 2e-3 px, 8e-6)."""
     from engines.runtime.onnxruntime import OnnxRuntimeSession
 
     session = OnnxRuntimeSession(store.load("person_detector"))
@@ -92,8 +92,8 @@ def test_conversion_matches_opencv_on_real_images(store: ModelStore, darknet_fil
         # OpenCV zeroes class scores under its own threshold (0.2): compare where both are above it
         both = (scores > 0.25) & (ref_scores > 0.25)
         assert both.sum() >= 3 and ((scores > 0.3) == (ref_scores > 0.3)).all()
-        np.testing.assert_allclose(boxes[both], ref_boxes[both], atol=0.05)
-        np.testing.assert_allclose(scores[both], ref_scores[both], atol=1e-3)
+        np.testing.assert_allclose(boxes, ref_boxes, atol=0.01)
+        np.testing.assert_allclose(scores[both], ref_scores[both], atol=1e-4)
         compared += int(both.sum())
     assert compared >= 20
 
