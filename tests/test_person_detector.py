@@ -117,7 +117,7 @@ def test_graph_contract_and_deterministic_bytes(store: ModelStore,
 
 def test_bad_darknet_files_name_the_reason(darknet_files: tuple[str, bytes, Path, Path]) -> None:
     cfg, weights, _, _ = darknet_files
-    with pytest.raises(ValueError, match="ends inside .convolutional. at line .*does not match the .cfg"):
+    with pytest.raises(ValueError, match=r"ends inside \[convolutional\] at line .*does not match the \.cfg"):
         convert_darknet_yolo(cfg, weights[:20 + (len(weights) - 20) // 8 * 4], graph_name="p")
     with pytest.raises(ValueError, match="left over"):
         convert_darknet_yolo(cfg, weights + b"\0" * 64, graph_name="p")
@@ -132,7 +132,7 @@ def test_bad_source_file_is_a_model_error_naming_it(tmp_path: Path, cache_dir: P
     import dataclasses
 
     from engines.errors import ModelError
-    from engines.sources import SourceFile, sha256_file
+    from engines.sources import sha256_file
 
     spec = SPECS["person_detector"]
     weights = fetch_source(spec.source, cache_dir)
@@ -141,11 +141,11 @@ def test_bad_source_file_is_a_model_error_naming_it(tmp_path: Path, cache_dir: P
     cut.write_bytes(weights.read_bytes()[:1_000_000])
     for extra in spec.extra_sources:
         (tmp_path / "sources" / extra.cache_name).write_bytes(fetch_source(extra, cache_dir).read_bytes())
-    bad = dataclasses.replace(spec, source=SourceFile(**{**dataclasses.asdict(spec.source), "sha256": sha256_file(cut)}))
+    bad = dataclasses.replace(spec, source=dataclasses.replace(spec.source, sha256=sha256_file(cut)))
     store = ModelStore(tmp_path)
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(SPECS, "person_detector", bad)
-        with pytest.raises(ModelError, match="does not match the .cfg") as err:
+        with pytest.raises(ModelError, match=r"does not match the \.cfg") as err:
             store.fetch("person_detector")
     assert str(cut) in err.value.describe()
     assert not store.onnx_path("person_detector").exists()

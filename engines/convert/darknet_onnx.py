@@ -49,17 +49,22 @@ class Section:
     options: dict[str, str]
     line: int
 
-    def int(self, key: str, default: int | None = None) -> int:
-        if key not in self.options:
-            if default is None:
-                raise ValueError(f"[{self.kind}] at line {self.line} has no {key}=")
+    def integer(self, key: str, default: int | None = None) -> int:
+        if key not in self.options and default is not None:
             return default
-        return int(self.options[key].strip())
+        values = self.integers(key)
+        if len(values) != 1:
+            raise ValueError(f"[{self.kind}] at line {self.line}: {key}= must be one integer")
+        return values[0]
 
-    def ints(self, key: str) -> list[int]:
+    def integers(self, key: str) -> list[int]:
         if key not in self.options:
             raise ValueError(f"[{self.kind}] at line {self.line} has no {key}=")
-        return [int(v) for v in self.options[key].split(",") if v.strip()]
+        try:
+            return [int(v) for v in self.options[key].split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"[{self.kind}] at line {self.line}: {key}={self.options[key]!r} is not a list of "
+                             "integers") from None
 
 
 def parse_cfg(text: str) -> list[Section]:
@@ -162,7 +167,7 @@ def convert_darknet_yolo(cfg_text: str, weights: bytes, *, graph_name: str, keep
     x = b.op("Cast", [INPUT_NAME], "image_f", to=TensorProto.FLOAT)
     x = b.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
     x = b.op("Mul", [x, b.const("inv255", np.array(1 / 255, np.float32))], "input")
-    current = _Tensor(x, net.int("channels", 3), 1)
+    current = _Tensor(x, net.integer("channels", 3), 1)
     layers: list[_Tensor] = []
     box_parts: list[str] = []
     score_parts: list[str] = []
@@ -178,12 +183,12 @@ def convert_darknet_yolo(cfg_text: str, weights: bytes, *, graph_name: str, keep
         elif sec.kind == "maxpool":
             current = _maxpool(b, sec, current)
         elif sec.kind == "upsample":
-            stride = sec.int("stride", 2)
+            stride = sec.integer("stride", 2)
             scales = b.const("scales", np.array([1, 1, stride, stride], np.float32))
             out = b.op("Resize", [current.name, "", scales], "upsample", mode="nearest")
             current = _Tensor(out, current.channels, current.stride // stride)
         elif sec.kind == "route":
-            picked = [layers[i if i >= 0 else index + i] for i in sec.ints("layers")]
+            picked = [layers[i if i >= 0 else index + i] for i in sec.integers("layers")]
             if len({t.stride for t in picked}) != 1:
                 raise ValueError(f"[route] at line {sec.line} joins layers of different strides")
             name = picked[0].name if len(picked) == 1 else b.op("Concat", [t.name for t in picked], "route", axis=1)
@@ -220,10 +225,10 @@ def convert_darknet_yolo(cfg_text: str, weights: bytes, *, graph_name: str, keep
 
 def _head_channels(yolo: Section, conv: Section, keep_class: int) -> list[int]:
     """Output channels of a head's last convolution that one class needs: per anchor x y w h obj class."""
-    classes = yolo.int("classes")
-    n_anchors = len(yolo.ints("mask"))
-    if conv.int("filters") != n_anchors * (5 + classes):
-        raise ValueError(f"[convolutional] at line {conv.line} has {conv.int('filters')} filters; the [yolo] "
+    classes = yolo.integer("classes")
+    n_anchors = len(yolo.integers("mask"))
+    if conv.integer("filters") != n_anchors * (5 + classes):
+        raise ValueError(f"[convolutional] at line {conv.line} has {conv.integer('filters')} filters; the [yolo] "
                          f"after it needs {n_anchors} x (5 + {classes})")
     if not 0 <= keep_class < classes:
         raise ValueError(f"class {keep_class} is not among the {classes} classes of the [yolo] at line {yolo.line}")
@@ -232,14 +237,14 @@ def _head_channels(yolo: Section, conv: Section, keep_class: int) -> list[int]:
 
 
 def _convolution(b: _Builder, reader: WeightReader, sec: Section, x: _Tensor, keep: list[int] | None) -> _Tensor:
-    filters, size, stride = sec.int("filters"), sec.int("size"), sec.int("stride", 1)
-    if sec.int("groups", 1) != 1 or sec.int("dilation", 1) != 1:
+    filters, size, stride = sec.integer("filters"), sec.integer("size"), sec.integer("stride", 1)
+    if sec.integer("groups", 1) != 1 or sec.integer("dilation", 1) != 1:
         raise ValueError(f"[convolutional] at line {sec.line}: groups and dilation are not supported")
-    pad = size // 2 if sec.int("pad", 0) else sec.int("padding", 0)
+    pad = size // 2 if sec.integer("pad", 0) else sec.integer("padding", 0)
     what = f"[convolutional] at line {sec.line}"
     bias = reader.take(filters, what)
     kernel_count = filters * x.channels * size * size
-    if sec.int("batch_normalize", 0):
+    if sec.integer("batch_normalize", 0):
         scale, mean, var = (reader.take(filters, what) for _ in range(3))
         kernel = reader.take(kernel_count, what).reshape(filters, x.channels, size, size)
         factor = scale / (np.sqrt(var) + BN_EPS)
@@ -260,8 +265,8 @@ def _convolution(b: _Builder, reader: WeightReader, sec: Section, x: _Tensor, ke
 
 
 def _maxpool(b: _Builder, sec: Section, x: _Tensor) -> _Tensor:
-    size, stride = sec.int("size", 2), sec.int("stride", 2)
-    padding = sec.int("padding", size - 1)
+    size, stride = sec.integer("size", 2), sec.integer("stride", 2)
+    padding = sec.integer("padding", size - 1)
     # Darknet pads `padding` in total, padding // 2 before and the rest after (the -inf border never wins):
     # the size-2 stride-1 pool of YOLOv3-tiny keeps the map's size with one column and row after it.
     before, after = padding // 2, padding - padding // 2
@@ -272,9 +277,9 @@ def _maxpool(b: _Builder, sec: Section, x: _Tensor) -> _Tensor:
 
 def _decode_head(b: _Builder, sec: Section, x: _Tensor) -> tuple[str, str]:
     """[N, 3*6, gh, gw] raw head -> boxes [N, 3*gh*gw, 4] in input pixels and scores [N, 3*gh*gw]."""
-    mask = sec.ints("mask")
-    anchors = np.array(sec.ints("anchors"), np.float32).reshape(-1, 2)[mask]
-    if sec.options.get("scale_x_y", "1").strip() not in ("1", "1.0") or sec.int("new_coords", 0):
+    mask = sec.integers("mask")
+    anchors = np.array(sec.integers("anchors"), np.float32).reshape(-1, 2)[mask]
+    if sec.options.get("scale_x_y", "1").strip() not in ("1", "1.0") or sec.integer("new_coords", 0):
         raise ValueError(f"[yolo] at line {sec.line}: scale_x_y and new_coords are not supported")
     k = len(mask)
     i64 = np.int64
