@@ -9,8 +9,9 @@ graph takes uint8 RGB and returns `boxes` (raw regressors) and `scores` (after t
 else happens here, on the array module of the session (numpy or CuPy), with NMS on the host over the few
 candidates left (weighted: a face is the score-weighted mean of the candidates it suppresses).
 
-The person detector (YOLOv3-tiny, COCO's person class, engines.convert.darknet_onnx) runs one level per
-frame on the same machinery; its graph decodes boxes itself, and suppression is plain greedy NMS.
+The person detector (YOLOv3-tiny, COCO's person class, engines.convert.darknet_onnx) runs on the same
+machinery with two levels per frame (a fine one for small people, a coarse one for large people); its
+graph decodes boxes itself, and suppression is plain greedy NMS.
 """
 
 from __future__ import annotations
@@ -394,7 +395,8 @@ PERSON_ALIGN = 32
 """YOLOv3-tiny's total stride: its input sides must be multiples of it."""
 PERSON_LONG_SIDE = 768
 """Long side of the person detector's fine level (frames are scaled to it at their own aspect). On
-vtest.avi (768x576, 4-9 pedestrians) 768 found the most people without false ones (docs/models.md)."""
+vtest.avi (768x576, 4-9 pedestrians) 768 found 5.47 people per frame, 896 5.51 at 1.5x the time, and 640's
+higher count held stones (docs/models.md)."""
 PERSON_COARSE_SIDE = 416
 """Long side of the coarse level (YOLOv3-tiny's training size): people filling much of the frame (t1.jpg's
 six at a table) are found there; at 768 only 4 of the 6 were (docs/models.md)."""
@@ -417,6 +419,7 @@ class PersonDetector(BlazeDetector):
         if min(long_side, coarse_side) < PERSON_ALIGN:
             raise ValueError(f"the person detector's levels need a long side of at least {PERSON_ALIGN} px, "
                              f"got {long_side} and {coarse_side}")
+        # the graph decodes its own anchors: the spec only carries the input size and the canvas alignment
         super().__init__(session, AnchorSpec(size=long_side, strides=(32, 16), per_cell=(3, 3), align=PERSON_ALIGN),
                          0, score_threshold, nms_iou=PERSON_NMS_IOU, batch_size=batch_size)
         self.long_side = long_side
