@@ -1,19 +1,23 @@
-"""BlazeFace (faces) and the BlazePose detector (people): image pyramids, anchor decoding, NMS.
+"""BlazeFace (faces) and YOLOv3-tiny (people): frames scaled onto canvases, decoding, NMS.
 
-Both are SSD-style MediaPipe detectors: an anchor grid, a regressor per anchor (box and keypoints
-relative to the anchor) and a score. Both networks are fully convolutional, and the ONNX graphs are
-converted dynamic in image size (engines.convert.tflite_onnx), so a pyramid level of a frame is a
-model input as a whole: the frame scaled by the level's factor, on a black canvas whose sides are
-multiples of the network's total stride. There are no tiles, hence no overlap to compute twice and no faces
-cut by tile edges. The graphs take uint8 RGB and return `boxes` (raw regressors) and `scores` (after
-the sigmoid); everything else happens here, on the array module of the session (numpy or CuPy), with
-NMS on the host over the few candidates left (weighted: a face is the score-weighted mean of the candidates it
-suppresses).
+BlazeFace is an SSD-style MediaPipe detector: an anchor grid, a regressor per anchor (box and keypoints
+relative to the anchor) and a score. It is fully convolutional, and its ONNX graph is converted dynamic
+in image size (engines.convert.tflite_onnx), so a pyramid level of a frame is a model input as a whole:
+the frame scaled by the level's factor, on a black canvas whose sides are multiples of the network's
+total stride. There are no tiles, hence no overlap to compute twice and no faces cut by tile edges. The
+graph takes uint8 RGB and returns `boxes` (raw regressors) and `scores` (after the sigmoid); everything
+else happens here, on the array module of the session (numpy or CuPy), with NMS on the host over the few
+candidates left (weighted: a face is the score-weighted mean of the candidates it suppresses).
+
+The person detector (YOLOv3-tiny, COCO's person class, engines.convert.darknet_onnx) runs on the same
+machinery with two levels per frame (a fine one for small people, a coarse one for large people); its
+graph decodes boxes itself, and suppression is plain greedy NMS.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -60,7 +64,7 @@ class Detections:
     scores: np.ndarray
     """K float32."""
     keypoints: np.ndarray
-    """K x P x 2 float32 (x, y)."""
+    """K x P x 2 float32 (x, y); P is 0 for a detector without keypoints (people)."""
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -85,6 +89,8 @@ class Level:
     canvas_w: int
     max_box: float = math.inf
     """Largest box (model pixels) this level answers for; larger ones belong to a coarser level."""
+    min_box: float = 0.0
+    """Smallest box (model pixels) this level answers for; smaller ones belong to a finer level."""
 
 
 def _align_up(n: int, align: int) -> int:
@@ -159,7 +165,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 @dataclass
 class BlazeDetector:
-    """Shared machinery of the two MediaPipe detectors."""
+    """Shared machinery of the detectors: levels of a frame on canvases, batching (GPU batches padded to
+    one shape), thresholding on the array module, suppression on the host."""
 
     session: Session
     anchors: AnchorSpec
@@ -252,7 +259,7 @@ class BlazeDetector:
                     boxes, scores, kps, image = self._run(batch, level)
                     keep = image < len(part)  # GPU batches are padded with black images
                     width_px = boxes[:, 2] - boxes[:, 0]
-                    keep &= (width_px >= self.min_box) & (width_px <= level.max_box)
+                    keep &= (width_px >= max(self.min_box, level.min_box)) & (width_px <= level.max_box)
                     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
                     keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
                     inv = np.float32(1.0 / level.scale)
@@ -340,7 +347,6 @@ class BlazeDetector:
 
 
 FACE_ANCHORS = AnchorSpec(size=192, strides=(4,), per_cell=(1,))
-PERSON_ANCHORS = AnchorSpec(size=224, strides=(8, 16, 32), per_cell=(2, 2, 6))
 FACE_KEYPOINTS = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
 """Subject's right and left: the right eye appears on the image's left."""
 MODEL_MIN_FACE_PX = 14.0
@@ -386,36 +392,72 @@ class FaceDetector(BlazeDetector):
                            band=LEVEL_BAND * MODEL_MIN_FACE_PX)
 
 
-PERSON_KEYPOINTS = ("hip_centre", "body_extent", "shoulder_centre", "head_extent")
+PERSON_ALIGN = 32
+"""YOLOv3-tiny's total stride: its input sides must be multiples of it."""
+PERSON_LONG_SIDE = 768
+"""Long side of the person detector's fine level (frames are scaled to it at their own aspect). On
+vtest.avi (768x576, 4-9 pedestrians) 768 found 5.47 people per frame, 896 5.51 at 1.5x the time, and 640's
+higher count held stones (docs/models.md)."""
+PERSON_COARSE_SIDE = 416
+"""Long side of the coarse level (YOLOv3-tiny's training size): people filling much of the frame (t1.jpg's
+six at a table) are found there; at 768 only 4 of the 6 were (docs/models.md)."""
+PERSON_COARSE_MIN_BOX = 48.0
+"""Narrowest box (coarse-level pixels) the coarse level answers for: below it, it added boxes around two
+small pedestrians walking together on vtest.avi, and the fine level finds such people one by one."""
+PERSON_NMS_IOU = 0.45
+"""Darknet's own NMS threshold for YOLO: people side by side overlap more than faces do."""
 
 
 class PersonDetector(BlazeDetector):
-    """BlazePose's person detector on two levels: the short side at 224 px, and the whole frame at 224 px.
+    """YOLOv3-tiny (COCO person class) on two levels: the frame scaled so that its long side is `long_side`,
+    and so that it is `coarse_side` (the coarse level answering for large people only), each at the top left
+    of a canvas whose sides are multiples of 32. The graph decodes its heads itself
+    (engines.convert.darknet_onnx): `boxes` in canvas pixels and `scores`; here they are thresholded on the
+    session's array module and suppressed on the host. People have no keypoints (K = 0)."""
 
-    It finds prominent people (a known limit: small people in crowds are missed). Its box covers the
-    face; the person's box is the circle around the hip centre through the body-extent keypoint.
-    """
-
-    def __init__(self, session: Session, *, score_threshold: float = 0.5, batch_size: int = 4):
-        super().__init__(session, PERSON_ANCHORS, len(PERSON_KEYPOINTS), score_threshold, batch_size=batch_size)
+    def __init__(self, session: Session, *, score_threshold: float = 0.4, long_side: int = PERSON_LONG_SIDE,
+                 coarse_side: int = PERSON_COARSE_SIDE, batch_size: int = 4):
+        if min(long_side, coarse_side) < PERSON_ALIGN:
+            raise ValueError(f"the person detector's levels need a long side of at least {PERSON_ALIGN} px, "
+                             f"got {long_side} and {coarse_side}")
+        # the graph decodes its own anchors: the spec only carries the input size and the canvas alignment
+        super().__init__(session, AnchorSpec(size=long_side, strides=(32, 16), per_cell=(3, 3), align=PERSON_ALIGN),
+                         0, score_threshold, nms_iou=PERSON_NMS_IOU, batch_size=batch_size)
+        self.long_side = long_side
+        self.coarse_side = coarse_side
 
     def _plan(self, height: int, width: int) -> list[Level]:
-        scales = [self.size / min(height, width)]
-        if max(height, width) > min(height, width) * 1.05:
-            scales.append(self.size / max(height, width))
-        return plan_levels(height, width, scales, align=self.anchors.align, margin=CORNER_MARGIN)
+        long = max(height, width)
+        if self.coarse_side * 1.25 > self.long_side:  # one level is enough when the two are this close
+            return plan_levels(height, width, [self.long_side / long], align=PERSON_ALIGN, margin=0)
+        fine, coarse = plan_levels(height, width, [self.long_side / long, self.coarse_side / long],
+                                   align=PERSON_ALIGN, margin=0)
+        return [fine, dataclasses.replace(coarse, min_box=PERSON_COARSE_MIN_BOX)]
+
+    def _run(self, batch: Array, level: Level) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        xp = array_module(batch)
+        stream = getattr(self.session, "stream", None)
+        out = self.session.run({"image": batch})
+        with stream if stream is not None else contextlib.nullcontext():
+            boxes, scores = out["boxes"], out["scores"]
+            b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
+            packed = xp.concatenate([boxes[b_idx, a_idx], scores[b_idx, a_idx][:, None],
+                                     b_idx[:, None].astype(boxes.dtype)], 1).astype(xp.float32)
+            host = to_host(packed)
+        return host[:, :4], host[:, 4], np.zeros((len(host), 0, 2), np.float32), host[:, 5].astype(np.int64)
+
+    def _merge(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Detections:
+        if not parts:
+            return Detections.empty(0)
+        boxes, scores, kps = (np.concatenate(p) for p in zip(*parts, strict=True))
+        keep = nms(boxes, scores, self.nms_iou)
+        return Detections(boxes[keep], scores[keep], kps[keep])
 
     def detect(self, frames: Sequence[Array]) -> list[Detections]:
+        """People in each frame (HxWx3 uint8 RGB, numpy or CuPy): boxes clipped to the frame, best first."""
         out = []
         for dets, frame in zip(super().detect(frames), frames, strict=True):
-            if len(dets):
-                centre = dets.keypoints[:, 0]
-                radius = np.linalg.norm(dets.keypoints[:, 1] - centre, axis=1)
-                h, w = frame.shape[:2]
-                body = np.stack([centre[:, 0] - radius, centre[:, 1] - radius,
-                                 centre[:, 0] + radius, centre[:, 1] + radius], 1)
-                body = np.clip(body, 0, [w, h, w, h]).astype(np.float32)
-                keep = nms(body, dets.scores, 0.5)
-                dets = Detections(body[keep], dets.scores[keep], dets.keypoints[keep])
-            out.append(dets)
+            h, w = int(frame.shape[0]), int(frame.shape[1])
+            boxes = np.clip(dets.boxes, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
+            out.append(Detections(boxes, dets.scores.astype(np.float32), dets.keypoints))
         return out

@@ -2,7 +2,8 @@
 
 They are downloaded on first use into the cache (never committed): the test images of
 `face_recognition` (Obama three times, Biden), insightface's `t1.jpg` (six people at a table) and
-scikit-image's astronaut (Eileen Collins).
+scikit-image's astronaut (Eileen Collins). Real footage too: OpenCV's `vtest.avi` (768x576 surveillance
+video, 4-9 pedestrians at a time, 795 frames at 10 fps) from the opencv-python sdist.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engines.sources import Progress, SourceFile, default_cache_dir, fetch_sourc
 _FR = ("face-recognition", "1.3.0")
 _INSIGHT = ("insightface", "2.1")
 _SKIMAGE = ("scikit-image", "0.26.0")
+_OPENCV = ("opencv-python", "4.10.0.84")
 
 PHOTOS: dict[str, SourceFile] = {
     "obama": SourceFile(*_FR, dist="sdist", member="tests/test_images/obama.jpg",
@@ -46,3 +48,16 @@ def photo_path(name: str, cache_dir: Path | None = None, progress: Progress | No
 
 def load_photo(name: str, cache_dir: Path | None = None, progress: Progress | None = None) -> np.ndarray:
     return load_rgb(photo_path(name, cache_dir, progress))
+
+
+VIDEOS: dict[str, SourceFile] = {
+    "vtest": SourceFile(*_OPENCV, dist="sdist", member="opencv/samples/data/vtest.avi",
+                        sha256="45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf",
+                        license="Apache-2.0 (OpenCV samples)"),
+}
+
+
+def video_path(name: str, cache_dir: Path | None = None, progress: Progress | None = None) -> Path:
+    if name not in VIDEOS:
+        raise KeyError(f"unknown video {name!r}; known videos are {', '.join(VIDEOS)}")
+    return fetch_source(VIDEOS[name], cache_dir or default_cache_dir(), progress)

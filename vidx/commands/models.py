@@ -52,6 +52,7 @@ def models_list(ctx: Context, as_json: bool) -> None:
         prov = store.read_provenance(name)
         rows.append({
             "name": name, "title": spec.title, "source": f"{spec.source.requirement}:{spec.source.member}",
+            "extra_sources": [f"{extra.requirement}:{extra.member}" for extra in spec.extra_sources],
             "license": spec.source.license, "cached": store.is_current(name),
             "version": prov.version if prov else None, "path": str(store.onnx_path(name)),
         })
