@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from catalog import job_state as state
+from catalog.outcome import VideoOutcome
 from indexer.host_memory import arena_env
 from indexer.storage import forwarded_env
-from jobs import state
-from jobs.outcome import VideoOutcome
 from jobs.ray_worker import RayWorker
 from jobs.runner import TaskHooks
 from jobs.worker import FAULTS_ENV, TaskSpec

@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from jobs.outcome import VideoOutcome
+from catalog.outcome import VideoOutcome
 from jobs.worker import TaskSpec, VideoWorker
 from schemas.config import IndexSettings
 

@@ -19,12 +19,12 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 
+from catalog import job_state as state
+from catalog.archive import Skipped, VideoFile, scan_archive
+from catalog.db import Catalog
+from catalog.outcome import VideoOutcome
 from engines.zoo import ModelStore, run_models
 from indexer.write import OutputStore, remove_video_outputs
-from jobs import state
-from jobs.archive import Skipped, VideoFile, scan_archive
-from jobs.catalog import Catalog
-from jobs.outcome import VideoOutcome
 from jobs.worker import TaskSpec, VideoWorker
 from schemas.config import PIPELINE_VERSION, IndexSettings, run_key
 from schemas.sql import Run, Video
@@ -34,11 +34,6 @@ log = logging.getLogger(__name__)
 NextTask = TaskSpec | state.Blocked | None
 DEFAULT_MAX_ATTEMPTS = 3
 """Attempts at a video whose worker (or, in-process, the whole driver) dies or hangs each time."""
-
-AFTER_JOB: list[Callable[[Catalog, str], object]] = []
-"""Called with (catalog, out_uri) when a job ends, whatever its status. The vidx layer registers the
-search-index refresh here (vidx.ann.refresh_search_index), so jobs never import vidx."""
-
 
 @dataclass
 class TaskHooks:
@@ -278,11 +273,6 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
             if status != "done":  # whatever was running goes back to the queue: `vidx job resume` picks it up
                 state.release_running(catalog, job_id)
             summary = catalog.finish_job(job_id, status)
-        for hook in AFTER_JOB:
-            try:
-                hook(catalog, out_uri)
-            except Exception as exc:  # search refreshes its index itself when it finds it stale
-                log.warning("after job %d: %s failed: %s", job_id, getattr(hook, "__name__", hook), exc)
     summary["status"] = status
     summary["plan"] = job.options.get("plan", {})
     # found by this driver (a resumed job's earlier drivers reported theirs)

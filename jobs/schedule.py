@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from jobs.catalog import Catalog
+from catalog.db import Catalog
 from schemas.errors import InputError, VidxError
 from schemas.sql import Schedule, aware, utcnow
 

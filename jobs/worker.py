@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog.outcome import PersonTrackRow, TrackRow, VideoOutcome
 from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, DecodeStats, FrameBatch, VideoInfo, open_decoder
@@ -31,7 +32,6 @@ from indexer.host_memory import limit_malloc_arenas
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
 from indexer.storage import is_uri
 from indexer.write import OutputStore, write_video_outputs
-from jobs.outcome import PersonTrackRow, TrackRow, VideoOutcome
 from schemas.config import PIPELINE_VERSION, IndexSettings, SamplingConfig
 from schemas.embeddings import embedding_to_bytes
 from schemas.ids import parse_face_track_id, parse_person_track_id

@@ -2,7 +2,7 @@
 
 `track_vectors` (track id, vector(128)) with an HNSW index (vector_l2_ops) sits beside `tracks`: a row
 per track whose embedding is finite, deleted with its track (ON DELETE CASCADE), written in the same
-transaction as the tracks (jobs.catalog.record). It exists only where migration 0003 found the
+transaction as the tracks (catalog.db.record). It exists only where migration 0003 found the
 `vector` extension (or could create it), so it is not one of the models: the models-versus-migrations
 check leaves it out (`include_name`), and tests/test_search_postgres.py checks it instead.
 """

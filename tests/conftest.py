@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from scheduling import restore, scheduling  # tests/scheduling.py
 
+from catalog.db import Catalog, default_db_url
 from engines.arrays import cupy_module
 from engines.loader import Engines, load_engines
 from engines.photos import load_photo
 from engines.zoo import ModelStore
-from jobs.catalog import Catalog, default_db_url
 from jobs.runner import JobResult, LocalExecutor, run_job
+from samples.archive import SampleVideo, build_sample_archive
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig
-from vidx.sample_archive import SampleVideo, build_sample_archive
 
 REQUIRE_GPU = os.environ.get("VIDX_REQUIRE_GPU") == "1"
 

@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from catalog.archive import scan_archive
+from catalog.db import Catalog, default_db_url
+from catalog.outcome import VideoOutcome
 from indexer.decode.pyav import PyAVDecoder
 from indexer.errors import VideoError
-from jobs.archive import scan_archive
-from jobs.catalog import Catalog, default_db_url
-from jobs.outcome import VideoOutcome
 from jobs.runner import JobEvents, JobResult, LocalExecutor, run_job
 from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
 from schemas.sql import Track, Video
@@ -249,7 +249,7 @@ def test_an_unreadable_file_is_skipped_with_the_reason_as_an_ordinary_user(tmp_p
             import json, os, sys
             sys.path[:0] = {[str(Path(__file__).resolve().parents[1])]!r}
             from pathlib import Path
-            from jobs.archive import scan_archive
+            from catalog.archive import scan_archive
             os.setgroups([]); os.setgid(65534); os.setuid(65534)  # imports done as root, the scan as nobody
             found, skipped = scan_archive(Path({str(archive)!r}))
             print(json.dumps({{"found": [p.path.name for p in found],

@@ -22,10 +22,10 @@ from sqlalchemy import create_engine, event, func, select, text, update
 from sqlalchemy.engine import make_url
 
 import schemas.sql
-from jobs import state
-from jobs.archive import VideoFile
-from jobs.catalog import Catalog, IndexError_, pgvector_status
-from jobs.outcome import TrackRow, VideoOutcome
+from catalog import job_state as state
+from catalog.archive import VideoFile
+from catalog.db import Catalog, IndexError_, pgvector_status
+from catalog.outcome import TrackRow, VideoOutcome
 from schemas.sql import Job, Task, Track, Video
 
 RUN_A = ("a" * 32, "1", {"face": "m1"}, {"fps": 2})
@@ -264,7 +264,7 @@ def test_a_new_run_supersedes_the_old_tracks_atomically(db_url: str, tmp_path: P
 
 
 def test_a_locked_sqlite_index_is_retried_until_the_lock_goes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="jobs.catalog")  # retries are logged quietly (shown with -v)
+    caplog.set_level(logging.INFO, logger="catalog.db")  # retries are logged quietly (shown with -v)
     path = tmp_path / "index.sqlite"
     catalog = Catalog(f"sqlite:///{path}", retry_s=20, lock_wait_s=0.1)
     run = catalog.ensure_run(*RUN_A)
@@ -407,7 +407,7 @@ def test_a_job_rides_out_a_database_lock_taken_while_it_runs(db_url: str, tmp_pa
     archive.mkdir()
     for i in range(4):
         badfiles.write_video(archive / f"v{i}.mp4", seed=i)
-    caplog.set_level(logging.INFO, logger="jobs.catalog")
+    caplog.set_level(logging.INFO, logger="catalog.db")
     catalog = Catalog(db_url, retry_s=30, lock_wait_s=0.2)
     locker = create_engine(db_url)
     held: list[threading.Thread] = []

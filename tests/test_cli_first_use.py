@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from catalog.db import Catalog
 from engines.photos import photo_path
-from jobs.catalog import Catalog
 from jobs.runner import JobResult
+from samples.archive import SampleVideo
 from schemas.errors import VidxError
 from vidx.cli import cli
-from vidx.sample_archive import SampleVideo
 
 Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
 

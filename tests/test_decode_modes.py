@@ -26,8 +26,8 @@ from indexer.decode.base import FrameBatch, FrameSampler, PacketPlan
 from indexer.decode.bitstream import ReferenceScanner
 from indexer.decode.pyav import PyAVDecoder
 from indexer.pipeline import VideoIndexer, VideoResult, VideoTask
+from samples.archive import Composer, Run, Shot, VideoPlan, build_video, ground_truth, store_planes
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
-from vidx.sample_archive import Composer, Run, Shot, VideoPlan, build_video, ground_truth, store_planes
 
 FPS = 30
 SAME_PERSON = 0.6  # dlib descriptor L2 between two photos of one person (DESIGN.md)

@@ -16,7 +16,7 @@ import badfiles  # tests/badfiles.py
 import pytest
 from sqlalchemy import func, select
 
-from jobs.catalog import Catalog
+from catalog.db import Catalog
 from jobs.runner import LocalExecutor, run_job
 from schemas.config import IndexSettings, RuntimeConfig
 from schemas.sql import Video
@@ -89,8 +89,8 @@ def test_a_full_output_disk_fails_clearly_leaves_nothing_and_resumes(small_disk:
 
 
 def test_a_full_disk_under_the_sqlite_index_is_a_clear_error(small_disk: Path, tmp_path: Path) -> None:
-    from jobs.archive import VideoFile
-    from jobs.catalog import IndexError_
+    from catalog.archive import VideoFile
+    from catalog.db import IndexError_
 
     catalog = Catalog(f"sqlite:///{small_disk / 'index.sqlite'}", retry_s=1)
     video = tmp_path / "v.mp4"

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from catalog.db import Catalog, default_db_url
 from engines.loader import Engines, load_engines
 from engines.verify import largest_face_embedding
 from engines.zoo import ModelStore
-from jobs.catalog import Catalog, default_db_url
 from jobs.runner import JobResult, LocalExecutor, run_job
+from samples.archive import SampleVideo
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
 from schemas.embeddings import embedding_from_bytes
 from schemas.sql import Track, Video
-from vidx.sample_archive import SampleVideo
 
 pytestmark = pytest.mark.gpu
 INTERVAL = 0.5

@@ -22,10 +22,10 @@ import ray
 from badfiles import noise  # tests/badfiles.py
 from sqlalchemy import func, select
 
+from bench.jobs import PHOTOS, make_clip, make_short_archive
+from catalog.db import Catalog, default_db_url
 from engines.photos import load_photo
 from indexer.host_memory import arena_env
-from jobs.bench import PHOTOS, make_clip, make_short_archive
-from jobs.catalog import Catalog, default_db_url
 from jobs.ray_executor import RayExecutor, RayOptions
 from jobs.runner import JobResult, resume_job, run_job
 from jobs.worker import FAULTS_ENV

@@ -24,11 +24,11 @@ from badfiles import noise  # tests/badfiles.py
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from bench.jobs import PHOTOS, make_clip, make_short_archive
+from catalog import job_state as state
+from catalog.db import Catalog, default_db_url
+from catalog.outcome import VideoOutcome
 from engines.photos import load_photo
-from jobs import state
-from jobs.bench import PHOTOS, make_clip, make_short_archive
-from jobs.catalog import Catalog, default_db_url
-from jobs.outcome import VideoOutcome
 from jobs.runner import JobEvents, JobResult, LocalExecutor, PlanOptions, _Heartbeat, plan, resume_job, run_job
 from jobs.worker import FAULTS_ENV
 from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig

@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, select, text
 
-from jobs.catalog import Catalog
+from catalog.db import Catalog
 from schemas import migrations
 from schemas.embeddings import embedding_from_bytes
 from schemas.migrations import BASELINE, SchemaError, alembic_config, head_revision, schema_diff

@@ -22,16 +22,16 @@ from click.testing import CliRunner
 from s3server import Cut, FaultProxy, moto_server  # tests/s3server.py
 from sqlalchemy import select
 
+from catalog.archive import VideoFile, scan_archive, video_fingerprint
+from catalog.db import Catalog
 from indexer import storage
 from indexer.errors import VideoError
 from indexer.write import OutputError, OutputStore
-from jobs.archive import VideoFile, scan_archive, video_fingerprint
-from jobs.catalog import Catalog
 from jobs.runner import JobResult, LocalExecutor, drive_job, plan, run_job
+from samples.archive import SampleVideo
 from schemas.config import IndexSettings, RuntimeConfig
 from schemas.sql import Track, Video
 from schemas.tables import FACES, TRACKS
-from vidx.sample_archive import SampleVideo
 
 ARCHIVE_BUCKET, OUT_BUCKET = "vidx-archive", "vidx-results"
 ARCHIVE = f"s3://{ARCHIVE_BUCKET}/archive"

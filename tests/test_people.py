@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from catalog.db import Catalog, default_db_url
 from engines.photos import photo_path
-from jobs.catalog import Catalog, default_db_url
 from jobs.runner import JobResult
+from samples.archive import SampleVideo
+from search.people import resolve_labels, track_rows_of
 from vidx.cli import cli
-from vidx.people import resolve_labels, track_rows_of
-from vidx.sample_archive import SampleVideo
 
 TOL = 0.55
 Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
@@ -103,7 +103,7 @@ def test_labels_follow_a_video_through_reprocessing(people_out: Path, cache_dir:
     """Re-indexing makes new track rows; a label still applies to the new track of the same face and time."""
     from sqlalchemy import select
 
-    from jobs.outcome import TrackRow, VideoOutcome
+    from catalog.outcome import TrackRow, VideoOutcome
     from schemas.sql import Track, Video
 
     catalog = Catalog(default_db_url(people_out))
@@ -140,8 +140,8 @@ def test_labels_follow_a_video_through_reprocessing(people_out: Path, cache_dir:
 def test_dbscan_finds_identities_exactly_and_through_ivf() -> None:
     import numpy as np
 
-    from vidx.bench_search import SyntheticFaces, real_mean_descriptor
-    from vidx.people import dbscan
+    from bench.search import SyntheticFaces, real_mean_descriptor
+    from search.people import dbscan
 
     mean, _ = real_mean_descriptor()
     faces = SyntheticFaces(20_000, mean, seed=5)

@@ -9,13 +9,13 @@ import pyarrow.dataset as ds
 import pytest
 from sqlalchemy import func, select
 
+from catalog.db import Catalog
 from engines.photos import load_photo, photo_path
-from jobs.catalog import Catalog
 from jobs.runner import JobResult, LocalExecutor, run_job
+from samples.archive import SampleVideo
 from schemas.config import IndexSettings, RuntimeConfig
 from schemas.sql import PersonTrack, Track, Video
 from schemas.tables import FACES, PERSON_TRACKS, PERSONS, TRACKS
-from vidx.sample_archive import SampleVideo
 
 INTERVAL = 0.5  # default sampling: 2 frames per second
 TOL = INTERVAL + 0.05
@@ -100,7 +100,7 @@ def test_same_person_across_videos_matches(indexed_db: Indexed,
     """obama2.jpg is in no video; its descriptor finds the obama and obama3 tracks and nothing else."""
     from engines.loader import load_engines
     from schemas.config import DetectionConfig
-    from vidx.search import query_embedding, search_tracks
+    from search.query import query_embedding, search_tracks
 
     videos, _, catalog, _ = indexed_db
     engines = load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device="cpu"), warm_up=False)

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
+from catalog.db import Catalog, default_db_url
 from engines.photos import video_path
-from jobs.catalog import Catalog, default_db_url
 from jobs.runner import LocalExecutor, run_job
 from schemas.config import IndexSettings, RuntimeConfig
 from schemas.tables import PERSONS

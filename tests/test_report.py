@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from catalog.db import Catalog
 from engines.photos import photo_path
-from jobs.catalog import Catalog
 from jobs.runner import JobResult
+from samples.archive import SampleVideo
+from search.query import Hit
+from search.report import render_report
 from vidx.cli import cli
-from vidx.report import render_report
-from vidx.sample_archive import SampleVideo
-from vidx.search import Hit
 
 Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

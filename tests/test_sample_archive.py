@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from engines.photos import load_photo
-from vidx.sample_archive import (
+from samples.archive import (
     QUERY_PHOTO,
     Background,
     Composer,

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
+from bench.jobs import make_short_archive
+from catalog.db import Catalog, default_db_url
 from engines.photos import load_photo
-from jobs.bench import make_short_archive
-from jobs.catalog import Catalog, default_db_url
 from jobs.schedule import add_schedule, claim_due, next_after
 from schemas.errors import InputError
 from schemas.sql import Job, Schedule, utcnow

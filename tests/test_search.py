@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from catalog.db import Catalog
 from engines.photos import photo_path
-from jobs.catalog import Catalog
 from jobs.runner import JobResult
+from samples.archive import SampleVideo
+from search.query import DEFAULT_THRESHOLD, distance_from_score, score_from_distance
 from vidx.cli import cli
-from vidx.sample_archive import SampleVideo
-from vidx.search import DEFAULT_THRESHOLD, distance_from_score, score_from_distance
 
 INTERVAL = 0.5  # the fixture samples 2 frames per second
 TOL = INTERVAL + 0.05

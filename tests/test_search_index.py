@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,15 +11,15 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from bench.search import SyntheticFaces, real_mean_descriptor
+from catalog.db import Catalog, default_db_url
+from catalog.outcome import TrackRow, VideoOutcome
 from engines.photos import photo_path
-from jobs.catalog import Catalog, default_db_url
-from jobs.outcome import TrackRow, VideoOutcome
 from jobs.runner import JobResult
+from samples.archive import SampleVideo
 from schemas.sql import Track, Video
-from vidx.ann import FaissFileIndex, build_flat, build_ivf, faiss_search, index_dir_for, sql_rows
-from vidx.bench_search import SyntheticFaces, real_mean_descriptor
-from vidx.sample_archive import SampleVideo
-from vidx.search import open_search_index, query_embedding, search_index
+from search.query import open_search_index, query_embedding, search_index
+from search.vector_index import FaissFileIndex, build_flat, build_ivf, faiss_search, index_dir_for, sql_rows
 
 Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]
 
@@ -111,15 +112,21 @@ def test_ivf_agrees_with_exact_search() -> None:
     assert np.allclose(np.sqrt(d2[:, 0]), exact_d[:, 0], atol=2e-3) or recall < 1
 
 
-def test_jobs_refresh_the_index_when_they_end(indexed: Indexed, copy_out: Path) -> None:
-    """The CLI registers the refresh as an after-job hook of the job runner (jobs never import vidx)."""
-    import vidx.cli  # noqa: F401 - registers the hook
-    from jobs.runner import AFTER_JOB
-    from vidx.ann import refresh_search_index
+def test_a_job_run_from_the_command_line_refreshes_the_index(indexed: Indexed, copy_out: Path) -> None:
+    """After `vidx index` the file index mirrors the SQL index: the CLI refreshes it explicitly once a job ends
+    (the job runner knows nothing of search), even when the job had nothing to do."""
+    from click.testing import CliRunner
 
-    assert refresh_search_index in AFTER_JOB
+    from search.vector_index import refresh_search_index
+    from vidx.cli import cli
+
+    videos = indexed[0]
     catalog = Catalog(default_db_url(copy_out))
-    done = refresh_search_index(catalog, str(copy_out))
-    assert FaissFileIndex(index_dir_for(catalog, str(copy_out)), catalog).stale_reason() is None
-    assert refresh_search_index(catalog, str(copy_out)).added == 0 and done.live > 0
-
+    index_dir = index_dir_for(catalog, str(copy_out))
+    shutil.rmtree(index_dir, ignore_errors=True)
+    result = CliRunner().invoke(cli, ["index", str(Path(videos[0].path).parent), "--out", str(copy_out),
+                                      "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert FaissFileIndex(index_dir, catalog).stale_reason() is None
+    again = refresh_search_index(catalog, str(copy_out))
+    assert again.added == 0 and again.live > 0

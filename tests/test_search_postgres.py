@@ -14,17 +14,17 @@ from conftest import skip_or_fail
 from sqlalchemy import select, text
 from test_migrations import build_at
 
+from catalog.db import Catalog
+from catalog.outcome import TrackRow, VideoOutcome
 from engines.photos import photo_path
-from jobs.catalog import Catalog
-from jobs.outcome import TrackRow, VideoOutcome
 from jobs.runner import JobResult
+from samples.archive import SampleVideo
 from schemas.sql import Track, Video
 from schemas.vectors import HNSW_INDEX, TABLE
-from vidx.ann import FaissFileIndex, PgVectorSearch
+from search.people import resolve_labels, track_rows_of
+from search.query import open_search_index, query_embedding, search_index
+from search.vector_index import FaissFileIndex, PgVectorSearch
 from vidx.cli import cli
-from vidx.people import resolve_labels, track_rows_of
-from vidx.sample_archive import SampleVideo
-from vidx.search import open_search_index, query_embedding, search_index
 
 TOL = 0.55
 Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catalog.archive import scan_archive
 from engines.errors import ImageError
 from engines.images import MAX_IMAGE_BYTES, load_rgb
-from jobs.archive import scan_archive
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("vidx", "jobs", "indexer", "engines", "schemas")

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from catalog.db import Catalog, default_db_url
 from engines.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from engines.photos import photo_path
-from jobs.catalog import Catalog, default_db_url
 from vidx.cli import cli
 from web.app import TOKEN_HEADER, create_app
 

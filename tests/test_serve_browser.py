@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from catalog.db import Catalog, default_db_url
 from engines.photos import photo_path
-from jobs.catalog import Catalog, default_db_url
 from jobs.runner import JobResult
+from samples.archive import SampleVideo
 from vidx.cli import cli
-from vidx.sample_archive import SampleVideo
 from web.app import create_app
 
 Indexed = tuple[list[SampleVideo], Path, Catalog, JobResult]

@@ -7,7 +7,7 @@ import numpy as np
 
 from indexer.tracking import FaceTracker, PersonTracker, person_of_faces
 from schemas.config import PersonTrackingConfig, TrackingConfig
-from vidx.timeline import PersonSpan, count_segments
+from search.timeline import PersonSpan, count_segments
 
 
 def _at_distance(base: np.ndarray, d: float, seed: int) -> np.ndarray:

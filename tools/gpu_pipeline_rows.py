@@ -10,7 +10,7 @@ needs (the decoders skip them by default). Environment:
                        (an A/B within one warm-up; default: the pipeline's own value once)
 
 One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
-function, `vidx.bench_video.gpu_pipeline_rows`) without its decode-only and CPU rows.
+function, `bench.video.gpu_pipeline_rows`) without its decode-only and CPU rows.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
+from bench.video import gpu_pipeline_rows, repeated_clips, rss_mib
 from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
 from indexer.host_memory import limit_malloc_arenas
 from schemas.config import IndexSettings, RuntimeConfig, SamplingMode
-from vidx.bench_video import gpu_pipeline_rows, repeated_clips, rss_mib
 
 limit_malloc_arenas()  # as a worker does
 work, label = Path(sys.argv[1]), sys.argv[2]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_archive(dest: Path, copies: int) -> list[Path]:
-    from vidx.bench_video import bench_clips
+    from bench.video import bench_clips
 
     clips = [c.path for c in bench_clips(Path("/tmp/vidx-bench"), None, print) if c.codec == "h264"]
     dest.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import cupy as cp
 
+from bench.video import bench_clips, decode_only, repeated_clips, rss_mib, run_pipeline
 from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
@@ -32,7 +33,6 @@ from indexer.decode.nvdec import NvdecDecoder, decode_frames_only
 from indexer.host_memory import limit_malloc_arenas
 from indexer.pipeline import VideoIndexer
 from schemas.config import IndexSettings, RuntimeConfig
-from vidx.bench_video import bench_clips, decode_only, repeated_clips, rss_mib, run_pipeline
 
 DECODERS = 14
 arenas = limit_malloc_arenas()  # as a worker does; MALLOC_ARENA_MAX=128 is glibc's default on 16 cores

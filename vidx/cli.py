@@ -17,7 +17,6 @@ import click
 from indexer.host_memory import limit_malloc_arenas
 from schemas.errors import VidxError
 from vidx import __version__
-from vidx.ann import register_after_jobs
 from vidx.commands import bench, demo, index, models, search, serve
 from vidx.commands import job as job_cmds
 from vidx.commands import person as person_cmds
@@ -49,7 +48,6 @@ cli.add_command(search.search_cmd)
 cli.add_command(person_cmds.person)
 cli.add_command(person_cmds.people)
 cli.add_command(serve.serve_cmd)
-register_after_jobs()  # jobs run from any command refresh the search index when they end
 cli.add_command(demo.demo_cmd)
 
 

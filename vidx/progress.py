@@ -15,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from jobs.outcome import VideoOutcome
+from catalog.outcome import VideoOutcome
 from jobs.runner import JobEvents
 from vidx.output import err, out
 

@@ -1,7 +1,7 @@
 """The web app: pages to search by photo, browse people, videos and jobs, and the JSON API under /api.
 
-Every answer comes from the query functions the CLI calls (vidx.search, vidx.people, vidx.timeline,
-jobs.state); this module turns requests into those calls and their results into JSON or HTML. Files
+Every answer comes from the query functions the CLI calls (search.query, search.people, search.timeline,
+catalog.job_state); this module turns requests into those calls and their results into JSON or HTML. Files
 reach the browser only by id: a video by its row in the index, a thumbnail by the track that names it.
 """
 
@@ -27,16 +27,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from catalog.db import Catalog
+from catalog.job_state import JobStateError, job_info, list_jobs
 from engines.errors import ImageError
 from engines.images import MAX_IMAGE_BYTES
-from jobs.catalog import Catalog
-from jobs.state import JobStateError, job_info, list_jobs
 from schemas.errors import InputError, VidxError
 from schemas.ids import face_track_id, parse_face_track_id, parse_person_track_id, person_track_id
 from schemas.sql import PersonTrack, Track, Video
-from vidx import people as people_q
-from vidx import search as search_q
-from vidx import timeline as timeline_q
+from search import people as people_q
+from search import query as search_q
+from search import timeline as timeline_q
 from web.media import content_type, file_response
 
 HERE = Path(__file__).resolve().parent

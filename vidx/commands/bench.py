@@ -27,7 +27,7 @@ def bench() -> None:
 @pass_ctx
 def bench_engines(ctx: Context, device: str, engine: str, batches: str, seconds: float, as_json: bool) -> None:
     """Images (or faces) per second for each model, runtime and batch size."""
-    from vidx.benchmarks import bench_engines as run_bench
+    from bench.engines import bench_engines as run_bench
 
     sizes = [int(b) for b in batches.split(",") if b.strip()]
     result = run_bench(ctx.store(), device=device, engine=engine, batches=sizes, seconds=seconds,
@@ -70,7 +70,7 @@ def _save(result: dict[str, Any], save: Path | None) -> None:
 @pass_ctx
 def bench_pipeline(ctx: Context, work_dir: Path, codec: str, save: Path | None, as_json: bool) -> None:
     """The CPU pipeline on 1080p30 clips at the default sampling, against `ffmpeg -f null` on the same files."""
-    from vidx.bench_video import bench_pipeline as run_bench
+    from bench.video import bench_pipeline as run_bench
     from vidx.output import say
 
     result = run_bench(ctx.cache_dir, work_dir, codec=codec, command=" ".join(["vidx", *sys.argv[1:]]), say=say)
@@ -105,7 +105,7 @@ def bench_pipeline(ctx: Context, work_dir: Path, codec: str, save: Path | None, 
 def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_videos: int, codecs: str,
               save: Path | None, as_json: bool) -> None:
     """NVDEC decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU."""
-    from vidx.bench_video import bench_gpu as run_bench
+    from bench.video import bench_gpu as run_bench
     from vidx.output import say
 
     result = run_bench(ctx.cache_dir, work_dir, decoders=[int(d) for d in decoders.split(",")], copies=copies,
@@ -156,7 +156,7 @@ def bench_search_cmd(exact_tracks: int, ann_tracks: int, queries: int, nprobes: 
                      pgvector_url: str | None, ef_searches: str, end_to_end: int, search_work_dir: str,
                      as_json: bool) -> None:
     """Exact, IVF and pgvector HNSW top-10 over synthetic dlib-like face descriptors: latency, recall, build time."""
-    from vidx.bench_search import bench_search
+    from bench.search import bench_search
     from vidx.output import say
 
     result = bench_search(exact_tracks=exact_tracks, ann_tracks=ann_tracks, queries=queries,
@@ -200,7 +200,7 @@ def bench_search_cmd(exact_tracks: int, ann_tracks: int, queries: int, nprobes: 
 @pass_ctx
 def bench_jobs(ctx: Context, videos: int, workers: int | None, as_json: bool) -> None:
     """A job on a local Ray instance against the in-process pipeline, same clips, CPU (Ray started beforehand)."""
-    from jobs.bench import bench_jobs as run_bench
+    from bench.jobs import bench_jobs as run_bench
 
     result = run_bench(ctx.cache_dir, videos=videos, workers=workers, command=" ".join(["vidx", *sys.argv[1:]]))
 

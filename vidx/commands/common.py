@@ -89,7 +89,7 @@ db_option = click.option("--db", "db_url", default=None, envvar="VIDX_DB",
 
 
 def db_url_for(out_dir: str, db_url: str | None) -> str:
-    from jobs.catalog import default_db_url
+    from catalog.db import default_db_url
 
     if db_url:
         return db_url
@@ -101,7 +101,7 @@ def db_url_for(out_dir: str, db_url: str | None) -> str:
 def open_catalog(out_dir: str, db_url: str | None, *, create: bool = False) -> Any:
     """The SQL index of a command. Only commands that index (`create`) may create it, and then only the default
     --out folder is made; a command that reads refuses a place without an index and writes nothing there."""
-    from jobs.catalog import Catalog
+    from catalog.db import Catalog
 
     url = db_url_for(out_dir, db_url)
     if create and db_url is None:
@@ -115,3 +115,10 @@ def fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:05.2f}" if h else f"{m}:{s:05.2f}"
 
 
+
+
+def refresh_after_job(catalog: Any, out_uri: str | None) -> None:
+    """Bring the search index up to date once a job run from the command line has ended."""
+    from search.vector_index import refresh_after_job as refresh
+
+    refresh(catalog, out_uri)

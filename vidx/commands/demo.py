@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vidx.commands.common import Context, db_url_for, device_option, json_option, pass_ctx
+from vidx.commands.common import Context, db_url_for, device_option, json_option, pass_ctx, refresh_after_job
 from vidx.commands.search import search_cmd
 from vidx.output import out, say
 
@@ -23,12 +23,12 @@ def demo_cmd(ctx: Context, demo_dir: Path, device: str, as_json: bool) -> None:
     The query photo (obama2.jpg from face_recognition's test images) appears in none of the videos;
     two other photos of the same man do, in two videos, at known times.
     """
+    from catalog.db import Catalog
     from engines.photos import load_photo, photo_path
-    from jobs.catalog import Catalog
     from jobs.runner import LocalExecutor, run_job
+    from samples.archive import build_sample_archive, write_truth
     from schemas.config import IndexSettings, RuntimeConfig
     from vidx.progress import JobProgress
-    from vidx.sample_archive import build_sample_archive, write_truth
 
     archive = demo_dir / "archive"
     out_dir = demo_dir / "out"
@@ -42,6 +42,7 @@ def demo_cmd(ctx: Context, demo_dir: Path, device: str, as_json: bool) -> None:
     with JobProgress(quiet=as_json) as progress:
         result = run_job(archive, catalog=catalog, out_uri=str(out_dir), settings=settings,
                          executor=LocalExecutor(), cache_dir=ctx.cache_dir, events=progress.events())
+    refresh_after_job(catalog, str(out_dir))
     if not as_json:
         JobProgress.render_summary({**result.summary, "out": str(out_dir), "db": catalog.url})
     query = photo_path("obama2", ctx.cache_dir)

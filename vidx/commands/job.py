@@ -27,6 +27,7 @@ from vidx.commands.common import (
     open_catalog,
     out_option,
     pass_ctx,
+    refresh_after_job,
     sampling_options,
 )
 from vidx.output import emit, err, out
@@ -134,14 +135,15 @@ def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: s
                          executor=make_executor(executor, address), cache_dir=ctx.cache_dir,
                          events=progress.events(), options=PlanOptions(reprocess_stale, retry_failed),
                          executor_options=executor)
+    refresh_after_job(catalog, out_dir)
     return {**result.summary, "workers": result.workers, "out": out_dir, "db": catalog.url}
 
 
 def start_detached(ctx: Context, archive: Path | str, *, out_dir: str, db_url: str | None, settings: Any,
            executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool) -> dict[str, Any]:
     """Plan the job here, then drive it from a background process (`vidx job resume ID`)."""
+    from catalog.job_state import driver_id, note_detached_driver
     from jobs.runner import PlanOptions, plan
-    from jobs.state import driver_id, note_detached_driver
 
     catalog = open_catalog(out_dir, db_url, create=True)
     url = catalog.url
@@ -217,8 +219,8 @@ def submit_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | No
 def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, address: str | None, force: bool,
                quiet: bool, as_json: bool) -> None:
     """Continue job JOB_ID after its driver stopped: unfinished videos run, finished ones stay."""
+    from catalog.job_state import get_job
     from jobs.runner import resume_job
-    from jobs.state import get_job
     from vidx.progress import JobProgress
 
     catalog = open_catalog(out_dir, db_url)
@@ -227,6 +229,7 @@ def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, addr
     with JobProgress(quiet=as_json or quiet) as progress:
         result = resume_job(job_id, catalog=catalog, executor=executor, cache_dir=ctx.cache_dir,
                             events=progress.events(), force=force)
+    refresh_after_job(catalog, job_row.options.get("out", out_dir))
     summary = {**result.summary, "workers": result.workers, "out": job_row.options.get("out", out_dir),
                "db": catalog.url}
     finish(summary, as_json)
@@ -240,7 +243,7 @@ def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, addr
 @json_option
 def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool, as_json: bool) -> None:
     """State of job JOB_ID (default: the latest): counts, rate, ETA, videos in progress."""
-    from jobs.state import job_info, list_jobs
+    from catalog.job_state import job_info, list_jobs
 
     catalog = open_catalog(out_dir, db_url)
     if job_id is None:
@@ -282,7 +285,7 @@ def render_status(i: dict[str, Any]) -> None:
 @json_option
 def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> None:
     """Recent jobs, newest first."""
-    from jobs.state import list_jobs
+    from catalog.job_state import list_jobs
 
     rows = list_jobs(open_catalog(out_dir, db_url), limit=limit)
 
@@ -304,7 +307,7 @@ def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> Non
 @json_option
 def cancel_cmd(job_id: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Stop job JOB_ID: its driver finishes the videos' bookkeeping and stops; `vidx job resume` continues it."""
-    from jobs.state import cancel
+    from catalog.job_state import cancel
 
     status = cancel(open_catalog(out_dir, db_url), job_id)
     emit({"job_id": job_id, "status": status}, as_json,

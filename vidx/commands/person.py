@@ -44,7 +44,7 @@ def person() -> None:
 def person_add(ctx: Context, name: str, photos: tuple[Path, ...], face: int | None, out_dir: str, db_url: str | None,
                device: str, as_json: bool) -> None:
     """Add NAME with one or more PHOTOS (several photos make a better query); adds to an existing NAME."""
-    from vidx.people import add_person
+    from search.people import add_person
 
     catalog = _catalog(out_dir, db_url)
     p, faces = add_person(catalog, load_query_engines(ctx, device), name, photos, face)
@@ -58,7 +58,7 @@ def person_add(ctx: Context, name: str, photos: tuple[Path, ...], face: int | No
 @json_option
 def person_list(out_dir: str, db_url: str | None, as_json: bool) -> None:
     """The named people, with how many photos and labels each has."""
-    from vidx.people import list_people
+    from search.people import list_people
 
     rows = [p.to_json() for p in list_people(_catalog(out_dir, db_url))]
 
@@ -83,7 +83,7 @@ def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db
 
     Labels are fixed facts: searches by NAME always return them, and re-clustering never undoes them.
     """
-    from vidx.people import label
+    from search.people import label
 
     if cluster_id is not None:
         if len(args) != 1:
@@ -112,7 +112,7 @@ def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db
 @json_option
 def person_unlabel(track_id: str, name: str | None, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Remove the manual label(s) on face track TRACK_ID (such as 12-3)."""
-    from vidx.people import unlabel
+    from search.people import unlabel
 
     result = unlabel(_catalog(out_dir, db_url), track_id, name)
     emit(result, as_json, lambda r: out.print(f"{r['removed']} label(s) removed"))
@@ -133,7 +133,7 @@ def people() -> None:
 @json_option
 def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Cluster the face tracks (DBSCAN); name a cluster with `vidx person label --cluster C NAME`."""
-    from vidx.people import cluster_index
+    from search.people import cluster_index
 
     clusters = cluster_index(_catalog(out_dir, db_url), out_dir, eps=eps, min_samples=min_samples)
     rows = json_rows(clusters, output_root(out_dir))
@@ -154,7 +154,7 @@ def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | Non
 @json_option
 def people_timeline(video: str, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """How many people a VIDEO (path, file name or id) shows, and when: its person tracks and head counts."""
-    from vidx.timeline import person_timeline
+    from search.timeline import person_timeline
 
     result = person_timeline(_catalog(out_dir, db_url), video).to_json()
     root = output_root(out_dir)

@@ -21,6 +21,7 @@ from vidx.commands.common import (
     open_catalog,
     out_option,
     pass_ctx,
+    refresh_after_job,
     resolved_archive,
     sampling_options,
 )
@@ -115,6 +116,7 @@ def _submitter(ctx: Context, catalog: Any, quiet: bool) -> Any:
                              cache_dir=ctx.cache_dir, events=progress.events(),
                              options=PlanOptions(bool(o.get("reprocess_stale", True)), bool(o.get("retry_failed"))),
                              executor_options=executor)
+        refresh_after_job(catalog, o["out"])
         return result.job_id
 
     return submit

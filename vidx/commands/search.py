@@ -46,7 +46,7 @@ def json_rows(items: Any, root: Path | str | None) -> list[dict[str, Any]]:
 
 
 def load_query_engines(ctx: Context, device: str) -> Any:
-    from vidx.search import query_engines
+    from search.query import query_engines
 
     return query_engines(ctx.store(), device)
 
@@ -73,7 +73,7 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
                threshold: float | None, video_glob: str | None, after: float | None, before: float | None,
                html_file: Path | None, out_dir: str, db_url: str | None, device: str, as_json: bool) -> None:
     """Find where and when a person appears: give a PHOTO of them, or the NAME of a known person."""
-    from vidx.search import DEFAULT_THRESHOLD, Filters, detect_query_face, find_appearances
+    from search.query import DEFAULT_THRESHOLD, Filters, detect_query_face, find_appearances
 
     if (photo is None) == (person_name is None):
         raise click.UsageError("give exactly one of --photo IMG or --person NAME")
@@ -87,8 +87,8 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
                             filters=Filters(video_glob, after, before))
     root = output_root(out_dir)
     if html_file is not None:
-        from vidx.report import render_report
-        from vidx.timeline import video_timeline
+        from search.report import render_report
+        from search.timeline import video_timeline
 
         people = {h.video: video_timeline(catalog, h.video_id).person_tracks for h in hits}
         html_file.write_text(render_report(hits, out_root=root, query=query, person=person_name, threshold=threshold,

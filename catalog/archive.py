@@ -63,7 +63,7 @@ def fingerprint(path: Path, size: int) -> str:
     """sha256 over the size and three 1 MiB samples (start, middle, end): content-based, O(1) in file size.
 
     A full hash of a multi-GB file costs more than indexing it; a rewrite that keeps the size and all
-    three samples is not detected (the mtime check in `jobs.catalog` catches ordinary edits too).
+    three samples is not detected (the mtime check in `catalog.db` catches ordinary edits too).
     """
     h = hashlib.sha256(f"vidx-fp1:{size}:".encode())
     with path.open("rb") as f:

@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from catalog.db import Catalog
 from engines.errors import ImageError
 from engines.images import load_rgb
 from engines.loader import Engines
-from jobs.catalog import Catalog
 from schemas.embeddings import embedding_from_bytes
 from schemas.errors import InputError
 from schemas.ids import face_track_id, parse_face_track_id, person_track_id
 from schemas.sql import Run, Track, Video
-from vidx.ann import VectorSearch, open_vector_search
+from search.vector_index import VectorSearch, open_vector_search
 
 SCORE_CENTRE = 0.6
 SCORE_WIDTH = 0.05
@@ -295,7 +295,7 @@ def find_appearances(catalog: Catalog, out_dir: str | None, *, query: np.ndarray
     Manual labels name the people on the tracks found. A search by name queries with the person's exemplars
     and labelled tracks, leaves out tracks labelled as someone else and always returns the labelled ones.
     """
-    from vidx.people import get_person, label_names, person_queries, resolve_labels  # vidx.people builds on this
+    from search.people import get_person, label_names, person_queries, resolve_labels  # search.people builds on this
 
     if (query is None) == (person is None):
         raise InputError("give exactly one of a query photo or a person's name")

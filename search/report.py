@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from schemas.errors import VidxError
-from vidx.search import Hit, QueryFace
-from vidx.timeline import PersonSpan
+from search.query import Hit, QueryFace
+from search.timeline import PersonSpan
 
 log = logging.getLogger(__name__)
 

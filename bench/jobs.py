@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.catalog import Catalog, default_db_url
+from catalog.db import Catalog, default_db_url
 from jobs.runner import LocalExecutor, run_job
 from schemas.config import IndexSettings, RuntimeConfig
 

@@ -20,14 +20,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench.engines import machine_info
 from engines.loader import Engines, load_engines
 from engines.photos import load_photo
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, open_decoder
 from indexer.pipeline import VideoIndexer, VideoTask
+from samples.archive import SampleVideo, build_sample_archive
 from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
-from vidx.benchmarks import machine_info
-from vidx.sample_archive import SampleVideo, build_sample_archive
 
 log = logging.getLogger(__name__)
 PHOTOS = ("obama", "biden", "t1", "astronaut")
@@ -37,7 +37,7 @@ KEYFRAME_PASSES = 5
 
 def bench_clips(work_dir: Path, cache_dir: Path | None, say: Callable[[str], None]) -> list[SampleVideo]:
     """The bench preset's clips, built on first use (in parallel) and reused afterwards."""
-    from vidx.sample_archive import plan_archive, read_truth, write_truth
+    from samples.archive import plan_archive, read_truth, write_truth
 
     work_dir.mkdir(parents=True, exist_ok=True)
     truth = work_dir / "truth.json"

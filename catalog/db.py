@@ -23,8 +23,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.archive import VideoFile, video_fingerprint
-from jobs.outcome import VideoOutcome
+from catalog.archive import VideoFile, video_fingerprint
+from catalog.outcome import VideoOutcome
 from schemas import migrations
 from schemas.errors import InputError, VidxError
 from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, PersonTrack, Run, Task, Track, Video, db_clock, utcnow

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from jobs.bench import machine
-from vidx.ann import DIM, build_flat, build_ivf, faiss_search, ivf_lists_for
+from bench.jobs import machine
+from search.vector_index import DIM, build_flat, build_ivf, faiss_search, ivf_lists_for
 
 SAME_L2 = 0.4
 DIFF_L2 = 0.9
@@ -267,9 +267,9 @@ def bench_pgvector(server_url: str, vectors: np.ndarray, queries: np.ndarray, tr
     from sqlalchemy import create_engine, insert, text
     from sqlalchemy.engine import make_url
 
-    from jobs.catalog import Catalog
+    from catalog.db import Catalog
     from schemas.sql import Run, Video, utcnow
-    from vidx.ann import PgVectorSearch
+    from search.vector_index import PgVectorSearch
 
     server = make_url(server_url)
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
@@ -380,10 +380,10 @@ def bench_end_to_end(tracks: int, work_dir: Any, *, videos: int = 10_000, querie
 
     from sqlalchemy import insert
 
-    from jobs.catalog import Catalog
+    from catalog.db import Catalog
     from schemas.sql import Run, Track, Video, utcnow
-    from vidx.ann import FaissFileIndex
-    from vidx.search import search_index
+    from search.query import search_index
+    from search.vector_index import FaissFileIndex
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

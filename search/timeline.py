@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from jobs.catalog import Catalog
+from catalog.db import Catalog
 from schemas.errors import InputError
 from schemas.ids import face_track_id, person_track_id
 from schemas.sql import PersonTrack, Track, Video

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy import select, text
 
-from jobs.catalog import Catalog
+from catalog.db import Catalog
 from schemas.errors import VidxError
 from schemas.sql import Track, Video
 from schemas.vectors import vector_literal
@@ -488,9 +488,10 @@ def refresh_search_index(catalog: Catalog, out_uri: str | None) -> Refresh:
     return FaissFileIndex(index_dir_for(catalog, out_uri), catalog).refresh()
 
 
-def register_after_jobs() -> None:
-    """Have every job driven in this process refresh the vector index when it ends."""
-    from jobs.runner import AFTER_JOB
-
-    if refresh_search_index not in AFTER_JOB:
-        AFTER_JOB.append(refresh_search_index)
+def refresh_after_job(catalog: Catalog, out_uri: str | None) -> None:
+    """Refresh the search index once a job has ended; a failure is only a warning, since a search brings a
+    stale index up to date itself."""
+    try:
+        refresh_search_index(catalog, out_uri)
+    except Exception as exc:
+        log.warning("refreshing the search index after the job failed: %s", exc)

@@ -31,7 +31,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, get_args
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from jobs.catalog import Catalog
+from catalog.db import Catalog
 from schemas.errors import VidxError
 from schemas.sql import Job, Run, Task, Video, aware, db_clock, utcnow
 

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select, update
 
+from catalog.db import Catalog
 from engines.loader import Engines
-from jobs.catalog import Catalog
 from schemas.embeddings import embedding_from_bytes, embedding_to_bytes
 from schemas.errors import InputError
 from schemas.sql import Exemplar, Label, Person, Track, Video
-from vidx.search import TrackInfo, detect_query_face, live_track_rows, load_tracks
+from search.query import TrackInfo, detect_query_face, live_track_rows, load_tracks
 
 LABEL_MATCH_L2 = 0.6
 """A label applies to a track of its video and time span whose descriptor is this close (dlib's boundary)."""
@@ -226,7 +226,7 @@ def dbscan(vectors: np.ndarray, eps: float, min_samples: int, *, exact_limit: in
     """
     import faiss
 
-    from vidx.ann import build_ivf
+    from search.vector_index import build_ivf
 
     n = len(vectors)
     labels = np.full(n, -1, np.int64)
@@ -402,7 +402,7 @@ def unlabel(catalog: Catalog, track_id: str, name: str | None = None) -> dict[st
 def cluster_index(catalog: Catalog, out_dir: str | None, *, eps: float = DEFAULT_EPS,
                   min_samples: int = DEFAULT_MIN_SAMPLES) -> list[Cluster]:
     """`vidx people cluster`: cluster the live tracks, reading their descriptors from the search index."""
-    from vidx.search import open_search_index
+    from search.query import open_search_index
 
     vectors = open_search_index(catalog, out_dir).rows()  # faster than reading SQL rows
     return cluster_people(catalog, eps=eps, min_samples=min_samples, vectors=vectors)

@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from bench.jobs import machine
 from engines.arrays import cupy_module
 from engines.runtime.base import open_session, runtime_report, session_array_module
 from engines.zoo import MODEL_NAMES, ModelStore
-from jobs.bench import machine
 
 
 def machine_info() -> dict[str, Any]:
-    """The host (`jobs.bench.machine`), plus ONNX Runtime, the GPU, CUDA and TensorRT as this process sees them."""
+    """The host (`bench.jobs.machine`), plus ONNX Runtime, the GPU, CUDA and TensorRT as this process sees them."""
     info = machine()
     import onnxruntime
 

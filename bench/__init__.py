@@ -1,0 +1,1 @@
+"""Benchmarks behind `vidx bench ...` (outside the runtime path)."""

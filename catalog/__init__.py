@@ -1,0 +1,1 @@
+"""The SQL index: archive scans, fingerprints, videos, runs, tasks, job state and outcomes."""

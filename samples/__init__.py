@@ -1,0 +1,1 @@
+"""The sample archive: real photos made into test and demo videos (outside the runtime path)."""
