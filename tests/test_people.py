@@ -143,7 +143,7 @@ def test_dbscan_finds_identities_exactly_and_through_ivf() -> None:
     from bench.search import SyntheticFaces, real_mean_descriptor
     from search.people import dbscan
 
-    mean, _ = real_mean_descriptor()
+    mean, _ = real_mean_descriptor(strict=True)
     faces = SyntheticFaces(20_000, mean, seed=5)
     x = faces.all()
     for limit in (10**9, 0):  # exact neighbourhoods, then IVF ones

@@ -87,7 +87,7 @@ def test_search_refreshes_a_stale_index_by_itself(indexed: Indexed, copy_out: Pa
 
 
 def test_synthetic_descriptors_look_like_dlib() -> None:
-    mean, _ = real_mean_descriptor()
+    mean, _ = real_mean_descriptor(strict=True)
     faces = SyntheticFaces(50_000, mean, seed=3)
     stats = faces.check(faces.all())
     assert 0.3 <= stats["same_p50"] <= 0.5 and 0.8 <= stats["diff_p50"] <= 1.0
@@ -95,7 +95,7 @@ def test_synthetic_descriptors_look_like_dlib() -> None:
 
 
 def test_ivf_agrees_with_exact_search() -> None:
-    mean, _ = real_mean_descriptor()
+    mean, _ = real_mean_descriptor(strict=True)
     faces = SyntheticFaces(40_000, mean, seed=4)
     x = faces.all()
     ids = np.arange(len(x), dtype=np.int64) * 3 + 7  # track ids are not row numbers
@@ -109,7 +109,9 @@ def test_ivf_agrees_with_exact_search() -> None:
     known = ~strangers
     recall = np.mean([len(set(ann_i[i]) & set(exact_i[i])) / 10 for i in np.nonzero(known)[0]])
     assert recall >= 0.95
-    assert np.allclose(np.sqrt(d2[:, 0]), exact_d[:, 0], atol=2e-3) or recall < 1
+    same = ann_i[:, 0] == exact_i[:, 0]  # where IVF found the true nearest, only fp16 codes change its distance
+    assert same[known].mean() >= 0.95
+    assert np.allclose(np.sqrt(d2[same, 0]), exact_d[same, 0], atol=2e-3)
 
 
 def test_a_job_run_from_the_command_line_refreshes_the_index(indexed: Indexed, copy_out: Path) -> None:
