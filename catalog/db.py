@@ -11,7 +11,6 @@ import contextlib
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from catalog.archive import VideoFile, video_fingerprint
 from catalog.outcome import VideoOutcome
 from schemas import migrations
 from schemas.errors import InputError, VidxError
+from schemas.retry import GaveUp, RetryPolicy, call_with_retries
 from schemas.sql import SQL_SCHEMA_VERSION, Job, Meta, PersonTrack, Run, Task, Track, Video, db_clock, utcnow
 from schemas.vectors import has_track_vectors, insert_track_vectors
 
@@ -81,9 +81,10 @@ def is_lock(exc: DBAPIError) -> bool:
     return sqlstate.startswith(("40", "55P03")) or "locked" in message or "busy" in message
 
 
-def first_line(exc: DBAPIError) -> str:
-    text_ = str(exc.orig).strip()
-    return text_.splitlines()[0] if text_ else type(exc.orig).__name__
+def first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc  # the driver's own error, for a DBAPIError
+    text_ = str(orig).strip()
+    return text_.splitlines()[0] if text_ else type(orig).__name__
 
 
 def retrying(method: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatenate[Catalog, P], R]:
@@ -249,31 +250,24 @@ class Catalog:
 
     def retry(self, what: str, fn: Callable[[], R]) -> R:
         """Call `fn` (whole transactions) again with backoff while the database is locked or unreachable."""
-        started = time.monotonic()
-        delay, attempts = 0.05, 0
-        while True:
-            attempts += 1
-            try:
-                return fn()
-            except DBAPIError as exc:
-                reason = first_line(exc)
-                if not is_transient(exc):
-                    if isinstance(exc, OperationalError):  # disk full, read-only, I/O error: say so, plainly
-                        raise IndexError_(f"the SQL index cannot be written ({what}): {reason}", path=self.where,
-                                          hint="free space or fix the database, then resume the job") from exc
-                    raise
-                waited = time.monotonic() - started
-                if waited >= self.retry_s:
-                    raise IndexError_(
-                        f"the SQL index is unavailable ({what}): {reason}; gave up after {attempts} attempts "
-                        f"in {waited:.1f} s", path=self.where,
-                        hint="check that the database server is up and that no other process holds a lock; "
-                             "the job can be resumed") from exc
-                delay = min(delay, self.retry_s - waited)
-                # quiet unless -v: the final error says what happened, once
-                log.info("SQL index busy or unreachable (%s: %s); retrying in %.2f s", what, reason, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+        def give_up(last: GaveUp) -> IndexError_:
+            return IndexError_(
+                f"the SQL index is unavailable ({what}): {first_line(last.error)}; gave up after {last.attempts} "
+                f"attempts in {last.seconds:.1f} s", path=self.where,
+                hint="check that the database server is up and that no other process holds a lock; "
+                     "the job can be resumed")
+
+        def on_retry(exc: BaseException, delay: float) -> None:  # quiet unless -v: the final error says it once
+            log.info("SQL index busy or unreachable (%s: %s); retrying in %.2f s", what, first_line(exc), delay)
+
+        try:
+            return call_with_retries(fn, RetryPolicy(seconds=self.retry_s), errors=(DBAPIError,),
+                                     transient=lambda exc: isinstance(exc, DBAPIError) and is_transient(exc),
+                                     give_up=give_up, on_retry=on_retry)
+        except OperationalError as exc:  # not transient: disk full, read-only, I/O error: say so, plainly
+            raise IndexError_(f"the SQL index cannot be written ({what}): {first_line(exc)}", path=self.where,
+                              hint="free space or fix the database, then resume the job") from exc
 
     def close(self) -> None:
         self.engine.dispose()

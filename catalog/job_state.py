@@ -17,21 +17,20 @@ a resumed job racing a late driver) can never run the same video at once:
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, get_args
+from typing import Any, Literal, get_args
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from catalog.db import Catalog
+from catalog.db import Catalog, retrying
 from schemas.errors import VidxError
 from schemas.sql import Job, Run, Task, Video, aware, db_clock, utcnow
 
@@ -53,18 +52,6 @@ TAKEN_OVER = "taken over"
 """heartbeat: another process became this job's driver (`vidx job resume --force`); this one must stop."""
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def retrying(fn: Callable[Concatenate[Catalog, P], R]) -> Callable[Concatenate[Catalog, P], R]:
-    """Run again (whole transactions, all safe to repeat) while the database is briefly locked or away."""
-
-    @functools.wraps(fn)
-    def wrapper(catalog: Catalog, *args: P.args, **kwargs: P.kwargs) -> R:
-        return catalog.retry(fn.__name__, lambda: fn(catalog, *args, **kwargs))
-
-    return wrapper
 
 
 class JobStateError(VidxError):

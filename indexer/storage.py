@@ -21,7 +21,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import pyarrow.fs as pafs
 
 from indexer.errors import VideoError
 from schemas.errors import InputError, VidxError
+from schemas.retry import GaveUp, RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -235,35 +235,39 @@ def download(uri: str, dest: Path, *, retries: int = READ_RETRIES) -> int:
     the reason when it cannot be read (missing, denied, or the network failing `retries` times)."""
     fs, path = filesystem(uri)
     done = 0
-    attempt = 0
     with dest.open("wb") as out:
-        while True:
-            attempt += 1
+
+        def read_rest() -> int:
+            """Read from where the last attempt stopped to the end."""
+            nonlocal done
+            f = fs.open_input_file(path)
             try:
-                f = fs.open_input_file(path)
-                try:
-                    size = int(f.size())
-                    f.seek(done)
-                    while done < size:
-                        chunk = f.read(min(CHUNK, size - done))
-                        if not chunk:
-                            raise OSError(f"connection closed early: {done} of {size} bytes read (unexpected EOF)")
-                        out.write(chunk)
-                        done += len(chunk)
-                finally:
-                    f.close()
-                return done
-            except FileNotFoundError:
-                raise VideoError("the object does not exist (deleted or moved?)", path=uri) from None
-            except OSError as exc:
-                if not transient(exc):
-                    raise VideoError(f"cannot read the object: {reason(exc)}", path=uri) from exc
-                if attempt >= retries:
-                    raise VideoError(f"cannot read the object: {reason(exc)}; gave up after {attempt} attempts "
-                                     f"({done} bytes read)", path=uri) from exc
-                delay = RETRY_BASE_S * 2 ** (attempt - 1)
-                log.warning("%s: read failed at byte %d (%s); retrying in %.1f s", uri, done, reason(exc), delay)
-                time.sleep(delay)
+                size = int(f.size())
+                f.seek(done)
+                while done < size:
+                    chunk = f.read(min(CHUNK, size - done))
+                    if not chunk:
+                        raise OSError(f"connection closed early: {done} of {size} bytes read (unexpected EOF)")
+                    out.write(chunk)
+                    done += len(chunk)
+            finally:
+                f.close()
+            return done
+
+        def give_up(last: GaveUp) -> VideoError:
+            return VideoError(f"cannot read the object: {reason(last.error)}; gave up after {last.attempts} "
+                              f"attempts ({done} bytes read)", path=uri)
+
+        try:
+            return call_with_retries(
+                read_rest, RetryPolicy(attempts=retries, first_delay_s=RETRY_BASE_S, max_delay_s=60.0),
+                errors=(OSError,), transient=transient, give_up=give_up,
+                on_retry=lambda exc, delay: log.warning("%s: read failed at byte %d (%s); retrying in %.1f s",
+                                                        uri, done, reason(exc), delay))
+        except FileNotFoundError:
+            raise VideoError("the object does not exist (deleted or moved?)", path=uri) from None
+        except OSError as exc:  # not transient: denied, missing bucket, ...
+            raise VideoError(f"cannot read the object: {reason(exc)}", path=uri) from exc
 
 
 class Scratch:

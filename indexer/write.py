@@ -15,7 +15,6 @@ import functools
 import io
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from indexer.errors import VideoError
 from indexer.pipeline import VideoResult
 from indexer.storage import filesystem, is_uri, reason
 from schemas.errors import VidxError
+from schemas.retry import RetryPolicy, call_with_retries
 from schemas.tables import TABLES, file_metadata
 
 log = logging.getLogger(__name__)
@@ -127,16 +127,19 @@ class OutputStore:
 
 def with_retries(what: str, fn: Callable[[], T]) -> T:
     """Retry transient I/O errors with backoff; a full disk or a permission error is not transient."""
-    for attempt in range(IO_RETRIES):
-        try:
-            return fn()
-        except OSError as exc:
-            if exc.errno in (28, 13, 30) or attempt == IO_RETRIES - 1:  # ENOSPC, EACCES, EROFS
-                raise OutputError(f"cannot write {what}: {exc.strerror or reason(exc)}",
-                                  hint="free space or fix permissions, then resume the job") from exc
-            log.warning("writing %s failed (%s); retrying", what, exc)
-            time.sleep(0.5 * 2**attempt)
-    raise AssertionError("unreachable")
+
+    def failed(exc: BaseException) -> OutputError:
+        return OutputError(f"cannot write {what}: {getattr(exc, 'strerror', None) or reason(exc)}",
+                           hint="free space or fix permissions, then resume the job")
+
+    try:
+        return call_with_retries(
+            fn, RetryPolicy(attempts=IO_RETRIES, first_delay_s=0.5), errors=(OSError,),
+            transient=lambda exc: getattr(exc, "errno", None) not in (28, 13, 30),  # ENOSPC, EACCES, EROFS
+            give_up=lambda last: failed(last.error),
+            on_retry=lambda exc, _: log.warning("writing %s failed (%s); retrying", what, exc))
+    except OSError as exc:  # not transient
+        raise failed(exc) from exc
 
 
 def parquet_bytes(table: pa.Table, metadata: dict[bytes, bytes]) -> bytes:
