@@ -19,7 +19,7 @@ from vidx.commands.common import (
     out_option,
     pass_ctx,
 )
-from vidx.commands.search import json_rows, load_query_engines, located, output_root
+from vidx.commands.search import load_query_engines
 from vidx.output import emit, out
 
 
@@ -133,10 +133,11 @@ def people() -> None:
 @json_option
 def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Cluster the face tracks (DBSCAN); name a cluster with `vidx person label --cluster C NAME`."""
+    from search.locations import located_rows, output_root
     from search.people import cluster_index
 
     clusters = cluster_index(_catalog(out_dir, db_url), out_dir, eps=eps, min_samples=min_samples)
-    rows = json_rows(clusters, output_root(out_dir))
+    rows = located_rows(clusters, output_root(out_dir))
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("cluster", "tracks", "videos", "person")
@@ -154,13 +155,10 @@ def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | Non
 @json_option
 def people_timeline(video: str, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """How many people a VIDEO (path, file name or id) shows, and when: its person tracks and head counts."""
+    from search.locations import located_timeline, output_root
     from search.timeline import person_timeline
 
-    result = person_timeline(_catalog(out_dir, db_url), video).to_json()
-    root = output_root(out_dir)
-    for track in result["person_tracks"]:
-        if track["thumbnail"]:
-            track["thumbnail"] = located(root, track["thumbnail"])
+    result = located_timeline(person_timeline(_catalog(out_dir, db_url), video), output_root(out_dir))
 
     def render(r: dict[str, Any]) -> None:
         out.print(f"{r['video']}: {len(r['person_tracks'])} person track(s), at most {r['max_people']} at once",
