@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import onnx
 
@@ -279,5 +279,20 @@ def spec_of(name: str) -> ModelSpec:
     if name not in SPECS:
         raise ModelError(f"unknown model {name!r}; known models are {', '.join(MODEL_NAMES)}")
     return SPECS[name]
+
+
+def model_listing(store: ModelStore) -> list[dict[str, Any]]:
+    """Each model: what it is, its sources and license, and whether (and which version of) it is cached."""
+    rows = []
+    for name in MODEL_NAMES:
+        spec = spec_of(name)
+        prov = store.read_provenance(name)
+        rows.append({
+            "name": name, "title": spec.title, "source": f"{spec.source.requirement}:{spec.source.member}",
+            "extra_sources": [f"{extra.requirement}:{extra.member}" for extra in spec.extra_sources],
+            "license": spec.source.license, "cached": store.is_current(name),
+            "version": prov.version if prov else None, "path": str(store.onnx_path(name)),
+        })
+    return rows
 
 

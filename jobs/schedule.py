@@ -12,7 +12,8 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from catalog.db import Catalog
 from schemas.errors import InputError, VidxError
 from schemas.sql import Schedule, aware, utcnow
+
+if TYPE_CHECKING:
+    from jobs.runner import Executor, JobEvents, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +129,25 @@ def run_due(catalog: Catalog, submit: Callable[[Claimed], int], *, now: dt.datet
         results.append({"schedule": claimed.name, "slot": claimed.slot.isoformat(timespec="seconds"),
                         "job_id": job_id, "error": error})
     return results
+
+
+def run_claimed(claimed: Claimed, *, catalog: Catalog, events: JobEvents | None = None,
+                cache_dir: Path | None = None,
+                executor_for: Callable[[dict[str, Any]], Executor] | None = None) -> JobResult:
+    """Run a claimed schedule's job in this process, as its stored options say; `executor_for` builds the
+    executor from the stored executor options (default: jobs.executors.executor_from_options)."""
+    # imported here: listing or adding schedules needs none of the indexing machinery
+    from jobs.executors import executor_from_options
+    from jobs.runner import PlanOptions, run_job
+    from schemas.config import IndexSettings
+
+    o = claimed.options
+    executor = o.get("executor", {"kind": "local"})
+    archive = claimed.archive if "://" in claimed.archive else Path(claimed.archive)
+    return run_job(archive, catalog=catalog, out_uri=o["out"], settings=IndexSettings.from_json(o["settings"]),
+                   executor=(executor_for or executor_from_options)(executor), cache_dir=cache_dir, events=events,
+                   options=PlanOptions(bool(o.get("reprocess_stale", True)), bool(o.get("retry_failed"))),
+                   executor_options=executor)
 
 
 def seconds_until_next(catalog: Catalog, *, now: dt.datetime | None = None) -> float | None:

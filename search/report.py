@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from catalog.db import Catalog
 from schemas.errors import VidxError
 from search.query import Hit, QueryFace
-from search.timeline import PersonSpan
+from search.timeline import PersonSpan, video_timeline
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +168,11 @@ def render_report(hits: list[Hit], *, out_root: Path | str | None, query: QueryF
                      f'<div class="score">score {h.score:.2f} · track {e(h.track_id)}{body}{who}{tag}</div></div>')
     parts.append("</div></body></html>")
     return "\n".join(parts)
+
+
+def search_report(catalog: Catalog, hits: list[Hit], *, out_root: Path | str | None, query: QueryFace | None = None,
+                  person: str | None = None, threshold: float | None = None) -> str:
+    """render_report of a search's hits, each hit's video with its person tracks read from the index."""
+    people = {h.video: video_timeline(catalog, h.video_id).person_tracks for h in hits}
+    return render_report(hits, out_root=out_root, query=query, person=person, threshold=threshold,
+                         person_tracks=people)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 NOT_A_TERMINAL_WIDTH = 100_000
 """Columns when output goes to a pipe or a file: a table or line is never cut or wrapped there (rich assumes 80)."""
@@ -37,3 +37,9 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
         render(data)
+
+
+def show(parts: Iterable[RenderableType]) -> None:
+    """Lines and tables on stdout, one after another."""
+    for part in parts:
+        out.print(part)

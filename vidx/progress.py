@@ -20,17 +20,6 @@ from jobs.runner import JobEvents
 from vidx.output import err, out
 
 
-def probe_duration(path: str) -> float | None:
-    """A video's length from its container header (no decoding); None when the header does not say."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            return container.duration / 1e6 if container.duration else None
-    except Exception:  # an unreadable file fails in its worker, with the reason; here it just counts 0 s
-        return None
-
-
 class JobProgress:
     """The bar counts seconds of video: one long video moves it, with a rate and an ETA, from its first step.
 
@@ -73,10 +62,12 @@ class JobProgress:
             err.print(describe_plan(counts), highlight=False)
 
     def on_start(self, paths: list[str]) -> None:
+        from indexer.decode.pyav import header_duration
+
         self.started = time.monotonic()
 
         def probe() -> None:
-            lengths = {p: probe_duration(p) or 0.0 for p in paths}
+            lengths = {p: header_duration(p) or 0.0 for p in paths}
             with self.lock:
                 self.lengths = lengths
                 self.progress.update(self.task, total=max(sum(lengths.values()), self._completed()))

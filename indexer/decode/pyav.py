@@ -202,6 +202,16 @@ def stream_info(path: Path, container: Any, stream: Any, rotation: int = 0) -> V
                      frame_count=int(stream.frames) if stream.frames else None)
 
 
+def header_duration(path: str) -> float | None:
+    """A video's length from its container header (no decoding); None when the header does not say or the file
+    cannot be opened (an unreadable file fails where it is indexed, with the reason)."""
+    try:
+        with av.open(path) as container:
+            return container.duration / 1e6 if container.duration else None
+    except Exception:
+        return None
+
+
 class PyAVDecoder:
     device: Literal["cpu", "cuda"] = "cpu"
 

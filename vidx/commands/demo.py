@@ -24,19 +24,15 @@ def demo_cmd(ctx: Context, demo_dir: Path, device: str, as_json: bool) -> None:
     two other photos of the same man do, in two videos, at known times.
     """
     from catalog.db import Catalog
-    from engines.photos import load_photo, photo_path
+    from engines.photos import photo_path
     from jobs.runner import LocalExecutor, run_job
-    from samples.archive import build_sample_archive, write_truth
+    from samples.demo import QUERY_PHOTO, build_demo_archive, expected_appearances
     from schemas.config import IndexSettings, RuntimeConfig
     from vidx.progress import JobProgress
 
     archive = demo_dir / "archive"
     out_dir = demo_dir / "out"
-    names = ("obama", "obama3", "biden", "astronaut", "t1")
-    photos = {n: load_photo(n, ctx.cache_dir, progress=say) for n in names}
-    say(f"building the sample archive in {archive}")
-    videos = build_sample_archive(archive, photos, preset="demo")
-    write_truth(videos, demo_dir / "truth.json")
+    videos = build_demo_archive(archive, demo_dir / "truth.json", ctx.cache_dir, say)
     settings = IndexSettings(runtime=RuntimeConfig(device=device))  # type: ignore[arg-type]
     catalog = Catalog(db_url_for(str(out_dir), None))
     with JobProgress(quiet=as_json) as progress:
@@ -45,15 +41,12 @@ def demo_cmd(ctx: Context, demo_dir: Path, device: str, as_json: bool) -> None:
     refresh_after_job(catalog, str(out_dir))
     if not as_json:
         JobProgress.render_summary({**result.summary, "out": str(out_dir), "db": catalog.url})
-    query = photo_path("obama2", ctx.cache_dir)
+    query = photo_path(QUERY_PHOTO, ctx.cache_dir)
     if not as_json:
         out.print(f"\n[bold]vidx search --photo {query}[/bold]")
     ctx_search = click.get_current_context()
     ctx_search.invoke(search_cmd, photo=query, face=None, top=20, threshold=0.5, video_glob=None,
                       out_dir=str(out_dir), db_url=None, device=device, as_json=as_json)
     if not as_json:
-        truth = [(v.name, a) for v in videos for a in v.appearances if a.person == "obama"]
         out.print("expected (ground truth): " + "; ".join(
-            f"{name} {a.start_s:.1f}-{a.end_s:.1f}s" for name, a in truth))
-
-
+            f"{name} {a.start_s:.1f}-{a.end_s:.1f}s" for name, a in expected_appearances(videos)))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ class ExecutorArgs:
     stall_timeout: float
 
     def to_json(self, kind: str, device: str) -> dict[str, Any]:
-        """The executor as stored with a job or schedule (see make_executor)."""
+        """The executor as stored with a job or schedule (see jobs.executors.executor_from_options)."""
         if kind == "local":
             return {"kind": "local", "max_attempts": self.max_attempts}
         from jobs.ray_executor import RayOptions
@@ -98,20 +96,6 @@ def plan_options(fn: Any) -> Any:
     return fn
 
 
-def make_executor(raw: dict[str, Any], address: str | None = None) -> Any:
-    """The executor a job's stored options name (`address` overrides the stored one)."""
-    from jobs.runner import LocalExecutor
-
-    if raw.get("kind", "local") == "local":
-        return LocalExecutor()
-    from jobs.ray_executor import RayExecutor, RayOptions
-
-    opts = RayOptions.from_json(raw)
-    if address:
-        opts = RayOptions.from_json({**raw, "address": address})
-    return RayExecutor(opts)
-
-
 def finish(summary: dict[str, Any], as_json: bool) -> None:
     from vidx.progress import JobProgress
 
@@ -126,46 +110,18 @@ def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: s
                    executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool, as_json: bool,
                    address: str | None = None) -> dict[str, Any]:
     """Plan and drive a job in this process with a progress bar; the summary (for printing)."""
+    from jobs.executors import executor_from_options
     from jobs.runner import PlanOptions, run_job
     from vidx.progress import JobProgress
 
     catalog = open_catalog(out_dir, db_url, create=True)
     with JobProgress(quiet=as_json) as progress:
         result = run_job(archive, catalog=catalog, out_uri=out_dir, settings=settings,
-                         executor=make_executor(executor, address), cache_dir=ctx.cache_dir,
+                         executor=executor_from_options(executor, address), cache_dir=ctx.cache_dir,
                          events=progress.events(), options=PlanOptions(reprocess_stale, retry_failed),
                          executor_options=executor)
     refresh_after_job(catalog, out_dir)
     return {**result.summary, "workers": result.workers, "out": out_dir, "db": catalog.url}
-
-
-def start_detached(ctx: Context, archive: Path | str, *, out_dir: str, db_url: str | None, settings: Any,
-           executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool) -> dict[str, Any]:
-    """Plan the job here, then drive it from a background process (`vidx job resume ID`)."""
-    from catalog.job_state import driver_id, note_detached_driver
-    from jobs.runner import PlanOptions, plan
-
-    catalog = open_catalog(out_dir, db_url, create=True)
-    url = catalog.url
-    job_id, queued, skipped, unreadable = plan(
-        archive, catalog=catalog, out_uri=out_dir, settings=settings, cache_dir=ctx.cache_dir,
-        options=PlanOptions(reprocess_stale, retry_failed), executor_options=executor, status="queued")
-    log_dir = Path(out_dir).expanduser() / "jobs" if "://" not in out_dir else Path.cwd()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"job-{job_id}.log"
-    env = dict(os.environ)
-    if ctx.cache_dir:
-        env["VIDX_CACHE_DIR"] = str(ctx.cache_dir)
-    # -P: the working directory is not put on sys.path, so a `vidx/` folder there (the parent of a clone)
-    # cannot shadow the installed package in the driver
-    with log_path.open("ab") as log_file:
-        proc = subprocess.Popen([sys.executable, "-P", "-m", "vidx", "job", "resume", str(job_id), "--db", url,
-                                 "--quiet"],
-                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-    note_detached_driver(catalog, job_id, driver_id(proc.pid), str(log_path))
-    return {"job_id": job_id, "queued": queued, "skipped": skipped, "unreadable": len(unreadable),
-            "driver_pid": proc.pid, "log": str(log_path), "db": url}
 
 
 @click.group()
@@ -196,9 +152,13 @@ def submit_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | No
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
     ex = executor_args.to_json(executor, device)
     if detach:
-        info = start_detached(ctx, archive, out_dir=out_dir, db_url=db_url, settings=settings, executor=ex,
-                              reprocess_stale=reprocess_stale, retry_failed=retry_failed)
-        emit(info, as_json, lambda i: out.print(
+        from jobs.detached import start_detached
+        from jobs.runner import PlanOptions
+
+        started = start_detached(archive, catalog=open_catalog(out_dir, db_url, create=True), out_uri=out_dir,
+                                 settings=settings, executor_options=ex, cache_dir=ctx.cache_dir,
+                                 options=PlanOptions(reprocess_stale, retry_failed))
+        emit(asdict(started), as_json, lambda i: out.print(
             f"job {i['job_id']}: {i['queued']} videos queued, {i['skipped']} skipped; driver pid {i['driver_pid']}, "
             f"log {i['log']}\nfollow it with: vidx job status {i['job_id']} --db {i['db']}"))
         return
@@ -220,12 +180,13 @@ def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, addr
                quiet: bool, as_json: bool) -> None:
     """Continue job JOB_ID after its driver stopped: unfinished videos run, finished ones stay."""
     from catalog.job_state import get_job
+    from jobs.executors import executor_from_options
     from jobs.runner import resume_job
     from vidx.progress import JobProgress
 
     catalog = open_catalog(out_dir, db_url)
     job_row = get_job(catalog, job_id)
-    executor = make_executor(job_row.options.get("executor", {"kind": "local"}), address)
+    executor = executor_from_options(job_row.options.get("executor", {"kind": "local"}), address)
     with JobProgress(quiet=as_json or quiet) as progress:
         result = resume_job(job_id, catalog=catalog, executor=executor, cache_dir=ctx.cache_dir,
                             events=progress.events(), force=force)

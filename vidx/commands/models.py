@@ -43,19 +43,10 @@ def models_fetch(ctx: Context, force: bool, as_json: bool) -> None:
 @pass_ctx
 def models_list(ctx: Context, as_json: bool) -> None:
     """Show each model, its source, license and whether it is cached."""
-    from engines.zoo import MODEL_NAMES, spec_of
+    from engines.zoo import model_listing
 
     store = ctx.store()
-    rows = []
-    for name in MODEL_NAMES:
-        spec = spec_of(name)
-        prov = store.read_provenance(name)
-        rows.append({
-            "name": name, "title": spec.title, "source": f"{spec.source.requirement}:{spec.source.member}",
-            "extra_sources": [f"{extra.requirement}:{extra.member}" for extra in spec.extra_sources],
-            "license": spec.source.license, "cached": store.is_current(name),
-            "version": prov.version if prov else None, "path": str(store.onnx_path(name)),
-        })
+    rows = model_listing(store)
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("model", "what", "license", "cached", "version")

@@ -19,12 +19,8 @@ from vidx.commands.common import (
     out_option,
     pass_ctx,
 )
-from vidx.commands.search import json_rows, load_query_engines, located, output_root
+from vidx.commands.search import load_query_engines
 from vidx.output import emit, out
-
-
-def _catalog(out_dir: str, db_url: str | None) -> Any:
-    return open_catalog(out_dir, db_url)
 
 
 @click.group("person")
@@ -46,7 +42,7 @@ def person_add(ctx: Context, name: str, photos: tuple[Path, ...], face: int | No
     """Add NAME with one or more PHOTOS (several photos make a better query); adds to an existing NAME."""
     from search.people import add_person
 
-    catalog = _catalog(out_dir, db_url)
+    catalog = open_catalog(out_dir, db_url)
     p, faces = add_person(catalog, load_query_engines(ctx, device), name, photos, face)
     result = {"id": p.id, "name": p.name, "photos": faces}
     emit(result, as_json, lambda r: out.print(f"{r['name']}: {len(r['photos'])} photo(s) added", markup=False))
@@ -60,7 +56,7 @@ def person_list(out_dir: str, db_url: str | None, as_json: bool) -> None:
     """The named people, with how many photos and labels each has."""
     from search.people import list_people
 
-    rows = [p.to_json() for p in list_people(_catalog(out_dir, db_url))]
+    rows = [p.to_json() for p in list_people(open_catalog(out_dir, db_url))]
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("name", "photos", "labels")
@@ -88,11 +84,11 @@ def person_label(args: tuple[str, ...], cluster_id: int | None, out_dir: str, db
     if cluster_id is not None:
         if len(args) != 1:
             raise click.UsageError("with --cluster give only the NAME")
-        result = label(_catalog(out_dir, db_url), args[0], cluster_id=cluster_id)
+        result = label(open_catalog(out_dir, db_url), args[0], cluster_id=cluster_id)
     else:
         if len(args) != 2:
             raise click.UsageError("usage: vidx person label TRACK_ID NAME (or --cluster C NAME)")
-        result = label(_catalog(out_dir, db_url), args[1], track_id=args[0])
+        result = label(open_catalog(out_dir, db_url), args[1], track_id=args[0])
 
     def render(r: dict[str, Any]) -> None:
         out.print(f"{len(r['labelled'])} track(s) labelled {r['name']}", markup=False)
@@ -114,7 +110,7 @@ def person_unlabel(track_id: str, name: str | None, out_dir: str, db_url: str | 
     """Remove the manual label(s) on face track TRACK_ID (such as 12-3)."""
     from search.people import unlabel
 
-    result = unlabel(_catalog(out_dir, db_url), track_id, name)
+    result = unlabel(open_catalog(out_dir, db_url), track_id, name)
     emit(result, as_json, lambda r: out.print(f"{r['removed']} label(s) removed"))
 
 
@@ -133,10 +129,11 @@ def people() -> None:
 @json_option
 def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """Cluster the face tracks (DBSCAN); name a cluster with `vidx person label --cluster C NAME`."""
+    from search.locations import located_rows, output_root
     from search.people import cluster_index
 
-    clusters = cluster_index(_catalog(out_dir, db_url), out_dir, eps=eps, min_samples=min_samples)
-    rows = json_rows(clusters, output_root(out_dir))
+    clusters = cluster_index(open_catalog(out_dir, db_url), out_dir, eps=eps, min_samples=min_samples)
+    rows = located_rows(clusters, output_root(out_dir))
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("cluster", "tracks", "videos", "person")
@@ -154,13 +151,10 @@ def people_cluster(eps: float, min_samples: int, out_dir: str, db_url: str | Non
 @json_option
 def people_timeline(video: str, out_dir: str, db_url: str | None, as_json: bool) -> None:
     """How many people a VIDEO (path, file name or id) shows, and when: its person tracks and head counts."""
+    from search.locations import located_timeline, output_root
     from search.timeline import person_timeline
 
-    result = person_timeline(_catalog(out_dir, db_url), video).to_json()
-    root = output_root(out_dir)
-    for track in result["person_tracks"]:
-        if track["thumbnail"]:
-            track["thumbnail"] = located(root, track["thumbnail"])
+    result = located_timeline(person_timeline(open_catalog(out_dir, db_url), video), output_root(out_dir))
 
     def render(r: dict[str, Any]) -> None:
         out.print(f"{r['video']}: {len(r['person_tracks'])} person track(s), at most {r['max_people']} at once",

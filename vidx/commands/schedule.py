@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,6 @@ from vidx.commands.common import (
 )
 from vidx.commands.job import EXECUTORS, ExecutorArgs, executor_options, plan_options
 from vidx.output import emit, err, out
-
-log = logging.getLogger(__name__)
 
 
 @click.group()
@@ -98,25 +95,16 @@ def remove_cmd(name: str, out_dir: str, db_url: str | None) -> None:
 
 
 def _submitter(ctx: Context, catalog: Any, quiet: bool) -> Any:
-    """Runs a claimed schedule's job in the foreground; returns the job id."""
-    from jobs.runner import PlanOptions, run_job
-    from schemas.config import IndexSettings
-    from vidx.commands.job import make_executor
+    """Runs a claimed schedule's job in the foreground with a progress bar; returns the job id."""
+    from jobs.schedule import run_claimed
     from vidx.progress import JobProgress
 
     def submit(claimed: Any) -> int:
-        o = claimed.options
         if not quiet:
             err.print(f"schedule {claimed.name}: slot {claimed.slot:%Y-%m-%d %H:%M} UTC, indexing {claimed.archive}")
-        executor = o.get("executor", {"kind": "local"})
         with JobProgress(quiet=quiet) as progress:
-            archive = claimed.archive if "://" in claimed.archive else Path(claimed.archive)
-            result = run_job(archive, catalog=catalog, out_uri=o["out"],
-                             settings=IndexSettings.from_json(o["settings"]), executor=make_executor(executor),
-                             cache_dir=ctx.cache_dir, events=progress.events(),
-                             options=PlanOptions(bool(o.get("reprocess_stale", True)), bool(o.get("retry_failed"))),
-                             executor_options=executor)
-        refresh_after_job(catalog, o["out"])
+            result = run_claimed(claimed, catalog=catalog, events=progress.events(), cache_dir=ctx.cache_dir)
+        refresh_after_job(catalog, claimed.options["out"])
         return result.job_id
 
     return submit

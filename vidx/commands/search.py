@@ -21,30 +21,6 @@ from vidx.commands.common import (
 from vidx.output import emit, out, say
 
 
-def output_root(out_dir: str) -> Path | str:
-    """The output folder as a local path, or the object-store URI as given."""
-    return out_dir.rstrip("/") if "://" in out_dir else Path(out_dir).expanduser().resolve()
-
-
-def located(root: Path | str | None, rel: str) -> str:
-    """Where a file of the output is for a reader: a local path, or the object's URI."""
-    if root is None:
-        return rel
-    return f"{root}/{rel}" if isinstance(root, str) else str(root / rel)
-
-
-def json_rows(items: Any, root: Path | str | None) -> list[dict[str, Any]]:
-    """Each item's `to_json()`, its thumbnail made a full location: a path under the local output folder, or
-    the thumbnail object's URI when the output is in object storage."""
-    rows = []
-    for item in items:
-        d = item.to_json()
-        if item.thumbnail and root is not None:
-            d["thumbnail"] = located(root, item.thumbnail)
-        rows.append(d)
-    return rows
-
-
 def load_query_engines(ctx: Context, device: str) -> Any:
     from search.query import query_engines
 
@@ -73,6 +49,7 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
                threshold: float | None, video_glob: str | None, after: float | None, before: float | None,
                html_file: Path | None, out_dir: str, db_url: str | None, device: str, as_json: bool) -> None:
     """Find where and when a person appears: give a PHOTO of them, or the NAME of a known person."""
+    from search.locations import located_rows, output_root
     from search.query import DEFAULT_THRESHOLD, Filters, detect_query_face, find_appearances
 
     if (photo is None) == (person_name is None):
@@ -87,14 +64,12 @@ def search_cmd(ctx: Context, photo: Path | None, person_name: str | None, face: 
                             filters=Filters(video_glob, after, before))
     root = output_root(out_dir)
     if html_file is not None:
-        from search.report import render_report
-        from search.timeline import video_timeline
+        from search.report import search_report
 
-        people = {h.video: video_timeline(catalog, h.video_id).person_tracks for h in hits}
-        html_file.write_text(render_report(hits, out_root=root, query=query, person=person_name, threshold=threshold,
-                                           person_tracks=people), encoding="utf-8")
+        html_file.write_text(search_report(catalog, hits, out_root=root, query=query, person=person_name,
+                                           threshold=threshold), encoding="utf-8")
         say(f"report written to {html_file}")
-    rows = json_rows(hits, root)
+    rows = located_rows(hits, root)
 
     def render(rows: list[dict[str, Any]]) -> None:
         if not rows:

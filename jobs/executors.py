@@ -1,0 +1,19 @@
+"""The executor a job's stored options name: in-process (`{"kind": "local"}`) or Ray (RayOptions' JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.runner import Executor, LocalExecutor
+
+
+def executor_from_options(raw: dict[str, Any], address: str | None = None) -> Executor:
+    """The executor `raw` (a job's or schedule's "executor" option) names; `address` overrides the stored one."""
+    if raw.get("kind", "local") == "local":
+        return LocalExecutor()
+    from jobs.ray_executor import RayExecutor, RayOptions  # Ray is imported only for jobs that run on it
+
+    opts = RayOptions.from_json(raw)
+    if address:
+        opts = RayOptions.from_json({**raw, "address": address})
+    return RayExecutor(opts)
