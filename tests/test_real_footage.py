@@ -3,6 +3,7 @@ pedestrians at a time), a few seconds of it cut and re-encoded here, never commi
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from catalog.db import Catalog, default_db_url
 from engines.photos import video_path
 from jobs.runner import LocalExecutor, run_job
 from schemas.config import IndexSettings, RuntimeConfig
-from schemas.tables import PERSONS
+from schemas.tables import PERSON_TRACKS, PERSONS
 
 START_S = 20
 """From 20 s to 25 s six or seven people are in view (counted by eye at 20 s: seven)."""
@@ -46,8 +47,8 @@ def cut(source: Path, target: Path, start_s: int, seconds: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def vtest_persons(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Frame index and box of every person the indexer found in the cut, at the default 2 fps."""
+def vtest_out(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """The cut indexed on the CPU at the default 2 fps: its output folder (index inside)."""
     root = tmp_path_factory.mktemp("footage")
     (root / "archive").mkdir()
     assert cut(video_path("vtest", cache_dir), root / "archive" / "vtest.mp4", START_S, SECONDS) == SECONDS * 10
@@ -58,7 +59,13 @@ def vtest_persons(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
                      cache_dir=cache_dir)
     catalog.close()
     assert result.summary["done"] == 1, result.summary
-    table = ds.dataset(out / "persons", format="parquet", schema=PERSONS).to_table()
+    return out
+
+
+@pytest.fixture(scope="module")
+def vtest_persons(vtest_out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Frame index and box of every person the indexer found in the cut."""
+    table = ds.dataset(vtest_out / "persons", format="parquet", schema=PERSONS).to_table()
     return table.column("frame_index").to_numpy(), np.asarray(table.column("bbox").to_pylist(), np.float32)
 
 
@@ -80,3 +87,28 @@ def test_person_boxes_where_people_walk(vtest_persons: tuple[np.ndarray, np.ndar
     assert np.all((heights > 40) & (heights < 250)), heights
     assert np.mean(heights > 1.5 * widths) > 0.9
     assert np.all((y0 + y1) / 2 > 100)
+
+
+def test_person_tracks_follow_the_walkers_and_the_index_counts_them(vtest_out: Path) -> None:
+    """The walkers become person tracks that last seconds, not one per sighting; `vidx people timeline`
+    answers from the index how many people were tracked when: six or seven at most, as counted by eye."""
+    from click.testing import CliRunner
+
+    from vidx.cli import cli
+
+    tracks = ds.dataset(vtest_out / "person_tracks", format="parquet", schema=PERSON_TRACKS).to_table()
+    persons = ds.dataset(vtest_out / "persons", format="parquet", schema=PERSONS).to_table()
+    spans = np.asarray(tracks.column("end_s").to_pylist()) - np.asarray(tracks.column("start_s").to_pylist())
+    print(f"person tracks {tracks.num_rows}, spans {np.round(spans, 1).tolist()}")
+    assert 5 <= tracks.num_rows <= 14, tracks.num_rows  # 6-7 walkers; some lost and found again
+    assert np.median(spans) >= 2.0, spans  # most walkers are followed for most of the 5 s
+    tracked = persons.column("person_track_id").drop_null()
+    assert len(tracked) >= 0.9 * persons.num_rows  # nearly every box belongs to a track
+    result = CliRunner().invoke(cli, ["people", "timeline", "vtest.mp4", "--out", str(vtest_out), "--json"])
+    assert result.exit_code == 0, result.output
+    timeline = json.loads(result.stdout)
+    listed = {t["person_track_id"] for t in timeline["person_tracks"]}
+    assert listed == set(tracks.column("person_track_id").to_pylist())
+    print(f"segments {[(s['start_s'], s['end_s'], s['people']) for s in timeline['segments']]}")
+    assert 5 <= timeline["max_people"] <= 8, timeline["segments"]
+    assert all(seg["start_s"] < seg["end_s"] for seg in timeline["segments"])
