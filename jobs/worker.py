@@ -9,7 +9,6 @@ thumbnails and returns plain values.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import queue
@@ -25,7 +24,7 @@ from pathlib import Path
 from catalog.outcome import PersonTrackRow, TrackRow, VideoOutcome
 from engines.loader import load_engines
 from engines.zoo import ModelStore
-from indexer.decode.base import Decoder, DecodeStats, FrameBatch, VideoInfo, open_decoder
+from indexer.decode.base import Decoder, DecoderWrapper, FrameBatch, open_decoder
 from indexer.decode.staged import RemoteSources, StagedDecoder
 from indexer.errors import VideoError
 from indexer.host_memory import limit_malloc_arenas
@@ -86,28 +85,16 @@ def parse_faults(text: str | None) -> dict[str, str]:
     return faults
 
 
-class FaultyDecoder:
+class FaultyDecoder(DecoderWrapper):
     """A decoder that crashes the process or hangs on chosen videos, in the decoder thread, like a broken
     decoder does; every other video goes to the real decoder it wraps (fault injection for the tests)."""
 
     def __init__(self, inner: Decoder, faults: dict[str, str]):
-        self.inner = inner
+        super().__init__(inner)
         self.faults = faults
-        self.device = inner.device
 
-    def __copy__(self) -> FaultyDecoder:
-        return FaultyDecoder(copy.copy(self.inner), self.faults)
-
-    @property
-    def stats(self) -> DecodeStats:
-        return self.inner.stats
-
-    @stats.setter
-    def stats(self, value: DecodeStats) -> None:
-        self.inner.stats = value
-
-    def probe(self, path: Path) -> VideoInfo:
-        return self.inner.probe(path)
+    def rewrap(self, inner: Decoder) -> FaultyDecoder:
+        return FaultyDecoder(inner, self.faults)
 
     def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
         if (name := self.faults.get("crash")) and name in str(path):

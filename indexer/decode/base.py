@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import heapq
 import logging
 import math
@@ -189,6 +190,36 @@ class Decoder(Protocol):
     def probe(self, path: Path) -> VideoInfo: ...
 
     def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]: ...
+
+
+class DecoderWrapper:
+    """A decoder that wraps another: device and statistics are the inner decoder's, and a copy (one per video
+    in flight) wraps a copy of it. Subclasses change what `probe` and `batches` do around the inner ones."""
+
+    def __init__(self, inner: Decoder):
+        self.inner = inner
+        self.device = inner.device
+
+    def rewrap(self, inner: Decoder) -> DecoderWrapper:
+        """The same wrapper around another inner decoder."""
+        raise NotImplementedError
+
+    def __copy__(self) -> DecoderWrapper:
+        return self.rewrap(copy.copy(self.inner))
+
+    @property
+    def stats(self) -> DecodeStats:
+        return self.inner.stats
+
+    @stats.setter
+    def stats(self, value: DecodeStats) -> None:
+        self.inner.stats = value
+
+    def probe(self, path: Path) -> VideoInfo:
+        return self.inner.probe(path)
+
+    def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
+        return self.inner.batches(path, sampling, batch_size)
 
 
 def open_decoder(device: DeviceChoice, *, threads: int = 0) -> Decoder:

@@ -4,14 +4,13 @@ there like a local file, and removed; frames, errors and results name the object
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from indexer.decode.base import Decoder, DecodeStats, FrameBatch, VideoInfo
+from indexer.decode.base import Decoder, DecoderWrapper, FrameBatch, VideoInfo
 from indexer.errors import VideoError
 from indexer.storage import Scratch, download, object_fingerprint, object_version, scratch
 from schemas.config import SamplingConfig
@@ -54,25 +53,16 @@ class RemoteSources:
             self._by_path.pop(path, None)
 
 
-class StagedDecoder:
+class StagedDecoder(DecoderWrapper):
     """Wraps a decoder: paths standing for objects are downloaded first (within the scratch budget)."""
 
     def __init__(self, inner: Decoder, sources: RemoteSources):
-        self.inner = inner
+        super().__init__(inner)
         self.sources = sources
-        self.device = inner.device
         self._info: dict[Path, VideoInfo] = {}
 
-    def __copy__(self) -> StagedDecoder:
-        return StagedDecoder(copy.copy(self.inner), self.sources)
-
-    @property
-    def stats(self) -> DecodeStats:
-        return self.inner.stats
-
-    @stats.setter
-    def stats(self, value: DecodeStats) -> None:
-        self.inner.stats = value
+    def rewrap(self, inner: Decoder) -> StagedDecoder:
+        return StagedDecoder(inner, self.sources)
 
     def probe(self, path: Path) -> VideoInfo:
         if (info := self._info.get(path)) is not None:
