@@ -427,7 +427,7 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
         now = db_clock(s)
     started, finished = aware(job.started_at), aware(job.finished_at)
     wall = ((finished or now) - started).total_seconds() if started else 0.0
-    finished_n = summary["done"] + summary["failed"]
+    finished_n = summary.done + summary.failed
     eta = None
     if job.status in ("running", "cancelling") and done_size and left_size and wall > 0:
         eta = wall * left_size / done_size
@@ -437,13 +437,13 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
             or (job.status in ("running", "cancelling") and not alive))
     log_path = job.options.get("log")
     return {
-        **summary, "status": job.status, "archive": job.archive, "driver": job.driver,
+        **summary.to_json(), "status": job.status, "archive": job.archive, "driver": job.driver,
         "alive": alive, "driver_gone": gone, "driver_log": log_path,
         "driver_error": log_tail(log_path) if gone else [], "options": job.options,
         "created_at": _iso(job.created_at), "started_at": _iso(started), "finished_at": _iso(finished),
         "heartbeat_at": _iso(job.heartbeat_at), "wall_s": round(wall, 3),
         "videos_per_s": round(finished_n / wall, 4) if wall > 0 else None,
-        "frames_per_s": round(summary["frames_decoded"] / wall, 1) if wall > 0 else None,
+        "frames_per_s": round(summary.frames_decoded / wall, 1) if wall > 0 else None,
         "worker_s": round(float(done_elapsed or 0.0), 3), "eta_s": round(eta, 1) if eta is not None else None,
         "in_progress": [{"path": p, "worker": w, "attempts": a} for p, w, a in running],
     }

@@ -69,7 +69,7 @@ def test_two_jobs_over_one_archive_at_once_index_each_video_once(
         done = Counter(s.scalars(select(Task.video_id).where(Task.status == "done")))
         skipped = list(s.scalars(select(Task.error).where(Task.status == "skipped")))
     assert len(done) == 8 and set(done.values()) == {1}  # every video by exactly one of the two jobs
-    assert sum(r.summary["done"] for r in results) == 8
+    assert sum(r.summary.done for r in results) == 8
     reasons = [e or "" for e in skipped]
     assert len(reasons) == 8 and all(e.startswith(("indexed meanwhile by job", "already indexed")) for e in reasons)
 
@@ -87,25 +87,25 @@ def test_resubmits_are_incremental_and_a_changed_setting_replaces_old_results(
                        cache_dir=cache_dir, options=PlanOptions(**kw))
 
     first = submit(SETTINGS)
-    assert (first.summary["done"], first.summary["failed"]) == (3, 1)
+    assert (first.summary.done, first.summary.failed) == (3, 1)
     again = submit(SETTINGS)  # nothing new: the corrupt file is not retried either
-    assert (again.summary["done"], again.summary["failed"], again.summary["skipped"], again.workers) == (0, 0, 4, {})
-    assert submit(SETTINGS, retry_failed=True).summary["failed"] == 1
+    assert (again.summary.done, again.summary.failed, again.summary.skipped, again.workers) == (0, 0, 4, {})
+    assert submit(SETTINGS, retry_failed=True).summary.failed == 1
 
     clips[0].write_bytes(clips[1].read_bytes())  # a changed file is redone
     changed = submit(SETTINGS)
-    assert (changed.summary["done"], changed.summary["skipped"]) == (1, 3)
+    assert (changed.summary.done, changed.summary.skipped) == (1, 3)
 
     other = IndexSettings(sampling=SamplingConfig(fps=1.0), runtime=RuntimeConfig(device="cpu"))
     kept = submit(other, reprocess_stale=False)
     # With --keep-stale, indexed videos are stale for the new run and left alone; the corrupt one is tried once.
-    assert (kept.summary["done"], kept.summary["failed"], kept.summary["skipped"]) == (0, 1, 3)
+    assert (kept.summary.done, kept.summary.failed, kept.summary.skipped) == (0, 1, 3)
     with catalog.session() as s:
         reasons = set(s.scalars(select(Task.error).where(Task.job_id == kept.job_id)))
     assert any("--keep-stale" in (r or "") for r in reasons)
     old_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
     redo = submit(other)  # by default, a setting that changes results re-indexes what it makes stale
-    assert redo.summary["done"] == 3 and redo.summary["plan"]["stale"] == 3
+    assert redo.summary.done == 3 and redo.summary.plan["stale"] == 3
     new_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
     assert len(new_parts) == 3 and not set(old_parts) & set(new_parts)  # old run's parts replaced
     with catalog.session() as s:
@@ -203,11 +203,11 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
     finally:
         summary = held.finish().summary
     # A cancel stops the claims; the video already claimed at the cancel (if any) is finished, not abandoned.
-    assert (summary["status"], summary["done"], summary["running"], summary["queued"]) == (
+    assert (summary.status, summary.done, summary.running, summary.queued) == (
         "cancelled", 1 + at_cancel["running"], 0, 7 - at_cancel["running"]), (summary, at_cancel)
     assert state.job_info(catalog, job_id)["status"] == "cancelled"
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
-    assert (resumed.summary["status"], resumed.summary["done"]) == ("done", 8)
+    assert (resumed.summary.status, resumed.summary.done) == ("done", 8)
 
 
 def test_a_driver_taken_over_by_force_stops_and_leaves_the_job_to_the_new_one(
@@ -227,12 +227,12 @@ def test_a_driver_taken_over_by_force_stops_and_leaves_the_job_to_the_new_one(
         assert state.claim_next(catalog, job_id, "late", driver=state.driver_id()) is None  # its claims end too
     finally:
         result = held.finish()
-    assert result.summary["status"] == state.TAKEN_OVER
+    assert result.summary.status == state.TAKEN_OVER
     job = state.get_job(catalog, job_id)
     assert (job.status, job.driver, job.finished_at) == ("running", "other-host:7", None)
-    assert result.summary["done"] < 4  # it stopped claiming
+    assert result.summary.done < 4  # it stopped claiming
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir, force=True)
-    assert (resumed.summary["status"], resumed.summary["done"], resumed.summary["failed"]) == ("done", 4, 0)
+    assert (resumed.summary.status, resumed.summary.done, resumed.summary.failed) == ("done", 4, 0)
     with catalog.session() as s:
         assert s.scalar(select(func.count()).select_from(Video).where(Video.status == "indexed")) == 4
     catalog.close()
@@ -324,8 +324,8 @@ def test_a_video_that_crashes_the_in_process_driver_is_failed_on_resume_after_it
     catalog = Catalog(default_db_url(out))
     job_id = state.list_jobs(catalog)[0]["job_id"]
     result = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
-    assert (result.summary["done"], result.summary["failed"]) == (2, 1)
-    (failure,) = result.summary["failures"]
+    assert (result.summary.done, result.summary.failed) == (2, 1)
+    (failure,) = result.summary.failures
     assert failure["path"].endswith("segv_me.mp4") and "died during each of 1 attempts" in failure["error"]
 
 
@@ -341,8 +341,8 @@ def test_in_process_job_with_videos_in_flight_gives_the_one_at_a_time_results(
         settings = IndexSettings(runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight, frame_batch=4))
         result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(tmp_path / f"out{in_flight}"), settings=settings,
                          executor=LocalExecutor(), cache_dir=cache_dir)
-        assert (result.summary["done"], result.summary["failed"]) == (4, 1), result.summary
-        assert "garbage.mp4" in result.summary["failures"][0]["path"]
+        assert (result.summary.done, result.summary.failed) == (4, 1), result.summary
+        assert "garbage.mp4" in result.summary.failures[0]["path"]
         with catalog.session() as s:
             rows = s.execute(select(Video.path, Track.start_s, Track.end_s, Track.n_faces)
                              .join(Track, Track.video_id == Video.id).order_by(Video.path, Track.start_s)).all()
@@ -448,5 +448,5 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
     assert any(eta is not None and done == 1 for _, _, eta, done in seen), seen  # an ETA while work is left
     assert progress.progress.tasks[0].completed == pytest.approx(total, abs=0.2)
     s = result.summary
-    assert s["done"] == 2 and s["faces"] >= s["tracks"] >= 1 and s["persons"] >= 1, s
-    assert s["video_s"] == pytest.approx(4.5, abs=0.2) and len(clips) == 2
+    assert s.done == 2 and s.faces >= s.tracks >= 1 and s.persons >= 1, s
+    assert s.video_s == pytest.approx(4.5, abs=0.2) and len(clips) == 2

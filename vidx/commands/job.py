@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -29,6 +29,9 @@ from vidx.commands.common import (
     sampling_options,
 )
 from vidx.output import emit, err, out
+
+if TYPE_CHECKING:  # the CLI imports the job machinery only when a command runs
+    from jobs.runner import DriverSummary
 
 EXECUTORS = ("local", "ray")
 
@@ -96,19 +99,33 @@ def plan_options(fn: Any) -> Any:
     return fn
 
 
-def finish(summary: dict[str, Any], as_json: bool) -> None:
+@dataclass(frozen=True)
+class Finished:
+    """A job driven by this command: the driver's summary, its workers, and where the results went."""
+
+    summary: DriverSummary
+    workers: dict[str, Any]
+    out: Any
+    """The job's output folder or URI as the job recorded it."""
+    db: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.summary.to_json(), "workers": self.workers, "out": self.out, "db": self.db}
+
+
+def finish(done: Finished, as_json: bool) -> None:
     from vidx.progress import JobProgress
 
-    emit(summary, as_json, JobProgress.render_summary)
-    if summary.get("status") not in (None, "done"):
+    emit(done.to_json(), as_json, lambda _: JobProgress.render_summary(done.summary, done.out, done.db))
+    if done.summary.status != "done":
         sys.exit(4)
-    if summary["failed"] or summary["unreadable"]:
+    if done.summary.failed or done.summary.unreadable:
         sys.exit(3)
 
 
 def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: str | None, settings: Any,
                    executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool, as_json: bool,
-                   address: str | None = None) -> dict[str, Any]:
+                   address: str | None = None) -> Finished:
     """Plan and drive a job in this process with a progress bar; the summary (for printing)."""
     from jobs.executors import executor_from_options
     from jobs.runner import PlanOptions, run_job
@@ -121,7 +138,7 @@ def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: s
                          events=progress.events(), options=PlanOptions(reprocess_stale, retry_failed),
                          executor_options=executor)
     refresh_after_job(catalog, out_dir)
-    return {**result.summary, "workers": result.workers, "out": out_dir, "db": catalog.url}
+    return Finished(result.summary, result.workers, out_dir, catalog.url)
 
 
 @click.group()
@@ -191,9 +208,7 @@ def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, addr
         result = resume_job(job_id, catalog=catalog, executor=executor, cache_dir=ctx.cache_dir,
                             events=progress.events(), force=force)
     refresh_after_job(catalog, job_row.options.get("out", out_dir))
-    summary = {**result.summary, "workers": result.workers, "out": job_row.options.get("out", out_dir),
-               "db": catalog.url}
-    finish(summary, as_json)
+    finish(Finished(result.summary, result.workers, job_row.options.get("out", out_dir), catalog.url), as_json)
 
 
 @job.command("status")
