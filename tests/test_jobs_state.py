@@ -178,7 +178,7 @@ def held_job(tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path
         executor=LocalExecutor(), cache_dir=cache_dir, events=JobEvents(on_video=hold_after_first))))
     driver.start()
     assert first_done.wait(120), "no video done in 120 s"
-    return HeldJob(catalog, state.list_jobs(catalog)[0]["job_id"], driver, results, release)
+    return HeldJob(catalog, state.list_jobs(catalog)[0].job_id, driver, results, release)
 
 
 def heartbeat_of(job_id: int) -> _Heartbeat:
@@ -195,17 +195,17 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
     try:
         at_cancel = state.job_info(catalog, job_id)  # work is left: this tests a cancel, not a finished job
         # The next video may already be claimed: its decoding starts while the first one's last frames are analysed.
-        assert (at_cancel["status"], at_cancel["done"], at_cancel["queued"] + at_cancel["running"]) == (
+        assert (at_cancel.status, at_cancel.done, at_cancel.queued + at_cancel.running) == (
             "running", 1, 7), at_cancel
-        assert at_cancel["running"] <= 1, at_cancel
+        assert at_cancel.running <= 1, at_cancel
         assert state.cancel(catalog, job_id) == "cancelling"  # the driver is alive: it is asked to stop
         assert heartbeat_of(job_id).cancelled.wait(10 * state.HEARTBEAT_S), "the heartbeat never saw the cancel"
     finally:
         summary = held.finish().summary
     # A cancel stops the claims; the video already claimed at the cancel (if any) is finished, not abandoned.
     assert (summary.status, summary.done, summary.running, summary.queued) == (
-        "cancelled", 1 + at_cancel["running"], 0, 7 - at_cancel["running"]), (summary, at_cancel)
-    assert state.job_info(catalog, job_id)["status"] == "cancelled"
+        "cancelled", 1 + at_cancel.running, 0, 7 - at_cancel.running), (summary, at_cancel)
+    assert state.job_info(catalog, job_id).status == "cancelled"
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
     assert (resumed.summary.status, resumed.summary.done) == ("done", 8)
 
@@ -223,7 +223,7 @@ def test_a_driver_taken_over_by_force_stops_and_leaves_the_job_to_the_new_one(
         state.take_over(catalog, job_id, "other-host:7", force=True)
         assert heartbeat_of(job_id).taken_over.wait(10 * state.HEARTBEAT_S), "the old driver never noticed"
         assert state.heartbeat(catalog, job_id, state.driver_id()) == state.TAKEN_OVER
-        assert state.job_info(catalog, job_id)["queued"] > 0
+        assert state.job_info(catalog, job_id).queued > 0
         assert state.claim_next(catalog, job_id, "late", driver=state.driver_id()) is None  # its claims end too
     finally:
         result = held.finish()
@@ -293,22 +293,22 @@ def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
         if proc.poll() is None:
             proc.kill()
     job = state.list_jobs(catalog)[0]
-    assert job["status"] == "interrupted" and job.get("running", 0) == 0 and job.get("queued", 0) >= 1
-    assert 1 <= job.get("done", 0) <= 5  # the hanging video is never done by this driver
+    assert job.status == "interrupted" and job.counts.get("running", 0) == 0 and job.counts.get("queued", 0) >= 1
+    assert 1 <= job.counts.get("done", 0) <= 5  # the hanging video is never done by this driver
 
     runner = CliRunner()
     res = runner.invoke(cli, ["--cache-dir", str(cache_dir), "job", "submit", str(archive), "--out", str(out),
                               "--executor", "local", "--device", "cpu", "--detach", "--json"])
     assert res.exit_code == 0, res.output
     detached = json.loads(res.output)
-    assert detached["queued"] == 6 - job.get("done", 0)  # only what the interrupted job did not finish
+    assert detached["queued"] == 6 - job.counts.get("done", 0)  # only what the interrupted job did not finish
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         info = state.job_info(catalog, detached["job_id"])
-        if info["status"] not in ("queued", "running"):
+        if info.status not in ("queued", "running"):
             break
         time.sleep(0.5)
-    assert (info["status"], info["done"] + info["skipped"]) == ("done", 6), Path(detached["log"]).read_text()
+    assert (info.status, info.done + info.skipped) == ("done", 6), Path(detached["log"]).read_text()
 
 
 def test_a_video_that_crashes_the_in_process_driver_is_failed_on_resume_after_its_attempts(
@@ -322,7 +322,7 @@ def test_a_video_that_crashes_the_in_process_driver_is_failed_on_resume_after_it
                            "--max-attempts", "1", "--json"], env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGSEGV, proc.stderr.decode()[-2000:]  # no containment in-process
     catalog = Catalog(default_db_url(out))
-    job_id = state.list_jobs(catalog)[0]["job_id"]
+    job_id = state.list_jobs(catalog)[0].job_id
     result = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
     assert (result.summary.done, result.summary.failed) == (2, 1)
     (failure,) = result.summary.failures

@@ -31,6 +31,7 @@ from vidx.commands.common import (
 from vidx.output import emit, err, out
 
 if TYPE_CHECKING:  # the CLI imports the job machinery only when a command runs
+    from catalog.records import JobInfo
     from jobs.runner import DriverSummary
 
 EXECUTORS = ("local", "ray")
@@ -226,31 +227,31 @@ def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool
         jobs = list_jobs(catalog, limit=1)
         if not jobs:
             raise click.ClickException("no jobs in this index")
-        job_id = jobs[0]["job_id"]
+        job_id = jobs[0].job_id
     while True:
         info = job_info(catalog, job_id)
-        emit(info, as_json, render_status)
-        if not watch or info["status"] not in ("running", "cancelling", "queued") or info["driver_gone"]:
+        emit(info.to_json(), as_json, functools.partial(render_status, info))
+        if not watch or info.status not in ("running", "cancelling", "queued") or info.driver_gone:
             return
         time.sleep(2.0)
 
 
-def render_status(i: dict[str, Any]) -> None:
-    eta = f", ETA {i['eta_s']:.0f} s" if i.get("eta_s") is not None else ""
-    rate = f", {i['frames_per_s']:,.0f} frames/s" if i.get("frames_per_s") else ""
-    alive = (" (driver gone: vidx job resume)" if i["driver_gone"] else " (driver alive)" if i["alive"]
-             else "") if i["status"] in ("running", "cancelling", "queued") else ""
-    out.print(escape(f"job {i['job_id']} [{i['status']}{alive}] {i['archive']}"), highlight=False)
-    if i["driver_gone"] and i.get("driver_error"):
-        out.print(escape(f"  its driver stopped; the end of {i['driver_log']}:"), highlight=False)
-        for line in i["driver_error"]:
+def render_status(i: JobInfo, _json: object = None) -> None:
+    eta = f", ETA {i.eta_s:.0f} s" if i.eta_s is not None else ""
+    rate = f", {i.frames_per_s:,.0f} frames/s" if i.frames_per_s else ""
+    alive = (" (driver gone: vidx job resume)" if i.driver_gone else " (driver alive)" if i.alive
+             else "") if i.status in ("running", "cancelling", "queued") else ""
+    out.print(escape(f"job {i.job_id} [{i.status}{alive}] {i.archive}"), highlight=False)
+    if i.driver_gone and i.driver_error:
+        out.print(escape(f"  its driver stopped; the end of {i.driver_log}:"), highlight=False)
+        for line in i.driver_error:
             out.print(escape(f"    {line}"), style="red", highlight=False)
-    out.print(f"  {i['done']} done, {i['skipped']} skipped, {i['failed']} failed, {i['running']} running, "
-              f"{i['queued']} queued of {i['videos']}; {i['frames_decoded']:,} frames in {i['wall_s']:.1f} s"
+    out.print(f"  {i.done} done, {i.skipped} skipped, {i.failed} failed, {i.running} running, "
+              f"{i.queued} queued of {i.videos}; {i.frames_decoded:,} frames in {i.wall_s:.1f} s"
               f"{rate}{eta}")
-    for t in i["in_progress"]:
+    for t in i.in_progress:
         out.print(f"  running {t['path']} on {t['worker']} (attempt {t['attempts']})", highlight=False)
-    for f in i["failures"]:
+    for f in i.failures:
         out.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False)
 
 
@@ -265,15 +266,16 @@ def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> Non
 
     rows = list_jobs(open_catalog(out_dir, db_url), limit=limit)
 
-    def render(rows: list[dict[str, Any]]) -> None:
+    def render(_: object) -> None:
         table = Table("job", "status", "done", "skipped", "failed", "queued", "created", "archive")
         for r in rows:
-            table.add_row(str(r["job_id"]), r["status"], str(r.get("done", 0)), str(r.get("skipped", 0)),
-                          str(r.get("failed", 0)), str(r.get("queued", 0) + r.get("running", 0)),
-                          r["created_at"] or "", r["archive"])
+            n = r.counts
+            table.add_row(str(r.job_id), r.status, str(n.get("done", 0)), str(n.get("skipped", 0)),
+                          str(n.get("failed", 0)), str(n.get("queued", 0) + n.get("running", 0)),
+                          r.created_at or "", r.archive)
         out.print(table)
 
-    emit(rows, as_json, render)
+    emit([r.to_json() for r in rows], as_json, render)
 
 
 @job.command("cancel")
