@@ -112,8 +112,8 @@ def bench_jobs(cache_dir: Path | None, *, videos: int = 20, workers: int | None 
                              executor=executor, cache_dir=cache_dir)
             wall = time.perf_counter() - started
             catalog.engine.dispose()
-            rows[name] = {"wall_s": round(wall, 3), "done": result.summary["done"],
-                          "failed": result.summary["failed"], "frames": result.summary["frames_decoded"],
+            rows[name] = {"wall_s": round(wall, 3), "done": result.summary.done,
+                          "failed": result.summary.failed, "frames": result.summary.frames_decoded,
                           "workers": result.workers}
 
         timed("local", LocalExecutor())

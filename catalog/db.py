@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from catalog.archive import VideoFile, video_fingerprint
 from catalog.outcome import VideoOutcome
+from catalog.records import JobSummary
 from schemas import migrations
 from schemas.errors import InputError, VidxError
 from schemas.retry import GaveUp, RetryPolicy, call_with_retries
@@ -365,15 +366,15 @@ class Catalog:
     # ------------------------------------------------------------------------------------- jobs
 
     @retrying
-    def finish_job(self, job_id: int, status: str) -> dict[str, Any]:
+    def finish_job(self, job_id: int, status: str) -> JobSummary:
         summary = self.job_summary(job_id)
         with self.session() as s:
             s.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=db_clock(s),
-                                                                 summary=summary))
+                                                                 summary=summary.to_json()))
         return summary
 
     @retrying
-    def job_summary(self, job_id: int) -> dict[str, Any]:
+    def job_summary(self, job_id: int) -> JobSummary:
         from sqlalchemy import func
 
         with self.session() as s:
@@ -382,8 +383,8 @@ class Catalog:
             failed = s.execute(select(Task.path, Task.error).where(Task.job_id == job_id, Task.status == "failed")
                                .order_by(Task.path)).all()
         counts = {status: n for status, n, _ in rows}
-        return {"job_id": job_id, "videos": sum(counts.values()), "done": counts.get("done", 0),
-                "skipped": counts.get("skipped", 0), "failed": counts.get("failed", 0),
-                "queued": counts.get("queued", 0), "running": counts.get("running", 0),
-                "frames_decoded": sum(int(fr or 0) for _, _, fr in rows),
-                "failures": [{"path": p, "error": e} for p, e in failed]}
+        return JobSummary(job_id=job_id, videos=sum(counts.values()), done=counts.get("done", 0),
+                          skipped=counts.get("skipped", 0), failed=counts.get("failed", 0),
+                          queued=counts.get("queued", 0), running=counts.get("running", 0),
+                          frames_decoded=sum(int(fr or 0) for _, _, fr in rows),
+                          failures=[{"path": p, "error": e} for p, e in failed])

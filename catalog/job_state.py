@@ -31,6 +31,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from catalog.db import Catalog, retrying
+from catalog.records import JobInfo, JobRow
 from schemas.errors import VidxError
 from schemas.sql import Job, Run, Task, Video, aware, db_clock, utcnow
 
@@ -412,7 +413,7 @@ def log_tail(path: str | None, lines: int = DRIVER_LOG_LINES) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
-def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
+def job_info(catalog: Catalog, job_id: int) -> JobInfo:
     """A job's state for `vidx job status`: counts, frames, rate and ETA from the finished tasks."""
     job = get_job(catalog, job_id)
     summary = catalog.job_summary(job_id)
@@ -427,7 +428,7 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
         now = db_clock(s)
     started, finished = aware(job.started_at), aware(job.finished_at)
     wall = ((finished or now) - started).total_seconds() if started else 0.0
-    finished_n = summary["done"] + summary["failed"]
+    finished_n = summary.done + summary.failed
     eta = None
     if job.status in ("running", "cancelling") and done_size and left_size and wall > 0:
         eta = wall * left_size / done_size
@@ -436,20 +437,20 @@ def job_info(catalog: Catalog, job_id: int) -> dict[str, Any]:
     gone = ((job.status == "queued" and _local_process_exists(job.driver) is False)
             or (job.status in ("running", "cancelling") and not alive))
     log_path = job.options.get("log")
-    return {
-        **summary, "status": job.status, "archive": job.archive, "driver": job.driver,
-        "alive": alive, "driver_gone": gone, "driver_log": log_path,
-        "driver_error": log_tail(log_path) if gone else [], "options": job.options,
-        "created_at": _iso(job.created_at), "started_at": _iso(started), "finished_at": _iso(finished),
-        "heartbeat_at": _iso(job.heartbeat_at), "wall_s": round(wall, 3),
-        "videos_per_s": round(finished_n / wall, 4) if wall > 0 else None,
-        "frames_per_s": round(summary["frames_decoded"] / wall, 1) if wall > 0 else None,
-        "worker_s": round(float(done_elapsed or 0.0), 3), "eta_s": round(eta, 1) if eta is not None else None,
-        "in_progress": [{"path": p, "worker": w, "attempts": a} for p, w, a in running],
-    }
+    return JobInfo(
+        **vars(summary), status=job.status, archive=job.archive, driver=job.driver,
+        alive=alive, driver_gone=gone, driver_log=log_path,
+        driver_error=log_tail(log_path) if gone else [], options=job.options,
+        created_at=_iso(job.created_at), started_at=_iso(started), finished_at=_iso(finished),
+        heartbeat_at=_iso(job.heartbeat_at), wall_s=round(wall, 3),
+        videos_per_s=round(finished_n / wall, 4) if wall > 0 else None,
+        frames_per_s=round(summary.frames_decoded / wall, 1) if wall > 0 else None,
+        worker_s=round(float(done_elapsed or 0.0), 3), eta_s=round(eta, 1) if eta is not None else None,
+        in_progress=[{"path": p, "worker": w, "attempts": a} for p, w, a in running],
+    )
 
 
-def list_jobs(catalog: Catalog, limit: int = 50) -> list[dict[str, Any]]:
+def list_jobs(catalog: Catalog, limit: int = 50) -> list[JobRow]:
     with catalog.session() as s:
         jobs = s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
         now = db_clock(s)
@@ -458,8 +459,9 @@ def list_jobs(catalog: Catalog, limit: int = 50) -> list[dict[str, Any]]:
                                         .where(Task.job_id.in_([j.id for j in jobs]))
                                         .group_by(Task.job_id, Task.status)):
             counts.setdefault(jid, {})[status] = n
-    return [{"job_id": j.id, "status": j.status, "archive": j.archive, "created_at": _iso(j.created_at),
-             "finished_at": _iso(j.finished_at), "alive": driver_alive(j, now), **counts.get(j.id, {})} for j in jobs]
+    return [JobRow(job_id=j.id, status=j.status, archive=j.archive, created_at=_iso(j.created_at),
+                   finished_at=_iso(j.finished_at), alive=driver_alive(j, now), counts=counts.get(j.id, {}))
+            for j in jobs]
 
 
 def _iso(t: dt.datetime | None) -> str | None:

@@ -23,6 +23,7 @@ from catalog import job_state as state
 from catalog.archive import Skipped, VideoFile, scan_archive
 from catalog.db import Catalog
 from catalog.outcome import VideoOutcome
+from catalog.records import JobSummary
 from engines.zoo import ModelStore, run_models
 from indexer.write import OutputStore, remove_video_outputs
 from jobs.worker import TaskSpec, VideoWorker
@@ -121,10 +122,26 @@ class JobEvents:
     report whole videos)."""
 
 
+@dataclass(frozen=True)
+class DriverSummary(JobSummary):
+    """A job's summary as its driver reports it at the end: the catalog's counts, then what this driver saw."""
+
+    status: str
+    plan: dict[str, int]
+    """How many videos of each state.PlanKind the job was planned with ({} when planned elsewhere)."""
+    faces: int
+    persons: int
+    tracks: int
+    video_s: float
+    """Found by this driver: a resumed job's earlier drivers reported theirs."""
+    unreadable: list[dict[str, str]]
+    """{"path", "error"} of each video the plan skipped as unreadable."""
+
+
 @dataclass
 class JobResult:
     job_id: int
-    summary: dict[str, Any]
+    summary: DriverSummary
     workers: dict[str, Any] = field(default_factory=dict)
 
 
@@ -254,7 +271,7 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
     status = "failed"
     beat.start()
     try:
-        queued = catalog.job_summary(job_id)["queued"]
+        queued = catalog.job_summary(job_id).queued
         if queued:
             events.on_start(state.queued_paths(catalog, job_id))
             workers = executor.start(settings, out_uri, cache_dir)
@@ -273,13 +290,11 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
             if status != "done":  # whatever was running goes back to the queue: `vidx job resume` picks it up
                 state.release_running(catalog, job_id)
             summary = catalog.finish_job(job_id, status)
-    summary["status"] = status
-    summary["plan"] = job.options.get("plan", {})
-    # found by this driver (a resumed job's earlier drivers reported theirs)
-    summary.update(faces=found["faces"], persons=found["persons"], tracks=found["tracks"],
-                   video_s=round(found["video_s"], 3))
-    summary["unreadable"] = [{"path": p, "error": why} for p, why in job.options.get("unreadable", [])]
-    return JobResult(job_id, summary, workers)
+    return JobResult(job_id, DriverSummary(
+        **vars(summary), status=status, plan=job.options.get("plan", {}),
+        faces=int(found["faces"]), persons=int(found["persons"]), tracks=int(found["tracks"]),
+        video_s=round(found["video_s"], 3),
+        unreadable=[{"path": p, "error": why} for p, why in job.options.get("unreadable", [])]), workers)
 
 
 def run_job(archive: Path | str, *, catalog: Catalog, out_uri: str, settings: IndexSettings, executor: Executor,
@@ -304,6 +319,6 @@ def resume_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: 
     events = events or JobEvents()
     state.take_over(catalog, job_id, this_driver(), force=force)
     summary = catalog.job_summary(job_id)
-    events.on_plan({"queued": summary["queued"], "skipped": summary["skipped"], "unreadable": 0,
-                    "finished": summary["done"] + summary["failed"]})
+    events.on_plan({"queued": summary.queued, "skipped": summary.skipped, "unreadable": 0,
+                    "finished": summary.done + summary.failed})
     return drive_job(job_id, catalog=catalog, executor=executor, cache_dir=cache_dir, events=events)

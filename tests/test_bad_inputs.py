@@ -131,8 +131,8 @@ def bad(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> BadArchive
 
 def test_every_good_video_is_indexed_and_every_bad_one_says_why(bad: BadArchive) -> None:
     summary = bad.result.summary
-    failures = {Path(f["path"]).name: f["error"] for f in summary["failures"]}
-    skipped = {Path(u["path"]).name: u["error"] for u in summary["unreadable"]}
+    failures = {Path(f["path"]).name: f["error"] for f in summary.failures}
+    skipped = {Path(u["path"]).name: u["error"] for u in summary.unreadable}
     seen = set(bad.outcomes) | set(skipped)
     assert seen == set(EXPECTED), f"unexpected: {seen ^ set(EXPECTED)}"
     for name, (status, words) in EXPECTED.items():
@@ -143,9 +143,9 @@ def test_every_good_video_is_indexed_and_every_bad_one_says_why(bad: BadArchive)
         else:
             assert name in skipped and words in skipped[name], (name, skipped.get(name))
     n_done = sum(s == "done" for s, _ in EXPECTED.values())
-    assert summary["done"] == n_done
-    assert summary["failed"] == sum(s == "failed" for s, _ in EXPECTED.values())
-    assert summary["status"] == "done"  # bad videos never fail the job itself
+    assert summary.done == n_done
+    assert summary.failed == sum(s == "failed" for s, _ in EXPECTED.values())
+    assert summary.status == "done"  # bad videos never fail the job itself
 
 
 def test_failed_videos_leave_no_parquet_part_and_no_track_row(bad: BadArchive) -> None:

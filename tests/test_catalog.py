@@ -118,7 +118,7 @@ def test_claims_go_largest_first_each_task_once_even_when_drivers_race(db_url: s
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 12
     assert state.claim_next(catalog, job_id, "w0") is None
     summary = catalog.job_summary(job_id)
-    assert summary["running"] == 12 and summary["queued"] == 0
+    assert summary.running == 12 and summary.queued == 0
     catalog.close()
 
 
@@ -227,8 +227,8 @@ def test_rerun_skips_current_videos_and_a_new_run_requeues_them(db_url: str, tmp
         catalog.record(VideoOutcome(task.video_id, status, error="bad" if status == "failed" else None,
                                     tracks=tracks(1, f"t/{task.video_id}"), frames_decoded=10), run_a, task.id)
     summary = catalog.finish_job(job_id, "done")
-    assert (summary["done"], summary["failed"], summary["frames_decoded"]) == (2, 1, 30)
-    assert summary["failures"][0]["path"].endswith("c.mp4") and summary["failures"][0]["error"] == "bad"
+    assert (summary.done, summary.failed, summary.frames_decoded) == (2, 1, 30)
+    assert summary.failures[0]["path"].endswith("c.mp4") and summary.failures[0]["error"] == "bad"
 
     videos = catalog.register([VideoFile(Path(v.path), v.size, v.mtime) for v in videos])
     job2, queued2, skipped2 = state.plan_job(catalog, str(tmp_path), run_a, {}, videos, driver="test",
@@ -431,7 +431,7 @@ def test_a_job_rides_out_a_database_lock_taken_while_it_runs(db_url: str, tmp_pa
     result = run_job(archive, catalog=catalog, out_uri=str(out), settings=IndexSettings(runtime=RuntimeConfig(
         device="cpu")), executor=LocalExecutor(), cache_dir=cache_dir, events=JobEvents(on_video=on_video))
     held[0].join()
-    assert (result.summary["done"], result.summary["failed"]) == (4, 0)
+    assert (result.summary.done, result.summary.failed) == (4, 0)
     assert any("SQL index busy or unreachable" in r.getMessage() for r in caplog.records)
     locker.dispose()
     catalog.close()

@@ -73,15 +73,15 @@ def test_a_full_output_disk_fails_clearly_leaves_nothing_and_resumes(small_disk:
     first = run_job(archive, catalog=catalog, out_uri=str(out), settings=settings, executor=LocalExecutor(),
                     cache_dir=cache_dir)
     s = first.summary
-    assert s["done"] == 0 and s["failed"] == 3, s
-    for failure in s["failures"]:
+    assert s.done == 0 and s.failed == 3, s
+    for failure in s.failures:
         assert "No space left on device" in failure["error"], failure
     assert files_under(out) == []  # no part, no thumbnail, no temporary file
 
     filler.unlink()  # space freed
     second = run_job(archive, catalog=catalog, out_uri=str(out), settings=settings, executor=LocalExecutor(),
                      cache_dir=cache_dir, options=PlanOptions(retry_failed=True))
-    assert second.summary["done"] == 3 and second.summary["failed"] == 0, second.summary
+    assert second.summary.done == 3 and second.summary.failed == 0, second.summary
     with catalog.session() as session:
         assert session.scalar(select(func.count()).select_from(Video).where(Video.status == "indexed")) == 3
     assert len([p for p in files_under(out) if p.suffix == ".parquet"]) == 3 * len(TABLES)

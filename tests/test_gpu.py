@@ -252,7 +252,7 @@ def test_gpu_pipeline_gives_the_cpu_tracks(indexed: tuple[list[SampleVideo], Pat
                                                    videos_in_flight=4))
     result = run_job(archive, catalog=catalog, out_uri=str(tmp_path / "out"), settings=settings,
                      executor=LocalExecutor(), cache_dir=cache_dir)
-    assert result.summary["done"] == len(videos)
+    assert result.summary.done == len(videos)
     for video in videos:
         cpu, gpu = (tracks(c, video.name) for c in (cpu_catalog, catalog))
         assert len(gpu) == len(cpu), (video.name, [(t.start_s, t.end_s) for t in gpu])

@@ -69,7 +69,7 @@ def test_two_gpu_workers_share_the_videos_and_a_resubmit_does_nothing(
     executor = RayExecutor(RayOptions(workers_per_gpu=1, videos_per_worker=2))
     result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=executor,
                      cache_dir=cache_dir)
-    assert result.summary["done"] == 8 and result.summary["failed"] == 0
+    assert result.summary.done == 8 and result.summary.failed == 0
     assert result.workers["workers"] == "2 x gpu (2 videos at once each)"
     assert result.workers["gpus"] in ("0", "1")  # Ray's GPU id of the first worker up
     assert result.workers["malloc_arena_max"] == arena_env()["MALLOC_ARENA_MAX"]  # the worker's, from its start
@@ -85,7 +85,7 @@ def test_two_gpu_workers_share_the_videos_and_a_resubmit_does_nothing(
 
     again = run_job(tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS,
                     executor=RayExecutor(RayOptions(workers_per_gpu=1, videos_per_worker=2)), cache_dir=cache_dir)
-    assert (again.summary["done"], again.summary["skipped"], again.workers) == (0, 8, {})
+    assert (again.summary.done, again.summary.skipped, again.workers) == (0, 8, {})
     assert sorted((out / "faces").glob("*.parquet")) == parts
 
 
@@ -114,7 +114,7 @@ def test_a_killed_worker_is_replaced_and_every_video_is_indexed_once(
     runner.join(300)
     assert results, "the job did not finish"
     summary = results[0].summary
-    assert (summary["done"], summary["failed"]) == (6, 0)
+    assert (summary.done, summary.failed) == (6, 0)
     assert executor.replaced >= 1
     assert_each_video_indexed_once(catalog, 6)
     tasks = tasks_of(catalog, results[0].job_id)
@@ -137,7 +137,7 @@ def test_a_crashing_and_a_hanging_decoder_take_down_only_their_worker(
     result = run_job(archive, catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=executor,
                      cache_dir=cache_dir)
     by_name = {Path(t.path).name: t for t in tasks_of(catalog, result.job_id)}
-    assert (result.summary["done"], result.summary["failed"]) == (4, 3)
+    assert (result.summary.done, result.summary.failed) == (4, 3)
     crash, hang, corrupt = by_name["segv_me.mp4"], by_name["hang_me.mp4"], by_name["corrupt.mp4"]
     assert crash.status == "failed" and crash.attempts == 2 and "worker process died" in (crash.error or "")
     assert hang.status == "failed" and hang.attempts == 2 and "hung" in (hang.error or "")
@@ -177,11 +177,11 @@ def test_killing_the_driver_then_resume_finishes_the_job(
         job = s.scalars(select(Job)).one()
     assert job.status == "running"  # the driver died without a word
     summary_before = catalog.job_summary(job.id)
-    assert summary_before["done"] < 8
+    assert summary_before.done < 8
 
     result = resume_job(job.id, catalog=catalog, executor=RayExecutor(RayOptions(workers=1)), cache_dir=cache_dir)
-    assert result.summary["status"] == "done"
-    assert (result.summary["done"], result.summary["failed"]) == (8, 0)
+    assert result.summary.status == "done"
+    assert (result.summary.done, result.summary.failed) == (8, 0)
     assert_each_video_indexed_once(catalog, 8)
     with catalog.session() as s:
         assert s.scalar(select(Job.status).where(Job.id == job.id)) == "done"
@@ -197,7 +197,7 @@ def test_two_workers_can_share_one_gpu(
     executor = RayExecutor(RayOptions(workers=2, workers_per_gpu=2, videos_per_worker=2))
     result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(out), settings=SETTINGS, executor=executor,
                      cache_dir=cache_dir)
-    assert (result.summary["done"], result.summary["failed"]) == (4, 0)
+    assert (result.summary.done, result.summary.failed) == (4, 0)
     assert result.workers["workers"] == "2 x gpu (2 per GPU, 2 videos at once each)"
     assert executor._actor_opts["num_gpus"] == 0.5
     assert result.workers["gpus"] in ("0", "1")

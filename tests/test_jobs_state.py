@@ -69,7 +69,7 @@ def test_two_jobs_over_one_archive_at_once_index_each_video_once(
         done = Counter(s.scalars(select(Task.video_id).where(Task.status == "done")))
         skipped = list(s.scalars(select(Task.error).where(Task.status == "skipped")))
     assert len(done) == 8 and set(done.values()) == {1}  # every video by exactly one of the two jobs
-    assert sum(r.summary["done"] for r in results) == 8
+    assert sum(r.summary.done for r in results) == 8
     reasons = [e or "" for e in skipped]
     assert len(reasons) == 8 and all(e.startswith(("indexed meanwhile by job", "already indexed")) for e in reasons)
 
@@ -87,25 +87,25 @@ def test_resubmits_are_incremental_and_a_changed_setting_replaces_old_results(
                        cache_dir=cache_dir, options=PlanOptions(**kw))
 
     first = submit(SETTINGS)
-    assert (first.summary["done"], first.summary["failed"]) == (3, 1)
+    assert (first.summary.done, first.summary.failed) == (3, 1)
     again = submit(SETTINGS)  # nothing new: the corrupt file is not retried either
-    assert (again.summary["done"], again.summary["failed"], again.summary["skipped"], again.workers) == (0, 0, 4, {})
-    assert submit(SETTINGS, retry_failed=True).summary["failed"] == 1
+    assert (again.summary.done, again.summary.failed, again.summary.skipped, again.workers) == (0, 0, 4, {})
+    assert submit(SETTINGS, retry_failed=True).summary.failed == 1
 
     clips[0].write_bytes(clips[1].read_bytes())  # a changed file is redone
     changed = submit(SETTINGS)
-    assert (changed.summary["done"], changed.summary["skipped"]) == (1, 3)
+    assert (changed.summary.done, changed.summary.skipped) == (1, 3)
 
     other = IndexSettings(sampling=SamplingConfig(fps=1.0), runtime=RuntimeConfig(device="cpu"))
     kept = submit(other, reprocess_stale=False)
     # With --keep-stale, indexed videos are stale for the new run and left alone; the corrupt one is tried once.
-    assert (kept.summary["done"], kept.summary["failed"], kept.summary["skipped"]) == (0, 1, 3)
+    assert (kept.summary.done, kept.summary.failed, kept.summary.skipped) == (0, 1, 3)
     with catalog.session() as s:
         reasons = set(s.scalars(select(Task.error).where(Task.job_id == kept.job_id)))
     assert any("--keep-stale" in (r or "") for r in reasons)
     old_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
     redo = submit(other)  # by default, a setting that changes results re-indexes what it makes stale
-    assert redo.summary["done"] == 3 and redo.summary["plan"]["stale"] == 3
+    assert redo.summary.done == 3 and redo.summary.plan["stale"] == 3
     new_parts = sorted(p.name for p in (out / "faces").glob("*.parquet"))
     assert len(new_parts) == 3 and not set(old_parts) & set(new_parts)  # old run's parts replaced
     with catalog.session() as s:
@@ -178,7 +178,7 @@ def held_job(tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path
         executor=LocalExecutor(), cache_dir=cache_dir, events=JobEvents(on_video=hold_after_first))))
     driver.start()
     assert first_done.wait(120), "no video done in 120 s"
-    return HeldJob(catalog, state.list_jobs(catalog)[0]["job_id"], driver, results, release)
+    return HeldJob(catalog, state.list_jobs(catalog)[0].job_id, driver, results, release)
 
 
 def heartbeat_of(job_id: int) -> _Heartbeat:
@@ -195,19 +195,19 @@ def test_cancel_stops_a_live_driver_and_resume_finishes_the_job(
     try:
         at_cancel = state.job_info(catalog, job_id)  # work is left: this tests a cancel, not a finished job
         # The next video may already be claimed: its decoding starts while the first one's last frames are analysed.
-        assert (at_cancel["status"], at_cancel["done"], at_cancel["queued"] + at_cancel["running"]) == (
+        assert (at_cancel.status, at_cancel.done, at_cancel.queued + at_cancel.running) == (
             "running", 1, 7), at_cancel
-        assert at_cancel["running"] <= 1, at_cancel
+        assert at_cancel.running <= 1, at_cancel
         assert state.cancel(catalog, job_id) == "cancelling"  # the driver is alive: it is asked to stop
         assert heartbeat_of(job_id).cancelled.wait(10 * state.HEARTBEAT_S), "the heartbeat never saw the cancel"
     finally:
         summary = held.finish().summary
     # A cancel stops the claims; the video already claimed at the cancel (if any) is finished, not abandoned.
-    assert (summary["status"], summary["done"], summary["running"], summary["queued"]) == (
-        "cancelled", 1 + at_cancel["running"], 0, 7 - at_cancel["running"]), (summary, at_cancel)
-    assert state.job_info(catalog, job_id)["status"] == "cancelled"
+    assert (summary.status, summary.done, summary.running, summary.queued) == (
+        "cancelled", 1 + at_cancel.running, 0, 7 - at_cancel.running), (summary, at_cancel)
+    assert state.job_info(catalog, job_id).status == "cancelled"
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
-    assert (resumed.summary["status"], resumed.summary["done"]) == ("done", 8)
+    assert (resumed.summary.status, resumed.summary.done) == ("done", 8)
 
 
 def test_a_driver_taken_over_by_force_stops_and_leaves_the_job_to_the_new_one(
@@ -223,16 +223,16 @@ def test_a_driver_taken_over_by_force_stops_and_leaves_the_job_to_the_new_one(
         state.take_over(catalog, job_id, "other-host:7", force=True)
         assert heartbeat_of(job_id).taken_over.wait(10 * state.HEARTBEAT_S), "the old driver never noticed"
         assert state.heartbeat(catalog, job_id, state.driver_id()) == state.TAKEN_OVER
-        assert state.job_info(catalog, job_id)["queued"] > 0
+        assert state.job_info(catalog, job_id).queued > 0
         assert state.claim_next(catalog, job_id, "late", driver=state.driver_id()) is None  # its claims end too
     finally:
         result = held.finish()
-    assert result.summary["status"] == state.TAKEN_OVER
+    assert result.summary.status == state.TAKEN_OVER
     job = state.get_job(catalog, job_id)
     assert (job.status, job.driver, job.finished_at) == ("running", "other-host:7", None)
-    assert result.summary["done"] < 4  # it stopped claiming
+    assert result.summary.done < 4  # it stopped claiming
     resumed = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir, force=True)
-    assert (resumed.summary["status"], resumed.summary["done"], resumed.summary["failed"]) == ("done", 4, 0)
+    assert (resumed.summary.status, resumed.summary.done, resumed.summary.failed) == ("done", 4, 0)
     with catalog.session() as s:
         assert s.scalar(select(func.count()).select_from(Video).where(Video.status == "indexed")) == 4
     catalog.close()
@@ -293,22 +293,22 @@ def test_ctrl_c_requeues_the_running_video_and_a_detached_resume_finishes(
         if proc.poll() is None:
             proc.kill()
     job = state.list_jobs(catalog)[0]
-    assert job["status"] == "interrupted" and job.get("running", 0) == 0 and job.get("queued", 0) >= 1
-    assert 1 <= job.get("done", 0) <= 5  # the hanging video is never done by this driver
+    assert job.status == "interrupted" and job.counts.get("running", 0) == 0 and job.counts.get("queued", 0) >= 1
+    assert 1 <= job.counts.get("done", 0) <= 5  # the hanging video is never done by this driver
 
     runner = CliRunner()
     res = runner.invoke(cli, ["--cache-dir", str(cache_dir), "job", "submit", str(archive), "--out", str(out),
                               "--executor", "local", "--device", "cpu", "--detach", "--json"])
     assert res.exit_code == 0, res.output
     detached = json.loads(res.output)
-    assert detached["queued"] == 6 - job.get("done", 0)  # only what the interrupted job did not finish
+    assert detached["queued"] == 6 - job.counts.get("done", 0)  # only what the interrupted job did not finish
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         info = state.job_info(catalog, detached["job_id"])
-        if info["status"] not in ("queued", "running"):
+        if info.status not in ("queued", "running"):
             break
         time.sleep(0.5)
-    assert (info["status"], info["done"] + info["skipped"]) == ("done", 6), Path(detached["log"]).read_text()
+    assert (info.status, info.done + info.skipped) == ("done", 6), Path(detached["log"]).read_text()
 
 
 def test_a_video_that_crashes_the_in_process_driver_is_failed_on_resume_after_its_attempts(
@@ -322,10 +322,10 @@ def test_a_video_that_crashes_the_in_process_driver_is_failed_on_resume_after_it
                            "--max-attempts", "1", "--json"], env=env, capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGSEGV, proc.stderr.decode()[-2000:]  # no containment in-process
     catalog = Catalog(default_db_url(out))
-    job_id = state.list_jobs(catalog)[0]["job_id"]
+    job_id = state.list_jobs(catalog)[0].job_id
     result = resume_job(job_id, catalog=catalog, executor=LocalExecutor(), cache_dir=cache_dir)
-    assert (result.summary["done"], result.summary["failed"]) == (2, 1)
-    (failure,) = result.summary["failures"]
+    assert (result.summary.done, result.summary.failed) == (2, 1)
+    (failure,) = result.summary.failures
     assert failure["path"].endswith("segv_me.mp4") and "died during each of 1 attempts" in failure["error"]
 
 
@@ -341,8 +341,8 @@ def test_in_process_job_with_videos_in_flight_gives_the_one_at_a_time_results(
         settings = IndexSettings(runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight, frame_batch=4))
         result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(tmp_path / f"out{in_flight}"), settings=settings,
                          executor=LocalExecutor(), cache_dir=cache_dir)
-        assert (result.summary["done"], result.summary["failed"]) == (4, 1), result.summary
-        assert "garbage.mp4" in result.summary["failures"][0]["path"]
+        assert (result.summary.done, result.summary.failed) == (4, 1), result.summary
+        assert "garbage.mp4" in result.summary.failures[0]["path"]
         with catalog.session() as s:
             rows = s.execute(select(Video.path, Track.start_s, Track.end_s, Track.n_faces)
                              .join(Track, Track.video_id == Video.id).order_by(Video.path, Track.start_s)).all()
@@ -448,5 +448,5 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
     assert any(eta is not None and done == 1 for _, _, eta, done in seen), seen  # an ETA while work is left
     assert progress.progress.tasks[0].completed == pytest.approx(total, abs=0.2)
     s = result.summary
-    assert s["done"] == 2 and s["faces"] >= s["tracks"] >= 1 and s["persons"] >= 1, s
-    assert s["video_s"] == pytest.approx(4.5, abs=0.2) and len(clips) == 2
+    assert s.done == 2 and s.faces >= s.tracks >= 1 and s.persons >= 1, s
+    assert s.video_s == pytest.approx(4.5, abs=0.2) and len(clips) == 2

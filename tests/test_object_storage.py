@@ -150,8 +150,8 @@ def test_the_bucket_archive_gives_the_same_tracks_as_the_local_one(bucket_indexe
 def test_one_bad_object_fails_alone_with_its_reason(bucket_indexed: BucketRun) -> None:
     s = bucket_indexed.result.summary
     videos = bucket_indexed.local[0]
-    assert s["status"] == "done" and s["done"] == len(videos) and s["failed"] == 3
-    errors = {f["path"].removeprefix(ARCHIVE + "/"): f["error"] for f in s["failures"]}
+    assert s.status == "done" and s.done == len(videos) and s.failed == 3
+    errors = {f["path"].removeprefix(ARCHIVE + "/"): f["error"] for f in s.failures}
     assert set(errors) == {"broken.mp4", "extra/gone.mp4", "extra/unreachable.mp4"}
     assert "does not exist" in errors["extra/gone.mp4"]
     assert "network failure" in errors["extra/unreachable.mp4"]
@@ -187,8 +187,8 @@ def test_a_rerun_adds_nothing(s3: S3, bucket_indexed: BucketRun, cache_dir: Path
     before = s3.keys(OUT)
     again = run_job(ARCHIVE, catalog=bucket_indexed.catalog, out_uri=OUT, settings=SETTINGS,
                     executor=LocalExecutor(), cache_dir=cache_dir)
-    assert again.summary["done"] == 0 and again.summary["failed"] == 0
-    assert again.summary["skipped"] == len(bucket_indexed.local[0]) + 2  # gone.mp4 is no longer listed
+    assert again.summary.done == 0 and again.summary.failed == 0
+    assert again.summary.skipped == len(bucket_indexed.local[0]) + 2  # gone.mp4 is no longer listed
     assert s3.keys(OUT) == before
 
 

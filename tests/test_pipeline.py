@@ -39,8 +39,8 @@ def indexed_db(request: pytest.FixtureRequest) -> Indexed:
 def test_job_summary(indexed_db: Indexed) -> None:
     videos, _, _, result = indexed_db
     s = result.summary
-    assert s["done"] == len(videos) and s["failed"] == 1 and s["skipped"] == 0
-    assert s["failures"][0]["path"].endswith("broken.mp4") and s["failures"][0]["error"]
+    assert s.done == len(videos) and s.failed == 1 and s.skipped == 0
+    assert s.failures[0]["path"].endswith("broken.mp4") and s.failures[0]["error"]
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +166,6 @@ def test_second_run_does_nothing(indexed_db: Indexed, cache_dir: Path) -> None:
                     settings=IndexSettings(runtime=RuntimeConfig(device="cpu")), executor=LocalExecutor(),
                     cache_dir=cache_dir)
     # The broken file failed before with the same content and run: skipped too (--retry-failed tries it again).
-    assert again.summary["skipped"] == len(videos) + 1 and again.summary["done"] == again.summary["failed"] == 0
+    assert again.summary.skipped == len(videos) + 1 and again.summary.done == again.summary.failed == 0
     with catalog.session() as s:
         assert s.scalar(select(func.count()).select_from(Track)) == before

@@ -58,7 +58,7 @@ def vtest_out(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path
                      settings=IndexSettings(runtime=RuntimeConfig(device="cpu")), executor=LocalExecutor(),
                      cache_dir=cache_dir)
     catalog.close()
-    assert result.summary["done"] == 1, result.summary
+    assert result.summary.done == 1, result.summary
     return out
 
 

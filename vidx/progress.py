@@ -16,7 +16,7 @@ from rich.progress import (
 )
 
 from catalog.outcome import VideoOutcome
-from jobs.runner import JobEvents
+from jobs.runner import DriverSummary, JobEvents
 from vidx.output import err, out
 
 
@@ -113,18 +113,17 @@ class JobProgress:
             rate=f"{task.completed / elapsed:,.2f} video-s/s, {self.frames / elapsed:,.0f} frames/s")
 
     @staticmethod
-    def render_summary(s: dict[str, Any]) -> None:
-        out.print(f"job {s['job_id']}: {s['done']} indexed, {s['skipped']} skipped, {s['failed']} failed"
-                  + (f", {len(s['unreadable'])} unreadable" if s["unreadable"] else "")
-                  + f"; {s['frames_decoded']:,} frames decoded")
-        if "faces" in s:
-            out.print(f"found {s['faces']:,} faces, {s['persons']:,} persons, {s['tracks']:,} face tracks "
-                      f"in {s['video_s']:,.1f} s of video")
-        for f in s["failures"]:
+    def render_summary(s: DriverSummary, out_dir: str, db: str) -> None:
+        out.print(f"job {s.job_id}: {s.done} indexed, {s.skipped} skipped, {s.failed} failed"
+                  + (f", {len(s.unreadable)} unreadable" if s.unreadable else "")
+                  + f"; {s.frames_decoded:,} frames decoded")
+        out.print(f"found {s.faces:,} faces, {s.persons:,} persons, {s.tracks:,} face tracks "
+                  f"in {s.video_s:,.1f} s of video")
+        for f in s.failures:
             out.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False)
-        for f in s["unreadable"]:
-            out.print(f"  [yellow]skipped[/yellow] {f['path']}: {f['error']}", highlight=False)
-        out.print(f"results: {s['out']} · index: {s['db']}")
+        for u in s.unreadable:
+            out.print(f"  [yellow]skipped[/yellow] {u['path']}: {u['error']}", highlight=False)
+        out.print(f"results: {out_dir} · index: {db}")
 
 
 def describe_plan(c: dict[str, int]) -> str:

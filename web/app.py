@@ -329,11 +329,11 @@ def create_app(out_dir: str, catalog: Catalog, *, cache_dir: Path | None = None,
 
     @app.get("/jobs", include_in_schema=False)
     def jobs_page(request: Request) -> Response:
-        return page(request, "jobs.html", jobs=list_jobs(catalog, limit=100))
+        return page(request, "jobs.html", jobs=[j.to_json() for j in list_jobs(catalog, limit=100)])
 
     @app.get("/jobs/{job_id}", include_in_schema=False)
     def job_page(request: Request, job_id: int) -> Response:
-        return page(request, "job.html", job=job_info(catalog, job_id))
+        return page(request, "job.html", job=job_info(catalog, job_id).to_json())
 
     # ---------------------------------------------------------------------------------- API
 
@@ -432,11 +432,11 @@ def create_app(out_dir: str, catalog: Catalog, *, cache_dir: Path | None = None,
 
     @app.get("/api/jobs", tags=["jobs"], summary="Recent jobs, newest first (vidx job list --json)")
     def api_jobs(limit: Annotated[int, Query(ge=1, le=10_000)] = 20) -> list[dict[str, Any]]:
-        return list_jobs(catalog, limit=limit)
+        return [j.to_json() for j in list_jobs(catalog, limit=limit)]
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"], summary="A job's state (vidx job status ID --json)")
     def api_job(job_id: int) -> dict[str, Any]:
-        return job_info(catalog, job_id)
+        return job_info(catalog, job_id).to_json()
 
     # ---------------------------------------------------------------------------------- files
 

@@ -40,7 +40,7 @@ def demo_cmd(ctx: Context, demo_dir: Path, device: str, as_json: bool) -> None:
                          executor=LocalExecutor(), cache_dir=ctx.cache_dir, events=progress.events())
     refresh_after_job(catalog, str(out_dir))
     if not as_json:
-        JobProgress.render_summary({**result.summary, "out": str(out_dir), "db": catalog.url})
+        JobProgress.render_summary(result.summary, str(out_dir), catalog.url)
     query = photo_path(QUERY_PHOTO, ctx.cache_dir)
     if not as_json:
         out.print(f"\n[bold]vidx search --photo {query}[/bold]")

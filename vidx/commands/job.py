@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -29,6 +29,10 @@ from vidx.commands.common import (
     sampling_options,
 )
 from vidx.output import emit, err, out
+
+if TYPE_CHECKING:  # the CLI imports the job machinery only when a command runs
+    from catalog.records import JobInfo
+    from jobs.runner import DriverSummary
 
 EXECUTORS = ("local", "ray")
 
@@ -96,19 +100,33 @@ def plan_options(fn: Any) -> Any:
     return fn
 
 
-def finish(summary: dict[str, Any], as_json: bool) -> None:
+@dataclass(frozen=True)
+class Finished:
+    """A job driven by this command: the driver's summary, its workers, and where the results went."""
+
+    summary: DriverSummary
+    workers: dict[str, Any]
+    out: Any
+    """The job's output folder or URI as the job recorded it."""
+    db: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.summary.to_json(), "workers": self.workers, "out": self.out, "db": self.db}
+
+
+def finish(done: Finished, as_json: bool) -> None:
     from vidx.progress import JobProgress
 
-    emit(summary, as_json, JobProgress.render_summary)
-    if summary.get("status") not in (None, "done"):
+    emit(done.to_json(), as_json, lambda _: JobProgress.render_summary(done.summary, done.out, done.db))
+    if done.summary.status != "done":
         sys.exit(4)
-    if summary["failed"] or summary["unreadable"]:
+    if done.summary.failed or done.summary.unreadable:
         sys.exit(3)
 
 
 def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: str | None, settings: Any,
                    executor: dict[str, Any], reprocess_stale: bool, retry_failed: bool, as_json: bool,
-                   address: str | None = None) -> dict[str, Any]:
+                   address: str | None = None) -> Finished:
     """Plan and drive a job in this process with a progress bar; the summary (for printing)."""
     from jobs.executors import executor_from_options
     from jobs.runner import PlanOptions, run_job
@@ -121,7 +139,7 @@ def run_foreground(ctx: Context, archive: Path | str, *, out_dir: str, db_url: s
                          events=progress.events(), options=PlanOptions(reprocess_stale, retry_failed),
                          executor_options=executor)
     refresh_after_job(catalog, out_dir)
-    return {**result.summary, "workers": result.workers, "out": out_dir, "db": catalog.url}
+    return Finished(result.summary, result.workers, out_dir, catalog.url)
 
 
 @click.group()
@@ -191,9 +209,7 @@ def resume_cmd(ctx: Context, job_id: int, out_dir: str, db_url: str | None, addr
         result = resume_job(job_id, catalog=catalog, executor=executor, cache_dir=ctx.cache_dir,
                             events=progress.events(), force=force)
     refresh_after_job(catalog, job_row.options.get("out", out_dir))
-    summary = {**result.summary, "workers": result.workers, "out": job_row.options.get("out", out_dir),
-               "db": catalog.url}
-    finish(summary, as_json)
+    finish(Finished(result.summary, result.workers, job_row.options.get("out", out_dir), catalog.url), as_json)
 
 
 @job.command("status")
@@ -211,31 +227,31 @@ def status_cmd(job_id: int | None, out_dir: str, db_url: str | None, watch: bool
         jobs = list_jobs(catalog, limit=1)
         if not jobs:
             raise click.ClickException("no jobs in this index")
-        job_id = jobs[0]["job_id"]
+        job_id = jobs[0].job_id
     while True:
         info = job_info(catalog, job_id)
-        emit(info, as_json, render_status)
-        if not watch or info["status"] not in ("running", "cancelling", "queued") or info["driver_gone"]:
+        emit(info.to_json(), as_json, functools.partial(render_status, info))
+        if not watch or info.status not in ("running", "cancelling", "queued") or info.driver_gone:
             return
         time.sleep(2.0)
 
 
-def render_status(i: dict[str, Any]) -> None:
-    eta = f", ETA {i['eta_s']:.0f} s" if i.get("eta_s") is not None else ""
-    rate = f", {i['frames_per_s']:,.0f} frames/s" if i.get("frames_per_s") else ""
-    alive = (" (driver gone: vidx job resume)" if i["driver_gone"] else " (driver alive)" if i["alive"]
-             else "") if i["status"] in ("running", "cancelling", "queued") else ""
-    out.print(escape(f"job {i['job_id']} [{i['status']}{alive}] {i['archive']}"), highlight=False)
-    if i["driver_gone"] and i.get("driver_error"):
-        out.print(escape(f"  its driver stopped; the end of {i['driver_log']}:"), highlight=False)
-        for line in i["driver_error"]:
+def render_status(i: JobInfo, _json: object = None) -> None:
+    eta = f", ETA {i.eta_s:.0f} s" if i.eta_s is not None else ""
+    rate = f", {i.frames_per_s:,.0f} frames/s" if i.frames_per_s else ""
+    alive = (" (driver gone: vidx job resume)" if i.driver_gone else " (driver alive)" if i.alive
+             else "") if i.status in ("running", "cancelling", "queued") else ""
+    out.print(escape(f"job {i.job_id} [{i.status}{alive}] {i.archive}"), highlight=False)
+    if i.driver_gone and i.driver_error:
+        out.print(escape(f"  its driver stopped; the end of {i.driver_log}:"), highlight=False)
+        for line in i.driver_error:
             out.print(escape(f"    {line}"), style="red", highlight=False)
-    out.print(f"  {i['done']} done, {i['skipped']} skipped, {i['failed']} failed, {i['running']} running, "
-              f"{i['queued']} queued of {i['videos']}; {i['frames_decoded']:,} frames in {i['wall_s']:.1f} s"
+    out.print(f"  {i.done} done, {i.skipped} skipped, {i.failed} failed, {i.running} running, "
+              f"{i.queued} queued of {i.videos}; {i.frames_decoded:,} frames in {i.wall_s:.1f} s"
               f"{rate}{eta}")
-    for t in i["in_progress"]:
+    for t in i.in_progress:
         out.print(f"  running {t['path']} on {t['worker']} (attempt {t['attempts']})", highlight=False)
-    for f in i["failures"]:
+    for f in i.failures:
         out.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False)
 
 
@@ -250,15 +266,16 @@ def list_cmd(out_dir: str, db_url: str | None, limit: int, as_json: bool) -> Non
 
     rows = list_jobs(open_catalog(out_dir, db_url), limit=limit)
 
-    def render(rows: list[dict[str, Any]]) -> None:
+    def render(_: object) -> None:
         table = Table("job", "status", "done", "skipped", "failed", "queued", "created", "archive")
         for r in rows:
-            table.add_row(str(r["job_id"]), r["status"], str(r.get("done", 0)), str(r.get("skipped", 0)),
-                          str(r.get("failed", 0)), str(r.get("queued", 0) + r.get("running", 0)),
-                          r["created_at"] or "", r["archive"])
+            n = r.counts
+            table.add_row(str(r.job_id), r.status, str(n.get("done", 0)), str(n.get("skipped", 0)),
+                          str(n.get("failed", 0)), str(n.get("queued", 0) + n.get("running", 0)),
+                          r.created_at or "", r.archive)
         out.print(table)
 
-    emit(rows, as_json, render)
+    emit([r.to_json() for r in rows], as_json, render)
 
 
 @job.command("cancel")
