@@ -99,7 +99,6 @@ def test_person_tracks_follow_the_walkers_and_the_index_counts_them(vtest_out: P
     tracks = ds.dataset(vtest_out / "person_tracks", format="parquet", schema=PERSON_TRACKS).to_table()
     persons = ds.dataset(vtest_out / "persons", format="parquet", schema=PERSONS).to_table()
     spans = np.asarray(tracks.column("end_s").to_pylist()) - np.asarray(tracks.column("start_s").to_pylist())
-    print(f"person tracks {tracks.num_rows}, spans {np.round(spans, 1).tolist()}")
     assert 5 <= tracks.num_rows <= 14, tracks.num_rows  # 6-7 walkers; some lost and found again
     assert np.median(spans) >= 2.0, spans  # most walkers are followed for most of the 5 s
     tracked = persons.column("person_track_id").drop_null()
@@ -109,6 +108,5 @@ def test_person_tracks_follow_the_walkers_and_the_index_counts_them(vtest_out: P
     timeline = json.loads(result.stdout)
     listed = {t["person_track_id"] for t in timeline["person_tracks"]}
     assert listed == set(tracks.column("person_track_id").to_pylist())
-    print(f"segments {[(s['start_s'], s['end_s'], s['people']) for s in timeline['segments']]}")
     assert 5 <= timeline["max_people"] <= 8, timeline["segments"]
     assert all(seg["start_s"] < seg["end_s"] for seg in timeline["segments"])
