@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +42,39 @@ def next_after(cron: str, after: dt.datetime) -> dt.datetime:
     return aware(nxt) or nxt
 
 
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule as `vidx schedule add|list` show it (times in ISO 8601, UTC)."""
+
+    name: str
+    archive: str
+    cron: str
+    enabled: bool
+    options: dict[str, Any]
+    """The job options stored with it (output, settings, executor): JSON, as saved."""
+    next_run_at: str | None
+    last_run_at: str | None
+    last_job_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """What running one due slot of a schedule did: the job it started, or why it could not."""
+
+    schedule: str
+    slot: str
+    job_id: int | None
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def add_schedule(catalog: Catalog, name: str, archive: str, cron: str, options: dict[str, Any], *,
-                 now: dt.datetime | None = None) -> dict[str, Any]:
+                 now: dt.datetime | None = None) -> ScheduleInfo:
     first = next_after(cron, now or utcnow())
     try:
         with catalog.session() as s:
@@ -64,14 +95,14 @@ def remove_schedule(catalog: Catalog, name: str) -> None:
         s.delete(sched)
 
 
-def list_schedules(catalog: Catalog) -> list[dict[str, Any]]:
+def list_schedules(catalog: Catalog) -> list[ScheduleInfo]:
     with catalog.session() as s:
         return [describe(x) for x in s.scalars(select(Schedule).order_by(Schedule.name))]
 
 
-def describe(s: Schedule) -> dict[str, Any]:
-    return {"name": s.name, "archive": s.archive, "cron": s.cron, "enabled": s.enabled, "options": s.options,
-            "next_run_at": _iso(s.next_run_at), "last_run_at": _iso(s.last_run_at), "last_job_id": s.last_job_id}
+def describe(s: Schedule) -> ScheduleInfo:
+    return ScheduleInfo(s.name, s.archive, s.cron, s.enabled, s.options, _iso(s.next_run_at), _iso(s.last_run_at),
+                        s.last_job_id)
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -113,7 +144,7 @@ def claim_due(catalog: Catalog, *, now: dt.datetime | None = None) -> list[Claim
 
 
 def run_due(catalog: Catalog, submit: Callable[[Claimed], int], *, now: dt.datetime | None = None,
-            ) -> list[dict[str, Any]]:
+            ) -> list[ScheduledRun]:
     """Claim the due slots and run each schedule's job through `submit` (returns the job id)."""
     results = []
     for claimed in claim_due(catalog, now=now):
@@ -126,8 +157,7 @@ def run_due(catalog: Catalog, submit: Callable[[Claimed], int], *, now: dt.datet
         if job_id is not None:
             with catalog.session() as s:
                 s.execute(update(Schedule).where(Schedule.id == claimed.schedule_id).values(last_job_id=job_id))
-        results.append({"schedule": claimed.name, "slot": claimed.slot.isoformat(timespec="seconds"),
-                        "job_id": job_id, "error": error})
+        results.append(ScheduledRun(claimed.name, claimed.slot.isoformat(timespec="seconds"), job_id, error))
     return results
 
 

@@ -16,6 +16,7 @@ from vidx.commands.common import (
     db_option,
     device_option,
     engine_option,
+    face_detector_option,
     json_option,
     open_catalog,
     out_option,
@@ -45,21 +46,23 @@ def schedule() -> None:
 @device_option
 @engine_option
 @sampling_options
+@face_detector_option
 @json_option
 def add_cmd(name: str, archive: Path | str, cron: str, out_dir: str, db_url: str | None, executor: str,
             executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
             sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
-            as_json: bool) -> None:
+            face_detector: str, as_json: bool) -> None:
     """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
     stale ones, indexed by another run, unless --keep-stale)."""
     from jobs.schedule import add_schedule
 
-    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons)
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
     options = {"out": out_dir, "settings": settings.to_json(), "reprocess_stale": reprocess_stale,
                "retry_failed": retry_failed,
                "executor": executor_args.to_json(executor, device)}
     info = add_schedule(open_catalog(out_dir, db_url, create=True), name, resolved_archive(archive), cron, options)
-    emit(info, as_json, lambda i: out.print(f"schedule {i['name']}: {i['cron']} (UTC), next run {i['next_run_at']}"))
+    emit(info.to_json(), as_json,
+         lambda i: out.print(f"schedule {i['name']}: {i['cron']} (UTC), next run {i['next_run_at']}"))
 
 
 @schedule.command("list")
@@ -70,7 +73,7 @@ def list_cmd(out_dir: str, db_url: str | None, as_json: bool) -> None:
     """The schedules, with their next and last runs."""
     from jobs.schedule import list_schedules
 
-    rows = list_schedules(open_catalog(out_dir, db_url))
+    rows = [s.to_json() for s in list_schedules(open_catalog(out_dir, db_url))]
 
     def render(rows: list[dict[str, Any]]) -> None:
         table = Table("name", "cron (UTC)", "next run", "last run", "last job", "archive")
@@ -120,7 +123,7 @@ def run_due_cmd(ctx: Context, out_dir: str, db_url: str | None, as_json: bool) -
     from jobs.schedule import run_due
 
     catalog = open_catalog(out_dir, db_url)
-    results = run_due(catalog, _submitter(ctx, catalog, as_json))
+    results = [r.to_json() for r in run_due(catalog, _submitter(ctx, catalog, as_json))]
     emit(results, as_json, lambda rs: err.print(
         "nothing due" if not rs else "\n".join(f"schedule {r['schedule']}: job {r['job_id']}"
                                                + (f" error: {r['error']}" if r["error"] else "") for r in rs)))
@@ -141,7 +144,7 @@ def scheduler_cmd(ctx: Context, out_dir: str, db_url: str | None, max_sleep: flo
     submit = _submitter(ctx, catalog, False)
     while True:
         for r in run_due(catalog, submit):
-            err.print(f"schedule {r['schedule']}: job {r['job_id']}" + (f" error: {r['error']}" if r["error"] else ""))
+            err.print(f"schedule {r.schedule}: job {r.job_id}" + (f" error: {r.error}" if r.error else ""))
         if once:
             return
         wait = seconds_until_next(catalog)
