@@ -132,10 +132,10 @@ class Task(Base):
     elapsed_s: Mapped[float | None] = mapped_column(Float)
 
 
-class Track(Base):
-    """A face track: one person seen continuously in one video, by one run."""
+class _TrackSpan:
+    """What face and person tracks share: one video, one run, a number within them, first and last sighting,
+    the best sighting's time and thumbnail."""
 
-    __tablename__ = "tracks"
     __table_args__ = (UniqueConstraint("video_id", "run_id", "track_index"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     video_id: Mapped[int] = mapped_column(ForeignKey("videos.id"), index=True)
@@ -143,11 +143,17 @@ class Track(Base):
     track_index: Mapped[int] = mapped_column(Integer)
     start_s: Mapped[float] = mapped_column(Float)
     end_s: Mapped[float] = mapped_column(Float)
+    best_pts_s: Mapped[float] = mapped_column(Float)
+    thumbnail: Mapped[str | None] = mapped_column(Text)
+
+
+class Track(_TrackSpan, Base):
+    """A face track: one person seen continuously in one video, by one run."""
+
+    __tablename__ = "tracks"
     n_faces: Mapped[int] = mapped_column(Integer)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     quality: Mapped[float] = mapped_column(Float)
-    best_pts_s: Mapped[float] = mapped_column(Float)
-    thumbnail: Mapped[str | None] = mapped_column(Text)
     cluster_id: Mapped[int | None] = mapped_column(Integer, index=True)
     person_track_index: Mapped[int | None] = mapped_column(Integer)
     """The person track (same video and run) most of this track's faces were inside."""
@@ -157,20 +163,11 @@ class Track(Base):
         return face_track_id(self.video_id, self.track_index)
 
 
-class PersonTrack(Base):
+class PersonTrack(_TrackSpan, Base):
     """A person track: one body seen continuously in one video, by one run."""
 
     __tablename__ = "person_tracks"
-    __table_args__ = (UniqueConstraint("video_id", "run_id", "track_index"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id"), index=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    track_index: Mapped[int] = mapped_column(Integer)
-    start_s: Mapped[float] = mapped_column(Float)
-    end_s: Mapped[float] = mapped_column(Float)
     n_detections: Mapped[int] = mapped_column(Integer)
-    best_pts_s: Mapped[float] = mapped_column(Float)
-    thumbnail: Mapped[str | None] = mapped_column(Text)
 
     @property
     def public_id(self) -> str:
