@@ -27,7 +27,7 @@ from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, open_decoder
 from indexer.pipeline import VideoIndexer, VideoTask
 from samples.archive import SampleVideo, build_sample_archive
-from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
+from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
 
 log = logging.getLogger(__name__)
 PHOTOS = ("obama", "biden", "t1", "astronaut")
@@ -170,15 +170,16 @@ def _prefixed(say: Callable[[str], None], prefix: str, line: str) -> None:
 def gpu_pipeline_rows(engines: Engines, runtime: RuntimeConfig, paths: list[Path], in_flight: int,
                       say: Callable[[str], None], *, skip_unsampled: bool = True,
                       modes: tuple[SamplingMode, ...] = ("fps", "every-frame", "keyframes"),
-                      ) -> dict[str, dict[str, Any]]:
+                      detection: DetectionConfig | None = None) -> dict[str, dict[str, Any]]:
     """The GPU pipeline over `paths` at each sampling mode of `modes`, `in_flight` videos at once, on engines
-    loaded once: one run_pipeline row per mode, after a one-video warm-up run of it. `skip_unsampled` False
-    makes NVDEC decode every frame at the default sampling (for A/B runs)."""
+    loaded once (with `detection`, the settings they were loaded with): one run_pipeline row per mode, after a
+    one-video warm-up run of it. `skip_unsampled` False makes NVDEC decode every frame at the default sampling
+    (for A/B runs)."""
     from indexer.decode.nvdec import NvdecDecoder
 
     rows: dict[str, dict[str, Any]] = {}
     for mode in modes:
-        settings = IndexSettings(sampling=SamplingConfig(mode=mode),
+        settings = IndexSettings(sampling=SamplingConfig(mode=mode), detection=detection or DetectionConfig(),
                                  runtime=replace(runtime, videos_in_flight=in_flight))
         indexer = VideoIndexer(engines, settings, NvdecDecoder(skip_unsampled=skip_unsampled))
         run_pipeline(indexer, paths[:1], 1)  # warm-up: this sampling's first steps, NVDEC decoders

@@ -111,6 +111,67 @@ def plan_levels(height: int, width: int, scales: Sequence[float], *, align: int,
     return levels
 
 
+FINE_TILE = 256
+"""Side of the tiles the finest level runs on when it runs on regions (a multiple of every detector's stride)."""
+TILE_MARGIN = 16
+"""Black pixels right of and below each tile's picture (as CORNER_MARGIN for whole levels: BlazeFace misses
+small faces at its input's bottom-right corner)."""
+TILE_PICTURE = FINE_TILE - TILE_MARGIN
+TILE_EDGE = 16
+"""A tile's candidate counts only if its centre is this far from the tile's inner edges (level pixels)."""
+TILE_OVERLAP = 3 * TILE_EDGE
+"""Neighbouring tiles overlap at least this much, so every face the finest level answers for (under 70 model
+pixels, mostly far smaller) is centred TILE_EDGE or more inside one of them."""
+TILE_REACH = 2 * TILE_EDGE
+"""Regions grow by this much (level pixels) before tiling, so a face centred on a region's edge is counted."""
+
+
+def _axis_origins(length: int, lo: float, hi: float) -> list[int]:
+    """Origins of TILE_PICTURE-long spans covering [lo, hi) of an axis `length` long, overlapping by at least
+    TILE_OVERLAP; one span centred on a short interval."""
+    if length <= TILE_PICTURE:
+        return [0]
+    lo, hi = max(0.0, lo), min(float(length), hi)
+    if hi - lo <= TILE_PICTURE:
+        return [int(min(max(0.0, (lo + hi - TILE_PICTURE) / 2), length - TILE_PICTURE))]
+    n = math.ceil((hi - lo - TILE_OVERLAP) / (TILE_PICTURE - TILE_OVERLAP))
+    return [min(int(v), length - TILE_PICTURE) for v in np.linspace(lo, hi - TILE_PICTURE, n)]
+
+
+def tile_origins(rects: np.ndarray, width: int, height: int) -> list[tuple[int, int]]:
+    """Top-left corners (x, y) of the tiles over K x 4 rectangles (x0 y0 x1 y1, level pixels) of a level
+    image width x height, each tile once."""
+    seen: dict[tuple[int, int], None] = {}
+    for x0, y0, x1, y1 in np.asarray(rects, np.float64).reshape(-1, 4):
+        x0, y0, x1, y1 = x0 - TILE_REACH, y0 - TILE_REACH, x1 + TILE_REACH, y1 + TILE_REACH
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            continue
+        for y in _axis_origins(height, y0, y1):
+            for x in _axis_origins(width, x0, x1):
+                seen[(x, y)] = None
+    return list(seen)
+
+
+def _inside_tile(centre: np.ndarray, origin: np.ndarray, length: int) -> np.ndarray:
+    """Whether candidates centred at `centre` (tile pixels, one axis) count in tiles at `origin`: on the
+    picture, and TILE_EDGE or more from each edge that lies inside the level image."""
+    picture = np.minimum(TILE_PICTURE, length - origin)
+    ok = centre < picture
+    ok &= (origin == 0) | (centre >= TILE_EDGE)
+    ok &= (origin + TILE_PICTURE >= length) | (centre < TILE_PICTURE - TILE_EDGE)
+    return ok
+
+
+def fine_tile_origins(regions: np.ndarray | None, level: Level) -> list[tuple[int, int]]:
+    """The tiles of a level over a frame's regions (K x 4 boxes in frame pixels; None: the whole frame)."""
+    rects = (np.array([[0, 0, level.width, level.height]], np.float32) if regions is None
+             else np.asarray(regions, np.float32).reshape(-1, 4) * np.float32(level.scale))
+    return tile_origins(rects, level.width, level.height)
+
+
+Candidates = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""A frame's candidate boxes, scores and keypoints, in frame pixels, one entry per level or tile run."""
+
 NMS_MATRIX_MAX = 512
 """Up to this many candidates, suppression works from one IoU matrix (a few array operations); above it,
 box by box (an n x n matrix of a crowded frame's thousands of candidates would cost more than it saves)."""
@@ -178,6 +239,9 @@ class BlazeDetector:
     runtime sets up each input shape once (ONNX Runtime's CUDA provider: seconds per shape)."""
     min_box: float = 0.0
     """Boxes narrower than this (model pixels) are below what the model finds reliably."""
+    fine_tiles: bool = False
+    """Run the finest pyramid level on tiles over regions of each frame (detect's `regions`) instead of over
+    whole frames: the finest level is most of a frame's cost and only the smallest faces need it."""
     _anchor_cache: dict[tuple[int, int, int], Array] = field(default_factory=dict, repr=False)
     _plans: dict[tuple[int, int], list[Level]] = field(default_factory=dict, repr=False)
     _prepared: set[tuple[int, int]] = field(default_factory=set, repr=False)
@@ -209,7 +273,11 @@ class BlazeDetector:
     def input_shapes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
         """The model input shape of each pyramid level of a height x width frame, as run on a GPU (batches
         padded to batch_size)."""
-        return [(self.batch_size, level.canvas_h, level.canvas_w, 3) for level in self.plan(height, width)]
+        levels = self.plan(height, width)
+        shapes = [(self.batch_size, level.canvas_h, level.canvas_w, 3) for level in levels]
+        if self.fine_tiles and len(levels) > 1:
+            return [(self.batch_size, FINE_TILE, FINE_TILE, 3), *shapes[1:]]
+        return shapes
 
     def prepare(self, height: int, width: int) -> None:
         """On a GPU, set up the runtime for every level of a height x width frame, the levels side by side
@@ -240,33 +308,108 @@ class BlazeDetector:
         xp = self._xp()  # the input is made in the running thread, on its stream
         self.session.run({"image": xp.zeros(shape, xp.uint8)})
 
-    def detect(self, frames: Sequence[Array]) -> list[Detections]:
-        """Detections for each frame (HxWx3 uint8 RGB, numpy or CuPy)."""
+    def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]:
+        """Detections for each frame (HxWx3 uint8 RGB, numpy or CuPy).
+
+        With `fine_tiles` on, the finest pyramid level runs on tiles (FINE_TILE square): over each frame's
+        `regions` (K x 4 boxes in frame pixels; an empty array: nowhere), or over the whole frame where a
+        frame has None (or no regions are given). On a CPU a frame whose tiles would cost more pixels than
+        its whole level runs the whole level instead (on a GPU the whole level would cost a padded batch).
+        The coarser levels always cover whole frames."""
         if not frames:
             return []
         xp = self._xp()
         by_size: dict[tuple[int, int], list[int]] = {}
         for f, frame in enumerate(frames):
             by_size.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(f)
-        found: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in frames]
+        found: list[Candidates] = [[] for _ in frames]
         for (height, width), members in by_size.items():
             self.prepare(height, width)
             levels = self.plan(height, width)
+            tiled = self.fine_tiles and len(levels) > 1
             for start in range(0, len(members), self.batch_size):
                 part = members[start:start + self.batch_size]
-                for level, batch in zip(levels, self._level_batches(xp, [frames[f] for f in part], levels),
+                images = [frames[f] for f in part]
+                if tiled:
+                    fine = levels[0]
+                    tiles = [fine_tile_origins(regions[f] if regions is not None else None, fine) for f in part]
+                    whole = [k for k, t in enumerate(tiles)
+                             if xp is np and len(t) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w]
+                    for k, cands in zip(whole, self._level_candidates(xp, [images[k] for k in whole], [fine]),
                                         strict=True):
-                    boxes, scores, kps, image = self._run(batch, level)
-                    keep = image < len(part)  # GPU batches are padded with black images
-                    width_px = boxes[:, 2] - boxes[:, 0]
-                    keep &= (width_px >= max(self.min_box, level.min_box)) & (width_px <= level.max_box)
-                    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-                    keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
-                    inv = np.float32(1.0 / level.scale)
-                    for k in np.unique(image[keep]):
-                        sel = keep & (image == k)
-                        found[part[int(k)]].append((boxes[sel] * inv, scores[sel], kps[sel] * inv))
+                        found[part[k]].extend(cands)
+                    for k in whole:
+                        tiles[k] = []
+                    for k, cands in enumerate(self._tile_candidates(xp, images, fine, tiles)):
+                        found[part[k]].extend(cands)
+                for k, cands in enumerate(self._level_candidates(xp, images, levels[int(tiled):])):
+                    found[part[k]].extend(cands)
         return [self._merge(parts) for parts in found]
+
+    def _level_candidates(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level]) -> list[Candidates]:
+        """Candidates of whole levels (at most batch_size frames), in frame pixels, per frame."""
+        out: list[Candidates] = [[] for _ in frames]
+        if not frames or not levels:
+            return out
+        for level, batch in zip(levels, self._level_batches(xp, frames, levels), strict=True):
+            boxes, scores, kps, image = self._run(batch, level)
+            keep = image < len(frames)  # GPU batches are padded with black images
+            width_px = boxes[:, 2] - boxes[:, 0]
+            keep &= (width_px >= max(self.min_box, level.min_box)) & (width_px <= level.max_box)
+            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
+            inv = np.float32(1.0 / level.scale)
+            for k in np.unique(image[keep]):
+                sel = keep & (image == k)
+                out[int(k)].append((boxes[sel] * inv, scores[sel], kps[sel] * inv))
+        return out
+
+    def _tile_candidates(self, xp: ModuleType, frames: Sequence[Array], level: Level,
+                         tiles: Sequence[list[tuple[int, int]]]) -> list[Candidates]:
+        """Candidates of a level run on FINE_TILE tiles (each frame's tile origins, level pixels), in frame
+        pixels, per frame. A candidate counts in a tile when its centre is on the tile's picture and at least
+        TILE_EDGE from every tile edge inside the level image (a neighbouring tile, overlapping by
+        TILE_OVERLAP, sees that face whole)."""
+        plan = [(f, x, y) for f, origins in enumerate(tiles) for x, y in origins]
+        out: list[Candidates] = [[] for _ in frames]
+        if not plan:
+            return out
+        used = sorted({f for f, _, _ in plan})
+        scaled = dict(zip(used, self._level_images(xp, [frames[f] for f in used], level), strict=True))
+        tile_level = Level(level.scale, FINE_TILE, FINE_TILE, FINE_TILE, FINE_TILE)
+        for start in range(0, len(plan), self.batch_size):
+            chunk = plan[start:start + self.batch_size]
+            n = max(self.batch_size, len(chunk)) if xp is not np else len(chunk)
+            batch = xp.zeros((n, FINE_TILE, FINE_TILE, 3), xp.uint8)
+            for i, (f, x, y) in enumerate(chunk):
+                tile = scaled[f][y:y + TILE_PICTURE, x:x + TILE_PICTURE]
+                batch[i, :tile.shape[0], :tile.shape[1]] = tile
+            boxes, scores, kps, image = self._run(batch, tile_level)
+            keep = image < len(chunk)
+            width_px = boxes[:, 2] - boxes[:, 0]
+            keep &= (width_px >= max(self.min_box, level.min_box)) & (width_px <= level.max_box)
+            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            origins = np.asarray([(x, y) for _, x, y in chunk], np.float32)
+            origin = origins[np.minimum(image, len(chunk) - 1)]
+            keep &= _inside_tile(cx, origin[:, 0], level.width) & _inside_tile(cy, origin[:, 1], level.height)
+            inv = np.float32(1.0 / level.scale)
+            shift = np.concatenate([origin, origin], 1)
+            for i in np.unique(image[keep]):
+                sel = keep & (image == i)
+                out[chunk[int(i)][0]].append(((boxes[sel] + shift[sel]) * inv, scores[sel],
+                                              (kps[sel] + origin[sel][:, None, :]) * inv))
+        return out
+
+    def _level_images(self, xp: ModuleType, frames: Sequence[Array], level: Level) -> list[Array]:
+        """Each frame scaled to the level (height x width x 3, on the session's array module)."""
+        if xp is not np:
+            from engines import cuda_ops
+
+            canvas = xp.empty((len(frames), level.height, level.width, 3), xp.uint8)
+            cuda_ops.place_level([xp.ascontiguousarray(xp.asarray(f)) for f in frames], level.width, level.height,
+                                 canvas)
+            return list(canvas)
+        return [resize(to_host(f), level.height, level.width) for f in frames]
 
     def _level_batches(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level]) -> Iterator[Array]:
         """For each level, finest first, the frames' model inputs: N x canvas_h x canvas_w x 3 uint8.
@@ -377,10 +520,28 @@ class FaceDetector(BlazeDetector):
     """BlazeFace full-range over an image pyramid, so that small faces in large frames are found."""
 
     def __init__(self, session: Session, *, score_threshold: float = 0.65, min_face_px: int = 24,
-                 batch_size: int = 4):
+                 batch_size: int = 4, fine_tiles: bool = False):
         super().__init__(session, FACE_ANCHORS, len(FACE_KEYPOINTS), score_threshold, batch_size=batch_size,
-                         min_box=MODEL_MIN_FACE_PX * 0.8)
+                         min_box=MODEL_MIN_FACE_PX * 0.8, fine_tiles=fine_tiles)
         self.min_face_px = min_face_px
+
+    def head_regions(self, person_boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Where in a height x width frame the faces that only the finest level finds can be, given the people
+        found in it (K x 4 boxes): the head end of each person small enough for their face to be under what
+        the coarser levels find. The smallest face a box can hold: a tenth of its height for a standing
+        person (box at least twice as tall as wide); otherwise (seated, head and shoulders, lying) a fifth of
+        its width, but never over a quarter of its height. A standing person's head is in the top fifth of
+        the box, another's in the top half; the regions reach a little beyond both. Frame pixels, K' x 4."""
+        levels = self.plan(height, width)
+        b = np.asarray(person_boxes, np.float32).reshape(-1, 4)
+        if len(levels) < 2:
+            return b
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        smallest_face = np.where(h >= 2 * w, h / 10, np.maximum(h / 10, np.minimum(w / 5, h / 4)))
+        small = smallest_face < MODEL_MIN_FACE_PX / levels[1].scale
+        b, w, h = b[small], w[small], h[small]
+        reach = np.where(h >= 2 * w, 0.3, 0.6) * h
+        return np.stack([b[:, 0] - 0.15 * w, b[:, 1] - 0.1 * h, b[:, 2] + 0.15 * w, b[:, 1] + reach], 1)
 
     def _plan(self, height: int, width: int) -> list[Level]:
         """Finest level first; coarser levels, LEVEL_STEP apart, until a face as large as the frame's short
@@ -453,10 +614,11 @@ class PersonDetector(BlazeDetector):
         keep = nms(boxes, scores, self.nms_iou)
         return Detections(boxes[keep], scores[keep], kps[keep])
 
-    def detect(self, frames: Sequence[Array]) -> list[Detections]:
-        """People in each frame (HxWx3 uint8 RGB, numpy or CuPy): boxes clipped to the frame, best first."""
+    def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]:
+        """People in each frame (HxWx3 uint8 RGB, numpy or CuPy): boxes clipped to the frame, best first (whole
+        frames: `regions` is for detectors with fine tiles)."""
         out = []
-        for dets, frame in zip(super().detect(frames), frames, strict=True):
+        for dets, frame in zip(super().detect(frames, regions), frames, strict=True):
             h, w = int(frame.shape[0]), int(frame.shape[1])
             boxes = np.clip(dets.boxes, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
             out.append(Detections(boxes, dets.scores.astype(np.float32), dets.keypoints))

@@ -108,7 +108,8 @@ def load_engines(
                                    min_face_px=detection.min_face_px, batch_size=frames)
     else:
         faces = FaceDetector(sessions[face_model], score_threshold=detection.face_score,
-                             min_face_px=detection.min_face_px, batch_size=frames)
+                             min_face_px=detection.min_face_px, batch_size=frames,
+                             fine_tiles=detection.face_search == "guided")
     engines = Engines(
         faces=faces,
         persons=PersonDetector(sessions["person_detector"], score_threshold=detection.person_score,

@@ -25,7 +25,7 @@ import pyarrow as pa
 from PIL import Image
 
 from engines.arrays import Array, to_host
-from engines.detectors import Detections
+from engines.detectors import Detections, FaceDetector
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
 from engines.streams import STREAMS
@@ -131,6 +131,23 @@ def jpeg(chip: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@dataclass
+class FullSearchSchedule:
+    """Guided face search's whole-frame searches in one video: its first sample, then the first sample
+    `every_s` or more after the last one that searched (samples arrive in timestamp order; a timestamp going
+    back, as in a damaged stream, starts again)."""
+
+    every_s: float
+    last_s: float | None = None
+
+    def due(self, pts_s: float) -> bool:
+        """Whether the sample at pts_s searches its whole frame (and, if so, it is the last one that did)."""
+        if self.last_s is None or pts_s - self.last_s >= self.every_s - 1e-6 or pts_s < self.last_s:
+            self.last_s = pts_s
+            return True
+        return False
+
+
 @dataclass(frozen=True)
 class VideoTask:
     """One video to index: where it is and the ids its rows carry."""
@@ -156,6 +173,8 @@ class _VideoState:
     best_crops: dict[int, np.ndarray] = field(default_factory=dict)
     """The box of each person track's best sighting, cut from its frame, by track number."""
     info: VideoInfo | None = None
+    full_searches: FullSearchSchedule = field(default_factory=lambda: FullSearchSchedule(0.0))
+    """Which of the video's samples search their whole frame for the smallest faces (guided face search)."""
 
 
 @dataclass
@@ -166,6 +185,8 @@ class _Frame:
     image: Array
     pts_s: float
     index: int
+    full_search: bool = True
+    """Whether the finest face level searches the whole frame (else only where people are)."""
 
 
 @dataclass
@@ -270,7 +291,8 @@ class VideoIndexer:
                 idle_until = time.monotonic() + FEED_POLL_S
                 return False
             state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking),
-                                PersonTracker(self.settings.person_tracking), time.monotonic())
+                                PersonTracker(self.settings.person_tracking), time.monotonic(),
+                                full_searches=FullSearchSchedule(self.settings.detection.full_search_every_s))
             live[id(state)] = state
             threading.Thread(target=self._decode, args=(state, messages, stop), daemon=True,
                              name=f"vidx-decode-{task.video_id}").start()
@@ -348,7 +370,9 @@ class VideoIndexer:
                     self.timings["wait_for_frames"] += time.perf_counter() - t0
                 if kind == "frames":
                     gathered.extend(_Frame(state, payload.frames[i], float(payload.pts_s[i]),
-                                           int(payload.frame_index[i])) for i in range(len(payload)))
+                                           int(payload.frame_index[i]),
+                                           state.full_searches.due(float(payload.pts_s[i])))
+                                    for i in range(len(payload)))
                     state.info = payload.video
                 elif kind == "error":  # the video fails as a whole: its frames not yet analysed are dropped
                     gathered[:] = [fr for fr in gathered if fr.video is not state]
@@ -415,12 +439,18 @@ class VideoIndexer:
         clock = _Clock(self.timings, self._clock_lock)
         with self._models_stream() as stream:
             frames: list[Array] = [fr.image for fr in batch]
-            faces = self.engines.faces.detect(frames)
-            clock.lap("detect_faces")
             persons = None
             if self.engines.persons is not None and det.detect_persons:
                 persons = self.engines.persons.detect(frames)
                 clock.lap("detect_persons")
+            regions = None  # guided face search: the finest level looks at people's heads between full searches
+            faces_engine = self.engines.faces
+            if persons is not None and isinstance(faces_engine, FaceDetector) and faces_engine.fine_tiles:
+                regions = [None if fr.full_search else
+                           faces_engine.head_regions(p.boxes, int(fr.image.shape[0]), int(fr.image.shape[1]))
+                           for fr, p in zip(batch, persons, strict=True)]
+            faces = self.engines.faces.detect(frames, regions)
+            clock.lap("detect_faces")
             embeddable = [(f, k) for f, d in enumerate(faces) for k in range(len(d))
                           if d.boxes[k, 2] - d.boxes[k, 0] >= det.min_embed_px]
             sharp = np.zeros(0, np.float32)

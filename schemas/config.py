@@ -15,6 +15,7 @@ SamplingMode = Literal["fps", "keyframes", "every-frame"]
 DeviceChoice = Literal["auto", "cpu", "gpu"]
 EngineChoice = Literal["auto", "onnxruntime", "onnxruntime-fp16", "tensorrt"]
 FaceDetectorChoice = Literal["blazeface", "centerface"]
+FaceSearch = Literal["guided", "full"]
 """blazeface: MediaPipe BlazeFace full-range over an image pyramid; centerface: CenterFace over whole frames
 (docs/models.md compares them)."""
 """auto: TensorRT, else ONNX Runtime, FP16 on a GPU either way; onnxruntime: FP32; onnxruntime-fp16: ONNX
@@ -74,9 +75,19 @@ class DetectionConfig:
     face_detector: FaceDetectorChoice = "blazeface"
     centerface_score: float = 0.5
     """CenterFace's heatmap threshold (face_score is BlazeFace's); docs/models.md has the measurement."""
+    face_search: FaceSearch = "guided"
+    """Where BlazeFace's finest pyramid level (the smallest faces, most of its cost) looks. "full": over every
+    analysed frame. "guided": over the heads of the people the person detector found in the frame, and over
+    whole frames once every `full_search_every_s` of video (a video's first sample included), so that small
+    faces without a detected body are still found. The coarser levels always cover whole frames. Without
+    person detection, guided searches whole frames."""
+    full_search_every_s: float = 2.0
+    """Seconds of video between whole-frame searches of the finest level in guided search."""
 
     def __post_init__(self) -> None:
         check_choice("face detector", self.face_detector, get_args(FaceDetectorChoice))
+        check_choice("face search", self.face_search, get_args(FaceSearch))
+        check_range("seconds between full face searches", self.full_search_every_s, 0.0, 86400.0)
         check_range("CenterFace score threshold", self.centerface_score, 0.05, 0.99)
         check_range("face score threshold", self.face_score, 0.05, 0.99)
         check_range("person score threshold", self.person_score, 0.05, 0.99)
@@ -178,7 +189,9 @@ class IndexSettings:
         if self.detection.face_detector == "blazeface":
             del detection["face_detector"], detection["centerface_score"]
         else:
-            del detection["face_score"]
+            del detection["face_score"], detection["face_search"]
+        if detection.get("face_search") != "guided":  # the period means nothing to a full search
+            del detection["full_search_every_s"]
         return {
             "sampling": asdict(self.sampling),
             "detection": detection,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.detectors import FACE_ANCHORS, FaceDetector, nms
+from engines.detectors import FACE_ANCHORS, FINE_TILE, Detections, FaceDetector, _inside_tile, nms, tile_origins
 from engines.loader import Engines
 
 PORTRAITS = ["obama", "obama2", "obama3", "biden", "astronaut"]
@@ -32,23 +32,81 @@ def test_one_face_in_each_portrait(engines: Engines, photos: dict[str, np.ndarra
     assert np.all((kp[:4, 0] > x0) & (kp[:4, 0] < x1) & (kp[:4, 1] > y0) & (kp[:4, 1] < y1))
 
 
-def test_small_faces_in_a_1080p_frame(engines: Engines, photos: dict[str, np.ndarray]) -> None:
-    """Faces about 34-60 px wide in a 1920x1080 frame are found thanks to the pyramid's finest level."""
+def small_faces_frame(photos: dict[str, np.ndarray], widths: list[int]) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """A 1920x1080 noise frame with obama's face pasted at the given face widths; the centre of each."""
     rng = np.random.default_rng(1)
     frame = (rng.normal(110, 25, (1080, 1920, 3))).clip(0, 255).astype(np.uint8)
     face = Image.fromarray(photos["obama"]).crop((300, 60, 700, 480))  # face + margin, face ~280 px wide
     placed = []
-    for i, width in enumerate([34, 40, 48, 60, 34, 40]):
+    for i, width in enumerate(widths):
         scale = width / 280
         patch = np.asarray(face.resize((round(400 * scale), round(420 * scale)), Image.Resampling.LANCZOS))
         x, y = 150 + i * 290, 200 + (i % 2) * 500
         frame[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
         placed.append((x + patch.shape[1] / 2, y + patch.shape[0] / 2))
-    dets = engines.faces.detect([frame])[0]
+    return frame, placed
+
+
+def found_at(dets: Detections, placed: list[tuple[float, float]]) -> list[bool]:
     centres = (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2
-    for cx, cy in placed:
-        assert np.min(np.hypot(centres[:, 0] - cx, centres[:, 1] - cy)) < 15, f"face at {cx:.0f},{cy:.0f} missed"
-    assert len(dets) == len(placed)
+    return [bool(len(dets)) and float(np.min(np.hypot(centres[:, 0] - cx, centres[:, 1] - cy))) < 15
+            for cx, cy in placed]
+
+
+def test_small_faces_in_a_1080p_frame(engines: Engines, photos: dict[str, np.ndarray]) -> None:
+    """Faces about 34-60 px wide in a 1920x1080 frame are found thanks to the pyramid's finest level, whether
+    that level covers the frame as a whole or in tiles, at the same places."""
+    frame, placed = small_faces_frame(photos, [34, 40, 48, 60, 34, 40])
+    tiled = engines.faces.detect([frame])[0]
+    assert engines.faces.fine_tiles
+    whole = FaceDetector(engines.faces.session, batch_size=engines.faces.batch_size).detect([frame])[0]
+    for dets in (tiled, whole):
+        assert found_at(dets, placed) == [True] * len(placed)
+        assert len(dets) == len(placed)
+    order = np.argsort(tiled.boxes[:, 0]), np.argsort(whole.boxes[:, 0])
+    np.testing.assert_allclose(tiled.boxes[order[0]], whole.boxes[order[1]], atol=2.0)
+
+
+def test_guided_search_finds_the_smallest_faces_only_where_asked(engines: Engines,
+                                                                 photos: dict[str, np.ndarray]) -> None:
+    """Faces of 28-32 px are below what the coarser levels find: with the finest level on regions, they are
+    found inside the regions and only there; 60 px faces are found by the coarser levels anywhere."""
+    frame, placed = small_faces_frame(photos, [28, 32, 60, 28, 32, 60])
+    around = np.array([[cx - 40, cy - 40, cx + 40, cy + 40] for cx, cy in placed[:2]], np.float32)
+    assert found_at(engines.faces.detect([frame], [np.zeros((0, 4), np.float32)])[0], placed) == [
+        False, False, True, False, False, True]
+    assert found_at(engines.faces.detect([frame], [around])[0], placed) == [True, True, True, False, False, True]
+    assert found_at(engines.faces.detect([frame], [None])[0], placed) == [True] * 6
+
+
+def test_tiles_cover_every_point_of_their_regions() -> None:
+    """Every point of a region is counted by some tile: on a tile's picture and TILE_EDGE or more from each of
+    its edges inside the level image."""
+    rng = np.random.default_rng(0)
+    width, height = 1344, 756
+    for _ in range(200):
+        x0, y0 = rng.uniform(-50, width - 1), rng.uniform(-50, height - 1)
+        rect = np.array([[x0, y0, x0 + rng.uniform(1, 700), y0 + rng.uniform(1, 500)]], np.float32)
+        tiles = np.asarray(tile_origins(rect, width, height), np.float32).reshape(-1, 2)
+        if rect[0, 2] <= 0 or rect[0, 3] <= 0:  # reaches into the image by no more than TILE_REACH
+            continue
+        xs = rng.uniform(max(rect[0, 0], 0), min(rect[0, 2], width - 1), 50)
+        ys = rng.uniform(max(rect[0, 1], 0), min(rect[0, 3], height - 1), 50)
+        for x, y in zip(xs, ys, strict=True):
+            inside = (_inside_tile(np.full(len(tiles), x - tiles[:, 0]), tiles[:, 0], width)
+                      & _inside_tile(np.full(len(tiles), y - tiles[:, 1]), tiles[:, 1], height)
+                      & (x >= tiles[:, 0]) & (y >= tiles[:, 1]))
+            assert inside.any(), (rect, x, y, tiles)
+
+
+def test_head_regions_cover_small_people_only(engines: Engines) -> None:
+    """A small standing person gets a region over their head; a person tall enough that their face is for the
+    coarser levels gets none."""
+    boxes = np.array([[100, 200, 180, 440], [900, 50, 1300, 1050]], np.float32)  # 80x240 and 400x1000 px
+    regions = engines.faces.head_regions(boxes, 1080, 1920)
+    assert len(regions) == 1
+    x0, y0, x1, y1 = regions[0]
+    assert x0 < 100 and x1 > 180 and y0 < 200 and 200 + 240 * 0.2 < y1 < 200 + 240 * 0.5
 
 
 def test_batch_equals_single_runs(engines: Engines, photos: dict[str, np.ndarray]) -> None:
@@ -161,11 +219,15 @@ def test_detector_plans_are_cached(engines: Engines) -> None:
 
 
 def test_input_shapes_are_the_padded_level_canvases(engines: Engines) -> None:
-    """What the GPU warm-up sets up before the first run: one shape per level, the batch padded to the
-    detector's batch size, the canvas of that level (on a CPU prepare() has nothing to set up)."""
+    """What the GPU warm-up sets up before the first run: the finest level's tile batch, then one shape per
+    coarser level, each batch padded to the detector's batch size (on a CPU prepare() has nothing to set
+    up); without tiles, the finest level's whole canvas instead."""
     det: FaceDetector = engines.faces
     shapes = det.input_shapes(1080, 1920)
-    assert shapes == [(det.batch_size, lv.canvas_h, lv.canvas_w, 3) for lv in det.plan(1080, 1920)]
-    assert shapes[0] == (det.batch_size, 800, 1376, 3) and len(set(shapes)) == 4
+    levels = det.plan(1080, 1920)
+    assert shapes == [(det.batch_size, FINE_TILE, FINE_TILE, 3)] + [
+        (det.batch_size, lv.canvas_h, lv.canvas_w, 3) for lv in levels[1:]]
+    whole = FaceDetector(det.session, batch_size=det.batch_size).input_shapes(1080, 1920)
+    assert whole[0] == (det.batch_size, 800, 1376, 3) and whole[1:] == shapes[1:] and len(set(shapes)) == 4
     det.prepare(1080, 1920)
     assert det._prepared == set()

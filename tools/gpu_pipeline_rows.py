@@ -8,6 +8,7 @@ needs (the decoders skip them by default). Environment:
   ROWS=fps,keyframes   the sampling modes to run (default: all three)
   HANDOFFS=32,8,32,8   run the rows once per RuntimeConfig.decode_handoff, in this order, in this process
                        (an A/B within one warm-up; default: the pipeline's own value once)
+  FACE_SEARCH=full     DetectionConfig.face_search (default: guided)
 
 One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
 function, `bench.video.gpu_pipeline_rows`) without its decode-only and CPU rows.
@@ -28,7 +29,7 @@ from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
 from indexer.host_memory import limit_malloc_arenas
-from schemas.config import IndexSettings, RuntimeConfig, SamplingMode
+from schemas.config import DetectionConfig, FaceSearch, RuntimeConfig, SamplingMode
 
 limit_malloc_arenas()  # as a worker does
 work, label = Path(sys.argv[1]), sys.argv[2]
@@ -39,8 +40,10 @@ modes = tuple(cast(SamplingMode, m) for m in os.environ.get("ROWS", "fps,every-f
 handoffs = [int(h) for h in os.environ.get("HANDOFFS", "0").split(",")]  # 0: the pipeline's default
 runtime = RuntimeConfig(device="gpu")
 t0 = time.perf_counter()
-engines = load_engines(IndexSettings().detection, runtime, store=ModelStore())
-out: dict[str, object] = {"label": label, "videos": copies, "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
+detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
+engines = load_engines(detection, runtime, store=ModelStore())
+out: dict[str, object] = {"label": label, "face_search": detection.face_search, "videos": copies,
+                          "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
                           "engines": engines.describe(), "decode_all": decode_all, "rows": []}
 rows: list[dict[str, object]] = []
 for codec in codecs:
@@ -48,7 +51,8 @@ for codec in codecs:
     for handoff in handoffs:
         for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, copies,
                                            lambda line: print(line, file=sys.stderr),
-                                           skip_unsampled=not decode_all, modes=modes).items():
+                                           skip_unsampled=not decode_all, modes=modes,
+                                           detection=detection).items():
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
             rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF, "mode": mode, **kept})

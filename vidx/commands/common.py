@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,34 @@ engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime
                                   "onnxruntime: FP32; onnxruntime-fp16: FP16 on ONNX Runtime's CUDA provider).")
 
 
-face_detector_option = click.option(
-    "--face-detector", type=click.Choice(["blazeface", "centerface"]), default="blazeface", show_default=True,
-    help="blazeface: BlazeFace over an image pyramid; centerface: CenterFace over whole frames (docs/models.md "
-         "compares them). Part of the run key: changing it reindexes.")
+@dataclass(frozen=True)
+class FaceDetectorArgs:
+    """--face-detector, --face-search and --full-search-every, as one argument."""
+
+    name: str = "blazeface"
+    search: str = "guided"
+    full_search_every_s: float = 2.0
+
+
+def face_detector_option(fn: Any) -> Any:
+    """The face detector's options, handed to the command as one FaceDetectorArgs named `face_detector`."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, face_detector: str, face_search: str, full_search_every: float, **kwargs: Any) -> Any:
+        return fn(*args, face_detector=FaceDetectorArgs(face_detector, face_search, full_search_every), **kwargs)
+
+    command = click.option(
+        "--full-search-every", type=click.FloatRange(0, 86400), default=2.0, show_default=True, metavar="SECONDS",
+        help="Guided search: seconds of video between searches of whole frames for the smallest faces.")(command)
+    command = click.option(
+        "--face-search", type=click.Choice(["guided", "full"]), default="guided", show_default=True,
+        help="Where BlazeFace looks for the smallest faces (its costliest pyramid level): guided, around the "
+             "people found in each frame plus the whole frame every --full-search-every seconds; full, the "
+             "whole of every analysed frame (docs/performance.md compares them). Part of the run key.")(command)
+    return click.option(
+        "--face-detector", type=click.Choice(["blazeface", "centerface"]), default="blazeface", show_default=True,
+        help="blazeface: BlazeFace over an image pyramid; centerface: CenterFace over whole frames (docs/models.md "
+             "compares them). Part of the run key: changing it reindexes.")(command)
 
 
 def sampling_options(fn: Any) -> Any:
@@ -48,16 +74,18 @@ def sampling_options(fn: Any) -> Any:
 
 
 def build_settings(device: str, engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-                   no_persons: bool, face_detector: str = "blazeface") -> Any:
+                   no_persons: bool, face_detector: FaceDetectorArgs | None = None) -> Any:
     from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
 
     if every_frame and keyframes:
         raise click.UsageError("--every-frame and --keyframes exclude each other")
     mode = "every-frame" if every_frame else "keyframes" if keyframes else "fps"
+    detector = face_detector or FaceDetectorArgs()
     return IndexSettings(
         sampling=SamplingConfig(mode=mode, fps=sample_fps),  # type: ignore[arg-type]
         detection=DetectionConfig(min_face_px=min_face, detect_persons=not no_persons,
-                                  face_detector=face_detector),  # type: ignore[arg-type]
+                                  face_detector=detector.name, face_search=detector.search,  # type: ignore[arg-type]
+                                  full_search_every_s=detector.full_search_every_s),
         runtime=RuntimeConfig(device=device, engine=engine),  # type: ignore[arg-type]
     )
 

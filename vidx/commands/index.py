@@ -8,6 +8,7 @@ import click
 
 from vidx.commands.common import (
     Context,
+    FaceDetectorArgs,
     archive_argument,
     build_settings,
     db_option,
@@ -46,7 +47,7 @@ from vidx.commands.job import (
 def index_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | None, executor: str,
               executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
               sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-              no_persons: bool, face_detector: str, as_json: bool) -> None:
+              no_persons: bool, face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Index ARCHIVE (a folder, searched recursively, or a text file listing videos) in the foreground."""
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
     if executor_args.address and executor == "local":

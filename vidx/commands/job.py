@@ -15,6 +15,7 @@ from rich.table import Table
 
 from vidx.commands.common import (
     Context,
+    FaceDetectorArgs,
     archive_argument,
     build_settings,
     db_option,
@@ -165,7 +166,7 @@ def job() -> None:
 def submit_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | None, executor: str,
                executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, detach: bool, device: str,
                engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-               no_persons: bool, face_detector: str, as_json: bool) -> None:
+               no_persons: bool, face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Index ARCHIVE as a job: only what is missing (new, changed, or stale with --reprocess-stale)."""
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
     ex = executor_args.to_json(executor, device)

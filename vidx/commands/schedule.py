@@ -11,6 +11,7 @@ from rich.table import Table
 
 from vidx.commands.common import (
     Context,
+    FaceDetectorArgs,
     archive_argument,
     build_settings,
     db_option,
@@ -51,7 +52,7 @@ def schedule() -> None:
 def add_cmd(name: str, archive: Path | str, cron: str, out_dir: str, db_url: str | None, executor: str,
             executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
             sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
-            face_detector: str, as_json: bool) -> None:
+            face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
     stale ones, indexed by another run, unless --keep-stale)."""
     from jobs.schedule import add_schedule

@@ -1,0 +1,128 @@
+"""Guided against full face search: the face tracks each finds, and what each costs, on the same videos.
+
+    PYTHONPATH=. python tools/face_search_compare.py WORK_DIR [--archives test,demo,bench,vtest]
+        [--device cpu|gpu] [--every 2.0] [--sampling fps|every-frame] [--modes full,guided]
+
+The archives are the sample presets (built into WORK_DIR once; `bench` is its two H.264 1080p clips) and OpenCV's
+vtest.avi (real surveillance footage). Each mode indexes every archive with the engines loaded once for it
+(their load is not timed). A face track of the full search counts as found by the guided one when a guided
+track of the same video overlaps it in time (within one sampling interval) and their descriptors are within
+L2 0.6 (the same person). One JSON line per archive and mode, then a summary line per archive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.loader import load_engines
+from engines.photos import load_photo, video_path
+from engines.zoo import ModelStore
+from indexer.decode.base import open_decoder
+from indexer.pipeline import VideoIndexer, VideoTask
+from samples.archive import build_sample_archive, plan_archive
+from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
+
+SAME_PERSON = 0.6
+
+
+def archive_videos(work: Path, name: str) -> list[Path]:
+    if name == "vtest":
+        return [video_path("vtest")]
+    folder = work / name
+    plans = plan_archive(name)  # type: ignore[arg-type]
+    if name == "bench":
+        plans = tuple(p for p in plans if p.codec == "h264")
+    paths = [folder / p.name for p in plans]
+    if not all(p.exists() for p in paths):
+        photos = {n: load_photo(n) for n in {s.photo for p in plan_archive(name) for s in p.shots}}  # type: ignore[arg-type]
+        build_sample_archive(folder, photos, preset=name, processes=2)  # type: ignore[arg-type]
+    return paths
+
+
+def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any]:
+    engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
+    indexer = VideoIndexer(engines, settings, open_decoder(settings.runtime.device))
+    out = {}
+    for archive, paths in videos.items():
+        before = dict(indexer.timings)
+        t0 = time.perf_counter()
+        tracks, faces, persons, person_tracks, analysed, video_s = {}, 0, 0, 0, 0, 0.0
+        for task, result in indexer.index_many([VideoTask(p, i + 1, "cmp") for i, p in enumerate(paths)]):
+            if isinstance(result, BaseException):
+                raise result
+            t = result.tracks
+            tracks[task.path.name] = [(s, e, np.asarray(v, np.float32)) for s, e, v in zip(
+                t.column("start_s").to_pylist(), t.column("end_s").to_pylist(),
+                t.column("embedding").to_pylist(), strict=True)]
+            faces += result.faces.num_rows
+            persons += result.persons.num_rows
+            person_tracks += result.person_tracks.num_rows
+            analysed += result.frames_analysed
+            video_s += result.info.duration_s or 0.0
+        wall = time.perf_counter() - t0
+        out[archive] = {"wall_s": round(wall, 2), "video_s": round(video_s, 2),
+                        "x_realtime": round(video_s / wall, 2), "frames_analysed": analysed, "faces": faces,
+                        "persons": persons, "person_tracks": person_tracks,
+                        "face_tracks": sum(len(v) for v in tracks.values()),
+                        "stage_s": {k: round(v - before[k], 2) for k, v in indexer.timings.items()},
+                        "_tracks": tracks}
+    return out
+
+
+def matched(reference: dict[str, list[Any]], other: dict[str, list[Any]], slack_s: float) -> tuple[int, list[str]]:
+    """How many reference tracks the other run found, and the ones it did not."""
+    found, lost = 0, []
+    for video, tracks in reference.items():
+        for s, e, v in tracks:
+            if any(s2 <= e + slack_s and e2 >= s - slack_s and float(np.linalg.norm(v - v2)) < SAME_PERSON
+                   for s2, e2, v2 in other.get(video, [])):
+                found += 1
+            else:
+                lost.append(f"{video} {s:.2f}-{e:.2f} s")
+    return found, lost
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("work_dir", type=Path)
+    parser.add_argument("--archives", default="test,demo,bench,vtest")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--every", type=float, default=2.0, help="seconds between full searches (guided)")
+    parser.add_argument("--sampling", choices=("fps", "every-frame"), default="fps")
+    parser.add_argument("--modes", default="full,guided")
+    args = parser.parse_args()
+    videos = {a: archive_videos(args.work_dir, a) for a in args.archives.split(",")}
+    sampling = SamplingConfig(mode=args.sampling)
+    slack = sampling.interval_s or 0.1
+    results = {}
+    for mode in args.modes.split(","):
+        settings = IndexSettings(sampling=sampling,
+                                 detection=DetectionConfig(face_search=mode, full_search_every_s=args.every),
+                                 runtime=RuntimeConfig(device=args.device))
+        results[mode] = run(settings, videos)
+        for archive, row in results[mode].items():
+            print(json.dumps({"archive": archive, "mode": mode, "every_s": args.every, "device": args.device,
+                              "sampling": args.sampling, **{k: v for k, v in row.items() if k != "_tracks"}}),
+                  flush=True)
+    if "full" in results and "guided" in results:
+        for archive in videos:
+            full, guided = results["full"][archive], results["guided"][archive]
+            found, lost = matched(full["_tracks"], guided["_tracks"], slack)
+            extra, _ = matched(guided["_tracks"], full["_tracks"], slack)
+            print(json.dumps({"archive": archive, "summary": True, "full_tracks": full["face_tracks"],
+                              "found_by_guided": found, "lost": lost,
+                              "guided_tracks_also_in_full": extra, "guided_tracks": guided["face_tracks"],
+                              "faces_full": full["faces"], "faces_guided": guided["faces"],
+                              "speedup_wall": round(full["wall_s"] / guided["wall_s"], 2),
+                              "detect_faces_s": [full["stage_s"]["detect_faces"], guided["stage_s"]["detect_faces"]]}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
