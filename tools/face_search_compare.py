@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def archive_videos(work: Path, name: str) -> list[Path]:
     paths = [folder / p.name for p in plans]
     if not all(p.exists() for p in paths):
         photos = {n: load_photo(n) for n in {s.photo for p in plan_archive(name) for s in p.shots}}  # type: ignore[arg-type]
-        build_sample_archive(folder, photos, preset=name, processes=2)  # type: ignore[arg-type]
+        build_sample_archive(folder, photos, preset=name, processes=os.cpu_count() or 1)  # type: ignore[arg-type]
     return paths
 
 
