@@ -254,9 +254,9 @@ def test_cross_video_batching_gives_one_video_at_a_time_results(
     steps: list[set[tuple[int, ...]]] = []
     detect = engines.faces.detect
 
-    def spying_detect(frames: list[Any]) -> Any:
+    def spying_detect(frames: list[Any], regions: Any = None) -> Any:
         steps.append({tuple(f.shape) for f in frames})
-        return detect(frames)
+        return detect(frames, regions)
 
     monkeypatch.setattr(engines.faces, "detect", spying_detect)
     batched_indexer = indexer_for(engines, persons=True, frame_batch=STEP, decoder=InStepDecoder(len(tasks)))
@@ -326,11 +326,11 @@ def test_models_start_before_a_video_has_decoded_a_whole_step(
     first_step: list[int] = []
     detect = engines.faces.detect
 
-    def spying_detect(frames: list[Any]) -> Any:
+    def spying_detect(frames: list[Any], regions: Any = None) -> Any:
         if not first_step:
             first_step.append(len(frames))
             decoder.models_started.set()
-        return detect(frames)
+        return detect(frames, regions)
 
     monkeypatch.setattr(engines.faces, "detect", spying_detect)
     indexer = indexer_for(engines, SamplingConfig(fps=4.0), frame_batch=16, decoder=decoder)
