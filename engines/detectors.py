@@ -120,22 +120,31 @@ TILE_PICTURE = FINE_TILE - TILE_MARGIN
 TILE_EDGE = 16
 """A tile's candidate counts only if its centre is this far from the tile's inner edges (level pixels)."""
 TILE_OVERLAP = 3 * TILE_EDGE
-"""Neighbouring tiles overlap at least this much, so every face the finest level answers for (under 70 model
-pixels, mostly far smaller) is centred TILE_EDGE or more inside one of them."""
+"""Neighbouring tiles overlap at least this much, so every point of a level is TILE_EDGE or more inside one
+of them, and every face the finest level answers for (under 70 model pixels, mostly far smaller) is whole
+in the tile that counts it."""
 TILE_REACH = 2 * TILE_EDGE
 """Regions grow by this much (level pixels) before tiling, so a face centred on a region's edge is counted."""
 
 
+TILE_STRIDE = TILE_PICTURE - TILE_OVERLAP
+GPU_TILE_RUNS = 3
+"""On a GPU, a batch whose finest-level tiles need more runs than this (of batch_size tiles each) runs the
+whole finest level instead, one padded run for every frame of the batch. One H100 ran 224 tiles of eight
+whole 1080p frames in 7 runs at ~24 ms more than the 32 whole canvases (docs/performance.md): a run of
+tiles, with its copies, costs about a quarter of the whole level's run."""
+
+
 def _axis_origins(length: int, lo: float, hi: float) -> list[int]:
-    """Origins of TILE_PICTURE-long spans covering [lo, hi) of an axis `length` long, overlapping by at least
-    TILE_OVERLAP; one span centred on a short interval."""
+    """Origins of the tiles of an axis `length` long whose pictures reach into [lo, hi). The tiles lie on one
+    grid per level (TILE_STRIDE apart, the last one flush with the end), so a tile's candidates never depend
+    on where a region was, only on whether the tile runs: guided and whole-frame searches give the same
+    candidates in the tiles they share, and a person box a few pixels off picks the same tiles."""
     if length <= TILE_PICTURE:
         return [0]
-    lo, hi = max(0.0, lo), min(float(length), hi)
-    if hi - lo <= TILE_PICTURE:
-        return [int(min(max(0.0, (lo + hi - TILE_PICTURE) / 2), length - TILE_PICTURE))]
-    n = math.ceil((hi - lo - TILE_OVERLAP) / (TILE_PICTURE - TILE_OVERLAP))
-    return [min(int(v), length - TILE_PICTURE) for v in np.linspace(lo, hi - TILE_PICTURE, n)]
+    last = length - TILE_PICTURE
+    grid = [*range(0, last, TILE_STRIDE), last]
+    return [o for o in grid if o < hi and o + TILE_PICTURE > lo]
 
 
 def tile_origins(rects: np.ndarray, width: int, height: int) -> list[tuple[int, int]]:
@@ -275,8 +284,8 @@ class BlazeDetector:
         padded to batch_size)."""
         levels = self.plan(height, width)
         shapes = [(self.batch_size, level.canvas_h, level.canvas_w, 3) for level in levels]
-        if self.fine_tiles and len(levels) > 1:
-            return [(self.batch_size, FINE_TILE, FINE_TILE, 3), *shapes[1:]]
+        if self.fine_tiles and len(levels) > 1:  # tiles, or the whole finest level when tiles would cost more
+            return [(self.batch_size, FINE_TILE, FINE_TILE, 3), *shapes]
         return shapes
 
     def prepare(self, height: int, width: int) -> None:
@@ -311,11 +320,12 @@ class BlazeDetector:
     def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]:
         """Detections for each frame (HxWx3 uint8 RGB, numpy or CuPy).
 
-        With `fine_tiles` on, the finest pyramid level runs on tiles (FINE_TILE square): over each frame's
-        `regions` (K x 4 boxes in frame pixels; an empty array: nowhere), or over the whole frame where a
-        frame has None (or no regions are given). On a CPU a frame whose tiles would cost more pixels than
-        its whole level runs the whole level instead (on a GPU the whole level would cost a padded batch).
-        The coarser levels always cover whole frames."""
+        With `fine_tiles` on, the coarser levels run first, over whole frames; then the finest pyramid level
+        runs on tiles (FINE_TILE square, on a fixed grid): over each frame's `regions` (K x 4 boxes in frame
+        pixels; an empty array: nowhere) and the faces the coarser levels found that it answers for too, or
+        over the whole frame where a frame has None (or no regions are given). On a CPU a frame whose tiles
+        would cost more pixels than its whole level runs the whole level instead; on a GPU the whole batch
+        does when its tiles would take more than GPU_TILE_RUNS runs."""
         if not frames:
             return []
         xp = self._xp()
@@ -330,21 +340,34 @@ class BlazeDetector:
             for start in range(0, len(members), self.batch_size):
                 part = members[start:start + self.batch_size]
                 images = [frames[f] for f in part]
-                if tiled:
-                    fine = levels[0]
-                    tiles = [fine_tile_origins(regions[f] if regions is not None else None, fine) for f in part]
-                    whole = [k for k, t in enumerate(tiles)
-                             if xp is np and len(t) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w]
-                    for k, cands in zip(whole, self._level_candidates(xp, [images[k] for k in whole], [fine]),
-                                        strict=True):
-                        found[part[k]].extend(cands)
-                    for k in whole:
-                        tiles[k] = []
-                    for k, cands in enumerate(self._tile_candidates(xp, images, fine, tiles)):
-                        found[part[k]].extend(cands)
                 for k, cands in enumerate(self._level_candidates(xp, images, levels[int(tiled):])):
                     found[part[k]].extend(cands)
+                if tiled:
+                    self._fine_level(xp, images, levels[0], [regions[f] if regions is not None else None
+                                                             for f in part], [found[f] for f in part])
         return [self._merge(parts) for parts in found]
+
+    def _fine_level(self, xp: ModuleType, frames: Sequence[Array], fine: Level, regions: Sequence[np.ndarray | None],
+                    found: Sequence[Candidates]) -> None:
+        """The finest level's candidates, added to each frame's `found` (the coarser levels' already): on tiles
+        over the frame's regions and over the faces the coarser levels found that the finest level answers
+        for too (its candidates sharpen their boxes and keypoints in the weighted suppression), or over the
+        whole frame where its regions are None."""
+        tiles = []
+        for boxes, cands in zip(regions, found, strict=True):
+            if boxes is not None:
+                seen = [b[(b[:, 2] - b[:, 0]) * fine.scale <= fine.max_box] for b, _, _ in cands]
+                boxes = np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), *seen])
+            tiles.append(fine_tile_origins(boxes, fine))
+        if xp is np:  # on a CPU, a frame whose tiles cost more pixels than its whole level runs the whole level
+            whole = [k for k, t in enumerate(tiles) if len(t) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w]
+        else:  # on a GPU the whole level costs one padded batch for all frames: worth it past GPU_TILE_RUNS runs
+            whole = list(range(len(frames))) if sum(map(len, tiles)) > GPU_TILE_RUNS * self.batch_size else []
+        for k, cands in zip(whole, self._level_candidates(xp, [frames[k] for k in whole], [fine]), strict=True):
+            found[k].extend(cands)
+            tiles[k] = []
+        for k, cands in enumerate(self._tile_candidates(xp, frames, fine, tiles)):
+            found[k].extend(cands)
 
     def _level_candidates(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level]) -> list[Candidates]:
         """Candidates of whole levels (at most batch_size frames), in frame pixels, per frame."""

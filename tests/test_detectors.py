@@ -219,15 +219,15 @@ def test_detector_plans_are_cached(engines: Engines) -> None:
 
 
 def test_input_shapes_are_the_padded_level_canvases(engines: Engines) -> None:
-    """What the GPU warm-up sets up before the first run: the finest level's tile batch, then one shape per
-    coarser level, each batch padded to the detector's batch size (on a CPU prepare() has nothing to set
-    up); without tiles, the finest level's whole canvas instead."""
+    """What the GPU warm-up sets up before the first run: one shape per level, each batch padded to the
+    detector's batch size, and with tiles the finest level's tile batch too (on a CPU prepare() has nothing
+    to set up)."""
     det: FaceDetector = engines.faces
     shapes = det.input_shapes(1080, 1920)
     levels = det.plan(1080, 1920)
-    assert shapes == [(det.batch_size, FINE_TILE, FINE_TILE, 3)] + [
-        (det.batch_size, lv.canvas_h, lv.canvas_w, 3) for lv in levels[1:]]
     whole = FaceDetector(det.session, batch_size=det.batch_size).input_shapes(1080, 1920)
-    assert whole[0] == (det.batch_size, 800, 1376, 3) and whole[1:] == shapes[1:] and len(set(shapes)) == 4
+    assert whole == [(det.batch_size, lv.canvas_h, lv.canvas_w, 3) for lv in levels]
+    assert whole[0] == (det.batch_size, 800, 1376, 3) and len(set(whole)) == 4
+    assert shapes == [(det.batch_size, FINE_TILE, FINE_TILE, 3), *whole]
     det.prepare(1080, 1920)
     assert det._prepared == set()

@@ -76,17 +76,21 @@ def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any
     return out
 
 
-def matched(reference: dict[str, list[Any]], other: dict[str, list[Any]], slack_s: float) -> tuple[int, list[str]]:
-    """How many reference tracks the other run found, and the ones it did not."""
-    found, lost = 0, []
+def matched(reference: dict[str, list[Any]], other: dict[str, list[Any]],
+            slack_s: float) -> tuple[int, list[str], float]:
+    """How many reference tracks the other run found, the ones it did not, and the largest descriptor distance
+    between a found track and its nearest match."""
+    found, lost, worst = 0, [], 0.0
     for video, tracks in reference.items():
         for s, e, v in tracks:
-            if any(s2 <= e + slack_s and e2 >= s - slack_s and float(np.linalg.norm(v - v2)) < SAME_PERSON
-                   for s2, e2, v2 in other.get(video, [])):
+            near = [float(np.linalg.norm(v - v2)) for s2, e2, v2 in other.get(video, [])
+                    if s2 <= e + slack_s and e2 >= s - slack_s]
+            if near and min(near) < SAME_PERSON:
                 found += 1
+                worst = max(worst, min(near))
             else:
                 lost.append(f"{video} {s:.2f}-{e:.2f} s")
-    return found, lost
+    return found, lost, worst
 
 
 def main() -> None:
@@ -114,10 +118,10 @@ def main() -> None:
     if "full" in results and "guided" in results:
         for archive in videos:
             full, guided = results["full"][archive], results["guided"][archive]
-            found, lost = matched(full["_tracks"], guided["_tracks"], slack)
-            extra, _ = matched(guided["_tracks"], full["_tracks"], slack)
+            found, lost, worst = matched(full["_tracks"], guided["_tracks"], slack)
+            extra, _, _ = matched(guided["_tracks"], full["_tracks"], slack)
             print(json.dumps({"archive": archive, "summary": True, "full_tracks": full["face_tracks"],
-                              "found_by_guided": found, "lost": lost,
+                              "found_by_guided": found, "lost": lost, "max_descriptor_l2": round(worst, 3),
                               "guided_tracks_also_in_full": extra, "guided_tracks": guided["face_tracks"],
                               "faces_full": full["faces"], "faces_guided": guided["faces"],
                               "speedup_wall": round(full["wall_s"] / guided["wall_s"], 2),
