@@ -128,11 +128,9 @@ TILE_REACH = 2 * TILE_EDGE
 
 
 TILE_STRIDE = TILE_PICTURE - TILE_OVERLAP
-GPU_TILE_RUNS = 3
-"""On a GPU, a batch whose finest-level tiles need more runs than this (of batch_size tiles each) runs the
-whole finest level instead, one padded run for every frame of the batch. One H100 ran 224 tiles of eight
-whole 1080p frames in 7 runs at ~24 ms more than the 32 whole canvases (docs/performance.md): a run of
-tiles, with its copies, costs about a quarter of the whole level's run."""
+FINE_CANVAS_BATCH = 4
+"""On a GPU, frames whose finest level runs whole (not on tiles) run FINE_CANVAS_BATCH to a batch (padded):
+a whole-frame search then costs an eighth of a 32-frame batch, not all of it."""
 
 
 def _axis_origins(length: int, lo: float, hi: float) -> list[int]:
@@ -285,7 +283,9 @@ class BlazeDetector:
         levels = self.plan(height, width)
         shapes = [(self.batch_size, level.canvas_h, level.canvas_w, 3) for level in levels]
         if self.fine_tiles and len(levels) > 1:  # tiles, or the whole finest level when tiles would cost more
-            return [(self.batch_size, FINE_TILE, FINE_TILE, 3), *shapes]
+            fine = levels[0]
+            return [(self.batch_size, FINE_TILE, FINE_TILE, 3), (FINE_CANVAS_BATCH, fine.canvas_h, fine.canvas_w, 3),
+                    *shapes[1:]]
         return shapes
 
     def prepare(self, height: int, width: int) -> None:
@@ -323,9 +323,9 @@ class BlazeDetector:
         With `fine_tiles` on, the coarser levels run first, over whole frames; then the finest pyramid level
         runs on tiles (FINE_TILE square, on a fixed grid): over each frame's `regions` (K x 4 boxes in frame
         pixels; an empty array: nowhere) and the faces the coarser levels found that it answers for too, or
-        over the whole frame where a frame has None (or no regions are given). On a CPU a frame whose tiles
-        would cost more pixels than its whole level runs the whole level instead; on a GPU the whole batch
-        does when its tiles would take more than GPU_TILE_RUNS runs."""
+        over the whole frame where a frame has None (or no regions are given). A frame whose tiles would
+        cost more pixels than its whole level runs the whole level instead (on a GPU, FINE_CANVAS_BATCH
+        frames to a run)."""
         if not frames:
             return []
         xp = self._xp()
@@ -359,22 +359,28 @@ class BlazeDetector:
                 seen = [b[(b[:, 2] - b[:, 0]) * fine.scale <= fine.max_box] for b, _, _ in cands]
                 boxes = np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), *seen])
             tiles.append(fine_tile_origins(boxes, fine))
-        if xp is np:  # on a CPU, a frame whose tiles cost more pixels than its whole level runs the whole level
-            whole = [k for k, t in enumerate(tiles) if len(t) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w]
-        else:  # on a GPU the whole level costs one padded batch for all frames: worth it past GPU_TILE_RUNS runs
-            whole = list(range(len(frames))) if sum(map(len, tiles)) > GPU_TILE_RUNS * self.batch_size else []
-        for k, cands in zip(whole, self._level_candidates(xp, [frames[k] for k in whole], [fine]), strict=True):
-            found[k].extend(cands)
+        # a frame whose tiles cost more pixels than its whole level runs the whole level (the same choice on
+        # every device, so that a CPU and a GPU see the same inputs)
+        whole = [k for k, t in enumerate(tiles) if len(t) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w]
+        chunk = FINE_CANVAS_BATCH if xp is not np else max(1, len(whole))
+        for start in range(0, len(whole), chunk):
+            part = whole[start:start + chunk]
+            for k, cands in zip(part, self._level_candidates(xp, [frames[k] for k in part], [fine], pad_to=chunk),
+                                strict=True):
+                found[k].extend(cands)
+        for k in whole:
             tiles[k] = []
         for k, cands in enumerate(self._tile_candidates(xp, frames, fine, tiles)):
             found[k].extend(cands)
 
-    def _level_candidates(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level]) -> list[Candidates]:
-        """Candidates of whole levels (at most batch_size frames), in frame pixels, per frame."""
+    def _level_candidates(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
+                          pad_to: int | None = None) -> list[Candidates]:
+        """Candidates of whole levels (at most batch_size frames; on a GPU padded to `pad_to`, else to
+        batch_size), in frame pixels, per frame."""
         out: list[Candidates] = [[] for _ in frames]
         if not frames or not levels:
             return out
-        for level, batch in zip(levels, self._level_batches(xp, frames, levels), strict=True):
+        for level, batch in zip(levels, self._level_batches(xp, frames, levels, pad_to), strict=True):
             boxes, scores, kps, image = self._run(batch, level)
             keep = image < len(frames)  # GPU batches are padded with black images
             width_px = boxes[:, 2] - boxes[:, 0]
@@ -434,11 +440,13 @@ class BlazeDetector:
             return list(canvas)
         return [resize(to_host(f), level.height, level.width) for f in frames]
 
-    def _level_batches(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level]) -> Iterator[Array]:
+    def _level_batches(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
+                       pad_to: int | None = None) -> Iterator[Array]:
         """For each level, finest first, the frames' model inputs: N x canvas_h x canvas_w x 3 uint8.
 
         On the GPU one kernel launch per level scales every frame straight onto its canvas, and the batch
-        is padded with black images to batch_size, so that each level's model input always has one shape.
+        is padded with black images to `pad_to` (default batch_size), so that each level's model input
+        always has one shape.
         On the CPU Pillow scales each level from the finer one before it (cheaper than from the full
         frame, and antialiased either way).
         """
@@ -446,7 +454,7 @@ class BlazeDetector:
             from engines import cuda_ops
 
             dev = [xp.ascontiguousarray(xp.asarray(f)) for f in frames]
-            n = max(self.batch_size, len(dev))
+            n = max(pad_to or self.batch_size, len(dev))
             for level in levels:
                 out = xp.zeros((n, level.canvas_h, level.canvas_w, 3), xp.uint8)
                 cuda_ops.place_level(dev, level.width, level.height, out)

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.detectors import FACE_ANCHORS, FINE_TILE, Detections, FaceDetector, _inside_tile, nms, tile_origins
+from engines.detectors import (
+    FACE_ANCHORS,
+    FINE_CANVAS_BATCH,
+    FINE_TILE,
+    Detections,
+    FaceDetector,
+    _inside_tile,
+    nms,
+    tile_origins,
+)
 from engines.loader import Engines
 
 PORTRAITS = ["obama", "obama2", "obama3", "biden", "astronaut"]
@@ -220,14 +229,14 @@ def test_detector_plans_are_cached(engines: Engines) -> None:
 
 def test_input_shapes_are_the_padded_level_canvases(engines: Engines) -> None:
     """What the GPU warm-up sets up before the first run: one shape per level, each batch padded to the
-    detector's batch size, and with tiles the finest level's tile batch too (on a CPU prepare() has nothing
-    to set up)."""
+    detector's batch size; with tiles, the finest level's tile batch and its whole canvas in batches of
+    FINE_CANVAS_BATCH instead (on a CPU prepare() has nothing to set up)."""
     det: FaceDetector = engines.faces
     shapes = det.input_shapes(1080, 1920)
     levels = det.plan(1080, 1920)
     whole = FaceDetector(det.session, batch_size=det.batch_size).input_shapes(1080, 1920)
     assert whole == [(det.batch_size, lv.canvas_h, lv.canvas_w, 3) for lv in levels]
     assert whole[0] == (det.batch_size, 800, 1376, 3) and len(set(whole)) == 4
-    assert shapes == [(det.batch_size, FINE_TILE, FINE_TILE, 3), *whole]
+    assert shapes == [(det.batch_size, FINE_TILE, FINE_TILE, 3), (FINE_CANVAS_BATCH, 800, 1376, 3), *whole[1:]]
     det.prepare(1080, 1920)
     assert det._prepared == set()
