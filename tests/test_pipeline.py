@@ -10,10 +10,15 @@ import pytest
 from sqlalchemy import func, select
 
 from catalog.db import Catalog
+from engines.loader import load_engines
 from engines.photos import load_photo, photo_path
+from engines.zoo import ModelStore
+from indexer.decode.pyav import PyAVDecoder
+from indexer.pipeline import FullSearchSchedule, VideoIndexer
 from jobs.runner import JobResult, LocalExecutor, run_job
 from samples.archive import SampleVideo
-from schemas.config import IndexSettings, RuntimeConfig
+from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig
+from schemas.embeddings import embedding_from_bytes
 from schemas.sql import PersonTrack, Track, Video
 from schemas.tables import FACES, PERSON_TRACKS, PERSONS, TRACKS
 
@@ -169,3 +174,35 @@ def test_second_run_does_nothing(indexed_db: Indexed, cache_dir: Path) -> None:
     assert again.summary.skipped == len(videos) + 1 and again.summary.done == again.summary.failed == 0
     with catalog.session() as s:
         assert s.scalar(select(func.count()).select_from(Track)) == before
+
+
+def test_guided_face_search_finds_what_the_full_search_finds(indexed: Indexed, store: ModelStore) -> None:
+    """The default guided search (finest level around people and mid-size faces, whole frames every 2 s)
+    against the finest level over every frame: the same face tracks, descriptors within 0.1, on the group
+    (six small faces, six people) and on the astronaut, whom the person detector does not see."""
+    videos, _, catalog, _ = indexed
+    assert IndexSettings().detection.face_search == "guided"
+    settings = IndexSettings(detection=DetectionConfig(face_search="full"), runtime=RuntimeConfig(device="cpu"))
+    full = VideoIndexer(load_engines(settings.detection, settings.runtime, store=store, warm_up=False), settings,
+                        PyAVDecoder())
+    for name in ("group_t1.mp4", "vfr_h264.mp4"):
+        (video,) = [v for v in videos if v.name == name]
+        guided = tracks_of(catalog, name)
+        tracks = full.index(Path(video.path), video_id=1, run_key="full").tracks
+        assert len(guided) == tracks.num_rows > 0, name
+        full_embs = np.stack(tracks.column("embedding").to_pylist())
+        for t in guided:
+            dist = np.linalg.norm(full_embs - embedding_from_bytes(t.embedding), axis=1)
+            assert dist.min() < 0.1, (name, t.start_s, float(dist.min()))
+
+
+def test_full_face_searches_come_every_two_seconds_of_video() -> None:
+    """A video's first sample searches its whole frame, then the first sample 2 s or more after the last that
+    did; a timestamp going back (a damaged stream) starts again."""
+    at_2fps = FullSearchSchedule(2.0)
+    assert [at_2fps.due(t / 2) for t in range(10)] == [True, False, False, False, True, False, False, False,
+                                                       True, False]
+    every_frame = FullSearchSchedule(2.0)
+    assert sum(every_frame.due(i / 30) for i in range(300)) == 5  # 10 s at 30 fps
+    back = FullSearchSchedule(2.0)
+    assert [back.due(t) for t in (5.0, 5.5, 1.0, 1.5, 3.0)] == [True, False, True, False, True]
