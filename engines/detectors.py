@@ -123,11 +123,9 @@ TILE_OVERLAP = 3 * TILE_EDGE
 """Neighbouring tiles overlap at least this much, so every point of a level is TILE_EDGE or more inside one
 of them, and every face the finest level answers for (under 70 model pixels, mostly far smaller) is whole
 in the tile that counts it."""
+TILE_STRIDE = TILE_PICTURE - TILE_OVERLAP
 TILE_REACH = 2 * TILE_EDGE
 """Regions grow by this much (level pixels) before tiling, so a face centred on a region's edge is counted."""
-
-
-TILE_STRIDE = TILE_PICTURE - TILE_OVERLAP
 FINE_CANVAS_BATCH = 4
 """On a GPU, frames whose finest level runs whole (not on tiles) run FINE_CANVAS_BATCH to a batch (padded):
 a whole-frame search then costs an eighth of a 32-frame batch, not all of it."""

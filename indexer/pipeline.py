@@ -186,7 +186,8 @@ class _Frame:
     pts_s: float
     index: int
     full_search: bool = True
-    """Whether the finest face level searches the whole frame (else only where people are)."""
+    """Whether the finest face level searches the whole frame (else only around small people's heads and the
+    faces the coarser levels found: guided face search)."""
 
 
 @dataclass
