@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU acceptance run on an NVIDIA machine: the gpu-marked tests, `vidx bench gpu`, pipeline A/B rows or a soak.
-#   bash tools/gpu_check.sh [tests|bench|all|ab|soak]      (from the repository root; results under $OUT)
+#   bash tools/gpu_check.sh [tests|bench|all|ab|soak|search]   (from the repository root; results under $OUT)
 # Needs vidx[gpu] installed; models and test photos are cached in .devcache (VIDX_CACHE_DIR).
 #   TESTS_K      pytest -k expression for the tests (default: every GPU test)
 #   TESTS_LIMIT  seconds before the tests are stopped (default 420)
@@ -10,6 +10,10 @@
 #   ab           tools/gpu_pipeline_rows.py on the bench clips (built by `bench`) with its ROWS / HANDOFFS
 #                environment (e.g. HANDOFFS=32,8,32,8 ROWS=fps,keyframes), AB_CODECS (default h264,hevc)
 #   soak         tools/gpu_soak.py for SOAK_S seconds (default 600); log in $OUT/soak.jsonl
+#   search       guided against full face search: tools/face_search_compare.py (every frame, test + bench
+#                archives: tracks lost, stage times), then tools/gpu_pipeline_rows.py once per mode
+#                (FACE_SEARCH=guided|full) on the bench clips (built by `bench`, or by the compare) for
+#                SEARCH_CODECS (default h264)
 set -uo pipefail
 what=${1:-all}
 export PYTHONPATH=$PWD:${PYTHONPATH:-} VIDX_CACHE_DIR=$PWD/.devcache VIDX_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
@@ -33,6 +37,15 @@ if [ "$what" = ab ]; then
   python3 tools/gpu_pipeline_rows.py /tmp/vidx-bench ab "${AB_CODECS:-h264,hevc}" 14 2>"$OUT/ab_rows.jsonl" \
     | tee "$OUT/ab.json"
   grep '"mode"' "$OUT/ab_rows.jsonl" | cut -c1-400
+fi
+if [ "$what" = search ]; then
+  python3 tools/face_search_compare.py /tmp/vidx-search --archives test,bench --device gpu --sampling every-frame \
+    > "$OUT/face_search_compare_gpu.jsonl" 2> "$OUT/face_search_compare_gpu.err"; grep summary "$OUT/face_search_compare_gpu.jsonl"
+  clips=/tmp/vidx-bench; ls $clips/bench_h264_*.mp4 >/dev/null 2>&1 || clips=/tmp/vidx-search/bench
+  for mode in guided full; do
+    FACE_SEARCH=$mode python3 tools/gpu_pipeline_rows.py "$clips" "$mode" "${SEARCH_CODECS:-h264}" 14 \
+      2>>"$OUT/face_search_rows.err" | tee -a "$OUT/face_search_rows.jsonl" | cut -c1-300
+  done
 fi
 if [ "$what" = soak ]; then
   python3 tools/gpu_soak.py /tmp/vidx-bench "${SOAK_S:-600}" 2>&1 | tee "$OUT/soak.jsonl" | tail -4
