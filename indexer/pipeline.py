@@ -478,10 +478,15 @@ class VideoIndexer:
         clock = _Clock(self.timings, self._clock_lock)
         sharp, embeddings, ok_mask, chips = inferred.sharpness, inferred.embeddings, inferred.embedded, inferred.chips
         lookup = {fk: i for i, fk in enumerate(inferred.embeddable)}
+        # The step's last best sighting of each track, copied to the host once after the step (a track's best
+        # can change at every frame: copying each one, a device sync apiece, cost the GPU path's calling thread
+        # more than the tracking itself).
+        best_chip: dict[tuple[int, int], tuple[_VideoState, int, int]] = {}
+        best_crop: dict[tuple[int, int], tuple[_VideoState, int, Array, np.ndarray]] = {}
         with self._models_stream():
             for f, (fr, dets) in enumerate(zip(batch, inferred.faces, strict=True)):
                 video = fr.video
-                people = _track_persons(fr, inferred.persons[f]) if inferred.persons is not None else None
+                people = _track_persons(fr, inferred.persons[f], best_crop) if inferred.persons is not None else None
                 owner = (person_of_faces(dets.boxes, people[0]) if people is not None
                          else np.full(len(dets), -1, np.int64))
                 rows, embs, chip_of = [], [], []
@@ -505,7 +510,14 @@ class VideoIndexer:
                     video.faces.extra["track_id"][row] = tid if tid >= 0 else None
                     if (tid >= 0 and video.tracker.tracks[tid].best_face == row and chips is not None
                             and i is not None):
-                        video.best_chips[tid] = to_host(chips[i]).copy()
+                        best_chip[id(video), tid] = (video, tid, i)
+            if best_chip and chips is not None:
+                picked = list(best_chip.values())
+                host = to_host(chips[np.asarray([i for _, _, i in picked])])  # one transfer
+                for (video, tid, _), chip in zip(picked, host, strict=True):
+                    video.best_chips[tid] = np.ascontiguousarray(chip)
+            for video, track, image, box in best_crop.values():
+                video.best_crops[track] = _crop(image, box)
         clock.lap("track")
         if on_progress:
             by_video: dict[int, list[_Frame]] = {}
@@ -515,15 +527,18 @@ class VideoIndexer:
                 on_progress(group[0].video.task, len(group), group[-1].pts_s)
 
 
-def _track_persons(fr: _Frame, dets: Detections) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and person tracks of one frame's person boxes; returns the boxes and each one's track number."""
+def _track_persons(fr: _Frame, dets: Detections,
+                   best_crop: dict[tuple[int, int], tuple[_VideoState, int, Array, np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and person tracks of one frame's person boxes; returns the boxes and each one's track number.
+    A track whose best sighting is now in this frame gets (video, track, frame, box) in `best_crop`."""
     video = fr.video
     rows = [video.persons.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k])) for k in range(len(dets))]
     tracks = np.asarray(video.person_tracker.update(fr.pts_s, rows, dets.boxes, dets.scores), np.int64)
     for row, t in zip(rows, tracks, strict=True):
         video.persons.extra.setdefault("track", []).append(int(t))
         if video.person_tracker.tracks[t].best_row == row:
-            video.best_crops[int(t)] = _crop(fr.image, video.persons.boxes[row])
+            best_crop[id(video), int(t)] = (video, int(t), fr.image, video.persons.boxes[row])
     return dets.boxes, tracks
 
 
