@@ -122,6 +122,10 @@ class OnnxRuntimeSession:
                 "device_id": cp.cuda.runtime.getDevice(),
                 "user_compute_stream": str(self.stream.ptr),
                 "cudnn_conv_algo_search": "HEURISTIC",
+                # Each shape's session has its own memory arena: grown by what is asked rather than doubled, it
+                # holds no spare half of its last extension. Run times were the same both ways on the H100
+                # (docs/measurements/ort_cuda_options_h100.txt, part 1); its memory has not been measured.
+                "arena_extend_strategy": "kSameAsRequested",
             }
             if fp16 and os.environ.get(FUSED_FP16_ENV) == "1":
                 cuda_options.update(prefer_nhwc="1", fuse_conv_bias="1")
