@@ -247,6 +247,8 @@ class BlazeDetector:
     fine_tiles: bool = False
     """Run the finest pyramid level on tiles over regions of each frame (detect's `regions`) instead of over
     whole frames: the finest level is most of a frame's cost and only the smallest faces need it."""
+    fine_runs: dict[str, int] = field(default_factory=lambda: {"tiles": 0, "whole": 0}, repr=False)
+    """With fine_tiles: the finest level's tiles run and whole levels run so far (what guided search cost)."""
     _anchor_cache: dict[tuple[int, int, int], Array] = field(default_factory=dict, repr=False)
     _plans: dict[tuple[int, int], list[Level]] = field(default_factory=dict, repr=False)
     _prepared: set[tuple[int, int]] = field(default_factory=set, repr=False)
@@ -368,6 +370,9 @@ class BlazeDetector:
                 found[k].extend(cands)
         for k in whole:
             tiles[k] = []
+        with self._prepare_lock:  # two model threads may count at once
+            self.fine_runs["whole"] += len(whole)
+            self.fine_runs["tiles"] += sum(map(len, tiles))
         for k, cands in enumerate(self._tile_candidates(xp, frames, fine, tiles)):
             found[k].extend(cands)
 

@@ -52,6 +52,7 @@ def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any
     out = {}
     for archive, paths in videos.items():
         before = dict(indexer.timings)
+        runs_before = dict(getattr(engines.faces, "fine_runs", {}))
         t0 = time.perf_counter()
         tracks, faces, persons, person_tracks, analysed, video_s = {}, 0, 0, 0, 0, 0.0
         for task, result in indexer.index_many([VideoTask(p, i + 1, "cmp") for i, p in enumerate(paths)]):
@@ -72,6 +73,8 @@ def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any
                         "persons": persons, "person_tracks": person_tracks,
                         "face_tracks": sum(len(v) for v in tracks.values()),
                         "stage_s": {k: round(v - before[k], 2) for k, v in indexer.timings.items()},
+                        "finest_level_runs": {k: v - runs_before[k] for k, v in
+                                              getattr(engines.faces, "fine_runs", {}).items()},
                         "_tracks": tracks}
     return out
 
