@@ -142,8 +142,10 @@ def _indexer(settings: IndexSettings, store: ModelStore, decoder: Decoder | None
 
 
 def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264", command: str,
-                   say: Callable[[str], None]) -> dict[str, Any]:
-    """The CPU pipeline at the default sampling on 1080p30 clips, against `ffmpeg -f null` on the same files."""
+                   say: Callable[[str], None], detection: DetectionConfig | None = None) -> dict[str, Any]:
+    """The CPU pipeline at the default sampling on 1080p30 clips, against `ffmpeg -f null` on the same files
+    (`detection`: the detection settings, default DetectionConfig())."""
+    detection = detection or DetectionConfig()
     videos = [v for v in bench_clips(work_dir, cache_dir, say) if v.codec == codec]
     clips = [Path(v.path) for v in videos]
     duration = sum(v.duration_s for v in videos)
@@ -152,7 +154,7 @@ def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264
     say("ffmpeg -f null (decode only)")
     rows["ffmpeg_null"] = ffmpeg_null(clips)
     for in_flight in (1, 2):
-        settings = IndexSettings(runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight))
+        settings = IndexSettings(detection=detection, runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight))
         say(f"CPU pipeline, {in_flight} video(s) in flight")
         row = run_pipeline(_indexer(settings, store), clips, in_flight)
         row["x_realtime"] = round(duration / row["wall_s"], 2)
@@ -160,7 +162,8 @@ def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264
             row["x_ffmpeg_time"] = round(row["wall_s"] / rows["ffmpeg_null"]["wall_s"], 2)
         rows[f"pipeline_in_flight_{in_flight}"] = row
     return {"benchmark": "pipeline", "machine": machine_info(), "command": command, "codec": codec,
-            "clips": [c.name for c in clips], "video_seconds": duration, "rows": rows}
+            "face_search": detection.face_search, "clips": [c.name for c in clips], "video_seconds": duration,
+            "rows": rows}
 
 
 def _prefixed(say: Callable[[str], None], prefix: str, line: str) -> None:
@@ -192,9 +195,11 @@ def gpu_pipeline_rows(engines: Engines, runtime: RuntimeConfig, paths: list[Path
 
 
 def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], copies: int, command: str,
-              cpu_videos: int, say: Callable[[str], None], codecs: tuple[str, ...] = ("h264", "hevc")
-              ) -> dict[str, Any]:
-    """Decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU pipeline."""
+              cpu_videos: int, say: Callable[[str], None], codecs: tuple[str, ...] = ("h264", "hevc"),
+              detection: DetectionConfig | None = None) -> dict[str, Any]:
+    """Decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU pipeline
+    (`detection`: the detection settings of both pipelines, default DetectionConfig())."""
+    detection = detection or DetectionConfig()
     import cupy as cp
 
     from indexer.decode.nvdec import DECODERS, decode_frames_only
@@ -202,13 +207,14 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
     clips = bench_clips(work_dir, cache_dir, say)
     store = ModelStore(cache_dir)
     rss_start = rss_mib()
-    out: dict[str, Any] = {"benchmark": "gpu", "machine": machine_info(), "command": command, "codecs": {}}
+    out: dict[str, Any] = {"benchmark": "gpu", "machine": machine_info(), "command": command,
+                           "face_search": detection.face_search, "codecs": {}}
     pool = cp.get_default_memory_pool()
     # One set of GPU engines for every row: a GPU worker's warm-up (ONNX Runtime's per-shape cuDNN set-up,
     # ~40 s at 1080p) is paid once, as a worker pays it once for all its videos.
     gpu_runtime = RuntimeConfig(device="gpu")
     t0 = time.perf_counter()
-    engines = load_engines(IndexSettings().detection, gpu_runtime, store=store)
+    engines = load_engines(detection, gpu_runtime, store=store)
     out["gpu_engines_load_and_warm_up_s"] = round(time.perf_counter() - t0, 1)
     say(f"GPU engines loaded and warmed up in {out['gpu_engines_load_and_warm_up_s']} s")
     for codec in codecs:
@@ -223,13 +229,15 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
             say(f"   {res['decode_only'][-1]}")
         best = max(res["decode_only"], key=lambda r: r["fps"])
         n_best = best["decoders"]
-        for mode, row in gpu_pipeline_rows(engines, gpu_runtime, paths, n_best, partial(_prefixed, say, codec)).items():
+        for mode, row in gpu_pipeline_rows(engines, gpu_runtime, paths, n_best, partial(_prefixed, say, codec),
+                                           detection=detection).items():
             row["x_decode_only"] = round(row["video_fps"] / best["fps"], 3)
             res[f"pipeline_{mode}"] = row
             say(f"   {row}")
         res["keyframes_x_default_video_s"] = round(res["pipeline_keyframes"]["video_s_per_s"]
                                                    / res["pipeline_fps"]["video_s_per_s"], 2)
-        cpu_settings = IndexSettings(runtime=RuntimeConfig(device="cpu", videos_in_flight=cpu_videos))
+        cpu_settings = IndexSettings(detection=detection,
+                                     runtime=RuntimeConfig(device="cpu", videos_in_flight=cpu_videos))
         say(f"{codec}: CPU pipeline (PyAV + ONNX Runtime CPU), {cpu_videos} videos in flight")
         cpu_row = run_pipeline(_indexer(cpu_settings, store, open_decoder("cpu")), paths[:cpu_videos], cpu_videos)
         res["pipeline_cpu"] = cpu_row

@@ -39,6 +39,9 @@ def bench_engines(ctx: Context, device: str, engine: str, batches: str, seconds:
 bench_dir_option = click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
                                 default=Path("vidx-bench"), show_default=True,
                                 help="Where the 1080p benchmark clips are built (once) and kept.")
+face_search_option = click.option(
+    "--face-search", type=click.Choice(["guided", "full"]), default="guided", show_default=True,
+    help="Where the finest face level looks (as `vidx index --face-search`): run both to compare them.")
 save_option = click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None,
                            help="Also write the JSON result to this file.")
 
@@ -54,16 +57,20 @@ def _save(result: dict[str, Any], save: Path | None) -> None:
 @bench.command("pipeline")
 @bench_dir_option
 @click.option("--codec", type=click.Choice(["h264", "hevc"]), default="h264", show_default=True)
+@face_search_option
 @save_option
 @json_option
 @pass_ctx
-def bench_pipeline(ctx: Context, work_dir: Path, codec: str, save: Path | None, as_json: bool) -> None:
+def bench_pipeline(ctx: Context, work_dir: Path, codec: str, face_search: str, save: Path | None,
+                   as_json: bool) -> None:
     """The CPU pipeline on 1080p30 clips at the default sampling, against `ffmpeg -f null` on the same files."""
     from bench.tables import pipeline_report
     from bench.video import bench_pipeline as run_bench
+    from schemas.config import DetectionConfig
     from vidx.output import say
 
-    result = run_bench(ctx.cache_dir, work_dir, codec=codec, command=" ".join(["vidx", *sys.argv[1:]]), say=say)
+    result = run_bench(ctx.cache_dir, work_dir, codec=codec, command=" ".join(["vidx", *sys.argv[1:]]), say=say,
+                       detection=DetectionConfig(face_search=face_search))  # type: ignore[arg-type]
     _save(result, save)
 
     emit(result, as_json, lambda res: show(pipeline_report(res)))
@@ -75,19 +82,22 @@ def bench_pipeline(ctx: Context, work_dir: Path, codec: str, save: Path | None, 
 @click.option("--copies", default=28, show_default=True, help="Videos per codec (the clips, repeated).")
 @click.option("--cpu-videos", default=2, show_default=True, help="Videos for the CPU pipeline's row.")
 @click.option("--codecs", default="h264,hevc", show_default=True, help="Codecs to measure.")
+@face_search_option
 @save_option
 @json_option
 @pass_ctx
 def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_videos: int, codecs: str,
-              save: Path | None, as_json: bool) -> None:
+              face_search: str, save: Path | None, as_json: bool) -> None:
     """NVDEC decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU."""
     from bench.tables import gpu_report
     from bench.video import bench_gpu as run_bench
+    from schemas.config import DetectionConfig
     from vidx.output import say
 
     result = run_bench(ctx.cache_dir, work_dir, decoders=[int(d) for d in decoders.split(",")], copies=copies,
                        cpu_videos=cpu_videos, command=" ".join(["vidx", *sys.argv[1:]]), say=say,
-                       codecs=tuple(codecs.split(",")))
+                       codecs=tuple(codecs.split(",")),
+                       detection=DetectionConfig(face_search=face_search))  # type: ignore[arg-type]
     _save(result, save)
 
     emit(result, as_json, lambda res: show(gpu_report(res)))
