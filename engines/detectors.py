@@ -253,6 +253,7 @@ class BlazeDetector:
     _plans: dict[tuple[int, int], list[Level]] = field(default_factory=dict, repr=False)
     _prepared: set[tuple[int, int]] = field(default_factory=set, repr=False)
     _prepare_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def size(self) -> int:
@@ -370,7 +371,7 @@ class BlazeDetector:
                 found[k].extend(cands)
         for k in whole:
             tiles[k] = []
-        with self._prepare_lock:  # two model threads may count at once
+        with self._count_lock:  # two model threads may count at once (not _prepare_lock: held for seconds)
             self.fine_runs["whole"] += len(whole)
             self.fine_runs["tiles"] += sum(map(len, tiles))
         for k, cands in enumerate(self._tile_candidates(xp, frames, fine, tiles)):
