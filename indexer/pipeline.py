@@ -166,6 +166,8 @@ class _VideoState:
     tracker: FaceTracker
     person_tracker: PersonTracker
     started: float
+    full_searches: FullSearchSchedule
+    """Which of the video's samples search their whole frame for the smallest faces (guided face search)."""
     faces: _Rows = field(default_factory=_Rows)
     persons: _Rows = field(default_factory=_Rows)
     best_chips: dict[int, np.ndarray] = field(default_factory=dict)
@@ -173,8 +175,6 @@ class _VideoState:
     best_crops: dict[int, np.ndarray] = field(default_factory=dict)
     """The box of each person track's best sighting, cut from its frame, by track number."""
     info: VideoInfo | None = None
-    full_searches: FullSearchSchedule = field(default_factory=lambda: FullSearchSchedule(0.0))
-    """Which of the video's samples search their whole frame for the smallest faces (guided face search)."""
 
 
 @dataclass
@@ -185,7 +185,7 @@ class _Frame:
     image: Array
     pts_s: float
     index: int
-    full_search: bool = True
+    full_search: bool
     """Whether the finest face level searches the whole frame (else only around small people's heads and the
     faces the coarser levels found: guided face search)."""
 
@@ -293,7 +293,7 @@ class VideoIndexer:
                 return False
             state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking),
                                 PersonTracker(self.settings.person_tracking), time.monotonic(),
-                                full_searches=FullSearchSchedule(self.settings.detection.full_search_every_s))
+                                FullSearchSchedule(self.settings.detection.full_search_every_s))
             live[id(state)] = state
             threading.Thread(target=self._decode, args=(state, messages, stop), daemon=True,
                              name=f"vidx-decode-{task.video_id}").start()
