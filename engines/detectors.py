@@ -387,9 +387,7 @@ class BlazeDetector:
         for level, batch in zip(levels, self._level_batches(xp, frames, levels, pad_to), strict=True):
             boxes, scores, kps, image = self._run(batch, level)
             keep = image < len(frames)  # GPU batches are padded with black images
-            width_px = boxes[:, 2] - boxes[:, 0]
-            keep &= (width_px >= max(self.min_box, level.min_box)) & (width_px <= level.max_box)
-            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            cx, cy = self._sized_for(boxes, level, keep)
             keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
             inv = np.float32(1.0 / level.scale)
             for k in np.unique(image[keep]):
@@ -419,9 +417,7 @@ class BlazeDetector:
                 batch[i, :tile.shape[0], :tile.shape[1]] = tile
             boxes, scores, kps, image = self._run(batch, tile_level)
             keep = image < len(chunk)
-            width_px = boxes[:, 2] - boxes[:, 0]
-            keep &= (width_px >= max(self.min_box, level.min_box)) & (width_px <= level.max_box)
-            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            cx, cy = self._sized_for(boxes, level, keep)
             origins = np.asarray([(x, y) for _, x, y in chunk], np.float32)
             origin = origins[np.minimum(image, len(chunk) - 1)]
             keep &= _inside_tile(cx, origin[:, 0], level.width) & _inside_tile(cy, origin[:, 1], level.height)
@@ -432,6 +428,13 @@ class BlazeDetector:
                 out[chunk[int(i)][0]].append(((boxes[sel] + shift[sel]) * inv, scores[sel],
                                               (kps[sel] + origin[sel][:, None, :]) * inv))
         return out
+
+    def _sized_for(self, boxes: np.ndarray, level: Level, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Drops from `keep` (in place) the candidates too narrow for the model or outside the level's band of
+        box widths; returns every candidate's centre (x, y) in the run's input pixels."""
+        width_px = boxes[:, 2] - boxes[:, 0]
+        keep &= (width_px >= max(self.min_box, level.min_box)) & (width_px <= level.max_box)
+        return (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
 
     def _level_images(self, xp: ModuleType, frames: Sequence[Array], level: Level) -> list[Array]:
         """Each frame scaled to the level (height x width x 3, on the session's array module)."""
