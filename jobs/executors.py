@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.runner import Executor, LocalExecutor
+from jobs.runner import Executor
 
 
 def executor_from_options(raw: dict[str, Any], address: str | None = None) -> Executor:
     """The executor `raw` (a job's or schedule's "executor" option) names; `address` overrides the stored one."""
     if raw.get("kind", "local") == "local":
-        return LocalExecutor()
+        from jobs.processes import LocalWorkers
+
+        return LocalWorkers(workers=raw.get("workers"), workers_per_gpu=int(raw.get("workers_per_gpu", 2)),
+                            max_attempts=int(raw.get("max_attempts", 3)))
     from jobs.ray_executor import RayExecutor, RayOptions  # Ray is imported only for jobs that run on it
 
     opts = RayOptions.from_json(raw)

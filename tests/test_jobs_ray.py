@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import ray
 from badfiles import noise  # tests/badfiles.py
+from jobchecks import assert_each_video_indexed_once, tasks_of  # tests/jobchecks.py
 from sqlalchemy import func, select
 
 from bench.jobs import PHOTOS, make_clip, make_short_archive
@@ -45,20 +46,6 @@ def ray_local() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def clip_photos(cache_dir: Path) -> dict[str, np.ndarray]:
     return {n: load_photo(n, cache_dir) for n in PHOTOS}
-
-
-def tasks_of(catalog: Catalog, job_id: int) -> list[Task]:
-    with catalog.session() as s:
-        return list(s.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.path)))
-
-
-def assert_each_video_indexed_once(catalog: Catalog, n_videos: int) -> None:
-    with catalog.session() as s:
-        done = Counter(s.scalars(select(Task.video_id).where(Task.status == "done")))
-        dupes = s.execute(select(Track.video_id, Track.track_index, func.count()).group_by(
-            Track.video_id, Track.track_index).having(func.count() > 1)).all()
-    assert len(done) == n_videos and set(done.values()) == {1}
-    assert dupes == []
 
 
 def test_two_gpu_workers_share_the_videos_and_a_resubmit_does_nothing(

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from badfiles import noise  # tests/badfiles.py
 from click.testing import CliRunner
+from jobchecks import assert_each_video_indexed_once, tasks_of  # tests/jobchecks.py
 from sqlalchemy import func, select
 
 from bench.jobs import PHOTOS, make_clip, make_short_archive
@@ -450,3 +451,42 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
     s = result.summary
     assert s.done == 2 and s.faces >= s.tracks >= 1 and s.persons >= 1, s
     assert s.video_s == pytest.approx(4.5, abs=0.2) and len(clips) == 2
+
+
+def test_worker_processes_give_the_in_process_results_and_a_crash_fails_only_its_video(
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local executor with two worker processes (as on a GPU machine): every clip gets the tracks the
+    in-process worker gives it; a video whose decoder segfaults takes down only its worker, is tried again
+    alone on a fresh one and fails after its attempts; a garbage file fails with its own reason."""
+    from jobs.executors import executor_from_options
+    from jobs.processes import ProcessExecutor
+
+    make_short_archive(tmp_path / "a", clip_photos, 2, seconds=(1.0, 1.5))
+    one = Catalog(default_db_url(tmp_path / "one"))
+    in_process = run_job(tmp_path / "a", catalog=one, out_uri=str(tmp_path / "one"), settings=SETTINGS,
+                         executor=LocalExecutor(), cache_dir=cache_dir)
+    make_clip(tmp_path / "a" / "segv_me.mp4", clip_photos["biden"], seconds=1.0)
+    (tmp_path / "a" / "garbage.mp4").write_bytes(noise(4096))
+    monkeypatch.setenv(FAULTS_ENV, "crash=segv_me")  # the worker processes inherit it
+    executor = executor_from_options({"kind": "local", "workers": 2, "max_attempts": 2})
+    catalog = Catalog(default_db_url(tmp_path / "two"))
+    result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(tmp_path / "two"), settings=SETTINGS,
+                     executor=executor, cache_dir=cache_dir)
+    inner = getattr(executor, "inner", None)
+    assert isinstance(inner, ProcessExecutor) and inner.replaced >= 2  # one worker lost per attempt at the crash
+    assert (result.summary.done, result.summary.failed) == (2, 2), result.summary
+    by_name = {Path(t.path).name: t for t in tasks_of(catalog, result.job_id)}
+    crash, garbage = by_name["segv_me.mp4"], by_name["garbage.mp4"]
+    assert crash.attempts == 2 and "worker process died" in (crash.error or ""), (crash.attempts, crash.error)
+    assert "died" not in (garbage.error or ""), garbage.error
+    assert result.workers["executor"] == "local" and result.workers["workers"].startswith("2 processes")
+
+    def tracks(c: Catalog) -> list[tuple[str, float, float, int]]:
+        with c.session() as s:
+            rows = s.execute(select(Video.path, Track.start_s, Track.end_s, Track.n_faces)
+                             .join(Track, Track.video_id == Video.id).order_by(Video.path, Track.start_s)).all()
+        return [(Path(p).name, round(a, 3), round(b, 3), n) for p, a, b, n in rows]
+
+    assert in_process.summary.done == 2 and len({name for name, *_ in tracks(catalog)}) == 2
+    assert tracks(catalog) == tracks(one)
+    assert_each_video_indexed_once(catalog, 2)

@@ -1,8 +1,9 @@
 """The same archive indexed through the product by several executors and worker counts, timed, results compared.
 
-    python3 tools/gpu_scaling.py --copies 28 local ray:1x1 ray:1x2 ray:2x2   (results under $OUT)
+    python3 tools/gpu_scaling.py --copies 28 local "local+--workers-per-gpu 1" ray:1x2   (results under $OUT)
 
-A run is `local` (vidx index, in-process, GPU 0) or `ray:GxK` (vidx job submit on a fresh local Ray
+A run is `local` (vidx index on GPU 0: its default worker processes, or one worker in its own process with
+`+--workers-per-gpu 1`) or `ray:GxK` (vidx job submit on a fresh local Ray
 instance that sees G GPUs, with K worker actors per GPU: `--workers-per-gpu K`); `+OPTIONS` after
 it adds options to the command (`ray:1x2+--engine onnxruntime-fp16`). Each run is a separate command on a
 fresh output folder. Reported per run: the whole command's wall time (Ray start-up and model loading

@@ -35,7 +35,8 @@ from vidx.commands.job import (
 @out_option
 @db_option
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
-              help="local: one worker in this process (no Ray start-up cost); ray: worker actors on Ray.")
+              help="local: worker processes on this machine, --workers-per-gpu per GPU (without a GPU, one worker "
+                   "in this process); ray: worker actors on Ray (a local instance or --address).")
 @executor_options
 @plan_options
 @device_option

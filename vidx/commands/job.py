@@ -52,7 +52,8 @@ class ExecutorArgs:
     def to_json(self, kind: str, device: str) -> dict[str, Any]:
         """The executor as stored with a job or schedule (see jobs.executors.executor_from_options)."""
         if kind == "local":
-            return {"kind": "local", "max_attempts": self.max_attempts}
+            return {"kind": "local", "workers": self.workers, "workers_per_gpu": self.workers_per_gpu,
+                    "max_attempts": self.max_attempts}
         from jobs.ray_executor import RayOptions
 
         return RayOptions(address=self.address, workers=self.workers, workers_per_gpu=self.workers_per_gpu,
@@ -68,14 +69,15 @@ def executor_options(fn: Any) -> Any:
                      help="Ray cluster: 'auto' (running on this node) or ray://HEAD:10001 "
                           "[default: start a local Ray instance]."),
         click.option("--workers", type=click.IntRange(1, 4096), default=None,
-                     help="Worker actors [default: --workers-per-gpu per GPU; without GPUs, CPUs/4]."),
+                     help="Worker processes [default: --workers-per-gpu per GPU; without GPUs: Ray CPUs/4, "
+                          "local one worker in the command's own process]."),
         click.option("--workers-per-gpu", type=click.IntRange(1, 16), default=2, show_default=True,
-                     help="GPU workers (processes) sharing one GPU, each asking Ray for 1/N of it."),
+                     help="Worker processes sharing one GPU (on Ray each asks for 1/N of it)."),
         click.option("--videos-per-worker", type=click.IntRange(1, 64), default=None,
                      help="Videos each worker indexes at once, sharing its models' batches "
                           "[default: 8 on a GPU, 1 on a CPU]."),
         click.option("--max-attempts", type=click.IntRange(1, 20), default=3, show_default=True,
-                     help="Attempts per video when its worker crashes or hangs."),
+                     help="Attempts per video when its worker process crashes (or, on Ray, hangs)."),
         click.option("--stall-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
                      help="Seconds without a decoded batch after which a video counts as hung."),
     ]

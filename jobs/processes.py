@@ -1,0 +1,319 @@
+"""Worker processes on this machine, without Ray: the default of `vidx index` on a GPU.
+
+Threads of one process share one interpreter lock: a GPU worker's decoder loops, kernel launches and
+tracking contend for it, and the GPU waits (docs/performance.md, "GPU through the product"). Two worker
+processes per GPU each run a VideoWorker (engines, decoders, several videos in flight) and share the GPU
+between them. The driver stays the only writer of the SQL index: it claims videos for the workers, hands
+them over a queue, and records the outcomes they send back.
+
+A worker process that dies (a decoder crash, out of memory, killed) takes only its own videos with it: each
+is tried again, alone on a fresh worker, until its attempts run out, while the other workers go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from catalog import job_state as state
+from catalog.outcome import VideoOutcome
+from indexer.host_memory import arena_env
+from jobs.runner import Executor, LocalExecutor, TaskHooks
+from jobs.worker import TaskSpec
+from schemas.config import IndexSettings
+from schemas.errors import VidxError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 900.0
+"""How long a worker may take to load and warm up its engines (a first run may convert models)."""
+PROGRESS_EVERY_S = 0.5
+"""A worker reports how far into each video it got at most this often."""
+POLL_S = 0.2
+MAX_FAILED_STARTS = 2
+"""A worker that dies this many times in a row before its engines are loaded stops the job (it would again)."""
+
+
+class WorkerStartError(VidxError):
+    """A worker process could not load its engines or died while starting."""
+
+
+@dataclass
+class _Worker:
+    label: str
+    gpu: str | None
+    token: str = ""
+    """This process's name on the results queue (the label and a generation: a late message of a worker
+    that was replaced is not taken for its successor's)."""
+    generation: int = 0
+    failed_starts: int = 0
+    process: Any = None
+    tasks: Any = None
+    name: str = ""
+    """host:pid, as the worker names itself (claims and outcomes carry it)."""
+    ready: bool = False
+    room: int = 1
+    inflight: dict[int, tuple[TaskSpec, bool]] = field(default_factory=dict)
+    """Videos handed over and not yet back, by video id, with whether each runs alone (a suspect)."""
+
+    @property
+    def isolated(self) -> bool:
+        return any(alone for _, alone in self.inflight.values())
+
+
+def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, cache_dir: str | None,
+                 tasks: Any, results: Any) -> None:
+    """A worker process's body: engines loaded once, videos from `tasks` until None, messages to `results`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it requeues and stops the workers
+    if gpu is not None:  # before anything touches CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    from jobs.worker import VideoWorker
+
+    try:
+        worker = VideoWorker(IndexSettings.from_json(settings_json), out_uri,
+                             cache_dir=Path(cache_dir) if cache_dir else None)
+    except BaseException as exc:
+        results.put(("failed", token, f"{type(exc).__name__}: {exc}"))
+        return
+    results.put(("ready", token, worker.describe()))
+    reported: dict[int, float] = {}
+
+    def feed() -> Iterator[TaskSpec | None]:
+        while True:
+            try:
+                spec = tasks.get_nowait()
+            except queue.Empty:
+                yield None  # nothing now: the indexer asks again shortly
+                continue
+            if spec is None:
+                return
+            yield spec
+
+    def progress(spec: TaskSpec, pts_s: float) -> None:
+        now = time.monotonic()
+        if now - reported.get(spec.video_id, 0.0) >= PROGRESS_EVERY_S:
+            reported[spec.video_id] = now
+            results.put(("progress", token, spec, pts_s))
+
+    for spec, outcome in worker.process_many(feed(), on_progress=progress):
+        reported.pop(spec.video_id, None)
+        results.put(("done", token, spec, outcome))
+
+
+class ProcessExecutor:
+    """`processes` worker processes on this machine, each pinned to one of `gpus` (CUDA device ids; None: no
+    GPU), `per_gpu` to a GPU in turn; up to `max_attempts` attempts per video whose worker dies."""
+
+    def __init__(self, processes: int, gpus: list[str] | None = None, *, per_gpu: int = 1, max_attempts: int = 3):
+        if processes < 1:
+            raise ValueError("at least one worker process")
+        self.processes = processes
+        self.gpus = gpus
+        self.per_gpu = max(1, per_gpu)
+        self.max_attempts = max_attempts
+        self.workers: list[_Worker] = []
+        self.replaced = 0
+        self._ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads or CUDA
+        self._results: Any = None
+        self._args: tuple[str, str, str | None] = ("", "", None)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]:
+        self._results = self._ctx.Queue()
+        self._args = (settings.to_json(), out_uri, str(cache_dir) if cache_dir else None)
+        self.workers = [_Worker(f"worker{i}", self.gpus[(i // self.per_gpu) % len(self.gpus)] if self.gpus else None)
+                        for i in range(self.processes)]
+        for w in self.workers:
+            self._spawn(w)
+        first: dict[str, str] = {}
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(w.ready for w in self.workers):
+            for w in self.workers:
+                if not w.ready and w.process.exitcode is not None:
+                    raise WorkerStartError(f"{w.label} exited with code {w.process.exitcode} while loading its engines")
+            if time.monotonic() > deadline:
+                raise WorkerStartError(f"workers not ready after {START_TIMEOUT_S:.0f} s")
+            try:
+                msg = self._results.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            if msg[0] == "failed":
+                raise WorkerStartError(f"{msg[1]} could not load its engines: {msg[2]}")
+            if msg[0] == "ready":
+                self._ready(msg[1], msg[2])
+                first = first or msg[2]
+        where = f", {self.per_gpu} per GPU on {len(self.gpus)} GPU(s)" if self.gpus else ""
+        return {"executor": "local", "workers": f"{self.processes} processes{where}, "
+                                                f"{first.get('in_flight', '?')} videos at once each",
+                **{k: v for k, v in first.items() if k not in ("worker", "in_flight")}}
+
+    def _spawn(self, w: _Worker) -> None:
+        w.generation += 1
+        w.token = f"{w.label}.{w.generation}"
+        w.tasks = self._ctx.Queue()
+        w.ready, w.name = False, ""
+        w.inflight.clear()
+        # The child's malloc arena cap must be in its environment from its first allocation (indexer/host_memory).
+        saved = {k: os.environ.get(k) for k in arena_env()}
+        os.environ.update(arena_env())
+        try:
+            w.process = self._ctx.Process(target=_worker_main, name=f"vidx-{w.label}", daemon=True,
+                                          args=(w.token, w.gpu, *self._args, w.tasks, self._results))
+            w.process.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _ready(self, token: str, info: dict[str, str]) -> None:
+        w = self._by_token(token)
+        if w is not None:
+            w.ready, w.name, w.failed_starts = True, info.get("worker", w.label), 0
+            w.room = max(1, int(info.get("in_flight", "1")))
+
+    def _by_token(self, token: str) -> _Worker | None:
+        return next((w for w in self.workers if w.token == token), None)
+
+    def close(self) -> None:
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                w.tasks.put(None)
+        deadline = time.monotonic() + 10
+        for w in self.workers:
+            if w.process is not None:
+                w.process.join(max(0.0, deadline - time.monotonic()))
+                if w.process.is_alive():
+                    w.process.terminate()
+                    w.process.join(5)
+        self.workers = []
+
+    # ------------------------------------------------------------------------------------ running
+
+    def run(self, hooks: TaskHooks) -> None:
+        retries: list[tuple[TaskSpec, bool]] = []
+        exhausted = False
+        blocked_until = 0.0
+        while True:
+            stopping = hooks.should_stop()
+            if not stopping:
+                for w in self.workers:
+                    while w.ready and len(w.inflight) < w.room and not w.isolated:
+                        pick: tuple[TaskSpec, bool] | None = None
+                        if retries:
+                            if retries[0][1] and w.inflight:
+                                break  # a suspect runs alone: on a worker with nothing else in flight
+                            pick = retries.pop(0)
+                        elif not exhausted and time.monotonic() >= blocked_until:
+                            got = hooks.next_task(w.name)
+                            if got is None:
+                                exhausted = True
+                            elif got == state.BLOCKED:
+                                blocked_until = time.monotonic() + 0.5
+                            elif isinstance(got, TaskSpec):
+                                pick = (got, False)
+                        if pick is None:
+                            break
+                        w.inflight[pick[0].video_id] = pick
+                        w.tasks.put(pick[0])
+            busy = any(w.inflight for w in self.workers)
+            if not busy and (stopping or (exhausted and not retries)):
+                return
+            self._receive(hooks)
+            for w in self.workers:
+                if w.process.exitcode is not None:
+                    self._replace(w, retries, hooks)
+
+    def _receive(self, hooks: TaskHooks) -> None:
+        """Handle what the workers sent: waits up to POLL_S for the first message, then takes what is there."""
+        timeout: float | None = POLL_S
+        while True:
+            try:
+                msg = self._results.get(timeout=timeout) if timeout else self._results.get_nowait()
+            except queue.Empty:
+                return
+            timeout = None
+            kind, token = msg[0], msg[1]
+            w = self._by_token(token)
+            if kind == "ready":
+                self._ready(token, msg[2])
+            elif kind == "failed":
+                log.error("%s could not load its engines: %s", token, msg[2])
+            elif kind == "progress":
+                hooks.on_progress(msg[2], msg[3])
+            elif kind == "done" and w is not None and w.inflight.pop(msg[2].video_id, None) is not None:
+                hooks.on_done(msg[2], msg[3])
+
+    def _replace(self, w: _Worker, retries: list[tuple[TaskSpec, bool]], hooks: TaskHooks) -> None:
+        """A worker process ended: its videos are tried again (each alone: the culprit is unknown), and a fresh
+        worker takes its place."""
+        code = w.process.exitcode
+        if not w.ready:
+            w.failed_starts += 1
+            if w.failed_starts >= MAX_FAILED_STARTS:
+                raise WorkerStartError(f"{w.label} died {w.failed_starts} times while loading its engines "
+                                       f"(exit code {code})")
+        why = f"worker process died while indexing (exit code {code}: decoder crash, out of memory or killed)"
+        lost = [spec for spec, _ in w.inflight.values()]
+        if lost or not w.ready:
+            log.warning("%s: %s", w.label, why)
+        for spec in lost:
+            if spec.attempts >= self.max_attempts:
+                hooks.on_done(spec, VideoOutcome(spec.video_id, "failed", worker=w.name or None,
+                                                 error=f"{why}; gave up after {spec.attempts} attempts"))
+            else:
+                hooks.on_retry(spec, why)
+                retries.append((replace(spec, attempts=spec.attempts + 1), True))
+        self._spawn(w)
+        self.replaced += 1
+
+
+def local_gpus(device: str) -> list[str]:
+    """The CUDA devices of this machine that `device` (a RuntimeConfig.device) would use, as ids to put in a
+    worker's CUDA_VISIBLE_DEVICES (none for the CPU, or where no GPU is usable)."""
+    if device == "cpu":
+        return []
+    from engines.runtime.base import runtime_report
+
+    count = runtime_report().cuda_devices
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible[:count] if visible else [str(i) for i in range(count)]
+
+
+class LocalWorkers:
+    """The `local` executor: `workers_per_gpu` worker processes per GPU of this machine (or `workers` in all),
+    or, on a machine without a GPU (or for one worker), one worker in the driver's own process (its models
+    already use every core)."""
+
+    def __init__(self, *, workers: int | None = None, workers_per_gpu: int = 2, max_attempts: int = 3):
+        self.workers = workers
+        self.workers_per_gpu = workers_per_gpu
+        self.max_attempts = max_attempts
+        self.inner: Executor | None = None
+
+    def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]:
+        gpus = local_gpus(settings.runtime.device)
+        n = self.workers or (len(gpus) * self.workers_per_gpu if gpus else 1)
+        self.inner = (LocalExecutor() if n == 1 else
+                      ProcessExecutor(n, gpus or None, per_gpu=self.workers_per_gpu, max_attempts=self.max_attempts))
+        return self.inner.start(settings, out_uri, cache_dir)
+
+    def run(self, hooks: TaskHooks) -> None:
+        if self.inner is None:
+            raise RuntimeError("executor not started")
+        self.inner.run(hooks)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
