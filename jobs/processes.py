@@ -107,6 +107,9 @@ def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, 
     for spec, outcome in worker.process_many(feed(), on_progress=progress):
         reported.pop(spec.video_id, None)
         results.put(("done", token, spec, outcome))
+    # Asked to exit: every outcome was received, and a progress message the driver no longer reads must not
+    # keep this process waiting on a full pipe.
+    results.cancel_join_thread()
 
 
 class ProcessExecutor:
@@ -187,15 +190,22 @@ class ProcessExecutor:
         return next((w for w in self.workers if w.token == token), None)
 
     def close(self) -> None:
+        """Idle workers are asked to exit; workers with videos in flight (the driver was interrupted or failed:
+        those videos go back to the queue) are stopped at once."""
         for w in self.workers:
-            with contextlib.suppress(Exception):
-                w.tasks.put(None)
+            if w.process is None:
+                continue
+            if w.inflight:
+                w.process.terminate()
+            else:
+                with contextlib.suppress(Exception):
+                    w.tasks.put(None)
         deadline = time.monotonic() + 10
         for w in self.workers:
             if w.process is not None:
                 w.process.join(max(0.0, deadline - time.monotonic()))
                 if w.process.is_alive():
-                    w.process.terminate()
+                    w.process.kill()
                     w.process.join(5)
         self.workers = []
 
