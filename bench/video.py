@@ -142,9 +142,10 @@ def _indexer(settings: IndexSettings, store: ModelStore, decoder: Decoder | None
 
 
 def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264", command: str,
-                   say: Callable[[str], None], detection: DetectionConfig | None = None) -> dict[str, Any]:
+                   say: Callable[[str], None], detection: DetectionConfig | None = None,
+                   engine: str = "auto") -> dict[str, Any]:
     """The CPU pipeline at the default sampling on 1080p30 clips, against `ffmpeg -f null` on the same files
-    (`detection`: the detection settings, default DetectionConfig())."""
+    (`detection`: the detection settings, default DetectionConfig(); `engine`: RuntimeConfig.engine)."""
     detection = detection or DetectionConfig()
     videos = [v for v in bench_clips(work_dir, cache_dir, say) if v.codec == codec]
     clips = [Path(v.path) for v in videos]
@@ -154,7 +155,8 @@ def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264
     say("ffmpeg -f null (decode only)")
     rows["ffmpeg_null"] = ffmpeg_null(clips)
     for in_flight in (1, 2):
-        settings = IndexSettings(detection=detection, runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight))
+        settings = IndexSettings(detection=detection, runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight,
+                                                                            engine=engine))  # type: ignore[arg-type]
         say(f"CPU pipeline, {in_flight} video(s) in flight")
         row = run_pipeline(_indexer(settings, store), clips, in_flight)
         row["x_realtime"] = round(duration / row["wall_s"], 2)
@@ -162,8 +164,8 @@ def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264
             row["x_ffmpeg_time"] = round(row["wall_s"] / rows["ffmpeg_null"]["wall_s"], 2)
         rows[f"pipeline_in_flight_{in_flight}"] = row
     return {"benchmark": "pipeline", "machine": machine_info(), "command": command, "codec": codec,
-            "face_search": detection.face_search, "clips": [c.name for c in clips], "video_seconds": duration,
-            "rows": rows}
+            "face_search": detection.face_search, "engine": engine, "clips": [c.name for c in clips],
+            "video_seconds": duration, "rows": rows}
 
 
 def _prefixed(say: Callable[[str], None], prefix: str, line: str) -> None:

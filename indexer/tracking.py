@@ -132,14 +132,18 @@ class PersonTrack:
     end_s: float
     last_box: np.ndarray
     velocity: np.ndarray
-    """Box corners' motion in pixels per second, from the last two sightings."""
+    """The box centre's motion (x, y) in pixels per second, from the last two sightings. The centre only: a
+    box's size jitters from sample to sample (a stride, an arm, the detector's own noise), and carried
+    forward as corner motion that jitter bent the predicted box out of shape and broke tracks apart."""
     n_detections: int = 0
     best_quality: float = -1.0
     best_row: int = -1
     """Row (in the video's person list) of the best sighting: largest, most confident."""
 
     def predicted(self, t: float) -> np.ndarray:
-        return self.last_box + self.velocity * (t - self.end_s)
+        """The last box, moved to where its centre is heading at time t."""
+        dx, dy = self.velocity * (t - self.end_s)
+        return self.last_box + np.array([dx, dy, dx, dy], np.float32)
 
 
 @dataclass
@@ -173,9 +177,9 @@ class PersonTracker:
                 tr = self._live[assigned[i]]
                 dt = t - tr.end_s
                 if dt > 0:
-                    tr.velocity = ((box - tr.last_box) / dt).astype(np.float32)
+                    tr.velocity = ((_centre(box) - _centre(tr.last_box)) / dt).astype(np.float32)
             else:
-                tr = PersonTrack(len(self.tracks), t, t, box, np.zeros(4, np.float32))
+                tr = PersonTrack(len(self.tracks), t, t, box, np.zeros(2, np.float32))
                 self.tracks.append(tr)
                 self._live.append(tr)
             tr.end_s, tr.last_box = t, box
@@ -189,6 +193,10 @@ class PersonTracker:
     def kept(self) -> list[PersonTrack]:
         """Tracks seen often enough to be a person rather than a passing false box."""
         return [tr for tr in self.tracks if tr.n_detections >= self.config.min_detections]
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float32)
 
 
 def _shift(box: np.ndarray, guess: np.ndarray) -> float:

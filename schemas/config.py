@@ -13,15 +13,16 @@ from typing import Any, Literal, get_args
 
 SamplingMode = Literal["fps", "keyframes", "every-frame"]
 DeviceChoice = Literal["auto", "cpu", "gpu"]
-EngineChoice = Literal["auto", "onnxruntime", "onnxruntime-fp16", "tensorrt"]
+EngineChoice = Literal["auto", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt"]
 FaceDetectorChoice = Literal["blazeface", "centerface"]
 FaceSearch = Literal["guided", "full"]
 """blazeface: MediaPipe BlazeFace full-range over an image pyramid; centerface: CenterFace over whole frames
 (docs/models.md compares them)."""
 """auto: TensorRT, else ONNX Runtime, FP16 on a GPU either way; onnxruntime: FP32; onnxruntime-fp16: ONNX
-Runtime on the GPU with an FP16 copy of each model (TensorRT is always FP16)."""
+Runtime on the GPU with an FP16 copy of each model (TensorRT is always FP16); onnxruntime-int8: FP32, but the
+person detector's INT8 copy on a CPU (its own run key: it changes person tracks)."""
 
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 """Bump when a change to the indexer changes its results; older runs become stale."""
 
 
@@ -143,7 +144,8 @@ class PersonTrackingConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Where and how the engines run. Does not change results, so it is not part of the run key."""
+    """Where and how the engines run. Does not change results beyond rounding, so it is not part of the run
+    key (except the INT8 person detector: IndexSettings.result_params)."""
 
     device: DeviceChoice = "auto"
     engine: EngineChoice = "auto"
@@ -192,12 +194,17 @@ class IndexSettings:
             del detection["face_score"], detection["face_search"]
         if detection.get("face_search") != "guided":  # the period means nothing to a full search
             del detection["full_search_every_s"]
-        return {
+        params: dict[str, Any] = {
             "sampling": asdict(self.sampling),
             "detection": detection,
             "tracking": asdict(self.tracking),
             "person_tracking": asdict(self.person_tracking),
         }
+        # The one runtime choice that changes results beyond rounding: the INT8 person detector's boxes cut
+        # person tracks in crowds at other places (engines/int8.py). Other engines keep the key they had.
+        if self.runtime.engine == "onnxruntime-int8":
+            params["person_detector_precision"] = "int8"
+        return params
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -95,6 +95,19 @@ def indexed(tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="session")
+def indexed_int8(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
+                 tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Catalog:
+    """The archive of `indexed` indexed again on the CPU with the person detector's INT8 copy
+    (`--engine onnxruntime-int8`)."""
+    out = tmp_path_factory.mktemp("indexed_int8") / "out"
+    catalog = Catalog(default_db_url(out))
+    run_job(Path(indexed[0][0].path).parent, catalog=catalog, out_uri=str(out),
+            settings=IndexSettings(runtime=RuntimeConfig(device="cpu", engine="onnxruntime-int8")),
+            executor=LocalExecutor(), cache_dir=cache_dir)
+    return catalog
+
+
+@pytest.fixture(scope="session")
 def private_out(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
                 tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Makes copies of the shared indexed output (without its search index, which a search rebuilds), so that

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from jobchecks import assert_same_tracks  # tests/jobchecks.py
 
 from catalog.db import Catalog, default_db_url
 from engines.loader import Engines, load_engines
@@ -21,8 +21,6 @@ from engines.zoo import ModelStore
 from jobs.runner import JobResult, LocalExecutor, run_job
 from samples.archive import SampleVideo
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
-from schemas.embeddings import embedding_from_bytes
-from schemas.sql import Track, Video
 
 pytestmark = pytest.mark.gpu
 INTERVAL = 0.5
@@ -269,22 +267,5 @@ def test_gpu_pipeline_gives_the_cpu_tracks(indexed: tuple[list[SampleVideo], Pat
     result = run_job(archive, catalog=catalog, out_uri=str(tmp_path / "out"), settings=settings,
                      executor=LocalExecutor(), cache_dir=cache_dir)
     assert result.summary.done == len(videos)
-    for video in videos:
-        cpu, gpu = (tracks(c, video.name) for c in (cpu_catalog, catalog))
-        assert len(gpu) == len(cpu), (video.name, [(t.start_s, t.end_s) for t in gpu])
-        gpu_embs = np.stack([embedding_from_bytes(t.embedding) for t in gpu]) if gpu else np.zeros((0, 128))
-        paired = set()
-        for a in cpu:  # tracks that start together (two people walking in) pair by embedding, not by order
-            dist = np.linalg.norm(gpu_embs - embedding_from_bytes(a.embedding), axis=1)
-            k = int(np.argmin(dist))
-            b = gpu[k]
-            assert dist[k] < 0.15, (video.name, a.start_s, float(dist[k]))
-            assert abs(a.start_s - b.start_s) <= INTERVAL + 0.05 and abs(a.end_s - b.end_s) <= INTERVAL + 0.05
-            paired.add(k)
-        assert len(paired) == len(gpu), video.name
-
-
-def tracks(catalog: Catalog, name: str) -> list[Track]:
-    with catalog.session() as s:
-        return list(s.scalars(select(Track).join(Video, Video.id == Track.video_id)
-                              .where(Video.path.like(f"%/{name}")).order_by(Track.start_s)))
+    assert_same_tracks(cpu_catalog, catalog, [v.name for v in videos], max_l2=0.15, slack_s=INTERVAL + 0.05,
+                       persons=False)

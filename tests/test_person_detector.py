@@ -171,3 +171,33 @@ def test_letterboxed_levels_keep_the_frame_aspect(engines: Engines) -> None:
     assert (coarse.width, coarse.height, coarse.canvas_w, coarse.canvas_h) == (416, 234, 416, 256)
     (only,) = PersonDetector(engines.persons.session, long_side=512, coarse_side=448).plan(576, 768)
     assert (only.width, only.height, only.canvas_w, only.canvas_h) == (512, 384, 512, 384)
+
+
+def test_the_int8_copy_finds_the_fp32_detectors_people(engines: Engines, store: ModelStore,
+                                                       vtest_frames: dict[int, np.ndarray],
+                                                       photos: dict[str, np.ndarray]) -> None:
+    """`--engine onnxruntime-int8`: the person detector's INT8 copy (calibrated on the bundled photos, never on
+    vtest.avi) finds on real footage and the group photo the people the FP32 graph finds, in the same places;
+    the copy is made once and reused."""
+    from engines.int8 import int8_copy, int8_path
+    from engines.runtime.base import open_session
+
+    assert engines.persons is not None and not engines.persons.session.description.endswith("INT8")
+    model = store.load("person_detector")
+    session = open_session(model, device="cpu", engine="onnxruntime-int8")
+    assert session.description.endswith("INT8")
+    made = int8_path(model).stat().st_mtime_ns
+    assert int8_copy(model) == int8_path(model) and int8_path(model).stat().st_mtime_ns == made  # reused
+    int8 = PersonDetector(session, score_threshold=engines.persons.score_threshold)
+    images = [*vtest_frames.values(), photos["t1"]]
+    matched = total = 0
+    for a, b in zip(engines.persons.detect(images), int8.detect(images), strict=True):
+        assert abs(len(a) - len(b)) <= 1, (len(a), len(b))
+        total += len(a)
+        for box in a.boxes:
+            if len(b):
+                lo, hi = np.maximum(box[:2], b.boxes[:, :2]), np.minimum(box[2:], b.boxes[:, 2:])
+                inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+                areas = np.prod(b.boxes[:, 2:] - b.boxes[:, :2], axis=1) + np.prod(box[2:] - box[:2])
+                matched += int((inter / (areas - inter)).max() >= 0.7)
+    assert total >= 20 and matched >= 0.9 * total, (matched, total)

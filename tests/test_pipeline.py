@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+from jobchecks import assert_same_tracks  # tests/jobchecks.py
 from sqlalchemy import func, select
 
 from catalog.db import Catalog
@@ -206,3 +207,11 @@ def test_full_face_searches_come_every_two_seconds_of_video() -> None:
     assert sum(every_frame.due(i / 30) for i in range(300)) == 5  # 10 s at 30 fps
     back = FullSearchSchedule(2.0)
     assert [back.due(t) for t in (5.0, 5.5, 1.0, 1.5, 3.0)] == [True, False, True, False, True]
+
+
+def test_the_int8_person_detector_gives_the_fp32_tracks(indexed: Indexed, indexed_int8: Catalog) -> None:
+    """`--engine onnxruntime-int8` (the person detector's INT8 copy) against the default FP32 models on the
+    whole sample archive: the same face tracks (descriptors within 0.05) and the same person tracks, at the
+    same times within one sampling interval."""
+    videos, _, catalog, _ = indexed
+    assert_same_tracks(catalog, indexed_int8, [v.name for v in videos], max_l2=0.05, slack_s=INTERVAL + 0.01)

@@ -49,6 +49,22 @@ def test_fp16_onnxruntime_is_a_gpu_choice_and_the_cpu_keeps_fp32(store: ModelSto
     assert session.device == "cpu" and "FP16" not in session.description
 
 
+def test_int8_is_the_cpus_person_detector_only_and_has_its_own_run_key(store: ModelStore) -> None:
+    """`--engine onnxruntime-int8` quantizes the person detector alone, on a CPU; its results are kept under a
+    run key of their own (it changes person tracks), while the other engines share the default's key."""
+    from schemas.config import IndexSettings, RuntimeConfig, run_key
+
+    assert resolve_runtime("onnxruntime-int8", "cuda", GPU_TRT) == "onnxruntime"
+    int8 = open_session(store.load("person_detector"), device="cpu", engine="onnxruntime-int8", report=CPU_ONLY)
+    assert int8.description.endswith("INT8")
+    embedder = open_session(store.load("face_embedder"), device="cpu", engine="onnxruntime-int8", report=CPU_ONLY)
+    assert "INT8" not in embedder.description
+    keys = {engine: run_key("3", {}, IndexSettings(runtime=RuntimeConfig(engine=engine)).result_params())
+            for engine in ("auto", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8")}
+    assert len({keys["auto"], keys["onnxruntime"], keys["onnxruntime-fp16"]}) == 1
+    assert keys["onnxruntime-int8"] != keys["auto"]
+
+
 @pytest.mark.parametrize("name", ["face_detector", "person_detector", "face_embedder"])
 def test_fp16_graph_for_strongly_typed_tensorrt(store: ModelStore, name: str) -> None:
     """The FP16 copy keeps uint8 input and float32 outputs and computes in float16."""

@@ -1,13 +1,18 @@
-"""Guided against full face search: the face tracks each finds, and what each costs, on the same videos.
+"""Guided against full face search (or one engine against another): the face tracks each finds, and what
+each costs, on the same videos.
 
     PYTHONPATH=. python tools/face_search_compare.py WORK_DIR [--archives test,demo,bench,vtest]
         [--device cpu|gpu] [--every 2.0] [--sampling fps|every-frame] [--modes full,guided]
 
+A mode is a face search, optionally with an engine: `guided@onnxruntime` (FP32 everywhere) against
+`guided` (`--engine auto`: on a CPU the person detector's INT8 copy). The first mode is the reference.
+
 The archives are the sample presets (built into WORK_DIR once; `bench` is its two H.264 1080p clips) and OpenCV's
 vtest.avi (real surveillance footage). Each mode indexes every archive with the engines loaded once for it
-(their load is not timed). A face track of the full search counts as found by the guided one when a guided
-track of the same video overlaps it in time (within one sampling interval) and their descriptors are within
-L2 0.6 (the same person). One JSON line per archive and mode, then a summary line per archive.
+(their load is not timed). A reference face track counts as found by another mode when one of its tracks of
+the same video overlaps it in time (within one sampling interval) and their descriptors are within L2 0.6
+(the same person). One JSON line per archive and mode, then a summary line per archive and mode after the
+first.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any
         before = dict(indexer.timings)
         runs_before = dict(getattr(engines.faces, "fine_runs", {}))
         t0 = time.perf_counter()
-        tracks, faces, persons, person_tracks, analysed, video_s = {}, 0, 0, 0, 0, 0.0
+        tracks, people, faces, persons, person_tracks, analysed, video_s = {}, {}, 0, 0, 0, 0, 0.0
         for task, result in indexer.index_many([VideoTask(p, i + 1, "cmp") for i, p in enumerate(paths)]):
             if isinstance(result, BaseException):
                 raise result
@@ -62,6 +67,13 @@ def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any
             tracks[task.path.name] = [(s, e, np.asarray(v, np.float32)) for s, e, v in zip(
                 t.column("start_s").to_pylist(), t.column("end_s").to_pylist(),
                 t.column("embedding").to_pylist(), strict=True)]
+            sightings: dict[str, list[tuple[float, np.ndarray]]] = {}
+            p = result.persons
+            for pts, box, track in zip(p.column("pts_s").to_pylist(), p.column("bbox").to_pylist(),
+                                       p.column("person_track_id").to_pylist(), strict=True):
+                if track is not None:
+                    sightings.setdefault(track, []).append((pts, np.asarray(box, np.float32)))
+            people[task.path.name] = sightings
             faces += result.faces.num_rows
             persons += result.persons.num_rows
             person_tracks += result.person_tracks.num_rows
@@ -75,7 +87,7 @@ def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any
                         "stage_s": {k: round(v - before[k], 2) for k, v in indexer.timings.items()},
                         "finest_level_runs": {k: v - runs_before[k] for k, v in
                                               getattr(engines.faces, "fine_runs", {}).items()},
-                        "_tracks": tracks}
+                        "_tracks": tracks, "_people": people}
     return out
 
 
@@ -96,6 +108,35 @@ def matched(reference: dict[str, list[Any]], other: dict[str, list[Any]],
     return found, lost, worst
 
 
+def people_matched(reference: dict[str, dict[str, list[Any]]], other: dict[str, dict[str, list[Any]]]
+                   ) -> tuple[int, int, list[str]]:
+    """How many of the reference's person tracks the other run found (at least 80% of a track's sightings
+    are, at the same times, boxes of one track of the other run overlapping them by IoU 0.5), of how many,
+    and the ones it did not."""
+    found, total, lost = 0, 0, []
+    for video, tracks in reference.items():
+        at: dict[float, list[tuple[np.ndarray, str]]] = {}
+        for track, seen in other.get(video, {}).items():
+            for pts, box in seen:
+                at.setdefault(round(pts, 3), []).append((box, track))
+        for track, seen in tracks.items():
+            total += 1
+            votes: dict[str, int] = {}
+            for pts, box in seen:
+                for b, t in at.get(round(pts, 3), []):
+                    lo, hi = np.maximum(box[:2], b[:2]), np.minimum(box[2:], b[2:])
+                    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+                    union = float(np.prod(box[2:] - box[:2]) + np.prod(b[2:] - b[:2])) - inter
+                    if union > 0 and inter / union >= 0.5:
+                        votes[t] = votes.get(t, 0) + 1
+                        break
+            if votes and max(votes.values()) >= 0.8 * len(seen):
+                found += 1
+            else:
+                lost.append(f"{video} {track} {seen[0][0]:.1f}-{seen[-1][0]:.1f} s")
+    return found, total, lost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("work_dir", type=Path)
@@ -104,31 +145,48 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=2.0, help="seconds between full searches (guided)")
     parser.add_argument("--sampling", choices=("fps", "every-frame"), default="fps")
     parser.add_argument("--modes", default="full,guided")
+    parser.add_argument("--people-json", type=Path, default=None,
+                        help="also write each mode's person tracks (sightings: time, box) to this file")
     args = parser.parse_args()
     videos = {a: archive_videos(args.work_dir, a) for a in args.archives.split(",")}
     sampling = SamplingConfig(mode=args.sampling)
     slack = sampling.interval_s or 0.1
     results = {}
     for mode in args.modes.split(","):
+        search, _, engine = mode.partition("@")
         settings = IndexSettings(sampling=sampling,
-                                 detection=DetectionConfig(face_search=mode, full_search_every_s=args.every),
-                                 runtime=RuntimeConfig(device=args.device))
+                                 detection=DetectionConfig(face_search=search, full_search_every_s=args.every),
+                                 runtime=RuntimeConfig(device=args.device, engine=engine or "auto"))
         results[mode] = run(settings, videos)
         for archive, row in results[mode].items():
             print(json.dumps({"archive": archive, "mode": mode, "every_s": args.every, "device": args.device,
-                              "sampling": args.sampling, **{k: v for k, v in row.items() if k != "_tracks"}}),
+                              "sampling": args.sampling, **{k: v for k, v in row.items() if not k.startswith("_")}}),
                   flush=True)
-    if "full" in results and "guided" in results:
+    if args.people_json:
+        args.people_json.write_text(json.dumps({mode: {a: {v: {t: [(p, b.tolist()) for p, b in seen]
+                                                                for t, seen in tracks.items()}
+                                                           for v, tracks in row["_people"].items()}
+                                                       for a, row in rows.items()}
+                                                for mode, rows in results.items()}))
+    reference, *others = list(results)
+    for mode in others:
         for archive in videos:
-            full, guided = results["full"][archive], results["guided"][archive]
-            found, lost, worst = matched(full["_tracks"], guided["_tracks"], slack)
-            extra, _, _ = matched(guided["_tracks"], full["_tracks"], slack)
-            print(json.dumps({"archive": archive, "summary": True, "full_tracks": full["face_tracks"],
-                              "found_by_guided": found, "lost": lost, "max_descriptor_l2": round(worst, 3),
-                              "guided_tracks_also_in_full": extra, "guided_tracks": guided["face_tracks"],
-                              "faces_full": full["faces"], "faces_guided": guided["faces"],
-                              "speedup_wall": round(full["wall_s"] / guided["wall_s"], 2),
-                              "detect_faces_s": [full["stage_s"]["detect_faces"], guided["stage_s"]["detect_faces"]]}),
+            ref, got = results[reference][archive], results[mode][archive]
+            found, lost, worst = matched(ref["_tracks"], got["_tracks"], slack)
+            extra, _, _ = matched(got["_tracks"], ref["_tracks"], slack)
+            people_found, people_total, people_lost = people_matched(ref["_people"], got["_people"])
+            print(json.dumps({"archive": archive, "summary": True, "reference": reference, "mode": mode,
+                              "person_tracks_found": people_found, "reference_person_tracks": people_total,
+                              "person_tracks_lost": people_lost,
+                              "reference_tracks": ref["face_tracks"], "found": found, "lost": lost,
+                              "max_descriptor_l2": round(worst, 3), "tracks_also_in_reference": extra,
+                              "tracks": got["face_tracks"], "faces": [ref["faces"], got["faces"]],
+                              "persons": [ref["persons"], got["persons"]],
+                              "person_tracks": [ref["person_tracks"], got["person_tracks"]],
+                              "speedup_wall": round(ref["wall_s"] / got["wall_s"], 2),
+                              "detect_faces_s": [ref["stage_s"]["detect_faces"], got["stage_s"]["detect_faces"]],
+                              "detect_persons_s": [ref["stage_s"]["detect_persons"],
+                                                   got["stage_s"]["detect_persons"]]}),
                   flush=True)
 
 

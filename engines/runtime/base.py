@@ -111,7 +111,7 @@ def resolve_runtime(engine: EngineChoice, device: DeviceKind, report: RuntimeRep
                 hint="install vidx[tensorrt], or use --engine onnxruntime",
             )
         return "tensorrt"
-    if engine in ("onnxruntime", "onnxruntime-fp16"):
+    if engine in ("onnxruntime", "onnxruntime-fp16", "onnxruntime-int8"):
         return "onnxruntime"
     if device == "cuda" and report.tensorrt_version is not None:
         return "tensorrt"
@@ -152,4 +152,12 @@ def open_session(
     if fp16 and kind != "cuda":
         log.warning("--engine onnxruntime-fp16 runs FP16 on a GPU only: %s runs in FP32 on the CPU", model.spec.name)
         fp16 = False
-    return OnnxRuntimeSession(model, device=kind, fp16=fp16)
+    # --engine onnxruntime-int8 runs the person detector's INT8 copy on a CPU (engines/int8.py: faster, the same
+    # faces and people per frame, person tracks in crowds cut at other places)
+    from engines.int8 import INT8_MODELS
+
+    int8 = engine == "onnxruntime-int8" and model.spec.name in INT8_MODELS
+    if int8 and kind != "cpu":
+        log.warning("--engine onnxruntime-int8 runs INT8 on a CPU only: %s runs in FP32 on the GPU", model.spec.name)
+        int8 = False
+    return OnnxRuntimeSession(model, device=kind, fp16=fp16, int8=int8)

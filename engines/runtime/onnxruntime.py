@@ -92,14 +92,17 @@ class OnnxRuntimeSession:
     "Known to be slow, and why".)
     """
 
-    def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False):
+    def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False,
+                 int8: bool = False):
         """fp16: run an FP16 copy of the model (engines.convert.fp16: weights and activations in half
-        precision, the uint8 input and float32 outputs kept, so callers see no difference)."""
+        precision, the uint8 input and float32 outputs kept, so callers see no difference). int8: run its
+        INT8 copy (engines.int8, made and cached on first use; the person detector on a CPU)."""
         import onnxruntime as ort
 
         self._ort = ort
         self.model = model
         self.fp16 = fp16
+        self.int8 = int8
         self._device: DeviceKind = device
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -132,8 +135,12 @@ class OnnxRuntimeSession:
             providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
+        graph: str | bytes = str(model.path)
+        if int8:  # made outside the try below: its own errors (a photo that cannot be fetched) say what failed
+            from engines.int8 import int8_copy
+
+            graph = str(int8_copy(model))
         try:
-            graph: str | bytes = str(model.path)
             if fp16:
                 import onnx
 
@@ -166,7 +173,8 @@ class OnnxRuntimeSession:
 
     @property
     def description(self) -> str:
-        return f"onnxruntime {self._ort.__version__} {self._active}" + (" FP16" if self.fp16 else "")
+        precision = " FP16" if self.fp16 else " INT8" if self.int8 else ""
+        return f"onnxruntime {self._ort.__version__} {self._active}{precision}"
 
     def shapes_set_up(self) -> set[tuple[int, ...]] | None:
         """On CUDA, the input shapes (all inputs' dimensions in a row) whose session is held, set up or being

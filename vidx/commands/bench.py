@@ -58,10 +58,11 @@ def _save(result: dict[str, Any], save: Path | None) -> None:
 @bench_dir_option
 @click.option("--codec", type=click.Choice(["h264", "hevc"]), default="h264", show_default=True)
 @face_search_option
+@engine_option
 @save_option
 @json_option
 @pass_ctx
-def bench_pipeline(ctx: Context, work_dir: Path, codec: str, face_search: str, save: Path | None,
+def bench_pipeline(ctx: Context, work_dir: Path, codec: str, face_search: str, engine: str, save: Path | None,
                    as_json: bool) -> None:
     """The CPU pipeline on 1080p30 clips at the default sampling, against `ffmpeg -f null` on the same files."""
     from bench.tables import pipeline_report
@@ -70,7 +71,8 @@ def bench_pipeline(ctx: Context, work_dir: Path, codec: str, face_search: str, s
     from vidx.output import say
 
     result = run_bench(ctx.cache_dir, work_dir, codec=codec, command=" ".join(["vidx", *sys.argv[1:]]), say=say,
-                       detection=DetectionConfig(face_search=face_search))  # type: ignore[arg-type]
+                       detection=DetectionConfig(face_search=face_search),  # type: ignore[arg-type]
+                       engine=engine)
     _save(result, save)
 
     emit(result, as_json, lambda res: show(pipeline_report(res)))
