@@ -7,7 +7,10 @@ between them. The driver stays the only writer of the SQL index: it claims video
 them over a queue, and records the outcomes they send back.
 
 A worker process that dies (a decoder crash, out of memory, killed) takes only its own videos with it: each
-is tried again, alone on a fresh worker, until its attempts run out, while the other workers go on.
+is tried again, alone on a fresh worker, until its attempts run out, while the other workers go on. So does
+a video whose decoder hangs: each worker says every second how long each of its videos has gone without a
+decoded batch, and a worker with a video stalled past the stall timeout (or silent that long: a hang that
+holds the interpreter) is stopped and replaced.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import queue
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -38,6 +44,8 @@ START_TIMEOUT_S = 900.0
 """How long a worker may take to load and warm up its engines (a first run may convert models)."""
 PROGRESS_EVERY_S = 0.5
 """A worker reports how far into each video it got at most this often."""
+BEAT_S = 1.0
+"""A worker says how long each of its videos has gone without a decoded batch this often."""
 POLL_S = 0.2
 MAX_FAILED_STARTS = 2
 """A worker that dies this many times in a row before its engines are loaded stops the job (it would again)."""
@@ -52,15 +60,20 @@ class _Worker:
     label: str
     gpu: str | None
     token: str = ""
-    """This process's name on the results queue (the label and a generation: a late message of a worker
-    that was replaced is not taken for its successor's)."""
+    """This process's name (the label and a generation), which its messages carry."""
     generation: int = 0
     failed_starts: int = 0
     process: Any = None
     tasks: Any = None
+    messages: Any = None
+    """The receiving end of this process's own pipe (None once it broke). One pipe per worker, not one queue
+    for all: a worker killed while writing would leave a shared queue's lock held, and every other worker's
+    messages stuck behind it."""
     name: str = ""
     """host:pid, as the worker names itself (claims and outcomes carry it)."""
     ready: bool = False
+    heard: float = 0.0
+    """When the driver last heard from this worker (time.monotonic)."""
     room: int = 1
     inflight: dict[int, tuple[TaskSpec, bool]] = field(default_factory=dict)
     """Videos handed over and not yet back, by video id, with whether each runs alone (a suspect)."""
@@ -71,21 +84,34 @@ class _Worker:
 
 
 def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, cache_dir: str | None,
-                 tasks: Any, results: Any) -> None:
-    """A worker process's body: engines loaded once, videos from `tasks` until None, messages to `results`."""
+                 tasks: Any, pipe: Any) -> None:
+    """A worker process's body: engines loaded once, videos from `tasks` until None, messages into `pipe`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it requeues and stops the workers
     if gpu is not None:  # before anything touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     from jobs.worker import VideoWorker
 
+    lock = threading.Lock()  # the main thread and the beat write to one pipe
+
+    def send(*msg: Any) -> None:
+        with lock:
+            pipe.send((msg[0], token, *msg[1:]))
+
     try:
         worker = VideoWorker(IndexSettings.from_json(settings_json), out_uri,
                              cache_dir=Path(cache_dir) if cache_dir else None)
     except BaseException as exc:
-        results.put(("failed", token, f"{type(exc).__name__}: {exc}"))
+        send("failed", f"{type(exc).__name__}: {exc}")
         return
-    results.put(("ready", token, worker.describe()))
+    send("ready", worker.describe())
     reported: dict[int, float] = {}
+
+    def beat() -> None:
+        while True:
+            time.sleep(BEAT_S)
+            send("stalls", worker.stalled_for())
+
+    threading.Thread(target=beat, name="vidx-worker-beat", daemon=True).start()
 
     def feed() -> Iterator[TaskSpec | None]:
         while True:
@@ -102,37 +128,35 @@ def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, 
         now = time.monotonic()
         if now - reported.get(spec.video_id, 0.0) >= PROGRESS_EVERY_S:
             reported[spec.video_id] = now
-            results.put(("progress", token, spec, pts_s))
+            send("progress", spec, pts_s)
 
     for spec, outcome in worker.process_many(feed(), on_progress=progress):
         reported.pop(spec.video_id, None)
-        results.put(("done", token, spec, outcome))
-    # Asked to exit: every outcome was received, and a progress message the driver no longer reads must not
-    # keep this process waiting on a full pipe.
-    results.cancel_join_thread()
+        send("done", spec, outcome)
 
 
 class ProcessExecutor:
     """`processes` worker processes on this machine, each pinned to one of `gpus` (CUDA device ids; None: no
-    GPU), `per_gpu` to a GPU in turn; up to `max_attempts` attempts per video whose worker dies."""
+    GPU), `per_gpu` to a GPU in turn; up to `max_attempts` attempts per video whose worker dies or hangs for
+    `stall_timeout_s`."""
 
-    def __init__(self, processes: int, gpus: list[str] | None = None, *, per_gpu: int = 1, max_attempts: int = 3):
+    def __init__(self, processes: int, gpus: list[str] | None = None, *, per_gpu: int = 1, max_attempts: int = 3,
+                 stall_timeout_s: float = 300.0):
         if processes < 1:
             raise ValueError("at least one worker process")
         self.processes = processes
         self.gpus = gpus
         self.per_gpu = max(1, per_gpu)
         self.max_attempts = max_attempts
+        self.stall_timeout_s = stall_timeout_s
         self.workers: list[_Worker] = []
         self.replaced = 0
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads or CUDA
-        self._results: Any = None
         self._args: tuple[str, str, str | None] = ("", "", None)
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]:
-        self._results = self._ctx.Queue()
         self._args = (settings.to_json(), out_uri, str(cache_dir) if cache_dir else None)
         self.workers = [_Worker(f"worker{i}", self.gpus[(i // self.per_gpu) % len(self.gpus)] if self.gpus else None)
                         for i in range(self.processes)]
@@ -146,15 +170,12 @@ class ProcessExecutor:
                     raise WorkerStartError(f"{w.label} exited with code {w.process.exitcode} while loading its engines")
             if time.monotonic() > deadline:
                 raise WorkerStartError(f"workers not ready after {START_TIMEOUT_S:.0f} s")
-            try:
-                msg = self._results.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
-            if msg[0] == "failed":
-                raise WorkerStartError(f"{msg[1]} could not load its engines: {msg[2]}")
-            if msg[0] == "ready":
-                self._ready(msg[1], msg[2])
-                first = first or msg[2]
+            for w, msg in self._messages():
+                if msg[0] == "failed":
+                    raise WorkerStartError(f"{w.label} could not load its engines: {msg[2]}")
+                if msg[0] == "ready":
+                    self._ready(w, msg[2])
+                    first = first or msg[2]
         where = f", {self.per_gpu} per GPU on {len(self.gpus)} GPU(s)" if self.gpus else ""
         return {"executor": "local", "workers": f"{self.processes} processes{where}, "
                                                 f"{first.get('in_flight', '?')} videos at once each",
@@ -164,15 +185,19 @@ class ProcessExecutor:
         w.generation += 1
         w.token = f"{w.label}.{w.generation}"
         w.tasks = self._ctx.Queue()
-        w.ready, w.name = False, ""
+        if w.messages is not None:
+            w.messages.close()
+        w.messages, pipe = self._ctx.Pipe(duplex=False)
+        w.ready, w.name, w.heard = False, "", time.monotonic()
         w.inflight.clear()
         # The child's malloc arena cap must be in its environment from its first allocation (indexer/host_memory).
         saved = {k: os.environ.get(k) for k in arena_env()}
         os.environ.update(arena_env())
         try:
             w.process = self._ctx.Process(target=_worker_main, name=f"vidx-{w.label}", daemon=True,
-                                          args=(w.token, w.gpu, *self._args, w.tasks, self._results))
+                                          args=(w.token, w.gpu, *self._args, w.tasks, pipe))
             w.process.start()
+            pipe.close()  # the child's end: once the child is gone, reading says so
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -180,14 +205,28 @@ class ProcessExecutor:
                 else:
                     os.environ[k] = v
 
-    def _ready(self, token: str, info: dict[str, str]) -> None:
-        w = self._by_token(token)
-        if w is not None:
-            w.ready, w.name, w.failed_starts = True, info.get("worker", w.label), 0
-            w.room = max(1, int(info.get("in_flight", "1")))
+    def _ready(self, w: _Worker, info: dict[str, str]) -> None:
+        w.ready, w.name, w.failed_starts = True, info.get("worker", w.label), 0
+        w.room = max(1, int(info.get("in_flight", "1")))
 
-    def _by_token(self, token: str) -> _Worker | None:
-        return next((w for w in self.workers if w.token == token), None)
+    def _messages(self, timeout: float = POLL_S) -> list[tuple[_Worker, tuple[Any, ...]]]:
+        """What the workers sent: waits up to `timeout` for the first message, then takes all there is. A
+        worker's pipe that breaks (the worker died mid-message) is dropped; its exit is handled elsewhere."""
+        pipes = {id(w.messages): w for w in self.workers if w.messages is not None}
+        out: list[tuple[_Worker, tuple[Any, ...]]] = []
+        for ready in multiprocessing.connection.wait([w.messages for w in pipes.values()], timeout):
+            w = pipes[id(ready)]
+            conn = w.messages
+            try:
+                while conn.poll():
+                    msg = conn.recv()
+                    if msg[1] == w.token:
+                        w.heard = time.monotonic()
+                        out.append((w, msg))
+            except (EOFError, OSError, pickle.UnpicklingError):
+                conn.close()
+                w.messages = None
+        return out
 
     def close(self) -> None:
         """Idle workers are asked to exit; workers with videos in flight (the driver was interrupted or failed:
@@ -240,30 +279,59 @@ class ProcessExecutor:
             busy = any(w.inflight for w in self.workers)
             if not busy and (stopping or (exhausted and not retries)):
                 return
-            self._receive(hooks)
+            self._receive(hooks, retries)
             for w in self.workers:
                 if w.process.exitcode is not None:
                     self._replace(w, retries, hooks)
+                elif w.inflight and time.monotonic() - w.heard > self.stall_timeout_s:
+                    # silent this long with videos in flight: a hang that holds the whole process
+                    self._stop_hung(w, set(w.inflight), f"worker unresponsive for {self.stall_timeout_s:.0f} s "
+                                                        f"(decoder hung); worker restarted", retries, hooks)
 
-    def _receive(self, hooks: TaskHooks) -> None:
-        """Handle what the workers sent: waits up to POLL_S for the first message, then takes what is there."""
-        timeout: float | None = POLL_S
-        while True:
-            try:
-                msg = self._results.get(timeout=timeout) if timeout else self._results.get_nowait()
-            except queue.Empty:
-                return
-            timeout = None
+    def _receive(self, hooks: TaskHooks, retries: list[tuple[TaskSpec, bool]]) -> None:
+        """Handle what the workers sent (waiting up to POLL_S for it)."""
+        for w, msg in self._messages():
             kind, token = msg[0], msg[1]
-            w = self._by_token(token)
-            if kind == "ready":
-                self._ready(token, msg[2])
+            if token != w.token:  # sent by a worker since replaced
+                continue
+            if kind == "stalls":
+                hung = {vid for vid, s in msg[2].items() if s > self.stall_timeout_s and vid in w.inflight}
+                if hung:
+                    self._stop_hung(w, hung, f"no progress for {self.stall_timeout_s:.0f} s (decoder hung); "
+                                             f"worker restarted", retries, hooks)
+            elif kind == "ready":
+                self._ready(w, msg[2])
             elif kind == "failed":
-                log.error("%s could not load its engines: %s", token, msg[2])
+                log.error("%s could not load its engines: %s", w.label, msg[2])
             elif kind == "progress":
                 hooks.on_progress(msg[2], msg[3])
-            elif kind == "done" and w is not None and w.inflight.pop(msg[2].video_id, None) is not None:
+            elif kind == "done" and w.inflight.pop(msg[2].video_id, None) is not None:
                 hooks.on_done(msg[2], msg[3])
+
+    def _stop_hung(self, w: _Worker, hung: set[int], why: str, retries: list[tuple[TaskSpec, bool]],
+                   hooks: TaskHooks) -> None:
+        """Kill a worker over hung videos and start a fresh one: the hung videos use up an attempt, the others
+        it had in flight go back without (they were only in the wrong process)."""
+        log.warning("%s: %s", w.label, why)
+        lost, name = list(w.inflight.values()), w.name
+        w.process.kill()
+        w.process.join(10)
+        self._spawn(w)
+        self.replaced += 1
+        for spec, _ in lost:
+            if spec.video_id in hung:
+                self._retry_or_fail(spec, why, name, retries, hooks)
+            else:
+                retries.append((spec, False))
+
+    def _retry_or_fail(self, spec: TaskSpec, why: str, worker: str, retries: list[tuple[TaskSpec, bool]],
+                       hooks: TaskHooks) -> None:
+        if spec.attempts >= self.max_attempts:
+            hooks.on_done(spec, VideoOutcome(spec.video_id, "failed", worker=worker or None,
+                                             error=f"{why}; gave up after {spec.attempts} attempts"))
+        else:
+            hooks.on_retry(spec, why)
+            retries.append((replace(spec, attempts=spec.attempts + 1), True))
 
     def _replace(self, w: _Worker, retries: list[tuple[TaskSpec, bool]], hooks: TaskHooks) -> None:
         """A worker process ended: its videos are tried again (each alone: the culprit is unknown), and a fresh
@@ -278,14 +346,10 @@ class ProcessExecutor:
         lost = [spec for spec, _ in w.inflight.values()]
         if lost or not w.ready:
             log.warning("%s: %s", w.label, why)
-        for spec in lost:
-            if spec.attempts >= self.max_attempts:
-                hooks.on_done(spec, VideoOutcome(spec.video_id, "failed", worker=w.name or None,
-                                                 error=f"{why}; gave up after {spec.attempts} attempts"))
-            else:
-                hooks.on_retry(spec, why)
-                retries.append((replace(spec, attempts=spec.attempts + 1), True))
+        name = w.name
         self._spawn(w)
+        for spec in lost:
+            self._retry_or_fail(spec, why, name, retries, hooks)
         self.replaced += 1
 
 
@@ -306,17 +370,20 @@ class LocalWorkers:
     or, on a machine without a GPU (or for one worker), one worker in the driver's own process (its models
     already use every core)."""
 
-    def __init__(self, *, workers: int | None = None, workers_per_gpu: int = 2, max_attempts: int = 3):
+    def __init__(self, *, workers: int | None = None, workers_per_gpu: int = 2, max_attempts: int = 3,
+                 stall_timeout_s: float = 300.0):
         self.workers = workers
         self.workers_per_gpu = workers_per_gpu
         self.max_attempts = max_attempts
+        self.stall_timeout_s = stall_timeout_s
         self.inner: Executor | None = None
 
     def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]:
         gpus = local_gpus(settings.runtime.device)
         n = self.workers or (len(gpus) * self.workers_per_gpu if gpus else 1)
         self.inner = (LocalExecutor() if n == 1 else
-                      ProcessExecutor(n, gpus or None, per_gpu=self.workers_per_gpu, max_attempts=self.max_attempts))
+                      ProcessExecutor(n, gpus or None, per_gpu=self.workers_per_gpu, max_attempts=self.max_attempts,
+                                      stall_timeout_s=self.stall_timeout_s))
         return self.inner.start(settings, out_uri, cache_dir)
 
     def run(self, hooks: TaskHooks) -> None:

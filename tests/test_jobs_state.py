@@ -453,11 +453,12 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
     assert s.video_s == pytest.approx(4.5, abs=0.2) and len(clips) == 2
 
 
-def test_worker_processes_give_the_in_process_results_and_a_crash_fails_only_its_video(
+def test_worker_processes_give_the_in_process_results_and_a_crash_or_hang_fails_only_its_video(
         tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The local executor with two worker processes (as on a GPU machine): every clip gets the tracks the
-    in-process worker gives it; a video whose decoder segfaults takes down only its worker, is tried again
-    alone on a fresh one and fails after its attempts; a garbage file fails with its own reason."""
+    in-process worker gives it; a video whose decoder segfaults takes down only its worker, and one whose
+    decoder hangs gets its worker stopped after the stall timeout: each is tried again alone on a fresh worker
+    and fails after its attempts; a garbage file fails with its own reason."""
     from jobs.executors import executor_from_options
     from jobs.processes import ProcessExecutor
 
@@ -466,19 +467,21 @@ def test_worker_processes_give_the_in_process_results_and_a_crash_fails_only_its
     in_process = run_job(tmp_path / "a", catalog=one, out_uri=str(tmp_path / "one"), settings=SETTINGS,
                          executor=LocalExecutor(), cache_dir=cache_dir)
     make_clip(tmp_path / "a" / "segv_me.mp4", clip_photos["biden"], seconds=1.0)
+    make_clip(tmp_path / "a" / "hang_me.mp4", clip_photos["obama"], seconds=1.0)
     (tmp_path / "a" / "garbage.mp4").write_bytes(noise(4096))
-    monkeypatch.setenv(FAULTS_ENV, "crash=segv_me")  # the worker processes inherit it
-    executor = executor_from_options({"kind": "local", "workers": 2, "max_attempts": 2})
+    monkeypatch.setenv(FAULTS_ENV, "crash=segv_me;hang=hang_me")  # the worker processes inherit it
+    executor = executor_from_options({"kind": "local", "workers": 2, "max_attempts": 2, "stall_timeout_s": 5})
     catalog = Catalog(default_db_url(tmp_path / "two"))
     result = run_job(tmp_path / "a", catalog=catalog, out_uri=str(tmp_path / "two"), settings=SETTINGS,
                      executor=executor, cache_dir=cache_dir)
     inner = getattr(executor, "inner", None)
-    assert isinstance(inner, ProcessExecutor) and inner.replaced >= 2  # one worker lost per attempt at the crash
-    assert (result.summary.done, result.summary.failed) == (2, 2), result.summary
+    assert isinstance(inner, ProcessExecutor) and inner.replaced >= 4  # a worker lost per attempt at each culprit
+    assert (result.summary.done, result.summary.failed) == (2, 3), result.summary
     by_name = {Path(t.path).name: t for t in tasks_of(catalog, result.job_id)}
-    crash, garbage = by_name["segv_me.mp4"], by_name["garbage.mp4"]
+    crash, hang, garbage = by_name["segv_me.mp4"], by_name["hang_me.mp4"], by_name["garbage.mp4"]
     assert crash.attempts == 2 and "worker process died" in (crash.error or ""), (crash.attempts, crash.error)
-    assert "died" not in (garbage.error or ""), garbage.error
+    assert hang.attempts == 2 and "hung" in (hang.error or ""), (hang.attempts, hang.error)
+    assert "died" not in (garbage.error or "") and "hung" not in (garbage.error or ""), garbage.error
     assert result.workers["executor"] == "local" and result.workers["workers"].startswith("2 processes")
 
     def tracks(c: Catalog) -> list[tuple[str, float, float, int]]:

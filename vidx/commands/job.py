@@ -53,7 +53,7 @@ class ExecutorArgs:
         """The executor as stored with a job or schedule (see jobs.executors.executor_from_options)."""
         if kind == "local":
             return {"kind": "local", "workers": self.workers, "workers_per_gpu": self.workers_per_gpu,
-                    "max_attempts": self.max_attempts}
+                    "max_attempts": self.max_attempts, "stall_timeout_s": self.stall_timeout}
         from jobs.ray_executor import RayOptions
 
         return RayOptions(address=self.address, workers=self.workers, workers_per_gpu=self.workers_per_gpu,
@@ -77,7 +77,7 @@ def executor_options(fn: Any) -> Any:
                      help="Videos each worker indexes at once, sharing its models' batches "
                           "[default: 8 on a GPU, 1 on a CPU]."),
         click.option("--max-attempts", type=click.IntRange(1, 20), default=3, show_default=True,
-                     help="Attempts per video when its worker process crashes (or, on Ray, hangs)."),
+                     help="Attempts per video when its worker process crashes or hangs."),
         click.option("--stall-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
                      help="Seconds without a decoded batch after which a video counts as hung."),
     ]
