@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU acceptance run on an NVIDIA machine: the gpu-marked tests, `vidx bench gpu`, pipeline A/B rows or a soak.
-#   bash tools/gpu_check.sh [tests|bench|all|ab|soak|search]   (from the repository root; results under $OUT)
+# GPU acceptance run on an NVIDIA machine: the gpu-marked tests, `vidx bench gpu`, pipeline A/B rows, a soak,
+# or indexing through the product.
+#   bash tools/gpu_check.sh [tests|bench|all|ab|soak|search|product]   (from the repository root; results under $OUT)
 # Needs vidx[gpu] installed; models and test photos are cached in .devcache (VIDX_CACHE_DIR).
 #   TESTS_K      pytest -k expression for the tests (default: every GPU test)
 #   TESTS_LIMIT  seconds before the tests are stopped (default 420)
@@ -14,6 +15,8 @@
 #                archives: tracks lost, stage times), then tools/gpu_pipeline_rows.py once per mode
 #                (FACE_SEARCH=guided|full) on the bench clips (built by `bench`, or by the compare) for
 #                SEARCH_CODECS (default h264)
+#   product      tools/gpu_scaling.py: `vidx index --device gpu` on PRODUCT_COPIES x 2 bench clips (default 42) with
+#                its default worker processes, then with one in-process worker (same tracks and search hits?)
 set -uo pipefail
 what=${1:-all}
 export PYTHONPATH=$PWD:${PYTHONPATH:-} VIDX_CACHE_DIR=$PWD/.devcache VIDX_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
@@ -49,4 +52,8 @@ if [ "$what" = search ]; then
 fi
 if [ "$what" = soak ]; then
   python3 tools/gpu_soak.py /tmp/vidx-bench "${SOAK_S:-600}" 2>&1 | tee "$OUT/soak.jsonl" | tail -4
+fi
+if [ "$what" = product ]; then
+  python3 tools/gpu_scaling.py --copies "${PRODUCT_COPIES:-42}" local "local+--workers-per-gpu 1" 2>&1 \
+    | tee "$OUT/product.txt" | cut -c1-600
 fi
