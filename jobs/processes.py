@@ -165,17 +165,17 @@ class ProcessExecutor:
         first: dict[str, str] = {}
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(w.ready for w in self.workers):
-            for w in self.workers:
-                if not w.ready and w.process.exitcode is not None:
-                    raise WorkerStartError(f"{w.label} exited with code {w.process.exitcode} while loading its engines")
-            if time.monotonic() > deadline:
-                raise WorkerStartError(f"workers not ready after {START_TIMEOUT_S:.0f} s")
-            for w, msg in self._messages():
+            for w, msg in self._messages():  # first, so that a worker's own reason wins over its exit code
                 if msg[0] == "failed":
                     raise WorkerStartError(f"{w.label} could not load its engines: {msg[2]}")
                 if msg[0] == "ready":
                     self._ready(w, msg[2])
                     first = first or msg[2]
+            for w in self.workers:
+                if not w.ready and w.process.exitcode is not None and w.messages is None:
+                    raise WorkerStartError(f"{w.label} exited with code {w.process.exitcode} while loading its engines")
+            if time.monotonic() > deadline:
+                raise WorkerStartError(f"workers not ready after {START_TIMEOUT_S:.0f} s")
         where = f", {self.per_gpu} per GPU on {len(self.gpus)} GPU(s)" if self.gpus else ""
         return {"executor": "local", "workers": f"{self.processes} processes{where}, "
                                                 f"{first.get('in_flight', '?')} videos at once each",
@@ -214,6 +214,9 @@ class ProcessExecutor:
         worker's pipe that breaks (the worker died mid-message) is dropped; its exit is handled elsewhere."""
         pipes = {id(w.messages): w for w in self.workers if w.messages is not None}
         out: list[tuple[_Worker, tuple[Any, ...]]] = []
+        if not pipes:
+            time.sleep(timeout)
+            return out
         for ready in multiprocessing.connection.wait([w.messages for w in pipes.values()], timeout):
             w = pipes[id(ready)]
             conn = w.messages

@@ -493,3 +493,15 @@ def test_worker_processes_give_the_in_process_results_and_a_crash_or_hang_fails_
     assert in_process.summary.done == 2 and len({name for name, *_ in tracks(catalog)}) == 2
     assert tracks(catalog) == tracks(one)
     assert_each_video_indexed_once(catalog, 2)
+
+
+def test_a_worker_process_that_cannot_load_its_engines_says_why(tmp_path: Path, cache_dir: Path) -> None:
+    from jobs.processes import ProcessExecutor, WorkerStartError
+
+    executor = ProcessExecutor(1)
+    try:
+        with pytest.raises(WorkerStartError, match=r"worker0 could not load its engines: .*tensorrt"):
+            executor.start(IndexSettings(runtime=RuntimeConfig(device="cpu", engine="tensorrt")), str(tmp_path / "out"),
+                           cache_dir)
+    finally:
+        executor.close()
