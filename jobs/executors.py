@@ -14,7 +14,8 @@ def executor_from_options(raw: dict[str, Any], address: str | None = None) -> Ex
 
         return LocalWorkers(workers=raw.get("workers"), workers_per_gpu=int(raw.get("workers_per_gpu", 2)),
                             max_attempts=int(raw.get("max_attempts", 3)),
-                            stall_timeout_s=float(raw.get("stall_timeout_s", 300.0)))
+                            stall_timeout_s=float(raw.get("stall_timeout_s", 300.0)),
+                            videos_per_worker=raw.get("videos_per_worker"))
     from jobs.ray_executor import RayExecutor, RayOptions  # Ray is imported only for jobs that run on it
 
     opts = RayOptions.from_json(raw)

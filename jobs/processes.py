@@ -84,7 +84,7 @@ class _Worker:
 
 
 def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, cache_dir: str | None,
-                 tasks: Any, pipe: Any) -> None:
+                 in_flight: int | None, tasks: Any, pipe: Any) -> None:
     """A worker process's body: engines loaded once, videos from `tasks` until None, messages into `pipe`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it requeues and stops the workers
     if gpu is not None:  # before anything touches CUDA
@@ -99,7 +99,7 @@ def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, 
 
     try:
         worker = VideoWorker(IndexSettings.from_json(settings_json), out_uri,
-                             cache_dir=Path(cache_dir) if cache_dir else None)
+                             cache_dir=Path(cache_dir) if cache_dir else None, in_flight=in_flight)
     except BaseException as exc:
         send("failed", f"{type(exc).__name__}: {exc}")
         return
@@ -141,7 +141,7 @@ class ProcessExecutor:
     `stall_timeout_s`."""
 
     def __init__(self, processes: int, gpus: list[str] | None = None, *, per_gpu: int = 1, max_attempts: int = 3,
-                 stall_timeout_s: float = 300.0):
+                 stall_timeout_s: float = 300.0, in_flight: int | None = None):
         if processes < 1:
             raise ValueError("at least one worker process")
         self.processes = processes
@@ -149,15 +149,17 @@ class ProcessExecutor:
         self.per_gpu = max(1, per_gpu)
         self.max_attempts = max_attempts
         self.stall_timeout_s = stall_timeout_s
+        self.in_flight = in_flight
+        """Videos at once per worker (None: the worker's default, 8 on a GPU)."""
         self.workers: list[_Worker] = []
         self.replaced = 0
         self._ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds threads or CUDA
-        self._args: tuple[str, str, str | None] = ("", "", None)
+        self._args: tuple[str, str, str | None, int | None] = ("", "", None, None)
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]:
-        self._args = (settings.to_json(), out_uri, str(cache_dir) if cache_dir else None)
+        self._args = (settings.to_json(), out_uri, str(cache_dir) if cache_dir else None, self.in_flight)
         self.workers = [_Worker(f"worker{i}", self.gpus[(i // self.per_gpu) % len(self.gpus)] if self.gpus else None)
                         for i in range(self.processes)]
         for w in self.workers:
@@ -374,8 +376,9 @@ class LocalWorkers:
     already use every core)."""
 
     def __init__(self, *, workers: int | None = None, workers_per_gpu: int = 2, max_attempts: int = 3,
-                 stall_timeout_s: float = 300.0):
+                 stall_timeout_s: float = 300.0, videos_per_worker: int | None = None):
         self.workers = workers
+        self.videos_per_worker = videos_per_worker
         self.workers_per_gpu = workers_per_gpu
         self.max_attempts = max_attempts
         self.stall_timeout_s = stall_timeout_s
@@ -384,9 +387,9 @@ class LocalWorkers:
     def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]:
         gpus = local_gpus(settings.runtime.device)
         n = self.workers or (len(gpus) * self.workers_per_gpu if gpus else 1)
-        self.inner = (LocalExecutor() if n == 1 else
+        self.inner = (LocalExecutor(self.videos_per_worker) if n == 1 else
                       ProcessExecutor(n, gpus or None, per_gpu=self.workers_per_gpu, max_attempts=self.max_attempts,
-                                      stall_timeout_s=self.stall_timeout_s))
+                                      stall_timeout_s=self.stall_timeout_s, in_flight=self.videos_per_worker))
         return self.inner.start(settings, out_uri, cache_dir)
 
     def run(self, hooks: TaskHooks) -> None:

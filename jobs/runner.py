@@ -63,17 +63,20 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """One in-process worker, the default of `vidx index`: videos claimed as it has room for them, several
-    in flight through one indexer on a GPU (their frames share the models' batches), one at a time on a CPU.
+    """One in-process worker (`vidx index` on a CPU; jobs.processes runs several in worker processes on a
+    GPU): videos claimed as it has room for them, several in flight through one indexer on a GPU (their
+    frames share the models' batches; `in_flight`, default 8), one at a time on a CPU.
 
-    A video that crashes the decoder takes this process down with it; RayExecutor contains that.
+    A video that crashes the decoder takes this process down with it; worker processes and RayExecutor
+    contain that.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, in_flight: int | None = None) -> None:
         self.worker: VideoWorker | None = None
+        self.in_flight = in_flight
 
     def start(self, settings: IndexSettings, out_uri: str, cache_dir: Path | None) -> dict[str, Any]:
-        self.worker = VideoWorker(settings, out_uri, cache_dir=cache_dir)
+        self.worker = VideoWorker(settings, out_uri, cache_dir=cache_dir, in_flight=self.in_flight)
         return {"executor": "local", **self.worker.describe()}
 
     def run(self, hooks: TaskHooks) -> None:

@@ -53,7 +53,8 @@ class ExecutorArgs:
         """The executor as stored with a job or schedule (see jobs.executors.executor_from_options)."""
         if kind == "local":
             return {"kind": "local", "workers": self.workers, "workers_per_gpu": self.workers_per_gpu,
-                    "max_attempts": self.max_attempts, "stall_timeout_s": self.stall_timeout}
+                    "max_attempts": self.max_attempts, "stall_timeout_s": self.stall_timeout,
+                    "videos_per_worker": self.videos_per_worker}
         from jobs.ray_executor import RayOptions
 
         return RayOptions(address=self.address, workers=self.workers, workers_per_gpu=self.workers_per_gpu,
