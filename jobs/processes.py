@@ -105,11 +105,17 @@ def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, 
         return
     send("ready", worker.describe())
     reported: dict[int, float] = {}
+    driver = os.getppid()
 
     def beat() -> None:
         while True:
             time.sleep(BEAT_S)
-            send("stalls", worker.stalled_for())
+            if os.getppid() != driver:  # the driver was killed: nobody will claim for or hear from this worker
+                os._exit(1)
+            try:
+                send("stalls", worker.stalled_for())
+            except OSError:  # the driver's end of the pipe is gone
+                os._exit(1)
 
     threading.Thread(target=beat, name="vidx-worker-beat", daemon=True).start()
 

@@ -505,3 +505,53 @@ def test_a_worker_process_that_cannot_load_its_engines_says_why(tmp_path: Path, 
                            cache_dir)
     finally:
         executor.close()
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """Worker processes (multiprocessing spawn) whose parent is `pid`, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and b"spawn_main" in cmd:
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_worker_processes_exit_when_their_driver_is_killed(tmp_path: Path, clip_photos: dict[str, np.ndarray],
+                                                           cache_dir: Path) -> None:
+    """A driver killed outright (SIGKILL: no clean-up runs) leaves no worker process behind, not even one whose
+    decoder hangs: each notices within seconds that its driver is gone and exits (on a GPU an orphan would
+    hold its memory)."""
+    make_short_archive(tmp_path / "a", clip_photos, 2, seconds=(2.0,))
+    env = {**os.environ, "VIDX_CACHE_DIR": str(cache_dir), FAULTS_ENV: "hang=clip_000"}
+    proc = subprocess.Popen([sys.executable, "-m", "vidx", "index", str(tmp_path / "a"), "--out", str(tmp_path / "out"),
+                             "--device", "cpu", "--workers", "2", "--json"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(children := _spawned_children(proc.pid)) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the two worker processes never started"
+            time.sleep(0.2)
+        time.sleep(8)  # engines loaded, a video hanging in one worker
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, [pid for pid in children if _alive(pid)]
+        time.sleep(0.2)
