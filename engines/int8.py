@@ -7,7 +7,7 @@ model's ONNX hash, the recipe and the ONNX Runtime version, and written whole (a
 it is made once, on first use.
 
 Only the person detector has an INT8 copy, run on a CPU with `--engine onnxruntime-int8`: on a 2-core
-AVX-512 CPU it runs 2-2.6x faster and finds the same people in the same places (also on vtest.avi, which
+AVX-512 CPU it runs 1.8-2.6x faster and finds the same people in the same places (also on vtest.avi, which
 calibration never sees), but its boxes differ by a few pixels, and in a crowd at 2 samples per second that
 cuts person tracks at other places; so it is not the default (docs/models.md). BlazeFace ran no faster
 quantized (depthwise convolutions) and found false faces; the embedder's descriptors are what search
@@ -95,7 +95,7 @@ def calibration_inputs(cache_dir: Path) -> Iterator[np.ndarray]:
         for height, width in CALIBRATION_FRAMES:
             for share in CALIBRATION_HEIGHTS:
                 h = int(height * share)
-                w = min(width, int(photo.shape[1] * h / photo.shape[0]))
+                scaled = resize(photo, h, int(photo.shape[1] * h / photo.shape[0]))[:, :width]
                 frame = np.full((height, width, 3), 114, np.uint8)
-                frame[:h, :w] = resize(photo, h, int(photo.shape[1] * h / photo.shape[0]))[:, :w]
+                frame[:h, :scaled.shape[1]] = scaled
                 yield from planner._level_batches(np, [frame], planner.plan(height, width), pad_to=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,14 @@ def assert_each_video_indexed_once(catalog: Catalog, n_videos: int) -> None:
             Track.video_id, Track.track_index).having(func.count() > 1)).all()
     assert len(done) == n_videos and set(done.values()) == {1}
     assert dupes == []
+
+
+def track_spans(catalog: Catalog) -> list[tuple[str, float, float, int]]:
+    """Every face track of the index as (video file name, start s, end s, faces), in order."""
+    with catalog.session() as s:
+        rows = s.execute(select(Video.path, Track.start_s, Track.end_s, Track.n_faces)
+                         .join(Track, Track.video_id == Video.id).order_by(Video.path, Track.start_s)).all()
+    return [(Path(p).name, round(a, 3), round(b, 3), n) for p, a, b, n in rows]
 
 
 def _spans(catalog: Catalog, table: type[Track] | type[PersonTrack], name: str) -> list[Any]:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from badfiles import noise  # tests/badfiles.py
 from click.testing import CliRunner
-from jobchecks import assert_each_video_indexed_once, tasks_of  # tests/jobchecks.py
+from jobchecks import assert_each_video_indexed_once, tasks_of, track_spans  # tests/jobchecks.py
 from sqlalchemy import func, select
 
 from bench.jobs import PHOTOS, make_clip, make_short_archive
@@ -345,10 +345,8 @@ def test_in_process_job_with_videos_in_flight_gives_the_one_at_a_time_results(
         assert (result.summary.done, result.summary.failed) == (4, 1), result.summary
         assert "garbage.mp4" in result.summary.failures[0]["path"]
         with catalog.session() as s:
-            rows = s.execute(select(Video.path, Track.start_s, Track.end_s, Track.n_faces)
-                             .join(Track, Track.video_id == Video.id).order_by(Video.path, Track.start_s)).all()
             assert s.scalar(select(func.count()).select_from(Task).where(Task.status == "running")) == 0
-        results[in_flight] = [(Path(p).name, round(a, 3), round(b, 3), n) for p, a, b, n in rows]
+        results[in_flight] = track_spans(catalog)
         catalog.close()
     assert len({name for name, *_ in results[1]}) >= 3  # face tracks in most clips (one photo is a small group)
     assert results[3] == results[1]
@@ -483,15 +481,8 @@ def test_worker_processes_give_the_in_process_results_and_a_crash_or_hang_fails_
     assert hang.attempts == 2 and "hung" in (hang.error or ""), (hang.attempts, hang.error)
     assert "died" not in (garbage.error or "") and "hung" not in (garbage.error or ""), garbage.error
     assert result.workers["executor"] == "local" and result.workers["workers"].startswith("2 processes")
-
-    def tracks(c: Catalog) -> list[tuple[str, float, float, int]]:
-        with c.session() as s:
-            rows = s.execute(select(Video.path, Track.start_s, Track.end_s, Track.n_faces)
-                             .join(Track, Track.video_id == Video.id).order_by(Video.path, Track.start_s)).all()
-        return [(Path(p).name, round(a, 3), round(b, 3), n) for p, a, b, n in rows]
-
-    assert in_process.summary.done == 2 and len({name for name, *_ in tracks(catalog)}) == 2
-    assert tracks(catalog) == tracks(one)
+    assert in_process.summary.done == 2 and len({name for name, *_ in track_spans(catalog)}) == 2
+    assert track_spans(catalog) == track_spans(one)
     assert_each_video_indexed_once(catalog, 2)
 
 

@@ -18,6 +18,7 @@ from engines.loader import Engines
 from engines.photos import video_path
 from engines.sources import fetch_source
 from engines.zoo import SPECS, YOLOV3_TINY_MASKS, ModelStore
+from indexer.tracking import box_iou
 
 STRIDES = (32, 16)  # the heads in .cfg order
 VTEST_FRAMES = (0, 200, 400, 600)
@@ -195,9 +196,5 @@ def test_the_int8_copy_finds_the_fp32_detectors_people(engines: Engines, store: 
         assert abs(len(a) - len(b)) <= 1, (len(a), len(b))
         total += len(a)
         for box in a.boxes:
-            if len(b):
-                lo, hi = np.maximum(box[:2], b.boxes[:, :2]), np.minimum(box[2:], b.boxes[:, 2:])
-                inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-                areas = np.prod(b.boxes[:, 2:] - b.boxes[:, :2], axis=1) + np.prod(box[2:] - box[:2])
-                matched += int((inter / (areas - inter)).max() >= 0.7)
+            matched += int(max((box_iou(box, other) for other in b.boxes), default=0.0) >= 0.7)
     assert total >= 20 and matched >= 0.9 * total, (matched, total)

@@ -31,6 +31,7 @@ from engines.photos import load_photo, video_path
 from engines.zoo import ModelStore
 from indexer.decode.base import open_decoder
 from indexer.pipeline import VideoIndexer, VideoTask
+from indexer.tracking import box_iou
 from samples.archive import build_sample_archive, plan_archive
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
 
@@ -124,10 +125,7 @@ def people_matched(reference: dict[str, dict[str, list[Any]]], other: dict[str, 
             votes: dict[str, int] = {}
             for pts, box in seen:
                 for b, t in at.get(round(pts, 3), []):
-                    lo, hi = np.maximum(box[:2], b[:2]), np.minimum(box[2:], b[2:])
-                    inter = float(np.prod(np.clip(hi - lo, 0, None)))
-                    union = float(np.prod(box[2:] - box[:2]) + np.prod(b[2:] - b[:2])) - inter
-                    if union > 0 and inter / union >= 0.5:
+                    if box_iou(box, b) >= 0.5:
                         votes[t] = votes.get(t, 0) + 1
                         break
             if votes and max(votes.values()) >= 0.8 * len(seen):
