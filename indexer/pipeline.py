@@ -11,7 +11,6 @@ import copy
 import io
 import logging
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -52,11 +51,6 @@ STEPS_IN_FLIGHT_GPU = 2
 """Analysis steps under way at once when the models run on a GPU: while one step's models run, the next
 step's host work (level batches, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
 for Python. On a CPU the models use every core already: one step at a time."""
-GPU_SWITCH_INTERVAL_S: float | None = 0.0005
-"""While a GPU pipeline runs, the interpreter's GIL switch interval (Python's default is 5 ms). A model
-thread gives up the GIL for each model run, copy and synchronisation (a dozen per step) and must then win
-it back from the decoder and tracking threads; at 5 ms a turn those waits, not the GPU, set the pace
-(docs/performance.md, "Where GPU time goes"). None leaves the interval alone."""
 THUMBNAIL_QUALITY = 88
 PERSON_THUMBNAIL_HEIGHT = 256
 """Person thumbnails are the best sighting's box, scaled down to at most this many pixels high."""
@@ -344,54 +338,53 @@ class VideoIndexer:
             return (any(fr.video is state for fr in gathered)
                     or any(fr.video is state for frames, _ in steps for fr in frames))
 
-        with _switch_interval(GPU_SWITCH_INTERVAL_S if self.models_on_gpu else None):
-            try:
-                while True:
-                    # Claims happen here, after the caller has taken the last result: only when there is room.
-                    while len(live) - len(ended) < limit and start_next():
-                        pass
-                    while steps and steps[0][1].done():
-                        record_oldest()
-                    for key, error in list(ended.items()):
-                        state = live[key]
-                        if not unfinished(state):
-                            del ended[key], live[key]
-                            yield state.task, (error if error is not None else self._finish(state))
-                    if not live:
-                        if exhausted:
-                            break
-                        time.sleep(max(0.0, idle_until - time.monotonic()))  # nothing to do until the feed has a task
-                        continue
-                    if gathered or steps:  # frames waiting for the models, or a step to track when it is done
-                        timeout: float | None = GATHER_POLL_S
-                    elif exhausted or len(live) - len(ended) >= limit:
-                        timeout = None
-                    else:  # with room for a video, wake up now and then to ask the feed for one
-                        timeout = FEED_POLL_S
-                    t0 = time.perf_counter()
-                    try:
-                        kind, state, payload = messages.get(timeout=timeout)
-                    except queue.Empty:
-                        submit_ready()
-                        continue
-                    finally:
-                        self.timings["wait_for_frames"] += time.perf_counter() - t0
-                    if kind == "frames":
-                        gathered.extend(_Frame(state, payload.frames[i], float(payload.pts_s[i]),
-                                               int(payload.frame_index[i]),
-                                               state.full_searches.due(float(payload.pts_s[i])))
-                                        for i in range(len(payload)))
-                        state.info = payload.video
-                    elif kind == "error":  # the video fails as a whole: its frames not yet analysed are dropped
-                        gathered[:] = [fr for fr in gathered if fr.video is not state]
-                        ended[id(state)] = payload
-                    else:
-                        ended[id(state)] = None
+        try:
+            while True:
+                # Claims happen here, after the caller has taken the last result: only when there is room.
+                while len(live) - len(ended) < limit and start_next():
+                    pass
+                while steps and steps[0][1].done():
+                    record_oldest()
+                for key, error in list(ended.items()):
+                    state = live[key]
+                    if not unfinished(state):
+                        del ended[key], live[key]
+                        yield state.task, (error if error is not None else self._finish(state))
+                if not live:
+                    if exhausted:
+                        break
+                    time.sleep(max(0.0, idle_until - time.monotonic()))  # nothing to do until the feed has a task
+                    continue
+                if gathered or steps:  # frames waiting for the models, or a step to track when it is done
+                    timeout: float | None = GATHER_POLL_S
+                elif exhausted or len(live) - len(ended) >= limit:
+                    timeout = None
+                else:  # with room for a video, wake up now and then to ask the feed for one
+                    timeout = FEED_POLL_S
+                t0 = time.perf_counter()
+                try:
+                    kind, state, payload = messages.get(timeout=timeout)
+                except queue.Empty:
                     submit_ready()
-            finally:
-                stop.set()
-                if pool is not None:
-                    pool.shutdown(wait=True, cancel_futures=True)
+                    continue
+                finally:
+                    self.timings["wait_for_frames"] += time.perf_counter() - t0
+                if kind == "frames":
+                    gathered.extend(_Frame(state, payload.frames[i], float(payload.pts_s[i]),
+                                           int(payload.frame_index[i]),
+                                           state.full_searches.due(float(payload.pts_s[i])))
+                                    for i in range(len(payload)))
+                    state.info = payload.video
+                elif kind == "error":  # the video fails as a whole: its frames not yet analysed are dropped
+                    gathered[:] = [fr for fr in gathered if fr.video is not state]
+                    ended[id(state)] = payload
+                else:
+                    ended[id(state)] = None
+                submit_ready()
+        finally:
+            stop.set()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _models_stream(self) -> Any:
         """On a GPU the models' side of a step runs on a non-blocking CUDA stream of its own (lent by the
@@ -532,18 +525,6 @@ class VideoIndexer:
                 by_video.setdefault(id(fr.video), []).append(fr)
             for group in by_video.values():
                 on_progress(group[0].video.task, len(group), group[-1].pts_s)
-
-
-@contextlib.contextmanager
-def _switch_interval(seconds: float | None) -> Iterator[None]:
-    """The GIL switch interval at most `seconds` inside (process-wide), as it was after; None: unchanged."""
-    before = sys.getswitchinterval()
-    if seconds is not None and seconds < before:
-        sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def _track_persons(fr: _Frame, dets: Detections,
