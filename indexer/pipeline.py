@@ -132,16 +132,16 @@ def jpeg(chip: np.ndarray) -> bytes:
 
 
 @dataclass
-class FullSearchSchedule:
-    """Guided face search's whole-frame searches in one video: its first sample, then the first sample
-    `every_s` or more after the last one that searched (samples arrive in timestamp order; a timestamp going
-    back, as in a damaged stream, starts again)."""
+class PeriodicSchedule:
+    """The samples of one video that a periodic step runs on (guided search's whole-frame searches, the person
+    detector): its first sample, then the first sample `every_s` or more after the last one it ran on
+    (samples arrive in timestamp order; a timestamp going back, as in a damaged stream, starts again)."""
 
     every_s: float
     last_s: float | None = None
 
     def due(self, pts_s: float) -> bool:
-        """Whether the sample at pts_s searches its whole frame (and, if so, it is the last one that did)."""
+        """Whether the step runs on the sample at pts_s (and, if so, it is the last one it ran on)."""
         if self.last_s is None or pts_s - self.last_s >= self.every_s - 1e-6 or pts_s < self.last_s:
             self.last_s = pts_s
             return True
@@ -166,8 +166,10 @@ class _VideoState:
     tracker: FaceTracker
     person_tracker: PersonTracker
     started: float
-    full_searches: FullSearchSchedule
+    full_searches: PeriodicSchedule
     """Which of the video's samples search their whole frame for the smallest faces (guided face search)."""
+    person_samples: PeriodicSchedule
+    """Which of the video's samples the person detector runs on (DetectionConfig.persons_every_s)."""
     faces: _Rows = field(default_factory=_Rows)
     persons: _Rows = field(default_factory=_Rows)
     best_chips: dict[int, np.ndarray] = field(default_factory=dict)
@@ -188,6 +190,11 @@ class _Frame:
     full_search: bool
     """Whether the finest face level searches the whole frame (else only around small people's heads and the
     faces the coarser levels found: guided face search)."""
+    find_persons: bool
+    """Whether the person detector runs on this frame; else its video's person tracks stand in (carried)."""
+    carried: np.ndarray | None = None
+    """Without the person detector: the boxes of the people last found, moved on to this frame's time (set
+    when the frame's step starts; guided search looks around their heads)."""
 
 
 @dataclass
@@ -195,7 +202,8 @@ class _Inferred:
     """What the models said about one step's frames: the GPU half of a step (tracking is the host half)."""
 
     faces: list[Detections]
-    persons: list[Detections] | None
+    persons: list[Detections | None] | None
+    """Per frame, the people found (None where the person detector did not run); None without people."""
     embeddable: list[tuple[int, int]]
     """(frame, detection) of each face big enough to embed, in the order of the arrays below."""
     sharpness: np.ndarray
@@ -291,9 +299,11 @@ class VideoIndexer:
             if not isinstance(task, VideoTask):  # None: nothing to start right now
                 idle_until = time.monotonic() + FEED_POLL_S
                 return False
+            det = self.settings.detection
             state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking),
                                 PersonTracker(self.settings.person_tracking), time.monotonic(),
-                                FullSearchSchedule(self.settings.detection.full_search_every_s))
+                                PeriodicSchedule(det.full_search_every_s),
+                                PeriodicSchedule(det.persons_every_s if self.settings.persons_scheduled() else 0.0))
             live[id(state)] = state
             threading.Thread(target=self._decode, args=(state, messages, stop), daemon=True,
                              name=f"vidx-decode-{task.video_id}").start()
@@ -308,6 +318,9 @@ class VideoIndexer:
             del gathered[:n]
             if not frames:
                 return
+            for fr in frames:  # people carried along their tracks (as tracked so far: steps still running lag)
+                if not fr.find_persons:
+                    fr.carried = fr.video.person_tracker.carried(fr.pts_s)[0]
             if pool is None:
                 done: Future[_Inferred] = Future()
                 done.set_result(self._infer(frames))
@@ -372,7 +385,8 @@ class VideoIndexer:
                 if kind == "frames":
                     gathered.extend(_Frame(state, payload.frames[i], float(payload.pts_s[i]),
                                            int(payload.frame_index[i]),
-                                           state.full_searches.due(float(payload.pts_s[i])))
+                                           state.full_searches.due(float(payload.pts_s[i])),
+                                           state.person_samples.due(float(payload.pts_s[i])))
                                     for i in range(len(payload)))
                     state.info = payload.video
                 elif kind == "error":  # the video fails as a whole: its frames not yet analysed are dropped
@@ -440,15 +454,18 @@ class VideoIndexer:
         clock = _Clock(self.timings, self._clock_lock)
         with self._models_stream() as stream:
             frames: list[Array] = [fr.image for fr in batch]
-            persons = None
+            persons: list[Detections | None] | None = None
             if self.engines.persons is not None and det.detect_persons:
-                persons = self.engines.persons.detect(frames)
+                searched = [f for f, fr in enumerate(batch) if fr.find_persons]
+                found = iter(self.engines.persons.detect([frames[f] for f in searched]) if searched else [])
+                persons = [next(found) if fr.find_persons else None for fr in batch]
                 clock.lap("detect_persons")
             regions = None  # guided face search: the finest level looks at people's heads between full searches
             faces_engine = self.engines.faces
             if persons is not None and isinstance(faces_engine, FaceDetector) and faces_engine.fine_tiles:
                 regions = [None if fr.full_search else
-                           faces_engine.head_regions(p.boxes, int(fr.image.shape[0]), int(fr.image.shape[1]))
+                           faces_engine.head_regions(p.boxes if p is not None else _no_boxes(fr.carried),
+                                                     int(fr.image.shape[0]), int(fr.image.shape[1]))
                            for fr, p in zip(batch, persons, strict=True)]
             faces = self.engines.faces.detect(frames, regions)
             clock.lap("detect_faces")
@@ -486,7 +503,9 @@ class VideoIndexer:
         with self._models_stream():
             for f, (fr, dets) in enumerate(zip(batch, inferred.faces, strict=True)):
                 video = fr.video
-                people = _track_persons(fr, inferred.persons[f], best_crop) if inferred.persons is not None else None
+                found = inferred.persons[f] if inferred.persons is not None else None
+                people = (None if inferred.persons is None else _track_persons(fr, found, best_crop)
+                          if found is not None else video.person_tracker.carried(fr.pts_s))
                 owner = (person_of_faces(dets.boxes, people[0]) if people is not None
                          else np.full(len(dets), -1, np.int64))
                 rows, embs, chip_of = [], [], []
@@ -540,6 +559,10 @@ def _track_persons(fr: _Frame, dets: Detections,
         if video.person_tracker.tracks[t].best_row == row:
             best_crop[id(video), int(t)] = (video, int(t), fr.image, video.persons.boxes[row])
     return dets.boxes, tracks
+
+
+def _no_boxes(boxes: np.ndarray | None) -> np.ndarray:
+    return boxes if boxes is not None else np.zeros((0, 4), np.float32)
 
 
 def _crop(image: Array, box: np.ndarray) -> np.ndarray:

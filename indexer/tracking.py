@@ -153,10 +153,22 @@ class PersonTracker:
     config: PersonTrackingConfig
     tracks: list[PersonTrack] = field(default_factory=list)
     _live: list[PersonTrack] = field(default_factory=list)
+    _last_s: float | None = None
+    """Time of the last update (the last sample the person detector ran on)."""
+
+    def carried(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """The people of the last update, moved on to time t along their tracks: boxes (K x 4) and track
+        indices (K), for a sample the person detector did not run on."""
+        seen = [tr for tr in self._live if tr.end_s == self._last_s]
+        if not seen:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return (np.stack([tr.predicted(t) for tr in seen]).astype(np.float32),
+                np.asarray([tr.track_index for tr in seen], np.int64))
 
     def update(self, t: float, rows: list[int], boxes: np.ndarray, scores: np.ndarray) -> list[int]:
         """Assign the person boxes of one sample (taken at time t) to tracks; returns a track index per box."""
         self._live = [tr for tr in self._live if t - tr.end_s <= self.config.max_gap_s]
+        self._last_s = t
         pairs = []
         for j, tr in enumerate(self._live):
             guess = tr.predicted(t)

@@ -15,7 +15,7 @@ from engines.loader import load_engines
 from engines.photos import load_photo, photo_path
 from engines.zoo import ModelStore
 from indexer.decode.pyav import PyAVDecoder
-from indexer.pipeline import FullSearchSchedule, VideoIndexer
+from indexer.pipeline import PeriodicSchedule, VideoIndexer
 from jobs.runner import JobResult, LocalExecutor, run_job
 from samples.archive import SampleVideo
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig
@@ -200,12 +200,12 @@ def test_guided_face_search_finds_what_the_full_search_finds(indexed: Indexed, s
 def test_full_face_searches_come_every_two_seconds_of_video() -> None:
     """A video's first sample searches its whole frame, then the first sample 2 s or more after the last that
     did; a timestamp going back (a damaged stream) starts again."""
-    at_2fps = FullSearchSchedule(2.0)
+    at_2fps = PeriodicSchedule(2.0)
     assert [at_2fps.due(t / 2) for t in range(10)] == [True, False, False, False, True, False, False, False,
                                                        True, False]
-    every_frame = FullSearchSchedule(2.0)
+    every_frame = PeriodicSchedule(2.0)
     assert sum(every_frame.due(i / 30) for i in range(300)) == 5  # 10 s at 30 fps
-    back = FullSearchSchedule(2.0)
+    back = PeriodicSchedule(2.0)
     assert [back.due(t) for t in (5.0, 5.5, 1.0, 1.5, 3.0)] == [True, False, True, False, True]
 
 

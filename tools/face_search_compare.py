@@ -4,8 +4,10 @@ each costs, on the same videos.
     PYTHONPATH=. python tools/face_search_compare.py WORK_DIR [--archives test,demo,bench,vtest]
         [--device cpu|gpu] [--every 2.0] [--sampling fps|every-frame] [--modes full,guided]
 
-A mode is a face search, optionally with an engine: `guided@onnxruntime` (FP32 everywhere) against
-`guided` (`--engine auto`: on a CPU the person detector's INT8 copy). The first mode is the reference.
+A mode is a face search, optionally with an engine and with the seconds between person detections
+(DetectionConfig.persons_every_s, default 0.1): `guided@onnxruntime` (FP32 everywhere) against `guided`
+(`--engine auto`), or `guided/0` (the person detector on every sample) against `guided` (every 0.1 s of
+video; with `--sampling every-frame` that is one frame in three at 30 fps). The first mode is the reference.
 
 The archives are the sample presets (built into WORK_DIR once; `bench` is its two H.264 1080p clips) and OpenCV's
 vtest.avi (real surveillance footage). Each mode indexes every archive with the engines loaded once for it
@@ -113,14 +115,18 @@ def people_matched(reference: dict[str, dict[str, list[Any]]], other: dict[str, 
                    ) -> tuple[int, int, list[str]]:
     """How many of the reference's person tracks the other run found (at least 80% of a track's sightings
     are, at the same times, boxes of one track of the other run overlapping them by IoU 0.5), of how many,
-    and the ones it did not."""
+    and the ones it did not. Only sightings at times the other run found people count: a run whose person
+    detector ran on fewer samples is judged on those, and a track seen only between them is not counted."""
     found, total, lost = 0, 0, []
     for video, tracks in reference.items():
         at: dict[float, list[tuple[np.ndarray, str]]] = {}
         for track, seen in other.get(video, {}).items():
             for pts, box in seen:
                 at.setdefault(round(pts, 3), []).append((box, track))
-        for track, seen in tracks.items():
+        for track, all_seen in tracks.items():
+            seen = [(pts, box) for pts, box in all_seen if round(pts, 3) in at]
+            if not seen:  # the other run's person detector never ran (or found nobody) while it lasted
+                continue
             total += 1
             votes: dict[str, int] = {}
             for pts, box in seen:
@@ -151,9 +157,12 @@ def main() -> None:
     slack = sampling.interval_s or 0.1
     results = {}
     for mode in args.modes.split(","):
-        search, _, engine = mode.partition("@")
+        rest, _, persons_every = mode.partition("/")
+        search, _, engine = rest.partition("@")
+        every = float(persons_every) if persons_every else DetectionConfig.persons_every_s
         settings = IndexSettings(sampling=sampling,
-                                 detection=DetectionConfig(face_search=search, full_search_every_s=args.every),
+                                 detection=DetectionConfig(face_search=search, full_search_every_s=args.every,
+                                                           persons_every_s=every),
                                  runtime=RuntimeConfig(device=args.device, engine=engine or "auto"))
         results[mode] = run(settings, videos)
         for archive, row in results[mode].items():

@@ -73,11 +73,16 @@ def sampling_options(fn: Any) -> Any:
     fn = click.option("--min-face", type=click.IntRange(8, 4096), default=24, show_default=True,
                       help="Smallest face (pixels wide) to find; smaller values cost more tiles.")(fn)
     fn = click.option("--no-persons", is_flag=True, help="Skip person detection.")(fn)
+    fn = click.option("--persons-every", type=click.FloatRange(0, 86400), default=0.1, show_default=True,
+                      metavar="SECONDS",
+                      help="Seconds of video between the frames the person detector runs on when frames are "
+                           "analysed closer together (--every-frame); between them, people are carried along "
+                           "their tracks and only faces are detected. 0: every analysed frame.")(fn)
     return fn
 
 
 def build_settings(device: str, engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-                   no_persons: bool, face_detector: FaceDetectorArgs | None = None) -> Any:
+                   no_persons: bool, face_detector: FaceDetectorArgs | None = None, persons_every: float = 0.1) -> Any:
     from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
 
     if every_frame and keyframes:
@@ -88,7 +93,7 @@ def build_settings(device: str, engine: str, sample_fps: float, every_frame: boo
         sampling=SamplingConfig(mode=mode, fps=sample_fps),  # type: ignore[arg-type]
         detection=DetectionConfig(min_face_px=min_face, detect_persons=not no_persons,
                                   face_detector=detector.name, face_search=detector.search,  # type: ignore[arg-type]
-                                  full_search_every_s=detector.full_search_every_s),
+                                  full_search_every_s=detector.full_search_every_s, persons_every_s=persons_every),
         runtime=RuntimeConfig(device=device, engine=engine),  # type: ignore[arg-type]
     )
 

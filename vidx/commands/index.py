@@ -48,9 +48,10 @@ from vidx.commands.job import (
 def index_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | None, executor: str,
               executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
               sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-              no_persons: bool, face_detector: FaceDetectorArgs, as_json: bool) -> None:
+              no_persons: bool, persons_every: float, face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Index ARCHIVE (a folder, searched recursively, or a text file listing videos) in the foreground."""
-    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector,
+                              persons_every)
     if executor_args.address and executor == "local":
         executor = "ray"  # naming a cluster means running on it
     ex = executor_args.to_json(executor, device)

@@ -169,9 +169,10 @@ def job() -> None:
 def submit_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | None, executor: str,
                executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, detach: bool, device: str,
                engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
-               no_persons: bool, face_detector: FaceDetectorArgs, as_json: bool) -> None:
+               no_persons: bool, persons_every: float, face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Index ARCHIVE as a job: only what is missing (new, changed, or stale with --reprocess-stale)."""
-    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector,
+                              persons_every)
     ex = executor_args.to_json(executor, device)
     if detach:
         from jobs.detached import start_detached

@@ -52,12 +52,13 @@ def schedule() -> None:
 def add_cmd(name: str, archive: Path | str, cron: str, out_dir: str, db_url: str | None, executor: str,
             executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
             sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
-            face_detector: FaceDetectorArgs, as_json: bool) -> None:
+            persons_every: float, face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
     stale ones, indexed by another run, unless --keep-stale)."""
     from jobs.schedule import add_schedule
 
-    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector)
+    settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector,
+                              persons_every)
     options = {"out": out_dir, "settings": settings.to_json(), "reprocess_stale": reprocess_stale,
                "retry_failed": retry_failed,
                "executor": executor_args.to_json(executor, device)}
