@@ -54,3 +54,11 @@ def to_host(x: Array) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     return x.get()
+
+
+def padded_batch(n: int, limit: int, smallest: int = 8) -> int:
+    """The batch size n is padded to on a GPU: the next power of two from `smallest`, at most `limit`."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return min(size, limit) if n <= limit else n

@@ -27,7 +27,7 @@ from types import ModuleType
 
 import numpy as np
 
-from engines.arrays import Array, array_module, to_host
+from engines.arrays import Array, array_module, padded_batch, to_host
 from engines.imageops import resize
 from engines.runtime.base import Session, session_array_module
 from engines.streams import side_by_side
@@ -318,8 +318,13 @@ class BlazeDetector:
         xp = self._xp()  # the input is made in the running thread, on its stream
         self.session.run({"image": xp.zeros(shape, xp.uint8)})
 
-    def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]:
+    def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None, *,
+               small_batches: bool = False) -> list[Detections]:
         """Detections for each frame (HxWx3 uint8 RGB, numpy or CuPy).
+
+        On a GPU, runs are padded to batch_size frames; with `small_batches`, fewer frames are padded only
+        to the next power of two from a quarter of it (for callers that often pass a few frames: each of
+        those input shapes is set up on its first run).
 
         With `fine_tiles` on, the coarser levels run first, over whole frames; then the finest pyramid level
         runs on tiles (FINE_TILE square, on a fixed grid): over each frame's `regions` (K x 4 boxes in frame
@@ -341,7 +346,8 @@ class BlazeDetector:
             for start in range(0, len(members), self.batch_size):
                 part = members[start:start + self.batch_size]
                 images = [frames[f] for f in part]
-                for k, cands in enumerate(self._level_candidates(xp, images, levels[int(tiled):])):
+                pad = padded_batch(len(part), self.batch_size, max(1, self.batch_size // 4)) if small_batches else None
+                for k, cands in enumerate(self._level_candidates(xp, images, levels[int(tiled):], pad)):
                     found[part[k]].extend(cands)
                 if tiled:
                     self._fine_level(xp, images, levels[0], [regions[f] if regions is not None else None
@@ -652,11 +658,12 @@ class PersonDetector(BlazeDetector):
         keep = nms(boxes, scores, self.nms_iou)
         return Detections(boxes[keep], scores[keep], kps[keep])
 
-    def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]:
+    def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None, *,
+               small_batches: bool = False) -> list[Detections]:
         """People in each frame (HxWx3 uint8 RGB, numpy or CuPy): boxes clipped to the frame, best first (whole
         frames: `regions` is for detectors with fine tiles)."""
         out = []
-        for dets, frame in zip(super().detect(frames, regions), frames, strict=True):
+        for dets, frame in zip(super().detect(frames, regions, small_batches=small_batches), frames, strict=True):
             h, w = int(frame.shape[0]), int(frame.shape[1])
             boxes = np.clip(dets.boxes, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
             out.append(Detections(boxes, dets.scores.astype(np.float32), dets.keypoints))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engines.arrays import Array, to_host
+from engines.arrays import Array, padded_batch, to_host
 from engines.imageops import warp_affine_batch
 from engines.runtime.base import Session, session_array_module
 
@@ -54,14 +54,6 @@ def chips_from_frames(keypoints: np.ndarray) -> np.ndarray:
     inv_a, inv_t = 1.0 / a, -t / a  # frame = chip / a - t / a
     return np.stack([np.stack([inv_a.real, -inv_a.imag, inv_t.real], axis=1),
                      np.stack([inv_a.imag, inv_a.real, inv_t.imag], axis=1)], axis=1)
-
-
-def padded_batch(n: int, limit: int, smallest: int = 8) -> int:
-    """The batch size n is padded to on a GPU: the next power of two from `smallest`, at most `limit`."""
-    size = smallest
-    while size < n:
-        size *= 2
-    return min(size, limit) if n <= limit else n
 
 
 class FaceEmbedder:

@@ -10,9 +10,10 @@ from functools import partial
 
 import numpy as np
 
+from engines.arrays import padded_batch
 from engines.centerface import CenterFaceDetector
 from engines.detectors import FaceDetector, PersonDetector
-from engines.embedder import CHIP_SIZE, FaceEmbedder, padded_batch
+from engines.embedder import CHIP_SIZE, FaceEmbedder
 from engines.runtime.base import RuntimeReport, Session, open_session, runtime_report, session_array_module
 from engines.sources import Progress
 from engines.streams import side_by_side

@@ -457,7 +457,11 @@ class VideoIndexer:
             persons: list[Detections | None] | None = None
             if self.engines.persons is not None and det.detect_persons:
                 searched = [f for f, fr in enumerate(batch) if fr.find_persons]
-                found = iter(self.engines.persons.detect([frames[f] for f in searched]) if searched else [])
+                # a step's frames that run the person detector can be few (every-frame sampling): on a GPU they
+                # are padded to a smaller batch than the step's
+                found = iter(self.engines.persons.detect([frames[f] for f in searched],
+                                                         small_batches=len(searched) < len(batch))
+                             if searched else [])
                 persons = [next(found) if fr.find_persons else None for fr in batch]
                 clock.lap("detect_persons")
             regions = None  # guided face search: the finest level looks at people's heads between full searches
