@@ -29,7 +29,7 @@ from engines.detectors import Detections, FaceDetector
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
 from engines.streams import STREAMS
-from indexer.decode.base import Decoder, VideoInfo
+from indexer.decode.base import Decoder, FrameBatch, VideoInfo
 from indexer.errors import VideoError
 from indexer.tracking import FaceTracker, PersonTrack, PersonTracker, Track, face_quality, person_of_faces
 from schemas.config import IndexSettings
@@ -170,6 +170,8 @@ class _VideoState:
     """Which of the video's samples search their whole frame for the smallest faces (guided face search)."""
     person_samples: PeriodicSchedule
     """Which of the video's samples the person detector runs on (DetectionConfig.persons_every_s)."""
+    last_people: _People | None = None
+    """The people of the video's latest sample gathered that runs the person detector."""
     faces: _Rows = field(default_factory=_Rows)
     persons: _Rows = field(default_factory=_Rows)
     best_chips: dict[int, np.ndarray] = field(default_factory=dict)
@@ -191,10 +193,32 @@ class _Frame:
     """Whether the finest face level searches the whole frame (else only around small people's heads and the
     faces the coarser levels found: guided face search)."""
     find_persons: bool
-    """Whether the person detector runs on this frame; else its video's person tracks stand in (carried)."""
-    carried: np.ndarray | None = None
-    """Without the person detector: the boxes of the people last found, moved on to this frame's time (set
-    when the frame's step starts; guided search looks around their heads)."""
+    """Whether the person detector runs on this frame (else its video's person tracks stand in)."""
+    people: _People
+    """The people this frame's guided face search looks around: found in this frame, or (where the person
+    detector does not run on it) in the latest earlier frame of its video that it ran on."""
+
+
+class _People:
+    """The person boxes found in one frame, handed from the step that finds them to the frames after it that
+    the person detector skips (possibly in the next step, analysed in another thread): the same boxes
+    whichever thread gets there first, so results do not depend on timing."""
+
+    def __init__(self) -> None:
+        self.boxes = np.zeros((0, 4), np.float32)
+        self._ready = threading.Event()
+
+    def found(self, boxes: np.ndarray) -> None:
+        self.boxes = boxes
+        self._ready.set()
+
+    def release(self) -> None:
+        """Frees those waiting, with no boxes if none were found (the step that was to find them failed)."""
+        self._ready.set()
+
+    def wait(self) -> np.ndarray:
+        self._ready.wait()
+        return self.boxes
 
 
 @dataclass
@@ -318,9 +342,6 @@ class VideoIndexer:
             del gathered[:n]
             if not frames:
                 return
-            for fr in frames:  # people carried along their tracks (as tracked so far: steps still running lag)
-                if not fr.find_persons:
-                    fr.carried = fr.video.person_tracker.carried(fr.pts_s)[0]
             if pool is None:
                 done: Future[_Inferred] = Future()
                 done.set_result(self._infer(frames))
@@ -383,11 +404,7 @@ class VideoIndexer:
                 finally:
                     self.timings["wait_for_frames"] += time.perf_counter() - t0
                 if kind == "frames":
-                    gathered.extend(_Frame(state, payload.frames[i], float(payload.pts_s[i]),
-                                           int(payload.frame_index[i]),
-                                           state.full_searches.due(float(payload.pts_s[i])),
-                                           state.person_samples.due(float(payload.pts_s[i])))
-                                    for i in range(len(payload)))
+                    gathered.extend(_frames_of(state, payload))
                     state.info = payload.video
                 elif kind == "error":  # the video fails as a whole: its frames not yet analysed are dropped
                     gathered[:] = [fr for fr in gathered if fr.video is not state]
@@ -450,27 +467,28 @@ class VideoIndexer:
 
     def _infer(self, batch: list[_Frame]) -> _Inferred:
         """Detect faces and people in frames from any videos, align and embed the faces (no video state)."""
+        try:
+            return self._infer_step(batch)
+        finally:  # whatever happened, no later step waits for this one's people
+            for fr in batch:
+                if fr.find_persons:
+                    fr.people.release()
+
+    def _infer_step(self, batch: list[_Frame]) -> _Inferred:
         det = self.settings.detection
         clock = _Clock(self.timings, self._clock_lock)
         with self._models_stream() as stream:
             frames: list[Array] = [fr.image for fr in batch]
             persons: list[Detections | None] | None = None
             if self.engines.persons is not None and det.detect_persons:
-                searched = [f for f, fr in enumerate(batch) if fr.find_persons]
-                # a step's frames that run the person detector can be few (every-frame sampling): on a GPU they
-                # are padded to a smaller batch than the step's
-                found = iter(self.engines.persons.detect([frames[f] for f in searched],
-                                                         small_batches=len(searched) < len(batch))
-                             if searched else [])
-                persons = [next(found) if fr.find_persons else None for fr in batch]
+                persons = self._detect_persons(batch)
                 clock.lap("detect_persons")
             regions = None  # guided face search: the finest level looks at people's heads between full searches
             faces_engine = self.engines.faces
             if persons is not None and isinstance(faces_engine, FaceDetector) and faces_engine.fine_tiles:
                 regions = [None if fr.full_search else
-                           faces_engine.head_regions(p.boxes if p is not None else _no_boxes(fr.carried),
-                                                     int(fr.image.shape[0]), int(fr.image.shape[1]))
-                           for fr, p in zip(batch, persons, strict=True)]
+                           faces_engine.head_regions(fr.people.wait(), int(fr.image.shape[0]), int(fr.image.shape[1]))
+                           for fr in batch]
             faces = self.engines.faces.detect(frames, regions)
             clock.lap("detect_faces")
             embeddable = [(f, k) for f, d in enumerate(faces) for k in range(len(d))
@@ -493,6 +511,20 @@ class VideoIndexer:
             if stream is not None:
                 stream.synchronize()  # the chips are complete before the tracking thread copies any
         return _Inferred(faces, persons, embeddable, sharp, embeddings, ok_mask, chips)
+
+    def _detect_persons(self, batch: list[_Frame]) -> list[Detections | None]:
+        """People in the step's frames that run the person detector (None for the others), handed on to the
+        frames after them that it skips."""
+        searched = [fr for fr in batch if fr.find_persons]
+        found: list[Detections] = []
+        if searched:  # with every-frame sampling they can be a few of the step's frames: on a GPU they are padded
+            # to a smaller batch than the step's
+            found = self.engines.persons.detect([fr.image for fr in searched],  # type: ignore[union-attr]
+                                                small_batches=len(searched) < len(batch))
+        for fr, dets in zip(searched, found, strict=True):
+            fr.people.found(dets.boxes)
+        by_frame = {id(fr): dets for fr, dets in zip(searched, found, strict=True)}
+        return [by_frame.get(id(fr)) for fr in batch]
 
     def _record(self, batch: list[_Frame], inferred: _Inferred, on_progress: ProgressFn | None) -> None:
         """Rows, tracks and best chips of a step's frames, into their videos' state (calling thread only)."""
@@ -565,8 +597,17 @@ def _track_persons(fr: _Frame, dets: Detections,
     return dets.boxes, tracks
 
 
-def _no_boxes(boxes: np.ndarray | None) -> np.ndarray:
-    return boxes if boxes is not None else np.zeros((0, 4), np.float32)
+def _frames_of(state: _VideoState, batch: FrameBatch) -> Iterator[_Frame]:
+    """A decoder's hand-off as frames for the models, each told whether it searches its whole frame for the
+    smallest faces and which people (found in it, or before it) guided search looks around."""
+    for i in range(len(batch)):
+        pts = float(batch.pts_s[i])
+        people = state.last_people
+        find_persons = state.person_samples.due(pts) or people is None
+        if find_persons or people is None:
+            people = state.last_people = _People()
+        yield _Frame(state, batch.frames[i], pts, int(batch.frame_index[i]), state.full_searches.due(pts),
+                     find_persons, people)
 
 
 def _crop(image: Array, box: np.ndarray) -> np.ndarray:

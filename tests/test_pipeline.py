@@ -5,20 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from jobchecks import assert_same_tracks  # tests/jobchecks.py
 from sqlalchemy import func, select
 
 from catalog.db import Catalog
-from engines.loader import load_engines
+from engines.loader import Engines, load_engines
 from engines.photos import load_photo, photo_path
 from engines.zoo import ModelStore
 from indexer.decode.pyav import PyAVDecoder
 from indexer.pipeline import PeriodicSchedule, VideoIndexer
 from jobs.runner import JobResult, LocalExecutor, run_job
 from samples.archive import SampleVideo
-from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig
+from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
 from schemas.embeddings import embedding_from_bytes
 from schemas.sql import PersonTrack, Track, Video
 from schemas.tables import FACES, PERSON_TRACKS, PERSONS, TRACKS
@@ -195,6 +196,49 @@ def test_guided_face_search_finds_what_the_full_search_finds(indexed: Indexed, s
         for t in guided:
             dist = np.linalg.norm(full_embs - embedding_from_bytes(t.embedding), axis=1)
             assert dist.min() < 0.1, (name, t.start_s, float(dist.min()))
+
+
+def test_every_frame_runs_the_person_detector_every_tenth_of_a_second(indexed: Indexed, engines: Engines) -> None:
+    """Every frame of the group clip (six people at a table, 30 fps) analysed with the person detector on
+    every frame and, by default, every 0.1 s of video: person rows only on frames 0.1 s or more apart (the
+    first frame included), face rows on every frame as before, and the same face and person tracks: same
+    spans within a frame or three, descriptors within 0.05, each face track tied to the same person."""
+    videos = indexed[0]
+    (video,) = [v for v in videos if v.name == "group_t1.mp4"]
+    runs = {}
+    for every in (0.0, DetectionConfig.persons_every_s):
+        settings = IndexSettings(sampling=SamplingConfig(mode="every-frame"),
+                                 detection=DetectionConfig(persons_every_s=every), runtime=RuntimeConfig(device="cpu"))
+        assert settings.persons_scheduled() == (every > 0)
+        runs[every] = VideoIndexer(engines, settings, PyAVDecoder()).index(Path(video.path), video_id=1, run_key="e")
+    each, scheduled = runs[0.0], runs[DetectionConfig.persons_every_s]
+    frames = sorted(set(each.faces.column("pts_s").to_pylist()) | set(each.persons.column("pts_s").to_pylist()))
+    person_times = sorted(set(scheduled.persons.column("pts_s").to_pylist()))
+    assert person_times[0] == frames[0] and len(frames) >= 100
+    assert min(np.diff(person_times)) >= 0.1 - 1e-6
+    assert len(frames) / 3 - 2 <= len(person_times) <= len(frames) / 3 + 2  # one frame in three at 30 fps
+    assert scheduled.faces.num_rows == each.faces.num_rows
+    assert len(set(scheduled.faces.column("pts_s").to_pylist())) == len(set(each.faces.column("pts_s").to_pylist()))
+
+    def spans(table: pa.Table) -> list[tuple[float, float]]:
+        return sorted(zip(table.column("start_s").to_pylist(), table.column("end_s").to_pylist(), strict=True))
+
+    assert each.person_tracks.num_rows == scheduled.person_tracks.num_rows == 6
+    for (s0, e0), (s1, e1) in zip(spans(each.person_tracks), spans(scheduled.person_tracks), strict=True):
+        assert abs(s0 - s1) <= 0.1 and abs(e0 - e1) <= 0.1
+    person_span = {run: dict(zip(r.person_tracks.column("person_track_id").to_pylist(), spans(r.person_tracks),
+                                 strict=True)) for run, r in runs.items()}
+    assert each.tracks.num_rows == scheduled.tracks.num_rows == 6
+    embs = np.stack(scheduled.tracks.column("embedding").to_pylist())
+    for start, end, emb, person in zip(*(each.tracks.column(c).to_pylist()
+                                         for c in ("start_s", "end_s", "embedding", "person_track_id")), strict=True):
+        k = int(np.argmin(np.linalg.norm(embs - np.asarray(emb), axis=1)))
+        assert np.linalg.norm(embs[k] - np.asarray(emb)) < 0.05
+        assert abs(scheduled.tracks.column("start_s")[k].as_py() - start) <= 0.1
+        assert abs(scheduled.tracks.column("end_s")[k].as_py() - end) <= 0.1
+        other = scheduled.tracks.column("person_track_id")[k].as_py()
+        assert person is not None and other is not None
+        assert np.allclose(person_span[0.0][person], person_span[DetectionConfig.persons_every_s][other], atol=0.1)
 
 
 def test_full_face_searches_come_every_two_seconds_of_video() -> None:
