@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from engines.loader import Engines, load_engines
 from engines.photos import load_photo, photo_path
 from engines.zoo import ModelStore
 from indexer.decode.pyav import PyAVDecoder
-from indexer.pipeline import PeriodicSchedule, VideoIndexer
+from indexer.pipeline import PeriodicSchedule, VideoIndexer, VideoTask
 from jobs.runner import JobResult, LocalExecutor, run_job
 from samples.archive import SampleVideo
 from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
@@ -239,6 +240,41 @@ def test_every_frame_runs_the_person_detector_every_tenth_of_a_second(indexed: I
         other = scheduled.tracks.column("person_track_id")[k].as_py()
         assert person is not None and other is not None
         assert np.allclose(person_span[0.0][person], person_span[DetectionConfig.persons_every_s][other], atol=0.1)
+
+
+class _StepsInFlight(VideoIndexer):
+    """The GPU's way of running steps (two at once, in a pool of threads; several videos at once) with the
+    CPU's engines: only the CUDA stream a step runs on is stood in for."""
+
+    models_on_gpu = True
+    videos_in_flight = 3
+
+    def _models_stream(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
+def test_steps_in_flight_give_the_rows_of_one_step_at_a_time(indexed: Indexed, engines: Engines) -> None:
+    """Two steps at once in threads, frames of two videos sharing steps, and frames that skip the person
+    detector (15 fps sampling: every other frame) taking their people from a frame of another step: the same
+    rows, bit for bit, and tracks as one video and one step at a time."""
+    videos = indexed[0]
+    paths = [Path(v.path) for v in videos if v.name in ("group_t1.mp4", "rotated_phone.mp4")]
+    settings = IndexSettings(sampling=SamplingConfig(fps=15.0), runtime=RuntimeConfig(device="cpu", frame_batch=8))
+    assert settings.persons_scheduled()
+    runs = []
+    for cls in (VideoIndexer, _StepsInFlight):
+        results = cls(engines, settings, PyAVDecoder()).index_many(
+            [VideoTask(p, i + 1, "s") for i, p in enumerate(paths)])
+        runs.append({task.path.name: result for task, result in results})
+    one, threaded = runs
+    assert sorted(one) == sorted(threaded) == sorted(p.name for p in paths)
+    for name, result in one.items():
+        assert not isinstance(result, BaseException) and result.faces.num_rows > 0
+        other = threaded[name]
+        assert not isinstance(other, BaseException)
+        for table in ("faces", "persons", "tracks", "person_tracks"):
+            assert getattr(result, table).drop_columns(["thumbnail"] if "tracks" in table else []).equals(
+                getattr(other, table).drop_columns(["thumbnail"] if "tracks" in table else [])), (name, table)
 
 
 def test_full_face_searches_come_every_two_seconds_of_video() -> None:
