@@ -539,9 +539,11 @@ class VideoIndexer:
         with self._models_stream():
             for f, (fr, dets) in enumerate(zip(batch, inferred.faces, strict=True)):
                 video = fr.video
-                found = inferred.persons[f] if inferred.persons is not None else None
-                people = (None if inferred.persons is None else _track_persons(fr, found, best_crop)
-                          if found is not None else video.person_tracker.carried(fr.pts_s))
+                people: tuple[np.ndarray, np.ndarray] | None = None  # boxes and person tracks of the frame's people
+                if inferred.persons is not None:
+                    found = inferred.persons[f]
+                    people = (_track_persons(fr, found, best_crop) if found is not None
+                              else video.person_tracker.carried(fr.pts_s))  # the person detector skipped it
                 owner = (person_of_faces(dets.boxes, people[0]) if people is not None
                          else np.full(len(dets), -1, np.int64))
                 rows, embs, chip_of = [], [], []
@@ -602,10 +604,10 @@ def _frames_of(state: _VideoState, batch: FrameBatch) -> Iterator[_Frame]:
     smallest faces and which people (found in it, or before it) guided search looks around."""
     for i in range(len(batch)):
         pts = float(batch.pts_s[i])
+        find_persons = state.person_samples.due(pts) or state.last_people is None
+        if find_persons or state.last_people is None:
+            state.last_people = _People()
         people = state.last_people
-        find_persons = state.person_samples.due(pts) or people is None
-        if find_persons or people is None:
-            people = state.last_people = _People()
         yield _Frame(state, batch.frames[i], pts, int(batch.frame_index[i]), state.full_searches.due(pts),
                      find_persons, people)
 

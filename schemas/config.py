@@ -87,8 +87,8 @@ class DetectionConfig:
     persons_every_s: float = 0.1
     """Seconds of video between the samples the person detector runs on (a video's first sample included).
     Samples closer together than this (every frame of a 30 fps video: two in three) run the face detector
-    only; the people found at the last such sample, moved on along their tracks, stand in for the frame's
-    people (which face belongs to whom, where guided search looks for small faces). At the default
+    only; the people found at the last such sample stand in for the frame's people: guided search looks
+    around their heads, and faces are tied to their tracks (moved on to the frame's time). At the default
     sampling (2 fps) every sample runs it; 0 runs it on every sample. Person tracks link boxes 0.1 s apart
     as well as at every frame; at 0.2 s they switched between pedestrians crossing on vtest.avi
     (docs/performance.md, "Person detection every 0.1 s")."""

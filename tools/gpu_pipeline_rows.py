@@ -9,6 +9,8 @@ needs (the decoders skip them by default). Environment:
   HANDOFFS=32,8,32,8   run the rows once per RuntimeConfig.decode_handoff, in this order, in this process
                        (an A/B within one warm-up; default: the pipeline's own value once)
   FACE_SEARCH=full     DetectionConfig.face_search (default: guided)
+  PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
+                       default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
 
 One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
 function, `bench.video.gpu_pipeline_rows`) without its decode-only and CPU rows.
@@ -38,6 +40,7 @@ copies = int(sys.argv[4]) if len(sys.argv) > 4 else 14
 decode_all = len(sys.argv) > 5 and sys.argv[5] == "decode-all"  # NVDEC decodes unsampled non-reference frames too
 modes = tuple(cast(SamplingMode, m) for m in os.environ.get("ROWS", "fps,every-frame,keyframes").split(","))
 handoffs = [int(h) for h in os.environ.get("HANDOFFS", "0").split(",")]  # 0: the pipeline's default
+persons_every = [float(v) for v in os.environ.get("PERSONS_EVERY", str(DetectionConfig.persons_every_s)).split(",")]
 runtime = RuntimeConfig(device="gpu")
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
@@ -48,14 +51,15 @@ out: dict[str, object] = {"label": label, "face_search": detection.face_search, 
 rows: list[dict[str, object]] = []
 for codec in codecs:
     paths = repeated_clips(work, codec, copies)
-    for handoff in handoffs:
+    for handoff, every in ((h, e) for h in handoffs for e in persons_every):
         for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, copies,
                                            lambda line: print(line, file=sys.stderr),
                                            skip_unsampled=not decode_all, modes=modes,
-                                           detection=detection).items():
+                                           detection=replace(detection, persons_every_s=every)).items():
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
-            rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF, "mode": mode, **kept})
+            rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
+                         "persons_every_s": every, "mode": mode, **kept})
             print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
 out["rows"] = rows
 out["rss_mib"] = round(rss_mib(), 1)
