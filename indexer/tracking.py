@@ -15,6 +15,7 @@ ties its face track to that person track.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,13 +24,23 @@ from schemas.config import PersonTrackingConfig, TrackingConfig
 
 POSITION_ONLY_IOU = 0.3
 
+Box = Sequence[float]
+"""x0 y0 x1 y1: a list of floats on the tracking hot path (numpy scalars cost ten times as much per
+operation there), or a numpy row."""
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+def box_iou(a: Box | np.ndarray, b: Box | np.ndarray) -> float:
+    ax0, ay0, ax1, ay1 = _floats(a)
+    bx0, by0, bx1, by1 = _floats(b)
+    w = max(0.0, min(ax1, bx1) - max(ax0, bx0))
+    h = max(0.0, min(ay1, by1) - max(ay0, by0))
     inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _floats(box: Box | np.ndarray) -> list[float]:
+    return box.tolist() if isinstance(box, np.ndarray) else list(box)
 
 
 @dataclass
@@ -63,14 +74,15 @@ class FaceTracker:
         assigned: list[int] = [-1] * len(rows)
         taken: set[int] = set()
         pairs = []
+        face_boxes = boxes.tolist()
+        last_boxes = [tr.last_box.tolist() for tr in self._live]
+        described = [j for j, tr in enumerate(self._live) if tr.n_embedded > 0]
+        means = np.stack([self._live[j].embedding for j in described]) if described else None
         for i, emb in enumerate(embeddings):
-            if emb is None:
+            if emb is None or means is None:
                 continue
-            for j, tr in enumerate(self._live):
-                if tr.n_embedded == 0:
-                    continue
-                d = float(np.linalg.norm(emb - tr.embedding))
-                iou = box_iou(boxes[i], tr.last_box)
+            for j, d in zip(described, np.linalg.norm(means - emb, axis=1).tolist(), strict=True):
+                iou = box_iou(face_boxes[i], last_boxes[j])
                 limit = (self.config.max_embedding_distance_in_place if iou >= POSITION_ONLY_IOU
                          else self.config.max_embedding_distance)
                 if d <= limit and iou >= self.config.min_iou:
@@ -82,7 +94,7 @@ class FaceTracker:
         for i, emb in enumerate(embeddings):
             if emb is not None or assigned[i] >= 0:
                 continue
-            best = max(((box_iou(boxes[i], tr.last_box), j) for j, tr in enumerate(self._live) if j not in taken),
+            best = max(((box_iou(face_boxes[i], last_boxes[j]), j) for j in range(len(self._live)) if j not in taken),
                        default=(0.0, -1))
             if best[0] >= POSITION_ONLY_IOU:
                 assigned[i] = best[1]
@@ -114,15 +126,16 @@ class FaceTracker:
 
 def face_quality(boxes: np.ndarray, keypoints: np.ndarray, sharpness: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """A score for picking a track's thumbnail: large, sharp, frontal, confidently detected faces win."""
-    if len(boxes) == 0:
-        return np.zeros(0, np.float32)
-    width = boxes[:, 2] - boxes[:, 0]
-    eye_r, eye_l, nose = keypoints[:, 0], keypoints[:, 1], keypoints[:, 2]
-    eye_span = np.maximum(eye_l[:, 0] - eye_r[:, 0], 1e-3)
-    frontal = 1.0 - np.clip(np.abs((nose[:, 0] - eye_r[:, 0]) / eye_span - 0.5) * 2, 0, 1)
-    size = np.clip(width / 150.0, 0, 1)
-    sharp = np.clip(sharpness / 200.0, 0, 1)
-    return (0.35 * size + 0.25 * sharp + 0.25 * frontal + 0.15 * scores).astype(np.float32)
+    out = []
+    for (x0, _, x1, _), (eye_r, eye_l, nose), sharp, score in zip(
+            boxes.tolist(), keypoints[:, :3, 0].tolist(), sharpness.tolist(), scores.tolist(), strict=True):
+        frontal = 1.0 - _unit(abs((nose - eye_r) / max(eye_l - eye_r, 1e-3) - 0.5) * 2)
+        out.append(0.35 * _unit((x1 - x0) / 150.0) + 0.25 * _unit(sharp / 200.0) + 0.25 * frontal + 0.15 * score)
+    return np.asarray(out, np.float32)
+
+
+def _unit(x: float) -> float:
+    return min(max(x, 0.0), 1.0)
 
 
 @dataclass
@@ -140,10 +153,12 @@ class PersonTrack:
     best_row: int = -1
     """Row (in the video's person list) of the best sighting: largest, most confident."""
 
-    def predicted(self, t: float) -> np.ndarray:
+    def predicted(self, t: float) -> list[float]:
         """The last box, moved to where its centre is heading at time t."""
-        dx, dy = self.velocity * (t - self.end_s)
-        return self.last_box + np.array([dx, dy, dx, dy], np.float32)
+        vx, vy = self.velocity.tolist()
+        dt = t - self.end_s
+        x0, y0, x1, y1 = self.last_box.tolist()
+        return [x0 + vx * dt, y0 + vy * dt, x1 + vx * dt, y1 + vy * dt]
 
 
 @dataclass
@@ -162,7 +177,7 @@ class PersonTracker:
         seen = [tr for tr in self._live if tr.end_s == self._last_s]
         if not seen:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
-        return (np.stack([tr.predicted(t) for tr in seen]).astype(np.float32),
+        return (np.asarray([tr.predicted(t) for tr in seen], np.float32),
                 np.asarray([tr.track_index for tr in seen], np.int64))
 
     def update(self, t: float, rows: list[int], boxes: np.ndarray, scores: np.ndarray) -> list[int]:
@@ -170,11 +185,12 @@ class PersonTracker:
         self._live = [tr for tr in self._live if t - tr.end_s <= self.config.max_gap_s]
         self._last_s = t
         pairs = []
+        found = boxes.tolist()
         for j, tr in enumerate(self._live):
             guess = tr.predicted(t)
             for i in range(len(rows)):
-                shift = _shift(boxes[i], guess)
-                if shift <= self.config.max_shift or box_iou(boxes[i], guess) >= self.config.min_iou:
+                shift = _shift(found[i], guess)
+                if shift <= self.config.max_shift or box_iou(found[i], guess) >= self.config.min_iou:
                     pairs.append((shift, i, j))
         assigned = [-1] * len(rows)
         taken: set[int] = set()
@@ -211,16 +227,17 @@ def _centre(box: np.ndarray) -> np.ndarray:
     return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float32)
 
 
-def _shift(box: np.ndarray, guess: np.ndarray) -> float:
+def _shift(box: Box, guess: Box) -> float:
     """Distance between two boxes' centres over the geometric mean of their sizes; infinite when their widths
     or heights differ by more than 2x (a child and an adult, a near and a far person)."""
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    gw, gh = guess[2] - guess[0], guess[3] - guess[1]
+    bx0, by0, bx1, by1 = box
+    gx0, gy0, gx1, gy1 = guess
+    bw, bh, gw, gh = bx1 - bx0, by1 - by0, gx1 - gx0, gy1 - gy0
     if min(bw, bh, gw, gh) <= 0 or not (0.5 <= bw / gw <= 2.0 and 0.5 <= bh / gh <= 2.0):
         return math.inf
-    dx = (box[0] + box[2] - guess[0] - guess[2]) / 2
-    dy = (box[1] + box[3] - guess[1] - guess[3]) / 2
-    return float(math.hypot(dx, dy) / math.sqrt(math.sqrt(bw * bh * gw * gh)))
+    dx = (bx0 + bx1 - gx0 - gx1) / 2
+    dy = (by0 + by1 - gy0 - gy1) / 2
+    return math.hypot(dx, dy) / math.sqrt(math.sqrt(bw * bh * gw * gh))
 
 
 def person_of_faces(face_boxes: np.ndarray, person_boxes: np.ndarray) -> np.ndarray:
@@ -230,16 +247,15 @@ def person_of_faces(face_boxes: np.ndarray, person_boxes: np.ndarray) -> np.ndar
     out = np.full(len(face_boxes), -1, np.int64)
     if not len(face_boxes) or not len(person_boxes):
         return out
-    f, p = face_boxes[:, None, :], person_boxes[None, :, :]
-    cx, cy = (f[..., 0] + f[..., 2]) / 2, (f[..., 1] + f[..., 3]) / 2
-    upper = (cx >= p[..., 0]) & (cx <= p[..., 2]) & (cy >= p[..., 1]) & (cy <= (p[..., 1] + p[..., 3]) / 2)
-    inter_w = np.clip(np.minimum(f[..., 2], p[..., 2]) - np.maximum(f[..., 0], p[..., 0]), 0, None)
-    inter_h = np.clip(np.minimum(f[..., 3], p[..., 3]) - np.maximum(f[..., 1], p[..., 1]), 0, None)
-    face_area = np.maximum((f[..., 2] - f[..., 0]) * (f[..., 3] - f[..., 1]), 1e-6)
-    inside = upper & (inter_w * inter_h / face_area >= 0.6)
-    width = np.broadcast_to(p[..., 2] - p[..., 0], inside.shape)
-    cost = np.where(inside, width, np.inf)
-    best = np.argmin(cost, axis=1)
-    found = np.isfinite(cost[np.arange(len(face_boxes)), best])
-    out[found] = best[found]
+    people = np.asarray(person_boxes).tolist()
+    for k, (fx0, fy0, fx1, fy1) in enumerate(np.asarray(face_boxes).tolist()):
+        cx, cy = (fx0 + fx1) / 2, (fy0 + fy1) / 2
+        area = max((fx1 - fx0) * (fy1 - fy0), 1e-6)
+        narrowest = math.inf
+        for j, (px0, py0, px1, py1) in enumerate(people):
+            if not (px0 <= cx <= px1 and py0 <= cy <= (py0 + py1) / 2) or px1 - px0 >= narrowest:
+                continue
+            inside = max(min(fx1, px1) - max(fx0, px0), 0.0) * max(min(fy1, py1) - max(fy0, py0), 0.0)
+            if inside / area >= 0.6:
+                out[k], narrowest = j, px1 - px0
     return out
