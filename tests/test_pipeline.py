@@ -277,6 +277,17 @@ def test_steps_in_flight_give_the_rows_of_one_step_at_a_time(indexed: Indexed, e
                 getattr(other, table).drop_columns(["thumbnail"] if "tracks" in table else [])), (name, table)
 
 
+def test_the_person_detection_period_is_in_the_run_key_only_where_frames_are_closer() -> None:
+    """At the default 2 fps every sample runs the person detector: the period changes nothing and is not in
+    the run key (indexes made before it stay current); every frame and key frames carry it."""
+    assert "persons_every_s" not in IndexSettings().result_params()["detection"]
+    assert "persons_every_s" not in IndexSettings(sampling=SamplingConfig(fps=10.0)).result_params()["detection"]
+    for sampling in (SamplingConfig(mode="every-frame"), SamplingConfig(mode="keyframes"), SamplingConfig(fps=15.0)):
+        assert IndexSettings(sampling=sampling).result_params()["detection"]["persons_every_s"] == 0.1
+    assert not IndexSettings(sampling=SamplingConfig(mode="every-frame"),
+                             detection=DetectionConfig(persons_every_s=0.0)).persons_scheduled()
+
+
 def test_full_face_searches_come_every_two_seconds_of_video() -> None:
     """A video's first sample searches its whole frame, then the first sample 2 s or more after the last that
     did; a timestamp going back (a damaged stream) starts again."""

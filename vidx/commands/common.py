@@ -77,7 +77,8 @@ def sampling_options(fn: Any) -> Any:
                       metavar="SECONDS",
                       help="Seconds of video between the frames the person detector runs on when frames are "
                            "analysed closer together (--every-frame); between them, people are carried along "
-                           "their tracks and only faces are detected. 0: every analysed frame.")(fn)
+                           "their tracks and only faces are detected. 0: every analysed frame. Part of the run key "
+                           "where frames are that close.")(fn)
     return fn
 
 
