@@ -26,12 +26,11 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from catalog import job_state as state
-from catalog.outcome import VideoOutcome
 from indexer.host_memory import arena_env
 from jobs.runner import Executor, LocalExecutor, TaskHooks
 from jobs.worker import TaskSpec
@@ -337,12 +336,9 @@ class ProcessExecutor:
 
     def _retry_or_fail(self, spec: TaskSpec, why: str, worker: str, retries: list[tuple[TaskSpec, bool]],
                        hooks: TaskHooks) -> None:
-        if spec.attempts >= self.max_attempts:
-            hooks.on_done(spec, VideoOutcome(spec.video_id, "failed", worker=worker or None,
-                                             error=f"{why}; gave up after {spec.attempts} attempts"))
-        else:
-            hooks.on_retry(spec, why)
-            retries.append((replace(spec, attempts=spec.attempts + 1), True))
+        again = hooks.next_attempt(spec, why, self.max_attempts, worker or None)
+        if again is not None:
+            retries.append((again, True))  # alone: it may be the culprit
 
     def _replace(self, w: _Worker, retries: list[tuple[TaskSpec, bool]], hooks: TaskHooks) -> None:
         """A worker process ended: its videos are tried again (each alone: the culprit is unknown), and a fresh

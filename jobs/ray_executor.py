@@ -19,12 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from catalog import job_state as state
-from catalog.outcome import VideoOutcome
 from indexer.host_memory import arena_env
 from indexer.storage import forwarded_env
 from jobs.ray_worker import RayWorker
@@ -275,13 +274,10 @@ class RayExecutor:
             if not counts:
                 retries.append((time.monotonic(), _Flight(spec, flight.isolated)))
                 return
-            if spec.attempts >= opts.max_attempts:
-                hooks.on_done(spec, VideoOutcome(spec.video_id, "failed", worker=None,
-                                                 error=f"{reason}; gave up after {spec.attempts} attempts"))
-                return
-            hooks.on_retry(spec, reason)
-            delay = opts.backoff_s * 2 ** (spec.attempts - 1)
-            retries.append((time.monotonic() + delay, _Flight(replace(spec, attempts=spec.attempts + 1), isolate)))
+            again = hooks.next_attempt(spec, reason, opts.max_attempts)
+            if again is not None:
+                delay = opts.backoff_s * 2 ** (spec.attempts - 1)
+                retries.append((time.monotonic() + delay, _Flight(again, isolate)))
 
         def replace_actor(slot: _Slot, kill: bool) -> None:
             if kill:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +50,16 @@ class TaskHooks:
     """True once the job was cancelled."""
     on_progress: Callable[[TaskSpec, float], None] = lambda spec, pts_s: None
     """How far (seconds of video) the analysis of a video got; called by executors that can tell."""
+
+    def next_attempt(self, spec: TaskSpec, why: str, max_attempts: int, worker: str | None = None) -> TaskSpec | None:
+        """An attempt at a video ended without an outcome (its worker died or hung): the next attempt, once the
+        driver has been told, or None when that was the last one (the video is then recorded as failed)."""
+        if spec.attempts >= max_attempts:
+            self.on_done(spec, VideoOutcome(spec.video_id, "failed", worker=worker,
+                                            error=f"{why}; gave up after {spec.attempts} attempts"))
+            return None
+        self.on_retry(spec, why)
+        return replace(spec, attempts=spec.attempts + 1)
 
 
 class Executor(Protocol):
