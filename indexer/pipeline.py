@@ -58,6 +58,8 @@ FEED_POLL_S = 0.05
 """How often index_many asks a feed that said "no task right now" again, while videos are in flight."""
 GATHER_POLL_S = 0.002
 """How often index_many looks at the models while frames wait for them or a step is being analysed."""
+PEOPLE_WAIT_S = 600.0
+"""Longest a step waits for the people of an earlier step (seconds of one step's models at most)."""
 _NO_MORE = object()
 
 
@@ -217,7 +219,8 @@ class _People:
         self._ready.set()
 
     def wait(self) -> np.ndarray:
-        self._ready.wait()
+        if not self._ready.wait(PEOPLE_WAIT_S):  # a step is always released, found or failed: this is a bug
+            raise RuntimeError(f"the people of an earlier step did not come in {PEOPLE_WAIT_S:.0f} s")
         return self.boxes
 
 
