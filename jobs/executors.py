@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.runner import Executor
+from jobs.runner import DEFAULT_MAX_ATTEMPTS, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS_PER_GPU, Executor
 
 
 def executor_from_options(raw: dict[str, Any], address: str | None = None) -> Executor:
@@ -12,9 +12,10 @@ def executor_from_options(raw: dict[str, Any], address: str | None = None) -> Ex
     if raw.get("kind", "local") == "local":
         from jobs.processes import LocalWorkers
 
-        return LocalWorkers(workers=raw.get("workers"), workers_per_gpu=int(raw.get("workers_per_gpu", 2)),
-                            max_attempts=int(raw.get("max_attempts", 3)),
-                            stall_timeout_s=float(raw.get("stall_timeout_s", 300.0)),
+        return LocalWorkers(workers=raw.get("workers"),
+                            workers_per_gpu=int(raw.get("workers_per_gpu", DEFAULT_WORKERS_PER_GPU)),
+                            max_attempts=int(raw.get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
+                            stall_timeout_s=float(raw.get("stall_timeout_s", DEFAULT_STALL_TIMEOUT_S)),
                             videos_per_worker=raw.get("videos_per_worker"))
     from jobs.ray_executor import RayExecutor, RayOptions  # Ray is imported only for jobs that run on it
 

@@ -32,7 +32,14 @@ from typing import Any
 
 from catalog import job_state as state
 from indexer.host_memory import arena_env
-from jobs.runner import Executor, LocalExecutor, TaskHooks
+from jobs.runner import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_STALL_TIMEOUT_S,
+    DEFAULT_WORKERS_PER_GPU,
+    Executor,
+    LocalExecutor,
+    TaskHooks,
+)
 from jobs.worker import TaskSpec
 from schemas.config import IndexSettings
 from schemas.errors import VidxError
@@ -145,8 +152,9 @@ class ProcessExecutor:
     GPU), `per_gpu` to a GPU in turn; up to `max_attempts` attempts per video whose worker dies or hangs for
     `stall_timeout_s`."""
 
-    def __init__(self, processes: int, gpus: list[str] | None = None, *, per_gpu: int = 1, max_attempts: int = 3,
-                 stall_timeout_s: float = 300.0, in_flight: int | None = None):
+    def __init__(self, processes: int, gpus: list[str] | None = None, *, per_gpu: int = 1,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+                 in_flight: int | None = None):
         if processes < 1:
             raise ValueError("at least one worker process")
         self.processes = processes
@@ -377,8 +385,9 @@ class LocalWorkers:
     or, on a machine without a GPU (or for one worker), one worker in the driver's own process (its models
     already use every core)."""
 
-    def __init__(self, *, workers: int | None = None, workers_per_gpu: int = 2, max_attempts: int = 3,
-                 stall_timeout_s: float = 300.0, videos_per_worker: int | None = None):
+    def __init__(self, *, workers: int | None = None, workers_per_gpu: int = DEFAULT_WORKERS_PER_GPU,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+                 videos_per_worker: int | None = None):
         self.workers = workers
         self.videos_per_worker = videos_per_worker
         self.workers_per_gpu = workers_per_gpu

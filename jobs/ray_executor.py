@@ -27,7 +27,7 @@ from catalog import job_state as state
 from indexer.host_memory import arena_env
 from indexer.storage import forwarded_env
 from jobs.ray_worker import RayWorker
-from jobs.runner import TaskHooks
+from jobs.runner import DEFAULT_MAX_ATTEMPTS, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS_PER_GPU, TaskHooks
 from jobs.worker import FAULTS_ENV, TaskSpec
 from schemas.config import IndexSettings
 from schemas.errors import VidxError
@@ -45,7 +45,7 @@ class RayOptions:
     """None: start a local Ray instance on this machine (embedded default); "auto" or "ray://host:10001"."""
     workers: int | None = None
     """Worker actors (default: `workers_per_gpu` per GPU in the cluster; without GPUs, CPUs // cpus_per_worker)."""
-    workers_per_gpu: int = 2
+    workers_per_gpu: int = DEFAULT_WORKERS_PER_GPU
     """GPU workers that share one GPU (each asks Ray for 1/N of a GPU). Each is a process with its own
     Python interpreter, so their host work (decoder loops, tracking, launching kernels) runs in parallel:
     on an H100, 2 per GPU indexed 2,423 decoded frames/s against 1,808 in one process (docs/performance.md,
@@ -56,9 +56,9 @@ class RayOptions:
     gpu: bool | None = None
     """Use GPU workers (1/workers_per_gpu of a GPU each); None: when the cluster has GPUs."""
     cpus_per_worker: int = 4
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     """Attempts per video when its worker dies or hangs (a video's own errors are never retried)."""
-    stall_timeout_s: float = 300.0
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
     """A video with no decoded batch for this long is taken to be hung."""
     backoff_s: float = 2.0
     """First retry delay; doubles with each attempt."""

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 NextTask = TaskSpec | state.Blocked | None
 DEFAULT_MAX_ATTEMPTS = 3
 """Attempts at a video whose worker (or, in-process, the whole driver) dies or hangs each time."""
+DEFAULT_STALL_TIMEOUT_S = 300.0
+"""Seconds without a decoded batch after which a video counts as hung (worker processes, Ray)."""
+DEFAULT_WORKERS_PER_GPU = 2
+"""Worker processes sharing one GPU (worker processes, Ray)."""
 
 @dataclass
 class TaskHooks:
