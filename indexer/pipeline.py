@@ -526,8 +526,8 @@ class VideoIndexer:
                                                 small_batches=len(searched) < len(batch))
         for fr, dets in zip(searched, found, strict=True):
             fr.people.found(dets.boxes)
-        by_frame = {id(fr): dets for fr, dets in zip(searched, found, strict=True)}
-        return [by_frame.get(id(fr)) for fr in batch]
+        in_order = iter(found)
+        return [next(in_order) if fr.find_persons else None for fr in batch]
 
     def _record(self, batch: list[_Frame], inferred: _Inferred, on_progress: ProgressFn | None) -> None:
         """Rows, tracks and best chips of a step's frames, into their videos' state (calling thread only)."""
