@@ -542,12 +542,12 @@ class VideoIndexer:
         with self._models_stream():
             for f, (fr, dets) in enumerate(zip(batch, inferred.faces, strict=True)):
                 video = fr.video
-                people: tuple[np.ndarray, np.ndarray] | None = None  # boxes and person tracks of the frame's people
-                if inferred.persons is not None:
-                    found = inferred.persons[f]
-                    people = (_track_persons(fr, found, best_crop) if found is not None
-                              else video.person_tracker.carried(fr.pts_s))  # the person detector skipped it
-                owner = (person_of_faces(dets.boxes, people[0]) if people is not None
+                found = inferred.persons[f] if inferred.persons is not None else None
+                # people: boxes and person tracks; a frame the person detector skipped takes them carried on
+                carried = (video.person_tracker.carried(fr.pts_s) if inferred.persons is not None and found is None
+                           else None)
+                person_boxes = found.boxes if found is not None else carried[0] if carried is not None else None
+                owner = (person_of_faces(dets.boxes, person_boxes) if person_boxes is not None
                          else np.full(len(dets), -1, np.int64))
                 rows, embs, chip_of = [], [], []
                 for k in range(len(dets)):
@@ -556,21 +556,28 @@ class VideoIndexer:
                     s = float(sharp[i]) if i is not None else None
                     rows.append(video.faces.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k]),
                                                 dets.keypoints[k], size_px=float(dets.boxes[k, 2] - dets.boxes[k, 0]),
-                                                sharpness=s, embedding=emb, track_id=None,
-                                                person_track=int(people[1][owner[k]]) if owner[k] >= 0 and people
-                                                is not None else None))
+                                                sharpness=s, embedding=emb, track_id=None, person_track=None))
                     embs.append(emb)
                     chip_of.append(i)
-                if not rows:
-                    continue
-                sharp_f = np.asarray([float(sharp[i]) if i is not None else 0.0 for i in chip_of], np.float32)
-                quality = face_quality(dets.boxes, dets.keypoints, sharp_f, dets.scores.astype(np.float32))
-                ids = video.tracker.update(fr.pts_s, rows, dets.boxes, embs, quality)
+                ids: list[int] = []
+                if rows:
+                    sharp_f = np.asarray([float(sharp[i]) if i is not None else 0.0 for i in chip_of], np.float32)
+                    quality = face_quality(dets.boxes, dets.keypoints, sharp_f, dets.scores.astype(np.float32))
+                    ids = video.tracker.update(fr.pts_s, rows, dets.boxes, embs, quality)
                 for row, tid, i in zip(rows, ids, chip_of, strict=True):
                     video.faces.extra["track_id"][row] = tid if tid >= 0 else None
                     if (tid >= 0 and video.tracker.tracks[tid].best_face == row and chips is not None
                             and i is not None):
                         best_chip[id(video), tid] = (video, tid, i)
+                # people after faces: the face on each person box helps link it to its track
+                person_tracks = carried[1] if carried is not None else None
+                if found is not None:
+                    person_tracks = _track_persons(fr, found, best_crop,
+                                                   _face_of_boxes(dets.boxes, owner, ids, len(found)))
+                if person_tracks is not None:
+                    for row, o in zip(rows, owner.tolist(), strict=True):
+                        if o >= 0:
+                            video.faces.extra["person_track"][row] = int(person_tracks[o])
             if best_chip and chips is not None:
                 picked = list(best_chip.values())
                 host = to_host(chips[np.asarray([i for _, _, i in picked])])  # one transfer
@@ -587,19 +594,30 @@ class VideoIndexer:
                 on_progress(group[0].video.task, len(group), group[-1].pts_s)
 
 
+def _face_of_boxes(face_boxes: np.ndarray, owner: np.ndarray, face_tracks: list[int], n_boxes: int) -> list[int]:
+    """For each of a frame's person boxes, the face track of the largest face on it (-1: none)."""
+    out = [-1] * n_boxes
+    widths = (face_boxes[:, 2] - face_boxes[:, 0]).tolist() if len(face_boxes) else []
+    for k in sorted(range(len(face_tracks)), key=lambda k: widths[k]):  # the largest face is written last
+        if owner[k] >= 0 and face_tracks[k] >= 0:
+            out[int(owner[k])] = face_tracks[k]
+    return out
+
+
 def _track_persons(fr: _Frame, dets: Detections,
-                   best_crop: dict[tuple[int, int], tuple[_VideoState, int, Array, np.ndarray]]
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and person tracks of one frame's person boxes; returns the boxes and each one's track number.
-    A track whose best sighting is now in this frame gets (video, track, frame, box) in `best_crop`."""
+                   best_crop: dict[tuple[int, int], tuple[_VideoState, int, Array, np.ndarray]],
+                   faces: list[int]) -> np.ndarray:
+    """Rows and person tracks of one frame's person boxes (`faces`: the face track on each box, or -1); returns
+    each box's track number. A track whose best sighting is now in this frame gets (video, track, frame, box)
+    in `best_crop`."""
     video = fr.video
     rows = [video.persons.add(fr.pts_s, fr.index, dets.boxes[k], float(dets.scores[k])) for k in range(len(dets))]
-    tracks = np.asarray(video.person_tracker.update(fr.pts_s, rows, dets.boxes, dets.scores), np.int64)
+    tracks = np.asarray(video.person_tracker.update(fr.pts_s, rows, dets.boxes, dets.scores, faces), np.int64)
     for row, t in zip(rows, tracks, strict=True):
         video.persons.extra.setdefault("track", []).append(int(t))
         if video.person_tracker.tracks[t].best_row == row:
             best_crop[id(video), int(t)] = (video, int(t), fr.image, video.persons.boxes[row])
-    return dets.boxes, tracks
+    return tracks
 
 
 def _frames_of(state: _VideoState, batch: FrameBatch) -> Iterator[_Frame]:

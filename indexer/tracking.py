@@ -152,6 +152,8 @@ class PersonTrack:
     best_quality: float = -1.0
     best_row: int = -1
     """Row (in the video's person list) of the best sighting: largest, most confident."""
+    face_track: int = -1
+    """The face track of the latest face seen on this person (-1: none yet)."""
 
     def predicted(self, t: float) -> list[float]:
         """The last box, moved to where its centre is heading at time t."""
@@ -180,21 +182,31 @@ class PersonTracker:
         return (np.asarray([tr.predicted(t) for tr in seen], np.float32),
                 np.asarray([tr.track_index for tr in seen], np.int64))
 
-    def update(self, t: float, rows: list[int], boxes: np.ndarray, scores: np.ndarray) -> list[int]:
-        """Assign the person boxes of one sample (taken at time t) to tracks; returns a track index per box."""
+    def update(self, t: float, rows: list[int], boxes: np.ndarray, scores: np.ndarray,
+               faces: Sequence[int] | None = None) -> list[int]:
+        """Assign the person boxes of one sample (taken at time t) to tracks; returns a track index per box.
+
+        `faces`: the face track of the face on each box (-1: none). A box whose face is the one its track last
+        showed continues that track first (and from up to twice as far: people seated close together swap
+        boxes' shapes from sample to sample), a box showing another face than the track's goes last; without
+        faces, the nearest box to where each track was heading continues it."""
         self._live = [tr for tr in self._live if t - tr.end_s <= self.config.max_gap_s]
         self._last_s = t
         pairs = []
         found = boxes.tolist()
+        face_of = list(faces) if faces is not None else [-1] * len(rows)
         for j, tr in enumerate(self._live):
             guess = tr.predicted(t)
             for i in range(len(rows)):
                 shift = _shift(found[i], guess)
-                if shift <= self.config.max_shift or box_iou(found[i], guess) >= self.config.min_iou:
-                    pairs.append((shift, i, j))
+                same_face = face_of[i] >= 0 and face_of[i] == tr.face_track
+                reach = self.config.max_shift * (2.0 if same_face else 1.0)
+                if shift <= reach or box_iou(found[i], guess) >= self.config.min_iou:
+                    rank = 0 if same_face else 2 if face_of[i] >= 0 and tr.face_track >= 0 else 1
+                    pairs.append((rank, shift, i, j))
         assigned = [-1] * len(rows)
         taken: set[int] = set()
-        for _, i, j in sorted(pairs):
+        for _, _, i, j in sorted(pairs):
             if assigned[i] < 0 and j not in taken:
                 assigned[i] = j
                 taken.add(j)
@@ -212,6 +224,8 @@ class PersonTracker:
                 self._live.append(tr)
             tr.end_s, tr.last_box = t, box
             tr.n_detections += 1
+            if face_of[i] >= 0:
+                tr.face_track = face_of[i]
             quality = float(np.sqrt(max(box[2] - box[0], 0) * max(box[3] - box[1], 0)) * scores[i])
             if quality > tr.best_quality:
                 tr.best_quality, tr.best_row = quality, row

@@ -22,7 +22,7 @@ FaceSearch = Literal["guided", "full"]
 Runtime on the GPU with an FP16 copy of each model (TensorRT is always FP16); onnxruntime-int8: FP32, but the
 person detector's INT8 copy on a CPU (its own run key: it changes person tracks)."""
 
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 """Bump when a change to the indexer changes its results; older runs become stale."""
 
 

@@ -54,6 +54,24 @@ def test_walkers_keep_their_tracks_when_they_pass_each_other() -> None:
     assert [(tr.start_s, tr.end_s, tr.n_detections) for tr in tracker.kept()] == [(0.0, 4.0, 9), (0.0, 4.0, 9)]
 
 
+def test_people_seated_close_together_keep_their_tracks_by_the_faces_on_them() -> None:
+    """Two people side by side whose boxes change shape between samples (one leans towards the other): by
+    position alone the leaning one's box continues the other's track and the other starts a new one; the
+    face on each box keeps each person on their own track."""
+    def run(faces: list[list[int]] | None) -> list[list[int]]:
+        tracker = PersonTracker(PersonTrackingConfig())
+        ids = []
+        for step, (a, b) in enumerate([(100, 160), (100, 160), (60, 105)]):  # then A shifts left, B leans left
+            rows, boxes, scores = _people(_box(a, 200, 80), _box(b, 200, 80))
+            ids.append(tracker.update(step * 0.1, rows, boxes, scores, faces[step] if faces else None))
+        return ids
+
+    assert run(None)[-1] == [2, 0]  # by position: B's box is nearest A's track, A's box too far from it
+    assert run([[7, 9], [7, 9], [7, 9]]) == [[0, 1]] * 3  # face 7 on A's box, face 9 on B's
+    # a box whose face is unknown is linked by position, as before
+    assert run([[7, 9], [7, 9], [-1, -1]])[-1] == [2, 0]
+
+
 def test_a_person_gone_longer_than_the_gap_comes_back_as_a_new_track() -> None:
     tracker = PersonTracker(PersonTrackingConfig(max_gap_s=2.0))
     first = tracker.update(0.0, *_people(_box(100, 200)))
