@@ -291,11 +291,11 @@ class BlazeDetector:
 
     def prepare(self, height: int, width: int) -> None:
         """On a GPU, set up the runtime for every level of a height x width frame, the levels side by side
-        (one thread each), unless their set-up is held. ONNX Runtime's CUDA provider spends seconds of host
-        time on the first run of each input shape (finalising cuDNN plans); run level after level
-        inside the first detect() of a new frame size, those seconds add up, here they overlap. A size whose
-        shapes the runtime has since evicted (it keeps MAX_SHAPE_SESSIONS per model) is set up side by side
-        again (docs/gpu.md, "What the GPU path does")."""
+        (one thread each), unless their set-up is held. ONNX Runtime's CUDA provider spends seconds on the
+        first run of each input shape (finalising cuDNN plans), all at once here rather than level after level
+        inside the first steps of a new frame size (side by side they overlapped once; with today's libraries
+        they do not: Engines.warm_up). A size whose shapes the runtime has since evicted (it keeps
+        MAX_SHAPE_SESSIONS per model) is set up again (docs/gpu.md, "What the GPU path does")."""
         xp = self._xp()
         if xp is np or not self._not_set_up(height, width):
             return

@@ -50,10 +50,11 @@ class Engines:
         """Run each model once: the first run allocates memory and picks kernels (TensorRT, cuDNN).
 
         On a GPU every input shape a height x width video needs (each pyramid level of both detectors, each
-        padded embedder batch size) is set up here, not in the first analysis steps, and the shapes are set
-        up side by side, one thread each: ONNX Runtime's CUDA provider spends seconds of host time per shape
-        finalising cuDNN plans (docs/gpu.md, "What the GPU path does"), and those seconds overlap (H100, FP16
-        models: 49 s one shape after another, 41 s side by side)."""
+        padded embedder batch size) is set up here, not in the first analysis steps: ONNX Runtime's CUDA
+        provider spends seconds per shape finalising cuDNN plans, 5-10 s for each of the face detector's
+        (docs/performance.md, "Known to be slow"). The shapes are set up side by side, one thread each, which
+        overlapped them once (49 s one after another, 41 s side by side) but no longer does with today's
+        libraries (H100: 33.5 against 33.7 s)."""
         started = time.monotonic()
         xp = session_array_module(self.embedder.session)
         rng = np.random.default_rng(0)
