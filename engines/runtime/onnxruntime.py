@@ -26,6 +26,9 @@ ORT_TO_NUMPY = {
     "tensor(int32)": np.int32,
 }
 
+DENSE_DEPTHWISE_ENV = "VIDX_ORT_DENSE_DEPTHWISE"
+"""Experimental, off by default: set to 1 to run the FP16 models' depthwise convolutions as ordinary ones with
+diagonal weights (engines.convert.depthwise), which cuDNN sets up without compiling plans at run time."""
 FUSED_FP16_ENV = "VIDX_ORT_FP16_FUSED"
 """Experimental, off by default: set to 1 to run FP16 convolutions in NHWC with the bias add fused in
 (ONNX Runtime CUDA options prefer_nhwc + fuse_conv_bias). Measured on an H100 (tools/gpu_pipeline_rows.py):
@@ -146,7 +149,12 @@ class OnnxRuntimeSession:
 
                 from engines.convert.fp16 import to_float16
 
-                graph = to_float16(onnx.load(str(model.path))).SerializeToString()
+                fp16_graph = to_float16(onnx.load(str(model.path)))
+                if os.environ.get(DENSE_DEPTHWISE_ENV) == "1":
+                    from engines.convert.depthwise import dense_depthwise
+
+                    fp16_graph = dense_depthwise(fp16_graph)
+                graph = fp16_graph.SerializeToString()
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":

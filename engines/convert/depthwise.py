@@ -1,0 +1,43 @@
+"""Depthwise convolutions rewritten as ordinary ones whose weights are zero off the diagonal.
+
+Each output channel still sees only its own input channel (the other channels' terms are multiplied by
+exact zeros), so the results are the depthwise convolution's up to rounding. The point is the GPU's set-up:
+cuDNN compiles execution plans for depthwise convolutions at run time, seconds per input shape of the face
+detector, where ordinary convolutions have precompiled kernels (docs/performance.md, "Known to be slow").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def dense_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` in which every depthwise Conv (one input channel per group, as many groups as output
+    channels, weights an initializer) is an ordinary Conv with diagonal weights."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    weights = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "Conv" or node.input[1] not in weights:
+            continue
+        group = next((a for a in node.attribute if a.name == "group"), None)
+        w = numpy_helper.to_array(weights[node.input[1]])
+        if group is None or group.i == 1 or w.shape[1] != 1 or w.shape[0] != group.i:
+            continue
+        channels = w.shape[0]
+        dense = np.zeros((channels, channels, *w.shape[2:]), w.dtype)
+        dense[np.arange(channels), np.arange(channels)] = w[:, 0]
+        name = f"{node.input[1]}__dense"
+        if name not in weights:
+            weights[name] = numpy_helper.from_array(dense, name)
+            graph.initializer.append(weights[name])
+        node.input[1] = name
+        group.i = 1
+    used = {i for node in graph.node for i in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return out
