@@ -100,7 +100,7 @@ def load_engines(
         versions[name] = model.provenance.version
         batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch or GPU_DETECTOR_BATCH
         sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch,
-                                      report=report)
+                                      report=report, quick_start=runtime.quick_start)
         log.info("%s: %s", name, sessions[name].description)
     on_gpu = sessions[face_model].device == "cuda"
     frames = runtime.detector_batch or (GPU_DETECTOR_BATCH if on_gpu else CPU_DETECTOR_BATCH)

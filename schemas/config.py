@@ -170,6 +170,11 @@ class RuntimeConfig:
     """Sampled frames a decoder hands to the models at once, at most a step's worth (0 = automatic: 8)."""
     videos_in_flight: int = 0
     """Videos decoded at once by one worker (0 = automatic: 8 with NVDEC, which has up to 7 engines, else 1)."""
+    quick_start: bool = False
+    """On a GPU with ONNX Runtime, run the models' depthwise convolutions as ordinary ones with diagonal weights
+    (engines.convert.depthwise): each input shape of the face detector is set up in about a second instead of
+    5-10 s (engines ready in ~3 s instead of ~34 s on an H100), for ~15% fewer analysed frames per second when
+    every frame is analysed (docs/performance.md, "Known to be slow"). The same results up to rounding."""
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, get_args(DeviceChoice))

@@ -122,11 +122,13 @@ class QueryFace:
 
 
 def query_engines(store: Any, device: str = "auto") -> Engines:
-    """The two models a photo query needs (face detector and embedder), not warmed up: one photo is not worth it."""
+    """The two models a photo query needs (face detector and embedder), not warmed up: one photo is not worth it.
+    On a GPU they start quickly (RuntimeConfig.quick_start): a photo's shapes are set up in seconds, not minutes."""
     from engines.loader import load_engines
     from schemas.config import DetectionConfig, RuntimeConfig
 
-    return load_engines(DetectionConfig(detect_persons=False), RuntimeConfig(device=device),  # type: ignore[arg-type]
+    return load_engines(DetectionConfig(detect_persons=False),
+                        RuntimeConfig(device=device, quick_start=True),  # type: ignore[arg-type]
                         store=store, warm_up=False)
 
 

@@ -118,6 +118,31 @@ def test_gpu_detector_finds_what_the_cpu_finds(cp: object, engines: Engines, gpu
         assert match(dev.boxes, host.boxes).max() <= max(3.0, 0.05 * width), name
 
 
+def test_quick_start_engines_find_what_the_cpu_finds(cp: object, engines: Engines, store: ModelStore,
+                                                    photos: dict[str, np.ndarray]) -> None:
+    """--quick-start (the FP16 models' depthwise convolutions run as ordinary ones): the CPU's faces, boxes and
+    embeddings within the default FP16 engines' distance of the CPU's (FP16 against FP32 and the GPU's own
+    resampling). Batches of 4 and let go at the end, as in the FP16 test."""
+    quick = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", quick_start=True, detector_batch=4),
+                         store=store, warm_up=False)
+    try:
+        assert "quick start" in quick.faces.session.description, quick.faces.session.description
+        for name in ("t1", "obama", "biden", "astronaut"):
+            host = engines.faces.detect([photos[name]])[0]
+            dev = quick.faces.detect([cp.asarray(photos[name])])[0]  # type: ignore[attr-defined]
+            assert len(dev) == len(host), (name, len(dev), len(host))
+            width = float((host.boxes[:, 2] - host.boxes[:, 0]).max())
+            assert match(dev.boxes, host.boxes).max() <= max(4.0, 0.06 * width), name
+        for name in ("obama", "biden"):
+            _, host_emb = largest_face_embedding(engines, photos[name])
+            _, dev_emb = largest_face_embedding(quick, cp.asarray(photos[name]))  # type: ignore[attr-defined]
+            assert host_emb is not None and dev_emb is not None
+            assert np.linalg.norm(host_emb - dev_emb) < 0.12, name
+    finally:
+        del quick
+        gc.collect()
+
+
 def test_gpu_embeddings_match_the_cpu(cp: object, engines: Engines, gpu_engines: Engines,
                                       photos: dict[str, np.ndarray]) -> None:
     embs = {}

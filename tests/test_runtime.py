@@ -65,6 +65,39 @@ def test_int8_is_the_cpus_person_detector_only_and_has_its_own_run_key(store: Mo
     assert keys["onnxruntime-int8"] != keys["auto"]
 
 
+def test_quick_start_runs_the_face_detectors_depthwise_convolutions_dense_with_the_same_results(
+        store: ModelStore, photos: dict[str, np.ndarray]) -> None:
+    """--quick-start rewrites BlazeFace's 42 depthwise convolutions as ordinary ones with diagonal weights (cuDNN
+    sets those up without compiling plans at run time): none is left, and a real photo gives the same outputs
+    bit for bit on the CPU. Only a CUDA session is rewritten; the option is not part of the run key."""
+    import onnxruntime as ort
+
+    from engines.convert.depthwise import dense_depthwise
+    from engines.imageops import resize
+    from schemas.config import IndexSettings, RuntimeConfig, run_key
+
+    model = onnx.load(str(store.load("face_detector").path))
+    dense = dense_depthwise(model)
+
+    def depthwise(m: onnx.ModelProto) -> int:
+        return sum(1 for n in m.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1
+                                                                         for a in n.attribute))
+
+    assert depthwise(model) == 42 and depthwise(dense) == 0
+    image = resize(photos["t1"], 192, 192)[None]
+    name = model.graph.input[0].name
+    before, after = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {name: image}) for m in (model, dense))
+    assert any(float(o.max()) > 0.65 for o in before[1:])  # the photo's faces score: not a blank comparison
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    cpu = open_session(store.load("face_detector"), device="cpu", report=CPU_ONLY, quick_start=True)
+    assert "quick start" not in cpu.description
+    keys = {q: run_key("4", {}, IndexSettings(runtime=RuntimeConfig(quick_start=q)).result_params())
+            for q in (False, True)}
+    assert keys[False] == keys[True]
+
+
 @pytest.mark.parametrize("name", ["face_detector", "person_detector", "face_embedder"])
 def test_fp16_graph_for_strongly_typed_tensorrt(store: ModelStore, name: str) -> None:
     """The FP16 copy keeps uint8 input and float32 outputs and computes in float16."""

@@ -103,3 +103,19 @@ def test_clip_helper_makes_decodable_videos(tmp_path: Path) -> None:
     (clip,) = make_short_archive(tmp_path, {"x": np.full((40, 30, 3), 128, np.uint8)}, 1, seconds=(1.0,))
     with av.open(str(clip)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 12
+
+
+def test_a_schedule_keeps_its_runtime_choices_for_every_night(tmp_path: Path) -> None:
+    """`schedule add --quick-start` stores the choice with the schedule's settings, read back as it was given."""
+    from schemas.config import IndexSettings
+
+    (tmp_path / "a").mkdir()
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["schedule", "add", "quick", str(tmp_path / "a"), "--cron", "0 3 * * *",
+                                   "--out", str(out), "--device", "cpu", "--quick-start", "--every-frame", "--json"])
+    assert res.exit_code == 0, res.output
+    with Catalog(default_db_url(out)).session() as s:
+        stored = s.scalars(select(Schedule)).one().options
+    settings = IndexSettings.from_json(stored["settings"])
+    assert settings.runtime.quick_start and settings.sampling.mode == "every-frame"
+    assert not IndexSettings.from_json(IndexSettings().to_json()).runtime.quick_start

@@ -12,6 +12,7 @@ needs (the decoders skip them by default). Environment:
   PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
   DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's, 32)
+  QUICK_START=1        RuntimeConfig.quick_start: depthwise convolutions run as ordinary ones (`--quick-start`)
 
 One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
 function, `bench.video.gpu_pipeline_rows`) without its decode-only and CPU rows.
@@ -42,7 +43,8 @@ decode_all = len(sys.argv) > 5 and sys.argv[5] == "decode-all"  # NVDEC decodes 
 modes = tuple(cast(SamplingMode, m) for m in os.environ.get("ROWS", "fps,every-frame,keyframes").split(","))
 handoffs = [int(h) for h in os.environ.get("HANDOFFS", "0").split(",")]  # 0: the pipeline's default
 persons_every = [float(v) for v in os.environ.get("PERSONS_EVERY", str(DetectionConfig.persons_every_s)).split(",")]
-runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")))
+runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")),
+                        quick_start=os.environ.get("QUICK_START") == "1")
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
 engines = load_engines(detection, runtime, store=ModelStore())

@@ -1,7 +1,7 @@
 """Where a GPU worker's start goes: the engines' sessions opened, then (SERIAL=1) each input shape a 1080p video
 needs set up one after another, then the engines' own warm-up (the shapes side by side, then the whole path once).
 
-    python3 tools/gpu_startup.py LABEL        (environment: DETECTOR_BATCH=16, SERIAL=1; VIDX_CACHE_DIR for models)
+    python3 tools/gpu_startup.py LABEL   (environment: DETECTOR_BATCH=16, SERIAL=1, QUICK_START=1; VIDX_CACHE_DIR)
 
 One JSON line: seconds to open the sessions, to set up each shape (SERIAL=1), to warm up, and in all.
 """
@@ -23,7 +23,8 @@ from schemas.config import DetectionConfig, RuntimeConfig
 
 def main() -> None:
     started = time.perf_counter()
-    runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")))
+    runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")),
+                            quick_start=os.environ.get("QUICK_START") == "1")
     engines = load_engines(DetectionConfig(), runtime, store=ModelStore(), warm_up=False)
     assert engines.persons is not None
     out: dict[str, object] = {

@@ -127,8 +127,10 @@ def open_session(
     engine: EngineChoice = "auto",
     max_batch: int = 64,
     report: RuntimeReport | None = None,
+    quick_start: bool = False,
 ) -> Session:
-    """Open the best available session for a model (or exactly the one asked for)."""
+    """Open the best available session for a model (or exactly the one asked for). `quick_start`: on CUDA with
+    ONNX Runtime, depthwise convolutions run as ordinary ones (RuntimeConfig.quick_start)."""
     report = report or runtime_report()
     kind = resolve_device(device, report)
     runtime = resolve_runtime(engine, kind, report)
@@ -160,4 +162,5 @@ def open_session(
     if int8 and kind != "cpu":
         log.warning("--engine onnxruntime-int8 runs INT8 on a CPU only: %s runs in FP32 on the GPU", model.spec.name)
         int8 = False
-    return OnnxRuntimeSession(model, device=kind, fp16=fp16, int8=int8)
+    return OnnxRuntimeSession(model, device=kind, fp16=fp16, int8=int8,
+                              dense_depthwise=quick_start and kind == "cuda")

@@ -26,9 +26,6 @@ ORT_TO_NUMPY = {
     "tensor(int32)": np.int32,
 }
 
-DENSE_DEPTHWISE_ENV = "VIDX_ORT_DENSE_DEPTHWISE"
-"""Experimental, off by default: set to 1 to run the FP16 models' depthwise convolutions as ordinary ones with
-diagonal weights (engines.convert.depthwise), which cuDNN sets up without compiling plans at run time."""
 FUSED_FP16_ENV = "VIDX_ORT_FP16_FUSED"
 """Experimental, off by default: set to 1 to run FP16 convolutions in NHWC with the bias add fused in
 (ONNX Runtime CUDA options prefer_nhwc + fuse_conv_bias). Measured on an H100 (tools/gpu_pipeline_rows.py):
@@ -96,16 +93,18 @@ class OnnxRuntimeSession:
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False,
-                 int8: bool = False):
+                 int8: bool = False, dense_depthwise: bool = False):
         """fp16: run an FP16 copy of the model (engines.convert.fp16: weights and activations in half
         precision, the uint8 input and float32 outputs kept, so callers see no difference). int8: run its
-        INT8 copy (engines.int8, made and cached on first use; the person detector on a CPU)."""
+        INT8 copy (engines.int8, made and cached on first use; the person detector on a CPU). dense_depthwise:
+        its depthwise convolutions as ordinary ones (engines.convert.depthwise; RuntimeConfig.quick_start)."""
         import onnxruntime as ort
 
         self._ort = ort
         self.model = model
         self.fp16 = fp16
         self.int8 = int8
+        self.dense_depthwise = dense_depthwise
         self._device: DeviceKind = device
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -149,12 +148,14 @@ class OnnxRuntimeSession:
 
                 from engines.convert.fp16 import to_float16
 
-                fp16_graph = to_float16(onnx.load(str(model.path)))
-                if os.environ.get(DENSE_DEPTHWISE_ENV) == "1":
-                    from engines.convert.depthwise import dense_depthwise
+                graph = to_float16(onnx.load(str(model.path))).SerializeToString()
+            if dense_depthwise:
+                import onnx
 
-                    fp16_graph = dense_depthwise(fp16_graph)
-                graph = fp16_graph.SerializeToString()
+                from engines.convert.depthwise import dense_depthwise as densified
+
+                loaded = onnx.load_from_string(graph) if isinstance(graph, bytes) else onnx.load(graph)
+                graph = densified(loaded).SerializeToString()
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":
@@ -182,7 +183,8 @@ class OnnxRuntimeSession:
     @property
     def description(self) -> str:
         precision = " FP16" if self.fp16 else " INT8" if self.int8 else ""
-        return f"onnxruntime {self._ort.__version__} {self._active}{precision}"
+        quick = ", depthwise as dense (quick start)" if self.dense_depthwise else ""
+        return f"onnxruntime {self._ort.__version__} {self._active}{precision}{quick}"
 
     def shapes_set_up(self) -> set[tuple[int, ...]] | None:
         """On CUDA, the input shapes (all inputs' dimensions in a row) whose session is held, set up or being
