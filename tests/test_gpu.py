@@ -108,14 +108,20 @@ def test_gpu_levels_match_the_host_pyramid(cp: object, engines: Engines, photos:
         assert not got[:, level.height:].any() and not got[:, :, level.width:].any()  # the black margin
 
 
-def test_gpu_detector_finds_what_the_cpu_finds(cp: object, engines: Engines, gpu_engines: Engines,
-                                               photos: dict[str, np.ndarray]) -> None:
+def assert_finds_what_the_cpu_finds(cp: object, cpu: Engines, gpu: Engines, photos: dict[str, np.ndarray],
+                                    px: float, share: float) -> None:
+    """The same number of faces in each photo, every box within max(px, share x the widest face) of the CPU's."""
     for name in ("t1", "obama", "biden", "astronaut"):
-        host = engines.faces.detect([photos[name]])[0]
-        dev = gpu_engines.faces.detect([cp.asarray(photos[name])])[0]  # type: ignore[attr-defined]
+        host = cpu.faces.detect([photos[name]])[0]
+        dev = gpu.faces.detect([cp.asarray(photos[name])])[0]  # type: ignore[attr-defined]
         assert len(dev) == len(host), (name, len(dev), len(host))
         width = float((host.boxes[:, 2] - host.boxes[:, 0]).max())
-        assert match(dev.boxes, host.boxes).max() <= max(3.0, 0.05 * width), name
+        assert match(dev.boxes, host.boxes).max() <= max(px, share * width), name
+
+
+def test_gpu_detector_finds_what_the_cpu_finds(cp: object, engines: Engines, gpu_engines: Engines,
+                                               photos: dict[str, np.ndarray]) -> None:
+    assert_finds_what_the_cpu_finds(cp, engines, gpu_engines, photos, 3.0, 0.05)
 
 
 def test_quick_start_engines_find_what_the_cpu_finds(cp: object, engines: Engines, store: ModelStore,
@@ -127,12 +133,7 @@ def test_quick_start_engines_find_what_the_cpu_finds(cp: object, engines: Engine
                          store=store, warm_up=False)
     try:
         assert "quick start" in quick.faces.session.description, quick.faces.session.description
-        for name in ("t1", "obama", "biden", "astronaut"):
-            host = engines.faces.detect([photos[name]])[0]
-            dev = quick.faces.detect([cp.asarray(photos[name])])[0]  # type: ignore[attr-defined]
-            assert len(dev) == len(host), (name, len(dev), len(host))
-            width = float((host.boxes[:, 2] - host.boxes[:, 0]).max())
-            assert match(dev.boxes, host.boxes).max() <= max(4.0, 0.06 * width), name
+        assert_finds_what_the_cpu_finds(cp, engines, quick, photos, 4.0, 0.06)
         for name in ("obama", "biden"):
             _, host_emb = largest_face_embedding(engines, photos[name])
             _, dev_emb = largest_face_embedding(quick, cp.asarray(photos[name]))  # type: ignore[attr-defined]
