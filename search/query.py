@@ -123,7 +123,7 @@ class QueryFace:
 
 def query_engines(store: Any, device: str = "auto") -> Engines:
     """The two models a photo query needs (face detector and embedder), not warmed up: one photo is not worth it.
-    On a GPU they start quickly (RuntimeConfig.quick_start): a photo's shapes are set up in seconds, not minutes."""
+    On a GPU they start quickly (RuntimeConfig.quick_start): a photo's shapes set up in seconds, not half a minute."""
     from engines.loader import load_engines
     from schemas.config import DetectionConfig, RuntimeConfig
 

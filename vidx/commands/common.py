@@ -36,7 +36,7 @@ engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime
 quick_start_option = click.option(
     "--quick-start", is_flag=True,
     help="On a GPU, set the models up in seconds instead of ~30 s per worker process, for ~15% fewer frames "
-         "analysed per second when every frame is analysed: for small jobs (docs/gpu.md). Same results.")
+         "analysed per second when every frame is analysed: for small jobs (docs/gpu.md). Same results up to rounding.")
 
 
 @dataclass(frozen=True)
