@@ -32,16 +32,9 @@ from typing import Any
 
 from catalog import job_state as state
 from indexer.host_memory import arena_env
-from jobs.runner import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_STALL_TIMEOUT_S,
-    DEFAULT_WORKERS_PER_GPU,
-    Executor,
-    LocalExecutor,
-    TaskHooks,
-)
+from jobs.runner import Executor, LocalExecutor, TaskHooks
 from jobs.worker import TaskSpec
-from schemas.config import IndexSettings
+from schemas.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS_PER_GPU, IndexSettings
 from schemas.errors import VidxError
 
 log = logging.getLogger(__name__)

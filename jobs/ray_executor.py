@@ -27,9 +27,9 @@ from catalog import job_state as state
 from indexer.host_memory import arena_env
 from indexer.storage import forwarded_env
 from jobs.ray_worker import RayWorker
-from jobs.runner import DEFAULT_MAX_ATTEMPTS, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS_PER_GPU, TaskHooks
+from jobs.runner import TaskHooks
 from jobs.worker import FAULTS_ENV, TaskSpec
-from schemas.config import IndexSettings
+from schemas.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS_PER_GPU, IndexSettings
 from schemas.errors import VidxError
 
 log = logging.getLogger(__name__)

@@ -27,18 +27,12 @@ from catalog.records import JobSummary
 from engines.zoo import ModelStore, run_models
 from indexer.write import OutputStore, remove_video_outputs
 from jobs.worker import TaskSpec, VideoWorker
-from schemas.config import PIPELINE_VERSION, IndexSettings, run_key
+from schemas.config import DEFAULT_MAX_ATTEMPTS, PIPELINE_VERSION, IndexSettings, run_key
 from schemas.sql import Run, Video
 
 log = logging.getLogger(__name__)
 
 NextTask = TaskSpec | state.Blocked | None
-DEFAULT_MAX_ATTEMPTS = 3
-"""Attempts at a video whose worker (or, in-process, the whole driver) dies or hangs each time."""
-DEFAULT_STALL_TIMEOUT_S = 300.0
-"""Seconds without a decoded batch after which a video counts as hung (worker processes, Ray)."""
-DEFAULT_WORKERS_PER_GPU = 2
-"""Worker processes sharing one GPU (worker processes, Ray)."""
 
 @dataclass
 class TaskHooks:

@@ -25,6 +25,14 @@ person detector's INT8 copy on a CPU (its own run key: it changes person tracks)
 PIPELINE_VERSION = "4"
 """Bump when a change to the indexer changes its results; older runs become stale."""
 
+# How jobs run unless told otherwise: shared by the CLI's options, the worker processes and Ray's workers.
+DEFAULT_MAX_ATTEMPTS = 3
+"""Attempts at a video whose worker (or, in-process, the whole driver) dies or hangs each time."""
+DEFAULT_STALL_TIMEOUT_S = 300.0
+"""Seconds without a decoded batch after which a video counts as hung (worker processes, Ray)."""
+DEFAULT_WORKERS_PER_GPU = 2
+"""Worker processes sharing one GPU (worker processes, Ray)."""
+
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:

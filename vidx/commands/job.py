@@ -13,6 +13,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from schemas.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS_PER_GPU
 from vidx.commands.common import (
     Context,
     FaceDetectorArgs,
@@ -73,14 +74,16 @@ def executor_options(fn: Any) -> Any:
         click.option("--workers", type=click.IntRange(1, 4096), default=None,
                      help="Worker processes [default: --workers-per-gpu per GPU; without GPUs: Ray CPUs/4, "
                           "local one worker in the command's own process]."),
-        click.option("--workers-per-gpu", type=click.IntRange(1, 16), default=2, show_default=True,
+        click.option("--workers-per-gpu", type=click.IntRange(1, 16), default=DEFAULT_WORKERS_PER_GPU,
+                     show_default=True,
                      help="Worker processes sharing one GPU (on Ray each asks for 1/N of it)."),
         click.option("--videos-per-worker", type=click.IntRange(1, 64), default=None,
                      help="Videos each worker indexes at once, sharing its models' batches "
                           "[default: 8 on a GPU, 1 on a CPU]."),
-        click.option("--max-attempts", type=click.IntRange(1, 20), default=3, show_default=True,
+        click.option("--max-attempts", type=click.IntRange(1, 20), default=DEFAULT_MAX_ATTEMPTS, show_default=True,
                      help="Attempts per video when its worker process crashes or hangs."),
-        click.option("--stall-timeout", type=click.FloatRange(1, 86400), default=300.0, show_default=True,
+        click.option("--stall-timeout", type=click.FloatRange(1, 86400), default=DEFAULT_STALL_TIMEOUT_S,
+                     show_default=True,
                      help="Seconds without a decoded batch after which a video counts as hung."),
     ]
     names = [f.name for f in fields(ExecutorArgs)]
