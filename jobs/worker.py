@@ -118,7 +118,9 @@ class VideoWorker:
         self.store = OutputStore(out_uri)
         models = ModelStore(cache_dir)
         # Warm-up runs each model once here: the first run allocates memory and picks kernels.
+        started = time.monotonic()
         self.engines = load_engines(settings.detection, settings.runtime, store=models)
+        self.models_ready_s = time.monotonic() - started
         decoder: Decoder = open_decoder(settings.runtime.device, threads=settings.runtime.decode_threads)
         self.decoder_device = decoder.device
         fault_plan = parse_faults(faults if faults is not None else os.environ.get(FAULTS_ENV))
@@ -142,7 +144,7 @@ class VideoWorker:
 
     def describe(self) -> dict[str, str]:
         return {"worker": self.name, "decoder": self.decoder_device, "in_flight": str(self.in_flight),
-                **self.engines.describe()}
+                **self.engines.describe(), "models_ready_s": f"{self.models_ready_s:.1f}"}
 
     def stalled_for(self) -> dict[int, float]:
         """Seconds since each video in progress last moved (a decoded batch), by video id."""

@@ -435,7 +435,8 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
             inner_video(path, outcome)
             time.sleep(0.3)  # the lengths are read on a thread: let it finish before the second video
 
-        events.on_progress, events.on_video = on_progress, on_video
+        workers: list[dict[str, object]] = []
+        events.on_progress, events.on_video, events.on_workers = on_progress, on_video, workers.append
         out = tmp_path / "out"
         result = run_job(tmp_path / "a", catalog=Catalog(default_db_url(out)), out_uri=str(out), settings=SETTINGS,
                          executor=LocalExecutor(), cache_dir=cache_dir, events=events)
@@ -446,6 +447,7 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
     assert total is not None and abs(total - 4.5) < 0.2, seen  # both videos' lengths
     assert any(eta is not None and done == 1 for _, _, eta, done in seen), seen  # an ETA while work is left
     assert progress.progress.tasks[0].completed == pytest.approx(total, abs=0.2)
+    assert float(str(workers[0]["models_ready_s"])) > 0  # how long the worker's models took to set up
     s = result.summary
     assert s.done == 2 and s.faces >= s.tracks >= 1 and s.persons >= 1, s
     assert s.video_s == pytest.approx(4.5, abs=0.2) and len(clips) == 2
@@ -546,3 +548,17 @@ def test_worker_processes_exit_when_their_driver_is_killed(tmp_path: Path, clip_
     while any(_alive(pid) for pid in children):
         assert time.monotonic() < deadline, [pid for pid in children if _alive(pid)]
         time.sleep(0.2)
+
+
+def test_workers_whose_models_set_up_slowly_get_the_quick_start_hint() -> None:
+    from vidx.output import err
+    from vidx.progress import JobProgress
+
+    progress = JobProgress()
+    with err.capture() as slow:
+        progress.on_workers({"face_detector": "onnxruntime CUDAExecutionProvider FP16", "models_ready_s": "33.4"})
+    with err.capture() as quick:
+        progress.on_workers({"face_detector": "onnxruntime CUDAExecutionProvider FP16, depthwise as dense (quick "
+                                              "start)", "models_ready_s": "3.3"})
+    assert "models_ready_s: 33.4" in slow.get() and "--quick-start" in slow.get()
+    assert "--quick-start" not in quick.get()

@@ -19,6 +19,9 @@ from catalog.outcome import VideoOutcome
 from jobs.runner import DriverSummary, JobEvents
 from vidx.output import err, out
 
+SLOW_MODELS_S = 15.0
+"""Workers whose models took longer than this to set up get the --quick-start hint."""
+
 
 class JobProgress:
     """The bar counts seconds of video: one long video moves it, with a rate and an ETA, from its first step.
@@ -76,9 +79,13 @@ class JobProgress:
         threading.Thread(target=probe, name="vidx-probe-lengths", daemon=True).start()
 
     def on_workers(self, info: dict[str, Any]) -> None:
-        if not self.quiet:
-            for k, v in info.items():
-                err.print(f"[dim]{k}: {v}[/dim]")
+        if self.quiet:
+            return
+        for k, v in info.items():
+            err.print(f"[dim]{k}: {v}[/dim]")
+        quick = any("quick start" in str(v) for v in info.values())
+        if not quick and float(info.get("models_ready_s") or 0) > SLOW_MODELS_S:
+            err.print("[dim]hint: --quick-start sets GPU models up in seconds, for small jobs (docs/gpu.md)[/dim]")
 
     def on_progress(self, path: str, pts_s: float) -> None:
         with self.lock:
