@@ -560,5 +560,7 @@ def test_workers_whose_models_set_up_slowly_get_the_quick_start_hint() -> None:
     with err.capture() as quick:
         progress.on_workers({"face_detector": "onnxruntime CUDAExecutionProvider FP16, depthwise as dense (quick "
                                               "start)", "models_ready_s": "3.3"})
+    with err.capture() as cpu:  # a CPU worker converting its models on first use: quick start would not help
+        progress.on_workers({"face_detector": "onnxruntime CPUExecutionProvider", "models_ready_s": "40.0"})
     assert "models_ready_s: 33.4" in slow.get() and "--quick-start" in slow.get()
-    assert "--quick-start" not in quick.get()
+    assert "--quick-start" not in quick.get() and "--quick-start" not in cpu.get()

@@ -20,7 +20,7 @@ from jobs.runner import DriverSummary, JobEvents
 from vidx.output import err, out
 
 SLOW_MODELS_S = 15.0
-"""Workers whose models took longer than this to set up get the --quick-start hint."""
+"""GPU workers whose models took longer than this to set up get the --quick-start hint."""
 
 
 class JobProgress:
@@ -83,8 +83,9 @@ class JobProgress:
             return
         for k, v in info.items():
             err.print(f"[dim]{k}: {v}[/dim]")
-        quick = any("quick start" in str(v) for v in info.values())
-        if not quick and float(info.get("models_ready_s") or 0) > SLOW_MODELS_S:
+        engines = " ".join(str(v) for v in info.values())
+        if ("CUDA" in engines and "quick start" not in engines
+                and float(info.get("models_ready_s") or 0) > SLOW_MODELS_S):
             err.print("[dim]hint: --quick-start sets GPU models up in seconds, for small jobs (docs/gpu.md)[/dim]")
 
     def on_progress(self, path: str, pts_s: float) -> None:
