@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from vidx.commands.common import Context, device_option, engine_option, json_option, pass_ctx
+from vidx.commands.common import Context, device_option, engine_option, json_option, pass_ctx, quick_start_option
 from vidx.output import emit, show
 
 
@@ -85,11 +85,12 @@ def bench_pipeline(ctx: Context, work_dir: Path, codec: str, face_search: str, e
 @click.option("--cpu-videos", default=2, show_default=True, help="Videos for the CPU pipeline's row.")
 @click.option("--codecs", default="h264,hevc", show_default=True, help="Codecs to measure.")
 @face_search_option
+@quick_start_option
 @save_option
 @json_option
 @pass_ctx
 def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_videos: int, codecs: str,
-              face_search: str, save: Path | None, as_json: bool) -> None:
+              face_search: str, quick_start: bool, save: Path | None, as_json: bool) -> None:
     """NVDEC decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU."""
     from bench.tables import gpu_report
     from bench.video import bench_gpu as run_bench
@@ -99,7 +100,8 @@ def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_vide
     result = run_bench(ctx.cache_dir, work_dir, decoders=[int(d) for d in decoders.split(",")], copies=copies,
                        cpu_videos=cpu_videos, command=" ".join(["vidx", *sys.argv[1:]]), say=say,
                        codecs=tuple(codecs.split(",")),
-                       detection=DetectionConfig(face_search=face_search))  # type: ignore[arg-type]
+                       detection=DetectionConfig(face_search=face_search),  # type: ignore[arg-type]
+                       quick_start=quick_start)
     _save(result, save)
 
     emit(result, as_json, lambda res: show(gpu_report(res)))
