@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU acceptance run on an NVIDIA machine: the gpu-marked tests, `vidx bench gpu`, pipeline A/B rows, a soak,
 # or indexing through the product.
-#   bash tools/gpu_check.sh [tests|bench|all|ab|soak|search|product]   (from the repository root; results under $OUT)
+#   bash tools/gpu_check.sh [tests|bench|all|ab|soak|search|product|quick]   (from the repository root; results under $OUT)
 # Needs vidx[gpu] installed; models and test photos are cached in .devcache (VIDX_CACHE_DIR).
 #   TESTS_K      pytest -k expression for the tests (default: every GPU test)
 #   TESTS_LIMIT  seconds before the tests are stopped (default 420)
@@ -17,6 +17,9 @@
 #                SEARCH_CODECS (default h264)
 #   product      tools/gpu_scaling.py: `vidx index --device gpu` on PRODUCT_COPIES x 2 bench clips (default 42) with
 #                its default worker processes, then with one in-process worker (same tracks and search hits?)
+#   quick        --quick-start against the default on one machine: each shape's set-up (tools/gpu_startup.py), the
+#                pipeline rows (2 fps and every frame), the GPU tests that compare quick-start engines with the CPU,
+#                and `vidx index` from its start to its first video (tools/gpu_scaling.py, PRODUCT_COPIES default 14)
 set -uo pipefail
 what=${1:-all}
 export PYTHONPATH=$PWD:${PYTHONPATH:-} VIDX_CACHE_DIR=$PWD/.devcache VIDX_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
@@ -56,4 +59,19 @@ fi
 if [ "$what" = product ]; then
   python3 tools/gpu_scaling.py --copies "${PRODUCT_COPIES:-42}" local "local+--workers-per-gpu 1" 2>&1 \
     | tee "$OUT/product.txt" | cut -c1-600
+fi
+if [ "$what" = quick ]; then
+  python3 -c "from bench.video import bench_clips; from pathlib import Path; bench_clips(Path('/tmp/vidx-bench'), None, print)"
+  for q in 1 0; do
+    QUICK_START=$q SERIAL=1 python3 tools/gpu_startup.py "quick$q" 2>>"$OUT/quick.err" | tee -a "$OUT/quick_startup.jsonl"
+  done
+  for q in 1 0; do
+    QUICK_START=$q ROWS=fps,every-frame python3 tools/gpu_pipeline_rows.py /tmp/vidx-bench "quick$q" h264 14 \
+      2>>"$OUT/quick_rows.jsonl" | tee -a "$OUT/quick_rows_summary.jsonl" | cut -c1-300
+  done
+  grep '"mode"' "$OUT/quick_rows.jsonl" | cut -c1-300
+  timeout "${TESTS_LIMIT:-420}" python3 -m pytest -v -p no:cacheprovider -o addopts="" tests/test_gpu.py \
+    -k "quick_start or detector_finds or embeddings_match" 2>&1 | tee "$OUT/quick_tests.txt" | grep -E "PASSED|FAILED|passed|failed"
+  python3 tools/gpu_scaling.py --copies "${PRODUCT_COPIES:-14}" "local+--quick-start" local 2>&1 \
+    | tee "$OUT/quick_product.txt" | cut -c1-600
 fi

@@ -7,7 +7,8 @@ A run is `local` (vidx index on GPU 0: its default worker processes, or one work
 instance that sees G GPUs, with K worker actors per GPU: `--workers-per-gpu K`); `+OPTIONS` after
 it adds options to the command (`ray:1x2+--engine onnxruntime-fp16`). Each run is a separate command on a
 fresh output folder. Reported per run: the whole command's wall time (Ray start-up and model loading
-included) and the work's wall time (first claim to last finish, from the SQL index), video-seconds
+included), from its start to the first video claimed (workers ready: models set up), the work's wall time
+(first claim to last finish, from the SQL index), video-seconds
 and decoded frames per second of work, and whether its tracks and its search hits (`vidx search` with
 a photo that is in no video) equal the first run's.
 """
@@ -22,7 +23,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,13 +53,18 @@ def tracks(db: Path) -> list[tuple[str, float, float, int]]:
     return sorted((Path(p).name, round(s, 3), round(e, 3), n) for p, s, e, n in rows)
 
 
-def work_window(db: Path) -> tuple[float, float, int]:
-    """(work seconds from first claim to last finish, decoded frames, video seconds) of the job."""
+def _utc(stamp: str) -> datetime:
+    when = datetime.fromisoformat(stamp)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # SQLite keeps UTC, naive
+
+
+def work_window(db: Path) -> tuple[float, float, int, datetime]:
+    """(work seconds from first claim to last finish, decoded frames, video seconds, first claim) of the job."""
     con = sqlite3.connect(db)
     first, last = con.execute("select min(claimed_at), max(finished_at) from tasks").fetchone()
     frames, seconds = con.execute("select sum(frames), sum(duration_s) from tasks where status = 'done'").fetchone()
-    span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-    return span, frames or 0, seconds or 0
+    span = (_utc(last) - _utc(first)).total_seconds()
+    return span, frames or 0, seconds or 0, _utc(first)
 
 
 def search_hits(out: Path, photo: Path) -> list[tuple[str, float, float, float]]:
@@ -89,7 +95,7 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
                "--workers-per-gpu", str(per_gpu)]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(gpus))
     cmd = [sys.executable, "-m", *cmd, "--out", str(out), "--json", *extra]
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), datetime.now(UTC)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
     record: dict[str, object] = {"run": label, "rc": proc.returncode, "command_s": round(wall, 2),
@@ -98,9 +104,10 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
         record["stderr"] = proc.stderr[-2000:]
         return record
     summary = json.loads(proc.stdout)
-    span, frames, seconds = work_window(out / "index.sqlite")
+    span, frames, seconds, first_claim = work_window(out / "index.sqlite")
     record.update(done=summary.get("done"), failed=summary.get("failed"), workers=summary.get("workers"),
-                  work_s=round(span, 2), frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
+                  start_to_first_claim_s=round((first_claim - started).total_seconds(), 2), work_s=round(span, 2),
+                  frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
                   tracks=tracks(out / "index.sqlite"))
     if photo is not None:
         record["hits"] = search_hits(out, photo)
