@@ -1,9 +1,11 @@
-"""Where a GPU worker's start goes: the engines' sessions opened, then (SERIAL=1) each input shape a 1080p video
-needs set up one after another, then the engines' own warm-up (the shapes side by side, then the whole path once).
+"""Where a GPU worker's start goes: the three models loaded into ONNX Runtime, then (SERIAL=1) each input shape a
+1080p video needs set up one after another, then the engines' own warm-up (the shapes side by side, then the whole
+path once).
 
     python3 tools/gpu_startup.py LABEL   (environment: DETECTOR_BATCH=16, SERIAL=1, QUICK_START=1; VIDX_CACHE_DIR)
 
-One JSON line: seconds to open the sessions, to set up each shape (SERIAL=1), to warm up, and in all.
+One JSON line: seconds to load the models (open_sessions_s), to set up each shape (SERIAL=1), to warm up, and
+in all.
 """
 
 from __future__ import annotations
