@@ -137,25 +137,25 @@ class OnnxRuntimeSession:
             providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        graph: str | bytes = str(model.path)
+        source = str(model.path)
         if int8:  # made outside the try below: its own errors (a photo that cannot be fetched) say what failed
             from engines.int8 import int8_copy
 
-            graph = str(int8_copy(model))
+            source = str(int8_copy(model))
+        graph: str | bytes = source
         try:
-            if fp16:
+            if fp16 or dense_depthwise:  # rewritten copies of the graph, serialised once
                 import onnx
 
+                from engines.convert import depthwise
                 from engines.convert.fp16 import to_float16
 
-                graph = to_float16(onnx.load(str(model.path))).SerializeToString()
-            if dense_depthwise:
-                import onnx
-
-                from engines.convert.depthwise import dense_depthwise as densified
-
-                loaded = onnx.load_from_string(graph) if isinstance(graph, bytes) else onnx.load(graph)
-                graph = densified(loaded).SerializeToString()
+                proto = onnx.load(source)
+                if fp16:
+                    proto = to_float16(proto)
+                if dense_depthwise:
+                    proto = depthwise.dense_depthwise(proto)
+                graph = proto.SerializeToString()
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":
