@@ -27,7 +27,7 @@ from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, open_decoder
 from indexer.pipeline import VideoIndexer, VideoTask
 from samples.archive import SampleVideo, build_sample_archive
-from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
+from schemas.config import DetectionConfig, EngineStart, IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
 
 log = logging.getLogger(__name__)
 PHOTOS = ("obama", "biden", "t1", "astronaut")
@@ -198,10 +198,10 @@ def gpu_pipeline_rows(engines: Engines, runtime: RuntimeConfig, paths: list[Path
 
 def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], copies: int, command: str,
               cpu_videos: int, say: Callable[[str], None], codecs: tuple[str, ...] = ("h264", "hevc"),
-              detection: DetectionConfig | None = None, quick_start: bool = False) -> dict[str, Any]:
+              detection: DetectionConfig | None = None, engine_start: EngineStart = "wait") -> dict[str, Any]:
     """Decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU pipeline
-    (`detection`: the detection settings of both pipelines, default DetectionConfig(); `quick_start`: the GPU
-    engines' RuntimeConfig.quick_start)."""
+    (`detection`: the detection settings of both pipelines, default DetectionConfig(); `engine_start`: the GPU
+    engines' RuntimeConfig.engine_start: with `background` the rows start while faster sessions are set up)."""
     detection = detection or DetectionConfig()
     import cupy as cp
 
@@ -211,11 +211,11 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
     store = ModelStore(cache_dir)
     rss_start = rss_mib()
     out: dict[str, Any] = {"benchmark": "gpu", "machine": machine_info(), "command": command,
-                           "face_search": detection.face_search, "quick_start": quick_start, "codecs": {}}
+                           "face_search": detection.face_search, "engine_start": engine_start, "codecs": {}}
     pool = cp.get_default_memory_pool()
     # One set of GPU engines for every row: a GPU worker's warm-up (ONNX Runtime's per-shape cuDNN set-up,
-    # ~30-40 s at 1080p, ~3 s with quick start) is paid once, as a worker pays it once for all its videos.
-    gpu_runtime = RuntimeConfig(device="gpu", quick_start=quick_start)
+    # ~30-50 s at 1080p, ~3 s for the quick sessions) is paid once, as a worker pays it once for all its videos.
+    gpu_runtime = RuntimeConfig(device="gpu", engine_start=engine_start)
     t0 = time.perf_counter()
     engines = load_engines(detection, gpu_runtime, store=store)
     out["gpu_engines_load_and_warm_up_s"] = round(time.perf_counter() - t0, 1)

@@ -46,6 +46,11 @@ class Engines:
     def describe(self) -> dict[str, str]:
         return {name: s.description for name, s in self.sessions.items()}
 
+    def shapes_taken_over(self) -> int:
+        """Input shapes whose fastest session has taken over from a quick one (RuntimeConfig.engine_start
+        background), over all models."""
+        return sum(len(getattr(s, "shapes_taken_over", dict)()) for s in self.sessions.values())
+
     def warm_up(self, height: int = 1080, width: int = 1920) -> float:
         """Run each model once: the first run allocates memory and picks kernels (TensorRT, cuDNN).
 
@@ -100,7 +105,7 @@ def load_engines(
         versions[name] = model.provenance.version
         batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch or GPU_DETECTOR_BATCH
         sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch,
-                                      report=report, quick_start=runtime.quick_start)
+                                      report=report, start=runtime.engine_start)
         log.info("%s: %s", name, sessions[name].description)
     on_gpu = sessions[face_model].device == "cuda"
     frames = runtime.detector_batch or (GPU_DETECTOR_BATCH if on_gpu else CPU_DETECTOR_BATCH)

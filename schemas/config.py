@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 SamplingMode = Literal["fps", "keyframes", "every-frame"]
 DeviceChoice = Literal["auto", "cpu", "gpu"]
 EngineChoice = Literal["auto", "onnxruntime", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt"]
+EngineStart = Literal["background", "wait", "quick"]
 FaceDetectorChoice = Literal["blazeface", "centerface"]
 FaceSearch = Literal["guided", "full"]
 """blazeface: MediaPipe BlazeFace full-range over an image pyramid; centerface: CenterFace over whole frames
@@ -178,11 +179,13 @@ class RuntimeConfig:
     """Sampled frames a decoder hands to the models at once, at most a step's worth (0 = automatic: 8)."""
     videos_in_flight: int = 0
     """Videos decoded at once by one worker (0 = automatic: 8 with NVDEC, which has up to 7 engines, else 1)."""
-    quick_start: bool = False
-    """On a GPU with ONNX Runtime, run the models' depthwise convolutions as ordinary ones with diagonal weights
-    (engines.convert.depthwise): each input shape of the face detector is set up in about a second instead of
-    5-10 s (engines ready in ~3 s instead of ~34 s on an H100), for ~15% fewer analysed frames per second when
-    every frame is analysed (docs/performance.md, "Known to be slow"). The same results up to rounding."""
+    engine_start: EngineStart = "background"
+    """How a GPU worker sets its models up (ONNX Runtime's CUDA provider, which prepares each input shape on its
+    first run; docs/gpu.md, "Starting up"). background: each shape first runs on a session set up in about a
+    second (depthwise convolutions as ordinary ones with diagonal weights, engines.convert.depthwise), while
+    the fastest sessions (FP16 in NHWC with fused bias, native depthwise convolutions) are set up behind them,
+    one shape at a time, and take over as each is ready; wait: the fastest sessions before the first frame;
+    quick: the quick ones only. The same results up to rounding, so not part of the run key."""
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, get_args(DeviceChoice))
@@ -193,6 +196,7 @@ class RuntimeConfig:
         check_range("frame batch", self.frame_batch, 0, 1024)
         check_range("decode hand-off", self.decode_handoff, 0, 1024)
         check_range("videos in flight", self.videos_in_flight, 0, 256)
+        check_choice("engine start", self.engine_start, get_args(EngineStart))
 
 
 @dataclass(frozen=True)
@@ -249,8 +253,17 @@ class IndexSettings:
             detection=DetectionConfig(**raw.get("detection", {})),
             tracking=TrackingConfig(**raw.get("tracking", {})),
             person_tracking=PersonTrackingConfig(**raw.get("person_tracking", {})),
-            runtime=RuntimeConfig(**raw.get("runtime", {})),
+            runtime=RuntimeConfig(**_runtime_fields(raw.get("runtime", {}))),
         )
+
+
+def _runtime_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """RuntimeConfig's fields from stored settings, written by any earlier vidx (`quick_start: true` is the
+    engine start `quick`)."""
+    fields = dict(raw)
+    if "quick_start" in fields:
+        fields.setdefault("engine_start", "quick" if fields.pop("quick_start") else "background")
+    return fields
 
 
 def run_key(pipeline_version: str, model_versions: dict[str, str], params: dict[str, Any]) -> str:

@@ -123,12 +123,13 @@ class QueryFace:
 
 def query_engines(store: Any, device: str = "auto") -> Engines:
     """The two models a photo query needs (face detector and embedder), not warmed up: one photo is not worth it.
-    On a GPU they start quickly (RuntimeConfig.quick_start): a photo's shapes set up in seconds, not half a minute."""
+    On a GPU they start quickly (RuntimeConfig.engine_start quick): a photo's shapes set up in seconds, not half a
+    minute."""
     from engines.loader import load_engines
     from schemas.config import DetectionConfig, RuntimeConfig
 
     return load_engines(DetectionConfig(detect_persons=False),
-                        RuntimeConfig(device=device, quick_start=True),  # type: ignore[arg-type]
+                        RuntimeConfig(device=device, engine_start="quick"),  # type: ignore[arg-type]
                         store=store, warm_up=False)
 
 

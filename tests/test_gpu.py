@@ -35,8 +35,8 @@ def cp() -> object:
 
 @pytest.fixture(scope="module")
 def gpu_engines(store: ModelStore) -> Engines:
-    engines = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", engine="onnxruntime"), store=store,
-                           warm_up=False)
+    engines = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", engine="onnxruntime", engine_start="wait"),
+                           store=store, warm_up=False)
     assert "CUDA" in engines.faces.session.description, engines.faces.session.description
     return engines
 
@@ -124,23 +124,50 @@ def test_gpu_detector_finds_what_the_cpu_finds(cp: object, engines: Engines, gpu
     assert_finds_what_the_cpu_finds(cp, engines, gpu_engines, photos, 3.0, 0.05)
 
 
+def assert_embeds_as_the_cpu(cp: object, cpu: Engines, gpu: Engines, photos: dict[str, np.ndarray]) -> None:
+    for name in ("obama", "biden"):
+        _, host_emb = largest_face_embedding(cpu, photos[name])
+        _, dev_emb = largest_face_embedding(gpu, cp.asarray(photos[name]))  # type: ignore[attr-defined]
+        assert host_emb is not None and dev_emb is not None
+        assert np.linalg.norm(host_emb - dev_emb) < 0.12, name
+
+
 def test_quick_start_engines_find_what_the_cpu_finds(cp: object, engines: Engines, store: ModelStore,
                                                     photos: dict[str, np.ndarray]) -> None:
-    """--quick-start (the FP16 models' depthwise convolutions run as ordinary ones): the CPU's faces, boxes and
-    embeddings within the default FP16 engines' distance of the CPU's (FP16 against FP32 and the GPU's own
-    resampling). Batches of 4 and let go at the end, as in the FP16 test."""
-    quick = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", quick_start=True, detector_batch=4),
+    """--engine-start quick (the FP16 models' depthwise convolutions run as ordinary ones, NCHW, unfused): the CPU's
+    faces, boxes and embeddings within the default FP16 engines' distance of the CPU's (FP16 against FP32 and the
+    GPU's own resampling). Batches of 4 and let go at the end, as in the FP16 test."""
+    quick = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", engine_start="quick", detector_batch=4),
                          store=store, warm_up=False)
     try:
         assert "quick start" in quick.faces.session.description, quick.faces.session.description
         assert_finds_what_the_cpu_finds(cp, engines, quick, photos, 4.0, 0.06)
-        for name in ("obama", "biden"):
-            _, host_emb = largest_face_embedding(engines, photos[name])
-            _, dev_emb = largest_face_embedding(quick, cp.asarray(photos[name]))  # type: ignore[attr-defined]
-            assert host_emb is not None and dev_emb is not None
-            assert np.linalg.norm(host_emb - dev_emb) < 0.12, name
+        assert_embeds_as_the_cpu(cp, engines, quick, photos)
+        assert quick.shapes_taken_over() == 0
     finally:
         del quick
+        gc.collect()
+
+
+def test_fastest_sessions_set_up_behind_take_over_and_find_what_the_cpu_finds(
+        cp: object, engines: Engines, store: ModelStore, photos: dict[str, np.ndarray]) -> None:
+    """--engine-start background (the default): the photos run at once on quick sessions while the fastest ones
+    (FP16, NHWC, fused bias, native depthwise convolutions) are set up behind them; once those have taken over,
+    the same photos give the CPU's faces and embeddings again."""
+    from engines.runtime.onnxruntime import SET_UP_BEHIND
+
+    both = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", detector_batch=4), store=store, warm_up=False)
+    try:
+        assert "set up behind" in both.faces.session.description, both.faces.session.description
+        assert_finds_what_the_cpu_finds(cp, engines, both, photos, 4.0, 0.06)
+        assert_embeds_as_the_cpu(cp, engines, both, photos)
+        assert SET_UP_BEHIND.wait(600)
+        shapes = both.faces.session.shapes_set_up()  # type: ignore[attr-defined]
+        assert shapes and set(both.faces.session.shapes_taken_over()) == shapes  # type: ignore[attr-defined]
+        assert_finds_what_the_cpu_finds(cp, engines, both, photos, 4.0, 0.06)
+        assert_embeds_as_the_cpu(cp, engines, both, photos)
+    finally:
+        del both
         gc.collect()
 
 
@@ -168,8 +195,8 @@ def test_fp16_engines_find_the_same_faces_and_people(cp: object, gpu_engines: En
     per-shape sessions, each with its own GPU memory arena, beside the FP32 set's, on photos up to 2204 px
     tall: it runs batches of 4 (padding changes no image's result) and is let go at the end, failed or not
     (a failed test's traceback would otherwise keep it, and its memory, for the rest of the run)."""
-    fp16 = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", engine="onnxruntime-fp16", detector_batch=4),
-                        store=store, warm_up=False)
+    fp16 = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", engine="onnxruntime-fp16", detector_batch=4,
+                                                         engine_start="wait"), store=store, warm_up=False)
     try:
         compare_fp16(cp, gpu_engines, fp16, photos)
     except BaseException as exc:
@@ -181,7 +208,7 @@ def test_fp16_engines_find_the_same_faces_and_people(cp: object, gpu_engines: En
 
 
 def compare_fp16(cp: object, fp32: Engines, fp16: Engines, photos: dict[str, np.ndarray]) -> None:
-    assert fp16.faces.session.description.endswith("FP16"), fp16.faces.session.description
+    assert fp16.faces.session.description.endswith("FP16 NHWC fused"), fp16.faces.session.description
     embs = {}
     for name in ("t1", "obama", "obama2", "biden", "astronaut"):
         image = cp.asarray(photos[name])  # type: ignore[attr-defined]
@@ -280,16 +307,18 @@ def test_nvdec_skips_unsampled_frames_and_samples_the_same(indexed: tuple[list[S
         assert decoded[codec, True] < 0.8 * decoded[codec, False], decoded
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime", "auto"])
+@pytest.mark.parametrize(("engine", "start"), [("onnxruntime", "background"), ("auto", "background"),
+                                               ("auto", "wait")])
 def test_gpu_pipeline_gives_the_cpu_tracks(indexed: tuple[list[SampleVideo], Path, Catalog, JobResult],
-                                           tmp_path: Path, cache_dir: Path, engine: str) -> None:
+                                           tmp_path: Path, cache_dir: Path, engine: str, start: str) -> None:
     """NVDEC + CUDA kernels + ONNX Runtime CUDA (FP32, and FP16 as chosen automatically on a GPU), several
-    videos in flight, against the CPU run."""
+    videos in flight, against the CPU run: from the first frame on quick sessions with the fastest taking over
+    when ready (the default), and on the fastest alone."""
     videos, _, cpu_catalog, _ = indexed
     archive = Path(videos[0].path).parent
     catalog = Catalog(default_db_url(tmp_path / "out"))
     settings = IndexSettings(runtime=RuntimeConfig(device="gpu", engine=engine, frame_batch=8,  # type: ignore[arg-type]
-                                                   videos_in_flight=4))
+                                                   videos_in_flight=4, engine_start=start))  # type: ignore[arg-type]
     result = run_job(archive, catalog=catalog, out_uri=str(tmp_path / "out"), settings=settings,
                      executor=LocalExecutor(), cache_dir=cache_dir)
     assert result.summary.done == len(videos)

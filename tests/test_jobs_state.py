@@ -550,7 +550,7 @@ def test_worker_processes_exit_when_their_driver_is_killed(tmp_path: Path, clip_
         time.sleep(0.2)
 
 
-def test_workers_whose_models_set_up_slowly_get_the_quick_start_hint() -> None:
+def test_workers_whose_models_set_up_slowly_get_the_engine_start_hint() -> None:
     from vidx.output import err
     from vidx.progress import JobProgress
 
@@ -558,9 +558,9 @@ def test_workers_whose_models_set_up_slowly_get_the_quick_start_hint() -> None:
     with err.capture() as slow:
         progress.on_workers({"face_detector": "onnxruntime CUDAExecutionProvider FP16", "models_ready_s": "33.4"})
     with err.capture() as quick:
-        progress.on_workers({"face_detector": "onnxruntime CUDAExecutionProvider FP16, depthwise as dense (quick "
-                                              "start)", "models_ready_s": "3.3"})
-    with err.capture() as cpu:  # a CPU worker converting its models on first use: quick start would not help
+        progress.on_workers({"face_detector": "onnxruntime CUDAExecutionProvider FP16 NHWC fused, quick start, "
+                                              "fastest set up behind", "models_ready_s": "3.3"})
+    with err.capture() as cpu:  # a CPU worker converting its models on first use: the engine start would not help
         progress.on_workers({"face_detector": "onnxruntime CPUExecutionProvider", "models_ready_s": "40.0"})
-    assert "models_ready_s: 33.4" in slow.get() and "--quick-start" in slow.get()
-    assert "--quick-start" not in quick.get() and "--quick-start" not in cpu.get()
+    assert "models_ready_s: 33.4" in slow.get() and "--engine-start background" in slow.get()
+    assert "--engine-start" not in quick.get() and "--engine-start" not in cpu.get()

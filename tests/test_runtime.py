@@ -67,12 +67,13 @@ def test_int8_is_the_cpus_person_detector_only_and_has_its_own_run_key(store: Mo
 
 def test_quick_start_runs_the_face_detectors_depthwise_convolutions_dense_with_the_same_results(
         store: ModelStore, photos: dict[str, np.ndarray]) -> None:
-    """--quick-start rewrites BlazeFace's 42 depthwise convolutions as ordinary ones with diagonal weights (cuDNN
-    sets those up without compiling plans at run time): none is left, and a real photo gives the same outputs
-    bit for bit on the CPU. Only a CUDA session is rewritten; the option is not part of the run key."""
+    """Quick sessions (--engine-start quick, and the first ones of the default background start) rewrite
+    BlazeFace's 42 depthwise convolutions as ordinary ones with diagonal weights (cuDNN sets those up without
+    compiling plans at run time): none is left, and a real photo gives the same outputs bit for bit on the CPU.
+    Only CUDA sessions are rewritten; the engine start is not part of the run key."""
     import onnxruntime as ort
 
-    from engines.convert.depthwise import dense_depthwise
+    from engines.convert.depthwise import dense_depthwise, has_depthwise
     from engines.imageops import resize
     from schemas.config import IndexSettings, RuntimeConfig, run_key
 
@@ -84,6 +85,8 @@ def test_quick_start_runs_the_face_detectors_depthwise_convolutions_dense_with_t
                                                                          for a in n.attribute))
 
     assert depthwise(model) == 42 and depthwise(dense) == 0
+    assert has_depthwise(model) and not has_depthwise(dense)
+    assert not has_depthwise(onnx.load(str(store.load("person_detector").path)))
     image = resize(photos["t1"], 192, 192)[None]
     name = model.graph.input[0].name
     before, after = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
@@ -91,11 +94,12 @@ def test_quick_start_runs_the_face_detectors_depthwise_convolutions_dense_with_t
     assert any(float(o.max()) > 0.65 for o in before[1:])  # the photo's faces score: not a blank comparison
     for b, a in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
-    cpu = open_session(store.load("face_detector"), device="cpu", report=CPU_ONLY, quick_start=True)
-    assert "quick start" not in cpu.description
-    keys = {q: run_key("4", {}, IndexSettings(runtime=RuntimeConfig(quick_start=q)).result_params())
-            for q in (False, True)}
-    assert keys[False] == keys[True]
+    for start in ("quick", "background"):
+        cpu = open_session(store.load("face_detector"), device="cpu", report=CPU_ONLY, start=start)
+        assert "quick start" not in cpu.description and cpu.shapes_set_up() is None  # type: ignore[attr-defined]
+    keys = {run_key("4", {}, IndexSettings(runtime=RuntimeConfig(engine_start=start)).result_params())
+            for start in ("background", "wait", "quick")}
+    assert len(keys) == 1
 
 
 @pytest.mark.parametrize("name", ["face_detector", "person_detector", "face_embedder"])
@@ -146,6 +150,65 @@ def test_shape_sessions_are_bounded_and_evict_the_least_recently_used() -> None:
     assert sessions.shapes() == [(1, 2), (3, 4), (7, 8)] and sessions.evicted == 1
     assert sessions.get((5, 6)) not in (a, b, c, loaded)  # set up again, evicting (1, 2)
     assert sessions.shapes() == [(3, 4), (7, 8), (5, 6)] and len(made) == 4
+
+
+def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: ModelStore,
+                                                                    photos: dict[str, np.ndarray]) -> None:
+    """The default engine start on a GPU, with real ONNX Runtime sessions (on the CPU here): a new shape runs at
+    once on its quick session (depthwise convolutions dense) while its faster one (the model as it is) is set up
+    behind it and then takes over, with the same outputs; a shape evicted before its turn is not set up, and at
+    close the waiting set-ups are dropped."""
+    import threading
+
+    import onnxruntime as ort
+
+    from engines.convert.depthwise import dense_depthwise
+    from engines.imageops import resize
+    from engines.runtime.onnxruntime import SetUpBehind, ShapeSessions
+
+    model = onnx.load(str(store.load("face_detector").path))
+    quick_graph, fast_graph = dense_depthwise(model).SerializeToString(), model.SerializeToString()
+    name = model.graph.input[0].name
+    release = threading.Event()
+    set_up: list[tuple[int, ...]] = []
+
+    def quick() -> ort.InferenceSession:
+        return ort.InferenceSession(quick_graph, providers=["CPUExecutionProvider"])
+
+    def faster(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> ort.InferenceSession:
+        release.wait(30)  # behind: held until the quick session has run
+        session = ort.InferenceSession(fast_graph, providers=["CPUExecutionProvider"])
+        session.run(None, {n: np.zeros(shape, np.dtype(dtype)) for n, shape, dtype in spec})
+        set_up.append(spec[0][1])
+        return session
+
+    behind = SetUpBehind()
+    sessions = ShapeSessions(quick, quick, limit=2, faster=faster, behind=behind)
+    image = resize(photos["t1"], 192, 192)[None]
+    spec = ((name, image.shape, image.dtype.str),)
+    first = sessions.get(image.shape, spec)
+    before = first.run(None, {name: image})
+    assert sessions.taken_over() == {} and behind.pending() == 1
+    release.set()
+    assert behind.wait(60)
+    fast = sessions.get(image.shape, spec)
+    assert fast is not first and list(sessions.taken_over()) == [image.shape]
+    for b, a in zip(before, fast.run(None, {name: image}), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert any(float(o.max()) > 0.65 for o in before[1:])  # the photo's faces score: not a blank comparison
+
+    release.clear()  # the next set-up waits: the shape after it is evicted before its turn
+    small = ((name, (1, 64, 64, 3), "|u1"),)
+    sessions.get((1, 64, 64, 3), small)
+    sessions.get((1, 96, 96, 3), ((name, (1, 96, 96, 3), "|u1"),))
+    sessions.get((1, 64, 64, 3), small)  # the 96 px shape is now the least recently used
+    sessions.get((1, 128, 128, 3), ((name, (1, 128, 128, 3), "|u1"),))  # evicts it (limit 2)
+    release.set()
+    assert behind.wait(60)
+    assert set_up == [image.shape, (1, 64, 64, 3), (1, 128, 128, 3)]
+    behind.close()
+    sessions.get((1, 32, 32, 3), ((name, (1, 32, 32, 3), "|u1"),))  # after close: its quick session only
+    assert behind.pending() == 0 and (1, 32, 32, 3) not in sessions.taken_over()
 
 
 def test_side_by_side_runs_every_call_in_its_own_thread_and_raises_the_first_error() -> None:

@@ -106,16 +106,23 @@ def test_clip_helper_makes_decodable_videos(tmp_path: Path) -> None:
 
 
 def test_a_schedule_keeps_its_runtime_choices_for_every_night(tmp_path: Path) -> None:
-    """`schedule add --quick-start` stores the choice with the schedule's settings, read back as it was given."""
+    """`schedule add --engine-start quick` stores the choice with the schedule's settings, read back as it was given;
+    settings stored by the vidx before it (`quick_start`) read as the engine start they meant."""
     from schemas.config import IndexSettings
 
     (tmp_path / "a").mkdir()
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["schedule", "add", "quick", str(tmp_path / "a"), "--cron", "0 3 * * *",
-                                   "--out", str(out), "--device", "cpu", "--quick-start", "--every-frame", "--json"])
+                                   "--out", str(out), "--device", "cpu", "--engine-start", "quick", "--every-frame",
+                                   "--json"])
     assert res.exit_code == 0, res.output
     with Catalog(default_db_url(out)).session() as s:
         stored = s.scalars(select(Schedule)).one().options
     settings = IndexSettings.from_json(stored["settings"])
-    assert settings.runtime.quick_start and settings.sampling.mode == "every-frame"
-    assert not IndexSettings.from_json(IndexSettings().to_json()).runtime.quick_start
+    assert settings.runtime.engine_start == "quick" and settings.sampling.mode == "every-frame"
+    assert IndexSettings.from_json(IndexSettings().to_json()).runtime.engine_start == "background"
+    earlier = json.loads(stored["settings"])
+    for quick, start in ((True, "quick"), (False, "background")):
+        earlier["runtime"].pop("engine_start", None)
+        earlier["runtime"]["quick_start"] = quick
+        assert IndexSettings.from_json(json.dumps(earlier)).runtime.engine_start == start

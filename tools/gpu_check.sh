@@ -17,9 +17,11 @@
 #                SEARCH_CODECS (default h264)
 #   product      tools/gpu_scaling.py: `vidx index --device gpu` on PRODUCT_COPIES x 2 bench clips (default 42) with
 #                its default worker processes, then with one in-process worker (same tracks and search hits?)
-#   quick        --quick-start against the default on one machine: each shape's set-up (tools/gpu_startup.py), the
-#                pipeline rows (2 fps and every frame), the GPU tests that compare quick-start engines with the CPU,
-#                and `vidx index` from its start to its first video (tools/gpu_scaling.py, PRODUCT_COPIES default 14)
+#   quick        the engine starts on one machine: each shape's set-up, quick and fastest (tools/gpu_startup.py);
+#                the pipeline rows (2 fps and every frame) on quick sessions, on the fastest, and three times from
+#                the start with the fastest set up behind the quick ones; the GPU tests that compare quick engines
+#                with the CPU; `vidx index` from its start to its first video (tools/gpu_scaling.py, PRODUCT_COPIES
+#                default 14) with each --engine-start
 set -uo pipefail
 what=${1:-all}
 export PYTHONPATH=$PWD:${PYTHONPATH:-} VIDX_CACHE_DIR=$PWD/.devcache VIDX_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
@@ -62,16 +64,18 @@ if [ "$what" = product ]; then
 fi
 if [ "$what" = quick ]; then
   python3 -c "from bench.video import bench_clips; from pathlib import Path; bench_clips(Path('/tmp/vidx-bench'), None, print)"
-  for q in 1 0; do
-    QUICK_START=$q SERIAL=1 python3 tools/gpu_startup.py "quick$q" 2>>"$OUT/quick.err" | tee -a "$OUT/quick_startup.jsonl"
+  for start in quick wait; do
+    ENGINE_START=$start SERIAL=1 python3 tools/gpu_startup.py "$start" 2>>"$OUT/quick.err" | tee -a "$OUT/quick_startup.jsonl"
   done
-  for q in 1 0; do
-    QUICK_START=$q ROWS=fps,every-frame python3 tools/gpu_pipeline_rows.py /tmp/vidx-bench "quick$q" h264 14 \
+  for start in quick wait; do
+    ENGINE_START=$start ROWS=fps,every-frame python3 tools/gpu_pipeline_rows.py /tmp/vidx-bench "$start" h264 14 \
       2>>"$OUT/quick_rows.jsonl" | tee -a "$OUT/quick_rows_summary.jsonl" | cut -c1-300
   done
+  ENGINE_START=background REPEAT=3 ROWS=fps,every-frame python3 tools/gpu_pipeline_rows.py /tmp/vidx-bench background \
+    h264 14 2>>"$OUT/quick_rows.jsonl" | tee -a "$OUT/quick_rows_summary.jsonl" | cut -c1-300
   grep '"mode"' "$OUT/quick_rows.jsonl" | cut -c1-300
   timeout "${TESTS_LIMIT:-420}" python3 -m pytest -v -p no:cacheprovider -o addopts="" tests/test_gpu.py \
-    -k "quick_start or detector_finds or embeddings_match" 2>&1 | tee "$OUT/quick_tests.txt" | grep -E "PASSED|FAILED|passed|failed"
-  python3 tools/gpu_scaling.py --copies "${PRODUCT_COPIES:-14}" "local+--quick-start" local 2>&1 \
-    | tee "$OUT/quick_product.txt" | cut -c1-600
+    -k "quick_start or set_up_behind or detector_finds or embeddings_match" 2>&1 | tee "$OUT/quick_tests.txt" | grep -E "PASSED|FAILED|passed|failed"
+  python3 tools/gpu_scaling.py --copies "${PRODUCT_COPIES:-14}" local "local+--engine-start quick" \
+    "local+--engine-start wait" 2>&1 | tee "$OUT/quick_product.txt" | cut -c1-600
 fi

@@ -12,7 +12,9 @@ needs (the decoders skip them by default). Environment:
   PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
   DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's, 32)
-  QUICK_START=1        RuntimeConfig.quick_start: depthwise convolutions run as ordinary ones (`--quick-start`)
+  ENGINE_START=quick   RuntimeConfig.engine_start (default: wait, as `vidx bench gpu`); with background the rows
+                       start at once, and each row says how many shapes' fastest sessions had taken over
+  REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
 
 One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
 function, `bench.video.gpu_pipeline_rows`) without its decode-only and CPU rows.
@@ -33,7 +35,7 @@ from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
 from indexer.host_memory import limit_malloc_arenas
-from schemas.config import DetectionConfig, FaceSearch, RuntimeConfig, SamplingMode
+from schemas.config import DetectionConfig, EngineStart, FaceSearch, RuntimeConfig, SamplingMode
 
 limit_malloc_arenas()  # as a worker does
 work, label = Path(sys.argv[1]), sys.argv[2]
@@ -44,7 +46,7 @@ modes = tuple(cast(SamplingMode, m) for m in os.environ.get("ROWS", "fps,every-f
 handoffs = [int(h) for h in os.environ.get("HANDOFFS", "0").split(",")]  # 0: the pipeline's default
 persons_every = [float(v) for v in os.environ.get("PERSONS_EVERY", str(DetectionConfig.persons_every_s)).split(",")]
 runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")),
-                        quick_start=os.environ.get("QUICK_START") == "1")
+                        engine_start=cast(EngineStart, os.environ.get("ENGINE_START", "wait")))
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
 engines = load_engines(detection, runtime, store=ModelStore())
@@ -55,7 +57,8 @@ out: dict[str, object] = {"label": label, "face_search": detection.face_search, 
 rows: list[dict[str, object]] = []
 for codec in codecs:
     paths = repeated_clips(work, codec, copies)
-    for handoff, every in ((h, e) for h in handoffs for e in persons_every):
+    for _, handoff, every in ((r, h, e) for r in range(int(os.environ.get("REPEAT", "1"))) for h in handoffs
+                              for e in persons_every):
         for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, copies,
                                            lambda line: print(line, file=sys.stderr),
                                            skip_unsampled=not decode_all, modes=modes,
@@ -63,8 +66,13 @@ for codec in codecs:
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
             rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
-                         "persons_every_s": every, "mode": mode, **kept})
+                         "persons_every_s": every, "mode": mode, **kept,
+                         "ended_s_after_load": round(time.perf_counter() - t0, 1),
+                         "shapes_taken_over": engines.shapes_taken_over()})
             print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
 out["rows"] = rows
 out["rss_mib"] = round(rss_mib(), 1)
+out["taken_over_s"] = {name: {"x".join(map(str, shape)): round(sec, 2) for shape, sec in taken.items()}
+                       for name, session in engines.sessions.items()
+                       if (taken := getattr(session, "shapes_taken_over", dict)())}
 print(json.dumps(out), flush=True)

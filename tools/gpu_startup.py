@@ -2,7 +2,7 @@
 1080p video needs set up one after another, then the engines' own warm-up (the shapes side by side, then the whole
 path once).
 
-    python3 tools/gpu_startup.py LABEL   (environment: DETECTOR_BATCH=16, SERIAL=1, QUICK_START=1; VIDX_CACHE_DIR)
+    python3 tools/gpu_startup.py LABEL   (environment: DETECTOR_BATCH=16, SERIAL=1, ENGINE_START=quick; VIDX_CACHE_DIR)
 
 One JSON line: seconds to load the models (open_sessions_s), to set up each shape (SERIAL=1), to warm up, and
 in all.
@@ -14,19 +14,20 @@ import json
 import os
 import sys
 import time
+from typing import cast
 
 from engines.arrays import padded_batch
 from engines.embedder import CHIP_SIZE
 from engines.loader import load_engines
 from engines.runtime.base import session_array_module
 from engines.zoo import ModelStore
-from schemas.config import DetectionConfig, RuntimeConfig
+from schemas.config import DetectionConfig, EngineStart, RuntimeConfig
 
 
 def main() -> None:
     started = time.perf_counter()
     runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")),
-                            quick_start=os.environ.get("QUICK_START") == "1")
+                            engine_start=cast(EngineStart, os.environ.get("ENGINE_START", "wait")))
     engines = load_engines(DetectionConfig(), runtime, store=ModelStore(), warm_up=False)
     assert engines.persons is not None
     out: dict[str, object] = {

@@ -20,7 +20,7 @@ from jobs.runner import DriverSummary, JobEvents
 from vidx.output import err, out
 
 SLOW_MODELS_S = 15.0
-"""GPU workers whose models took longer than this to set up get the --quick-start hint."""
+"""GPU workers whose models took longer than this to set up (`--engine-start wait`) get the hint of the default."""
 
 
 class JobProgress:
@@ -86,7 +86,8 @@ class JobProgress:
         engines = " ".join(str(v) for v in info.values())
         if ("CUDA" in engines and "quick start" not in engines
                 and float(info.get("models_ready_s") or 0) > SLOW_MODELS_S):
-            err.print("[dim]hint: --quick-start sets GPU models up in seconds, for small jobs (docs/gpu.md)[/dim]")
+            err.print("[dim]hint: --engine-start background (the default) starts GPU workers in seconds and sets "
+                      "the fastest models up behind them (docs/gpu.md)[/dim]")
 
     def on_progress(self, path: str, pts_s: float) -> None:
         with self.lock:

@@ -13,6 +13,22 @@ import onnx
 from onnx import numpy_helper
 
 
+def _depthwise_weights(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The weights of a depthwise Conv (one input channel per group, as many groups as output channels, weights
+    an initializer); None for any other node."""
+    if node.op_type != "Conv" or node.input[1] not in weights:
+        return None
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    w = numpy_helper.to_array(weights[node.input[1]])
+    return w if group > 1 and w.shape[1] == 1 and w.shape[0] == group else None
+
+
+def has_depthwise(model: onnx.ModelProto) -> bool:
+    """Whether the model has a depthwise convolution that dense_depthwise would rewrite."""
+    weights = {init.name: init for init in model.graph.initializer}
+    return any(_depthwise_weights(node, weights) is not None for node in model.graph.node)
+
+
 def dense_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` in which every depthwise Conv (one input channel per group, as many groups as output
     channels, weights an initializer) is an ordinary Conv with diagonal weights."""
@@ -21,11 +37,8 @@ def dense_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = out.graph
     weights = {init.name: init for init in graph.initializer}
     for node in graph.node:
-        if node.op_type != "Conv" or node.input[1] not in weights:
-            continue
-        group = next((a for a in node.attribute if a.name == "group"), None)
-        w = numpy_helper.to_array(weights[node.input[1]])
-        if group is None or group.i == 1 or w.shape[1] != 1 or w.shape[0] != group.i:
+        w = _depthwise_weights(node, weights)
+        if w is None:
             continue
         channels = w.shape[0]
         dense = np.zeros((channels, channels, *w.shape[2:]), w.dtype)
@@ -35,7 +48,9 @@ def dense_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
             weights[name] = numpy_helper.from_array(dense, name)
             graph.initializer.append(weights[name])
         node.input[1] = name
-        group.i = 1
+        for attr in node.attribute:
+            if attr.name == "group":
+                attr.i = 1
     used = {i for node in graph.node for i in node.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]

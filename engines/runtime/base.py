@@ -18,7 +18,7 @@ import numpy as np
 from engines.arrays import Array, cupy_module
 from engines.errors import RuntimeUnavailable
 from engines.zoo import ModelFile
-from schemas.config import DeviceChoice, EngineChoice
+from schemas.config import DeviceChoice, EngineChoice, EngineStart
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,10 @@ def open_session(
     engine: EngineChoice = "auto",
     max_batch: int = 64,
     report: RuntimeReport | None = None,
-    quick_start: bool = False,
+    start: EngineStart = "wait",
 ) -> Session:
-    """Open the best available session for a model (or exactly the one asked for). `quick_start`: on CUDA with
-    ONNX Runtime, depthwise convolutions run as ordinary ones (RuntimeConfig.quick_start)."""
+    """Open the best available session for a model (or exactly the one asked for). `start`: on CUDA with ONNX
+    Runtime, how each input shape's session is set up (RuntimeConfig.engine_start)."""
     report = report or runtime_report()
     kind = resolve_device(device, report)
     runtime = resolve_runtime(engine, kind, report)
@@ -162,5 +162,4 @@ def open_session(
     if int8 and kind != "cpu":
         log.warning("--engine onnxruntime-int8 runs INT8 on a CPU only: %s runs in FP32 on the GPU", model.spec.name)
         int8 = False
-    return OnnxRuntimeSession(model, device=kind, fp16=fp16, int8=int8,
-                              dense_depthwise=quick_start and kind == "cuda")
+    return OnnxRuntimeSession(model, device=kind, fp16=fp16, int8=int8, start=start)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,7 @@ from engines.arrays import Array, cupy_module
 from engines.errors import ModelError, RuntimeUnavailable
 from engines.runtime.base import DeviceKind, RuntimeName
 from engines.zoo import ModelFile
+from schemas.config import EngineStart
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +31,10 @@ ORT_TO_NUMPY = {
 }
 
 FUSED_FP16_ENV = "VIDX_ORT_FP16_FUSED"
-"""Experimental, off by default: set to 1 to run FP16 convolutions in NHWC with the bias add fused in
-(ONNX Runtime CUDA options prefer_nhwc + fuse_conv_bias). Measured on an H100 (tools/gpu_pipeline_rows.py):
-every-frame pipeline +35%, key frames +8-16%, default sampling +17%, the same faces; but ~2x the set-up per
-input shape (warm-up 62 s instead of 41 with shapes side by side, and tens of seconds more for each new frame
-size), and of the GPU tests only the detector and embedding comparisons have run with it (docs/performance.md,
-"GPU through the product")."""
+"""An FP16 model's fastest CUDA sessions run its convolutions in NHWC with the bias add fused in (ONNX Runtime
+CUDA options prefer_nhwc + fuse_conv_bias): on an H100 the every-frame pipeline analysed 648 frames/s against
+454-475 without, the same faces, for ~47 s of set-up per worker against ~27 (docs/performance.md). Set it to
+0 to run them in NCHW without fusion (for comparisons)."""
 
 
 MAX_SHAPE_SESSIONS = 12
@@ -41,20 +43,105 @@ persons on, so two frame sizes in flight fit). Each keeps a GPU memory arena as 
 worker that met many frame sizes ran the H100 out of memory (in the FP16 GPU test) before shapes were
 evicted, least recently used first."""
 
+InputSpec = tuple[tuple[str, tuple[int, ...], str], ...]
+"""A run's inputs: (name, shape, NumPy dtype string) each."""
+
+
+class SetUpBehind:
+    """One thread per process that sets faster sessions up behind the quick ones, a shape at a time (set-up is
+    serialised inside the libraries anyway: docs/performance.md). At exit the shapes still waiting are dropped
+    and the one under way is finished first: tearing the libraries down under a thread still inside them could
+    crash the exit."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._busy = False
+        self._closed = False
+        self._since: float | None = None
+        """When the set-ups under way began (the queue was last empty before it)."""
+        self._done = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._jobs.append(job)
+            if self._since is None:
+                self._since = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="vidx-set-up-behind", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+            self._cv.notify_all()
+
+    def pending(self) -> int:
+        """Set-ups waiting or under way."""
+        with self._cv:
+            return len(self._jobs) + int(self._busy)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until no set-up is waiting or under way; whether that happened within `timeout` seconds."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._jobs and not self._busy, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Drops the set-ups still waiting, waits for the one under way; later submissions are ignored."""
+        with self._cv:
+            self._closed = True
+            self._jobs.clear()
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: not self._busy, timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._jobs) or self._closed)
+                if self._closed:
+                    return
+                job = self._jobs.popleft()
+                self._busy = True
+            try:
+                job()
+            except Exception:  # the quick session keeps the shape: slower, not wrong
+                log.warning("setting up a faster ONNX Runtime session failed; the quick one stays", exc_info=True)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._done += 1
+                    if not self._jobs and self._since is not None:
+                        log.info("fastest sessions set up behind the quick ones: %d shapes in %.1f s", self._done,
+                                 time.monotonic() - self._since)
+                        self._since, self._done = None, 0
+                    self._cv.notify_all()
+
+
+SET_UP_BEHIND = SetUpBehind()
+
 
 class ShapeSessions:
     """One ONNX Runtime session per input shape, at most `limit`, the least recently used evicted (a run
-    still under way keeps its session alive; a shape met again is set up again)."""
+    still under way keeps its session alive; a shape met again is set up again).
 
-    def __init__(self, first: Callable[[], Any], new: Callable[[], Any], limit: int = MAX_SHAPE_SESSIONS):
+    With `faster`, each new shape's session is a quick one, and `faster` (which opens a session and sets it up
+    for a shape's inputs, taking seconds) runs behind it on `behind`; the faster session replaces the quick one
+    when it is ready."""
+
+    def __init__(self, first: Callable[[], Any], new: Callable[[], Any], limit: int = MAX_SHAPE_SESSIONS, *,
+                 faster: Callable[[InputSpec], Any] | None = None, behind: SetUpBehind | None = None):
         self._first: Callable[[], Any] | None = first
         self._new = new
         self.limit = limit
+        self._faster = faster
+        self._behind = behind or SET_UP_BEHIND
         self._sessions: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._fast: dict[tuple[int, ...], float] = {}
+        """The shapes whose faster session has taken over, and the seconds it took to set up."""
         self._lock = threading.Lock()  # two analysis steps in flight may meet a new frame size at once
         self.evicted = 0
 
-    def get(self, shape: tuple[int, ...]) -> Any:
+    def get(self, shape: tuple[int, ...], spec: InputSpec = ()) -> Any:
         with self._lock:
             session = self._sessions.get(shape)
             if session is not None:
@@ -65,14 +152,35 @@ class ShapeSessions:
             else:
                 make = self._new
             while len(self._sessions) >= self.limit:
-                self._sessions.popitem(last=False)
+                gone, _ = self._sessions.popitem(last=False)
+                self._fast.pop(gone, None)
                 self.evicted += 1
             session = self._sessions[shape] = make()
-            return session
+        if self._faster is not None:
+            self._behind.submit(partial(self._take_over, shape, spec))
+        return session
+
+    def _take_over(self, shape: tuple[int, ...], spec: InputSpec) -> None:
+        if self._faster is None:
+            return
+        with self._lock:
+            if shape not in self._sessions or shape in self._fast:  # evicted, or taken over already
+                return
+        started = time.monotonic()
+        session = self._faster(spec)
+        with self._lock:
+            if shape in self._sessions and shape not in self._fast:
+                self._sessions[shape] = session
+                self._fast[shape] = time.monotonic() - started
 
     def shapes(self) -> list[tuple[int, ...]]:
         with self._lock:
             return list(self._sessions)
+
+    def taken_over(self) -> dict[tuple[int, ...], float]:
+        """The shapes whose faster session has taken over (seconds each took to set up); empty without `faster`."""
+        with self._lock:
+            return dict(self._fast)
 
 
 class OnnxRuntimeSession:
@@ -84,27 +192,28 @@ class OnnxRuntimeSession:
 
     On CUDA every input shape (the detectors' pyramid levels and frame sizes, the embedder's padded
     batch sizes) gets an ONNX Runtime session of its own: the CUDA provider keeps set-up (cuDNN plans,
-    ~6-10 s per shape at 32 frames for the detectors on the H100) only for the last shape a convolution
+    ~5-10 s per shape at 32 frames for the face detector on the H100) only for the last shape a convolution
     saw, so one session fed alternating pyramid levels redid it on every run, and one embedder session
     fed alternating batch sizes spent more time setting up than embedding. Each session sees one shape
     and sets up once, up to MAX_SHAPE_SESSIONS shapes per model, as each session's memory arena grows to its
-    shape's peak. (No provider option removes the set-up without slower convolutions: docs/performance.md,
-    "Known to be slow, and why".)
+    shape's peak. How a shape's session is set up is `start` (RuntimeConfig.engine_start): the fastest form
+    (`wait`), a quick one (`quick`: depthwise convolutions as ordinary ones, NCHW, no fusion: about a second
+    per shape), or the quick one first and the fastest behind it (`background`).
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False,
-                 int8: bool = False, dense_depthwise: bool = False):
+                 int8: bool = False, start: EngineStart = "wait"):
         """fp16: run an FP16 copy of the model (engines.convert.fp16: weights and activations in half
         precision, the uint8 input and float32 outputs kept, so callers see no difference). int8: run its
-        INT8 copy (engines.int8, made and cached on first use; the person detector on a CPU). dense_depthwise:
-        its depthwise convolutions as ordinary ones (engines.convert.depthwise; RuntimeConfig.quick_start)."""
+        INT8 copy (engines.int8, made and cached on first use; the person detector on a CPU). start: on CUDA,
+        how each input shape's session is set up (above); on a CPU sessions are not tied to shapes and `start`
+        changes nothing."""
         import onnxruntime as ort
 
         self._ort = ort
         self.model = model
         self.fp16 = fp16
         self.int8 = int8
-        self.dense_depthwise = dense_depthwise
         self._device: DeviceKind = device
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -116,15 +225,18 @@ class OnnxRuntimeSession:
             # threads need: on a 2-core box the CPU pipeline ran 3-12% faster without (docs/performance.md).
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.stream: Any = None
-        providers: list[Any]
+        self._device_id = 0
+        providers: list[Any] = ["CPUExecutionProvider"]
+        fast_providers = providers
         if device == "cuda":
             cp = cupy_module()
             if cp is None or "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeUnavailable("ONNX Runtime's CUDA provider or CuPy is not available",
                                          hint="install vidx[gpu] (see docs/gpu.md)")
             self.stream = cp.cuda.Stream(non_blocking=True)
+            self._device_id = cp.cuda.runtime.getDevice()
             cuda_options = {
-                "device_id": cp.cuda.runtime.getDevice(),
+                "device_id": self._device_id,
                 "user_compute_stream": str(self.stream.ptr),
                 "cudnn_conv_algo_search": "HEURISTIC",
                 # Each shape's session has its own memory arena: grown by what is asked rather than doubled, it
@@ -132,37 +244,33 @@ class OnnxRuntimeSession:
                 # (docs/measurements/ort_cuda_options_h100.txt, part 1); its memory has not been measured.
                 "arena_extend_strategy": "kSameAsRequested",
             }
-            if fp16 and os.environ.get(FUSED_FP16_ENV) == "1":
-                cuda_options.update(prefer_nhwc="1", fuse_conv_bias="1")
             providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
+            fast_providers = providers
+            if fp16 and os.environ.get(FUSED_FP16_ENV, "1") != "0":
+                fast_providers = [("CUDAExecutionProvider", {**cuda_options, "prefer_nhwc": "1",
+                                                             "fuse_conv_bias": "1"}), "CPUExecutionProvider"]
+        self.fused = fast_providers is not providers
         source = str(model.path)
         if int8:  # made outside the try below: its own errors (a photo that cannot be fetched) say what failed
             from engines.int8 import int8_copy
 
             source = str(int8_copy(model))
-        graph: str | bytes = source
         try:
-            if fp16 or dense_depthwise:  # rewritten copies of the graph, serialised once
-                import onnx
-
-                from engines.convert import depthwise
-                from engines.convert.fp16 import to_float16
-
-                proto = onnx.load(source)
-                if fp16:
-                    proto = to_float16(proto)
-                if dense_depthwise:
-                    proto = depthwise.dense_depthwise(proto)
-                graph = proto.SerializeToString()
-            self._session = ort.InferenceSession(graph, sess_options=opts, providers=providers)
+            fast_graph, quick_graph = self._graphs(source, fp16, dense=device == "cuda" and start != "wait")
+            # the quick form differs from the fastest where the model has depthwise convolutions or runs fused
+            quick = start != "wait" and (quick_graph is not fast_graph or self.fused)
+            graph, session_providers = (quick_graph, providers) if quick else (fast_graph, fast_providers)
+            self.start: EngineStart = start if quick else "wait"
+            self._session = ort.InferenceSession(graph, sess_options=opts, providers=session_providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":
                 first = self._session
-                self._by_shape = ShapeSessions(lambda: first,
-                                               lambda: ort.InferenceSession(graph, sess_options=opts,
-                                                                            providers=providers))
+                faster = None
+                if self.start == "background":
+                    faster = partial(self._set_up, fast_graph, opts, fast_providers)
+                self._by_shape = ShapeSessions(
+                    lambda: first, lambda: ort.InferenceSession(graph, sess_options=opts, providers=session_providers),
+                    faster=faster)
         except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
             raise ModelError(f"ONNX Runtime cannot load the model: {exc}", path=model.path,
                              hint="run `vidx models fetch --force`") from exc
@@ -171,6 +279,25 @@ class OnnxRuntimeSession:
             raise RuntimeUnavailable(f"ONNX Runtime fell back to {self._active} for {model.spec.name}")
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self._outputs = [(o.name, o.shape, ORT_TO_NUMPY[o.type]) for o in self._session.get_outputs()]
+
+    @staticmethod
+    def _graphs(source: str, fp16: bool, *, dense: bool) -> tuple[str | bytes, str | bytes]:
+        """The graph of the fastest sessions and that of the quick ones (with `dense`: depthwise convolutions
+        as ordinary ones; the same object where nothing was rewritten), each rewritten copy serialised once."""
+        if not (fp16 or dense):
+            return source, source
+        import onnx
+
+        from engines.convert import depthwise
+        from engines.convert.fp16 import to_float16
+
+        proto = onnx.load(source)
+        if fp16:
+            proto = to_float16(proto)
+        fast: str | bytes = proto.SerializeToString() if fp16 else source
+        if dense and depthwise.has_depthwise(proto):
+            return fast, depthwise.dense_depthwise(proto).SerializeToString()
+        return fast, fast
 
     @property
     def runtime(self) -> RuntimeName:
@@ -183,13 +310,20 @@ class OnnxRuntimeSession:
     @property
     def description(self) -> str:
         precision = " FP16" if self.fp16 else " INT8" if self.int8 else ""
-        quick = ", depthwise as dense (quick start)" if self.dense_depthwise else ""
-        return f"onnxruntime {self._ort.__version__} {self._active}{precision}{quick}"
+        fused = " NHWC fused" if self.fused and self._device == "cuda" else ""
+        start = {"wait": "", "quick": ", quick start (depthwise as dense, NCHW)",
+                 "background": ", quick start, fastest set up behind"}[self.start]
+        return f"onnxruntime {self._ort.__version__} {self._active}{precision}{fused}{start}"
 
     def shapes_set_up(self) -> set[tuple[int, ...]] | None:
         """On CUDA, the input shapes (all inputs' dimensions in a row) whose session is held, set up or being
         set up; None on the CPU, where a session is not tied to a shape."""
         return set(self._by_shape.shapes()) if self._by_shape is not None else None
+
+    def shapes_taken_over(self) -> dict[tuple[int, ...], float]:
+        """With `start` background, the shapes whose fastest session has taken over from the quick one, and the
+        seconds each took to set up behind it."""
+        return self._by_shape.taken_over() if self._by_shape is not None else {}
 
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         unknown = set(inputs) - set(self._inputs)
@@ -199,17 +333,29 @@ class OnnxRuntimeSession:
         if self._device == "cpu":
             outs = self._session.run(None, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
             return {name: out for (name, _, _), out in zip(self._outputs, outs, strict=True)}
-        return self._run_cuda(inputs)
+        session = self._session
+        if self._by_shape is not None:
+            spec = tuple((name, tuple(int(d) for d in v.shape), np.dtype(v.dtype).str) for name, v in inputs.items())
+            session = self._by_shape.get(tuple(d for _, shape, _ in spec for d in shape), spec)
+        return self._run_cuda(session, inputs)
 
-    def _run_cuda(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+    def _set_up(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> Any:
+        """A session of `graph` on `providers`, set up for one shape's inputs by a run on zeros (behind the
+        quick sessions, in SetUpBehind's thread)."""
+        cp = cupy_module()
+        session = self._ort.InferenceSession(graph, sess_options=opts, providers=providers)
+        with cp.cuda.Device(self._device_id), self.stream:  # type: ignore[union-attr]
+            self._run_cuda(session, {name: cp.zeros(shape, np.dtype(dtype))  # type: ignore[union-attr]
+                                     for name, shape, dtype in spec})
+            self.stream.synchronize()
+        return session
+
+    def _run_cuda(self, session: Any, inputs: Mapping[str, Array]) -> dict[str, Array]:
         cp = cupy_module()
         if cp is None:  # checked in __init__; keeps the type checker honest
             raise RuntimeUnavailable("CuPy is not available")
         # Inputs may come from kernels on another stream: order this session's stream after them.
         self.stream.wait_event(cp.cuda.get_current_stream().record())
-        session = self._session
-        if self._by_shape is not None:
-            session = self._by_shape.get(tuple(int(d) for v in inputs.values() for d in v.shape))
         binding = session.io_binding()
         batch = 0
         keep_alive = []

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from vidx.commands.common import Context, device_option, engine_option, json_option, pass_ctx, quick_start_option
+from vidx.commands.common import Context, device_option, engine_option, engine_start_option, json_option, pass_ctx
 from vidx.output import emit, show
 
 
@@ -85,13 +85,15 @@ def bench_pipeline(ctx: Context, work_dir: Path, codec: str, face_search: str, e
 @click.option("--cpu-videos", default=2, show_default=True, help="Videos for the CPU pipeline's row.")
 @click.option("--codecs", default="h264,hevc", show_default=True, help="Codecs to measure.")
 @face_search_option
-@quick_start_option
+@engine_start_option("wait")
 @save_option
 @json_option
 @pass_ctx
 def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_videos: int, codecs: str,
-              face_search: str, quick_start: bool, save: Path | None, as_json: bool) -> None:
-    """NVDEC decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU."""
+              face_search: str, engine_start: str, save: Path | None, as_json: bool) -> None:
+    """NVDEC decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU.
+
+    The engines are set up before the rows (--engine-start wait), so the rows measure their steady state."""
     from bench.tables import gpu_report
     from bench.video import bench_gpu as run_bench
     from schemas.config import DetectionConfig
@@ -101,7 +103,7 @@ def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_vide
                        cpu_videos=cpu_videos, command=" ".join(["vidx", *sys.argv[1:]]), say=say,
                        codecs=tuple(codecs.split(",")),
                        detection=DetectionConfig(face_search=face_search),  # type: ignore[arg-type]
-                       quick_start=quick_start)
+                       engine_start=engine_start)  # type: ignore[arg-type]
     _save(result, save)
 
     emit(result, as_json, lambda res: show(gpu_report(res)))

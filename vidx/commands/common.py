@@ -33,10 +33,13 @@ engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime
                                   "onnxruntime: FP32; onnxruntime-fp16: FP16 on ONNX Runtime's CUDA provider; "
                                   "onnxruntime-int8: the person detector in INT8 on a CPU, faster, person tracks "
                                   "in crowds cut at other places).")
-quick_start_option = click.option(
-    "--quick-start", is_flag=True,
-    help="On a GPU, set the models up in seconds instead of ~30 s per worker process, for ~15% fewer frames "
-         "analysed per second when every frame is analysed: for small jobs (docs/gpu.md). Same results up to rounding.")
+def engine_start_option(default: str = "background") -> Any:
+    return click.option(
+        "--engine-start", type=click.Choice(["background", "wait", "quick"]), default=default, show_default=True,
+        help="How a GPU worker sets its models up. background: it starts within seconds on quick sessions while "
+             "the fastest ones are set up behind them (~50 s) and take over; wait: the fastest ones before the "
+             "first frame; quick: the quick ones only (fewer frames per second, most when every frame is "
+             "analysed). Same results up to rounding (docs/gpu.md).")
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def sampling_options(fn: Any) -> Any:
 
 def build_settings(device: str, engine: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
                    no_persons: bool, face_detector: FaceDetectorArgs | None = None, persons_every: float = 0.1,
-                   quick_start: bool = False) -> Any:
+                   engine_start: str = "background") -> Any:
     from schemas.config import DetectionConfig, IndexSettings, RuntimeConfig, SamplingConfig
 
     if every_frame and keyframes:
@@ -100,7 +103,8 @@ def build_settings(device: str, engine: str, sample_fps: float, every_frame: boo
         detection=DetectionConfig(min_face_px=min_face, detect_persons=not no_persons,
                                   face_detector=detector.name, face_search=detector.search,  # type: ignore[arg-type]
                                   full_search_every_s=detector.full_search_every_s, persons_every_s=persons_every),
-        runtime=RuntimeConfig(device=device, engine=engine, quick_start=quick_start),  # type: ignore[arg-type]
+        runtime=RuntimeConfig(device=device, engine=engine,  # type: ignore[arg-type]
+                              engine_start=engine_start),  # type: ignore[arg-type]
     )
 
 

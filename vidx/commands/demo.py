@@ -34,7 +34,7 @@ def demo_cmd(ctx: Context, demo_dir: Path, device: str, as_json: bool) -> None:
     out_dir = demo_dir / "out"
     videos = build_demo_archive(archive, demo_dir / "truth.json", ctx.cache_dir, say)
     # a handful of short videos: models that start in seconds beat a slightly faster steady state on a GPU
-    settings = IndexSettings(runtime=RuntimeConfig(device=device, quick_start=True))  # type: ignore[arg-type]
+    settings = IndexSettings(runtime=RuntimeConfig(device=device, engine_start="quick"))  # type: ignore[arg-type]
     catalog = Catalog(db_url_for(str(out_dir), None))
     with JobProgress(quiet=as_json) as progress:
         result = run_job(archive, catalog=catalog, out_uri=str(out_dir), settings=settings,

@@ -14,11 +14,11 @@ from vidx.commands.common import (
     db_option,
     device_option,
     engine_option,
+    engine_start_option,
     face_detector_option,
     json_option,
     out_option,
     pass_ctx,
-    quick_start_option,
     sampling_options,
 )
 from vidx.commands.job import (
@@ -42,18 +42,18 @@ from vidx.commands.job import (
 @plan_options
 @device_option
 @engine_option
-@quick_start_option
+@engine_start_option()
 @sampling_options
 @face_detector_option
 @json_option
 @pass_ctx
 def index_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | None, executor: str,
               executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
-              quick_start: bool, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
+              engine_start: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
               no_persons: bool, persons_every: float, face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Index ARCHIVE (a folder, searched recursively, or a text file listing videos) in the foreground."""
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector,
-                              persons_every, quick_start)
+                              persons_every, engine_start)
     if executor_args.address and executor == "local":
         executor = "ray"  # naming a cluster means running on it
     ex = executor_args.to_json(executor, device)

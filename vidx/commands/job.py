@@ -22,12 +22,12 @@ from vidx.commands.common import (
     db_option,
     device_option,
     engine_option,
+    engine_start_option,
     face_detector_option,
     json_option,
     open_catalog,
     out_option,
     pass_ctx,
-    quick_start_option,
     refresh_after_job,
     sampling_options,
 )
@@ -166,18 +166,18 @@ def job() -> None:
 @click.option("--detach", is_flag=True, help="Plan the job, drive it from a background process, return at once.")
 @device_option
 @engine_option
-@quick_start_option
+@engine_start_option()
 @sampling_options
 @face_detector_option
 @json_option
 @pass_ctx
 def submit_cmd(ctx: Context, archive: Path | str, out_dir: str, db_url: str | None, executor: str,
                executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, detach: bool, device: str,
-               engine: str, quick_start: bool, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
+               engine: str, engine_start: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int,
                no_persons: bool, persons_every: float, face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Index ARCHIVE as a job: only what is missing (new, changed, or stale with --reprocess-stale)."""
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector,
-                              persons_every, quick_start)
+                              persons_every, engine_start)
     ex = executor_args.to_json(executor, device)
     if detach:
         from jobs.detached import start_detached

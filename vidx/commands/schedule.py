@@ -17,12 +17,12 @@ from vidx.commands.common import (
     db_option,
     device_option,
     engine_option,
+    engine_start_option,
     face_detector_option,
     json_option,
     open_catalog,
     out_option,
     pass_ctx,
-    quick_start_option,
     refresh_after_job,
     resolved_archive,
     sampling_options,
@@ -47,20 +47,20 @@ def schedule() -> None:
 @plan_options
 @device_option
 @engine_option
-@quick_start_option
+@engine_start_option()
 @sampling_options
 @face_detector_option
 @json_option
 def add_cmd(name: str, archive: Path | str, cron: str, out_dir: str, db_url: str | None, executor: str,
             executor_args: ExecutorArgs, reprocess_stale: bool, retry_failed: bool, device: str, engine: str,
-            quick_start: bool, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
+            engine_start: str, sample_fps: float, every_frame: bool, keyframes: bool, min_face: int, no_persons: bool,
             persons_every: float, face_detector: FaceDetectorArgs, as_json: bool) -> None:
     """Add schedule NAME: index ARCHIVE incrementally whenever --cron says (new and changed videos;
     stale ones, indexed by another run, unless --keep-stale)."""
     from jobs.schedule import add_schedule
 
     settings = build_settings(device, engine, sample_fps, every_frame, keyframes, min_face, no_persons, face_detector,
-                              persons_every, quick_start)
+                              persons_every, engine_start)
     options = {"out": out_dir, "settings": settings.to_json(), "reprocess_stale": reprocess_stale,
                "retry_failed": retry_failed,
                "executor": executor_args.to_json(executor, device)}
