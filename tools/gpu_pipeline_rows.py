@@ -72,7 +72,10 @@ for codec in codecs:
             print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
 out["rows"] = rows
 out["rss_mib"] = round(rss_mib(), 1)
-out["taken_over_s"] = {name: {"x".join(map(str, shape)): round(sec, 2) for shape, sec in taken.items()}
-                       for name, session in engines.sessions.items()
-                       if (taken := getattr(session, "shapes_taken_over", dict)())}
+taken_over: dict[str, dict[str, float]] = {}
+for name, session in engines.sessions.items():
+    taken: dict[tuple[int, ...], float] = getattr(session, "shapes_taken_over", dict)()
+    if taken:
+        taken_over[name] = {"x".join(map(str, shape)): round(sec, 2) for shape, sec in taken.items()}
+out["taken_over_s"] = taken_over
 print(json.dumps(out), flush=True)
