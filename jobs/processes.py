@@ -23,6 +23,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -138,6 +139,12 @@ def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, 
     for spec, outcome in worker.process_many(feed(), on_progress=progress):
         reported.pop(spec.video_id, None)
         send("done", spec, outcome)
+    from engines.runtime.onnxruntime import SET_UP_BEHIND
+
+    if SET_UP_BEHIND.pending():  # all is sent: a normal exit would first finish a faster session's set-up (seconds)
+        # that nothing will use; leaving at once skips the libraries' teardown, which is what that wait protects
+        sys.stderr.flush()
+        os._exit(0)
 
 
 class ProcessExecutor:
