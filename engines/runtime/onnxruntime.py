@@ -43,6 +43,9 @@ persons on, so two frame sizes in flight fit). Each keeps a GPU memory arena as 
 worker that met many frame sizes ran the H100 out of memory (in the FP16 GPU test) before shapes were
 evicted, least recently used first."""
 
+EXIT_WAIT_S = 120.0
+"""At exit, the longest wait for a set-up under way (one shape takes seconds; this bounds a hung one)."""
+
 InputSpec = tuple[tuple[str, tuple[int, ...], str], ...]
 """A run's inputs: (name, shape, NumPy dtype string) each."""
 
@@ -73,7 +76,7 @@ class SetUpBehind:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="vidx-set-up-behind", daemon=True)
                 self._thread.start()
-                atexit.register(self.close)
+                atexit.register(self.close, EXIT_WAIT_S)
             self._cv.notify_all()
 
     def pending(self) -> int:
