@@ -33,13 +33,15 @@ engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime
                                   "onnxruntime: FP32; onnxruntime-fp16: FP16 on ONNX Runtime's CUDA provider; "
                                   "onnxruntime-int8: the person detector in INT8 on a CPU, faster, person tracks "
                                   "in crowds cut at other places).")
+
+
 def engine_start_option(default: str = "background") -> Any:
     return click.option(
         "--engine-start", type=click.Choice(["background", "wait", "quick"]), default=default, show_default=True,
         help="How a GPU worker sets its models up. background: it starts within seconds on quick sessions while "
-             "the fastest ones are set up behind them (~50 s) and take over; wait: the fastest ones before the "
-             "first frame; quick: the quick ones only (fewer frames per second, most when every frame is "
-             "analysed). Same results up to rounding (docs/gpu.md).")
+             "the fastest ones are set up behind them and take over (all of them ~80 s in on an H100); wait: the "
+             "fastest ones before the first frame (~50 s); quick: the quick ones only (fewer frames per second, "
+             "most when every frame is analysed). Same results up to rounding (docs/gpu.md).")
 
 
 @dataclass(frozen=True)
