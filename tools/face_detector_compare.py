@@ -152,7 +152,7 @@ def embed(embedder: FaceEmbedder, image: np.ndarray, kps: np.ndarray | None) -> 
 class Bench:
     def __init__(self, device: str, engine: str, cf_scales: Sequence[float]):
         self.device = device
-        runtime = RuntimeConfig(device=device, engine=engine)  # type: ignore[arg-type]
+        runtime = RuntimeConfig(device=device, engine=engine, engine_start="wait")  # type: ignore[arg-type]
         self.defaults = DetectionConfig()
         bf = load_engines(DetectionConfig(face_score=LOW["blazeface"], detect_persons=False), runtime,
                           warm_up=False)

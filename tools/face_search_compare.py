@@ -163,7 +163,8 @@ def main() -> None:
         settings = IndexSettings(sampling=sampling,
                                  detection=DetectionConfig(face_search=search, full_search_every_s=args.every,
                                                            persons_every_s=every),
-                                 runtime=RuntimeConfig(device=args.device, engine=engine or "auto"))
+                                 runtime=RuntimeConfig(device=args.device, engine=engine or "auto",
+                                                       engine_start="wait"))
         results[mode] = run(settings, videos)
         for archive, row in results[mode].items():
             print(json.dumps({"archive": archive, "mode": mode, "every_s": args.every, "device": args.device,

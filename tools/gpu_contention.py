@@ -111,7 +111,7 @@ def phase(name: str, engines: Engines, paths: list[Path], frames: list[Any], dec
 def main() -> None:
     work = Path(sys.argv[1])
     phases = sys.argv[2] if len(sys.argv) > 2 else "abcd"
-    runtime, detection = RuntimeConfig(device="gpu"), DetectionConfig()
+    runtime, detection = RuntimeConfig(device="gpu", engine_start="wait"), DetectionConfig()
     t0 = time.perf_counter()
     engines = load_engines(detection, runtime, store=ModelStore())
     print(json.dumps({"load_and_warm_up_s": round(time.perf_counter() - t0, 1)}), flush=True)

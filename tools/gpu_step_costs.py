@@ -97,7 +97,7 @@ def rows(engines: Any, work: Path, runtime: RuntimeConfig, detection: DetectionC
 
 def main() -> None:
     work, what = Path(sys.argv[1]), sys.argv[2]
-    runtime, detection = RuntimeConfig(device="gpu"), DetectionConfig()
+    runtime, detection = RuntimeConfig(device="gpu", engine_start="wait"), DetectionConfig()
     t0 = time.perf_counter()
     engines = load_engines(detection, runtime, store=ModelStore())
     print(json.dumps({"load_and_warm_up_s": round(time.perf_counter() - t0, 1)}), flush=True)
