@@ -625,10 +625,10 @@ def _frames_of(state: _VideoState, batch: FrameBatch) -> Iterator[_Frame]:
     smallest faces and which people (found in it, or before it) guided search looks around."""
     for i in range(len(batch)):
         pts = float(batch.pts_s[i])
-        find_persons = state.person_samples.due(pts) or state.last_people is None
-        if find_persons or state.last_people is None:
-            state.last_people = _People()
         people = state.last_people
+        find_persons = state.person_samples.due(pts) or people is None
+        if people is None or find_persons:
+            people = state.last_people = _People()
         yield _Frame(state, batch.frames[i], pts, int(batch.frame_index[i]), state.full_searches.due(pts),
                      find_persons, people)
 
