@@ -390,7 +390,7 @@ class BlazeDetector:
         out: list[Candidates] = [[] for _ in frames]
         if not frames or not levels:
             return out
-        for level, batch in zip(levels, self._level_batches(xp, frames, levels, pad_to), strict=True):
+        for level, batch in zip(levels, self.level_batches(xp, frames, levels, pad_to), strict=True):
             boxes, scores, kps, image = self._run(batch, level)
             keep = image < len(frames)  # GPU batches are padded with black images
             cx, cy = self._sized_for(boxes, level, keep)
@@ -453,7 +453,7 @@ class BlazeDetector:
             return list(canvas)
         return [resize(to_host(f), level.height, level.width) for f in frames]
 
-    def _level_batches(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
+    def level_batches(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
                        pad_to: int | None = None) -> Iterator[Array]:
         """For each level, finest first, the frames' model inputs: N x canvas_h x canvas_w x 3 uint8.
 

@@ -98,4 +98,4 @@ def calibration_inputs(cache_dir: Path) -> Iterator[np.ndarray]:
                 scaled = resize(photo, h, int(photo.shape[1] * h / photo.shape[0]))[:, :width]
                 frame = np.full((height, width, 3), 114, np.uint8)
                 frame[:h, :scaled.shape[1]] = scaled
-                yield from planner._level_batches(np, [frame], planner.plan(height, width), pad_to=1)
+                yield from planner.level_batches(np, [frame], planner.plan(height, width), pad_to=1)

@@ -99,8 +99,8 @@ def test_gpu_levels_match_the_host_pyramid(cp: object, engines: Engines, photos:
     det = engines.faces
     frames = [photos["t1"], photos["t1"][::-1].copy()]
     levels = det.plan(*frames[0].shape[:2])
-    host = list(det._level_batches(np, frames, levels))
-    dev = [b.get() for b in det._level_batches(cp, [cp.asarray(f) for f in frames], levels)]  # type: ignore[attr-defined]
+    host = list(det.level_batches(np, frames, levels))
+    dev = [b.get() for b in det.level_batches(cp, [cp.asarray(f) for f in frames], levels)]  # type: ignore[attr-defined]
     for level, want, got in zip(levels, host, dev, strict=True):
         assert got.shape == (det.batch_size, *want.shape[1:])
         assert not got[2:].any()  # padding images are black
