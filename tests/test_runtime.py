@@ -206,9 +206,14 @@ def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: Mode
     release.set()
     assert behind.wait(60)
     assert set_up == [image.shape, (1, 64, 64, 3), (1, 128, 128, 3)]
+    release.clear()  # at close, the set-up under way ends and the one waiting is dropped
+    sessions.get((1, 32, 32, 3), ((name, (1, 32, 32, 3), "|u1"),))
+    sessions.get((1, 160, 160, 3), ((name, (1, 160, 160, 3), "|u1"),))
+    threading.Timer(0.5, release.set).start()
     behind.close()
-    sessions.get((1, 32, 32, 3), ((name, (1, 32, 32, 3), "|u1"),))  # after close: its quick session only
-    assert behind.pending() == 0 and (1, 32, 32, 3) not in sessions.taken_over()
+    assert set_up[-1] == (1, 32, 32, 3) and (1, 160, 160, 3) not in set_up
+    sessions.get((1, 192, 192, 3), ((name, (1, 192, 192, 3), "|u1"),))  # after close: its quick session only
+    assert behind.pending() == 0 and (1, 192, 192, 3) not in sessions.taken_over()
 
 
 def test_side_by_side_runs_every_call_in_its_own_thread_and_raises_the_first_error() -> None:

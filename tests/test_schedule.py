@@ -107,7 +107,7 @@ def test_clip_helper_makes_decodable_videos(tmp_path: Path) -> None:
 
 def test_a_schedule_keeps_its_runtime_choices_for_every_night(tmp_path: Path) -> None:
     """`schedule add --engine-start quick` stores the choice with the schedule's settings, read back as it was given;
-    settings stored by the vidx before it (`quick_start`) read as the engine start they meant."""
+    the former `--quick-start`, and settings stored by the vidx before it (`quick_start`), mean the same."""
     from schemas.config import IndexSettings
 
     (tmp_path / "a").mkdir()
@@ -126,3 +126,9 @@ def test_a_schedule_keeps_its_runtime_choices_for_every_night(tmp_path: Path) ->
         earlier["runtime"].pop("engine_start", None)
         earlier["runtime"]["quick_start"] = quick
         assert IndexSettings.from_json(json.dumps(earlier)).runtime.engine_start == start
+    res = CliRunner().invoke(cli, ["schedule", "add", "former", str(tmp_path / "a"), "--cron", "0 4 * * *",
+                                   "--out", str(out), "--device", "cpu", "--quick-start", "--json"])
+    assert res.exit_code == 0, res.output
+    with Catalog(default_db_url(out)).session() as s:
+        former = s.scalars(select(Schedule).where(Schedule.name == "former")).one().options
+    assert IndexSettings.from_json(former["settings"]).runtime.engine_start == "quick"

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -57,7 +58,7 @@ class SetUpBehind:
     crash the exit."""
 
     def __init__(self) -> None:
-        self._jobs: deque[Callable[[], None]] = deque()
+        self._jobs: deque[Callable[[], object]] = deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._busy = False
@@ -66,7 +67,8 @@ class SetUpBehind:
         """When the set-ups under way began (the queue was last empty before it)."""
         self._done = 0
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], object]) -> None:
+        """Queues a set-up; a job that returns True set a session up (counted in the log line at the end)."""
         with self._cv:
             if self._closed:
                 return
@@ -105,14 +107,15 @@ class SetUpBehind:
                     return
                 job = self._jobs.popleft()
                 self._busy = True
+            done = False
             try:
-                job()
+                done = job() is True
             except Exception:  # the quick session keeps the shape: slower, not wrong
                 log.warning("setting up a faster ONNX Runtime session failed; the quick one stays", exc_info=True)
             finally:
                 with self._cv:
                     self._busy = False
-                    self._done += 1
+                    self._done += int(done)
                     if not self._jobs and self._since is not None:
                         log.info("fastest sessions set up behind the quick ones: %d shapes in %.1f s", self._done,
                                  time.monotonic() - self._since)
@@ -159,22 +162,26 @@ class ShapeSessions:
                 self._fast.pop(gone, None)
                 self.evicted += 1
             session = self._sessions[shape] = make()
-        if self._faster is not None:
-            self._behind.submit(partial(self._take_over, shape, spec))
+        if self._faster is not None:  # the job holds the table weakly: dropped engines are not kept for it
+            table = weakref.ref(self)
+            self._behind.submit(lambda: (t := table()) is not None and t._take_over(shape, spec))
         return session
 
-    def _take_over(self, shape: tuple[int, ...], spec: InputSpec) -> None:
+    def _take_over(self, shape: tuple[int, ...], spec: InputSpec) -> bool:
+        """Sets the faster session of a shape up and swaps it in; whether it did."""
         if self._faster is None:
-            return
+            return False
         with self._lock:
             if shape not in self._sessions or shape in self._fast:  # evicted, or taken over already
-                return
+                return False
         started = time.monotonic()
         session = self._faster(spec)
         with self._lock:
             if shape in self._sessions and shape not in self._fast:
                 self._sessions[shape] = session
                 self._fast[shape] = time.monotonic() - started
+                return True
+        return False
 
     def shapes(self) -> list[tuple[int, ...]]:
         with self._lock:
@@ -253,6 +260,7 @@ class OnnxRuntimeSession:
                 fast_providers = [("CUDAExecutionProvider", {**cuda_options, "prefer_nhwc": "1",
                                                              "fuse_conv_bias": "1"}), "CPUExecutionProvider"]
         self.fused = fast_providers is not providers
+        """The fastest sessions run fused NHWC convolutions (FP16 on CUDA, unless VIDX_ORT_FP16_FUSED=0)."""
         source = str(model.path)
         if int8:  # made outside the try below: its own errors (a photo that cannot be fetched) say what failed
             from engines.int8 import int8_copy
@@ -264,6 +272,7 @@ class OnnxRuntimeSession:
             quick = start != "wait" and (quick_graph is not fast_graph or self.fused)
             graph, session_providers = (quick_graph, providers) if quick else (fast_graph, fast_providers)
             self.start: EngineStart = start if quick else "wait"
+            self.dense_depthwise = quick and quick_graph is not fast_graph
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=session_providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":
@@ -313,10 +322,11 @@ class OnnxRuntimeSession:
     @property
     def description(self) -> str:
         precision = " FP16" if self.fp16 else " INT8" if self.int8 else ""
-        fused = " NHWC fused" if self.fused and self._device == "cuda" else ""
-        start = {"wait": "", "quick": ", quick start (depthwise as dense, NCHW)",
-                 "background": ", quick start, fastest set up behind"}[self.start]
-        return f"onnxruntime {self._ort.__version__} {self._active}{precision}{fused}{start}"
+        fused = " NHWC fused" if self.fused and self.start != "quick" else ""
+        dense = " (depthwise as dense)" if self.dense_depthwise else ""
+        start = {"wait": "", "quick": f", quick start{dense}",
+                 "background": f", quick start{dense}, fastest set up behind"}
+        return f"onnxruntime {self._ort.__version__} {self._active}{precision}{fused}{start[self.start]}"
 
     def shapes_set_up(self) -> set[tuple[int, ...]] | None:
         """On CUDA, the input shapes (all inputs' dimensions in a row) whose session is held, set up or being
@@ -357,8 +367,6 @@ class OnnxRuntimeSession:
         cp = cupy_module()
         if cp is None:  # checked in __init__; keeps the type checker honest
             raise RuntimeUnavailable("CuPy is not available")
-        # Inputs may come from kernels on another stream: order this session's stream after them.
-        self.stream.wait_event(cp.cuda.get_current_stream().record())
         binding = session.io_binding()
         batch = 0
         keep_alive = []
@@ -367,6 +375,9 @@ class OnnxRuntimeSession:
             keep_alive.append(arr)
             batch = int(arr.shape[0])
             binding.bind_input(name, "cuda", cp.cuda.runtime.getDevice(), arr.dtype, list(arr.shape), arr.data.ptr)
+        # Inputs come from kernels on the caller's stream (their copies above included): order this session's
+        # stream after them.
+        self.stream.wait_event(cp.cuda.get_current_stream().record())
         outputs: dict[str, Array] = {}
         allocated_by_ort = []
         with self.stream:

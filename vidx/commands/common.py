@@ -36,12 +36,25 @@ engine_option = click.option("--engine", type=click.Choice(["auto", "onnxruntime
 
 
 def engine_start_option(default: str = "background") -> Any:
-    return click.option(
-        "--engine-start", type=click.Choice(["background", "wait", "quick"]), default=default, show_default=True,
-        help="How a GPU worker sets its models up. background: it starts within seconds on quick sessions while "
-             "the fastest ones are set up behind them and take over (all of them ~80 s in on an H100); wait: the "
-             "fastest ones before the first frame (~50 s); quick: the quick ones only (fewer frames per second, "
-             "most when every frame is analysed). Same results up to rounding (docs/gpu.md).")
+    """--engine-start, handed to the command as `engine_start` (the former --quick-start, kept hidden for scripts
+    written for it, is --engine-start quick)."""
+
+    def decorate(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def command(*args: Any, engine_start: str, quick_start: bool, **kwargs: Any) -> Any:
+            return fn(*args, engine_start="quick" if quick_start else engine_start, **kwargs)
+
+        command = click.option("--quick-start", is_flag=True, hidden=True,
+                               help="The former name of --engine-start quick.")(command)
+        return click.option(
+            "--engine-start", type=click.Choice(["background", "wait", "quick"]), default=default, show_default=True,
+            help="How a GPU worker sets its models up. background: it starts within seconds on quick sessions "
+                 "while the fastest ones are set up behind them and take over (10 of a 1080p video's 11 shapes "
+                 "within 80 s on an H100); wait: the fastest ones before the first frame (~50 s); quick: the quick "
+                 "ones only (fewer frames per second, most when every frame is analysed). Same results up to "
+                 "rounding (docs/gpu.md).")(command)
+
+    return decorate
 
 
 @dataclass(frozen=True)

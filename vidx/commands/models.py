@@ -68,7 +68,9 @@ def models_verify(ctx: Context, device: str, engine: str, as_json: bool) -> None
     from engines.verify import verify_models
     from schemas.config import RuntimeConfig
 
-    report = verify_models(ctx.store(), RuntimeConfig(device=device, engine=engine))  # type: ignore[arg-type]
+    # quick sessions: a check of a few photos, over before the fastest sessions would be set up
+    report = verify_models(ctx.store(), RuntimeConfig(device=device, engine=engine,  # type: ignore[arg-type]
+                                                      engine_start="quick"))
     data = {"ok": report.ok, "checks": [asdict(c) for c in report.checks]}
 
     def render(_: Any) -> None:
