@@ -186,12 +186,12 @@ def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: Mode
     sessions = ShapeSessions(quick, quick, limit=2, faster=faster, behind=behind)
     image = resize(photos["t1"], 192, 192)[None]
     spec = ((name, image.shape, image.dtype.str),)
-    first = sessions.get(image.shape, spec)
+    first = sessions.get(image.shape, lambda: spec)
     before = first.run(None, {name: image})
     assert sessions.taken_over() == {} and behind.pending() == 1
     release.set()
     assert behind.wait(60)
-    fast = sessions.get(image.shape, spec)
+    fast = sessions.get(image.shape, lambda: spec)
     assert fast is not first and list(sessions.taken_over()) == [image.shape]
     for b, a in zip(before, fast.run(None, {name: image}), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -199,20 +199,20 @@ def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: Mode
 
     release.clear()  # the next set-up waits: the shape after it is evicted before its turn
     small = ((name, (1, 64, 64, 3), "|u1"),)
-    sessions.get((1, 64, 64, 3), small)
-    sessions.get((1, 96, 96, 3), ((name, (1, 96, 96, 3), "|u1"),))
-    sessions.get((1, 64, 64, 3), small)  # the 96 px shape is now the least recently used
-    sessions.get((1, 128, 128, 3), ((name, (1, 128, 128, 3), "|u1"),))  # evicts it (limit 2)
+    sessions.get((1, 64, 64, 3), lambda: small)
+    sessions.get((1, 96, 96, 3), lambda: ((name, (1, 96, 96, 3), "|u1"),))
+    sessions.get((1, 64, 64, 3), lambda: small)  # the 96 px shape is now the least recently used
+    sessions.get((1, 128, 128, 3), lambda: ((name, (1, 128, 128, 3), "|u1"),))  # evicts it (limit 2)
     release.set()
     assert behind.wait(60)
     assert set_up == [image.shape, (1, 64, 64, 3), (1, 128, 128, 3)]
     release.clear()  # at close, the set-up under way ends and the one waiting is dropped
-    sessions.get((1, 32, 32, 3), ((name, (1, 32, 32, 3), "|u1"),))
-    sessions.get((1, 160, 160, 3), ((name, (1, 160, 160, 3), "|u1"),))
+    sessions.get((1, 32, 32, 3), lambda: ((name, (1, 32, 32, 3), "|u1"),))
+    sessions.get((1, 160, 160, 3), lambda: ((name, (1, 160, 160, 3), "|u1"),))
     threading.Timer(0.5, release.set).start()
     behind.close()
     assert set_up[-1] == (1, 32, 32, 3) and (1, 160, 160, 3) not in set_up
-    sessions.get((1, 192, 192, 3), ((name, (1, 192, 192, 3), "|u1"),))  # after close: its quick session only
+    sessions.get((1, 192, 192, 3), lambda: ((name, (1, 192, 192, 3), "|u1"),))  # after close: its quick session only
     assert behind.pending() == 0 and (1, 192, 192, 3) not in sessions.taken_over()
 
 

@@ -51,6 +51,10 @@ InputSpec = tuple[tuple[str, tuple[int, ...], str], ...]
 """A run's inputs: (name, shape, NumPy dtype string) each."""
 
 
+def _input_spec(inputs: Mapping[str, Array]) -> InputSpec:
+    return tuple((name, tuple(int(d) for d in v.shape), np.dtype(v.dtype).str) for name, v in inputs.items())
+
+
 class SetUpBehind:
     """One thread per process that sets faster sessions up behind the quick ones, a shape at a time (set-up is
     serialised inside the libraries anyway: docs/performance.md). At exit the shapes still waiting are dropped
@@ -132,7 +136,8 @@ class ShapeSessions:
 
     With `faster`, each new shape's session is a quick one, and `faster` (which opens a session and sets it up
     for a shape's inputs, taking seconds) runs behind it on `behind`; the faster session replaces the quick one
-    when it is ready."""
+    when it is ready. `get`'s `spec` describes those inputs; it is called only for a shape met for the first
+    time, so that runs of shapes already held do no more than look their session up."""
 
     def __init__(self, first: Callable[[], Any], new: Callable[[], Any], limit: int = MAX_SHAPE_SESSIONS, *,
                  faster: Callable[[InputSpec], Any] | None = None, behind: SetUpBehind | None = None):
@@ -147,7 +152,7 @@ class ShapeSessions:
         self._lock = threading.Lock()  # two analysis steps in flight may meet a new frame size at once
         self.evicted = 0
 
-    def get(self, shape: tuple[int, ...], spec: InputSpec = ()) -> Any:
+    def get(self, shape: tuple[int, ...], spec: Callable[[], InputSpec] = tuple) -> Any:
         with self._lock:
             session = self._sessions.get(shape)
             if session is not None:
@@ -163,8 +168,8 @@ class ShapeSessions:
                 self.evicted += 1
             session = self._sessions[shape] = make()
         if self._faster is not None:  # the job holds the table weakly: dropped engines are not kept for it
-            table = weakref.ref(self)
-            self._behind.submit(lambda: (t := table()) is not None and t._take_over(shape, spec))
+            table, inputs = weakref.ref(self), spec()
+            self._behind.submit(lambda: (t := table()) is not None and t._take_over(shape, inputs))
         return session
 
     def _take_over(self, shape: tuple[int, ...], spec: InputSpec) -> bool:
@@ -348,8 +353,8 @@ class OnnxRuntimeSession:
             return {name: out for (name, _, _), out in zip(self._outputs, outs, strict=True)}
         session = self._session
         if self._by_shape is not None:
-            spec = tuple((name, tuple(int(d) for d in v.shape), np.dtype(v.dtype).str) for name, v in inputs.items())
-            session = self._by_shape.get(tuple(d for _, shape, _ in spec for d in shape), spec)
+            session = self._by_shape.get(tuple(int(d) for v in inputs.values() for d in v.shape),
+                                         partial(_input_spec, inputs))
         return self._run_cuda(session, inputs)
 
     def _set_up(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> Any:
