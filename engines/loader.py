@@ -91,7 +91,11 @@ def load_engines(
     progress: Progress | None = None,
     report: RuntimeReport | None = None,
     warm_up: bool = True,
+    cpu_threads: int = 0,
 ) -> Engines:
+    """The models of `detection` on the runtime and device of `runtime`. `cpu_threads`: each CPU session's
+    threads per run (0: its share of the cores, as the pipeline runs two steps at once; a caller that runs one
+    model at a time gives every core)."""
     detection = detection or DetectionConfig()
     runtime = runtime or RuntimeConfig()
     store = store or ModelStore(progress=progress)
@@ -105,7 +109,7 @@ def load_engines(
         versions[name] = model.provenance.version
         batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch or GPU_DETECTOR_BATCH
         sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch,
-                                      report=report, start=runtime.engine_start)
+                                      report=report, start=runtime.engine_start, threads=cpu_threads)
         log.info("%s: %s", name, sessions[name].description)
     on_gpu = sessions[face_model].device == "cuda"
     frames = runtime.detector_batch or (GPU_DETECTOR_BATCH if on_gpu else CPU_DETECTOR_BATCH)

@@ -28,6 +28,7 @@ from engines.arrays import Array, to_host
 from engines.detectors import Detections, FaceDetector
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
+from engines.runtime.base import cpu_runs_at_once
 from engines.streams import STREAMS
 from indexer.decode.base import Decoder, FrameBatch, VideoInfo
 from indexer.errors import VideoError
@@ -50,7 +51,7 @@ STAGES = ("wait_for_frames", "wait_for_models", "detect_faces", "detect_persons"
 STEPS_IN_FLIGHT_GPU = 2
 """Analysis steps under way at once when the models run on a GPU: while one step's models run, the next
 step's host work (level batches, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
-for Python. On a CPU the models use every core already: one step at a time."""
+for Python. On a CPU, engines.runtime.base.cpu_runs_at_once() steps, each on its share of the cores."""
 THUMBNAIL_QUALITY = 88
 PERSON_THUMBNAIL_HEIGHT = 256
 """Person thumbnails are the best sighting's box, scaled down to at most this many pixels high."""
@@ -273,8 +274,13 @@ class VideoIndexer:
         return n if n > 0 else (8 if self.decoder.device == "cuda" else 1)
 
     @property
+    def steps_in_flight(self) -> int:
+        """Analysis steps under way at once (STEPS_IN_FLIGHT_GPU; on a CPU, cpu_runs_at_once())."""
+        return STEPS_IN_FLIGHT_GPU if self.models_on_gpu else cpu_runs_at_once()
+
+    @property
     def frame_batch(self) -> int:
-        return self.settings.runtime.frame_batch or (32 if self.models_on_gpu else 16)
+        return self.settings.runtime.frame_batch or (32 if self.models_on_gpu else 8)
 
     def index(self, path: Path, *, video_id: int, run_key: str,
               on_progress: Callable[[int, float], None] | None = None) -> VideoResult:
@@ -309,7 +315,7 @@ class VideoIndexer:
         """Videos whose decoder has finished (or failed), by id of their state: they finish once every frame
         of theirs is tracked. They do not count against `limit`: the next video starts decoding at once."""
         step = self.frame_batch
-        overlap = STEPS_IN_FLIGHT_GPU if self.models_on_gpu else 1
+        overlap = self.steps_in_flight
         pool = ThreadPoolExecutor(overlap, thread_name_prefix="vidx-models") if overlap > 1 else None
         steps: deque[tuple[list[_Frame], Future[_Inferred]]] = deque()
         gathered: list[_Frame] = []

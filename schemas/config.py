@@ -174,7 +174,7 @@ class RuntimeConfig:
     """Threads per CPU decoder (0 = let FFmpeg choose)."""
     frame_batch: int = 0
     """Sampled frames (from any of the videos in flight) analysed together in one step (0 = automatic: 32 on a
-    GPU, 16 on a CPU)."""
+    GPU, 8 on a CPU, where two steps run at once)."""
     decode_handoff: int = 0
     """Sampled frames a decoder hands to the models at once, at most a step's worth (0 = automatic: 8)."""
     videos_in_flight: int = 0

@@ -126,11 +126,12 @@ def query_engines(store: Any, device: str = "auto") -> Engines:
     On a GPU they start quickly (RuntimeConfig.engine_start quick): a photo's shapes set up in seconds, not half a
     minute."""
     from engines.loader import load_engines
+    from engines.runtime.base import cpu_cores
     from schemas.config import DetectionConfig, RuntimeConfig
 
     return load_engines(DetectionConfig(detect_persons=False),
                         RuntimeConfig(device=device, engine_start="quick"),  # type: ignore[arg-type]
-                        store=store, warm_up=False)
+                        store=store, warm_up=False, cpu_threads=cpu_cores())  # one photo at a time: every core
 
 
 def _faces_by_size(engines: Engines, image: np.ndarray, photo: Path) -> tuple[Any, np.ndarray]:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from catalog.db import Catalog
 from engines.loader import Engines, load_engines
 from engines.photos import load_photo, photo_path
+from engines.runtime.base import cpu_cores
 from engines.zoo import ModelStore
 from indexer.decode.pyav import PyAVDecoder
 from indexer.pipeline import PeriodicSchedule, VideoIndexer, VideoTask
@@ -253,28 +254,36 @@ class _StepsInFlight(VideoIndexer):
         return contextlib.nullcontext()
 
 
+class _OneStepAtATime(VideoIndexer):
+    steps_in_flight = 1
+
+
 def test_steps_in_flight_give_the_rows_of_one_step_at_a_time(indexed: Indexed, engines: Engines) -> None:
-    """Two steps at once in threads, frames of two videos sharing steps, and frames that skip the person
-    detector (15 fps sampling: every other frame) taking their people from a frame of another step: the same
-    rows, bit for bit, and tracks as one video and one step at a time."""
+    """Two steps at once in threads (the CPU's default on two cores or more, and the GPU's way with several
+    videos at once), frames of two videos sharing steps, and frames that skip the person detector (15 fps
+    sampling: every other frame) taking their people from a frame of another step: the same rows, bit for bit,
+    and tracks as one video and one step at a time."""
     videos = indexed[0]
     paths = [Path(v.path) for v in videos if v.name in ("group_t1.mp4", "rotated_phone.mp4")]
     settings = IndexSettings(sampling=SamplingConfig(fps=15.0), runtime=RuntimeConfig(device="cpu", frame_batch=8))
     assert settings.persons_scheduled()
+    assert VideoIndexer(engines, settings, PyAVDecoder()).steps_in_flight == min(2, cpu_cores())
     runs = []
-    for cls in (VideoIndexer, _StepsInFlight):
+    for cls in (_OneStepAtATime, VideoIndexer, _StepsInFlight):
         results = cls(engines, settings, PyAVDecoder()).index_many(
             [VideoTask(p, i + 1, "s") for i, p in enumerate(paths)])
         runs.append({task.path.name: result for task, result in results})
-    one, threaded = runs
-    assert sorted(one) == sorted(threaded) == sorted(p.name for p in paths)
-    for name, result in one.items():
-        assert not isinstance(result, BaseException) and result.faces.num_rows > 0
-        other = threaded[name]
-        assert not isinstance(other, BaseException)
-        for table in ("faces", "persons", "tracks", "person_tracks"):
-            assert getattr(result, table).drop_columns(["thumbnail"] if "tracks" in table else []).equals(
-                getattr(other, table).drop_columns(["thumbnail"] if "tracks" in table else [])), (name, table)
+    one = runs[0]
+    assert sorted(one) == sorted(p.name for p in paths)
+    for threaded in runs[1:]:
+        assert sorted(threaded) == sorted(one)
+        for name, result in one.items():
+            assert not isinstance(result, BaseException) and result.faces.num_rows > 0
+            other = threaded[name]
+            assert not isinstance(other, BaseException)
+            for table in ("faces", "persons", "tracks", "person_tracks"):
+                assert getattr(result, table).drop_columns(["thumbnail"] if "tracks" in table else []).equals(
+                    getattr(other, table).drop_columns(["thumbnail"] if "tracks" in table else [])), (name, table)
 
 
 def test_the_person_detection_period_is_in_the_run_key_only_where_frames_are_closer() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from engines.convert.fp16 import to_float16
 from engines.errors import RuntimeUnavailable
-from engines.runtime.base import RuntimeReport, open_session, resolve_device, resolve_runtime
+from engines.runtime.base import RuntimeReport, cpu_cores, open_session, resolve_device, resolve_runtime
 from engines.zoo import ModelStore
 
 CPU_ONLY = RuntimeReport(cuda_devices=0, onnxruntime_providers=("CPUExecutionProvider",), tensorrt_version=None)
@@ -41,6 +41,21 @@ def test_cpu_session_describes_itself(store: ModelStore) -> None:
     assert out["embedding"].shape == (3, 128)
     with pytest.raises(ValueError, match="no input"):
         session.run({"image": np.zeros((1, 150, 150, 3), np.uint8)})
+
+
+def test_cpu_sessions_share_the_cores_between_two_runs_unless_asked_for_all(store: ModelStore) -> None:
+    """The pipeline runs two steps at once on a CPU, each on half of the cores; a photo query runs one model
+    at a time, on every core."""
+    from search.query import query_engines
+
+    def threads(session: object) -> int:
+        return int(session._session.get_session_options().intra_op_num_threads)  # type: ignore[attr-defined]
+
+    half = max(1, cpu_cores() // min(2, cpu_cores()))
+    assert threads(open_session(store.load("face_embedder"), device="cpu", report=CPU_ONLY)) == half
+    assert threads(open_session(store.load("face_embedder"), device="cpu", report=CPU_ONLY, threads=3)) == 3
+    engines = query_engines(store, "cpu")
+    assert threads(engines.faces.session) == threads(engines.embedder.session) == cpu_cores()
 
 
 def test_fp16_onnxruntime_is_a_gpu_choice_and_the_cpu_keeps_fp32(store: ModelStore) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from engines.arrays import Array, cupy_module
 from engines.errors import ModelError, RuntimeUnavailable
-from engines.runtime.base import DeviceKind, RuntimeName
+from engines.runtime.base import DeviceKind, RuntimeName, cpu_run_threads
 from engines.zoo import ModelFile
 from schemas.config import EngineStart
 
@@ -220,7 +220,8 @@ class OnnxRuntimeSession:
                  int8: bool = False, start: EngineStart = "wait"):
         """fp16: run an FP16 copy of the model (engines.convert.fp16: weights and activations in half
         precision, the uint8 input and float32 outputs kept, so callers see no difference). int8: run its
-        INT8 copy (engines.int8, made and cached on first use; the person detector on a CPU). start: on CUDA,
+        INT8 copy (engines.int8, made and cached on first use; the person detector on a CPU). threads: a CPU run's
+        threads (0: engines.runtime.base.cpu_run_threads()). start: on CUDA,
         how each input shape's session is set up (above); on a CPU sessions are not tied to shapes and `start`
         changes nothing."""
         import onnxruntime as ort
@@ -232,8 +233,8 @@ class OnnxRuntimeSession:
         self._device: DeviceKind = device
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        if threads or device == "cpu":
+            opts.intra_op_num_threads = threads or cpu_run_threads()
         opts.log_severity_level = 3
         if device == "cpu":
             # ONNX Runtime's pool threads spin between runs by default, taking the cores the decoder
