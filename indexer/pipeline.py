@@ -313,7 +313,8 @@ class VideoIndexer:
         live: dict[int, _VideoState] = {}
         ended: dict[int, VideoError | None] = {}
         """Videos whose decoder has finished (or failed), by id of their state: they finish once every frame
-        of theirs is tracked. They do not count against `limit`: the next video starts decoding at once."""
+        of theirs is tracked. Up to `limit` of them do not count against it: the next video starts decoding at
+        once, but short videos are not claimed far ahead of their analysis (see room())."""
         step = self.frame_batch
         overlap = self.steps_in_flight
         pool = ThreadPoolExecutor(overlap, thread_name_prefix="vidx-models") if overlap > 1 else None
@@ -341,6 +342,12 @@ class VideoIndexer:
             threading.Thread(target=self._decode, args=(state, messages, stop), daemon=True,
                              name=f"vidx-decode-{task.video_id}").start()
             return True
+
+        def room() -> bool:
+            """Whether another video may start: fewer than `limit` decoding, and no more than `limit` decoded
+            ones waiting for the models (with steps in flight a worker would otherwise claim short videos far
+            ahead of their analysis, which other workers could have taken)."""
+            return len(live) - len(ended) < limit and len(ended) <= limit
 
         def models_busy() -> bool:
             return any(not future.done() for _, future in steps)
@@ -384,7 +391,7 @@ class VideoIndexer:
         try:
             while True:
                 # Claims happen here, after the caller has taken the last result: only when there is room.
-                while len(live) - len(ended) < limit and start_next():
+                while room() and start_next():
                     pass
                 while steps and steps[0][1].done():
                     record_oldest()
@@ -400,7 +407,7 @@ class VideoIndexer:
                     continue
                 if gathered or steps:  # frames waiting for the models, or a step to track when it is done
                     timeout: float | None = GATHER_POLL_S
-                elif exhausted or len(live) - len(ended) >= limit:
+                elif exhausted or not room():
                     timeout = None
                 else:  # with room for a video, wake up now and then to ask the feed for one
                     timeout = FEED_POLL_S
