@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import onnx
@@ -51,6 +52,12 @@ def test_cpu_sessions_share_the_cores_between_two_runs_unless_asked_for_all(stor
     def threads(session: object) -> int:
         return int(session._session.get_session_options().intra_op_num_threads)  # type: ignore[attr-defined]
 
+    with pytest.MonkeyPatch.context() as env:  # a Ray worker's share of a machine
+        env.setenv("OMP_NUM_THREADS", "1")
+        assert cpu_cores() == 1
+        assert threads(open_session(store.load("face_embedder"), device="cpu", report=CPU_ONLY)) == 1
+        env.setenv("OMP_NUM_THREADS", "64")
+        assert cpu_cores() == len(os.sched_getaffinity(0))
     half = max(1, cpu_cores() // min(2, cpu_cores()))
     assert threads(open_session(store.load("face_embedder"), device="cpu", report=CPU_ONLY)) == half
     assert threads(open_session(store.load("face_embedder"), device="cpu", report=CPU_ONLY, threads=3)) == 3

@@ -33,11 +33,14 @@ two runs on half the cores each analyse more frames per second than one run on a
 
 
 def cpu_cores() -> int:
-    """The cores this process may run on."""
+    """The cores this process may run on (its CPU affinity), fewer where OMP_NUM_THREADS says so: Ray sets it
+    to a worker's CPUs, so that workers sharing a machine do not each spread over all of its cores."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    share = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cores, int(share))) if share.isdigit() and int(share) > 0 else cores
 
 
 def cpu_runs_at_once() -> int:
