@@ -10,7 +10,7 @@ import numpy as np
 
 from bench.jobs import machine
 from engines.arrays import cupy_module
-from engines.runtime.base import open_session, runtime_report, session_array_module
+from engines.runtime.base import cpu_cores, open_session, runtime_report, session_array_module
 from engines.zoo import MODEL_NAMES, ModelStore
 
 
@@ -56,8 +56,9 @@ def bench_engines(store: ModelStore, *, device: str, engine: str, batches: list[
     rng = np.random.default_rng(0)
     for name in MODEL_NAMES:
         model = store.load(name)
+        # one run at a time: a CPU session on every core
         session = open_session(model, device=device, engine=engine, max_batch=max(batches),  # type: ignore[arg-type]
-                               report=report)
+                               report=report, threads=cpu_cores())
         xp = session_array_module(session)
         stream = getattr(session, "stream", None)
 

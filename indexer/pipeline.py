@@ -313,8 +313,8 @@ class VideoIndexer:
         live: dict[int, _VideoState] = {}
         ended: dict[int, VideoError | None] = {}
         """Videos whose decoder has finished (or failed), by id of their state: they finish once every frame
-        of theirs is tracked. Up to `limit` of them do not count against it: the next video starts decoding at
-        once, but short videos are not claimed far ahead of their analysis (see room())."""
+        of theirs is tracked. They hold no decoding place: the next video starts decoding at once, within
+        room()'s bound on the videos held in all."""
         step = self.frame_batch
         overlap = self.steps_in_flight
         pool = ThreadPoolExecutor(overlap, thread_name_prefix="vidx-models") if overlap > 1 else None
@@ -344,10 +344,10 @@ class VideoIndexer:
             return True
 
         def room() -> bool:
-            """Whether another video may start: fewer than `limit` decoding, and no more than `limit` decoded
-            ones waiting for the models (with steps in flight a worker would otherwise claim short videos far
-            ahead of their analysis, which other workers could have taken)."""
-            return len(live) - len(ended) < limit and len(ended) <= limit
+            """Whether another video may start: fewer than `limit` decoding, and fewer than twice `limit` held in
+            all, decoded ones waiting for the models included (with steps in flight a worker would otherwise claim
+            short videos far ahead of their analysis, which other workers could have taken)."""
+            return len(live) - len(ended) < limit and len(live) < 2 * limit
 
         def models_busy() -> bool:
             return any(not future.done() for _, future in steps)

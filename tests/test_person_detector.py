@@ -183,10 +183,10 @@ def test_the_int8_copy_finds_the_fp32_detectors_people(engines: Engines, store: 
     from engines.int8 import int8_copy, int8_path
     from engines.runtime.base import open_session
 
-    assert engines.persons is not None and not engines.persons.session.description.endswith("INT8")
+    assert engines.persons is not None and "INT8" not in engines.persons.session.description
     model = store.load("person_detector")
     session = open_session(model, device="cpu", engine="onnxruntime-int8")
-    assert session.description.endswith("INT8")
+    assert "INT8" in session.description
     made = int8_path(model).stat().st_mtime_ns
     assert int8_copy(model) == int8_path(model) and int8_path(model).stat().st_mtime_ns == made  # reused
     int8 = PersonDetector(session, score_threshold=engines.persons.score_threshold)

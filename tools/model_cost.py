@@ -22,6 +22,7 @@ from onnx import shape_inference
 
 from engines.detectors import BlazeDetector
 from engines.loader import load_engines
+from engines.runtime.base import cpu_cores
 from engines.zoo import ModelName, ModelStore
 from schemas.config import DetectionConfig, RuntimeConfig
 
@@ -74,7 +75,7 @@ def run_ms(detector: BlazeDetector, shape: tuple[int, int, int, int], repeats: i
 
 
 def main(height: int, width: int) -> None:
-    engines = load_engines(DetectionConfig(), RuntimeConfig(device="cpu"), warm_up=False)
+    engines = load_engines(DetectionConfig(), RuntimeConfig(device="cpu"), warm_up=False, cpu_threads=cpu_cores())
     store = ModelStore()
     rate = gemm_rate()
     print(f"FP32 matrix product on this CPU: {rate / 1e9:.0f} GFLOP/s")

@@ -17,7 +17,7 @@ import numpy as np
 
 from engines.detectors import PersonDetector
 from engines.photos import load_photo, video_path
-from engines.runtime.base import open_session
+from engines.runtime.base import cpu_cores, open_session
 from engines.zoo import ModelStore
 
 LEVELS = ((416, 416), (512, 512), (640, 640), (768, 768), (896, 896), (640, 416), (768, 416))
@@ -31,7 +31,7 @@ def main() -> None:
             if i % 5 == 0:  # 2 fps of the 10 fps video
                 frames.append(frame.to_ndarray(format="rgb24"))
     t1 = load_photo("t1")
-    session = open_session(ModelStore().load("person_detector"), device="cpu")
+    session = open_session(ModelStore().load("person_detector"), device="cpu", threads=cpu_cores())
     print(f"{len(frames)} frames of vtest.avi; {session.description}")
     print("| long side (fine / coarse) | ms/frame wall | CPU ms/frame | " +
           " | ".join(f"people/frame at {t}" for t in THRESHOLDS) + " | t1.jpg at 0.4 |")

@@ -332,7 +332,11 @@ class OnnxRuntimeSession:
         dense = " (depthwise as dense)" if self.dense_depthwise else ""
         start = {"wait": "", "quick": f", quick start{dense}",
                  "background": f", quick start{dense}, fastest set up behind"}
-        return f"onnxruntime {self._ort.__version__} {self._active}{precision}{fused}{start[self.start]}"
+        threads = ""
+        if self._device == "cpu":
+            n = self._session.get_session_options().intra_op_num_threads
+            threads = f", {n} thread{'s' if n != 1 else ''} a run"
+        return f"onnxruntime {self._ort.__version__} {self._active}{precision}{fused}{start[self.start]}{threads}"
 
     def shapes_set_up(self) -> set[tuple[int, ...]] | None:
         """On CUDA, the input shapes (all inputs' dimensions in a row) whose session is held, set up or being
