@@ -40,11 +40,13 @@ def cpu_cores() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     share = os.environ.get("OMP_NUM_THREADS", "")
-    return max(1, min(cores, int(share))) if share.isdigit() and int(share) > 0 else cores
+    if share.isdigit() and int(share) > 0:
+        cores = min(cores, int(share))
+    return cores
 
 
 def cpu_runs_at_once() -> int:
-    return max(1, min(CPU_RUNS_AT_ONCE, cpu_cores()))
+    return min(CPU_RUNS_AT_ONCE, cpu_cores())
 
 
 def cpu_run_threads() -> int:
