@@ -4,7 +4,10 @@ side by side in threads on the caller's device.
 CuPy's memory pool keeps freed blocks per stream: memory freed by work on one stream is reused only
 by later allocations on that same stream. A fresh stream for every video (or every thread) therefore
 grows the pool by each video's buffers until an allocation fails and CuPy empties its cache (a soak run
-on an H100 climbed to 67 GiB that way). Reusing streams keeps the pool at what the work in flight needs.
+on an H100 climbed to 67 GiB that way). Reusing streams keeps the pool at what the work in flight needs,
+provided a stream keeps one kind of work: decoders and model steps borrow from separate pools, because a
+stream that served a decoder and later a model step keeps both kinds of blocks, and as decoders come and go
+every stream would in time cache a whole step's buffers.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ class StreamPool:
 
 
 STREAMS = StreamPool()
-"""The process's pool: NVDEC decoders (for as long as a decoder lives) and the pipeline's model threads
-borrow from it."""
+"""The process's pool for model work: the pipeline's model threads borrow from it, a step at a time."""
+DECODER_STREAMS = StreamPool()
+"""The process's pool for NVDEC decoders, each of which holds its stream for as long as the decoder lives."""
 
 
 def side_by_side(calls: Sequence[Callable[[], object]], name: str) -> None:

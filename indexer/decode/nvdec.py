@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engines.arrays import Array, cupy_module, require_cupy
-from engines.streams import STREAMS
+from engines.streams import DECODER_STREAMS
 from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, PacketPlan, VideoInfo
 from indexer.decode.bitstream import ReferenceScanner
 from indexer.errors import VideoError
@@ -153,12 +153,12 @@ class DecoderPool:
                 del self._idle[id(lent)]
                 self.reused += 1
         if lent is None:
-            stream = STREAMS.take()  # given back when the decoder is dropped: CuPy's cache is per stream
+            stream = DECODER_STREAMS.take()  # given back when the decoder is dropped: CuPy's cache is per stream
             try:
                 decoder = _nvc().CreateDecoder(gpuid=gpu_id, codec=codec, cudacontext=0, cudastream=stream.ptr,
                                                usedevicememory=True)
             except BaseException:
-                STREAMS.give(stream)
+                DECODER_STREAMS.give(stream)
                 raise
             lent = LentDecoder(decoder, stream, key)
             with self._lock:
@@ -181,7 +181,7 @@ class DecoderPool:
     def _drop(lent: LentDecoder) -> None:
         lent.stream.synchronize()
         del lent.decoder  # the NVDEC session goes now, before its stream is lent to anyone else
-        STREAMS.give(lent.stream)
+        DECODER_STREAMS.give(lent.stream)
 
     def clear(self) -> None:
         with self._lock:
