@@ -180,6 +180,7 @@ class TensorRTSession:
                 self._context.set_tensor_address(name, out.data.ptr)
             if not self._context.execute_async_v3(self.stream.ptr):
                 raise RuntimeError(f"TensorRT failed to run {self.model.spec.name}")
-        # Inputs must outlive the enqueued work; the stream orders later readers of the outputs.
+        # Inputs must outlive the enqueued work; work the caller queues next (reading the outputs) waits for it.
+        cp.cuda.get_current_stream().wait_event(self.stream.record())
         self._pending = keep
         return outputs
