@@ -146,9 +146,6 @@ extern "C" __global__ void decode_candidates(const float* reg, const float* scor
 """
 
 THREADS = 256
-CANDIDATE_CAP = 4096
-"""Most candidates one detector batch brings back from decode_candidates (beyond it, the caller decodes another
-way)."""
 
 
 @functools.cache
@@ -190,7 +187,7 @@ def place_level(frames: Sequence[Array], width: int, height: int, out: Array) ->
 
 
 def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: float, n_keypoints: int,
-                      cap: int = CANDIDATE_CAP) -> np.ndarray | None:
+                      cap: int = 4096) -> np.ndarray | None:
     """Anchor decoding and thresholding of a detector batch in one launch, brought to the host in one copy.
 
     reg: B x A x R float32 regressors, scores: B x A float32, anchors: A x 2 float32 centres in model
@@ -200,13 +197,6 @@ def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: f
     Each CuPy call is a chance for another Python thread to take the GIL for up to a switch interval,
     so the many small array operations of a generic decode cost far more than their GPU time.
     """
-    return read_candidates(queue_candidates(reg, scores, anchors, threshold=threshold, n_keypoints=n_keypoints,
-                                            cap=cap), n_keypoints=n_keypoints, cap=cap)
-
-
-def queue_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: float, n_keypoints: int,
-                     cap: int = CANDIDATE_CAP) -> Array:
-    """decode_candidates' kernel, queued on the current stream: the device buffer read_candidates reads."""
     cp = require_cupy()
     reg = cp.ascontiguousarray(reg, dtype=cp.float32)
     scores = cp.ascontiguousarray(scores, dtype=cp.float32)
@@ -218,17 +208,10 @@ def queue_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: fl
     _launch("decode_candidates", b * a,
             (reg, scores, anchors, np.int32(b * a), np.int32(a), np.int32(reg.shape[2]), np.int32(n_keypoints),
              np.float32(threshold), np.int32(cap), out))
-    return out
-
-
-def read_candidates(out: Array, *, n_keypoints: int, cap: int = CANDIDATE_CAP) -> np.ndarray | None:
-    """The rows of a queue_candidates buffer on the host, in flat (image, anchor) order (waits for the current
-    stream); None when more than `cap` anchors passed."""
     host = out.get()
     n = int(host[:1].view(np.int32)[0])
     if n > cap:
         return None
-    width = 6 + 2 * n_keypoints
     rows = host[1:1 + n * width].reshape(n, width)
     return rows[np.argsort(rows[:, -1], kind="stable")]
 

@@ -20,11 +20,10 @@ import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
@@ -176,10 +175,6 @@ def fine_tile_origins(regions: np.ndarray | None, level: Level) -> list[tuple[in
 
 
 Candidates = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-LevelCandidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-"""One run's candidates on the host: boxes (N x 4), scores (N), keypoints (N x K x 2), batch image of each (N)."""
-Collect = Callable[[], LevelCandidates]
-"""Brings a queued run's candidates to the host (waiting for the device)."""
 """A frame's candidate boxes, scores and keypoints, in frame pixels, one entry per level or tile run."""
 
 NMS_MATRIX_MAX = 512
@@ -375,41 +370,29 @@ class BlazeDetector:
         # every device, so that a CPU and a GPU see the same inputs)
         whole = [k for k, t in enumerate(tiles) if len(t) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w]
         chunk = FINE_CANVAS_BATCH if xp is not np else max(1, len(whole))
-        parts = [whole[start:start + chunk] for start in range(0, len(whole), chunk)]
-        queued = [self._queue_levels(xp, [frames[k] for k in part], [fine], pad_to=chunk) for part in parts]
+        for start in range(0, len(whole), chunk):
+            part = whole[start:start + chunk]
+            for k, cands in zip(part, self._level_candidates(xp, [frames[k] for k in part], [fine], pad_to=chunk),
+                                strict=True):
+                found[k].extend(cands)
         for k in whole:
             tiles[k] = []
         with self._count_lock:  # two model threads may count at once (not _prepare_lock: held for seconds)
             self.fine_runs["whole"] += len(whole)
             self.fine_runs["tiles"] += sum(map(len, tiles))
-        tiled = self._queue_tiles(xp, frames, fine, tiles)
-        for part, runs in zip(parts, queued, strict=True):
-            for k, cands in zip(part, self._level_results(len(part), runs), strict=True):
-                found[k].extend(cands)
-        for k, cands in enumerate(self._tile_results(len(frames), fine, tiled)):
+        for k, cands in enumerate(self._tile_candidates(xp, frames, fine, tiles)):
             found[k].extend(cands)
 
     def _level_candidates(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
                           pad_to: int | None = None) -> list[Candidates]:
         """Candidates of whole levels (at most batch_size frames; on a GPU padded to `pad_to`, else to
         batch_size), in frame pixels, per frame."""
-        return self._level_results(len(frames), self._queue_levels(xp, frames, levels, pad_to))
-
-    def _queue_levels(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
-                      pad_to: int | None = None) -> list[tuple[Level, Collect]]:
-        """_level_candidates' runs, queued (on a GPU every level's model and decoding go to the device before
-        any result is read back)."""
+        out: list[Candidates] = [[] for _ in frames]
         if not frames or not levels:
-            return []
-        return [(level, self._queue(batch, level))
-                for level, batch in zip(levels, self.level_batches(xp, frames, levels, pad_to), strict=True)]
-
-    def _level_results(self, n_frames: int, queued: list[tuple[Level, Collect]]) -> list[Candidates]:
-        """The candidates of queued level runs of n_frames frames, per frame."""
-        out: list[Candidates] = [[] for _ in range(n_frames)]
-        for level, collect in queued:
-            boxes, scores, kps, image = collect()
-            keep = image < n_frames  # GPU batches are padded with black images
+            return out
+        for level, batch in zip(levels, self.level_batches(xp, frames, levels, pad_to), strict=True):
+            boxes, scores, kps, image = self._run(batch, level)
+            keep = image < len(frames)  # GPU batches are padded with black images
             cx, cy = self._sized_for(boxes, level, keep)
             keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
             inv = np.float32(1.0 / level.scale)
@@ -424,19 +407,13 @@ class BlazeDetector:
         pixels, per frame. A candidate counts in a tile when its centre is on the tile's picture and at least
         TILE_EDGE from every tile edge inside the level image (a neighbouring tile, overlapping by
         TILE_OVERLAP, sees that face whole)."""
-        return self._tile_results(len(frames), level, self._queue_tiles(xp, frames, level, tiles))
-
-    def _queue_tiles(self, xp: ModuleType, frames: Sequence[Array], level: Level,
-                     tiles: Sequence[list[tuple[int, int]]]) -> list[tuple[list[tuple[int, int, int]], Collect]]:
-        """_tile_candidates' runs, queued: each batch's (frame, x, y) tiles and the call that reads its
-        candidates back."""
         plan = [(f, x, y) for f, origins in enumerate(tiles) for x, y in origins]
+        out: list[Candidates] = [[] for _ in frames]
         if not plan:
-            return []
+            return out
         used = sorted({f for f, _, _ in plan})
         scaled = dict(zip(used, self._level_images(xp, [frames[f] for f in used], level), strict=True))
         tile_level = Level(level.scale, FINE_TILE, FINE_TILE, FINE_TILE, FINE_TILE)
-        queued = []
         for start in range(0, len(plan), self.batch_size):
             chunk = plan[start:start + self.batch_size]
             n = max(self.batch_size, len(chunk)) if xp is not np else len(chunk)
@@ -444,15 +421,7 @@ class BlazeDetector:
             for i, (f, x, y) in enumerate(chunk):
                 tile = scaled[f][y:y + TILE_PICTURE, x:x + TILE_PICTURE]
                 batch[i, :tile.shape[0], :tile.shape[1]] = tile
-            queued.append((chunk, self._queue(batch, tile_level)))
-        return queued
-
-    def _tile_results(self, n_frames: int, level: Level,
-                      queued: list[tuple[list[tuple[int, int, int]], Collect]]) -> list[Candidates]:
-        """The candidates of queued tile runs, in frame pixels, per frame."""
-        out: list[Candidates] = [[] for _ in range(n_frames)]
-        for chunk, collect in queued:
-            boxes, scores, kps, image = collect()
+            boxes, scores, kps, image = self._run(batch, tile_level)
             keep = image < len(chunk)
             cx, cy = self._sized_for(boxes, level, keep)
             origins = np.asarray([(x, y) for _, x, y in chunk], np.float32)
@@ -512,56 +481,28 @@ class BlazeDetector:
                 batch[i, :level.height, :level.width] = img
             yield batch
 
-    def _queue(self, batch: Array, level: Level) -> Collect:
-        """A batch of one level queued: the call returned brings its candidates to the host (_run's result).
-        Detectors whose runs cannot be queued run at once (here: _run, then the call only returns its result)."""
-        result = self._run(batch, level)
-        return lambda: result
-
-    def _run(self, batch: Array, level: Level) -> LevelCandidates:
+    def _run(self, batch: Array, level: Level) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Model + anchor decoding + threshold for a batch of one level: candidates in canvas pixels.
 
         Returns boxes (N x 4), scores (N), keypoints (N x K x 2) and the batch image of each (N), on the
         host, brought back in one transfer.
         """
-        return self._queue_anchor_decoding(batch, level)()
-
-    def _queue_anchor_decoding(self, batch: Array, level: Level) -> Collect:
-        """_run as two halves: on a GPU the model and one decoding kernel are queued on the session's stream
-        now, and the call returned copies the candidates to the host (one transfer, waiting for them); on a
-        CPU everything runs now."""
         xp = array_module(batch)
         stream = getattr(self.session, "stream", None)
         out = self.session.run({"image": batch})
         k = self.n_keypoints
         anchors = self._anchor_array(xp, level.canvas_h, level.canvas_w)
-        on_stream = stream if stream is not None else contextlib.nullcontext()
-        reg, scores = out["boxes"], out["scores"]
-        if xp is not np:  # one kernel and one copy instead of a dozen small array operations
-            from engines import cuda_ops
+        with stream if stream is not None else contextlib.nullcontext():
+            reg, scores = out["boxes"], out["scores"]
+            if xp is not np:  # one kernel and one copy instead of a dozen small array operations
+                from engines import cuda_ops
 
-            with on_stream:
-                queued = cuda_ops.queue_candidates(reg, scores, anchors, threshold=self.score_threshold,
-                                                   n_keypoints=k)
-
-            def collect() -> LevelCandidates:
-                with on_stream:
-                    rows = cuda_ops.read_candidates(queued, n_keypoints=k)
-                if rows is None:  # more candidates than the kernel's buffer holds
-                    return self._decode_anchors(xp, reg, scores, anchors, on_stream)
-                flat = rows[:, 5 + 2 * k].astype(np.int64)
-                return (rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(-1, k, 2), flat // scores.shape[1])
-
-            return collect
-        result = self._decode_anchors(xp, reg, scores, anchors, on_stream)
-        return lambda: result
-
-    def _decode_anchors(self, xp: ModuleType, reg: Array, scores: Array, anchors: Array,
-                        on_stream: Any) -> LevelCandidates:
-        """Anchor decoding and threshold with array operations (the CPU's way; a GPU's when decode_candidates'
-        buffer overflows)."""
-        k = self.n_keypoints
-        with on_stream:
+                rows = cuda_ops.decode_candidates(reg, scores, anchors, threshold=self.score_threshold,
+                                                  n_keypoints=k)
+                if rows is not None:
+                    flat = rows[:, 5 + 2 * k].astype(np.int64)
+                    return (rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(-1, k, 2),
+                            flat // scores.shape[1])
             b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
             r = reg[b_idx, a_idx]
             a = anchors[a_idx]
@@ -627,9 +568,6 @@ class FaceDetector(BlazeDetector):
         super().__init__(session, FACE_ANCHORS, len(FACE_KEYPOINTS), score_threshold, batch_size=batch_size,
                          min_box=MODEL_MIN_FACE_PX * 0.8, fine_tiles=fine_tiles)
         self.min_face_px = min_face_px
-
-    def _queue(self, batch: Array, level: Level) -> Collect:
-        return self._queue_anchor_decoding(batch, level)
 
     def head_regions(self, person_boxes: np.ndarray, height: int, width: int) -> np.ndarray:
         """Where in a height x width frame the faces that only the finest level finds can be, given the people

@@ -38,11 +38,6 @@ CUDA options prefer_nhwc + fuse_conv_bias): on an H100 the every-frame pipeline 
 0 to run them in NCHW without fusion (for comparisons)."""
 
 
-SYNC_EACH_RUN = False
-"""On CUDA, whether a run returns only once its kernels have finished (ONNX Runtime's default). vidx's runs
-return once their work is queued: the caller's stream waits for it on the device, so a detector queues all its
-pyramid levels before it reads any result back (one wait on the host instead of one per run)."""
-
 MAX_SHAPE_SESSIONS = 12
 """ONNX Runtime sessions kept per model on CUDA, one per input shape (6 detector levels for a 1080p video with
 persons on, so two frame sizes in flight fit). Each keeps a GPU memory arena as large as its shape's peak: a
@@ -208,9 +203,7 @@ class OnnxRuntimeSession:
 
     On CUDA the session runs on its own CuPy stream (`stream`), given to ONNX Runtime as its compute
     stream, so that pre-processing kernels, the model and post-processing are ordered on one stream
-    without device-wide synchronisation. Inputs and outputs stay in GPU memory (IO binding). A run returns
-    once its kernels are queued (SYNC_EACH_RUN), with the caller's stream made to wait for them: its outputs are
-    read by work queued on that stream or on the session's.
+    without device-wide synchronisation. Inputs and outputs stay in GPU memory (IO binding).
 
     On CUDA every input shape (the detectors' pyramid levels and frame sizes, the embedder's padded
     batch sizes) gets an ONNX Runtime session of its own: the CUDA provider keeps set-up (cuDNN plans,
@@ -249,9 +242,6 @@ class OnnxRuntimeSession:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.stream: Any = None
         self._device_id = 0
-        self._queued_run = ort.RunOptions()
-        """A run that returns once its kernels are queued (SYNC_EACH_RUN)."""
-        self._queued_run.add_run_config_entry("disable_synchronize_execution_providers", "1")
         providers: list[Any] = ["CPUExecutionProvider"]
         fast_providers = providers
         if device == "cuda":
@@ -388,17 +378,16 @@ class OnnxRuntimeSession:
         if cp is None:  # checked in __init__; keeps the type checker honest
             raise RuntimeUnavailable("CuPy is not available")
         binding = session.io_binding()
-        caller = cp.cuda.get_current_stream()
         batch = 0
-        bound = []  # the inputs, alive until the run is queued
+        keep_alive = []
         for name, value in inputs.items():
             arr = cp.ascontiguousarray(cp.asarray(value))
-            bound.append(arr)
+            keep_alive.append(arr)
             batch = int(arr.shape[0])
             binding.bind_input(name, "cuda", cp.cuda.runtime.getDevice(), arr.dtype, list(arr.shape), arr.data.ptr)
         # Inputs come from kernels on the caller's stream (their copies above included): order this session's
         # stream after them.
-        self.stream.wait_event(caller.record())
+        self.stream.wait_event(cp.cuda.get_current_stream().record())
         outputs: dict[str, Array] = {}
         allocated_by_ort = []
         with self.stream:
@@ -412,13 +401,7 @@ class OnnxRuntimeSession:
                 out = cp.empty(dims, dtype=dtype)
                 outputs[name] = out
                 binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice(), dtype, dims, out.data.ptr)
-        if SYNC_EACH_RUN:
-            session.run_with_iobinding(binding)
-        else:
-            session.run_with_iobinding(binding, self._queued_run)
-            # Work the caller queues next (reading the outputs, writing over the inputs' memory once CuPy's pool
-            # hands it out again) waits for this run on the device.
-            caller.wait_event(self.stream.record())
+        session.run_with_iobinding(binding)
         if allocated_by_ort:
             values = dict(zip((name for name, _, _ in self._outputs), binding.get_outputs(), strict=True))
             for name, dtype in allocated_by_ort:
