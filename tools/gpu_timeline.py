@@ -7,9 +7,9 @@ First the models alone: five synchronised 32-frame steps (person detector, then 
 the people found) with the timeline on, for their kernels' time per frame. Then VIDEOS copies of the
 H.264 bench clips (default 28), every frame, one process, the fastest sessions; the timeline records
 WINDOW_S seconds (default 6) starting 4 s into the run. Printed: how busy the GPU was (any kernel or copy
-running), the kernels' time by kind and by name, how much two streams overlapped, the idle gaps, and the
-CUDA calls each kind of thread made (launches, synchronisations, copies). The raw trace is written beside
-the summary when TRACE=path is set (it is large: about 50 MB a second).
+running), the kernels' time by kind and by name, how much two streams overlapped, the idle gaps, the CUDA
+calls the process made (launches, synchronisations, copies) and the threads it had. The raw traces (Chrome
+trace JSON, large) go to the folder TRACE names (default /tmp/vidx-timeline).
 """
 
 from __future__ import annotations
@@ -125,12 +125,11 @@ def summarise(events: list[dict[str, Any]], window_s: float, frames: int,
     last = max((b for _, b in spans), default=0.0)
     span_s = (last - first) / 1e6 if spans else window_s
 
-    host_by: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    host_n: dict[str, Counter[str]] = defaultdict(Counter)
-    for e in host:
-        role = thread_role(thread_names.get(int(e.get("tid", 0)), ""))
-        host_by[role][e["name"]] += float(e["dur"]) / 1e6
-        host_n[role][e["name"]] += 1
+    host_s: dict[str, float] = defaultdict(float)
+    host_n: Counter[str] = Counter()
+    for e in host:  # the whole process's (the trace's thread ids are not the threads' native ids)
+        host_s[e["name"]] += float(e["dur"]) / 1e6
+        host_n[e["name"]] += 1
     return {
         "window_s": round(span_s, 3), "frames_analysed": frames,
         "frames_per_s_in_window": round(frames / span_s, 1) if span_s else None,
@@ -151,8 +150,7 @@ def summarise(events: list[dict[str, Any]], window_s: float, frames: int,
         "streams": {str(s): round(union_s(v) / span_s, 3) for s, v in
                     sorted(by_stream.items(), key=lambda kv: -union_s(kv[1]))[:12]} if span_s else {},
         "idle_gaps": gaps(spans),
-        "host_calls_s": {role: {n: [host_n[role][n], round(s, 3)] for n, s in most(c)[:12]}
-                         for role, c in host_by.items()},
+        "host_calls": {n: {"calls": host_n[n], "s": round(t, 3)} for n, t in most(host_s)[:12]},
         "threads_seen": Counter(thread_role(n) for n in thread_names.values()),
     }
 
