@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpu_timeline
 
-from bench.video import repeated_clips
+from bench.video import repeated_clips, run_pipeline
 from engines import streams
 from engines.loader import load_engines
 from engines.zoo import ModelStore
@@ -104,17 +104,6 @@ def sampled_pass(engines: Any, settings: IndexSettings, paths: list[Path], gil: 
     return row
 
 
-def every_frame_row(engines: Any, settings: IndexSettings, paths: list[Path]) -> dict[str, Any]:
-    indexer = VideoIndexer(engines, settings, nvdec.NvdecDecoder())
-    started = time.perf_counter()
-    results = list(indexer.index_many([VideoTask(p, i + 1, "r") for i, p in enumerate(paths)]))
-    wall = time.perf_counter() - started
-    frames = sum(r.frames_analysed for _, r in results if not isinstance(r, BaseException))
-    faces = sum(r.faces.num_rows for _, r in results if not isinstance(r, BaseException))
-    return {"frames_per_s": round(frames / wall, 1), "faces": faces, "wall_s": round(wall, 2),
-            "stage_s": {k: round(v, 2) for k, v in indexer.timings.items()}}
-
-
 def main() -> None:
     work, out_path = Path(sys.argv[1]), Path(sys.argv[2])
     py_spy = shutil.which("py-spy")
@@ -142,23 +131,21 @@ def main() -> None:
     rows = []
     for steps in (1, 3):
         pipeline.STEPS_IN_FLIGHT_GPU = steps
-        rows.append({"steps_in_flight": steps, **every_frame_row(engines, settings, paths[:14])})
+        indexer = VideoIndexer(engines, settings, nvdec.NvdecDecoder())
+        row = run_pipeline(indexer, paths[:14], indexer.videos_in_flight)
+        rows.append({"steps_in_flight": steps, "frames_per_s": round(row["frames_analysed"] / row["wall_s"], 1),
+                     **{k: row[k] for k in ("faces", "wall_s", "stage_s")}})
     pipeline.STEPS_IN_FLIGHT_GPU = 2
     result["steps_in_flight"] = rows
     save()
     own_pool = nvdec.DECODER_STREAMS
-    default = IndexSettings(runtime=RuntimeConfig(device="gpu", engine_start="wait", videos_in_flight=14))
+    default = IndexSettings(runtime=RuntimeConfig(device="gpu", engine_start="wait"))
     passes = []
     for pools in ("decoders' own", "shared", "decoders' own", "shared"):
         nvdec.DECODERS.clear()  # decoders give their streams back to the pool they came from
         nvdec.DECODER_STREAMS = own_pool if pools == "decoders' own" else streams.STREAMS
-        indexer = VideoIndexer(engines, default, nvdec.NvdecDecoder())
-        t0 = time.perf_counter()
-        results = list(indexer.index_many([VideoTask(p, i + 1, "s") for i, p in
-                                           enumerate(repeated_clips(work, "h264", 42))]))
-        wall = time.perf_counter() - t0
-        frames = sum(r.frames_in_video for _, r in results if not isinstance(r, BaseException))
-        passes.append({"stream_pools": pools, "video_fps": round(frames / wall, 1), "wall_s": round(wall, 2)})
+        row = run_pipeline(VideoIndexer(engines, default, nvdec.NvdecDecoder()), repeated_clips(work, "h264", 42), 14)
+        passes.append({"stream_pools": pools, "video_fps": row["video_fps"], "wall_s": row["wall_s"]})
     nvdec.DECODERS.clear()
     nvdec.DECODER_STREAMS = own_pool
     result["stream_pools"] = passes

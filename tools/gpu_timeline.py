@@ -105,7 +105,8 @@ def summarise(events: list[dict[str, Any]], window_s: float, frames: int,
               thread_names: dict[int, str]) -> dict[str, Any]:
     gpu = [e for e in events if e.get("cat") in GPU_KINDS and e.get("ph") == "X"]
     host = [e for e in events if e.get("cat") in HOST_KINDS and e.get("ph") == "X"]
-    spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in gpu]
+    spans: list[tuple[float, float]] = []
+    kernel_spans: list[tuple[float, float]] = []
     by_stream: dict[Any, list[tuple[float, float]]] = defaultdict(list)
     by_kind: dict[str, float] = defaultdict(float)
     by_name: dict[str, list[float]] = defaultdict(list)
@@ -113,8 +114,11 @@ def summarise(events: list[dict[str, Any]], window_s: float, frames: int,
     copy_bytes: Counter[str] = Counter()
     for e in gpu:
         args = e.get("args", {})
-        by_stream[args.get("stream", e.get("tid"))].append((float(e["ts"]), float(e["ts"]) + float(e["dur"])))
+        span = (float(e["ts"]), float(e["ts"]) + float(e["dur"]))
+        spans.append(span)
+        by_stream[args.get("stream", e.get("tid"))].append(span)
         if e["cat"] == "kernel":
+            kernel_spans.append(span)
             by_kind[kernel_kind(e["name"])] += float(e["dur"]) / 1e6
             by_name[e["name"][:90]].append(float(e["dur"]))
         else:
@@ -124,6 +128,7 @@ def summarise(events: list[dict[str, Any]], window_s: float, frames: int,
     first = min((a for a, _ in spans), default=0.0)
     last = max((b for _, b in spans), default=0.0)
     span_s = (last - first) / 1e6 if spans else window_s
+    stream_busy = {str(stream): union_s(v) for stream, v in by_stream.items()}
 
     host_s: dict[str, float] = defaultdict(float)
     host_n: Counter[str] = Counter()
@@ -134,21 +139,19 @@ def summarise(events: list[dict[str, Any]], window_s: float, frames: int,
         "window_s": round(span_s, 3), "frames_analysed": frames,
         "frames_per_s_in_window": round(frames / span_s, 1) if span_s else None,
         "gpu_busy": round(union_s(spans) / span_s, 3) if span_s else None,
-        "kernels_busy": round(union_s([(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in gpu
-                                       if e["cat"] == "kernel"]) / span_s, 3) if span_s else None,
+        "kernels_busy": round(union_s(kernel_spans) / span_s, 3) if span_s else None,
         "two_streams_at_once": round(covered_by_two(by_stream) / span_s, 3) if span_s else None,
         "kernel_s": round(kernel_s, 3),
         "kernel_ms_per_frame": round(1000 * kernel_s / frames, 3) if frames else None,
-        "kernels": len([e for e in gpu if e["cat"] == "kernel"]),
-        "kernels_per_frame": round(len([e for e in gpu if e["cat"] == "kernel"]) / frames, 1) if frames else None,
+        "kernels": len(kernel_spans),
+        "kernels_per_frame": round(len(kernel_spans) / frames, 1) if frames else None,
         "by_kind_s": {k: round(v, 3) for k, v in most(by_kind)},
         "top_kernels": [{"name": n, "count": len(d), "total_s": round(sum(d) / 1e6, 4),
                          "mean_us": round(sum(d) / len(d), 1)}
                         for n, d in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:30]],
         "copies_s": {k: round(v, 4) for k, v in most(copies)},
         "copies_mb": {k: round(v / 1e6, 1) for k, v in copy_bytes.most_common()},
-        "streams": {str(s): round(union_s(v) / span_s, 3) for s, v in
-                    sorted(by_stream.items(), key=lambda kv: -union_s(kv[1]))[:12]} if span_s else {},
+        "streams": {stream: round(busy / span_s, 3) for stream, busy in most(stream_busy)[:12]} if span_s else {},
         "idle_gaps": gaps(spans),
         "host_calls": {n: {"calls": host_n[n], "s": round(t, 3)} for n, t in most(host_s)[:12]},
         "threads_seen": Counter(thread_role(n) for n in thread_names.values()),
