@@ -51,6 +51,13 @@ class Engines:
         background), over all models."""
         return sum(len(getattr(s, "shapes_taken_over", dict)()) for s in self.sessions.values())
 
+    def cuda_graph_shapes(self) -> dict[str, dict[str, int]]:
+        """Per model on CUDA: of its input shapes held, how many replay a recorded CUDA graph and how many could
+        not be recorded (engines/cuda_graphs.py); empty elsewhere."""
+        counts = {name: getattr(s, "cuda_graph_shapes", lambda: None)() for name, s in self.sessions.items()
+                  if s.device == "cuda"}
+        return {name: {"recorded": c[0], "refused": c[1]} for name, c in counts.items() if c is not None}
+
     def warm_up(self, height: int = 1080, width: int = 1920) -> float:
         """Run each model once: the first run allocates memory and picks kernels (TensorRT, cuDNN).
 

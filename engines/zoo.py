@@ -89,7 +89,7 @@ SPECS: dict[ModelName, ModelSpec] = {
             sha256="4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
             license="MIT (package)",
         ),),
-        converter="darknet_yolo", converter_version="2",
+        converter="darknet_yolo", converter_version="3",
         input_name="image", input_size=416, outputs=("boxes", "scores"), size_multiple=32,
     ),
     "face_embedder": ModelSpec(

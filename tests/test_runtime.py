@@ -164,25 +164,28 @@ def test_tensorrt_engine_matches_onnxruntime(store: ModelStore, tmp_path: object
 
 
 def test_shape_sessions_are_bounded_and_evict_the_least_recently_used() -> None:
-    """CUDA sessions per input shape: the session opened at load takes the first shape, a shape met again
-    gets its session back, and beyond the limit the least recently used shape goes."""
+    """CUDA sessions per input shape: each opened for its shape's inputs, a shape met again gets its session
+    back, and beyond the limit the least recently used shape goes."""
     from engines.runtime.onnxruntime import ShapeSessions
 
-    made: list[object] = []
+    made: list[tuple[object, object]] = []
 
-    def new() -> object:
-        made.append(object())
-        return made[-1]
+    def new(spec: object) -> object:
+        made.append((spec, object()))
+        return made[-1][1]
 
-    loaded = object()
-    sessions = ShapeSessions(lambda: loaded, new, limit=3)
-    assert sessions.get((1, 2)) is loaded
-    a, b = sessions.get((3, 4)), sessions.get((5, 6))
-    assert sessions.get((1, 2)) is loaded and sessions.get((3, 4)) is a  # (5, 6) is now the least recent
-    c = sessions.get((7, 8))
+    def spec(shape: tuple[int, ...]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+        return (("image", shape, "|u1"),)
+
+    sessions = ShapeSessions(new, limit=3)
+    a = sessions.get((1, 2), lambda: spec((1, 2)))
+    b, c = sessions.get((3, 4), lambda: spec((3, 4))), sessions.get((5, 6), lambda: spec((5, 6)))
+    assert sessions.get((1, 2)) is a and sessions.get((3, 4)) is b  # (5, 6) is now the least recent
+    d = sessions.get((7, 8), lambda: spec((7, 8)))
     assert sessions.shapes() == [(1, 2), (3, 4), (7, 8)] and sessions.evicted == 1
-    assert sessions.get((5, 6)) not in (a, b, c, loaded)  # set up again, evicting (1, 2)
-    assert sessions.shapes() == [(3, 4), (7, 8), (5, 6)] and len(made) == 4
+    assert sessions.get((5, 6), lambda: spec((5, 6))) not in (a, b, c, d)  # set up again, evicting (1, 2)
+    assert sessions.shapes() == [(3, 4), (7, 8), (5, 6)] and len(made) == 5 and made[-1][0] == spec((5, 6))
+    assert sessions.sessions() == [b, d, made[-1][1]]
 
 
 def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: ModelStore,
@@ -196,17 +199,19 @@ def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: Mode
     import onnxruntime as ort
 
     from engines.convert.depthwise import dense_depthwise
+    from engines.convert.fixed_shapes import with_input_shapes
     from engines.imageops import resize
     from engines.runtime.onnxruntime import SetUpBehind, ShapeSessions
 
     model = onnx.load(str(store.load("face_detector").path))
-    quick_graph, fast_graph = dense_depthwise(model).SerializeToString(), model.SerializeToString()
+    dense, fast_graph = dense_depthwise(model), model.SerializeToString()
     name = model.graph.input[0].name
     release = threading.Event()
     set_up: list[tuple[int, ...]] = []
 
-    def quick() -> ort.InferenceSession:
-        return ort.InferenceSession(quick_graph, providers=["CPUExecutionProvider"])
+    def quick(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> ort.InferenceSession:
+        shaped = with_input_shapes(dense, {n: shape for n, shape, _ in spec})  # as each CUDA shape's session
+        return ort.InferenceSession(shaped.SerializeToString(), providers=["CPUExecutionProvider"])
 
     def faster(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> ort.InferenceSession:
         release.wait(30)  # behind: held until the quick session has run
@@ -216,7 +221,7 @@ def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: Mode
         return session
 
     behind = SetUpBehind()
-    sessions = ShapeSessions(quick, quick, limit=2, faster=faster, behind=behind)
+    sessions = ShapeSessions(quick, limit=2, faster=faster, behind=behind)
     image = resize(photos["t1"], 192, 192)[None]
     spec = ((name, image.shape, image.dtype.str),)
     first = sessions.get(image.shape, lambda: spec)

@@ -15,6 +15,7 @@ needs (the decoders skip them by default). Environment:
   ENGINE_START=quick   RuntimeConfig.engine_start (default: wait, as `vidx bench gpu`); with background the rows
                        start at once, and each row says how many shapes' fastest sessions had taken over
   REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
+  VIDX_ORT_CUDA_GRAPHS=0  run without CUDA graphs (engines.runtime.onnxruntime.CUDA_GRAPHS_ENV)
 
 One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
 function, `bench.video.gpu_pipeline_rows`) without its decode-only and CPU rows.
@@ -78,4 +79,5 @@ for name, session in engines.sessions.items():
     if taken:
         taken_over[name] = {"x".join(map(str, shape)): round(sec, 2) for shape, sec in taken.items()}
 out["taken_over_s"] = taken_over
+out["cuda_graph_shapes"] = engines.cuda_graph_shapes()
 print(json.dumps(out), flush=True)

@@ -126,7 +126,8 @@ class _Builder:
 
     def const(self, hint: str, value: Array) -> str:
         name = self.name(hint)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        # np.require keeps a scalar a scalar (ascontiguousarray makes it 1-D, and Range takes only scalars)
+        self.inits.append(numpy_helper.from_array(np.require(value, requirements="C"), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: Any) -> str:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from engines.arrays import Array, cupy_module
+from engines.cuda_graphs import CapturedGraph, GraphCaptureError, capture
 from engines.errors import ModelError, RuntimeUnavailable
 from engines.runtime.base import DeviceKind, RuntimeName, cpu_run_threads
 from engines.zoo import ModelFile
@@ -36,6 +38,12 @@ FUSED_FP16_ENV = "VIDX_ORT_FP16_FUSED"
 CUDA options prefer_nhwc + fuse_conv_bias): on an H100 the every-frame pipeline analysed 648 frames/s against
 454-475 without, the same faces, for ~47 s of set-up per worker against ~27 (docs/performance.md). Set it to
 0 to run them in NCHW without fusion (for comparisons)."""
+
+CUDA_GRAPHS_ENV = "VIDX_ORT_CUDA_GRAPHS"
+"""On CUDA, each input shape's second run is recorded as a CUDA graph and later runs replay it: one launch
+where a run launches dozens of kernels, each costing the host ~10 us (engines/cuda_graphs.py;
+docs/performance.md). A shape whose run cannot be recorded keeps running as before. Set it to 0 to run
+without graphs (for comparisons)."""
 
 
 MAX_SHAPE_SESSIONS = 12
@@ -132,16 +140,16 @@ SET_UP_BEHIND = SetUpBehind()
 
 class ShapeSessions:
     """One ONNX Runtime session per input shape, at most `limit`, the least recently used evicted (a run
-    still under way keeps its session alive; a shape met again is set up again).
+    still under way keeps its session alive; a shape met again is set up again). `new` opens a shape's session
+    for that shape's inputs (`get`'s `spec`, called only for a shape met for the first time, so that runs of
+    shapes already held do no more than look their session up).
 
     With `faster`, each new shape's session is a quick one, and `faster` (which opens a session and sets it up
     for a shape's inputs, taking seconds) runs behind it on `behind`; the faster session replaces the quick one
-    when it is ready. `get`'s `spec` describes those inputs; it is called only for a shape met for the first
-    time, so that runs of shapes already held do no more than look their session up."""
+    when it is ready."""
 
-    def __init__(self, first: Callable[[], Any], new: Callable[[], Any], limit: int = MAX_SHAPE_SESSIONS, *,
+    def __init__(self, new: Callable[[InputSpec], Any], limit: int = MAX_SHAPE_SESSIONS, *,
                  faster: Callable[[InputSpec], Any] | None = None, behind: SetUpBehind | None = None):
-        self._first: Callable[[], Any] | None = first
         self._new = new
         self.limit = limit
         self._faster = faster
@@ -158,19 +166,21 @@ class ShapeSessions:
             if session is not None:
                 self._sessions.move_to_end(shape)
                 return session
-            if self._first is not None:  # the session opened at load takes the first shape
-                make, self._first = self._first, None
-            else:
-                make = self._new
             while len(self._sessions) >= self.limit:
                 gone, _ = self._sessions.popitem(last=False)
                 self._fast.pop(gone, None)
                 self.evicted += 1
-            session = self._sessions[shape] = make()
+            inputs = spec()
+            session = self._sessions[shape] = self._new(inputs)
         if self._faster is not None:  # the job holds the table weakly: dropped engines are not kept for it
-            table, inputs = weakref.ref(self), spec()
+            table = weakref.ref(self)
             self._behind.submit(lambda: (t := table()) is not None and t._take_over(shape, inputs))
         return session
+
+    def sessions(self) -> list[Any]:
+        """The sessions held, least recently used first."""
+        with self._lock:
+            return list(self._sessions.values())
 
     def _take_over(self, shape: tuple[int, ...], spec: InputSpec) -> bool:
         """Sets the faster session of a shape up and swaps it in; whether it did."""
@@ -198,6 +208,61 @@ class ShapeSessions:
             return dict(self._fast)
 
 
+class StreamGate:
+    """Keeps one model's CUDA stream free of other work while a run is recorded as a graph: whatever any thread
+    enqueues on a stream during a capture is recorded into it. Runs enqueue inside `run()`; `record()` waits
+    for the runs under way to end and holds new ones back until it ends."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._runs = 0
+        self._recording = False
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._recording)
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._runs -= 1
+                self._cv.notify_all()
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: not self._recording)
+            self._recording = True
+            self._cv.wait_for(lambda: self._runs == 0)
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._recording = False
+                self._cv.notify_all()
+
+
+class ShapeSession:
+    """One input shape's ONNX Runtime session on CUDA and, once it has run, the CUDA graph of a run: recorded
+    with fixed input and output buffers (a graph replays at the addresses it was recorded with), so that each
+    replay copies its inputs in and its outputs out."""
+
+    def __init__(self, session: Any):
+        self.session = session
+        self.runs = 0
+        self.output_shapes: dict[str, tuple[int, ...]] = {}
+        """Each output's shape, from the first run."""
+        self.graph: CapturedGraph | None = None
+        self.refused: str | None = None
+        """Why this shape runs without a graph."""
+        self.inputs: dict[str, Array] = {}
+        self.outputs: dict[str, Array] = {}
+        self.lock = threading.Lock()
+        """Held from copying a replay's inputs in to copying its outputs out (two threads may run one shape)."""
+
+
 class OnnxRuntimeSession:
     """One model on one ONNX Runtime provider.
 
@@ -213,7 +278,9 @@ class OnnxRuntimeSession:
     and sets up once, up to MAX_SHAPE_SESSIONS shapes per model, as each session's memory arena grows to its
     shape's peak. How a shape's session is set up is `start` (RuntimeConfig.engine_start): the fastest form
     (`wait`), a quick one (`quick`: depthwise convolutions as ordinary ones, NCHW, no fusion: about a second
-    per shape), or the quick one first and the fastest behind it (`background`).
+    per shape), or the quick one first and the fastest behind it (`background`). Each shape's session opens
+    the graph with that shape's input dimensions fixed (engines.convert.fixed_shapes), and its second run is
+    recorded as a CUDA graph that later runs replay (CUDA_GRAPHS_ENV; `ShapeSession`).
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False,
@@ -267,6 +334,13 @@ class OnnxRuntimeSession:
                                                              "fuse_conv_bias": "1"}), "CPUExecutionProvider"]
         self.fused = fast_providers is not providers
         """The fastest sessions run fused NHWC convolutions (FP16 on CUDA, unless VIDX_ORT_FP16_FUSED=0)."""
+        self.cuda_graphs = device == "cuda" and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
+        """Runs on CUDA replay each shape's recorded CUDA graph (unless VIDX_ORT_CUDA_GRAPHS=0)."""
+        self._gate = StreamGate()
+        self._unsynchronised: Any = None
+        if self.cuda_graphs:  # a run being recorded must not wait for its own stream
+            self._unsynchronised = ort.RunOptions()
+            self._unsynchronised.add_run_config_entry("disable_synchronize_execution_providers", "1")
         source = str(model.path)
         if int8:  # made outside the try below: its own errors (a photo that cannot be fetched) say what failed
             from engines.int8 import int8_copy
@@ -282,13 +356,11 @@ class OnnxRuntimeSession:
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=session_providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":
-                first = self._session
                 faster = None
                 if self.start == "background":
                     faster = partial(self._set_up, fast_graph, opts, fast_providers)
-                self._by_shape = ShapeSessions(
-                    lambda: first, lambda: ort.InferenceSession(graph, sess_options=opts, providers=session_providers),
-                    faster=faster)
+                self._by_shape = ShapeSessions(partial(self._open_shape, graph, opts, session_providers),
+                                               faster=faster)
         except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
             raise ModelError(f"ONNX Runtime cannot load the model: {exc}", path=model.path,
                              hint="run `vidx models fetch --force`") from exc
@@ -336,7 +408,9 @@ class OnnxRuntimeSession:
         if self._device == "cpu":
             n = self._session.get_session_options().intra_op_num_threads
             threads = f", {n} thread{'s' if n != 1 else ''} a run"
-        return f"onnxruntime {self._ort.__version__} {self._active}{precision}{fused}{start[self.start]}{threads}"
+        graphs = ", CUDA graphs" if self.cuda_graphs else ""
+        return (f"onnxruntime {self._ort.__version__} {self._active}{precision}{fused}{graphs}{start[self.start]}"
+                f"{threads}")
 
     def shapes_set_up(self) -> set[tuple[int, ...]] | None:
         """On CUDA, the input shapes (all inputs' dimensions in a row) whose session is held, set up or being
@@ -348,30 +422,103 @@ class OnnxRuntimeSession:
         seconds each took to set up behind it."""
         return self._by_shape.taken_over() if self._by_shape is not None else {}
 
+    def cuda_graph_shapes(self) -> tuple[int, int]:
+        """On CUDA, of the shapes held: how many replay a recorded graph, and how many could not be recorded."""
+        held = self._by_shape.sessions() if self._by_shape is not None else []
+        return (sum(s.graph is not None for s in held), sum(s.refused is not None for s in held))
+
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
         unknown = set(inputs) - set(self._inputs)
         if unknown:
             raise ValueError(f"{self.model.spec.name} has no input {sorted(unknown)}; "
                              f"inputs are {sorted(self._inputs)}")
-        if self._device == "cpu":
+        if self._device == "cpu" or self._by_shape is None:
             outs = self._session.run(None, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
             return {name: out for (name, _, _), out in zip(self._outputs, outs, strict=True)}
-        session = self._session
-        if self._by_shape is not None:
-            session = self._by_shape.get(tuple(int(d) for v in inputs.values() for d in v.shape),
-                                         partial(_input_spec, inputs))
-        return self._run_cuda(session, inputs)
+        shape = self._by_shape.get(tuple(int(d) for v in inputs.values() for d in v.shape),
+                                   partial(_input_spec, inputs))
+        if shape.graph is None and shape.refused is None and shape.runs > 0 and self.cuda_graphs:
+            self._record(shape, inputs)
+        if shape.graph is not None:
+            return self._replay(shape, inputs)
+        with self._gate.run():
+            outputs = self._run_cuda(shape.session, inputs)
+        if not shape.output_shapes:
+            shape.output_shapes = {name: tuple(int(d) for d in out.shape) for name, out in outputs.items()}
+        shape.runs += 1
+        return outputs
 
-    def _set_up(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> Any:
-        """A session of `graph` on `providers`, set up for one shape's inputs by a run on zeros (behind the
+    def _open_shape(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> ShapeSession:
+        """A session of `graph` for one shape's inputs, their dimensions fixed in the graph."""
+        import onnx
+
+        from engines.convert.fixed_shapes import with_input_shapes
+
+        proto = onnx.load_from_string(graph) if isinstance(graph, bytes) else onnx.load(graph)
+        shaped = with_input_shapes(proto, {name: shape for name, shape, _ in spec}).SerializeToString()
+        return ShapeSession(self._ort.InferenceSession(shaped, sess_options=opts, providers=providers))
+
+    def _set_up(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> ShapeSession:
+        """A shape's session of `graph` on `providers`, set up for its inputs by a run on zeros (behind the
         quick sessions, in SetUpBehind's thread)."""
         cp = cupy_module()
-        session = self._ort.InferenceSession(graph, sess_options=opts, providers=providers)
-        with cp.cuda.Device(self._device_id), self.stream:  # type: ignore[union-attr]
-            self._run_cuda(session, {name: cp.zeros(shape, np.dtype(dtype))  # type: ignore[union-attr]
-                                     for name, shape, dtype in spec})
+        shape = self._open_shape(graph, opts, providers, spec)
+        with cp.cuda.Device(self._device_id), self.stream, self._gate.run():  # type: ignore[union-attr]
+            outputs = self._run_cuda(shape.session, {name: cp.zeros(dims, np.dtype(dtype))  # type: ignore[union-attr]
+                                                     for name, dims, dtype in spec})
             self.stream.synchronize()
-        return session
+        shape.output_shapes = {name: tuple(int(d) for d in out.shape) for name, out in outputs.items()}
+        shape.runs = 1
+        return shape
+
+    def _record(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> None:
+        """Records a run of `shape` as a CUDA graph on fixed buffers, while no other run of this model enqueues
+        work on its stream; a shape whose run cannot be recorded runs without one from then on."""
+        cp = cupy_module()
+        if cp is None:
+            return
+        with self._gate.record():
+            if shape.graph is not None or shape.refused is not None:  # another thread recorded it meanwhile
+                return
+            device = cp.cuda.runtime.getDevice()
+            with self.stream:
+                fixed_in = {name: cp.empty(tuple(int(d) for d in v.shape), np.dtype(v.dtype))
+                            for name, v in inputs.items()}
+                fixed_out = {name: cp.empty(shape.output_shapes[name], dtype) for name, _, dtype in self._outputs}
+            binding = shape.session.io_binding()
+            for name, arr in fixed_in.items():
+                binding.bind_input(name, "cuda", device, arr.dtype, list(arr.shape), arr.data.ptr)
+            for name, arr in fixed_out.items():
+                binding.bind_output(name, "cuda", device, arr.dtype, list(arr.shape), arr.data.ptr)
+            try:
+                graph = capture(self.stream.ptr, partial(shape.session.run_with_iobinding, binding,
+                                                         self._unsynchronised))
+            except GraphCaptureError as exc:
+                shape.refused = str(exc)
+                log.info("%s runs input shape %s without a CUDA graph: %s", self.model.spec.name,
+                         [list(v.shape) for v in inputs.values()], exc)
+                return
+            shape.inputs, shape.outputs, shape.graph = fixed_in, fixed_out, graph
+            log.debug("%s: input shape %s recorded as a CUDA graph (%s)", self.model.spec.name,
+                      [list(v.shape) for v in inputs.values()], dict(graph.nodes))
+
+    def _replay(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """A run of `shape` as its graph's replay: inputs copied into its buffers, outputs copied out, all on
+        this model's stream after the caller's work; returns when the outputs are ready, like a run."""
+        cp = cupy_module()
+        graph = shape.graph
+        if cp is None or graph is None:
+            raise RuntimeUnavailable("a CUDA graph replay needs CuPy and a recorded graph")
+        ready = cp.cuda.get_current_stream().record()
+        with self._gate.run():
+            with shape.lock, self.stream:
+                self.stream.wait_event(ready)
+                for name, value in inputs.items():
+                    cp.copyto(shape.inputs[name], cp.asarray(value))
+                graph.launch(self.stream.ptr)
+                outputs = {name: shape.outputs[name].copy() for name, _, _ in self._outputs}
+            self.stream.synchronize()
+        return outputs
 
     def _run_cuda(self, session: Any, inputs: Mapping[str, Array]) -> dict[str, Array]:
         cp = cupy_module()

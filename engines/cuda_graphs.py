@@ -1,0 +1,151 @@
+"""CUDA graphs recorded from a stream: what a runtime enqueues for one run, replayed later as one launch.
+
+A model run of ONNX Runtime's CUDA provider launches dozens of small kernels, each costing the host ~10 us;
+in the every-frame pipeline the GPU waits on those launches more than half of the time (docs/performance.md,
+"Where GPU time goes"). Recorded once per input shape, a run replays as one graph launch.
+
+Capture uses the driver API in CUDA's relaxed mode: the capturing thread and every other thread go on making
+any CUDA call (an allocation, a synchronous copy) while it records. (ONNX Runtime's own graph option captures
+in the global mode, in which such a call from any other thread, a decoder's or a second model thread's, fails
+while a capture is under way.) What a stream records is whatever is enqueued on it during the capture, from
+any thread: the caller keeps other work off the stream meanwhile.
+
+A graph is refused (`GraphCaptureError`) when the recorded work cannot be replayed faithfully: the stream was
+synchronised or read back to the host inside (the capture is invalidated), or it holds host callbacks (a
+replay would call them again). The caller then runs the work as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+CAPTURE_MODE_RELAXED = 2
+"""CU_STREAM_CAPTURE_MODE_RELAXED."""
+
+NODE_TYPES = {0: "kernel", 1: "memcpy", 2: "memset", 3: "host", 4: "graph", 5: "empty", 6: "wait_event",
+              7: "event_record", 8: "semaphore_signal", 9: "semaphore_wait", 10: "mem_alloc", 11: "mem_free",
+              12: "batch_memop", 13: "conditional"}
+"""CUgraphNodeType values, by name."""
+
+REFUSED_NODES = frozenset({"host", "mem_alloc", "mem_free", "semaphore_signal", "semaphore_wait"})
+"""Nodes a graph replayed as a model run must not hold: host callbacks (ONNX Runtime releases host buffers
+in them: a replay would release them again) and allocations made inside the capture."""
+
+
+class GraphCaptureError(RuntimeError):
+    """The work enqueued on a stream could not be recorded as a graph to replay (the reason says why)."""
+
+
+def _handle(value: int | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(value or None)
+
+
+@functools.cache
+def _driver() -> ctypes.CDLL:
+    """libcuda's graph and capture entry points, typed. Raises GraphCaptureError without a driver."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        raise GraphCaptureError(f"the CUDA driver library cannot be loaded: {exc}") from exc
+    ptr, size, u64 = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_ulonglong
+    signatures: dict[str, list[object]] = {
+        "cuStreamBeginCapture_v2": [ptr, ctypes.c_int],
+        "cuStreamEndCapture": [ptr, ctypes.POINTER(ptr)],
+        "cuGraphGetNodes": [ptr, ctypes.POINTER(ptr), ctypes.POINTER(size)],
+        "cuGraphNodeGetType": [ptr, ctypes.POINTER(ctypes.c_int)],
+        "cuGraphInstantiateWithFlags": [ctypes.POINTER(ptr), ptr, u64],
+        "cuGraphLaunch": [ptr, ptr],
+        "cuGraphExecDestroy": [ptr],
+        "cuGraphDestroy": [ptr],
+        "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+    }
+    for name, args in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = ctypes.c_int
+    return lib
+
+
+def _check(result: int, what: str) -> None:
+    if result == 0:
+        return
+    name = ctypes.c_char_p()
+    _driver().cuGetErrorName(result, ctypes.byref(name))
+    raise GraphCaptureError(f"{what}: {(name.value or b'CUDA error').decode()} ({result})")
+
+
+class CapturedGraph:
+    """An instantiated CUDA graph; `launch` enqueues all of it on a stream. Destroyed with the object."""
+
+    def __init__(self, exec_handle: int, nodes: Counter[str]):
+        self._exec = exec_handle
+        self.nodes = nodes
+        """Its nodes by type (kernel, memcpy, memset...)."""
+        self._lock = threading.Lock()
+
+    def launch(self, stream_ptr: int) -> None:
+        with self._lock:
+            if not self._exec:
+                raise GraphCaptureError("the graph was destroyed")
+            _check(_driver().cuGraphLaunch(_handle(self._exec), _handle(stream_ptr)), "launching a CUDA graph")
+
+    def close(self) -> None:
+        with self._lock:
+            handle, self._exec = self._exec, 0
+        if handle:
+            _driver().cuGraphExecDestroy(_handle(handle))
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the driver library may be gone already
+            self.close()
+
+
+def capture(stream_ptr: int, work: Callable[[], object]) -> CapturedGraph:
+    """Records what `work` enqueues on the stream (nothing of it runs) and instantiates it. The stream must not
+    be capturing already; raises GraphCaptureError when the work cannot be recorded or replayed (see the
+    module's docstring), with the stream back to normal."""
+    lib = _driver()
+    stream = _handle(stream_ptr)
+    _check(lib.cuStreamBeginCapture_v2(stream, CAPTURE_MODE_RELAXED), "beginning a stream capture")
+    failure: BaseException | None = None
+    try:
+        work()
+    except Exception as exc:  # the capture must be ended whatever happened inside
+        failure = exc
+    graph = ctypes.c_void_p()
+    ended = lib.cuStreamEndCapture(stream, ctypes.byref(graph))
+    try:
+        if failure is not None:
+            raise GraphCaptureError(f"the work failed while recorded: {failure}") from failure
+        _check(ended, "ending the stream capture")
+        if not graph.value:
+            raise GraphCaptureError("the capture recorded no graph")
+        nodes = _node_types(graph.value)
+        refused = sorted(set(nodes) & REFUSED_NODES)
+        if refused:
+            raise GraphCaptureError(f"the recorded work holds {', '.join(refused)} nodes")
+        exec_handle = ctypes.c_void_p()
+        _check(lib.cuGraphInstantiateWithFlags(ctypes.byref(exec_handle), graph, 0), "instantiating the graph")
+        return CapturedGraph(int(exec_handle.value or 0), nodes)
+    finally:
+        if graph.value:
+            lib.cuGraphDestroy(graph)
+
+
+def _node_types(graph: int) -> Counter[str]:
+    lib = _driver()
+    count = ctypes.c_size_t(0)
+    _check(lib.cuGraphGetNodes(_handle(graph), None, ctypes.byref(count)), "counting the graph's nodes")
+    nodes = (ctypes.c_void_p * count.value)()
+    _check(lib.cuGraphGetNodes(_handle(graph), nodes, ctypes.byref(count)), "listing the graph's nodes")
+    types: Counter[str] = Counter()
+    kind = ctypes.c_int()
+    for node in nodes[:count.value]:
+        _check(lib.cuGraphNodeGetType(_handle(node), ctypes.byref(kind)), "reading a node's type")
+        types[NODE_TYPES.get(kind.value, f"type {kind.value}")] += 1
+    return types
