@@ -34,7 +34,8 @@ NODE_TYPES = {0: "kernel", 1: "memcpy", 2: "memset", 3: "host", 4: "graph", 5: "
 
 REFUSED_NODES = frozenset({"host", "mem_alloc", "mem_free", "semaphore_signal", "semaphore_wait"})
 """Nodes a graph replayed as a model run must not hold: host callbacks (ONNX Runtime releases host buffers
-in them: a replay would release them again) and allocations made inside the capture."""
+in them: a replay would release them again), copies from or to host memory (counted as "host": those
+buffers may be released), and allocations made inside the capture."""
 
 
 class GraphCaptureError(RuntimeError):
@@ -63,6 +64,9 @@ def _driver() -> ctypes.CDLL:
         "cuGraphExecDestroy": [ptr],
         "cuGraphDestroy": [ptr],
         "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+        "cuGraphMemcpyNodeGetParams": [ptr, ptr],
+        "cuGraphChildGraphNodeGetGraph": [ptr, ctypes.POINTER(ptr)],
+        "cuPointerGetAttribute": [ptr, ctypes.c_int, ctypes.c_uint64],
     }
     for name, args in signatures.items():
         fn = getattr(lib, name)
@@ -108,20 +112,21 @@ class CapturedGraph:
 def capture(stream_ptr: int, work: Callable[[], object]) -> CapturedGraph:
     """Records what `work` enqueues on the stream (nothing of it runs) and instantiates it. The stream must not
     be capturing already; raises GraphCaptureError when the work cannot be recorded or replayed (see the
-    module's docstring), with the stream back to normal."""
+    module's docstring). The stream is back to normal afterwards, whatever happened."""
     lib = _driver()
     stream = _handle(stream_ptr)
     _check(lib.cuStreamBeginCapture_v2(stream, CAPTURE_MODE_RELAXED), "beginning a stream capture")
-    failure: BaseException | None = None
-    try:
-        work()
-    except Exception as exc:  # the capture must be ended whatever happened inside
-        failure = exc
     graph = ctypes.c_void_p()
-    ended = lib.cuStreamEndCapture(stream, ctypes.byref(graph))
     try:
-        if failure is not None:
-            raise GraphCaptureError(f"the work failed while recorded: {failure}") from failure
+        try:
+            work()
+        finally:  # ended whatever happened inside, an interrupt included
+            ended = lib.cuStreamEndCapture(stream, ctypes.byref(graph))
+    except Exception as exc:
+        if graph.value:
+            lib.cuGraphDestroy(graph)
+        raise GraphCaptureError(f"the work failed while recorded: {exc}") from exc
+    try:
         _check(ended, "ending the stream capture")
         if not graph.value:
             raise GraphCaptureError("the capture recorded no graph")
@@ -137,7 +142,44 @@ def capture(stream_ptr: int, work: Callable[[], object]) -> CapturedGraph:
             lib.cuGraphDestroy(graph)
 
 
+class _Memcpy3D(ctypes.Structure):
+    """CUDA_MEMCPY3D: the parameters of a memcpy node."""
+
+    _fields_ = [("srcXInBytes", ctypes.c_size_t), ("srcY", ctypes.c_size_t), ("srcZ", ctypes.c_size_t),
+                ("srcLOD", ctypes.c_size_t), ("srcMemoryType", ctypes.c_int), ("srcHost", ctypes.c_void_p),
+                ("srcDevice", ctypes.c_uint64), ("srcArray", ctypes.c_void_p), ("reserved0", ctypes.c_void_p),
+                ("srcPitch", ctypes.c_size_t), ("srcHeight", ctypes.c_size_t),
+                ("dstXInBytes", ctypes.c_size_t), ("dstY", ctypes.c_size_t), ("dstZ", ctypes.c_size_t),
+                ("dstLOD", ctypes.c_size_t), ("dstMemoryType", ctypes.c_int), ("dstHost", ctypes.c_void_p),
+                ("dstDevice", ctypes.c_uint64), ("dstArray", ctypes.c_void_p), ("reserved1", ctypes.c_void_p),
+                ("dstPitch", ctypes.c_size_t), ("dstHeight", ctypes.c_size_t),
+                ("WidthInBytes", ctypes.c_size_t), ("Height", ctypes.c_size_t), ("Depth", ctypes.c_size_t)]
+
+
+MEMORY_HOST, MEMORY_UNIFIED = 1, 4
+"""CUmemorytype values: host memory, and a unified address (host or device; asked of the driver)."""
+
+
+def _touches_host(node: int) -> bool:
+    """Whether a memcpy node reads or writes host memory: a replay would use host buffers the runtime that
+    recorded it may since have released."""
+    lib = _driver()
+    params = _Memcpy3D()
+    _check(lib.cuGraphMemcpyNodeGetParams(_handle(node), ctypes.byref(params)), "reading a memcpy node")
+    for kind, address in ((params.srcMemoryType, params.srcDevice), (params.dstMemoryType, params.dstDevice)):
+        if kind == MEMORY_HOST:
+            return True
+        if kind == MEMORY_UNIFIED:
+            where = ctypes.c_int(0)
+            lib.cuPointerGetAttribute(ctypes.byref(where), 2, ctypes.c_uint64(address))  # MEMORY_TYPE
+            if where.value == MEMORY_HOST:
+                return True
+    return False
+
+
 def _node_types(graph: int) -> Counter[str]:
+    """The graph's nodes by type, a child graph's counted in; memcpy nodes touching host memory count as
+    "host" (refused)."""
     lib = _driver()
     count = ctypes.c_size_t(0)
     _check(lib.cuGraphGetNodes(_handle(graph), None, ctypes.byref(count)), "counting the graph's nodes")
@@ -147,5 +189,13 @@ def _node_types(graph: int) -> Counter[str]:
     kind = ctypes.c_int()
     for node in nodes[:count.value]:
         _check(lib.cuGraphNodeGetType(_handle(node), ctypes.byref(kind)), "reading a node's type")
-        types[NODE_TYPES.get(kind.value, f"type {kind.value}")] += 1
+        name = NODE_TYPES.get(kind.value, f"type {kind.value}")
+        if name == "graph":
+            child = ctypes.c_void_p()
+            _check(lib.cuGraphChildGraphNodeGetGraph(_handle(node), ctypes.byref(child)), "reading a child graph")
+            types.update(_node_types(int(child.value or 0)))
+            continue
+        if name == "memcpy" and _touches_host(int(node or 0)):
+            name = "host"
+        types[name] += 1
     return types

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import traceback
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -214,10 +215,12 @@ def test_fp16_engines_find_the_same_faces_and_people(cp: object, gpu_engines: En
 @pytest.mark.parametrize(("model", "size"), [("face_detector", 320), ("person_detector", 320), ("face_embedder", 150)])
 def test_cuda_graph_replays_give_the_plain_runs_outputs(cp: object, store: ModelStore, photos: dict[str, np.ndarray],
                                                         monkeypatch: pytest.MonkeyPatch, model: str, size: int) -> None:
-    """Each shape's second run is recorded as a CUDA graph and later runs replay it: on four different real
-    photos in turn (a replay must read each run's own input, not the recorded one), the fastest FP16 sessions
-    give with graphs what they give without, and every model's shape records (the person detector's too: its
-    grid arithmetic folds once the input's dimensions are fixed)."""
+    """Each shape's second run is recorded as a CUDA graph and later runs replay it: on different real photos in
+    turn (a replay must read each run's own input, not the recorded one), then from two threads at once, the
+    fastest FP16 sessions give with graphs what they give without, and every model's shape records (the person
+    detector's too: its grid arithmetic folds once the input's dimensions are fixed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from engines.imageops import resize
     from engines.runtime.onnxruntime import CUDA_GRAPHS_ENV, OnnxRuntimeSession
 
@@ -227,17 +230,27 @@ def test_cuda_graph_replays_give_the_plain_runs_outputs(cp: object, store: Model
     plain = OnnxRuntimeSession(loaded, device="cuda", fp16=True)
     assert graphs.cuda_graphs and not plain.cuda_graphs and "CUDA graphs" in graphs.description
     name = "chips" if model == "face_embedder" else "image"
-    for photo in ("t1", "obama", "biden", "astronaut", "t1"):
-        image = np.stack([resize(photos[photo], size, size)] * 2)
-        got = graphs.run({name: cp.asarray(image)})  # type: ignore[attr-defined]
-        want = plain.run({name: cp.asarray(image)})  # type: ignore[attr-defined]
-        assert got.keys() == want.keys()
-        for key, value in want.items():
-            np.testing.assert_allclose(got[key].get(), value.get(), rtol=1e-3, atol=1e-3, err_msg=f"{photo} {key}")
+    names = ("t1", "obama", "biden", "astronaut")
+    images = {p: np.stack([resize(photos[p], size, size)] * 2) for p in names}
+
+    def run(session: OnnxRuntimeSession, photo: str) -> dict[str, np.ndarray]:
+        return {k: v.get() for k, v in session.run({name: cp.asarray(images[photo])}).items()}  # type: ignore[attr-defined]
+
+    want = {p: run(plain, p) for p in names}
+    assert any(not np.array_equal(want["t1"][k], want["obama"][k]) for k in want["t1"])  # not a blank comparison
+
+    def check(photo: str, got: dict[str, np.ndarray]) -> None:
+        assert got.keys() == want[photo].keys()
+        for key, value in want[photo].items():
+            np.testing.assert_allclose(got[key], value, rtol=1e-3, atol=1e-3, err_msg=f"{photo} {key}")
+
+    for photo in (*names, "t1"):  # the first run plain, the second recorded, the rest replays
+        check(photo, run(graphs, photo))
     assert graphs.cuda_graph_shapes() == (1, 0) and plain.cuda_graph_shapes() == (0, 0)
-    first, again = (plain.run({name: cp.asarray(np.stack([resize(photos[p], size, size)] * 2))})  # type: ignore[attr-defined]
-                    for p in ("t1", "obama"))
-    assert any(not np.array_equal(first[k].get(), again[k].get()) for k in first)  # photos differ: not blank
+    order = [names[i % len(names)] for i in range(24)]
+    with ThreadPoolExecutor(2) as pool:
+        for photo, got in zip(order, pool.map(partial(run, graphs), order), strict=True):
+            check(photo, got)
 
 
 def compare_fp16(cp: object, fp32: Engines, fp16: Engines, photos: dict[str, np.ndarray]) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -38,6 +37,11 @@ FUSED_FP16_ENV = "VIDX_ORT_FP16_FUSED"
 CUDA options prefer_nhwc + fuse_conv_bias): on an H100 the every-frame pipeline analysed 648 frames/s against
 454-475 without, the same faces, for ~47 s of set-up per worker against ~27 (docs/performance.md). Set it to
 0 to run them in NCHW without fusion (for comparisons)."""
+
+FIXED_DIMS_ENV = "VIDX_ORT_FIXED_DIMS"
+"""On CUDA each input shape's session opens the graph with that shape's input dimensions fixed, so that ONNX
+Runtime folds its shape arithmetic (engines/convert/fixed_shapes.py). Set it to 0 to keep them free (for
+comparisons; the person detector's runs then cannot be recorded as CUDA graphs)."""
 
 CUDA_GRAPHS_ENV = "VIDX_ORT_CUDA_GRAPHS"
 """On CUDA, each input shape's second run is recorded as a CUDA graph and later runs replay it: one launch
@@ -208,49 +212,19 @@ class ShapeSessions:
             return dict(self._fast)
 
 
-class StreamGate:
-    """Keeps one model's CUDA stream free of other work while a run is recorded as a graph: whatever any thread
-    enqueues on a stream during a capture is recorded into it. Runs enqueue inside `run()`; `record()` waits
-    for the runs under way to end and holds new ones back until it ends."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._runs = 0
-        self._recording = False
-
-    @contextlib.contextmanager
-    def run(self) -> Iterator[None]:
-        with self._cv:
-            self._cv.wait_for(lambda: not self._recording)
-            self._runs += 1
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._runs -= 1
-                self._cv.notify_all()
-
-    @contextlib.contextmanager
-    def record(self) -> Iterator[None]:
-        with self._cv:
-            self._cv.wait_for(lambda: not self._recording)
-            self._recording = True
-            self._cv.wait_for(lambda: self._runs == 0)
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._recording = False
-                self._cv.notify_all()
-
-
 class ShapeSession:
-    """One input shape's ONNX Runtime session on CUDA and, once it has run, the CUDA graph of a run: recorded
-    with fixed input and output buffers (a graph replays at the addresses it was recorded with), so that each
-    replay copies its inputs in and its outputs out."""
+    """One input shape's ONNX Runtime session on CUDA and, once it has run, the CUDA graph of a run.
 
-    def __init__(self, session: Any):
+    The session computes on a stream of its own (`stream`, its ONNX Runtime compute stream), on which nothing
+    else is ever enqueued: a run recorded there records only itself, whatever other threads do meanwhile. The
+    graph is recorded with fixed input and output buffers (it replays at the addresses it was recorded with)
+    and is replayed on the model's stream, each replay copying its inputs in and its outputs out. Once a shape
+    has a graph its session never runs again: a run would take the graph's scratch memory from the session's
+    arena."""
+
+    def __init__(self, session: Any, stream: Any):
         self.session = session
+        self.stream = stream
         self.runs = 0
         self.output_shapes: dict[str, tuple[int, ...]] = {}
         """Each output's shape, from the first run."""
@@ -260,7 +234,8 @@ class ShapeSession:
         self.inputs: dict[str, Array] = {}
         self.outputs: dict[str, Array] = {}
         self.lock = threading.Lock()
-        """Held from copying a replay's inputs in to copying its outputs out (two threads may run one shape)."""
+        """Held for a run, for the recording, and from copying a replay's inputs in to copying its outputs out
+        (two threads may run one shape)."""
 
 
 class OnnxRuntimeSession:
@@ -336,7 +311,7 @@ class OnnxRuntimeSession:
         """The fastest sessions run fused NHWC convolutions (FP16 on CUDA, unless VIDX_ORT_FP16_FUSED=0)."""
         self.cuda_graphs = device == "cuda" and os.environ.get(CUDA_GRAPHS_ENV, "1") != "0"
         """Runs on CUDA replay each shape's recorded CUDA graph (unless VIDX_ORT_CUDA_GRAPHS=0)."""
-        self._gate = StreamGate()
+        self.fixed_dims = os.environ.get(FIXED_DIMS_ENV, "1") != "0"
         self._unsynchronised: Any = None
         if self.cuda_graphs:  # a run being recorded must not wait for its own stream
             self._unsynchronised = ort.RunOptions()
@@ -437,93 +412,102 @@ class OnnxRuntimeSession:
             return {name: out for (name, _, _), out in zip(self._outputs, outs, strict=True)}
         shape = self._by_shape.get(tuple(int(d) for v in inputs.values() for d in v.shape),
                                    partial(_input_spec, inputs))
-        if shape.graph is None and shape.refused is None and shape.runs > 0 and self.cuda_graphs:
-            self._record(shape, inputs)
-        if shape.graph is not None:
-            return self._replay(shape, inputs)
-        with self._gate.run():
-            outputs = self._run_cuda(shape.session, inputs)
-        if not shape.output_shapes:
-            shape.output_shapes = {name: tuple(int(d) for d in out.shape) for name, out in outputs.items()}
-        shape.runs += 1
-        return outputs
+        with shape.lock:
+            if shape.graph is None and shape.refused is None and shape.runs > 0 and self.cuda_graphs:
+                self._record(shape, inputs)
+            if shape.graph is not None:
+                return self._replay(shape, inputs)
+            outputs = self._run_cuda(shape, inputs)
+            if not shape.output_shapes:
+                shape.output_shapes = {name: tuple(int(d) for d in out.shape) for name, out in outputs.items()}
+            shape.runs += 1
+            return outputs
 
     def _open_shape(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> ShapeSession:
-        """A session of `graph` for one shape's inputs, their dimensions fixed in the graph."""
-        import onnx
+        """A session of `graph` for one shape's inputs (their dimensions fixed in the graph, unless
+        VIDX_ORT_FIXED_DIMS=0), computing on a CUDA stream of its own."""
+        cp = cupy_module()
+        if cp is None:  # checked in __init__; keeps the type checker honest
+            raise RuntimeUnavailable("CuPy is not available")
+        if self.fixed_dims:
+            import onnx
 
-        from engines.convert.fixed_shapes import with_input_shapes
+            from engines.convert.fixed_shapes import with_input_shapes
 
-        proto = onnx.load_from_string(graph) if isinstance(graph, bytes) else onnx.load(graph)
-        shaped = with_input_shapes(proto, {name: shape for name, shape, _ in spec}).SerializeToString()
-        return ShapeSession(self._ort.InferenceSession(shaped, sess_options=opts, providers=providers))
+            proto = onnx.load_from_string(graph) if isinstance(graph, bytes) else onnx.load(graph)
+            graph = with_input_shapes(proto, {name: shape for name, shape, _ in spec}).SerializeToString()
+        stream = cp.cuda.Stream(non_blocking=True)
+        own = [(p[0], {**p[1], "user_compute_stream": str(stream.ptr)}) if isinstance(p, tuple) else p
+               for p in providers]
+        return ShapeSession(self._ort.InferenceSession(graph, sess_options=opts, providers=own), stream)
 
     def _set_up(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> ShapeSession:
         """A shape's session of `graph` on `providers`, set up for its inputs by a run on zeros (behind the
         quick sessions, in SetUpBehind's thread)."""
         cp = cupy_module()
         shape = self._open_shape(graph, opts, providers, spec)
-        with cp.cuda.Device(self._device_id), self.stream, self._gate.run():  # type: ignore[union-attr]
-            outputs = self._run_cuda(shape.session, {name: cp.zeros(dims, np.dtype(dtype))  # type: ignore[union-attr]
-                                                     for name, dims, dtype in spec})
-            self.stream.synchronize()
+        with cp.cuda.Device(self._device_id), self.stream:  # type: ignore[union-attr]
+            outputs = self._run_cuda(shape, {name: cp.zeros(dims, np.dtype(dtype))  # type: ignore[union-attr]
+                                             for name, dims, dtype in spec})
         shape.output_shapes = {name: tuple(int(d) for d in out.shape) for name, out in outputs.items()}
         shape.runs = 1
         return shape
 
     def _record(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> None:
-        """Records a run of `shape` as a CUDA graph on fixed buffers, while no other run of this model enqueues
-        work on its stream; a shape whose run cannot be recorded runs without one from then on."""
+        """Records a run of `shape` (its lock held) as a CUDA graph on fixed buffers; a shape whose run cannot be
+        recorded runs without one from then on."""
         cp = cupy_module()
         if cp is None:
             return
-        with self._gate.record():
-            if shape.graph is not None or shape.refused is not None:  # another thread recorded it meanwhile
-                return
-            device = cp.cuda.runtime.getDevice()
-            with self.stream:
-                fixed_in = {name: cp.empty(tuple(int(d) for d in v.shape), np.dtype(v.dtype))
-                            for name, v in inputs.items()}
-                fixed_out = {name: cp.empty(shape.output_shapes[name], dtype) for name, _, dtype in self._outputs}
-            binding = shape.session.io_binding()
-            for name, arr in fixed_in.items():
-                binding.bind_input(name, "cuda", device, arr.dtype, list(arr.shape), arr.data.ptr)
-            for name, arr in fixed_out.items():
-                binding.bind_output(name, "cuda", device, arr.dtype, list(arr.shape), arr.data.ptr)
-            try:
-                graph = capture(self.stream.ptr, partial(shape.session.run_with_iobinding, binding,
-                                                         self._unsynchronised))
-            except GraphCaptureError as exc:
-                shape.refused = str(exc)
-                log.info("%s runs input shape %s without a CUDA graph: %s", self.model.spec.name,
-                         [list(v.shape) for v in inputs.values()], exc)
-                return
-            shape.inputs, shape.outputs, shape.graph = fixed_in, fixed_out, graph
-            log.debug("%s: input shape %s recorded as a CUDA graph (%s)", self.model.spec.name,
-                      [list(v.shape) for v in inputs.values()], dict(graph.nodes))
+        device = cp.cuda.runtime.getDevice()
+        with self.stream:  # allocated on the model's stream, where replays use them
+            fixed_in = {name: cp.empty(tuple(int(d) for d in v.shape), np.dtype(v.dtype)) for name, v in inputs.items()}
+            fixed_out = {name: cp.empty(shape.output_shapes[name], dtype) for name, _, dtype in self._outputs}
+        binding = shape.session.io_binding()
+        for name, arr in fixed_in.items():
+            binding.bind_input(name, "cuda", device, arr.dtype, list(arr.shape), arr.data.ptr)
+        for name, arr in fixed_out.items():
+            binding.bind_output(name, "cuda", device, arr.dtype, list(arr.shape), arr.data.ptr)
+        try:
+            graph = capture(shape.stream.ptr, partial(shape.session.run_with_iobinding, binding,
+                                                      self._unsynchronised))
+        except GraphCaptureError as exc:
+            shape.refused = str(exc)
+            log.info("%s runs input shape %s without a CUDA graph: %s", self.model.spec.name,
+                     [list(v.shape) for v in inputs.values()], exc)
+            return
+        shape.inputs, shape.outputs, shape.graph = fixed_in, fixed_out, graph
+        log.debug("%s: input shape %s recorded as a CUDA graph (%s)", self.model.spec.name,
+                  [list(v.shape) for v in inputs.values()], dict(graph.nodes))
 
     def _replay(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """A run of `shape` as its graph's replay: inputs copied into its buffers, outputs copied out, all on
-        this model's stream after the caller's work; returns when the outputs are ready, like a run."""
+        """A run of `shape` (its lock held) as its graph's replay on the model's stream, after the caller's
+        work: inputs copied into the graph's buffers, outputs copied out; returns when they are ready, like a
+        run."""
         cp = cupy_module()
         graph = shape.graph
         if cp is None or graph is None:
             raise RuntimeUnavailable("a CUDA graph replay needs CuPy and a recorded graph")
-        ready = cp.cuda.get_current_stream().record()
-        with self._gate.run():
-            with shape.lock, self.stream:
-                self.stream.wait_event(ready)
-                for name, value in inputs.items():
-                    cp.copyto(shape.inputs[name], cp.asarray(value))
-                graph.launch(self.stream.ptr)
-                outputs = {name: shape.outputs[name].copy() for name, _, _ in self._outputs}
-            self.stream.synchronize()
+        self.stream.wait_event(cp.cuda.get_current_stream().record())
+        with self.stream:
+            for name, value in inputs.items():
+                buffer = shape.inputs[name]
+                if np.dtype(value.dtype) != buffer.dtype:
+                    raise ValueError(f"{self.model.spec.name}: input {name} is {np.dtype(value.dtype)}, "
+                                     f"not {buffer.dtype}")
+                cp.copyto(buffer, cp.asarray(value))
+            graph.launch(self.stream.ptr)
+            outputs = {name: shape.outputs[name].copy() for name, _, _ in self._outputs}
+        self.stream.synchronize()
         return outputs
 
-    def _run_cuda(self, session: Any, inputs: Mapping[str, Array]) -> dict[str, Array]:
+    def _run_cuda(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """A run of `shape`'s session on its own stream, after the caller's work and the model stream's (where
+        its outputs are allocated); returns when the outputs are ready."""
         cp = cupy_module()
         if cp is None:  # checked in __init__; keeps the type checker honest
             raise RuntimeUnavailable("CuPy is not available")
+        session = shape.session
         binding = session.io_binding()
         batch = 0
         keep_alive = []
@@ -532,19 +516,21 @@ class OnnxRuntimeSession:
             keep_alive.append(arr)
             batch = int(arr.shape[0])
             binding.bind_input(name, "cuda", cp.cuda.runtime.getDevice(), arr.dtype, list(arr.shape), arr.data.ptr)
-        # Inputs come from kernels on the caller's stream (their copies above included): order this session's
-        # stream after them.
-        self.stream.wait_event(cp.cuda.get_current_stream().record())
+        # Inputs come from kernels on the caller's stream (their copies above included), and the outputs' memory
+        # from the model stream's pool (freed there by work that may still be queued): order the session's
+        # stream after both.
+        shape.stream.wait_event(cp.cuda.get_current_stream().record())
+        shape.stream.wait_event(self.stream.record())
         outputs: dict[str, Array] = {}
         allocated_by_ort = []
         with self.stream:
-            for name, shape, dtype in self._outputs:
-                if any(not isinstance(d, int) for d in shape[1:]):
+            for name, declared, dtype in self._outputs:
+                if any(not isinstance(d, int) for d in declared[1:]):
                     # Sized by the input (a detector's anchors grow with the image): ONNX Runtime allocates it.
                     binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice())
                     allocated_by_ort.append((name, dtype))
                     continue
-                dims = [batch if not isinstance(d, int) else d for d in shape]
+                dims = [batch if not isinstance(d, int) else d for d in declared]
                 out = cp.empty(dims, dtype=dtype)
                 outputs[name] = out
                 binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice(), dtype, dims, out.data.ptr)
@@ -553,9 +539,9 @@ class OnnxRuntimeSession:
             values = dict(zip((name for name, _, _ in self._outputs), binding.get_outputs(), strict=True))
             for name, dtype in allocated_by_ort:
                 value = values[name]
-                shape = tuple(value.shape())
-                nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                dims_out = tuple(value.shape())
+                nbytes = int(np.prod(dims_out)) * np.dtype(dtype).itemsize
                 # The CuPy array keeps ONNX Runtime's buffer (the OrtValue) alive as the memory's owner.
                 memory = cp.cuda.UnownedMemory(value.data_ptr(), nbytes, value)
-                outputs[name] = cp.ndarray(shape, dtype=dtype, memptr=cp.cuda.MemoryPointer(memory, 0))
+                outputs[name] = cp.ndarray(dims_out, dtype=dtype, memptr=cp.cuda.MemoryPointer(memory, 0))
         return outputs
