@@ -417,11 +417,7 @@ class OnnxRuntimeSession:
                 self._record(shape, inputs)
             if shape.graph is not None:
                 return self._replay(shape, inputs)
-            outputs = self._run_cuda(shape, inputs)
-            if not shape.output_shapes:
-                shape.output_shapes = {name: tuple(int(d) for d in out.shape) for name, out in outputs.items()}
-            shape.runs += 1
-            return outputs
+            return self._run_cuda(shape, inputs)
 
     def _open_shape(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> ShapeSession:
         """A session of `graph` for one shape's inputs (their dimensions fixed in the graph, unless
@@ -447,10 +443,8 @@ class OnnxRuntimeSession:
         cp = cupy_module()
         shape = self._open_shape(graph, opts, providers, spec)
         with cp.cuda.Device(self._device_id), self.stream:  # type: ignore[union-attr]
-            outputs = self._run_cuda(shape, {name: cp.zeros(dims, np.dtype(dtype))  # type: ignore[union-attr]
-                                             for name, dims, dtype in spec})
-        shape.output_shapes = {name: tuple(int(d) for d in out.shape) for name, out in outputs.items()}
-        shape.runs = 1
+            self._run_cuda(shape, {name: cp.zeros(dims, np.dtype(dtype))  # type: ignore[union-attr]
+                                   for name, dims, dtype in spec})
         return shape
 
     def _record(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> None:
@@ -503,7 +497,8 @@ class OnnxRuntimeSession:
 
     def _run_cuda(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """A run of `shape`'s session on its own stream, after the caller's work and the model stream's (where
-        its outputs are allocated); returns when the outputs are ready."""
+        its outputs are allocated); returns when the outputs are ready, counted in `shape.runs` (the first
+        run's output shapes kept for the graph's buffers)."""
         cp = cupy_module()
         if cp is None:  # checked in __init__; keeps the type checker honest
             raise RuntimeUnavailable("CuPy is not available")
@@ -544,4 +539,7 @@ class OnnxRuntimeSession:
                 # The CuPy array keeps ONNX Runtime's buffer (the OrtValue) alive as the memory's owner.
                 memory = cp.cuda.UnownedMemory(value.data_ptr(), nbytes, value)
                 outputs[name] = cp.ndarray(dims_out, dtype=dtype, memptr=cp.cuda.MemoryPointer(memory, 0))
+        if not shape.output_shapes:
+            shape.output_shapes = {name: tuple(int(d) for d in out.shape) for name, out in outputs.items()}
+        shape.runs += 1
         return outputs
