@@ -17,12 +17,12 @@ four points, and the Parquet `faces.keypoints` column stores NaN as it is.
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
 
 import numpy as np
 
 from engines.arrays import Array, array_module, to_host
-from engines.detectors import FACE_KEYPOINTS, AnchorSpec, BlazeDetector, Level, plan_levels
+from engines.detectors import FACE_KEYPOINTS, AnchorSpec, BlazeDetector, Level, RawCandidates, plan_levels
 from engines.runtime.base import Session
 
 STRIDE = 4
@@ -53,27 +53,25 @@ class CenterFaceDetector(BlazeDetector):
     def _plan(self, height: int, width: int) -> list[Level]:
         return plan_levels(height, width, [self.scale], align=self.anchors.align, margin=0)
 
-    def _run(self, batch: Array, level: Level) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Model + cell decoding + threshold for a batch: candidates in canvas pixels, on the host (boxes
-        N x 4, scores N, keypoints N x 6 x 2, the batch image of each N), brought back in one transfer."""
+    def _queue(self, batch: Array, level: Level) -> Callable[[], RawCandidates]:
+        """Model + cell decoding + threshold for a batch, done at once: candidates in canvas pixels, on the host
+        (boxes N x 4, scores N, keypoints N x 6 x 2, the batch image of each N), brought back in one transfer."""
         xp = array_module(batch)
-        stream = getattr(self.session, "stream", None)
         out = self.session.run({"image": batch})
-        with stream if stream is not None else contextlib.nullcontext():
-            heat, size, offset, marks = out["heatmap"], out["scale"], out["offset"], out["landmarks"]
-            b, r, c = xp.nonzero(heat[:, 0] >= self.score_threshold)
-            h = xp.exp(size[b, 0, r, c]) * STRIDE
-            w = xp.exp(size[b, 1, r, c]) * STRIDE
-            y0 = (r + offset[b, 0, r, c] + 0.5) * STRIDE - h / 2
-            x0 = (c + offset[b, 1, r, c] + 0.5) * STRIDE - w / 2
-            lm = marks[b, :, r, c]  # K x 10: (y, x) pairs in box units from the top-left corner
-            ys, xs = lm[:, 0::2] * h[:, None] + y0[:, None], lm[:, 1::2] * w[:, None] + x0[:, None]
-            nan = xp.full_like(x0, xp.nan)
-            kps = [xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1], xs[:, 2], ys[:, 2],
-                   (xs[:, 3] + xs[:, 4]) / 2, (ys[:, 3] + ys[:, 4]) / 2, nan, nan, nan, nan]
-            packed = xp.stack([x0, y0, x0 + w, y0 + h, heat[b, 0, r, c], *kps, b.astype(x0.dtype)],
-                              1).astype(xp.float32)
-            host = to_host(packed)
+        heat, size, offset, marks = out["heatmap"], out["scale"], out["offset"], out["landmarks"]
+        b, r, c = xp.nonzero(heat[:, 0] >= self.score_threshold)
+        h = xp.exp(size[b, 0, r, c]) * STRIDE
+        w = xp.exp(size[b, 1, r, c]) * STRIDE
+        y0 = (r + offset[b, 0, r, c] + 0.5) * STRIDE - h / 2
+        x0 = (c + offset[b, 1, r, c] + 0.5) * STRIDE - w / 2
+        lm = marks[b, :, r, c]  # K x 10: (y, x) pairs in box units from the top-left corner
+        ys, xs = lm[:, 0::2] * h[:, None] + y0[:, None], lm[:, 1::2] * w[:, None] + x0[:, None]
+        nan = xp.full_like(x0, xp.nan)
+        kps = [xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1], xs[:, 2], ys[:, 2],
+               (xs[:, 3] + xs[:, 4]) / 2, (ys[:, 3] + ys[:, 4]) / 2, nan, nan, nan, nan]
+        packed = xp.stack([x0, y0, x0 + w, y0 + h, heat[b, 0, r, c], *kps, b.astype(x0.dtype)],
+                          1).astype(xp.float32)
+        host = to_host(packed)
         k = self.n_keypoints
-        return (host[:, :4], host[:, 4], host[:, 5:5 + 2 * k].reshape(-1, k, 2),
-                host[:, 5 + 2 * k].astype(np.int64))
+        done = (host[:, :4], host[:, 4], host[:, 5:5 + 2 * k].reshape(-1, k, 2), host[:, 5 + 2 * k].astype(np.int64))
+        return lambda: done

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -124,24 +125,27 @@ extern "C" __global__ void nv12_to_rgb(const u8* y_plane, const u8* uv_plane, in
 
 // SSD anchor decoding for a batch of detector outputs, compacted: one thread per (tile, anchor); those
 // scoring at least `thr` append a row [x0 y0 x1 y1 score kx0 ky0 ... flat_index] (model pixels) at a slot
-// taken with atomicAdd on the counter in out[0] (an int). The caller sorts rows by flat_index.
+// taken with atomicAdd on the counter in out[0] (an int). The caller sorts rows by flat_index. With
+// `corners`, reg rows are boxes decoded already (x0 y0 x1 y1; anchors unused, no keypoints).
 extern "C" __global__ void decode_candidates(const float* reg, const float* scores, const float* anchors,
-                                             int n, int n_anchors, int reg_width, int n_kps, float thr,
-                                             int cap, float* out) {
+                                             int n, int n_anchors, int reg_width, int n_kps, int corners,
+                                             float thr, int cap, float* out) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float s = scores[i];
     if (!(s >= thr)) return;
     int slot = atomicAdd((int*)out, 1);
     if (slot >= cap) return;
-    int a = i % n_anchors;
     const float* r = reg + (long long)i * reg_width;
+    float* o = out + 1 + (long long)slot * (6 + 2 * n_kps);
+    o[4] = s;
+    o[5 + 2 * n_kps] = (float)i;
+    if (corners) { o[0] = r[0]; o[1] = r[1]; o[2] = r[2]; o[3] = r[3]; return; }
+    int a = i % n_anchors;
     float ax = anchors[2 * a], ay = anchors[2 * a + 1];
     float cx = r[0] + ax, cy = r[1] + ay, hw = r[2] * 0.5f, hh = r[3] * 0.5f;
-    float* o = out + 1 + (long long)slot * (6 + 2 * n_kps);
-    o[0] = cx - hw; o[1] = cy - hh; o[2] = cx + hw; o[3] = cy + hh; o[4] = s;
+    o[0] = cx - hw; o[1] = cy - hh; o[2] = cx + hw; o[3] = cy + hh;
     for (int k = 0; k < n_kps; ++k) { o[5 + 2 * k] = r[4 + 2 * k] + ax; o[6 + 2 * k] = r[5 + 2 * k] + ay; }
-    o[5 + 2 * n_kps] = (float)i;
 }
 """
 
@@ -186,16 +190,23 @@ def place_level(frames: Sequence[Array], width: int, height: int, out: Array) ->
              np.int32(out.shape[2]), out))
 
 
-def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: float, n_keypoints: int,
-                      cap: int = 4096) -> np.ndarray | None:
-    """Anchor decoding and thresholding of a detector batch in one launch, brought to the host in one copy.
+@dataclass
+class QueuedRows:
+    """Candidate rows on their way to the host: `host` (pinned) holds them once `ready` has happened."""
 
-    reg: B x A x R float32 regressors, scores: B x A float32, anchors: A x 2 float32 centres in model
-    pixels. Returns N x (6 + 2K) float32 rows
-    [x0 y0 x1 y1 score kps... flat_index] in model pixels, in flat (image, anchor) order; None when more
-    than `cap` anchors pass (the caller then decodes another way).
-    Each CuPy call is a chance for another Python thread to take the GIL for up to a switch interval,
-    so the many small array operations of a generic decode cost far more than their GPU time.
+    host: np.ndarray
+    ready: Any
+    n_keypoints: int
+
+
+def queue_candidates(reg: Array, scores: Array, anchors: Array | None, *, threshold: float, n_keypoints: int,
+                     cap: int = 4096) -> QueuedRows:
+    """Anchor decoding and thresholding of a detector batch in one launch on the current stream, and the copy of
+    its rows to the host queued behind it, for `candidate_rows` (so that a detector can queue all its runs
+    before waiting for any, and wait for each without waiting for what the stream does after it).
+
+    reg: B x A x R float32 regressors, scores: B x A float32, anchors: A x 2 float32 centres in model pixels;
+    anchors None: reg holds boxes decoded already (B x A x 4 corners; n_keypoints 0).
     """
     cp = require_cupy()
     reg = cp.ascontiguousarray(reg, dtype=cp.float32)
@@ -203,17 +214,41 @@ def decode_candidates(reg: Array, scores: Array, anchors: Array, *, threshold: f
     b, a = scores.shape
     if b * a >= 1 << 24:
         raise ValueError(f"{b} x {a} anchors: flat indices would not be exact in float32; use smaller batches")
+    if anchors is None and n_keypoints:
+        raise ValueError("boxes decoded already carry no keypoints")
     width = 6 + 2 * n_keypoints
     out = cp.zeros(1 + cap * width, cp.float32)  # out[0] is the int counter: all-zero bits are 0 either way
     _launch("decode_candidates", b * a,
-            (reg, scores, anchors, np.int32(b * a), np.int32(a), np.int32(reg.shape[2]), np.int32(n_keypoints),
-             np.float32(threshold), np.int32(cap), out))
-    host = out.get()
+            (reg, scores, scores if anchors is None else anchors, np.int32(b * a), np.int32(a),
+             np.int32(reg.shape[2]), np.int32(n_keypoints), np.int32(anchors is None), np.float32(threshold),
+             np.int32(cap), out))
+    stream = cp.cuda.get_current_stream()
+    memory = cp.cuda.alloc_pinned_memory(out.nbytes)  # pooled; freed with `host` once the rows are read
+    host = np.frombuffer(memory, np.float32, out.size)
+    out.get(stream=stream, out=host, blocking=False)
+    return QueuedRows(host, stream.record(), n_keypoints)
+
+
+def candidate_rows(queued: QueuedRows) -> np.ndarray | None:
+    """The rows `queue_candidates` queued, once they are on the host (waiting for them alone): N x (6 + 2K) float32
+    [x0 y0 x1 y1 score kps... flat_index] in model pixels, in flat (image, anchor) order; None when more anchors
+    passed than it had room for (the caller then decodes another way)."""
+    queued.ready.synchronize()
+    host, width = queued.host, 6 + 2 * queued.n_keypoints
     n = int(host[:1].view(np.int32)[0])
-    if n > cap:
+    if n > (len(host) - 1) // width:
         return None
-    rows = host[1:1 + n * width].reshape(n, width)
+    rows = host[1:1 + n * width].reshape(n, width).copy()  # the pinned buffer goes back to the pool
     return rows[np.argsort(rows[:, -1], kind="stable")]
+
+
+def decode_candidates(reg: Array, scores: Array, anchors: Array | None, *, threshold: float, n_keypoints: int,
+                      cap: int = 4096) -> np.ndarray | None:
+    """`queue_candidates` and `candidate_rows` at once: the rows on the host, or None past `cap`.
+    Each CuPy call is a chance for another Python thread to take the GIL for up to a switch interval,
+    so the many small array operations of a generic decode cost far more than their GPU time."""
+    return candidate_rows(queue_candidates(reg, scores, anchors, threshold=threshold, n_keypoints=n_keypoints,
+                                           cap=cap))
 
 
 def resize(img: Array, out_h: int, out_w: int) -> Array:

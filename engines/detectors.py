@@ -16,11 +16,10 @@ graph decodes boxes itself, and suppression is plain greedy NMS.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
@@ -176,6 +175,8 @@ def fine_tile_origins(regions: np.ndarray | None, level: Level) -> list[tuple[in
 
 Candidates = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 """A frame's candidate boxes, scores and keypoints, in frame pixels, one entry per level or tile run."""
+RawCandidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""One run's candidates on the host: boxes (N x 4), scores (N), keypoints (N x K x 2), batch image of each (N)."""
 
 NMS_MATRIX_MAX = 512
 """Up to this many candidates, suppression works from one IoU matrix (a few array operations); above it,
@@ -370,70 +371,91 @@ class BlazeDetector:
         # every device, so that a CPU and a GPU see the same inputs)
         whole = [k for k, t in enumerate(tiles) if len(t) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w]
         chunk = FINE_CANVAS_BATCH if xp is not np else max(1, len(whole))
+        queued = []
         for start in range(0, len(whole), chunk):
             part = whole[start:start + chunk]
-            for k, cands in zip(part, self._level_candidates(xp, [frames[k] for k in part], [fine], pad_to=chunk),
-                                strict=True):
-                found[k].extend(cands)
+            queued.append((part, self._queue_levels(xp, [frames[k] for k in part], [fine], pad_to=chunk)))
         for k in whole:
             tiles[k] = []
         with self._count_lock:  # two model threads may count at once (not _prepare_lock: held for seconds)
             self.fine_runs["whole"] += len(whole)
             self.fine_runs["tiles"] += sum(map(len, tiles))
-        for k, cands in enumerate(self._tile_candidates(xp, frames, fine, tiles)):
-            found[k].extend(cands)
+        queued.append((list(range(len(frames))), self._queue_tiles(xp, frames, fine, tiles)))
+        for part, candidates in queued:
+            for k, cands in zip(part, candidates(), strict=True):
+                found[k].extend(cands)
 
     def _level_candidates(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
                           pad_to: int | None = None) -> list[Candidates]:
         """Candidates of whole levels (at most batch_size frames; on a GPU padded to `pad_to`, else to
         batch_size), in frame pixels, per frame."""
-        out: list[Candidates] = [[] for _ in frames]
-        if not frames or not levels:
-            return out
-        for level, batch in zip(levels, self.level_batches(xp, frames, levels, pad_to), strict=True):
-            boxes, scores, kps, image = self._run(batch, level)
-            keep = image < len(frames)  # GPU batches are padded with black images
-            cx, cy = self._sized_for(boxes, level, keep)
-            keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
-            inv = np.float32(1.0 / level.scale)
-            for k in np.unique(image[keep]):
-                sel = keep & (image == k)
-                out[int(k)].append((boxes[sel] * inv, scores[sel], kps[sel] * inv))
-        return out
+        return self._queue_levels(xp, frames, levels, pad_to)()
 
-    def _tile_candidates(self, xp: ModuleType, frames: Sequence[Array], level: Level,
-                         tiles: Sequence[list[tuple[int, int]]]) -> list[Candidates]:
-        """Candidates of a level run on FINE_TILE tiles (each frame's tile origins, level pixels), in frame
-        pixels, per frame. A candidate counts in a tile when its centre is on the tile's picture and at least
-        TILE_EDGE from every tile edge inside the level image (a neighbouring tile, overlapping by
-        TILE_OVERLAP, sees that face whole)."""
-        plan = [(f, x, y) for f, origins in enumerate(tiles) for x, y in origins]
-        out: list[Candidates] = [[] for _ in frames]
-        if not plan:
+    def _queue_levels(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
+                      pad_to: int | None = None) -> Callable[[], list[Candidates]]:
+        """`_level_candidates` with every level's run queued first: the function returned waits for them and
+        gives the candidates (on a GPU the runs go on without the host between them)."""
+        if not frames or not levels:
+            return lambda: [[] for _ in frames]
+        batches = list(self.level_batches(xp, frames, levels, pad_to))  # all placed before the first run
+        queued = [(level, self._queue(batch, level)) for level, batch in zip(levels, batches, strict=True)]
+
+        def candidates() -> list[Candidates]:
+            out: list[Candidates] = [[] for _ in frames]
+            for level, result in queued:
+                boxes, scores, kps, image = result()
+                keep = image < len(frames)  # GPU batches are padded with black images
+                cx, cy = self._sized_for(boxes, level, keep)
+                keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
+                inv = np.float32(1.0 / level.scale)
+                for k in np.unique(image[keep]):
+                    sel = keep & (image == k)
+                    out[int(k)].append((boxes[sel] * inv, scores[sel], kps[sel] * inv))
             return out
+
+        return candidates
+
+    def _queue_tiles(self, xp: ModuleType, frames: Sequence[Array], level: Level,
+                     tiles: Sequence[list[tuple[int, int]]]) -> Callable[[], list[Candidates]]:
+        """Runs a level on FINE_TILE tiles (each frame's tile origins, level pixels), all queued first; the
+        function returned gives the candidates, in frame pixels, per frame. A candidate counts in a tile when
+        its centre is on the tile's picture and at least TILE_EDGE from every tile edge inside the level image
+        (a neighbouring tile, overlapping by TILE_OVERLAP, sees that face whole)."""
+        plan = [(f, x, y) for f, origins in enumerate(tiles) for x, y in origins]
+        if not plan:
+            return lambda: [[] for _ in frames]
         used = sorted({f for f, _, _ in plan})
         scaled = dict(zip(used, self._level_images(xp, [frames[f] for f in used], level), strict=True))
         tile_level = Level(level.scale, FINE_TILE, FINE_TILE, FINE_TILE, FINE_TILE)
-        for start in range(0, len(plan), self.batch_size):
-            chunk = plan[start:start + self.batch_size]
+        chunks = [plan[start:start + self.batch_size] for start in range(0, len(plan), self.batch_size)]
+        batches = []  # all cut before the first run
+        for chunk in chunks:
             n = max(self.batch_size, len(chunk)) if xp is not np else len(chunk)
             batch = xp.zeros((n, FINE_TILE, FINE_TILE, 3), xp.uint8)
             for i, (f, x, y) in enumerate(chunk):
                 tile = scaled[f][y:y + TILE_PICTURE, x:x + TILE_PICTURE]
                 batch[i, :tile.shape[0], :tile.shape[1]] = tile
-            boxes, scores, kps, image = self._run(batch, tile_level)
-            keep = image < len(chunk)
-            cx, cy = self._sized_for(boxes, level, keep)
-            origins = np.asarray([(x, y) for _, x, y in chunk], np.float32)
-            origin = origins[np.minimum(image, len(chunk) - 1)]
-            keep &= _inside_tile(cx, origin[:, 0], level.width) & _inside_tile(cy, origin[:, 1], level.height)
-            inv = np.float32(1.0 / level.scale)
-            shift = np.concatenate([origin, origin], 1)
-            for i in np.unique(image[keep]):
-                sel = keep & (image == i)
-                out[chunk[int(i)][0]].append(((boxes[sel] + shift[sel]) * inv, scores[sel],
-                                              (kps[sel] + origin[sel][:, None, :]) * inv))
-        return out
+            batches.append(batch)
+        queued = [(chunk, self._queue(batch, tile_level)) for chunk, batch in zip(chunks, batches, strict=True)]
+
+        def candidates() -> list[Candidates]:
+            out: list[Candidates] = [[] for _ in frames]
+            for chunk, result in queued:
+                boxes, scores, kps, image = result()
+                keep = image < len(chunk)
+                cx, cy = self._sized_for(boxes, level, keep)
+                origins = np.asarray([(x, y) for _, x, y in chunk], np.float32)
+                origin = origins[np.minimum(image, len(chunk) - 1)]
+                keep &= _inside_tile(cx, origin[:, 0], level.width) & _inside_tile(cy, origin[:, 1], level.height)
+                inv = np.float32(1.0 / level.scale)
+                shift = np.concatenate([origin, origin], 1)
+                for i in np.unique(image[keep]):
+                    sel = keep & (image == i)
+                    out[chunk[int(i)][0]].append(((boxes[sel] + shift[sel]) * inv, scores[sel],
+                                                  (kps[sel] + origin[sel][:, None, :]) * inv))
+            return out
+
+        return candidates
 
     def _sized_for(self, boxes: np.ndarray, level: Level, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Drops from `keep` (in place) the candidates too narrow for the model or outside the level's band of
@@ -481,37 +503,44 @@ class BlazeDetector:
                 batch[i, :level.height, :level.width] = img
             yield batch
 
-    def _run(self, batch: Array, level: Level) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Model + anchor decoding + threshold for a batch of one level: candidates in canvas pixels.
-
-        Returns boxes (N x 4), scores (N), keypoints (N x K x 2) and the batch image of each (N), on the
-        host, brought back in one transfer.
-        """
+    def _queue(self, batch: Array, level: Level) -> Callable[[], RawCandidates]:
+        """Model + decoding + threshold for a batch of one level; the function returned gives the candidates in
+        canvas pixels, on the host. On a GPU the model's run and the anchor decoding are queued on the current
+        stream, and the function brings the candidates back in one transfer, waiting for them alone; on the
+        CPU the work is done at once."""
         xp = array_module(batch)
-        stream = getattr(self.session, "stream", None)
         out = self.session.run({"image": batch})
         k = self.n_keypoints
         anchors = self._anchor_array(xp, level.canvas_h, level.canvas_w)
-        with stream if stream is not None else contextlib.nullcontext():
-            reg, scores = out["boxes"], out["scores"]
-            if xp is not np:  # one kernel and one copy instead of a dozen small array operations
-                from engines import cuda_ops
+        reg, scores = out["boxes"], out["scores"]
+        if xp is not np:  # one kernel and one copy instead of a dozen small array operations
+            from engines import cuda_ops
 
-                rows = cuda_ops.decode_candidates(reg, scores, anchors, threshold=self.score_threshold,
-                                                  n_keypoints=k)
-                if rows is not None:
-                    flat = rows[:, 5 + 2 * k].astype(np.int64)
-                    return (rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(-1, k, 2),
-                            flat // scores.shape[1])
-            b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
-            r = reg[b_idx, a_idx]
-            a = anchors[a_idx]
-            cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
-            boxes = xp.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1)
-            kps = r[:, 4:4 + 2 * k] + xp.tile(a, (1, k))
-            packed = xp.concatenate([boxes, scores[b_idx, a_idx][:, None], kps, b_idx[:, None].astype(boxes.dtype)],
-                                    1).astype(xp.float32)
-            host = to_host(packed)
+            queued = cuda_ops.queue_candidates(reg, scores, anchors, threshold=self.score_threshold, n_keypoints=k)
+
+            def collect() -> RawCandidates:
+                rows = cuda_ops.candidate_rows(queued)
+                if rows is None:  # more candidates than the kernel had room for
+                    return self._decode(xp, reg, scores, anchors)
+                flat = rows[:, 5 + 2 * k].astype(np.int64)
+                return (rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(-1, k, 2), flat // scores.shape[1])
+
+            return collect
+        done = self._decode(xp, reg, scores, anchors)
+        return lambda: done
+
+    def _decode(self, xp: ModuleType, reg: Array, scores: Array, anchors: Array) -> RawCandidates:
+        """Anchor decoding and threshold with array operations (numpy, or CuPy past the kernel's room)."""
+        k = self.n_keypoints
+        b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
+        r = reg[b_idx, a_idx]
+        a = anchors[a_idx]
+        cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
+        boxes = xp.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1)
+        kps = r[:, 4:4 + 2 * k] + xp.tile(a, (1, k))
+        packed = xp.concatenate([boxes, scores[b_idx, a_idx][:, None], kps, b_idx[:, None].astype(boxes.dtype)],
+                                1).astype(xp.float32)
+        host = to_host(packed)
         return (host[:, :4], host[:, 4], host[:, 5:5 + 2 * k].reshape(-1, k, 2),
                 host[:, 5 + 2 * k].astype(np.int64))
 
@@ -639,16 +668,31 @@ class PersonDetector(BlazeDetector):
                                    align=PERSON_ALIGN, margin=0)
         return [fine, dataclasses.replace(coarse, min_box=PERSON_COARSE_MIN_BOX)]
 
-    def _run(self, batch: Array, level: Level) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _queue(self, batch: Array, level: Level) -> Callable[[], RawCandidates]:
         xp = array_module(batch)
-        stream = getattr(self.session, "stream", None)
         out = self.session.run({"image": batch})
-        with stream if stream is not None else contextlib.nullcontext():
-            boxes, scores = out["boxes"], out["scores"]
-            b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
-            packed = xp.concatenate([boxes[b_idx, a_idx], scores[b_idx, a_idx][:, None],
-                                     b_idx[:, None].astype(boxes.dtype)], 1).astype(xp.float32)
-            host = to_host(packed)
+        boxes, scores = out["boxes"], out["scores"]
+        if xp is not np:
+            from engines import cuda_ops
+
+            queued = cuda_ops.queue_candidates(boxes, scores, None, threshold=self.score_threshold, n_keypoints=0)
+
+            def collect() -> RawCandidates:
+                rows = cuda_ops.candidate_rows(queued)
+                if rows is None:  # more candidates than the kernel had room for
+                    return self._threshold(xp, boxes, scores)
+                return (rows[:, :4], rows[:, 4], np.zeros((len(rows), 0, 2), np.float32),
+                        rows[:, 5].astype(np.int64) // scores.shape[1])
+
+            return collect
+        done = self._threshold(xp, boxes, scores)
+        return lambda: done
+
+    def _threshold(self, xp: ModuleType, boxes: Array, scores: Array) -> RawCandidates:
+        b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
+        packed = xp.concatenate([boxes[b_idx, a_idx], scores[b_idx, a_idx][:, None],
+                                 b_idx[:, None].astype(boxes.dtype)], 1).astype(xp.float32)
+        host = to_host(packed)
         return host[:, :4], host[:, 4], np.zeros((len(host), 0, 2), np.float32), host[:, 5].astype(np.int64)
 
     def _merge(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Detections:

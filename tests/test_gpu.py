@@ -93,6 +93,13 @@ def test_decode_kernel_matches_the_array_decode(cp: object) -> None:
     np.testing.assert_array_equal(rows[:, -1].astype(np.int64), tile * len(anchors) + anchor)
     assert cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
                                       n_keypoints=k, cap=100) is None  # too many: the caller falls back
+    # boxes decoded already (the person detector's): the rows carry them as they are
+    corners = cuda_ops.candidate_rows(cuda_ops.queue_candidates(cupy.asarray(reg[:, :, :4]), cupy.asarray(scores),
+                                                                None, threshold=0.9, n_keypoints=0))
+    assert corners is not None and corners.shape == (len(tile), 6)
+    np.testing.assert_array_equal(corners[:, :4], reg[tile, anchor, :4])
+    np.testing.assert_array_equal(corners[:, 4], scores[tile, anchor])
+    np.testing.assert_array_equal(corners[:, 5].astype(np.int64), tile * len(anchors) + anchor)
 
 
 def test_gpu_levels_match_the_host_pyramid(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
@@ -197,9 +204,10 @@ def test_fp16_engines_find_the_same_faces_and_people(cp: object, gpu_engines: En
                                                      photos: dict[str, np.ndarray]) -> None:
     """--engine onnxruntime-fp16: the FP16 copies of the models give the FP32 faces, boxes within a few
     pixels, and embeddings close enough that identities do not change. The FP16 set is a second set of
-    per-shape sessions, each with its own GPU memory arena, beside the FP32 set's, on photos up to 2204 px
-    tall: it runs batches of 4 (padding changes no image's result) and is let go at the end, failed or not
-    (a failed test's traceback would otherwise keep it, and its memory, for the rest of the run)."""
+    per-shape sessions, each with its own GPU memory arena, beside the FP32 set's: it runs batches of 4
+    (padding changes no image's result) on photos scaled onto one canvas size (its fastest sessions take tens
+    of seconds to set up per frame size) and is let go at the end, failed or not (a failed test's traceback
+    would otherwise keep it, and its memory, for the rest of the run)."""
     fp16 = load_engines(DetectionConfig(), RuntimeConfig(device="gpu", engine="onnxruntime-fp16", detector_batch=4,
                                                          engine_start="wait"), store=store, warm_up=False)
     try:
@@ -217,8 +225,9 @@ def test_cuda_graph_replays_give_the_plain_runs_outputs(cp: object, store: Model
                                                         monkeypatch: pytest.MonkeyPatch, model: str, size: int) -> None:
     """Each shape's second run is recorded as a CUDA graph and later runs replay it: on different real photos in
     turn (a replay must read each run's own input, not the recorded one), then from two threads at once, the
-    fastest FP16 sessions give with graphs what they give without, and every model's shape records (the person
-    detector's too: its grid arithmetic folds once the input's dimensions are fixed)."""
+    fastest FP16 sessions give with graphs what they give without, also when replays are queued back to back
+    before any is read, and every model's shape records (the person detector's too: its grid arithmetic folds
+    once the input's dimensions are fixed)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from engines.imageops import resize
@@ -247,17 +256,33 @@ def test_cuda_graph_replays_give_the_plain_runs_outputs(cp: object, store: Model
     for photo in (*names, "t1"):  # the first run plain, the second recorded, the rest replays
         check(photo, run(graphs, photo))
     assert graphs.cuda_graph_shapes() == (1, 0) and plain.cuda_graph_shapes() == (0, 0)
+    # replays return once queued: several queued back to back on a stream of the caller's, read afterwards
+    with cp.cuda.Stream(non_blocking=True):  # type: ignore[attr-defined]
+        queued = [(p, graphs.run({name: cp.asarray(images[p])})) for p in (*names, *reversed(names))]  # type: ignore[attr-defined]
+        for photo, outputs in queued:
+            check(photo, {k: v.get() for k, v in outputs.items()})
     order = [names[i % len(names)] for i in range(24)]
     with ThreadPoolExecutor(2) as pool:
         for photo, got in zip(order, pool.map(partial(run, graphs), order), strict=True):
             check(photo, got)
 
 
+def on_canvas(photo: np.ndarray, side: int = 1024) -> np.ndarray:
+    """The photo scaled to fit a side x side black canvas, at its top left."""
+    from engines.imageops import resize
+
+    scale = side / max(photo.shape[:2])
+    h, w = round(photo.shape[0] * scale), round(photo.shape[1] * scale)
+    canvas = np.zeros((side, side, 3), np.uint8)
+    canvas[:h, :w] = resize(photo, h, w)
+    return canvas
+
+
 def compare_fp16(cp: object, fp32: Engines, fp16: Engines, photos: dict[str, np.ndarray]) -> None:
-    assert fp16.faces.session.description.endswith("FP16 NHWC fused"), fp16.faces.session.description
+    assert "FP16 NHWC fused" in fp16.faces.session.description, fp16.faces.session.description
     embs = {}
     for name in ("t1", "obama", "obama2", "biden", "astronaut"):
-        image = cp.asarray(photos[name])  # type: ignore[attr-defined]
+        image = cp.asarray(on_canvas(photos[name]))  # type: ignore[attr-defined]
         full, half = fp32.faces.detect([image])[0], fp16.faces.detect([image])[0]
         assert len(half) == len(full), (name, len(half), len(full))
         width = float((full.boxes[:, 2] - full.boxes[:, 0]).max())

@@ -68,7 +68,11 @@ class Session(Protocol):
         """One line for logs and --json output: runtime, version, provider or precision."""
         ...
 
-    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]: ...
+    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """The model's outputs for `inputs`. On CUDA the run follows the work already queued on the caller's
+        current stream and may return before it has finished: the outputs are ready in that stream's order
+        (work queued on it next sees them; the host synchronises it, as `.get()` does, before reading them)."""
+        ...
 
 
 def session_array_module(session: Session) -> ModuleType:

@@ -475,14 +475,18 @@ class OnnxRuntimeSession:
                   [list(v.shape) for v in inputs.values()], dict(graph.nodes))
 
     def _replay(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """A run of `shape` (its lock held) as its graph's replay on the model's stream, after the caller's
-        work: inputs copied into the graph's buffers, outputs copied out; returns when they are ready, like a
-        run."""
+        """A run of `shape` (its lock held) as its graph's replay on the model's stream, after the caller's work:
+        inputs copied into the graph's buffers, outputs copied out into arrays of the caller's stream, which waits
+        for them. Returns once queued: the host has nothing to wait for between runs (each replay's copies
+        follow the one before on the model's stream, so the next replay cannot overwrite buffers still read)."""
         cp = cupy_module()
         graph = shape.graph
         if cp is None or graph is None:
             raise RuntimeUnavailable("a CUDA graph replay needs CuPy and a recorded graph")
-        self.stream.wait_event(cp.cuda.get_current_stream().record())
+        caller = cp.cuda.get_current_stream()
+        # allocated on the caller's stream, which frees them after its own use of them
+        outputs = {name: cp.empty_like(shape.outputs[name]) for name, _, _ in self._outputs}
+        self.stream.wait_event(caller.record())
         with self.stream:
             for name, value in inputs.items():
                 buffer = shape.inputs[name]
@@ -491,14 +495,14 @@ class OnnxRuntimeSession:
                                      f"not {buffer.dtype}")
                 cp.copyto(buffer, cp.asarray(value))
             graph.launch(self.stream.ptr)
-            outputs = {name: shape.outputs[name].copy() for name, _, _ in self._outputs}
-        self.stream.synchronize()
+            for name, out in outputs.items():
+                cp.copyto(out, shape.outputs[name])
+        caller.wait_event(self.stream.record())
         return outputs
 
     def _run_cuda(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """A run of `shape`'s session on its own stream, after the caller's work and the model stream's (where
-        its outputs are allocated); returns when the outputs are ready, counted in `shape.runs` (the first
-        run's output shapes kept for the graph's buffers)."""
+        """A run of `shape`'s session on its own stream, after the caller's work; returns when the outputs are
+        ready, counted in `shape.runs` (the first run's output shapes kept for the graph's buffers)."""
         cp = cupy_module()
         if cp is None:  # checked in __init__; keeps the type checker honest
             raise RuntimeUnavailable("CuPy is not available")
@@ -512,23 +516,22 @@ class OnnxRuntimeSession:
             batch = int(arr.shape[0])
             binding.bind_input(name, "cuda", cp.cuda.runtime.getDevice(), arr.dtype, list(arr.shape), arr.data.ptr)
         # Inputs come from kernels on the caller's stream (their copies above included), and the outputs' memory
-        # from the model stream's pool (freed there by work that may still be queued): order the session's
-        # stream after both.
-        shape.stream.wait_event(cp.cuda.get_current_stream().record())
-        shape.stream.wait_event(self.stream.record())
+        # from the caller's stream's pool (freed there by work that may still be queued): order the session's
+        # stream after it.
+        caller = cp.cuda.get_current_stream()
+        shape.stream.wait_event(caller.record())
         outputs: dict[str, Array] = {}
         allocated_by_ort = []
-        with self.stream:
-            for name, declared, dtype in self._outputs:
-                if any(not isinstance(d, int) for d in declared[1:]):
-                    # Sized by the input (a detector's anchors grow with the image): ONNX Runtime allocates it.
-                    binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice())
-                    allocated_by_ort.append((name, dtype))
-                    continue
-                dims = [batch if not isinstance(d, int) else d for d in declared]
-                out = cp.empty(dims, dtype=dtype)
-                outputs[name] = out
-                binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice(), dtype, dims, out.data.ptr)
+        for name, declared, dtype in self._outputs:
+            if any(not isinstance(d, int) for d in declared[1:]):
+                # Sized by the input (a detector's anchors grow with the image): ONNX Runtime allocates it.
+                binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice())
+                allocated_by_ort.append((name, dtype))
+                continue
+            dims = [batch if not isinstance(d, int) else d for d in declared]
+            out = cp.empty(dims, dtype=dtype)
+            outputs[name] = out
+            binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice(), dtype, dims, out.data.ptr)
         session.run_with_iobinding(binding)
         if allocated_by_ort:
             values = dict(zip((name for name, _, _ in self._outputs), binding.get_outputs(), strict=True))

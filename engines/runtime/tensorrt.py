@@ -162,7 +162,8 @@ class TensorRTSession:
         missing = set(self._inputs) - set(inputs)
         if missing:
             raise ValueError(f"{self.model.spec.name} needs inputs {sorted(missing)}")
-        self.stream.wait_event(cp.cuda.get_current_stream().record())
+        caller = cp.cuda.get_current_stream()
+        self.stream.wait_event(caller.record())
         keep: list[Any] = []
         with self._context_lock, self.stream:
             for name in self._inputs:
@@ -174,13 +175,14 @@ class TensorRTSession:
                 self._context.set_input_shape(name, tuple(arr.shape))
                 self._context.set_tensor_address(name, arr.data.ptr)
             outputs: dict[str, Array] = {}
-            for name in self._outputs:
-                out = cp.empty(tuple(self._context.get_tensor_shape(name)), dtype=self._dtypes[name])
-                outputs[name] = out
-                self._context.set_tensor_address(name, out.data.ptr)
+            with caller:  # the outputs' memory comes from the caller's stream, which frees it after its own use
+                for name in self._outputs:
+                    out = cp.empty(tuple(self._context.get_tensor_shape(name)), dtype=self._dtypes[name])
+                    outputs[name] = out
+                    self._context.set_tensor_address(name, out.data.ptr)
             if not self._context.execute_async_v3(self.stream.ptr):
                 raise RuntimeError(f"TensorRT failed to run {self.model.spec.name}")
         # Inputs must outlive the enqueued work; work the caller queues next (reading the outputs) waits for it.
-        cp.cuda.get_current_stream().wait_event(self.stream.record())
+        caller.wait_event(self.stream.record())
         self._pending = keep
         return outputs
