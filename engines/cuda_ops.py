@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from engines.arrays import Array, require_cupy
+from engines.streams import wait_before_release
 
 _SOURCE = r"""
 typedef unsigned char u8;
@@ -190,13 +191,25 @@ def place_level(frames: Sequence[Array], width: int, height: int, out: Array) ->
              np.int32(out.shape[2]), out))
 
 
+def fits_flat_index(n: int) -> bool:
+    """Whether `queue_candidates` can index n anchors (its rows carry the flat index as a float32)."""
+    return n < 1 << 24
+
+
 @dataclass
 class QueuedRows:
-    """Candidate rows on their way to the host: `host` (pinned) holds them once `ready` has happened."""
+    """Candidate rows on their way to the host: `host` (pinned) holds them once `ready` has happened. Let go
+    (read or not: a step that failed drops its queued runs), it waits for `ready` first, so that neither the
+    pinned buffer (CuPy's pinned pool knows no streams) nor the arrays its kernel reads (`keep`) are reused
+    while its work is queued."""
 
     host: np.ndarray
     ready: Any
     n_keypoints: int
+    keep: tuple[Any, ...] = ()
+
+    def __del__(self) -> None:
+        wait_before_release(self.ready)
 
 
 def queue_candidates(reg: Array, scores: Array, anchors: Array | None, *, threshold: float, n_keypoints: int,
@@ -212,7 +225,7 @@ def queue_candidates(reg: Array, scores: Array, anchors: Array | None, *, thresh
     reg = cp.ascontiguousarray(reg, dtype=cp.float32)
     scores = cp.ascontiguousarray(scores, dtype=cp.float32)
     b, a = scores.shape
-    if b * a >= 1 << 24:
+    if not fits_flat_index(b * a):
         raise ValueError(f"{b} x {a} anchors: flat indices would not be exact in float32; use smaller batches")
     if anchors is None and n_keypoints:
         raise ValueError("boxes decoded already carry no keypoints")
@@ -226,7 +239,7 @@ def queue_candidates(reg: Array, scores: Array, anchors: Array | None, *, thresh
     memory = cp.cuda.alloc_pinned_memory(out.nbytes)  # pooled; freed with `host` once the rows are read
     host = np.frombuffer(memory, np.float32, out.size)
     out.get(stream=stream, out=host, blocking=False)
-    return QueuedRows(host, stream.record(), n_keypoints)
+    return QueuedRows(host, stream.record(), n_keypoints, (reg, scores, anchors, out))
 
 
 def candidate_rows(queued: QueuedRows) -> np.ndarray | None:

@@ -225,6 +225,13 @@ def _nms_clusters_boxwise(boxes: np.ndarray, iou: float, order: np.ndarray) -> l
     return clusters
 
 
+def _kernel_decodes(scores: Array) -> bool:
+    """Whether a run's B x A scores are few enough for the decoding kernel (engines.cuda_ops)."""
+    from engines import cuda_ops
+
+    return cuda_ops.fits_flat_index(int(scores.size))
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Greedy non-maximum suppression; indices kept, best first."""
     return np.asarray([c[0] for c in nms_clusters(boxes, scores, iou)], dtype=np.int64)
@@ -513,7 +520,7 @@ class BlazeDetector:
         k = self.n_keypoints
         anchors = self._anchor_array(xp, level.canvas_h, level.canvas_w)
         reg, scores = out["boxes"], out["scores"]
-        if xp is not np:  # one kernel and one copy instead of a dozen small array operations
+        if xp is not np and _kernel_decodes(scores):  # one kernel and one copy, not a dozen array operations
             from engines import cuda_ops
 
             queued = cuda_ops.queue_candidates(reg, scores, anchors, threshold=self.score_threshold, n_keypoints=k)
@@ -672,7 +679,7 @@ class PersonDetector(BlazeDetector):
         xp = array_module(batch)
         out = self.session.run({"image": batch})
         boxes, scores = out["boxes"], out["scores"]
-        if xp is not np:
+        if xp is not np and _kernel_decodes(scores):
             from engines import cuda_ops
 
             queued = cuda_ops.queue_candidates(boxes, scores, None, threshold=self.score_threshold, n_keypoints=0)

@@ -46,11 +46,14 @@ class StreamPool:
 
     @contextlib.contextmanager
     def lend(self) -> Iterator[Any]:
+        """A stream, current for the block; taken back once the work queued on it is done (also when the block
+        raised: nothing the block's work reads is let go while it runs)."""
         stream = self.take()
         try:
             with stream:
                 yield stream
         finally:
+            stream.synchronize()
             self.give(stream)
 
 
@@ -73,3 +76,11 @@ def side_by_side(calls: Sequence[Callable[[], object]], name: str) -> None:
 
     with ThreadPoolExecutor(max(1, len(calls)), thread_name_prefix=name) as pool:
         list(pool.map(run, calls))
+
+
+def wait_before_release(event: Any) -> None:
+    """Waits for a CUDA event as an object holding GPU work's memory is let go (from `__del__`: at interpreter
+    exit CUDA may be torn down already, and then there is nothing left to wait for)."""
+    if event is not None:
+        with contextlib.suppress(Exception):
+            event.synchronize()

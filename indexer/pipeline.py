@@ -435,8 +435,8 @@ class VideoIndexer:
 
     def _models_stream(self) -> Any:
         """On a GPU the models' side of a step runs on a non-blocking CUDA stream of its own (lent by the
-        process's pool): on CUDA's legacy default stream every kernel and copy would also wait for the
-        decoders' work on the device."""
+        process's pool, and synchronised as it goes back): on CUDA's legacy default stream every kernel and
+        copy would also wait for the decoders' work on the device."""
         return STREAMS.lend() if self.models_on_gpu else contextlib.nullcontext()
 
     def _decode(self, state: _VideoState, messages: queue.Queue[Any], stop: threading.Event) -> None:
@@ -493,7 +493,7 @@ class VideoIndexer:
     def _infer_step(self, batch: list[_Frame]) -> _Inferred:
         det = self.settings.detection
         clock = _Clock(self.timings, self._clock_lock)
-        with self._models_stream() as stream:
+        with self._models_stream():
             frames: list[Array] = [fr.image for fr in batch]
             persons: list[Detections | None] | None = None
             if self.engines.persons is not None and det.detect_persons:
@@ -524,8 +524,8 @@ class VideoIndexer:
                     idx = np.nonzero(ok_mask)[0]
                     embeddings[idx] = self.engines.embedder.embed_chips(chips[idx])
                 clock.lap("embed")
-            if stream is not None:
-                stream.synchronize()  # the chips are complete before the tracking thread copies any
+        # the step's stream is synchronised as it goes back: the chips are complete before the tracking thread
+        # copies any
         return _Inferred(faces, persons, embeddable, sharp, embeddings, ok_mask, chips)
 
     def _detect_persons(self, batch: list[_Frame]) -> list[Detections | None]:

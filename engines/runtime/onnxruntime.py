@@ -19,6 +19,7 @@ from engines.arrays import Array, cupy_module
 from engines.cuda_graphs import CapturedGraph, GraphCaptureError, capture
 from engines.errors import ModelError, RuntimeUnavailable
 from engines.runtime.base import DeviceKind, RuntimeName, cpu_run_threads
+from engines.streams import wait_before_release
 from engines.zoo import ModelFile
 from schemas.config import EngineStart
 
@@ -236,14 +237,21 @@ class ShapeSession:
         self.lock = threading.Lock()
         """Held for a run, for the recording, and from copying a replay's inputs in to copying its outputs out
         (two threads may run one shape)."""
+        self.replayed: Any = None
+        """An event after the latest replay's work: a shape let go (evicted, or taken over by a faster session)
+        waits for it before its session and buffers go."""
+
+    def __del__(self) -> None:
+        wait_before_release(self.replayed)
 
 
 class OnnxRuntimeSession:
     """One model on one ONNX Runtime provider.
 
-    On CUDA the session runs on its own CuPy stream (`stream`), given to ONNX Runtime as its compute
-    stream, so that pre-processing kernels, the model and post-processing are ordered on one stream
-    without device-wide synchronisation. Inputs and outputs stay in GPU memory (IO binding).
+    On CUDA the model runs on CuPy streams of its own (`stream`, and each shape's), ordered after the caller's
+    current stream and before it with events, without device-wide synchronisation: a run's outputs are
+    ready in the caller's stream order (engines.runtime.base.Session.run). Inputs and outputs stay in GPU
+    memory (IO binding).
 
     On CUDA every input shape (the detectors' pyramid levels and frame sizes, the embedder's padded
     batch sizes) gets an ONNX Runtime session of its own: the CUDA provider keeps set-up (cuDNN plans,
@@ -486,18 +494,21 @@ class OnnxRuntimeSession:
         caller = cp.cuda.get_current_stream()
         # allocated on the caller's stream, which frees them after its own use of them
         outputs = {name: cp.empty_like(shape.outputs[name]) for name, _, _ in self._outputs}
+        for name, value in inputs.items():
+            if np.dtype(value.dtype) != shape.inputs[name].dtype:
+                raise ValueError(f"{self.model.spec.name}: input {name} is {np.dtype(value.dtype)}, "
+                                 f"not {shape.inputs[name].dtype}")
         self.stream.wait_event(caller.record())
-        with self.stream:
-            for name, value in inputs.items():
-                buffer = shape.inputs[name]
-                if np.dtype(value.dtype) != buffer.dtype:
-                    raise ValueError(f"{self.model.spec.name}: input {name} is {np.dtype(value.dtype)}, "
-                                     f"not {buffer.dtype}")
-                cp.copyto(buffer, cp.asarray(value))
-            graph.launch(self.stream.ptr)
-            for name, out in outputs.items():
-                cp.copyto(out, shape.outputs[name])
-        caller.wait_event(self.stream.record())
+        try:
+            with self.stream:
+                for name, value in inputs.items():
+                    cp.copyto(shape.inputs[name], cp.asarray(value))
+                graph.launch(self.stream.ptr)
+                for name, out in outputs.items():
+                    cp.copyto(out, shape.outputs[name])
+        finally:  # whatever was queued, the caller's stream (which frees the inputs and outputs) waits for it
+            shape.replayed = self.stream.record()
+            caller.wait_event(shape.replayed)
         return outputs
 
     def _run_cuda(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> dict[str, Array]:
