@@ -10,9 +10,11 @@ from engines.detectors import (
     FACE_ANCHORS,
     FINE_CANVAS_BATCH,
     FINE_TILE,
+    TILE_PICTURE,
     Detections,
     FaceDetector,
     _inside_tile,
+    cut_tiles,
     nms,
     tile_origins,
 )
@@ -106,6 +108,26 @@ def test_tiles_cover_every_point_of_their_regions() -> None:
                       & _inside_tile(np.full(len(tiles), y - tiles[:, 1]), tiles[:, 1], height)
                       & (x >= tiles[:, 0]) & (y >= tiles[:, 1]))
             assert inside.any(), (rect, x, y, tiles)
+
+
+def test_tiles_cut_in_one_gather_are_the_tiles_cut_one_by_one(photos: dict[str, np.ndarray]) -> None:
+    """The GPU cuts a chunk's tiles in one gather (cut_tiles); on numpy it gives, tile for tile, the slices the
+    CPU path copies: the picture at the top left, black beyond it, beyond the level image, and past the
+    chunk's tiles."""
+    levels = np.stack([np.asarray(Image.fromarray(photos[name]).resize((1344, 756))) for name in ("t1", "obama")])
+    height, width = levels.shape[1:3]
+    chunk = [(0, 0, 0), (1, 192, 384), (0, width - TILE_PICTURE, height - TILE_PICTURE), (1, width - 100, 500),
+             (0, 1200, height - 30), (1, 0, 0)]
+    size = 8
+    got = cut_tiles(np, levels, chunk, size)
+    assert got.shape == (size, FINE_TILE, FINE_TILE, 3) and got.dtype == np.uint8
+    for i, (k, x, y) in enumerate(chunk):
+        want = np.zeros((FINE_TILE, FINE_TILE, 3), np.uint8)
+        picture = levels[k][y:y + TILE_PICTURE, x:x + TILE_PICTURE]
+        want[:picture.shape[0], :picture.shape[1]] = picture
+        np.testing.assert_array_equal(got[i], want, err_msg=str(chunk[i]))
+    assert got[3, :, 100:].max() == 0 and got[3, :240, :100].max() > 0  # the image ends 100 px into this tile
+    assert not got[len(chunk):].any()
 
 
 def test_head_regions_cover_small_people_only(engines: Engines) -> None:
