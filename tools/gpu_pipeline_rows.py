@@ -12,6 +12,8 @@ needs (the decoders skip them by default). Environment:
   PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
   DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's, 32)
+  FRAME_BATCH=64       RuntimeConfig.frame_batch: frames per analysis step (default: the pipeline's, 32 on a GPU)
+  STEPS=3              analysis steps in flight (indexer.pipeline.STEPS_IN_FLIGHT_GPU, default 2)
   ENGINE_START=quick   RuntimeConfig.engine_start (default: wait, as `vidx bench gpu`); with background the rows
                        start at once, and each row says how many shapes' fastest sessions had taken over
   REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
@@ -47,12 +49,15 @@ modes = tuple(cast(SamplingMode, m) for m in os.environ.get("ROWS", "fps,every-f
 handoffs = [int(h) for h in os.environ.get("HANDOFFS", "0").split(",")]  # 0: the pipeline's default
 persons_every = [float(v) for v in os.environ.get("PERSONS_EVERY", str(DetectionConfig.persons_every_s)).split(",")]
 runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")),
+                        frame_batch=int(os.environ.get("FRAME_BATCH", "0")),
                         engine_start=cast(EngineStart, os.environ.get("ENGINE_START", "wait")))
+pipeline.STEPS_IN_FLIGHT_GPU = int(os.environ.get("STEPS", str(pipeline.STEPS_IN_FLIGHT_GPU)))
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
 engines = load_engines(detection, runtime, store=ModelStore())
 out: dict[str, object] = {"label": label, "face_search": detection.face_search, "videos": copies,
-                          "detector_batch": engines.faces.batch_size,
+                          "detector_batch": engines.faces.batch_size, "frame_batch": runtime.frame_batch or 32,
+                          "steps_in_flight": pipeline.STEPS_IN_FLIGHT_GPU,
                           "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
                           "engines": engines.describe(), "decode_all": decode_all, "rows": []}
 rows: list[dict[str, object]] = []
