@@ -53,8 +53,10 @@ class StreamPool:
             with stream:
                 yield stream
         finally:
-            stream.synchronize()
-            self.give(stream)
+            try:
+                stream.synchronize()
+            finally:  # a stream whose work failed still goes back
+                self.give(stream)
 
 
 STREAMS = StreamPool()
