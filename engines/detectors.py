@@ -245,6 +245,14 @@ def _nms_clusters_boxwise(boxes: np.ndarray, iou: float, order: np.ndarray) -> l
     return clusters
 
 
+def kernel_rows_as_candidates(rows: np.ndarray, n_keypoints: int, n_anchors: int) -> RawCandidates:
+    """The decoding kernel's rows (engines.cuda_ops.candidate_rows: [x0 y0 x1 y1 score kps... flat_index]) as a
+    run's candidates: boxes, scores, keypoints (N x K x 2, K = 0 too) and the batch image of each."""
+    k = n_keypoints
+    flat = rows[:, 5 + 2 * k].astype(np.int64)
+    return rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(len(rows), k, 2), flat // n_anchors
+
+
 def _kernel_decodes(scores: Array) -> bool:
     """Whether a run's B x A scores are few enough for the decoding kernel (engines.cuda_ops)."""
     from engines import cuda_ops
@@ -543,30 +551,33 @@ class BlazeDetector:
         xp = array_module(batch)
         out = self.session.run({"image": batch})
         k = self.n_keypoints
-        anchors = self._anchor_array(xp, level.canvas_h, level.canvas_w)
         reg, scores = out["boxes"], out["scores"]
         if xp is not np and _kernel_decodes(scores):  # one kernel and one copy, not a dozen array operations
             from engines import cuda_ops
 
-            queued = cuda_ops.queue_candidates(reg, scores, anchors, threshold=self.score_threshold, n_keypoints=k)
+            queued = cuda_ops.queue_candidates(reg, scores, self._run_anchors(xp, level),
+                                               threshold=self.score_threshold, n_keypoints=k)
 
             def collect() -> RawCandidates:
                 rows = cuda_ops.candidate_rows(queued)
                 if rows is None:  # more candidates than the kernel had room for
-                    return self._decode(xp, reg, scores, anchors)
-                flat = rows[:, 5 + 2 * k].astype(np.int64)
-                return (rows[:, :4], rows[:, 4], rows[:, 5:5 + 2 * k].reshape(-1, k, 2), flat // scores.shape[1])
+                    return self._decode(xp, reg, scores, level)
+                return kernel_rows_as_candidates(rows, k, int(scores.shape[1]))
 
             return collect
-        done = self._decode(xp, reg, scores, anchors)
+        done = self._decode(xp, reg, scores, level)
         return lambda: done
 
-    def _decode(self, xp: ModuleType, reg: Array, scores: Array, anchors: Array) -> RawCandidates:
+    def _run_anchors(self, xp: ModuleType, level: Level) -> Array | None:
+        """The anchor centres a run's regressors are relative to (None: the graph decodes its boxes itself)."""
+        return self._anchor_array(xp, level.canvas_h, level.canvas_w)
+
+    def _decode(self, xp: ModuleType, reg: Array, scores: Array, level: Level) -> RawCandidates:
         """Anchor decoding and threshold with array operations (numpy, or CuPy past the kernel's room)."""
         k = self.n_keypoints
         b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
         r = reg[b_idx, a_idx]
-        a = anchors[a_idx]
+        a = self._anchor_array(xp, level.canvas_h, level.canvas_w)[a_idx]
         cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
         boxes = xp.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2, cy + r[:, 3] / 2], 1)
         kps = r[:, 4:4 + 2 * k] + xp.tile(a, (1, k))
@@ -700,30 +711,14 @@ class PersonDetector(BlazeDetector):
                                    align=PERSON_ALIGN, margin=0)
         return [fine, dataclasses.replace(coarse, min_box=PERSON_COARSE_MIN_BOX)]
 
-    def _queue(self, batch: Array, level: Level) -> Callable[[], RawCandidates]:
-        xp = array_module(batch)
-        out = self.session.run({"image": batch})
-        boxes, scores = out["boxes"], out["scores"]
-        if xp is not np and _kernel_decodes(scores):
-            from engines import cuda_ops
+    def _run_anchors(self, xp: ModuleType, level: Level) -> Array | None:
+        return None  # the graph decodes its boxes itself
 
-            queued = cuda_ops.queue_candidates(boxes, scores, None, threshold=self.score_threshold, n_keypoints=0)
-
-            def collect() -> RawCandidates:
-                rows = cuda_ops.candidate_rows(queued)
-                if rows is None:  # more candidates than the kernel had room for
-                    return self._threshold(xp, boxes, scores)
-                return (rows[:, :4], rows[:, 4], np.zeros((len(rows), 0, 2), np.float32),
-                        rows[:, 5].astype(np.int64) // scores.shape[1])
-
-            return collect
-        done = self._threshold(xp, boxes, scores)
-        return lambda: done
-
-    def _threshold(self, xp: ModuleType, boxes: Array, scores: Array) -> RawCandidates:
+    def _decode(self, xp: ModuleType, reg: Array, scores: Array, level: Level) -> RawCandidates:
+        """Threshold with array operations (numpy, or CuPy past the kernel's room); `reg` holds boxes."""
         b_idx, a_idx = xp.nonzero(scores >= self.score_threshold)
-        packed = xp.concatenate([boxes[b_idx, a_idx], scores[b_idx, a_idx][:, None],
-                                 b_idx[:, None].astype(boxes.dtype)], 1).astype(xp.float32)
+        packed = xp.concatenate([reg[b_idx, a_idx], scores[b_idx, a_idx][:, None],
+                                 b_idx[:, None].astype(reg.dtype)], 1).astype(xp.float32)
         host = to_host(packed)
         return host[:, :4], host[:, 4], np.zeros((len(host), 0, 2), np.float32), host[:, 5].astype(np.int64)
 

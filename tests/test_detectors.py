@@ -15,6 +15,7 @@ from engines.detectors import (
     FaceDetector,
     _inside_tile,
     cut_tiles,
+    kernel_rows_as_candidates,
     nms,
     tile_origins,
 )
@@ -128,6 +129,26 @@ def test_tiles_cut_in_one_gather_are_the_tiles_cut_one_by_one(photos: dict[str, 
         np.testing.assert_array_equal(got[i], want, err_msg=str(chunk[i]))
     assert got[3, :, 100:].max() == 0 and got[3, :240, :100].max() > 0  # the image ends 100 px into this tile
     assert not got[len(chunk):].any()
+
+
+@pytest.mark.parametrize("n_keypoints", [6, 0])
+def test_decoding_kernel_rows_become_candidates(n_keypoints: int) -> None:
+    """The GPU's decoding kernel packs each candidate as [box, score, keypoints, flat index]; unpacked, rows give
+    the boxes, scores, keypoints (none for people: N x 0 x 2) and batch image, empty runs included."""
+    n_anchors, flat = 896, np.array([3, 900, 2 * 896 + 5], np.float32)
+    rows = np.zeros((3, 6 + 2 * n_keypoints), np.float32)
+    rows[:, :4] = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    rows[:, 4] = [0.9, 0.8, 0.7]
+    rows[:, 5:5 + 2 * n_keypoints] = np.arange(3 * 2 * n_keypoints).reshape(3, -1)
+    rows[:, -1] = flat
+    boxes, scores, kps, image = kernel_rows_as_candidates(rows, n_keypoints, n_anchors)
+    np.testing.assert_array_equal(boxes, rows[:, :4])
+    np.testing.assert_array_equal(scores, np.float32([0.9, 0.8, 0.7]))
+    assert kps.shape == (3, n_keypoints, 2) and kps.dtype == np.float32
+    np.testing.assert_array_equal(kps.reshape(3, -1), rows[:, 5:5 + 2 * n_keypoints])
+    np.testing.assert_array_equal(image, [0, 1, 2])
+    empty = kernel_rows_as_candidates(rows[:0], n_keypoints, n_anchors)
+    assert [len(a) for a in empty] == [0, 0, 0, 0] and empty[2].shape == (0, n_keypoints, 2)
 
 
 def test_head_regions_cover_small_people_only(engines: Engines) -> None:
