@@ -245,6 +245,69 @@ def _nms_clusters_boxwise(boxes: np.ndarray, iou: float, order: np.ndarray) -> l
     return clusters
 
 
+STEP_NMS_MAX = 64
+"""Frames with up to this many candidates are suppressed together, from one padded IoU array per step; a
+frame with more is suppressed on its own (nms_clusters): the padded array grows with the largest frame."""
+
+
+def nms_clusters_frames(boxes: np.ndarray, scores: np.ndarray, frame: np.ndarray, iou: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nms_clusters of every frame's candidates (`frame`: each candidate's frame index) at once, in one flat form:
+    `members` (candidate indices: each cluster's kept box, then the boxes it suppresses), `sizes` (each
+    cluster's length) and the frame of each cluster; frames in order, each frame's clusters best first. The
+    clusters are those nms_clusters gives frame by frame; the frames' greedy passes run side by side, so the
+    host's cost is one pass over the largest frame, not one per frame."""
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((-scores, frame))  # by frame, then best first; stable, as nms_clusters' argsort
+    counts = np.bincount(frame)
+    rank = np.arange(n) - (np.cumsum(counts) - counts)[frame[order]]
+    together = counts[frame[order]] <= STEP_NMS_MAX
+    sel, rank = order[together], rank[together]
+    group, slot = np.unique(frame[sel], return_inverse=True)
+    width = int(rank.max()) + 1 if len(sel) else 0
+    index = np.full((len(group), width), -1, np.int64)
+    index[slot, rank] = sel
+    valid = index >= 0
+    b = np.zeros((len(group), width, 4), boxes.dtype)
+    b[slot, rank] = boxes[sel]
+    # the IoU test of nms_clusters, element for element
+    area = np.maximum(b[..., 2] - b[..., 0], 0) * np.maximum(b[..., 3] - b[..., 1], 0)
+    w = np.clip(np.minimum(b[:, :, None, 2], b[:, None, :, 2]) - np.maximum(b[:, :, None, 0], b[:, None, :, 0]), 0,
+                None)
+    h = np.clip(np.minimum(b[:, :, None, 3], b[:, None, :, 3]) - np.maximum(b[:, :, None, 1], b[:, None, :, 1]), 0,
+                None)
+    inter = w * h
+    overlaps = inter / (area[:, :, None] + area[:, None, :] - inter + 1e-9) >= iou
+    overlaps[:, np.arange(width), np.arange(width)] = True
+    overlaps &= valid[:, None, :]
+    alive = valid.copy()
+    head = np.full((len(group), width), -1, np.int64)
+    for i in range(width):  # rank i of every frame at once: where it is still alive, it keeps a cluster
+        keeps = alive[:, i]
+        if not keeps.any():
+            continue
+        taken = overlaps[:, i, :] & alive & keeps[:, None]
+        head[taken] = i
+        alive &= ~taken
+    g, j = np.nonzero(valid)
+    by = np.lexsort((j, head[g, j], g))
+    members, cluster_frame, cluster_head = index[g[by], j[by]], group[g[by]], head[g[by], j[by]]
+    for f in np.flatnonzero(counts > STEP_NMS_MAX):  # crowded frames, one at a time
+        local = np.flatnonzero(frame == f)
+        clusters = nms_clusters(boxes[local], scores[local], iou)
+        members = np.concatenate([members, local[np.concatenate(clusters)]])
+        cluster_frame = np.concatenate([cluster_frame, np.full(sum(map(len, clusters)), f)])
+        cluster_head = np.concatenate([cluster_head, np.repeat(np.arange(len(clusters)), list(map(len, clusters)))])
+    if len(members) != len(by):
+        by = np.lexsort((cluster_head, cluster_frame))  # stable: each cluster keeps its order
+        members, cluster_frame, cluster_head = members[by], cluster_frame[by], cluster_head[by]
+    first = np.flatnonzero(np.concatenate([[True], (cluster_frame[1:] != cluster_frame[:-1])
+                                           | (cluster_head[1:] != cluster_head[:-1])]))
+    return members, np.diff(np.append(first, len(members))), cluster_frame[first]
+
+
 def kernel_rows_as_candidates(rows: np.ndarray, n_keypoints: int, n_anchors: int) -> RawCandidates:
     """The decoding kernel's rows (engines.cuda_ops.candidate_rows: [x0 y0 x1 y1 score kps... flat_index]) as a
     run's candidates: boxes, scores, keypoints (N x K x 2, K = 0 too) and the batch image of each."""
@@ -388,7 +451,7 @@ class BlazeDetector:
                 if tiled:
                     self._fine_level(xp, images, levels[0], [regions[f] if regions is not None else None
                                                              for f in part], [found[f] for f in part])
-        return [self._merge(parts) for parts in found]
+        return self._merge(found)
 
     def _fine_level(self, xp: ModuleType, frames: Sequence[Array], fine: Level, regions: Sequence[np.ndarray | None],
                     found: Sequence[Candidates]) -> None:
@@ -587,22 +650,33 @@ class BlazeDetector:
         return (host[:, :4], host[:, 4], host[:, 5:5 + 2 * k].reshape(-1, k, 2),
                 host[:, 5 + 2 * k].astype(np.int64))
 
-    def _merge(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Detections:
-        if not parts:
-            return Detections.empty(self.n_keypoints)
-        boxes, scores, kps = (np.concatenate(p) for p in zip(*parts, strict=True))
-        clusters = nms_clusters(boxes, scores, self.nms_iou)
-        # MediaPipe's weighted suppression: a face is the score-weighted mean of the candidates it
-        # suppresses (neighbouring anchors, adjacent levels), with the best one's score. Blending steadies
-        # the keypoints that alignment depends on: a 3-7 px shift of a portrait moved its embedding by up
-        # to 0.22 with the best candidate alone, 0.14 blended (docs/models.md).
-        members = np.concatenate(clusters)
-        sizes = np.fromiter((len(c) for c in clusters), np.int64, len(clusters))
+    def _merge(self, found: Sequence[Candidates]) -> list[Detections]:
+        """Each frame's detections from its candidates (`found`: per frame, its runs' boxes, scores and keypoints),
+        every frame's suppression at once (nms_clusters_frames)."""
+        k = self.n_keypoints
+        counts = [sum(len(scores) for _, scores, _ in parts) for parts in found]
+        if not sum(counts):
+            return [Detections.empty(k) for _ in found]
+        boxes, scores, kps = (np.concatenate(p) for p in zip(*(part for parts in found for part in parts), strict=True))
+        members, sizes, cluster_frame = nms_clusters_frames(boxes, scores, np.repeat(np.arange(len(found)), counts),
+                                                            self.nms_iou)
         starts = np.cumsum(sizes) - sizes
+        merged = self._blend(boxes, scores, kps, members, sizes, starts)
+        ends = np.cumsum(np.bincount(cluster_frame, minlength=len(found)))
+        return [Detections(*(a[lo:hi] for a in merged)) for lo, hi in zip(ends - np.diff(ends, prepend=0), ends,
+                                                                          strict=True)]
+
+    def _blend(self, boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray, members: np.ndarray, sizes: np.ndarray,
+               starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One detection per cluster (`members` from `starts`, `sizes` long, kept box first): MediaPipe's weighted
+        suppression, the score-weighted mean of the candidates the cluster holds (neighbouring anchors, adjacent
+        levels) with the best one's score. Blending steadies the keypoints that alignment depends on: a 3-7 px
+        shift of a portrait moved its embedding by up to 0.22 with the best candidate alone, 0.14 blended
+        (docs/models.md)."""
         weight = scores[members] / np.repeat(np.add.reduceat(scores[members], starts), sizes)
         out_boxes = np.add.reduceat(boxes[members] * weight[:, None], starts)
         out_kps = np.add.reduceat(kps[members] * weight[:, None, None], starts)
-        return Detections(out_boxes.astype(np.float32), scores[members[starts]], out_kps.astype(np.float32))
+        return out_boxes.astype(np.float32), scores[members[starts]], out_kps.astype(np.float32)
 
 
 FACE_ANCHORS = AnchorSpec(size=192, strides=(4,), per_cell=(1,))
@@ -722,12 +796,11 @@ class PersonDetector(BlazeDetector):
         host = to_host(packed)
         return host[:, :4], host[:, 4], np.zeros((len(host), 0, 2), np.float32), host[:, 5].astype(np.int64)
 
-    def _merge(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Detections:
-        if not parts:
-            return Detections.empty(0)
-        boxes, scores, kps = (np.concatenate(p) for p in zip(*parts, strict=True))
-        keep = nms(boxes, scores, self.nms_iou)
-        return Detections(boxes[keep], scores[keep], kps[keep])
+    def _blend(self, boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray, members: np.ndarray, sizes: np.ndarray,
+               starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Plain suppression: each cluster's best box as it is (YOLO's boxes are not blended)."""
+        keep = members[starts]
+        return boxes[keep], scores[keep], kps[keep]
 
     def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None, *,
                small_batches: bool = False) -> list[Detections]:

@@ -253,13 +253,39 @@ def test_matrix_suppression_gives_the_box_by_box_clusters() -> None:
             assert all(np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))
 
 
+def test_suppression_of_a_step_gives_each_frames_clusters() -> None:
+    """All frames suppressed at once (nms_clusters_frames) give each frame's nms_clusters, in frame order, for
+    frames with no candidate, one, ties of score, and more than STEP_NMS_MAX (suppressed on their own)."""
+    from engines.detectors import STEP_NMS_MAX, nms_clusters, nms_clusters_frames
+
+    rng = np.random.default_rng(2)
+    counts = [0, 1, 7, 0, STEP_NMS_MAX, STEP_NMS_MAX + 40, 30, 0]
+    frame = np.repeat(np.arange(len(counts)), counts)
+    n = len(frame)
+    xy = rng.uniform(0, 200, (n, 2)).astype(np.float32)
+    boxes = np.hstack([xy, xy + rng.uniform(5, 60, (n, 1)).astype(np.float32)])
+    scores = rng.choice(np.linspace(0.5, 1.0, 20), n).astype(np.float32)
+    for iou in (0.3, 0.5):
+        members, sizes, cluster_frame = nms_clusters_frames(boxes, scores, frame, iou)
+        got = np.split(members, np.cumsum(sizes)[:-1])
+        want, want_frames = [], []
+        for f in range(len(counts)):
+            local = np.flatnonzero(frame == f)
+            clusters = nms_clusters(boxes[local], scores[local], iou)
+            want += [local[c] for c in clusters]
+            want_frames += [f] * len(clusters)
+        assert len(got) == len(want) > len(counts)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+        assert cluster_frame.tolist() == want_frames
+
+
 def test_overlapping_candidates_blend_into_one_face_by_score(engines: Engines) -> None:
     """Weighted suppression: one face per cluster, box and keypoints the score-weighted mean, best score."""
     boxes = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]], np.float32)
     scores = np.array([0.9, 0.6, 0.7], np.float32)
     kps = np.zeros((3, 6, 2), np.float32)
     kps[:, :, 0] = boxes[:, :1] + 3
-    dets = engines.faces._merge([(boxes[:2], scores[:2], kps[:2]), (boxes[2:], scores[2:], kps[2:])])
+    dets = engines.faces._merge([[(boxes[:2], scores[:2], kps[:2]), (boxes[2:], scores[2:], kps[2:])]])[0]
     np.testing.assert_allclose(dets.boxes, [[0.8, 0, 10.8, 10], [50, 50, 60, 60]], atol=1e-5)
     np.testing.assert_allclose(dets.scores, [0.9, 0.7])
     np.testing.assert_allclose(dets.keypoints[:, :, 0], [[3.8] * 6, [53] * 6], atol=1e-5)

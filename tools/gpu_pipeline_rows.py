@@ -18,6 +18,8 @@ needs (the decoders skip them by default). Environment:
                        start at once, and each row says how many shapes' fastest sessions had taken over
   REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
   VIDX_ORT_CUDA_GRAPHS=0  run without CUDA graphs (engines.runtime.onnxruntime.CUDA_GRAPHS_ENV)
+  START_AT=1765000000  after the load, wait until this Unix time before the rows (processes run side by side
+                       start their rows together; the summary says when they started)
 
 One JSON line per row on stderr, then one summary line on stdout. The rows are `vidx bench gpu`'s (the same
 function, `bench.video.gpu_pipeline_rows`) without its decode-only and CPU rows.
@@ -60,6 +62,9 @@ out: dict[str, object] = {"label": label, "face_search": detection.face_search, 
                           "steps_in_flight": pipeline.STEPS_IN_FLIGHT_GPU,
                           "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
                           "engines": engines.describe(), "decode_all": decode_all, "rows": []}
+if os.environ.get("START_AT"):
+    time.sleep(max(0.0, float(os.environ["START_AT"]) - time.time()))
+out["rows_started_at"] = round(time.time(), 2)
 rows: list[dict[str, object]] = []
 for codec in codecs:
     paths = repeated_clips(work, codec, copies)
