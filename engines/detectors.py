@@ -193,8 +193,9 @@ def fine_tile_origins(regions: np.ndarray | None, level: Level) -> list[tuple[in
     return tile_origins(rects, level.width, level.height)
 
 
-Candidates = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-"""A frame's candidate boxes, scores and keypoints, in frame pixels, one entry per level or tile run."""
+Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""One run's candidates in frame pixels: boxes (N x 4), scores (N), keypoints (N x K x 2) and the frame of each
+(N, an index into the frames detected together)."""
 RawCandidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """One run's candidates on the host: boxes (N x 4), scores (N), keypoints (N x K x 2), batch image of each (N)."""
 
@@ -437,7 +438,7 @@ class BlazeDetector:
         by_size: dict[tuple[int, int], list[int]] = {}
         for f, frame in enumerate(frames):
             by_size.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(f)
-        found: list[Candidates] = [[] for _ in frames]
+        found: list[Candidates] = []  # every run's, in run order
         for (height, width), members in by_size.items():
             self.prepare(height, width)
             levels = self.plan(height, width)
@@ -446,24 +447,31 @@ class BlazeDetector:
                 part = members[start:start + self.batch_size]
                 images = [frames[f] for f in part]
                 pad = padded_batch(len(part), self.batch_size, max(1, self.batch_size // 4)) if small_batches else None
-                for k, cands in enumerate(self._level_candidates(xp, images, levels[int(tiled):], pad)):
-                    found[part[k]].extend(cands)
+                runs = self._level_candidates(xp, images, levels[int(tiled):], pad)
                 if tiled:
-                    self._fine_level(xp, images, levels[0], [regions[f] if regions is not None else None
-                                                             for f in part], [found[f] for f in part])
-        return self._merge(found)
+                    runs += self._fine_level(xp, images, levels[0], [regions[f] if regions is not None else None
+                                                                     for f in part], runs)
+                index = np.asarray(part, np.int64)
+                found += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in runs]
+        return self._merge(found, len(frames))
 
     def _fine_level(self, xp: ModuleType, frames: Sequence[Array], fine: Level, regions: Sequence[np.ndarray | None],
-                    found: Sequence[Candidates]) -> None:
-        """The finest level's candidates, added to each frame's `found` (the coarser levels' already): on tiles
-        over the frame's regions and over the faces the coarser levels found that the finest level answers
-        for too (its candidates sharpen their boxes and keypoints in the weighted suppression), or over the
-        whole frame where its regions are None."""
+                    coarse: Sequence[Candidates]) -> list[Candidates]:
+        """The finest level's candidates (runs, as the coarser levels' `coarse`): on tiles over each frame's
+        regions and over the faces the coarser levels found that the finest level answers for too (its
+        candidates sharpen their boxes and keypoints in the weighted suppression), or over the whole frame
+        where its regions are None."""
+        seen = np.zeros((0, 4), np.float32)
+        seen_frame = np.zeros(0, np.int64)
+        if coarse:
+            seen = np.concatenate([boxes for boxes, _, _, _ in coarse])
+            seen_frame = np.concatenate([frame for _, _, _, frame in coarse])
+            small = (seen[:, 2] - seen[:, 0]) * fine.scale <= fine.max_box
+            seen, seen_frame = seen[small], seen_frame[small]
         tiles = []
-        for boxes, cands in zip(regions, found, strict=True):
+        for k, boxes in enumerate(regions):
             if boxes is not None:
-                seen = [b[(b[:, 2] - b[:, 0]) * fine.scale <= fine.max_box] for b, _, _ in cands]
-                boxes = np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), *seen])
+                boxes = np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), seen[seen_frame == k]])
             tiles.append(fine_tile_origins(boxes, fine))
         # a frame whose tiles cost more pixels than its whole level runs the whole level (the same choice on
         # every device, so that a CPU and a GPU see the same inputs)
@@ -479,14 +487,16 @@ class BlazeDetector:
             self.fine_runs["whole"] += len(whole)
             self.fine_runs["tiles"] += sum(map(len, tiles))
         queued.append((list(range(len(frames))), self._queue_tiles(xp, frames, fine, tiles)))
+        runs = []
         for part, candidates in queued:
-            for k, cands in zip(part, candidates(), strict=True):
-                found[k].extend(cands)
+            index = np.asarray(part, np.int64)
+            runs += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in candidates()]
+        return runs
 
     def _level_candidates(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
                           pad_to: int | None = None) -> list[Candidates]:
         """Candidates of whole levels (at most batch_size frames; on a GPU padded to `pad_to`, else to
-        batch_size), in frame pixels, per frame."""
+        batch_size), in frame pixels, one entry per level."""
         return self._queue_levels(xp, frames, levels, pad_to)()
 
     def _queue_levels(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
@@ -494,21 +504,19 @@ class BlazeDetector:
         """`_level_candidates` with every level's run queued first: the function returned waits for them and
         gives the candidates (on a GPU the runs go on without the host between them)."""
         if not frames or not levels:
-            return lambda: [[] for _ in frames]
+            return list
         batches = list(self.level_batches(xp, frames, levels, pad_to))  # all placed before the first run
         queued = [(level, self._queue(batch, level)) for level, batch in zip(levels, batches, strict=True)]
 
         def candidates() -> list[Candidates]:
-            out: list[Candidates] = [[] for _ in frames]
+            out = []
             for level, result in queued:
                 boxes, scores, kps, image = result()
                 keep = image < len(frames)  # GPU batches are padded with black images
                 cx, cy = self._sized_for(boxes, level, keep)
                 keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
                 inv = np.float32(1.0 / level.scale)
-                for k in np.unique(image[keep]):
-                    sel = keep & (image == k)
-                    out[int(k)].append((boxes[sel] * inv, scores[sel], kps[sel] * inv))
+                out.append((boxes[keep] * inv, scores[keep], kps[keep] * inv, image[keep]))
             return out
 
         return candidates
@@ -516,12 +524,12 @@ class BlazeDetector:
     def _queue_tiles(self, xp: ModuleType, frames: Sequence[Array], level: Level,
                      tiles: Sequence[list[tuple[int, int]]]) -> Callable[[], list[Candidates]]:
         """Runs a level on FINE_TILE tiles (each frame's tile origins, level pixels), all queued first; the
-        function returned gives the candidates, in frame pixels, per frame. A candidate counts in a tile when
+        function returned gives the candidates, in frame pixels, one entry per run. A candidate counts in a tile when
         its centre is on the tile's picture and at least TILE_EDGE from every tile edge inside the level image
         (a neighbouring tile, overlapping by TILE_OVERLAP, sees that face whole)."""
         plan = [(f, x, y) for f, origins in enumerate(tiles) for x, y in origins]
         if not plan:
-            return lambda: [[] for _ in frames]
+            return list
         used = sorted({f for f, _, _ in plan})
         slot = {f: i for i, f in enumerate(used)}
         scaled = self._level_images(xp, [frames[f] for f in used], level)
@@ -541,7 +549,7 @@ class BlazeDetector:
         queued = [(chunk, self._queue(batch, tile_level)) for chunk, batch in zip(chunks, batches, strict=True)]
 
         def candidates() -> list[Candidates]:
-            out: list[Candidates] = [[] for _ in frames]
+            out = []
             for chunk, result in queued:
                 boxes, scores, kps, image = result()
                 keep = image < len(chunk)
@@ -551,10 +559,9 @@ class BlazeDetector:
                 keep &= _inside_tile(cx, origin[:, 0], level.width) & _inside_tile(cy, origin[:, 1], level.height)
                 inv = np.float32(1.0 / level.scale)
                 shift = np.concatenate([origin, origin], 1)
-                for i in np.unique(image[keep]):
-                    sel = keep & (image == i)
-                    out[chunk[int(i)][0]].append(((boxes[sel] + shift[sel]) * inv, scores[sel],
-                                                  (kps[sel] + origin[sel][:, None, :]) * inv))
+                frame = np.asarray([f for f, _, _ in chunk], np.int64)[image[keep]]
+                out.append(((boxes[keep] + shift[keep]) * inv, scores[keep],
+                            (kps[keep] + origin[keep][:, None, :]) * inv, frame))
             return out
 
         return candidates
@@ -650,19 +657,16 @@ class BlazeDetector:
         return (host[:, :4], host[:, 4], host[:, 5:5 + 2 * k].reshape(-1, k, 2),
                 host[:, 5 + 2 * k].astype(np.int64))
 
-    def _merge(self, found: Sequence[Candidates]) -> list[Detections]:
-        """Each frame's detections from its candidates (`found`: per frame, its runs' boxes, scores and keypoints),
-        every frame's suppression at once (nms_clusters_frames)."""
-        k = self.n_keypoints
-        counts = [sum(len(scores) for _, scores, _ in parts) for parts in found]
-        if not sum(counts):
-            return [Detections.empty(k) for _ in found]
-        boxes, scores, kps = (np.concatenate(p) for p in zip(*(part for parts in found for part in parts), strict=True))
-        members, sizes, cluster_frame = nms_clusters_frames(boxes, scores, np.repeat(np.arange(len(found)), counts),
-                                                            self.nms_iou)
+    def _merge(self, found: Sequence[Candidates], n_frames: int) -> list[Detections]:
+        """Each of `n_frames` frames' detections from the candidates of every run (`found`), every frame's
+        suppression at once (nms_clusters_frames)."""
+        if not sum(len(scores) for _, scores, _, _ in found):
+            return [Detections.empty(self.n_keypoints) for _ in range(n_frames)]
+        boxes, scores, kps, frame = (np.concatenate(p) for p in zip(*found, strict=True))
+        members, sizes, cluster_frame = nms_clusters_frames(boxes, scores, frame, self.nms_iou)
         starts = np.cumsum(sizes) - sizes
         merged = self._blend(boxes, scores, kps, members, sizes, starts)
-        ends = np.cumsum(np.bincount(cluster_frame, minlength=len(found)))
+        ends = np.cumsum(np.bincount(cluster_frame, minlength=n_frames))
         return [Detections(*(a[lo:hi] for a in merged)) for lo, hi in zip(ends - np.diff(ends, prepend=0), ends,
                                                                           strict=True)]
 

@@ -285,7 +285,8 @@ def test_overlapping_candidates_blend_into_one_face_by_score(engines: Engines) -
     scores = np.array([0.9, 0.6, 0.7], np.float32)
     kps = np.zeros((3, 6, 2), np.float32)
     kps[:, :, 0] = boxes[:, :1] + 3
-    dets = engines.faces._merge([[(boxes[:2], scores[:2], kps[:2]), (boxes[2:], scores[2:], kps[2:])]])[0]
+    dets = engines.faces._merge([(boxes[:2], scores[:2], kps[:2], np.zeros(2, np.int64)),
+                                (boxes[2:], scores[2:], kps[2:], np.zeros(1, np.int64))], 1)[0]
     np.testing.assert_allclose(dets.boxes, [[0.8, 0, 10.8, 10], [50, 50, 60, 60]], atol=1e-5)
     np.testing.assert_allclose(dets.scores, [0.9, 0.7])
     np.testing.assert_allclose(dets.keypoints[:, :, 0], [[3.8] * 6, [53] * 6], atol=1e-5)
