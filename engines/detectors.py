@@ -213,13 +213,7 @@ def nms_clusters(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[np.n
     order = np.argsort(-scores, kind="stable")
     if n > NMS_MATRIX_MAX:
         return _nms_clusters_boxwise(boxes, iou, order)
-    b = boxes[order]
-    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
-    w = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    overlaps = inter / (area[:, None] + area[None, :] - inter + 1e-9) >= iou
-    np.fill_diagonal(overlaps, True)
+    overlaps = _overlaps(boxes[order], iou)
     alive = np.ones(n, bool)
     clusters = []
     for i in range(n):  # i: the best box still alive (every better one is in a cluster already)
@@ -228,6 +222,21 @@ def nms_clusters(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[np.n
             alive[members] = False
             clusters.append(order[members])
     return clusters
+
+
+def _overlaps(b: np.ndarray, iou: float) -> np.ndarray:
+    """Whether box i overlaps box j (IoU >= iou) for ... x n x 4 boxes: ... x n x n, every box overlapping
+    itself."""
+    area = np.maximum(b[..., 2] - b[..., 0], 0) * np.maximum(b[..., 3] - b[..., 1], 0)
+    w = np.clip(np.minimum(b[..., :, None, 2], b[..., None, :, 2]) - np.maximum(b[..., :, None, 0], b[..., None, :, 0]),
+                0, None)
+    h = np.clip(np.minimum(b[..., :, None, 3], b[..., None, :, 3]) - np.maximum(b[..., :, None, 1], b[..., None, :, 1]),
+                0, None)
+    inter = w * h
+    overlaps = inter / (area[..., :, None] + area[..., None, :] - inter + 1e-9) >= iou
+    diagonal = np.arange(b.shape[-2])
+    overlaps[..., diagonal, diagonal] = True
+    return overlaps
 
 
 def _nms_clusters_boxwise(boxes: np.ndarray, iou: float, order: np.ndarray) -> list[np.ndarray]:
@@ -273,16 +282,7 @@ def nms_clusters_frames(boxes: np.ndarray, scores: np.ndarray, frame: np.ndarray
     valid = index >= 0
     b = np.zeros((len(group), width, 4), boxes.dtype)
     b[slot, rank] = boxes[sel]
-    # the IoU test of nms_clusters, element for element
-    area = np.maximum(b[..., 2] - b[..., 0], 0) * np.maximum(b[..., 3] - b[..., 1], 0)
-    w = np.clip(np.minimum(b[:, :, None, 2], b[:, None, :, 2]) - np.maximum(b[:, :, None, 0], b[:, None, :, 0]), 0,
-                None)
-    h = np.clip(np.minimum(b[:, :, None, 3], b[:, None, :, 3]) - np.maximum(b[:, :, None, 1], b[:, None, :, 1]), 0,
-                None)
-    inter = w * h
-    overlaps = inter / (area[:, :, None] + area[:, None, :] - inter + 1e-9) >= iou
-    overlaps[:, np.arange(width), np.arange(width)] = True
-    overlaps &= valid[:, None, :]
+    overlaps = _overlaps(b, iou) & valid[:, None, :]  # the IoU test of nms_clusters, element for element
     alive = valid.copy()
     head = np.full((len(group), width), -1, np.int64)
     for i in range(width):  # rank i of every frame at once: where it is still alive, it keeps a cluster
@@ -322,11 +322,6 @@ def _kernel_decodes(scores: Array) -> bool:
     from engines import cuda_ops
 
     return cuda_ops.fits_flat_index(int(scores.size))
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy non-maximum suppression; indices kept, best first."""
-    return np.asarray([c[0] for c in nms_clusters(boxes, scores, iou)], dtype=np.int64)
 
 
 @dataclass

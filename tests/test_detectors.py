@@ -16,7 +16,7 @@ from engines.detectors import (
     _inside_tile,
     cut_tiles,
     kernel_rows_as_candidates,
-    nms,
+    nms_clusters,
     tile_origins,
 )
 from engines.loader import Engines
@@ -233,12 +233,12 @@ def test_detector_graph_is_dynamic_in_image_size(engines: Engines, photos: dict[
 def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     scores = np.array([0.8, 0.9, 0.7], np.float32)
-    assert nms(boxes, scores, 0.3).tolist() == [1, 2]
+    assert [int(c[0]) for c in nms_clusters(boxes, scores, 0.3)] == [1, 2]
 
 
 def test_matrix_suppression_gives_the_box_by_box_clusters() -> None:
     """Suppression from one IoU matrix (up to NMS_MATRIX_MAX candidates) equals the greedy box-by-box loop."""
-    from engines.detectors import _nms_clusters_boxwise, nms_clusters
+    from engines.detectors import _nms_clusters_boxwise
 
     rng = np.random.default_rng(1)
     for n in (2, 7, 60, 300):
@@ -256,7 +256,7 @@ def test_matrix_suppression_gives_the_box_by_box_clusters() -> None:
 def test_suppression_of_a_step_gives_each_frames_clusters() -> None:
     """All frames suppressed at once (nms_clusters_frames) give each frame's nms_clusters, in frame order, for
     frames with no candidate, one, ties of score, and more than STEP_NMS_MAX (suppressed on their own)."""
-    from engines.detectors import STEP_NMS_MAX, nms_clusters, nms_clusters_frames
+    from engines.detectors import STEP_NMS_MAX, nms_clusters_frames
 
     rng = np.random.default_rng(2)
     counts = [0, 1, 7, 0, STEP_NMS_MAX, STEP_NMS_MAX + 40, 30, 0]
