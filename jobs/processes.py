@@ -1,7 +1,7 @@
 """Worker processes on this machine, without Ray: the default of `vidx index` on a GPU.
 
 The threads of one GPU process slow each other (decoders beside the model threads, tracking between
-steps) and the GPU waits about half the time (docs/performance.md, "Where GPU time goes"). Two worker
+steps) and the GPU is idle most of the time (docs/performance.md, "Where GPU time goes"). Two worker
 processes per GPU each run a VideoWorker (engines, decoders, several videos in flight) and share the GPU
 between them. The driver stays the only writer of the SQL index: it claims videos for the workers, hands
 them over a queue, and records the outcomes they send back.
