@@ -130,33 +130,43 @@ FINE_CANVAS_BATCH = 4
 a whole-frame search then costs an eighth of a 32-frame batch, not all of it."""
 
 
-def _axis_origins(length: int, lo: float, hi: float) -> list[int]:
-    """Origins of the tiles of an axis `length` long whose pictures reach into [lo, hi). The tiles lie on one
-    grid per level (TILE_STRIDE apart, the last one flush with the end), so a tile's candidates never depend
-    on where a region was, only on whether the tile runs: guided and whole-frame searches give the same
-    candidates in the tiles they share, and a person box a few pixels off picks the same tiles."""
+def _axis_grid(length: int) -> np.ndarray:
+    """Origins of the tiles along an axis `length` long: one grid per level, TILE_STRIDE apart and the last
+    one flush with the end, so a tile's candidates never depend on where a region was, only on whether the
+    tile runs (guided and whole-frame searches give the same candidates in the tiles they share, and a
+    person box a few pixels off picks the same tiles)."""
     if length <= TILE_PICTURE:
-        return [0]
+        return np.zeros(1, np.int64)
     last = length - TILE_PICTURE
-    grid = [*range(0, last, TILE_STRIDE), last]
-    return [o for o in grid if o < hi and o + TILE_PICTURE > lo]
+    return np.append(np.arange(0, last, TILE_STRIDE, dtype=np.int64), last)
 
 
-def tile_origins(rects: np.ndarray, width: int, height: int) -> list[tuple[int, int]]:
-    """Top-left corners (x, y) of the tiles over K x 4 rectangles (x0 y0 x1 y1, level pixels) of a level
-    image width x height, each tile once."""
-    seen: dict[tuple[int, int], None] = {}
-    for x0, y0, x1, y1 in np.asarray(rects, np.float64).reshape(-1, 4):
-        x0, y0, x1, y1 = x0 - TILE_REACH, y0 - TILE_REACH, x1 + TILE_REACH, y1 + TILE_REACH
-        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-            continue
-        for y in _axis_origins(height, y0, y1):
-            for x in _axis_origins(width, x0, x1):
-                seen[(x, y)] = None
-    return list(seen)
+def tile_plan(rects: np.ndarray, owner: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The tiles over K x 4 rectangles (x0 y0 x1 y1, level pixels, grown by TILE_REACH) of a level image width
+    x height, each rectangle belonging to `owner` (K, non-decreasing: the frame it is in): T x 3 rows (owner,
+    x, y: a tile's top-left corner), each tile of an owner once, in the order the rectangles first reach it
+    (a rectangle's tiles row by row)."""
+    r = np.asarray(rects, np.float64).reshape(-1, 4) + np.array([-TILE_REACH, -TILE_REACH, TILE_REACH, TILE_REACH])
+    owner = np.asarray(owner, np.int64).reshape(-1)
+    inside = (r[:, 2] > 0) & (r[:, 3] > 0) & (r[:, 0] < width) & (r[:, 1] < height)
+    r, owner = r[inside], owner[inside]
+    xs, ys = _axis_grid(width), _axis_grid(height)
+    # the tiles of an axis reaching into [lo, hi): origin < hi and origin + TILE_PICTURE > lo, a run of the grid
+    x_lo, x_hi = np.searchsorted(xs + TILE_PICTURE, r[:, 0], "right"), np.searchsorted(xs, r[:, 2], "left")
+    y_lo, y_hi = np.searchsorted(ys + TILE_PICTURE, r[:, 1], "right"), np.searchsorted(ys, r[:, 3], "left")
+    nx, ny = np.maximum(x_hi - x_lo, 0), np.maximum(y_hi - y_lo, 0)
+    counts = nx * ny
+    rect = np.repeat(np.arange(len(r)), counts)
+    step = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    ix = x_lo[rect] + step % np.maximum(nx[rect], 1)
+    iy = y_lo[rect] + step // np.maximum(nx[rect], 1)
+    key = (owner[rect] * len(ys) + iy) * len(xs) + ix
+    _, first = np.unique(key, return_index=True)
+    first.sort()
+    return np.stack([owner[rect][first], xs[ix[first]], ys[iy[first]]], 1)
 
 
-def cut_tiles(xp: ModuleType, images: Array, chunk: Sequence[tuple[int, int, int]], size: int) -> Array:
+def cut_tiles(xp: ModuleType, images: Array, chunk: np.ndarray | Sequence[tuple[int, int, int]], size: int) -> Array:
     """`size` tiles (size x FINE_TILE x FINE_TILE x 3) cut from `images` (N x H x W x 3, one level's) in one
     gather: tile i holds images[k][y:y + TILE_PICTURE, x:x + TILE_PICTURE] for chunk[i] = (k, x, y) at its top
     left, black beyond its picture and the image; the tiles past the chunk's are black."""
@@ -184,13 +194,6 @@ def _inside_tile(centre: np.ndarray, origin: np.ndarray, length: int) -> np.ndar
     ok &= (origin == 0) | (centre >= TILE_EDGE)
     ok &= (origin + TILE_PICTURE >= length) | (centre < TILE_PICTURE - TILE_EDGE)
     return ok
-
-
-def fine_tile_origins(regions: np.ndarray | None, level: Level) -> list[tuple[int, int]]:
-    """The tiles of a level over a frame's regions (K x 4 boxes in frame pixels; None: the whole frame)."""
-    rects = (np.array([[0, 0, level.width, level.height]], np.float32) if regions is None
-             else np.asarray(regions, np.float32).reshape(-1, 4) * np.float32(level.scale))
-    return tile_origins(rects, level.width, level.height)
 
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -456,37 +459,47 @@ class BlazeDetector:
         regions and over the faces the coarser levels found that the finest level answers for too (its
         candidates sharpen their boxes and keypoints in the weighted suppression), or over the whole frame
         where its regions are None."""
-        seen = np.zeros((0, 4), np.float32)
-        seen_frame = np.zeros(0, np.int64)
-        if coarse:
-            seen = np.concatenate([boxes for boxes, _, _, _ in coarse])
-            seen_frame = np.concatenate([frame for _, _, _, frame in coarse])
-            small = (seen[:, 2] - seen[:, 0]) * fine.scale <= fine.max_box
-            seen, seen_frame = seen[small], seen_frame[small]
-        tiles = []
-        for k, boxes in enumerate(regions):
-            if boxes is not None:
-                boxes = np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), seen[seen_frame == k]])
-            tiles.append(fine_tile_origins(boxes, fine))
+        plan = self._fine_plan(fine, regions, coarse)
         # a frame whose tiles cost more pixels than its whole level runs the whole level (the same choice on
         # every device, so that a CPU and a GPU see the same inputs)
-        whole = [k for k, t in enumerate(tiles) if len(t) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w]
+        cost = np.bincount(plan[:, 0], minlength=len(frames)) * FINE_TILE ** 2
+        whole = [int(k) for k in np.nonzero(cost >= fine.canvas_h * fine.canvas_w)[0]]
         chunk = FINE_CANVAS_BATCH if xp is not np else max(1, len(whole))
         queued = []
         for start in range(0, len(whole), chunk):
             part = whole[start:start + chunk]
             queued.append((part, self._queue_levels(xp, [frames[k] for k in part], [fine], pad_to=chunk)))
-        for k in whole:
-            tiles[k] = []
+        plan = plan[~np.isin(plan[:, 0], whole)]
         with self._count_lock:  # two model threads may count at once (not _prepare_lock: held for seconds)
             self.fine_runs["whole"] += len(whole)
-            self.fine_runs["tiles"] += sum(map(len, tiles))
-        queued.append((list(range(len(frames))), self._queue_tiles(xp, frames, fine, tiles)))
+            self.fine_runs["tiles"] += len(plan)
+        queued.append((list(range(len(frames))), self._queue_tiles(xp, frames, fine, plan)))
         runs = []
         for part, candidates in queued:
             index = np.asarray(part, np.int64)
             runs += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in candidates()]
         return runs
+
+    @staticmethod
+    def _fine_plan(fine: Level, regions: Sequence[np.ndarray | None], coarse: Sequence[Candidates]) -> np.ndarray:
+        """The finest level's tiles (tile_plan rows: frame, x, y): over the whole level where a frame's regions
+        are None, else over its regions and then the faces the coarser levels found in it that are small
+        enough for the finest level to answer for too."""
+        rects, owner = [], []
+        for k, boxes in enumerate(regions):
+            boxes = (np.array([[0, 0, fine.width, fine.height]], np.float32) if boxes is None
+                     else np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32(fine.scale))
+            rects.append(boxes)
+            owner.append(np.full(len(boxes), k, np.int64))
+        if coarse:
+            guided = np.asarray([boxes is not None for boxes in regions], bool)
+            seen = np.concatenate([boxes for boxes, _, _, _ in coarse])
+            seen_frame = np.concatenate([frame for _, _, _, frame in coarse])
+            keep = ((seen[:, 2] - seen[:, 0]) * fine.scale <= fine.max_box) & guided[seen_frame]
+            rects.append(seen[keep] * np.float32(fine.scale))
+            owner.append(seen_frame[keep])
+        order = np.argsort(np.concatenate(owner), kind="stable")  # each frame's regions before its faces
+        return tile_plan(np.concatenate(rects)[order], np.concatenate(owner)[order], fine.width, fine.height)
 
     def _level_candidates(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
                           pad_to: int | None = None) -> list[Candidates]:
@@ -517,28 +530,27 @@ class BlazeDetector:
         return candidates
 
     def _queue_tiles(self, xp: ModuleType, frames: Sequence[Array], level: Level,
-                     tiles: Sequence[list[tuple[int, int]]]) -> Callable[[], list[Candidates]]:
-        """Runs a level on FINE_TILE tiles (each frame's tile origins, level pixels), all queued first; the
-        function returned gives the candidates, in frame pixels, one entry per run. A candidate counts in a tile when
-        its centre is on the tile's picture and at least TILE_EDGE from every tile edge inside the level image
-        (a neighbouring tile, overlapping by TILE_OVERLAP, sees that face whole)."""
-        plan = [(f, x, y) for f, origins in enumerate(tiles) for x, y in origins]
-        if not plan:
+                     plan: np.ndarray) -> Callable[[], list[Candidates]]:
+        """Runs a level on FINE_TILE tiles (`plan`: T x 3 rows of frame, x, y, a tile's top left in level pixels),
+        all queued first; the function returned gives the candidates, in frame pixels, one entry per run. A
+        candidate counts in a tile when its centre is on the tile's picture and at least TILE_EDGE from every
+        tile edge inside the level image (a neighbouring tile, overlapping by TILE_OVERLAP, sees that face
+        whole)."""
+        if not len(plan):
             return list
-        used = sorted({f for f, _, _ in plan})
-        slot = {f: i for i, f in enumerate(used)}
-        scaled = self._level_images(xp, [frames[f] for f in used], level)
+        used = np.unique(plan[:, 0])
+        scaled = self._level_images(xp, [frames[int(f)] for f in used], level)
+        plan = np.concatenate([np.searchsorted(used, plan[:, :1]), plan[:, 1:]], 1)  # frames as slots of `scaled`
         tile_level = Level(level.scale, FINE_TILE, FINE_TILE, FINE_TILE, FINE_TILE)
         chunks = [plan[start:start + self.batch_size] for start in range(0, len(plan), self.batch_size)]
         batches = []  # all cut before the first run
         for chunk in chunks:
             if xp is not np:  # one gather for the chunk: a copy per tile cost the host ~4 ms a 32-frame step
-                batches.append(cut_tiles(xp, scaled, [(slot[f], x, y) for f, x, y in chunk],
-                                         max(self.batch_size, len(chunk))))
+                batches.append(cut_tiles(xp, scaled, chunk, max(self.batch_size, len(chunk))))
                 continue
             batch = np.zeros((len(chunk), FINE_TILE, FINE_TILE, 3), np.uint8)
-            for i, (f, x, y) in enumerate(chunk):
-                tile = scaled[slot[f]][y:y + TILE_PICTURE, x:x + TILE_PICTURE]
+            for i, (k, x, y) in enumerate(chunk.tolist()):
+                tile = scaled[k][y:y + TILE_PICTURE, x:x + TILE_PICTURE]
                 batch[i, :tile.shape[0], :tile.shape[1]] = tile
             batches.append(batch)
         queued = [(chunk, self._queue(batch, tile_level)) for chunk, batch in zip(chunks, batches, strict=True)]
@@ -549,12 +561,11 @@ class BlazeDetector:
                 boxes, scores, kps, image = result()
                 keep = image < len(chunk)
                 cx, cy = self._sized_for(boxes, level, keep)
-                origins = np.asarray([(x, y) for _, x, y in chunk], np.float32)
-                origin = origins[np.minimum(image, len(chunk) - 1)]
+                origin = chunk[np.minimum(image, len(chunk) - 1), 1:].astype(np.float32)
                 keep &= _inside_tile(cx, origin[:, 0], level.width) & _inside_tile(cy, origin[:, 1], level.height)
                 inv = np.float32(1.0 / level.scale)
                 shift = np.concatenate([origin, origin], 1)
-                frame = np.asarray([f for f, _, _ in chunk], np.int64)[image[keep]]
+                frame = used[chunk[image[keep], 0]]
                 out.append(((boxes[keep] + shift[keep]) * inv, scores[keep],
                             (kps[keep] + origin[keep][:, None, :]) * inv, frame))
             return out

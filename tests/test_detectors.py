@@ -17,7 +17,7 @@ from engines.detectors import (
     cut_tiles,
     kernel_rows_as_candidates,
     nms_clusters,
-    tile_origins,
+    tile_plan,
 )
 from engines.loader import Engines
 
@@ -99,7 +99,7 @@ def test_tiles_cover_every_point_of_their_regions() -> None:
     for _ in range(200):
         x0, y0 = rng.uniform(-50, width - 1), rng.uniform(-50, height - 1)
         rect = np.array([[x0, y0, x0 + rng.uniform(1, 700), y0 + rng.uniform(1, 500)]], np.float32)
-        tiles = np.asarray(tile_origins(rect, width, height), np.float32).reshape(-1, 2)
+        tiles = tile_plan(rect, np.zeros(1), width, height)[:, 1:].astype(np.float32)
         if rect[0, 2] <= 0 or rect[0, 3] <= 0:  # reaches into the image by no more than TILE_REACH
             continue
         xs = rng.uniform(max(rect[0, 0], 0), min(rect[0, 2], width - 1), 50)
@@ -109,6 +109,36 @@ def test_tiles_cover_every_point_of_their_regions() -> None:
                       & _inside_tile(np.full(len(tiles), y - tiles[:, 1]), tiles[:, 1], height)
                       & (x >= tiles[:, 0]) & (y >= tiles[:, 1]))
             assert inside.any(), (rect, x, y, tiles)
+
+
+def test_tile_plan_lists_each_frames_tiles_once_in_the_order_its_rectangles_reach_them() -> None:
+    """The tiles of many frames' rectangles, planned at once: for each frame, every tile of the level's grid
+    (TILE_STRIDE apart, the last flush with the end) whose picture reaches into one of its rectangles grown
+    by TILE_REACH, each once, in the order the rectangles first reach them (a rectangle's tiles row by row)."""
+    from engines.detectors import TILE_REACH, TILE_STRIDE
+
+    rng = np.random.default_rng(1)
+    width, height = 1344, 756
+    grid_x = [*range(0, width - TILE_PICTURE, TILE_STRIDE), width - TILE_PICTURE]
+    grid_y = [*range(0, height - TILE_PICTURE, TILE_STRIDE), height - TILE_PICTURE]
+    corners = rng.uniform([-300, -300], [width + 100, height + 100], (40, 2))
+    rects = np.concatenate([corners, corners + rng.uniform(1, 400, (40, 2))], 1).astype(np.float32)
+    owner = np.sort(rng.integers(0, 5, 40))
+    want = []
+    for k in range(5):
+        seen: list[tuple[int, int]] = []
+        for x0, y0, x1, y1 in rects[owner == k].astype(np.float64):
+            x0, y0, x1, y1 = x0 - TILE_REACH, y0 - TILE_REACH, x1 + TILE_REACH, y1 + TILE_REACH
+            if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+                continue
+            seen += [(x, y) for y in grid_y if y < y1 and y + TILE_PICTURE > y0
+                     for x in grid_x if x < x1 and x + TILE_PICTURE > x0 and (x, y) not in seen]
+        want += [(k, x, y) for x, y in seen]
+    got = tile_plan(rects, owner, width, height)
+    assert len(want) > 40 and [tuple(row) for row in got.tolist()] == want
+    assert tile_plan(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), width, height).shape == (0, 3)
+    # a level no wider than a tile's picture has one column of tiles, at 0
+    assert set(tile_plan(rects, owner, 200, height)[:, 1].tolist()) == {0}
 
 
 def test_tiles_cut_in_one_gather_are_the_tiles_cut_one_by_one(photos: dict[str, np.ndarray]) -> None:

@@ -4,6 +4,8 @@ timed is the rest (levels and tiles, candidates, suppression). Run it on two tre
 
     PYTHONPATH=. python tools/detector_host_cost.py CLIP [FIRST_FRAME] [REPEATS]
 
+DETECTOR_BATCH=32 runs the detectors on 32 frames at once, as a GPU worker does (default: the CPU's batch).
+
 One line per detector with its runs and detections; then the milliseconds per step of each detector's
 post-processing under cProfile (its own functions: candidates, suppression, tile plans), and without the
 profiler the median of the detectors' host time with the model runs replayed (on a CPU this is mostly the
@@ -13,6 +15,7 @@ scaling of frames to the pyramid levels, which a GPU does in one kernel per leve
 from __future__ import annotations
 
 import cProfile
+import os
 import pstats
 import sys
 import time
@@ -28,7 +31,7 @@ from engines.loader import load_engines
 from engines.zoo import ModelStore
 from schemas.config import DetectionConfig, RuntimeConfig
 
-POST_PROCESSING = ("candidates", "_merge", "nms_clusters", "nms_clusters_frames", "fine_tile_origins")
+POST_PROCESSING = ("candidates", "_merge", "nms_clusters", "nms_clusters_frames", "fine_tile_origins", "_fine_plan")
 """Functions of engines/detectors.py timed as post-processing (those of either version that exist)."""
 
 
@@ -47,7 +50,8 @@ def main() -> None:
     clip = Path(sys.argv[1])
     first = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 10
-    engines = load_engines(DetectionConfig(), RuntimeConfig(device="cpu"), store=ModelStore())
+    batch = int(os.environ.get("DETECTOR_BATCH", "0")) or None
+    engines = load_engines(DetectionConfig(), RuntimeConfig(device="cpu", detector_batch=batch), store=ModelStore())
     faces, persons = engines.faces, engines.persons
     if not isinstance(faces, FaceDetector) or not isinstance(persons, PersonDetector):
         raise SystemExit("needs the default detectors (BlazeFace and the person detector)")
