@@ -255,15 +255,6 @@ def candidate_rows(queued: QueuedRows) -> np.ndarray | None:
     return rows[np.argsort(rows[:, -1], kind="stable")]
 
 
-def decode_candidates(reg: Array, scores: Array, anchors: Array | None, *, threshold: float, n_keypoints: int,
-                      cap: int = 4096) -> np.ndarray | None:
-    """`queue_candidates` and `candidate_rows` at once: the rows on the host, or None past `cap`.
-    Each CuPy call is a chance for another Python thread to take the GIL for up to a switch interval,
-    so the many small array operations of a generic decode cost far more than their GPU time."""
-    return candidate_rows(queue_candidates(reg, scores, anchors, threshold=threshold, n_keypoints=n_keypoints,
-                                           cap=cap))
-
-
 def resize(img: Array, out_h: int, out_w: int) -> Array:
     """Antialiased resize of one HxWx3 uint8 device image."""
     img = require_cupy().ascontiguousarray(img)

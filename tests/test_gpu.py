@@ -79,8 +79,12 @@ def test_decode_kernel_matches_the_array_decode(cp: object) -> None:
     anchors = FACE_ANCHORS.centres(192, 320)
     reg = rng.normal(0, 20, (b, len(anchors), 4 + 2 * k)).astype(np.float32)
     scores = rng.random((b, len(anchors))).astype(np.float32)
-    rows = cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
-                                      n_keypoints=k)
+    def decoded(cap: int = 4096) -> np.ndarray | None:
+        return cuda_ops.candidate_rows(cuda_ops.queue_candidates(cupy.asarray(reg), cupy.asarray(scores),
+                                                                 cupy.asarray(anchors), threshold=0.9, n_keypoints=k,
+                                                                 cap=cap))
+
+    rows = decoded()
     tile, anchor = np.nonzero(scores >= 0.9)
     r, a = reg[tile, anchor], anchors[anchor]
     cx, cy = r[:, 0] + a[:, 0], r[:, 1] + a[:, 1]
@@ -91,8 +95,7 @@ def test_decode_kernel_matches_the_array_decode(cp: object) -> None:
     np.testing.assert_array_equal(rows[:, 4], scores[tile, anchor])
     np.testing.assert_allclose(rows[:, 5:5 + 2 * k], kps, atol=2e-3)
     np.testing.assert_array_equal(rows[:, -1].astype(np.int64), tile * len(anchors) + anchor)
-    assert cuda_ops.decode_candidates(cupy.asarray(reg), cupy.asarray(scores), cupy.asarray(anchors), threshold=0.9,
-                                      n_keypoints=k, cap=100) is None  # too many: the caller falls back
+    assert decoded(cap=100) is None  # too many: the caller falls back
     # boxes decoded already (the person detector's): the rows carry them as they are
     corners = cuda_ops.candidate_rows(cuda_ops.queue_candidates(cupy.asarray(reg[:, :, :4]), cupy.asarray(scores),
                                                                 None, threshold=0.9, n_keypoints=0))

@@ -50,7 +50,7 @@ def main() -> None:
     clip = Path(sys.argv[1])
     first = int(sys.argv[2]) if len(sys.argv) > 2 else 300
     repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 10
-    batch = int(os.environ.get("DETECTOR_BATCH", "0")) or None
+    batch = int(os.environ.get("DETECTOR_BATCH", "0"))  # 0: the device's own
     engines = load_engines(DetectionConfig(), RuntimeConfig(device="cpu", detector_batch=batch), store=ModelStore())
     faces, persons = engines.faces, engines.persons
     if not isinstance(faces, FaceDetector) or not isinstance(persons, PersonDetector):
