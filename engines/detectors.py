@@ -462,14 +462,14 @@ class BlazeDetector:
         plan = self._fine_plan(fine, regions, coarse)
         # a frame whose tiles cost more pixels than its whole level runs the whole level (the same choice on
         # every device, so that a CPU and a GPU see the same inputs)
-        cost = np.bincount(plan[:, 0], minlength=len(frames)) * FINE_TILE ** 2
-        whole = [int(k) for k in np.nonzero(cost >= fine.canvas_h * fine.canvas_w)[0]]
+        runs_whole = np.bincount(plan[:, 0], minlength=len(frames)) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w
+        whole = np.flatnonzero(runs_whole).tolist()
         chunk = FINE_CANVAS_BATCH if xp is not np else max(1, len(whole))
         queued = []
         for start in range(0, len(whole), chunk):
             part = whole[start:start + chunk]
             queued.append((part, self._queue_levels(xp, [frames[k] for k in part], [fine], pad_to=chunk)))
-        plan = plan[~np.isin(plan[:, 0], whole)]
+        plan = plan[~runs_whole[plan[:, 0]]]
         with self._count_lock:  # two model threads may count at once (not _prepare_lock: held for seconds)
             self.fine_runs["whole"] += len(whole)
             self.fine_runs["tiles"] += len(plan)
