@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engines.arrays import Array, require_cupy
-from engines.streams import wait_before_release
+from engines.streams import IN_FLIGHT
 
 _SOURCE = r"""
 typedef unsigned char u8;
@@ -198,18 +198,13 @@ def fits_flat_index(n: int) -> bool:
 
 @dataclass
 class QueuedRows:
-    """Candidate rows on their way to the host: `host` (pinned) holds them once `ready` has happened. Let go
-    (read or not: a step that failed drops its queued runs), it waits for `ready` first, so that neither the
-    pinned buffer (CuPy's pinned pool knows no streams) nor the arrays its kernel reads (`keep`) are reused
-    while its work is queued."""
+    """Candidate rows on their way to the host: `host` (pinned) holds them once `ready` has happened. The
+    pinned buffer and the arrays the kernel reads are held in `IN_FLIGHT` until then, read or not (a step
+    that failed drops its queued runs)."""
 
     host: np.ndarray
     ready: Any
     n_keypoints: int
-    keep: tuple[Any, ...] = ()
-
-    def __del__(self) -> None:
-        wait_before_release(self.ready)
 
 
 def queue_candidates(reg: Array, scores: Array, anchors: Array | None, *, threshold: float, n_keypoints: int,
@@ -239,7 +234,9 @@ def queue_candidates(reg: Array, scores: Array, anchors: Array | None, *, thresh
     memory = cp.cuda.alloc_pinned_memory(out.nbytes)  # pooled; freed with `host` once the rows are read
     host = np.frombuffer(memory, np.float32, out.size)
     out.get(stream=stream, out=host, blocking=False)
-    return QueuedRows(host, stream.record(), n_keypoints, (reg, scores, anchors, out))
+    ready = stream.record()
+    IN_FLIGHT.hold(ready, memory, reg, scores, anchors, out)
+    return QueuedRows(host, ready, n_keypoints)
 
 
 def candidate_rows(queued: QueuedRows) -> np.ndarray | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -80,9 +81,27 @@ def side_by_side(calls: Sequence[Callable[[], object]], name: str) -> None:
         list(pool.map(run, calls))
 
 
-def wait_before_release(event: Any) -> None:
-    """Waits for a CUDA event as an object holding GPU work's memory is let go (from `__del__`: at interpreter
-    exit CUDA may be torn down already, and then there is nothing left to wait for)."""
-    if event is not None:
-        with contextlib.suppress(Exception):
-            event.synchronize()
+class InFlight:
+    """Objects that queued GPU work still reads or writes (a pinned buffer a copy lands in, the arrays a kernel
+    reads, a CUDA graph's session and buffers), each held until the event recorded after that work has
+    happened. Checked without waiting whenever more is held: memory let go while its work is queued would go
+    back to a pool that could hand it out again (CuPy's pinned pool knows no streams), and waiting for the
+    event instead from a finalizer would call CUDA from the garbage collector or at interpreter exit."""
+
+    def __init__(self) -> None:
+        self._held: deque[tuple[Any, tuple[object, ...]]] = deque()
+        self._lock = threading.Lock()
+
+    def hold(self, event: Any, *objects: object) -> None:
+        with self._lock:
+            # oldest first; events of other streams may happen out of order and are let go a little later
+            while self._held and self._held[0][0].done:
+                self._held.popleft()
+            self._held.append((event, objects))
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+IN_FLIGHT = InFlight()
+"""The process's objects held for queued GPU work."""

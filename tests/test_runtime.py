@@ -274,3 +274,36 @@ def test_side_by_side_runs_every_call_in_its_own_thread_and_raises_the_first_err
 
     with pytest.raises(ValueError, match="set-up failed"):
         side_by_side([fails, lambda: None], "test")
+
+
+def test_objects_held_for_queued_gpu_work_are_let_go_once_their_event_has_happened() -> None:
+    """IN_FLIGHT's rule, with events that happen when told to (on a GPU, CUDA events recorded after the work):
+    an object is held while its event has not happened, whoever else drops it, and let go at the next hold
+    once it has, oldest first."""
+    import gc
+    import weakref
+
+    from engines.streams import InFlight
+
+    class Event:
+        done = False
+
+    class Buffer:
+        pass
+
+    held = InFlight()
+    first, second = Event(), Event()
+    a, b = Buffer(), Buffer()
+    gone_a, gone_b = weakref.ref(a), weakref.ref(b)
+    held.hold(first, a)
+    held.hold(second, b)
+    del a, b
+    gc.collect()
+    assert gone_a() is not None and gone_b() is not None and len(held) == 2
+    second.done = True  # the second stream finished first: held until the one before it is done too
+    held.hold(Event())
+    assert gone_b() is not None and len(held) == 3
+    first.done = True
+    held.hold(Event())
+    gc.collect()
+    assert gone_a() is None and gone_b() is None and len(held) == 2

@@ -19,7 +19,7 @@ from engines.arrays import Array, cupy_module
 from engines.cuda_graphs import CapturedGraph, GraphCaptureError, capture
 from engines.errors import ModelError, RuntimeUnavailable
 from engines.runtime.base import DeviceKind, RuntimeName, cpu_run_threads
-from engines.streams import wait_before_release
+from engines.streams import IN_FLIGHT
 from engines.zoo import ModelFile
 from schemas.config import EngineStart
 
@@ -237,12 +237,6 @@ class ShapeSession:
         self.lock = threading.Lock()
         """Held for a run, for the recording, and from copying a replay's inputs in to copying its outputs out
         (two threads may run one shape)."""
-        self.replayed: Any = None
-        """An event after the latest replay's work: a shape let go (evicted, or taken over by a faster session)
-        waits for it before its session and buffers go."""
-
-    def __del__(self) -> None:
-        wait_before_release(self.replayed)
 
 
 class OnnxRuntimeSession:
@@ -507,8 +501,11 @@ class OnnxRuntimeSession:
                 for name, out in outputs.items():
                     cp.copyto(out, shape.outputs[name])
         finally:  # whatever was queued, the caller's stream (which frees the inputs and outputs) waits for it
-            shape.replayed = self.stream.record()
-            caller.wait_event(shape.replayed)
+            replayed = self.stream.record()
+            caller.wait_event(replayed)
+            # a shape let go meanwhile (evicted, or taken over by a faster session) keeps its session, graph and
+            # buffers until its replays are done
+            IN_FLIGHT.hold(replayed, shape)
         return outputs
 
     def _run_cuda(self, shape: ShapeSession, inputs: Mapping[str, Array]) -> dict[str, Array]:
