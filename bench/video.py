@@ -28,6 +28,7 @@ from indexer.decode.base import Decoder, open_decoder
 from indexer.pipeline import VideoIndexer, VideoTask
 from samples.archive import SampleVideo, build_sample_archive
 from schemas.config import DetectionConfig, EngineStart, IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
+from schemas.errors import VidxError
 
 log = logging.getLogger(__name__)
 PHOTOS = ("obama", "biden", "t1", "astronaut")
@@ -90,6 +91,16 @@ def run_pipeline(indexer: VideoIndexer, paths: list[Path], in_flight: int) -> di
             "video_fps": round(in_video / wall, 1), "decoded_fps": round(decoded / wall, 1),
             "video_s_per_s": round(video_s / wall, 2), "failed": failed,
             "stage_s": {k: round(v - before[k], 2) for k, v in indexer.timings.items()}}
+
+
+def every_video_done(row: dict[str, Any], what: str) -> dict[str, Any]:
+    """The row of `run_pipeline` or `decode_only`, if no video failed in it: a rate over some of the videos would
+    be compared with rates over all of them."""
+    failed = row.get("failed") or row.get("errors") or []
+    if failed:
+        raise VidxError(f"{what}: {len(failed)} of {row['videos']} videos failed, the first: {failed[0]}",
+                        hint="a benchmark row counts every video; fix what failed and run it again")
+    return row
 
 
 def decode_only(paths: list[Path], decoders: int, decode_one: Callable[[Path], int]) -> dict[str, Any]:
@@ -158,7 +169,8 @@ def bench_pipeline(cache_dir: Path | None, work_dir: Path, *, codec: str = "h264
         settings = IndexSettings(detection=detection, runtime=RuntimeConfig(device="cpu", videos_in_flight=in_flight,
                                                                             engine=engine))  # type: ignore[arg-type]
         say(f"CPU pipeline, {in_flight} video(s) in flight")
-        row = run_pipeline(_indexer(settings, store), clips, in_flight)
+        row = every_video_done(run_pipeline(_indexer(settings, store), clips, in_flight),
+                               f"CPU pipeline, {in_flight} video(s) in flight")
         row["x_realtime"] = round(duration / row["wall_s"], 2)
         if rows["ffmpeg_null"]:
             row["x_ffmpeg_time"] = round(row["wall_s"] / rows["ffmpeg_null"]["wall_s"], 2)
@@ -228,12 +240,14 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
         res["decode_only"] = []
         for n in decoders:
             say(f"{codec}: decode only, {n} decoders")
-            res["decode_only"].append(decode_only(paths, n, decode_frames_only))
+            res["decode_only"].append(every_video_done(decode_only(paths, n, decode_frames_only),
+                                                       f"{codec}: decode only"))
             say(f"   {res['decode_only'][-1]}")
         best = max(res["decode_only"], key=lambda r: r["fps"])
         n_best = best["decoders"]
         for mode, row in gpu_pipeline_rows(engines, gpu_runtime, paths, n_best, partial(_prefixed, say, codec),
                                            detection=detection).items():
+            every_video_done(row, f"{codec}: GPU pipeline, sampling {mode}")
             row["x_decode_only"] = round(row["video_fps"] / best["fps"], 3)
             res[f"pipeline_{mode}"] = row
             say(f"   {row}")
@@ -242,7 +256,8 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
         cpu_settings = IndexSettings(detection=detection,
                                      runtime=RuntimeConfig(device="cpu", videos_in_flight=cpu_videos))
         say(f"{codec}: CPU pipeline (PyAV + ONNX Runtime CPU), {cpu_videos} videos in flight")
-        cpu_row = run_pipeline(_indexer(cpu_settings, store, open_decoder("cpu")), paths[:cpu_videos], cpu_videos)
+        cpu_row = every_video_done(run_pipeline(_indexer(cpu_settings, store, open_decoder("cpu")), paths[:cpu_videos],
+                                                cpu_videos), f"{codec}: CPU pipeline")
         res["pipeline_cpu"] = cpu_row
         say(f"   {cpu_row}")
         res["gpu_x_cpu_video_s"] = round(res["pipeline_fps"]["video_s_per_s"] / cpu_row["video_s_per_s"], 2)

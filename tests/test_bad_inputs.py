@@ -278,3 +278,26 @@ def test_a_video_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path)
     with pytest.raises(VideoError, match="over the limit"):  # probe (which the NVDEC path uses too) checks first
         decoder.probe(path)
     assert sum(len(b) for b in PyAVDecoder().batches(path, SamplingConfig(), 4)) == 2
+
+
+def test_a_benchmark_row_with_a_video_that_failed_stops_the_benchmark_naming_it(
+        tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    """A rate over the videos that worked would be compared with rates over all of them: `vidx bench` stops
+    with the file and the reason instead (real PyAV decoding of a real clip and of its first 2 kB)."""
+    from bench.jobs import make_clip
+    from bench.video import decode_only, every_video_done
+    from indexer.decode.pyav import open_container
+    from schemas.errors import VidxError
+
+    good, broken = tmp_path / "good.mp4", tmp_path / "broken.mp4"
+    make_clip(good, photos["obama"], seconds=1.0)
+    broken.write_bytes(good.read_bytes()[:2000])
+
+    def decode(path: Path) -> int:
+        with open_container(path) as container:
+            return sum(1 for _ in container.decode(video=0))
+
+    row = decode_only([good, good], 2, decode)
+    assert every_video_done(row, "decode only") is row and row["frames"] == 24
+    with pytest.raises(VidxError, match=r"^decode only: 1 of 2 videos failed, the first: broken\.mp4: .*broken\.mp4"):
+        every_video_done(decode_only([good, broken], 2, decode), "decode only")
