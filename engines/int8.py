@@ -1,7 +1,7 @@
 """INT8 copies of models for the CPU, made by vidx from the converted FP32 graph.
 
-ONNX Runtime's static quantization (QDQ: per-channel INT8 weights, UINT8 activations, ranges from min-max
-calibration) over inputs the model really sees: the bundled photos placed on 1080p and 576p frames at three
+ONNX Runtime's static quantization (QDQ: per-channel INT8 weights on 7 bits, UINT8 activations, ranges from
+min-max calibration) over inputs the model really sees: the bundled photos placed on 1080p and 576p frames at three
 sizes, cut into the detector's own level canvases. The copy is cached beside the model, named by the
 model's ONNX hash, the recipe and the ONNX Runtime version, and written whole (a temporary file renamed):
 it is made once, on first use.
@@ -9,7 +9,10 @@ it is made once, on first use.
 Only the person detector has an INT8 copy, run on a CPU with `--engine onnxruntime-int8`: on a 2-core
 AVX-512 CPU it runs 1.8-2.6x faster and finds the same people in the same places (also on vtest.avi, which
 calibration never sees), but its boxes differ by a few pixels, and in a crowd at 2 samples per second that
-cuts person tracks at other places; so it is not the default (docs/models.md). BlazeFace ran no faster
+cuts person tracks at other places; so it is not the default (docs/models.md). The weights keep 7 bits
+(`reduce_range`): on x86 CPUs without VNNI instructions (AVX2 only) ONNX Runtime multiplies UINT8 by INT8 in
+16-bit sums that saturate with 8-bit weights, and such a copy found 4 of the 6 people in t1.jpg on a 2-core
+AVX2 CPU where FP32 finds all 6; with 7 bits it finds the 6. BlazeFace ran no faster
 quantized (depthwise convolutions) and found false faces; the embedder's descriptors are what search
 compares, so both stay FP32.
 """
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
 INT8_MODELS = ("person_detector",)
 """The models with an INT8 copy (`--engine onnxruntime-int8` on a CPU)."""
-RECIPE = "qdq-pc-minmax-1"
+RECIPE = "qdq-pc7-minmax-1"
 """Names the quantization settings and calibration inputs below: a change makes a new copy."""
 CALIBRATION_FRAMES = ((1080, 1920), (576, 768))
 CALIBRATION_HEIGHTS = (1.0, 0.5, 0.25)
@@ -72,7 +75,7 @@ def int8_copy(model: ModelFile) -> Path:
     try:
         quantize_static(str(model.path), tmp, Inputs(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, reduce_range=True)
         os.chmod(tmp, 0o644)  # as readable as the models beside it (mkstemp makes it private)
         os.replace(tmp, out)  # whole or not at all: another process may be making the same copy
     finally:
