@@ -75,13 +75,28 @@ def cpu_model() -> str:
     return cpu
 
 
+VECTOR_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+"""The x86 instruction sets that move the CPU models' speed (INT8 most: VNNI), recorded when present."""
+
+
+def cpu_vector_extensions() -> list[str]:
+    """Which of VECTOR_EXTENSIONS the CPU has (from /proc/cpuinfo's flags; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in VECTOR_EXTENSIONS if f in flags]
+
+
 def machine() -> dict[str, Any]:
     """The host a benchmark ran on, for its record: CPU model, logical cores, memory, Python, OS. Every
     `vidx bench` records this (the model benchmarks add the runtimes and the GPU)."""
     import os
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": round(memory, 1),
+    return {"cpu": cpu_model(), "cpu_extensions": cpu_vector_extensions(), "cores": os.cpu_count(),
+            "memory_gib": round(memory, 1),
             "python": platform.python_version(), "os": platform.platform()}
 
 
