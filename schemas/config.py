@@ -229,9 +229,11 @@ class IndexSettings:
             "person_tracking": asdict(self.person_tracking),
         }
         # The one runtime choice that changes results beyond rounding: the INT8 person detector's boxes cut
-        # person tracks in crowds at other places (engines/int8.py). Other engines keep the key they had.
+        # person tracks in crowds at other places (engines/int8.py). Other engines keep the key they had. The
+        # value names the INT8 recipe's weights (engines.int8.RECIPE): 8-bit weights missed people on CPUs
+        # without VNNI, so archives indexed with them are indexed again.
         if self.runtime.engine == "onnxruntime-int8":
-            params["person_detector_precision"] = "int8"
+            params["person_detector_precision"] = "int8, 7-bit weights"
         return params
 
     def persons_scheduled(self) -> bool:

@@ -309,6 +309,19 @@ def test_full_face_searches_come_every_two_seconds_of_video() -> None:
     assert [back.due(t) for t in (5.0, 5.5, 1.0, 1.5, 3.0)] == [True, False, True, False, True]
 
 
+def test_only_the_int8_person_detector_gives_results_a_run_key_of_their_own() -> None:
+    """Its boxes cut person tracks in crowds at other places, so its results are not taken for FP32 ones (nor,
+    the value naming its weights' bits, for an INT8 recipe's before it); the other engines differ by rounding."""
+    from schemas.config import EngineChoice, run_key
+
+    def key(engine: EngineChoice) -> str:
+        return run_key("1", {}, IndexSettings(runtime=RuntimeConfig(engine=engine)).result_params())
+
+    assert key("auto") == key("onnxruntime") == key("onnxruntime-fp16") == key("tensorrt") != key("onnxruntime-int8")
+    assert IndexSettings(runtime=RuntimeConfig(engine="onnxruntime-int8")).result_params()[
+        "person_detector_precision"] == "int8, 7-bit weights"
+
+
 def test_the_int8_person_detector_gives_the_fp32_tracks(indexed: Indexed, indexed_int8: Catalog) -> None:
     """`--engine onnxruntime-int8` (the person detector's INT8 copy) against the default FP32 models on the
     whole sample archive: the same face tracks (descriptors within 0.05) and the same person tracks, at the
