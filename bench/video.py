@@ -264,6 +264,7 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
         out["codecs"][codec] = res
     out["engines"] = engines.describe()
     out["cuda_graph_shapes"] = engines.cuda_graph_shapes()
+    out["shape_sessions"] = engines.shape_sessions()
     out["nvdec_decoders"] = {"created": DECODERS.created, "reused": DECODERS.reused}
     out["gpu_memory_pool_peak_gib"] = round(pool.total_bytes() / 2**30, 2)
     out["rss_mib"] = {"start": round(rss_start, 1), "end": round(rss_mib(), 1)}

@@ -51,6 +51,17 @@ class Engines:
         background), over all models."""
         return sum(len(getattr(s, "shapes_taken_over", dict)()) for s in self.sessions.values())
 
+    def shape_sessions(self) -> dict[str, dict[str, int]]:
+        """Per model on CUDA, its per-shape sessions: held now, evicted so far (set up again if met again) and
+        taken over by the fastest session (engine start background); empty elsewhere."""
+        out = {}
+        for name, s in self.sessions.items():
+            held = getattr(s, "shapes_set_up", lambda: None)()
+            if held is not None:
+                out[name] = {"held": len(held), "evicted": int(getattr(s, "shapes_evicted", lambda: 0)()),
+                             "taken_over": len(getattr(s, "shapes_taken_over", dict)())}
+        return out
+
     def cuda_graph_shapes(self) -> dict[str, dict[str, int]]:
         """Per model on CUDA: of its input shapes held, how many replay a recorded CUDA graph and how many could
         not be recorded (engines/cuda_graphs.py); empty elsewhere."""

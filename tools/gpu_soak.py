@@ -72,7 +72,7 @@ for codec, handoff in cycle([(c, h) for c in codecs for h in handoffs]):
     print(json.dumps({"pass": passes, "t_s": round(time.monotonic() - start, 1), "codec": codec, "handoff": handoff,
                       "rss_mib": round(rss_mib(), 1), "pool_gib": round(pool.total_bytes() / 2**30, 2),
                       "pool_used_gib": round(pool.used_bytes() / 2**30, 2), "py_blocks": sys.getallocatedblocks(),
-                      "threads": threading.active_count(),
+                      "threads": threading.active_count(), "shape_sessions": engines.shape_sessions(),
                       "wall_s": row["wall_s"], "video_fps": row["video_fps"], "decoded_fps": row["decoded_fps"],
                       "faces": row["faces"], "failed": row["failed"], "stage_s": row["stage_s"]}), flush=True)
 cells = {key: {"passes": len(v), "median_video_fps": statistics.median(v), "min": min(v), "max": max(v),

@@ -399,6 +399,11 @@ class OnnxRuntimeSession:
         seconds each took to set up behind it."""
         return self._by_shape.taken_over() if self._by_shape is not None else {}
 
+    def shapes_evicted(self) -> int:
+        """On CUDA, how many shape sessions were let go to stay within MAX_SHAPE_SESSIONS (each shape met again is
+        set up again: seconds of cuDNN set-up); 0 on the CPU."""
+        return self._by_shape.evicted if self._by_shape is not None else 0
+
     def cuda_graph_shapes(self) -> tuple[int, int]:
         """On CUDA, of the shapes held: how many replay a recorded graph, and how many could not be recorded."""
         held = self._by_shape.sessions() if self._by_shape is not None else []
