@@ -64,15 +64,19 @@ def make_short_archive(root: Path, photos: dict[str, np.ndarray], n: int, *,
     return out
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), for benchmark records."""
-    cpu = platform.processor() or platform.machine()
+def _cpuinfo(field: str) -> str | None:
+    """The first value of a /proc/cpuinfo field (Linux), None where there is none."""
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+            return next((line.split(":", 1)[1].strip() for line in fh if line.split(":", 1)[0].strip() == field),
+                        None)
     except OSError:
-        pass
-    return cpu
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for benchmark records."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 VECTOR_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
@@ -81,11 +85,7 @@ VECTOR_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 def cpu_vector_extensions() -> list[str]:
     """Which of VECTOR_EXTENSIONS the CPU has (from /proc/cpuinfo's flags; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
-    except OSError:
-        return []
+    flags = (_cpuinfo("flags") or "").split()
     return [f for f in VECTOR_EXTENSIONS if f in flags]
 
 

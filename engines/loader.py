@@ -49,7 +49,7 @@ class Engines:
     def shapes_taken_over(self) -> int:
         """Input shapes whose fastest session has taken over from a quick one (RuntimeConfig.engine_start
         background), over all models."""
-        return sum(len(getattr(s, "shapes_taken_over", dict)()) for s in self.sessions.values())
+        return sum(counts["taken_over"] for counts in self.shape_sessions().values())
 
     def shape_sessions(self) -> dict[str, dict[str, int]]:
         """Per model on CUDA, its per-shape sessions: held now, evicted so far (set up again if met again) and
@@ -58,7 +58,7 @@ class Engines:
         for name, s in self.sessions.items():
             held = getattr(s, "shapes_set_up", lambda: None)()
             if held is not None:
-                out[name] = {"held": len(held), "evicted": int(getattr(s, "shapes_evicted", lambda: 0)()),
+                out[name] = {"held": len(held), "evicted": getattr(s, "shapes_evicted", lambda: 0)(),
                              "taken_over": len(getattr(s, "shapes_taken_over", dict)())}
         return out
 
