@@ -13,7 +13,8 @@ needs (the decoders skip them by default). Environment:
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
   DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's, 32)
   FRAME_BATCH=64       RuntimeConfig.frame_batch: frames per analysis step (default: the pipeline's, 32 on a GPU)
-  STEPS=3              analysis steps in flight (indexer.pipeline.STEPS_IN_FLIGHT_GPU, default 2)
+  STEPS=2,3,4          run the rows once per number of analysis steps in flight, in this order
+                       (indexer.pipeline.STEPS_IN_FLIGHT_GPU; default its value once)
   ENGINE_START=quick   RuntimeConfig.engine_start (default: wait, as `vidx bench gpu`); with background the rows
                        start at once, and each row says how many shapes' fastest sessions had taken over
   REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
@@ -53,13 +54,12 @@ persons_every = [float(v) for v in os.environ.get("PERSONS_EVERY", str(Detection
 runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")),
                         frame_batch=int(os.environ.get("FRAME_BATCH", "0")),
                         engine_start=cast(EngineStart, os.environ.get("ENGINE_START", "wait")))
-pipeline.STEPS_IN_FLIGHT_GPU = int(os.environ.get("STEPS", str(pipeline.STEPS_IN_FLIGHT_GPU)))
+steps_values = [int(v) for v in os.environ.get("STEPS", str(pipeline.STEPS_IN_FLIGHT_GPU)).split(",")]
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
 engines = load_engines(detection, runtime, store=ModelStore())
 out: dict[str, object] = {"label": label, "face_search": detection.face_search, "videos": copies,
                           "detector_batch": engines.faces.batch_size, "frame_batch": runtime.frame_batch or 32,
-                          "steps_in_flight": pipeline.STEPS_IN_FLIGHT_GPU,
                           "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
                           "engines": engines.describe(), "decode_all": decode_all, "rows": []}
 if os.environ.get("START_AT"):
@@ -68,8 +68,9 @@ out["rows_started_at"] = round(time.time(), 2)
 rows: list[dict[str, object]] = []
 for codec in codecs:
     paths = repeated_clips(work, codec, copies)
-    for _, handoff, every in ((r, h, e) for r in range(int(os.environ.get("REPEAT", "1"))) for h in handoffs
-                              for e in persons_every):
+    for _, handoff, every, steps in ((r, h, e, n) for r in range(int(os.environ.get("REPEAT", "1")))
+                                     for h in handoffs for e in persons_every for n in steps_values):
+        pipeline.STEPS_IN_FLIGHT_GPU = steps
         for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, copies,
                                            lambda line: print(line, file=sys.stderr),
                                            skip_unsampled=not decode_all, modes=modes,
@@ -77,7 +78,7 @@ for codec in codecs:
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
             rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
-                         "persons_every_s": every, "mode": mode, **kept,
+                         "persons_every_s": every, "steps_in_flight": steps, "mode": mode, **kept,
                          "ended_s_after_load": round(time.perf_counter() - t0, 1),
                          "shapes_taken_over": engines.shapes_taken_over()})
             print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
