@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from engines.arrays import Array, to_host
+from engines.arrays import Array, Region, regions_to_host
 from engines.detectors import Detections, FaceDetector
 from engines.imageops import laplacian_variance
 from engines.loader import Engines
@@ -591,13 +591,15 @@ class VideoIndexer:
                     for row, o in zip(rows, owner.tolist(), strict=True):
                         if o >= 0:
                             video.faces.extra["person_track"][row] = int(person_tracks[o])
-            if best_chip and chips is not None:
-                picked = list(best_chip.values())
-                host = to_host(chips[np.asarray([i for _, _, i in picked])])  # one transfer
-                for (video, tid, _), chip in zip(picked, host, strict=True):
-                    video.best_chips[tid] = np.ascontiguousarray(chip)
-            for video, track, image, box in best_crop.values():
-                video.best_crops[track] = _crop(image, box)
+            # the step's best chips and person crops come to the host together, with one wait
+            picked = list(best_chip.values())  # only where the step has chips
+            crops = list(best_crop.values())
+            chip_regions = [_whole(chips[i]) for _, _, i in picked] if chips is not None else []
+            copies = regions_to_host(chip_regions + [_crop_region(image, box) for _, _, image, box in crops])
+            for (video, tid, _), chip in zip(picked, copies[:len(picked)], strict=True):
+                video.best_chips[tid] = chip
+            for (video, track, _, _), crop in zip(crops, copies[len(picked):], strict=True):
+                video.best_crops[track] = _thumbnail(crop)
         clock.lap("track")
         if on_progress:
             by_video: dict[int, list[_Frame]] = {}
@@ -646,15 +648,23 @@ def _frames_of(state: _VideoState, batch: FrameBatch) -> Iterator[_Frame]:
                      find_persons, people)
 
 
-def _crop(image: Array, box: np.ndarray) -> np.ndarray:
-    """The box cut from a frame (on the device or the host), on the host, at most PERSON_THUMBNAIL_HEIGHT high."""
+def _whole(image: Array) -> Region:
+    return image, 0, int(image.shape[0]), 0, int(image.shape[1])
+
+
+def _crop_region(image: Array, box: np.ndarray) -> Region:
+    """A box of a frame (on the device or the host) as a region of it, at least one pixel, inside the frame."""
     h, w = int(image.shape[0]), int(image.shape[1])
-    x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
+    x0, y0 = min(w - 1, max(0, int(box[0]))), min(h - 1, max(0, int(box[1])))
     x1, y1 = min(w, max(x0 + 1, int(np.ceil(box[2])))), min(h, max(y0 + 1, int(np.ceil(box[3]))))
-    crop = to_host(image[y0:y1, x0:x1])
+    return image, y0, y1, x0, x1
+
+
+def _thumbnail(crop: np.ndarray) -> np.ndarray:
+    """A person crop at most PERSON_THUMBNAIL_HEIGHT high."""
     if crop.shape[0] > PERSON_THUMBNAIL_HEIGHT:
         scale = PERSON_THUMBNAIL_HEIGHT / crop.shape[0]
-        crop = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
+        crop = np.asarray(Image.fromarray(crop).resize(
             (max(1, round(crop.shape[1] * scale)), PERSON_THUMBNAIL_HEIGHT), Image.Resampling.BILINEAR))
     return np.ascontiguousarray(crop)
 

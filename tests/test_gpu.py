@@ -302,6 +302,23 @@ def compare_fp16(cp: object, fp32: Engines, fp16: Engines, photos: dict[str, np.
     assert np.linalg.norm(embs["obama"] - embs["biden"]) > 0.6
 
 
+def test_regions_copied_by_the_copy_engine_are_the_device_slices(cp: object) -> None:
+    from engines.arrays import regions_to_host
+
+    rng = np.random.default_rng(1)
+    frames = cp.asarray(rng.integers(0, 255, (2, 1080, 1920, 3), dtype=np.uint8))  # type: ignore[attr-defined]
+    chips = cp.asarray(rng.integers(0, 255, (5, 150, 150, 3), dtype=np.uint8))  # type: ignore[attr-defined]
+    grey = cp.asarray(rng.integers(0, 255, (64, 96), dtype=np.uint8))  # type: ignore[attr-defined]
+    strided = frames[1, :, ::2]  # pixels not packed in their rows: copied through a contiguous array
+    regions = [(frames[1], 3, 901, 17, 333), (chips[3], 0, 150, 0, 150), (frames[0], 1079, 1080, 0, 1920),
+               (grey, 5, 60, 1, 95), (strided, 10, 20, 30, 40)]
+    stream = cp.cuda.Stream(non_blocking=True)  # type: ignore[attr-defined]
+    with stream:
+        out = regions_to_host(regions)
+    for (image, y0, y1, x0, x1), host in zip(regions, out, strict=True):
+        assert np.array_equal(host, image[y0:y1, x0:x1].get())
+
+
 def decode_all(decoder: object, path: Path, mode: str) -> tuple[np.ndarray, list[np.ndarray]]:
     from engines.arrays import to_host
 

@@ -307,3 +307,20 @@ def test_objects_held_for_queued_gpu_work_are_let_go_once_their_event_has_happen
     held.hold(Event())
     gc.collect()
     assert gone_a() is None and gone_b() is None and len(held) == 2
+
+
+def test_regions_come_to_the_host_as_contiguous_copies_and_a_rectangle_outside_is_refused() -> None:
+    from engines.arrays import regions_to_host
+
+    frame = np.arange(6 * 8 * 3, dtype=np.uint8).reshape(6, 8, 3)
+    chips = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    out = regions_to_host([(frame, 1, 4, 2, 7), (chips[1], 0, 4, 0, 4), (frame, 5, 6, 7, 8)])
+    assert [o.shape for o in out] == [(3, 5, 3), (4, 4, 3), (1, 1, 3)]
+    assert np.array_equal(out[0], frame[1:4, 2:7]) and np.array_equal(out[1], chips[1])
+    assert np.array_equal(out[2], frame[5:6, 7:8])
+    assert all(o.flags.c_contiguous for o in out)
+    out[0][:] = 0  # a copy: the frame keeps its pixels
+    assert frame[1, 2, 0] != 0
+    assert regions_to_host([]) == []
+    with pytest.raises(ValueError, match="not inside"):
+        regions_to_host([(frame, 4, 7, 0, 2)])

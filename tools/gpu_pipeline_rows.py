@@ -15,6 +15,9 @@ needs (the decoders skip them by default). Environment:
   FRAME_BATCH=64       RuntimeConfig.frame_batch: frames per analysis step (default: the pipeline's, 32 on a GPU)
   STEPS=2,3,4          run the rows once per number of analysis steps in flight, in this order
                        (indexer.pipeline.STEPS_IN_FLIGHT_GPU; default its value once)
+  COPIES=kernel,engine run the rows once per way the tracking thread copies a step's best face chips and person
+                       crops to the host, in this order: `engine` (vidx's: 2-D copies by the copy engine into pinned
+                       memory, one wait) or `kernel` (each cut on the device by CuPy and copied alone, as before)
   ENGINE_START=quick   RuntimeConfig.engine_start (default: wait, as `vidx bench gpu`); with background the rows
                        start at once, and each row says how many shapes' fastest sessions had taken over
   REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
@@ -36,7 +39,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
+import numpy as np
+
 from bench.video import gpu_pipeline_rows, repeated_clips, rss_mib
+from engines.arrays import Region, to_host
 from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
@@ -54,6 +60,14 @@ persons_every = [float(v) for v in os.environ.get("PERSONS_EVERY", str(Detection
 runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")),
                         frame_batch=int(os.environ.get("FRAME_BATCH", "0")),
                         engine_start=cast(EngineStart, os.environ.get("ENGINE_START", "wait")))
+copy_ways = os.environ.get("COPIES", "engine").split(",")
+product_copies = pipeline.regions_to_host
+
+
+def kernel_copies(regions: list[Region]) -> list[np.ndarray]:
+    return [to_host(image[y0:y1, x0:x1]) for image, y0, y1, x0, x1 in regions]
+
+
 steps_values = [int(v) for v in os.environ.get("STEPS", str(pipeline.STEPS_IN_FLIGHT_GPU)).split(",")]
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
@@ -68,9 +82,11 @@ out["rows_started_at"] = round(time.time(), 2)
 rows: list[dict[str, object]] = []
 for codec in codecs:
     paths = repeated_clips(work, codec, copies)
-    for _, handoff, every, steps in ((r, h, e, n) for r in range(int(os.environ.get("REPEAT", "1")))
-                                     for h in handoffs for e in persons_every for n in steps_values):
+    for _, handoff, every, steps, copy_way in ((r, h, e, n, c) for r in range(int(os.environ.get("REPEAT", "1")))
+                                             for h in handoffs for e in persons_every for n in steps_values
+                                             for c in copy_ways):
         pipeline.STEPS_IN_FLIGHT_GPU = steps
+        pipeline.regions_to_host = product_copies if copy_way == "engine" else kernel_copies  # type: ignore[assignment]
         for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, copies,
                                            lambda line: print(line, file=sys.stderr),
                                            skip_unsampled=not decode_all, modes=modes,
@@ -78,7 +94,7 @@ for codec in codecs:
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
             rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
-                         "persons_every_s": every, "steps_in_flight": steps, "mode": mode, **kept,
+                         "persons_every_s": every, "steps_in_flight": steps, "copies": copy_way, "mode": mode, **kept,
                          "ended_s_after_load": round(time.perf_counter() - t0, 1),
                          "shapes_taken_over": engines.shapes_taken_over()})
             print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
