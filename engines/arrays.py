@@ -86,11 +86,11 @@ def regions_to_host(regions: Sequence[Region]) -> list[np.ndarray]:
 def _device_regions_to_host(regions: Sequence[Region]) -> list[np.ndarray]:
     cp = require_cupy()
     stream = cp.cuda.get_current_stream()
-    kept = []  # contiguous copies made of images whose pixels are not packed in their rows, until the wait
+    kept = []  # contiguous copies of images a 2-D copy cannot read as they are (rows backwards, pixels apart)
     plans = []
     for image, y0, y1, x0, x1 in regions:
         pixel = image.itemsize * int(np.prod(image.shape[2:], dtype=np.int64))
-        if image.strides[1] != pixel or not image[0, 0].flags.c_contiguous:
+        if image.strides[0] < image.shape[1] * pixel or image.strides[1] != pixel or not image[0, 0].flags.c_contiguous:
             image = cp.ascontiguousarray(image)
             kept.append(image)
         plans.append((image, image.data.ptr + y0 * image.strides[0] + x0 * pixel, (x1 - x0) * pixel, y1 - y0))

@@ -310,8 +310,9 @@ def test_regions_copied_by_the_copy_engine_are_the_device_slices(cp: object) -> 
     chips = cp.asarray(rng.integers(0, 255, (5, 150, 150, 3), dtype=np.uint8))  # type: ignore[attr-defined]
     grey = cp.asarray(rng.integers(0, 255, (64, 96), dtype=np.uint8))  # type: ignore[attr-defined]
     strided = frames[1, :, ::2]  # pixels not packed in their rows: copied through a contiguous array
+    flipped = frames[0, ::-1]  # rows running backwards: likewise
     regions = [(frames[1], 3, 901, 17, 333), (chips[3], 0, 150, 0, 150), (frames[0], 1079, 1080, 0, 1920),
-               (grey, 5, 60, 1, 95), (strided, 10, 20, 30, 40)]
+               (grey, 5, 60, 1, 95), (strided, 10, 20, 30, 40), (flipped, 0, 7, 9, 19)]
     stream = cp.cuda.Stream(non_blocking=True)  # type: ignore[attr-defined]
     with stream:
         out = regions_to_host(regions)
