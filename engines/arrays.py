@@ -66,7 +66,7 @@ def regions_to_host(regions: Sequence[Region]) -> list[np.ndarray]:
 
     On a GPU the rectangles are copied by the copy engine alone, one 2-D copy each (no kernel: a kernel queued
     while the models' kernels fill the GPU waits for room on it), into one pinned buffer on the current stream,
-    with one wait for them all; the arrays returned are plain numpy copies of it. Host images are sliced.
+    with one wait for them all; the arrays returned are plain numpy copies of it. On the host, each is copied.
     """
     out: list[np.ndarray | None] = [None] * len(regions)
     on_device = []
@@ -74,7 +74,7 @@ def regions_to_host(regions: Sequence[Region]) -> list[np.ndarray]:
         if not 0 <= y0 < y1 <= image.shape[0] or not 0 <= x0 < x1 <= image.shape[1]:
             raise ValueError(f"rectangle rows {y0}:{y1}, columns {x0}:{x1} is not inside an image of {image.shape}")
         if isinstance(image, np.ndarray):
-            out[n] = np.ascontiguousarray(image[y0:y1, x0:x1])
+            out[n] = image[y0:y1, x0:x1].copy()  # a copy always: a view would keep the whole image
         else:
             on_device.append(n)
     if on_device:

@@ -319,8 +319,9 @@ def test_regions_come_to_the_host_as_contiguous_copies_and_a_rectangle_outside_i
     assert np.array_equal(out[0], frame[1:4, 2:7]) and np.array_equal(out[1], chips[1])
     assert np.array_equal(out[2], frame[5:6, 7:8])
     assert all(o.flags.c_contiguous for o in out)
-    out[0][:] = 0  # a copy: the frame keeps its pixels
-    assert frame[1, 2, 0] != 0
+    out[0][:] = 0  # copies, also of a whole image: the frame and the chips keep their pixels
+    out[1][:] = 0
+    assert frame[1, 2, 0] != 0 and chips[1].any()
     assert regions_to_host([]) == []
     with pytest.raises(ValueError, match="not inside"):
         regions_to_host([(frame, 4, 7, 0, 2)])

@@ -17,7 +17,8 @@ needs (the decoders skip them by default). Environment:
                        (indexer.pipeline.STEPS_IN_FLIGHT_GPU; default its value once)
   COPIES=kernel,engine run the rows once per way the tracking thread copies a step's best face chips and person
                        crops to the host, in this order: `engine` (vidx's: 2-D copies by the copy engine into pinned
-                       memory, one wait) or `kernel` (each cut on the device by CuPy and copied alone, as before)
+                       memory, one wait) or `kernel` (each cut on the device by CuPy and copied with a wait of
+                       its own, close to what vidx did before)
   ENGINE_START=quick   RuntimeConfig.engine_start (default: wait, as `vidx bench gpu`); with background the rows
                        start at once, and each row says how many shapes' fastest sessions had taken over
   REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
