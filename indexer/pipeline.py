@@ -52,6 +52,10 @@ STEPS_IN_FLIGHT_GPU = 2
 """Analysis steps under way at once when the models run on a GPU: while one step's models run, the next
 step's host work (level batches, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
 for Python. On a CPU, engines.runtime.base.cpu_runs_at_once() steps, each on its share of the cores."""
+STEPS_QUEUED_GPU = 0
+"""Steps submitted on a GPU beyond those under way, each waiting for a model thread: when one step ends the next
+starts at once, also while the calling thread tracks the oldest (with none queued, one step runs then). 0 by
+default; `QUEUED=0,1 python3 tools/gpu_pipeline_rows.py ...` compares."""
 THUMBNAIL_QUALITY = 88
 PERSON_THUMBNAIL_HEIGHT = 256
 """Person thumbnails are the best sighting's box, scaled down to at most this many pixels high."""
@@ -279,6 +283,11 @@ class VideoIndexer:
         return STEPS_IN_FLIGHT_GPU if self.models_on_gpu else cpu_runs_at_once()
 
     @property
+    def steps_queued(self) -> int:
+        """Steps submitted beyond those under way (STEPS_QUEUED_GPU; none on a CPU)."""
+        return STEPS_QUEUED_GPU if self.models_on_gpu else 0
+
+    @property
     def frame_batch(self) -> int:
         return self.settings.runtime.frame_batch or (32 if self.models_on_gpu else 8)
 
@@ -318,6 +327,7 @@ class VideoIndexer:
         step = self.frame_batch
         overlap = self.steps_in_flight
         pool = ThreadPoolExecutor(overlap, thread_name_prefix="vidx-models") if overlap > 1 else None
+        submitted = overlap + (self.steps_queued if pool is not None else 0)
         steps: deque[tuple[list[_Frame], Future[_Inferred]]] = deque()
         gathered: list[_Frame] = []
 
@@ -364,7 +374,7 @@ class VideoIndexer:
                 steps.append((frames, done))
             else:
                 steps.append((frames, pool.submit(self._infer, frames)))
-            while len(steps) >= overlap:
+            while len(steps) >= submitted:
                 record_oldest()
 
         def submit_ready() -> None:

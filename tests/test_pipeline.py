@@ -254,22 +254,28 @@ class _StepsInFlight(VideoIndexer):
         return contextlib.nullcontext()
 
 
+class _StepQueued(_StepsInFlight):
+    """Besides, a third step submitted while two are under way (STEPS_QUEUED_GPU = 1)."""
+
+    steps_queued = 1
+
+
 class _OneStepAtATime(VideoIndexer):
     steps_in_flight = 1
 
 
 def test_steps_in_flight_give_the_rows_of_one_step_at_a_time(indexed: Indexed, engines: Engines) -> None:
-    """Two steps at once in threads (the CPU's default on two cores or more, and the GPU's way with several
-    videos at once), frames of two videos sharing steps, and frames that skip the person detector (15 fps
-    sampling: every other frame) taking their people from a frame of another step: the same rows, bit for bit,
-    and tracks as one video and one step at a time."""
+    """Two steps at once in threads (the CPU's default on two cores or more, and the GPU's way with several videos at
+    once, also with a third submitted behind them), frames of two videos sharing steps, and frames that skip the
+    person detector (15 fps sampling: every other frame) taking their people from a frame of another step: the
+    same rows, bit for bit, and tracks as one video and one step at a time."""
     videos = indexed[0]
     paths = [Path(v.path) for v in videos if v.name in ("group_t1.mp4", "rotated_phone.mp4")]
     settings = IndexSettings(sampling=SamplingConfig(fps=15.0), runtime=RuntimeConfig(device="cpu", frame_batch=8))
     assert settings.persons_scheduled()
     assert VideoIndexer(engines, settings, PyAVDecoder()).steps_in_flight == min(2, cpu_cores())
     runs = []
-    for cls in (_OneStepAtATime, VideoIndexer, _StepsInFlight):
+    for cls in (_OneStepAtATime, VideoIndexer, _StepsInFlight, _StepQueued):
         results = cls(engines, settings, PyAVDecoder()).index_many(
             [VideoTask(p, i + 1, "s") for i, p in enumerate(paths)])
         runs.append({task.path.name: result for task, result in results})

@@ -15,6 +15,8 @@ needs (the decoders skip them by default). Environment:
   FRAME_BATCH=64       RuntimeConfig.frame_batch: frames per analysis step (default: the pipeline's, 32 on a GPU)
   STEPS=2,3,4          run the rows once per number of analysis steps in flight, in this order
                        (indexer.pipeline.STEPS_IN_FLIGHT_GPU; default its value once)
+  QUEUED=0,1           run the rows once per number of steps submitted beyond those under way, in this order
+                       (indexer.pipeline.STEPS_QUEUED_GPU; default its value once)
   COPIES=kernel,engine run the rows once per way the tracking thread copies a step's best face chips and person
                        crops to the host, in this order: `engine` (vidx's: 2-D copies by the copy engine into pinned
                        memory, one wait) or `kernel` (each cut on the device by CuPy and copied with a wait of
@@ -70,6 +72,7 @@ def kernel_copies(regions: list[Region]) -> list[np.ndarray]:
 
 
 steps_values = [int(v) for v in os.environ.get("STEPS", str(pipeline.STEPS_IN_FLIGHT_GPU)).split(",")]
+queued_values = [int(v) for v in os.environ.get("QUEUED", str(pipeline.STEPS_QUEUED_GPU)).split(",")]
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
 engines = load_engines(detection, runtime, store=ModelStore())
@@ -83,10 +86,11 @@ out["rows_started_at"] = round(time.time(), 2)
 rows: list[dict[str, object]] = []
 for codec in codecs:
     paths = repeated_clips(work, codec, copies)
-    for _, handoff, every, steps, copy_way in ((r, h, e, n, c) for r in range(int(os.environ.get("REPEAT", "1")))
-                                             for h in handoffs for e in persons_every for n in steps_values
-                                             for c in copy_ways):
+    for _, handoff, every, steps, queued, copy_way in (
+            (r, h, e, n, q, c) for r in range(int(os.environ.get("REPEAT", "1"))) for h in handoffs
+            for e in persons_every for n in steps_values for q in queued_values for c in copy_ways):
         pipeline.STEPS_IN_FLIGHT_GPU = steps
+        pipeline.STEPS_QUEUED_GPU = queued
         pipeline.regions_to_host = product_copies if copy_way == "engine" else kernel_copies  # type: ignore[assignment]
         for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, copies,
                                            lambda line: print(line, file=sys.stderr),
@@ -95,7 +99,8 @@ for codec in codecs:
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
             rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
-                         "persons_every_s": every, "steps_in_flight": steps, "copies": copy_way, "mode": mode, **kept,
+                         "persons_every_s": every, "steps_in_flight": steps, "steps_queued": queued,
+                         "copies": copy_way, "mode": mode, **kept,
                          "ended_s_after_load": round(time.perf_counter() - t0, 1),
                          "shapes_taken_over": engines.shapes_taken_over()})
             print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
