@@ -29,7 +29,7 @@ from bench.video import bench_clips, decode_only, repeated_clips, rss_mib, run_p
 from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
-from indexer.decode import nvdec
+from indexer.decode.nvdec import DECODERS as NVDEC_DECODERS
 from indexer.decode.nvdec import NvdecDecoder, decode_frames_only
 from indexer.host_memory import limit_malloc_arenas
 from indexer.pipeline import VideoIndexer
@@ -74,7 +74,7 @@ for codec, handoff in cycle([(c, h) for c in codecs for h in handoffs]):
                       "rss_mib": round(rss_mib(), 1), "pool_gib": round(pool.total_bytes() / 2**30, 2),
                       "pool_used_gib": round(pool.used_bytes() / 2**30, 2), "py_blocks": sys.getallocatedblocks(),
                       "threads": threading.active_count(), "shape_sessions": engines.shape_sessions(),
-                      "decoders_created": nvdec.DECODERS.created, "decoders_reused": nvdec.DECODERS.reused,
+                      "decoders_created": NVDEC_DECODERS.created, "decoders_reused": NVDEC_DECODERS.reused,
                       "wall_s": row["wall_s"], "video_fps": row["video_fps"], "decoded_fps": row["decoded_fps"],
                       "faces": row["faces"], "failed": row["failed"], "stage_s": row["stage_s"]}), flush=True)
 cells = {key: {"passes": len(v), "median_video_fps": statistics.median(v), "min": min(v), "max": max(v),
