@@ -184,8 +184,20 @@ class _VideoState:
     best_chips: dict[int, np.ndarray] = field(default_factory=dict)
     """The aligned chip of each face track's best face, by track number."""
     best_crops: dict[int, np.ndarray] = field(default_factory=dict)
-    """The box of each person track's best sighting, cut from its frame, by track number."""
+    """The thumbnail of each person track's best sighting, by track number, once the track has ended."""
+    open_crops: dict[int, np.ndarray] = field(default_factory=dict)
+    """The box of the best sighting so far of each track still open, cut from its frame at full size: it becomes a
+    thumbnail once the track ends (while a track lasts its best sighting can change at every sample)."""
     info: VideoInfo | None = None
+
+    def close_crops(self, now_s: float | None = None) -> None:
+        """Thumbnails of the open crops whose tracks have ended by `now_s` (None: all of them); a track too short to
+        be kept (a passing false box) gets none."""
+        tracks, config = self.person_tracker.tracks, self.person_tracker.config
+        for t in [t for t in self.open_crops if now_s is None or now_s - tracks[t].end_s > config.max_gap_s]:
+            crop = self.open_crops.pop(t)
+            if tracks[t].n_detections >= config.min_detections:
+                self.best_crops[t] = _thumbnail(crop)
 
 
 @dataclass
@@ -472,6 +484,7 @@ class VideoIndexer:
         face_tracks = [t for t in state.tracker.tracks if t.n_embedded > 0]
         person_tracks = state.person_tracker.kept() if det.detect_persons else []
         person_of_track = _person_of_face_tracks(state.faces, {t.track_index for t in person_tracks})
+        state.close_crops()
         thumbnails = {face_track_id(task.video_id, t.track_id): jpeg(state.best_chips[t.track_id])
                       for t in face_tracks if t.track_id in state.best_chips}
         thumbnails.update({person_track_id(task.video_id, t.track_index): jpeg(state.best_crops[t.track_index])
@@ -609,7 +622,9 @@ class VideoIndexer:
             for (video, tid, _), chip in zip(picked, copies[:len(picked)], strict=True):
                 video.best_chips[tid] = chip
             for (video, track, _, _), crop in zip(crops, copies[len(picked):], strict=True):
-                video.best_crops[track] = _thumbnail(crop)
+                video.open_crops[track] = crop
+            for fr in {id(fr.video): fr for fr in batch}.values():  # each video's last frame of the step
+                fr.video.close_crops(fr.pts_s)
         clock.lap("track")
         if on_progress:
             by_video: dict[int, list[_Frame]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from jobchecks import assert_same_tracks  # tests/jobchecks.py
+from PIL import Image
 from sqlalchemy import func, select
 
 from catalog.db import Catalog
@@ -163,8 +165,13 @@ def test_every_row_names_its_video_and_tracks_by_their_public_ids(indexed_db: In
     assert person_tracks.num_rows > 0 and set(person_tracks.column("person_track_id").to_pylist()) == sql_people
     assert set(persons.column("person_track_id").drop_null().to_pylist()) == sql_people
     assert set(tracks.column("person_track_id").drop_null().to_pylist()) <= sql_people
-    for thumb in person_tracks.column("thumbnail").to_pylist():
-        assert (out / thumb).read_bytes()[:2] == b"\xff\xd8"
+    for thumb, box in zip(*(person_tracks.column(c).to_pylist() for c in ("thumbnail", "best_bbox")), strict=True):
+        # the track's best sighting, as cut from its frame and brought to at most 256 pixels high
+        with Image.open(out / thumb) as image:
+            assert image.format == "JPEG"
+            width, height = image.size
+        crop_w, crop_h = math.ceil(box[2]) - int(box[0]), math.ceil(box[3]) - int(box[1])  # boxes lie in the frame
+        assert (width, height) == ((crop_w, crop_h) if crop_h <= 256 else (round(crop_w * 256 / crop_h), 256))
 
 
 def test_second_run_does_nothing(indexed_db: Indexed, cache_dir: Path) -> None:
