@@ -25,7 +25,7 @@ from engines.loader import Engines, load_engines
 from engines.photos import load_photo
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, open_decoder
-from indexer.pipeline import VideoIndexer, VideoTask
+from indexer.pipeline import NVDEC_VIDEOS_IN_FLIGHT, VideoIndexer, VideoTask
 from samples.archive import SampleVideo, build_sample_archive
 from schemas.config import DetectionConfig, EngineStart, IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
 from schemas.errors import VidxError
@@ -209,11 +209,14 @@ def gpu_pipeline_rows(engines: Engines, runtime: RuntimeConfig, paths: list[Path
 
 
 def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], copies: int, command: str,
-              cpu_videos: int, say: Callable[[str], None], codecs: tuple[str, ...] = ("h264", "hevc"),
+              cpu_videos: int, say: Callable[[str], None], in_flight: int = NVDEC_VIDEOS_IN_FLIGHT,
+              codecs: tuple[str, ...] = ("h264", "hevc"),
               detection: DetectionConfig | None = None, engine_start: EngineStart = "wait") -> dict[str, Any]:
     """Decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU pipeline
     (`detection`: the detection settings of both pipelines, default DetectionConfig(); `engine_start`: the GPU
-    engines' RuntimeConfig.engine_start: with `background` the rows start while faster sessions are set up)."""
+    engines' RuntimeConfig.engine_start: with `background` the rows start while faster sessions are set up;
+    `in_flight`: videos in flight in the pipeline rows, as a GPU worker decodes them by default; 0: as many as the
+    best decode-only row had decoders)."""
     detection = detection or DetectionConfig()
     import cupy as cp
 
@@ -244,8 +247,8 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
                                                        f"{codec}: decode only"))
             say(f"   {res['decode_only'][-1]}")
         best = max(res["decode_only"], key=lambda r: r["fps"])
-        n_best = best["decoders"]
-        for mode, row in gpu_pipeline_rows(engines, gpu_runtime, paths, n_best, partial(_prefixed, say, codec),
+        for mode, row in gpu_pipeline_rows(engines, gpu_runtime, paths, in_flight or best["decoders"],
+                                           partial(_prefixed, say, codec),
                                            detection=detection).items():
             every_video_done(row, f"{codec}: GPU pipeline, sampling {mode}")
             row["x_decode_only"] = round(row["video_fps"] / best["fps"], 3)

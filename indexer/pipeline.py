@@ -27,7 +27,7 @@ from PIL import Image
 from engines.arrays import Array, Region, regions_to_host
 from engines.detectors import Detections, FaceDetector
 from engines.imageops import laplacian_variance
-from engines.loader import Engines
+from engines.loader import GPU_DETECTOR_BATCH, Engines
 from engines.runtime.base import cpu_runs_at_once
 from engines.streams import STREAMS
 from indexer.decode.base import Decoder, FrameBatch, VideoInfo
@@ -48,6 +48,11 @@ videos, so a hand-off need not fill one: small hand-offs let the models start on
 instead of waiting until each decoder has a whole step (at 2 fps a step of 32 frames is 16 s of video,
 most of a short clip)."""
 STAGES = ("wait_for_frames", "wait_for_models", "detect_faces", "detect_persons", "align", "embed", "track")
+NVDEC_VIDEOS_IN_FLIGHT = 8
+"""Videos decoded at once by one worker with NVDEC, unless RuntimeConfig.videos_in_flight says otherwise (the
+H100 has 7 NVDEC engines). On an H100, one process, 28 bench clips at 2 fps: HEVC ran at 0.89-1.02x its
+decode-only rate with 8 and 0.60-0.79x with 21; H.264 at 5,300-5,800 video fps with 8 and 6,250-6,400 with 14
+(docs/performance.md, "Videos in flight")."""
 STEPS_IN_FLIGHT_GPU = 2
 """Analysis steps under way at once when the models run on a GPU: while one step's models run, the next
 step's host work (level batches, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait
@@ -287,7 +292,7 @@ class VideoIndexer:
     @property
     def videos_in_flight(self) -> int:
         n = self.settings.runtime.videos_in_flight
-        return n if n > 0 else (8 if self.decoder.device == "cuda" else 1)
+        return n if n > 0 else (NVDEC_VIDEOS_IN_FLIGHT if self.decoder.device == "cuda" else 1)
 
     @property
     def steps_in_flight(self) -> int:
@@ -301,7 +306,7 @@ class VideoIndexer:
 
     @property
     def frame_batch(self) -> int:
-        return self.settings.runtime.frame_batch or (32 if self.models_on_gpu else 8)
+        return self.settings.runtime.frame_batch or (GPU_DETECTOR_BATCH if self.models_on_gpu else 8)
 
     def index(self, path: Path, *, video_id: int, run_key: str,
               on_progress: Callable[[int, float], None] | None = None) -> VideoResult:

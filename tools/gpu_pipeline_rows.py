@@ -12,7 +12,8 @@ needs (the decoders skip them by default). Environment:
   PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
   DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's, 32)
-  FRAME_BATCH=64       RuntimeConfig.frame_batch: frames per analysis step (default: the pipeline's, 32 on a GPU)
+  FRAME_BATCH=32       RuntimeConfig.frame_batch: frames per analysis step (default: the pipeline's, 64 on a GPU)
+  IN_FLIGHT=8,14,21    run the rows once per number of videos in flight (decoders), in this order (default: COPIES)
   STEPS=2,3,4          run the rows once per number of analysis steps in flight, in this order
                        (indexer.pipeline.STEPS_IN_FLIGHT_GPU; default its value once)
   QUEUED=0,1           run the rows once per number of steps submitted beyond those under way, in this order
@@ -46,7 +47,7 @@ import numpy as np
 
 from bench.video import gpu_pipeline_rows, repeated_clips, rss_mib
 from engines.arrays import Region, to_host
-from engines.loader import load_engines
+from engines.loader import GPU_DETECTOR_BATCH, load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
 from indexer.host_memory import limit_malloc_arenas
@@ -71,13 +72,15 @@ def kernel_copies(regions: list[Region]) -> list[np.ndarray]:
     return [to_host(image[y0:y1, x0:x1]) for image, y0, y1, x0, x1 in regions]
 
 
+in_flight_values = [int(v) for v in os.environ.get("IN_FLIGHT", str(copies)).split(",")]
 steps_values = [int(v) for v in os.environ.get("STEPS", str(pipeline.STEPS_IN_FLIGHT_GPU)).split(",")]
 queued_values = [int(v) for v in os.environ.get("QUEUED", str(pipeline.STEPS_QUEUED_GPU)).split(",")]
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
 engines = load_engines(detection, runtime, store=ModelStore())
 out: dict[str, object] = {"label": label, "face_search": detection.face_search, "videos": copies,
-                          "detector_batch": engines.faces.batch_size, "frame_batch": runtime.frame_batch or 32,
+                          "detector_batch": engines.faces.batch_size,
+                          "frame_batch": runtime.frame_batch or GPU_DETECTOR_BATCH,
                           "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
                           "engines": engines.describe(), "decode_all": decode_all, "rows": []}
 if os.environ.get("START_AT"):
@@ -86,19 +89,19 @@ out["rows_started_at"] = round(time.time(), 2)
 rows: list[dict[str, object]] = []
 for codec in codecs:
     paths = repeated_clips(work, codec, copies)
-    for _, handoff, every, steps, queued, copy_way in (
-            (r, h, e, n, q, c) for r in range(int(os.environ.get("REPEAT", "1"))) for h in handoffs
-            for e in persons_every for n in steps_values for q in queued_values for c in copy_ways):
+    for _, in_flight, handoff, every, steps, queued, copy_way in (
+            (r, f, h, e, n, q, c) for r in range(int(os.environ.get("REPEAT", "1"))) for f in in_flight_values
+            for h in handoffs for e in persons_every for n in steps_values for q in queued_values for c in copy_ways):
         pipeline.STEPS_IN_FLIGHT_GPU = steps
         pipeline.STEPS_QUEUED_GPU = queued
         pipeline.regions_to_host = product_copies if copy_way == "engine" else kernel_copies  # type: ignore[assignment]
-        for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, copies,
+        for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, in_flight,
                                            lambda line: print(line, file=sys.stderr),
                                            skip_unsampled=not decode_all, modes=modes,
                                            detection=replace(detection, persons_every_s=every)).items():
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
-            rows.append({"codec": codec, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
+            rows.append({"codec": codec, "in_flight": in_flight, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
                          "persons_every_s": every, "steps_in_flight": steps, "steps_queued": queued,
                          "copies": copy_way, "mode": mode, **kept,
                          "ended_s_after_load": round(time.perf_counter() - t0, 1),
