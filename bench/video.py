@@ -25,9 +25,17 @@ from engines.loader import Engines, load_engines
 from engines.photos import load_photo
 from engines.zoo import ModelStore
 from indexer.decode.base import Decoder, open_decoder
-from indexer.pipeline import NVDEC_VIDEOS_IN_FLIGHT, VideoIndexer, VideoTask
+from indexer.pipeline import VideoIndexer, VideoTask
 from samples.archive import SampleVideo, build_sample_archive
-from schemas.config import DetectionConfig, EngineStart, IndexSettings, RuntimeConfig, SamplingConfig, SamplingMode
+from schemas.config import (
+    NVDEC_VIDEOS_IN_FLIGHT,
+    DetectionConfig,
+    EngineStart,
+    IndexSettings,
+    RuntimeConfig,
+    SamplingConfig,
+    SamplingMode,
+)
 from schemas.errors import VidxError
 
 log = logging.getLogger(__name__)

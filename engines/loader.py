@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 GPU_DETECTOR_BATCH = 64
 """Frames per detector run on a GPU (one pyramid level of each): a whole analysis step of frames. On an H100,
-64 analysed 10-17% more frames per second than 32 when every frame is analysed, with the same faces
-(docs/performance.md, "Frames per step")."""
+64 analysed 9-16% more frames per second than 32 when every frame is analysed, with the same faces
+(docs/performance.md, "Videos in flight and frames per step")."""
 CPU_DETECTOR_BATCH = 4
 """Frames per detector run on a CPU: the finest level of a 1080p frame costs the same per frame at 1 and 4
 frames per run, the small coarse levels run ~1.4x faster per frame at 4."""

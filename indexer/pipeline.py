@@ -33,7 +33,7 @@ from engines.streams import STREAMS
 from indexer.decode.base import Decoder, FrameBatch, VideoInfo
 from indexer.errors import VideoError
 from indexer.tracking import FaceTracker, PersonTrack, PersonTracker, Track, face_quality, person_of_faces
-from schemas.config import IndexSettings
+from schemas.config import NVDEC_VIDEOS_IN_FLIGHT, IndexSettings
 from schemas.ids import face_track_id, person_track_id
 from schemas.tables import FACES, PERSON_TRACKS, PERSONS, TRACKS
 
@@ -48,11 +48,6 @@ videos, so a hand-off need not fill one: small hand-offs let the models start on
 instead of waiting until each decoder has a whole step (at 2 fps a step of 32 frames is 16 s of video,
 most of a short clip)."""
 STAGES = ("wait_for_frames", "wait_for_models", "detect_faces", "detect_persons", "align", "embed", "track")
-NVDEC_VIDEOS_IN_FLIGHT = 8
-"""Videos decoded at once by one worker with NVDEC, unless RuntimeConfig.videos_in_flight says otherwise (the
-H100 has 7 NVDEC engines). On an H100, one process, 28 bench clips at 2 fps: HEVC ran at 0.89-1.02x its
-decode-only rate with 8 and 0.60-0.79x with 21; H.264 at 5,300-5,800 video fps with 8 and 6,250-6,400 with 14
-(docs/performance.md, "Videos in flight")."""
 STEPS_IN_FLIGHT_GPU = 2
 """Analysis steps under way at once when the models run on a GPU: while one step's models run, the next
 step's host work (level batches, anchor decoding, NMS, alignment maths) goes on, so the GPU does not wait

@@ -29,12 +29,16 @@ from indexer.storage import forwarded_env
 from jobs.ray_worker import RayWorker
 from jobs.runner import TaskHooks
 from jobs.worker import FAULTS_ENV, TaskSpec
-from schemas.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_STALL_TIMEOUT_S, DEFAULT_WORKERS_PER_GPU, IndexSettings
+from schemas.config import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_STALL_TIMEOUT_S,
+    DEFAULT_WORKERS_PER_GPU,
+    NVDEC_VIDEOS_IN_FLIGHT,
+    IndexSettings,
+)
 from schemas.errors import VidxError
 
 log = logging.getLogger(__name__)
-
-GPU_VIDEOS_PER_WORKER = 8
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ class RayExecutor:
         if use_gpu:
             share = opts.workers_per_gpu
             n = opts.workers or max(1, gpus) * share
-            self._per_worker = opts.videos_per_worker or GPU_VIDEOS_PER_WORKER
+            self._per_worker = opts.videos_per_worker or NVDEC_VIDEOS_IN_FLIGHT
             self._actor_opts = {"num_gpus": 1.0 / share, "num_cpus": 1}
             kind = "gpu"
             sharing = f"{share} per GPU, " if share > 1 else ""

@@ -99,8 +99,7 @@ def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_vide
     The engines are set up before the rows (--engine-start wait), so the rows measure their steady state."""
     from bench.tables import gpu_report
     from bench.video import bench_gpu as run_bench
-    from indexer.pipeline import NVDEC_VIDEOS_IN_FLIGHT
-    from schemas.config import DetectionConfig
+    from schemas.config import NVDEC_VIDEOS_IN_FLIGHT, DetectionConfig
     from vidx.output import say
 
     result = run_bench(ctx.cache_dir, work_dir, decoders=[int(d) for d in decoders.split(",")], copies=copies,
