@@ -10,7 +10,7 @@ from functools import partial
 
 import numpy as np
 
-from engines.arrays import padded_batch
+from engines.arrays import cupy_module, padded_batch, require_cupy
 from engines.centerface import CenterFaceDetector
 from engines.detectors import FaceDetector, PersonDetector
 from engines.embedder import CHIP_SIZE, FaceEmbedder
@@ -23,9 +23,13 @@ from schemas.config import DetectionConfig, RuntimeConfig
 log = logging.getLogger(__name__)
 
 GPU_DETECTOR_BATCH = 64
-"""Frames per detector run on a GPU (one pyramid level of each): a whole analysis step of frames. On an H100,
-64 analysed 9-16% more frames per second than 32 when every frame is analysed, with the same faces
-(docs/performance.md, "Videos in flight and frames per step")."""
+"""Frames per detector run on a GPU (one pyramid level of each), and so per analysis step, on a GPU of
+LARGE_GPU_GIB or more. On an H100, 64 analysed 9-16% more frames per second than 32 when every frame is analysed,
+with the same faces, and one process held 17.6 GiB of GPU memory against 11.9 (docs/performance.md, "Videos in
+flight and frames per step")."""
+SMALL_GPU_DETECTOR_BATCH = 32
+"""Frames per detector run on a GPU of less memory: two worker processes at 64 would hold ~35 GiB."""
+LARGE_GPU_GIB = 48.0
 CPU_DETECTOR_BATCH = 4
 """Frames per detector run on a CPU: the finest level of a 1080p frame costs the same per frame at 1 and 4
 frames per run, the small coarse levels run ~1.4x faster per frame at 4."""
@@ -103,6 +107,17 @@ class Engines:
         return time.monotonic() - started
 
 
+def detector_batch_for(gpu_memory_gib: float) -> int:
+    """Frames per detector run on a GPU with this much memory (GPU_DETECTOR_BATCH or SMALL_GPU_DETECTOR_BATCH)."""
+    return GPU_DETECTOR_BATCH if gpu_memory_gib >= LARGE_GPU_GIB else SMALL_GPU_DETECTOR_BATCH
+
+
+def gpu_detector_batch() -> int:
+    """Frames per detector run on this process's current GPU (detector_batch_for its memory)."""
+    cp = require_cupy()
+    return detector_batch_for(cp.cuda.Device().mem_info[1] / 2**30)
+
+
 def load_engines(
     detection: DetectionConfig | None = None,
     runtime: RuntimeConfig | None = None,
@@ -124,15 +139,17 @@ def load_engines(
     names = [face_model, "face_embedder"] + (["person_detector"] if detection.detect_persons else [])
     sessions: dict[str, Session] = {}
     versions: dict[str, str] = {}
+    gpu_here = runtime.device != "cpu" and cupy_module() is not None
+    gpu_batch = runtime.detector_batch or (gpu_detector_batch() if gpu_here else SMALL_GPU_DETECTOR_BATCH)
     for name in names:
         model = store.load(name)
         versions[name] = model.provenance.version
-        batch = runtime.embedder_batch if name == "face_embedder" else runtime.detector_batch or GPU_DETECTOR_BATCH
+        batch = runtime.embedder_batch if name == "face_embedder" else gpu_batch
         sessions[name] = open_session(model, device=runtime.device, engine=runtime.engine, max_batch=batch,
                                       report=report, start=runtime.engine_start, threads=cpu_threads)
         log.info("%s: %s", name, sessions[name].description)
     on_gpu = sessions[face_model].device == "cuda"
-    frames = runtime.detector_batch or (GPU_DETECTOR_BATCH if on_gpu else CPU_DETECTOR_BATCH)
+    frames = gpu_batch if on_gpu else runtime.detector_batch or CPU_DETECTOR_BATCH
     faces: FaceDetector | CenterFaceDetector
     if detection.face_detector == "centerface":
         faces = CenterFaceDetector(sessions[face_model], score_threshold=detection.centerface_score,

@@ -27,7 +27,7 @@ from PIL import Image
 from engines.arrays import Array, Region, regions_to_host
 from engines.detectors import Detections, FaceDetector
 from engines.imageops import laplacian_variance
-from engines.loader import GPU_DETECTOR_BATCH, Engines
+from engines.loader import Engines
 from engines.runtime.base import cpu_runs_at_once
 from engines.streams import STREAMS
 from indexer.decode.base import Decoder, FrameBatch, VideoInfo
@@ -301,7 +301,7 @@ class VideoIndexer:
 
     @property
     def frame_batch(self) -> int:
-        return self.settings.runtime.frame_batch or (GPU_DETECTOR_BATCH if self.models_on_gpu else 8)
+        return self.settings.runtime.frame_batch or (self.engines.faces.batch_size if self.models_on_gpu else 8)
 
     def index(self, path: Path, *, video_id: int, run_key: str,
               on_progress: Callable[[int, float], None] | None = None) -> VideoResult:

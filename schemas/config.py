@@ -173,13 +173,14 @@ class RuntimeConfig:
     device: DeviceChoice = "auto"
     engine: EngineChoice = "auto"
     detector_batch: int = 0
-    """Frames per detector run, one pyramid level at a time (0 = automatic: 64 on a GPU, 4 on a CPU)."""
+    """Frames per detector run, one pyramid level at a time (0 = automatic: 64 on a GPU of 48 GiB or more, 32
+    on a smaller one, 4 on a CPU)."""
     embedder_batch: int = 64
     decode_threads: int = 0
     """Threads per CPU decoder (0 = let FFmpeg choose)."""
     frame_batch: int = 0
-    """Sampled frames (from any of the videos in flight) analysed together in one step (0 = automatic: 64 on a
-    GPU, 8 on a CPU, where two steps run at once)."""
+    """Sampled frames (from any of the videos in flight) analysed together in one step (0 = automatic: the
+    detectors' batch on a GPU, 8 on a CPU, where two steps run at once)."""
     decode_handoff: int = 0
     """Sampled frames a decoder hands to the models at once, at most a step's worth (0 = automatic: 8)."""
     videos_in_flight: int = 0

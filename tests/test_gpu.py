@@ -145,6 +145,19 @@ def assert_embeds_as_the_cpu(cp: object, cpu: Engines, gpu: Engines, photos: dic
         assert np.linalg.norm(host_emb - dev_emb) < 0.12, name
 
 
+def test_gpu_engines_and_steps_take_the_batch_for_the_gpus_memory(cp: object, engines: Engines) -> None:
+    """64 frames per detector run and per step on a GPU of 48 GiB or more, 32 on a smaller one."""
+    from indexer.decode.nvdec import NvdecDecoder
+    from indexer.pipeline import VideoIndexer
+
+    total_gib = cp.cuda.Device().mem_info[1] / 2**30  # type: ignore[attr-defined]
+    expected = 64 if total_gib >= 48 else 32
+    assert engines.faces.batch_size == expected
+    assert engines.persons is not None and engines.persons.batch_size == expected
+    indexer = VideoIndexer(engines, IndexSettings(runtime=RuntimeConfig(device="gpu")), NvdecDecoder())
+    assert indexer.frame_batch == expected
+
+
 def test_quick_start_engines_find_what_the_cpu_finds(cp: object, engines: Engines, store: ModelStore,
                                                     photos: dict[str, np.ndarray]) -> None:
     """--engine-start quick (the FP16 models' depthwise convolutions run as ordinary ones, NCHW, unfused): the CPU's

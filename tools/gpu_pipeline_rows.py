@@ -11,8 +11,8 @@ needs (the decoders skip them by default). Environment:
   FACE_SEARCH=full     DetectionConfig.face_search (default: guided)
   PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
-  DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's, 32)
-  FRAME_BATCH=32       RuntimeConfig.frame_batch: frames per analysis step (default: the pipeline's, 64 on a GPU)
+  DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's, by GPU memory)
+  FRAME_BATCH=32       RuntimeConfig.frame_batch: frames per analysis step (default: the detectors' batch)
   IN_FLIGHT=8,14,21    run the rows once per number of videos in flight (decoders), in this order (default: COPIES)
   STEPS=2,3,4          run the rows once per number of analysis steps in flight, in this order
                        (indexer.pipeline.STEPS_IN_FLIGHT_GPU; default its value once)
@@ -47,7 +47,7 @@ import numpy as np
 
 from bench.video import gpu_pipeline_rows, repeated_clips, rss_mib
 from engines.arrays import Region, to_host
-from engines.loader import GPU_DETECTOR_BATCH, load_engines
+from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
 from indexer.host_memory import limit_malloc_arenas
@@ -80,7 +80,7 @@ detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SE
 engines = load_engines(detection, runtime, store=ModelStore())
 out: dict[str, object] = {"label": label, "face_search": detection.face_search, "videos": copies,
                           "detector_batch": engines.faces.batch_size,
-                          "frame_batch": runtime.frame_batch or GPU_DETECTOR_BATCH,
+                          "frame_batch": runtime.frame_batch or engines.faces.batch_size,
                           "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
                           "engines": engines.describe(), "decode_all": decode_all, "rows": []}
 if os.environ.get("START_AT"):
