@@ -3,7 +3,8 @@ grow?), and the pipeline's frame rate over passes long enough that a run's start
 
     python3 tools/gpu_soak.py WORK_DIR SECONDS   (builds the bench clips in WORK_DIR if they are missing)
 
-Environment: COPIES videos per pass (default 42, 3 per decoder), HANDOFFS (comma-separated values of
+Environment: COPIES videos per pass (default 42), IN_FLIGHT videos in flight in the pipeline (default a GPU
+worker's, schemas.config.NVDEC_VIDEOS_IN_FLIGHT), HANDOFFS (comma-separated values of
 RuntimeConfig.decode_handoff to cycle through, default the pipeline's own), CODECS (default h264,hevc),
 MALLOC_ARENA_MAX (default: the worker's cap, indexer.host_memory; 128 is glibc's own on 16 cores).
 First a decode-only row per codec over the same COPIES files (14 NVDEC threads), then the engines are loaded
@@ -33,9 +34,10 @@ from indexer.decode.nvdec import DECODERS as NVDEC_DECODERS
 from indexer.decode.nvdec import NvdecDecoder, decode_frames_only
 from indexer.host_memory import limit_malloc_arenas
 from indexer.pipeline import VideoIndexer
-from schemas.config import IndexSettings, RuntimeConfig
+from schemas.config import NVDEC_VIDEOS_IN_FLIGHT, IndexSettings, RuntimeConfig
 
 DECODERS = 14
+"""NVDEC threads of the decode-only rows (the best of 7 / 14 / 21 for H.264 in `vidx bench gpu`)."""
 arenas = limit_malloc_arenas()  # as a worker does; MALLOC_ARENA_MAX=128 is glibc's default on 16 cores
 work, seconds = Path(sys.argv[1]), float(sys.argv[2])
 copies = int(os.environ.get("COPIES", "42"))
@@ -50,7 +52,8 @@ for codec in codecs:
     print(json.dumps({"decode_only": codec, **row}), flush=True)
 
 # the default engine (FP16) and engine start (quick sessions first, the fastest taking over during the first passes)
-settings = IndexSettings(runtime=RuntimeConfig(device="gpu", videos_in_flight=DECODERS))
+in_flight = int(os.environ.get("IN_FLIGHT", str(NVDEC_VIDEOS_IN_FLIGHT)))
+settings = IndexSettings(runtime=RuntimeConfig(device="gpu", videos_in_flight=in_flight))
 t0 = time.monotonic()
 engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
 indexers = {h: VideoIndexer(engines, replace(settings, runtime=replace(settings.runtime, decode_handoff=h)),
@@ -65,7 +68,7 @@ rates: dict[str, list[float]] = {}
 for codec, handoff in cycle([(c, h) for c in codecs for h in handoffs]):
     if time.monotonic() - start >= seconds:
         break
-    row = run_pipeline(indexers[handoff], paths[codec], DECODERS)
+    row = run_pipeline(indexers[handoff], paths[codec], in_flight)
     passes += 1
     frames += row["frames_decoded"]
     peak_pool = max(peak_pool, pool.total_bytes())
@@ -81,7 +84,7 @@ cells = {key: {"passes": len(v), "median_video_fps": statistics.median(v), "min"
                "x_decode_only": round(statistics.median(v) / decode_fps[key.split("/")[0]], 3)}
          for key, v in rates.items()}
 print(json.dumps({"summary": True, "seconds": round(time.monotonic() - start, 1), "passes": passes,
-                  "videos_per_pass": copies, "malloc_arenas": arenas, "frames_decoded": frames,
-                  "decode_only_fps": decode_fps, "cells": cells,
+                  "videos_per_pass": copies, "videos_in_flight": in_flight, "malloc_arenas": arenas,
+                  "frames_decoded": frames, "decode_only_fps": decode_fps, "cells": cells,
                   "rss_mib_start": round(rss_start, 1), "rss_mib_end": round(rss_mib(), 1),
                   "gpu_pool_peak_gib": round(peak_pool / 2**30, 2)}), flush=True)
