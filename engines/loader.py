@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 GPU_DETECTOR_BATCH = 64
 """Frames per detector run on a GPU (one pyramid level of each), and so per analysis step, on a GPU of
 LARGE_GPU_GIB or more. On an H100, 64 analysed 9-16% more frames per second than 32 when every frame is analysed,
-with the same faces, and one process held 17.6 GiB of GPU memory against 11.9 (docs/performance.md, "Videos in
+with the same faces, and one process held 17.2 GiB of GPU memory against 11.6 (docs/performance.md, "Videos in
 flight and frames per step")."""
 SMALL_GPU_DETECTOR_BATCH = 32
-"""Frames per detector run on a GPU of less memory: two worker processes at 64 would hold ~35 GiB."""
+"""Frames per detector run on a GPU of less memory: two worker processes at 64 would hold ~34 GiB."""
 LARGE_GPU_GIB = 48.0
 CPU_DETECTOR_BATCH = 4
 """Frames per detector run on a CPU: the finest level of a 1080p frame costs the same per frame at 1 and 4

@@ -36,7 +36,7 @@ DEFAULT_WORKERS_PER_GPU = 2
 NVDEC_VIDEOS_IN_FLIGHT = 8
 """Videos decoded at once by one worker with NVDEC, unless RuntimeConfig.videos_in_flight says otherwise (the
 H100 has 7 NVDEC engines). On an H100, one process, 28 bench clips at 2 fps: HEVC ran at 0.88-1.02x its
-decode-only rate with 8 and 0.60-0.79x with 21; H.264 at 5,300-5,800 video fps with 8 and 6,250-6,420 with 14
+decode-only rate with 8 and 0.60-0.79x with 21; H.264 at 5,300-5,800 video fps with 8 and 6,250-6,410 with 14
 (docs/performance.md, "Videos in flight and frames per step")."""
 
 
