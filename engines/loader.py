@@ -10,11 +10,18 @@ from functools import partial
 
 import numpy as np
 
-from engines.arrays import cupy_module, padded_batch, require_cupy
+from engines.arrays import padded_batch, require_cupy
 from engines.centerface import CenterFaceDetector
 from engines.detectors import FaceDetector, PersonDetector
 from engines.embedder import CHIP_SIZE, FaceEmbedder
-from engines.runtime.base import RuntimeReport, Session, open_session, runtime_report, session_array_module
+from engines.runtime.base import (
+    RuntimeReport,
+    Session,
+    open_session,
+    resolve_device,
+    runtime_report,
+    session_array_module,
+)
 from engines.sources import Progress
 from engines.streams import side_by_side
 from engines.zoo import FACE_DETECTOR_MODELS, ModelStore
@@ -139,8 +146,8 @@ def load_engines(
     names = [face_model, "face_embedder"] + (["person_detector"] if detection.detect_persons else [])
     sessions: dict[str, Session] = {}
     versions: dict[str, str] = {}
-    gpu_here = runtime.device != "cpu" and cupy_module() is not None
-    gpu_batch = runtime.detector_batch or (gpu_detector_batch() if gpu_here else SMALL_GPU_DETECTOR_BATCH)
+    on_cuda = resolve_device(runtime.device, report) == "cuda"
+    gpu_batch = runtime.detector_batch or (gpu_detector_batch() if on_cuda else SMALL_GPU_DETECTOR_BATCH)
     for name in names:
         model = store.load(name)
         versions[name] = model.provenance.version

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from schemas.config import NVDEC_VIDEOS_IN_FLIGHT
 from vidx.commands.common import Context, device_option, engine_option, engine_start_option, json_option, pass_ctx
 from vidx.output import emit, show
 
@@ -83,27 +84,27 @@ def bench_pipeline(ctx: Context, work_dir: Path, codec: str, face_search: str, e
 @click.option("--decoders", default="7,14,21", show_default=True, help="Decoder counts tried for decode-only.")
 @click.option("--copies", default=28, show_default=True, help="Videos per codec (the clips, repeated).")
 @click.option("--cpu-videos", default=2, show_default=True, help="Videos for the CPU pipeline's row.")
-@click.option("--in-flight", type=click.IntRange(0, 256), default=None, metavar="N",
-              help="Videos in flight in the pipeline rows; 0: as many as the best decode-only row had decoders.  "
-                   "[default: as a GPU worker, 8]")
+@click.option("--in-flight", type=click.IntRange(0, 256), default=NVDEC_VIDEOS_IN_FLIGHT, show_default=True,
+              metavar="N", help="Videos in flight in the pipeline rows, as a GPU worker by default; 0: as many as the "
+                                "best decode-only row had decoders.")
 @click.option("--codecs", default="h264,hevc", show_default=True, help="Codecs to measure.")
 @face_search_option
 @engine_start_option("wait")
 @save_option
 @json_option
 @pass_ctx
-def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_videos: int, in_flight: int | None,
+def bench_gpu(ctx: Context, work_dir: Path, decoders: str, copies: int, cpu_videos: int, in_flight: int,
               codecs: str, face_search: str, engine_start: str, save: Path | None, as_json: bool) -> None:
     """NVDEC decode-only vs the full GPU pipeline (default sampling, every frame, key frames) vs the CPU.
 
     The engines are set up before the rows (--engine-start wait), so the rows measure their steady state."""
     from bench.tables import gpu_report
     from bench.video import bench_gpu as run_bench
-    from schemas.config import NVDEC_VIDEOS_IN_FLIGHT, DetectionConfig
+    from schemas.config import DetectionConfig
     from vidx.output import say
 
     result = run_bench(ctx.cache_dir, work_dir, decoders=[int(d) for d in decoders.split(",")], copies=copies,
-                       cpu_videos=cpu_videos, in_flight=NVDEC_VIDEOS_IN_FLIGHT if in_flight is None else in_flight,
+                       cpu_videos=cpu_videos, in_flight=in_flight,
                        command=" ".join(["vidx", *sys.argv[1:]]), say=say,
                        codecs=tuple(codecs.split(",")),
                        detection=DetectionConfig(face_search=face_search),  # type: ignore[arg-type]
