@@ -25,18 +25,21 @@ from engines.runtime.base import (
 from engines.sources import Progress
 from engines.streams import side_by_side
 from engines.zoo import FACE_DETECTOR_MODELS, ModelStore
-from schemas.config import DetectionConfig, RuntimeConfig
+from schemas.config import DetectionConfig, RuntimeConfig, SamplingMode
 
 log = logging.getLogger(__name__)
 
-GPU_DETECTOR_BATCH = 64
-"""Frames per detector run on a GPU (one pyramid level of each), and so per analysis step, on a GPU of
-LARGE_GPU_GIB or more. On an H100, 64 analysed 9-16% more frames per second than 32 when every frame is analysed,
-with the same faces, and one process held 17.2 GiB of GPU memory against 11.6 (docs/performance.md, "Videos in
-flight and frames per step")."""
-SMALL_GPU_DETECTOR_BATCH = 32
-"""Frames per detector run on a GPU of less memory: two worker processes at 64 would hold ~34 GiB."""
+GPU_DETECTOR_BATCH = 32
+"""Frames per detector run on a GPU (one pyramid level of each), and so per analysis step, when frames are sampled
+(the default 2 fps, key frames), and on a GPU of less than LARGE_GPU_GIB whatever the sampling."""
+EVERY_FRAME_GPU_BATCH = 64
+"""Frames per detector run and per step when every frame is analysed on a GPU of LARGE_GPU_GIB or more. On an H100
+one process analysed 9-16% more frames per second at 64 than at 32, with the same faces, and held 17.2 GiB of GPU
+memory against 11.6. At sampled rates 64 did not pay: two worker processes on one H100 indexed 151 video-s/s of
+H.264 at 2 fps with 64 against 184 with 32, the same tracks (docs/performance.md, "Videos in flight and frames per
+step")."""
 LARGE_GPU_GIB = 48.0
+"""GPU memory from which every-frame runs take EVERY_FRAME_GPU_BATCH: two worker processes at 64 hold ~34 GiB."""
 CPU_DETECTOR_BATCH = 4
 """Frames per detector run on a CPU: the finest level of a 1080p frame costs the same per frame at 1 and 4
 frames per run, the small coarse levels run ~1.4x faster per frame at 4."""
@@ -114,15 +117,18 @@ class Engines:
         return time.monotonic() - started
 
 
-def detector_batch_for(gpu_memory_gib: float) -> int:
-    """Frames per detector run on a GPU with this much memory (GPU_DETECTOR_BATCH or SMALL_GPU_DETECTOR_BATCH)."""
-    return GPU_DETECTOR_BATCH if gpu_memory_gib >= LARGE_GPU_GIB else SMALL_GPU_DETECTOR_BATCH
+def detector_batch_for(gpu_memory_gib: float, sampling_mode: SamplingMode = "fps") -> int:
+    """Frames per detector run on a GPU with this much memory for this sampling: EVERY_FRAME_GPU_BATCH when every
+    frame is analysed on a GPU of LARGE_GPU_GIB or more, else GPU_DETECTOR_BATCH."""
+    if sampling_mode == "every-frame" and gpu_memory_gib >= LARGE_GPU_GIB:
+        return EVERY_FRAME_GPU_BATCH
+    return GPU_DETECTOR_BATCH
 
 
-def gpu_detector_batch() -> int:
-    """Frames per detector run on this process's current GPU (detector_batch_for its memory)."""
+def gpu_detector_batch(sampling_mode: SamplingMode = "fps") -> int:
+    """Frames per detector run on this process's current GPU (detector_batch_for its memory and the sampling)."""
     cp = require_cupy()
-    return detector_batch_for(cp.cuda.Device().mem_info[1] / 2**30)
+    return detector_batch_for(cp.cuda.Device().mem_info[1] / 2**30, sampling_mode)
 
 
 def load_engines(
@@ -134,10 +140,12 @@ def load_engines(
     report: RuntimeReport | None = None,
     warm_up: bool = True,
     cpu_threads: int = 0,
+    sampling_mode: SamplingMode = "fps",
 ) -> Engines:
     """The models of `detection` on the runtime and device of `runtime`. `cpu_threads`: each CPU session's
     threads per run (0: its share of the cores, as the pipeline runs two steps at once; a caller that runs one
-    model at a time gives every core)."""
+    model at a time gives every core). `sampling_mode`: the sampling the engines will analyse, which sets the
+    frames per detector run on a GPU unless `runtime.detector_batch` does (detector_batch_for)."""
     detection = detection or DetectionConfig()
     runtime = runtime or RuntimeConfig()
     store = store or ModelStore(progress=progress)
@@ -147,7 +155,7 @@ def load_engines(
     sessions: dict[str, Session] = {}
     versions: dict[str, str] = {}
     on_cuda = resolve_device(runtime.device, report) == "cuda"
-    gpu_batch = runtime.detector_batch or (gpu_detector_batch() if on_cuda else SMALL_GPU_DETECTOR_BATCH)
+    gpu_batch = runtime.detector_batch or (gpu_detector_batch(sampling_mode) if on_cuda else GPU_DETECTOR_BATCH)
     for name in names:
         model = store.load(name)
         versions[name] = model.provenance.version

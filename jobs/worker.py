@@ -119,7 +119,8 @@ class VideoWorker:
         models = ModelStore(cache_dir)
         # Warm-up runs each model once here: the first run allocates memory and picks kernels.
         started = time.monotonic()
-        self.engines = load_engines(settings.detection, settings.runtime, store=models)
+        self.engines = load_engines(settings.detection, settings.runtime, store=models,
+                                    sampling_mode=settings.sampling.mode)
         self.models_ready_s = time.monotonic() - started
         decoder: Decoder = open_decoder(settings.runtime.device, threads=settings.runtime.decode_threads)
         self.decoder_device = decoder.device

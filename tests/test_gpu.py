@@ -145,17 +145,24 @@ def assert_embeds_as_the_cpu(cp: object, cpu: Engines, gpu: Engines, photos: dic
         assert np.linalg.norm(host_emb - dev_emb) < 0.12, name
 
 
-def test_gpu_engines_and_steps_take_the_batch_for_the_gpus_memory(cp: object, engines: Engines) -> None:
-    """64 frames per detector run and per step on a GPU of 48 GiB or more, 32 on a smaller one."""
+def test_gpu_engines_and_steps_take_the_batch_for_the_gpus_memory_and_sampling(cp: object, store: ModelStore) -> None:
+    """With no batch asked for: 64 frames per detector run and per step when every frame is analysed on a GPU of
+    48 GiB or more, else 32 (the default sampling, or a smaller GPU). (The module's engines ask for batches of 4.)"""
     from indexer.decode.nvdec import NvdecDecoder
     from indexer.pipeline import VideoIndexer
 
     total_gib = cp.cuda.Device().mem_info[1] / 2**30  # type: ignore[attr-defined]
-    expected = 64 if total_gib >= 48 else 32
-    assert engines.faces.batch_size == expected
-    assert engines.persons is not None and engines.persons.batch_size == expected
-    indexer = VideoIndexer(engines, IndexSettings(runtime=RuntimeConfig(device="gpu")), NvdecDecoder())
-    assert indexer.frame_batch == expected
+    runtime = RuntimeConfig(device="gpu", engine_start="quick")
+    for mode, expected in (("fps", 32), ("every-frame", 64 if total_gib >= 48 else 32)):
+        loaded = load_engines(DetectionConfig(), runtime, store=store, warm_up=False, sampling_mode=mode)
+        try:
+            assert loaded.faces.batch_size == expected, mode
+            assert loaded.persons is not None and loaded.persons.batch_size == expected, mode
+            settings = IndexSettings(sampling=SamplingConfig(mode=mode), runtime=runtime)
+            assert VideoIndexer(loaded, settings, NvdecDecoder()).frame_batch == expected, mode
+        finally:
+            del loaded
+            gc.collect()
 
 
 def test_quick_start_engines_find_what_the_cpu_finds(cp: object, engines: Engines, store: ModelStore,

@@ -15,7 +15,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from catalog.db import Catalog
-from engines.loader import Engines, load_engines
+from engines.loader import Engines, detector_batch_for, load_engines
 from engines.photos import load_photo, photo_path
 from engines.runtime.base import cpu_cores
 from engines.zoo import ModelStore
@@ -320,6 +320,15 @@ def test_full_face_searches_come_every_two_seconds_of_video() -> None:
     assert sum(every_frame.due(i / 30) for i in range(300)) == 5  # 10 s at 30 fps
     back = PeriodicSchedule(2.0)
     assert [back.due(t) for t in (5.0, 5.5, 1.0, 1.5, 3.0)] == [True, False, True, False, True]
+
+
+def test_a_gpu_analyses_64_frames_a_step_only_every_frame_and_with_the_memory_for_it() -> None:
+    """Every frame on a GPU of 48 GiB or more: 64 frames per detector run and per step; sampled frames, or a
+    smaller GPU: 32 (a pure function of the GPU's memory and the sampling; the GPU tests check the engines)."""
+    assert detector_batch_for(80.0, "every-frame") == 64
+    assert detector_batch_for(47.5, "every-frame") == 32
+    assert [detector_batch_for(80.0, mode) for mode in ("fps", "keyframes")] == [32, 32]
+    assert detector_batch_for(80.0) == 32
 
 
 def test_only_the_int8_person_detector_gives_results_a_run_key_of_their_own() -> None:

@@ -55,7 +55,8 @@ def archive_videos(work: Path, name: str) -> list[Path]:
 
 
 def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any]:
-    engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
+    engines = load_engines(settings.detection, settings.runtime, store=ModelStore(),
+                           sampling_mode=settings.sampling.mode)
     indexer = VideoIndexer(engines, settings, open_decoder(settings.runtime.device))
     out = {}
     for archive, paths in videos.items():

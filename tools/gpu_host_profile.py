@@ -112,7 +112,8 @@ def main() -> None:
     settings = IndexSettings(sampling=SamplingConfig(mode="every-frame"),
                              runtime=RuntimeConfig(device="gpu", engine_start="wait"))
     started = time.perf_counter()
-    engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
+    engines = load_engines(settings.detection, settings.runtime, store=ModelStore(),
+                           sampling_mode=settings.sampling.mode)
     result: dict[str, Any] = {"engines_ready_s": round(time.perf_counter() - started, 1),
                               "engines": engines.describe()}
     paths = repeated_clips(work, "h264", 28)

@@ -11,7 +11,8 @@ needs (the decoders skip them by default). Environment:
   FACE_SEARCH=full     DetectionConfig.face_search (default: guided)
   PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
-  DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's, by GPU memory)
+  DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's for the GPU's
+                       memory and the first mode of ROWS, as a worker for that sampling loads them)
   FRAME_BATCH=32       RuntimeConfig.frame_batch: frames per analysis step (default: the detectors' batch)
   IN_FLIGHT=8,14,21    run the rows once per number of videos in flight (decoders), in this order (default: COPIES)
   STEPS=2,3,4          run the rows once per number of analysis steps in flight, in this order
@@ -77,7 +78,7 @@ steps_values = [int(v) for v in os.environ.get("STEPS", str(pipeline.STEPS_IN_FL
 queued_values = [int(v) for v in os.environ.get("QUEUED", str(pipeline.STEPS_QUEUED_GPU)).split(",")]
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
-engines = load_engines(detection, runtime, store=ModelStore())
+engines = load_engines(detection, runtime, store=ModelStore(), sampling_mode=modes[0])
 out: dict[str, object] = {"label": label, "face_search": detection.face_search, "videos": copies,
                           "detector_batch": engines.faces.batch_size,
                           "frame_batch": runtime.frame_batch or engines.faces.batch_size,

@@ -26,7 +26,8 @@ clips = sorted(work.glob("bench_h264_*.mp4"))
 settings = IndexSettings(sampling=SamplingConfig(mode="every-frame"),
                          runtime=RuntimeConfig(device="gpu", videos_in_flight=n,  # the default engine (FP16)
                                                engine_start="wait"))
-indexer = VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore()), settings, NvdecDecoder())
+indexer = VideoIndexer(load_engines(settings.detection, settings.runtime, store=ModelStore(),
+                                   sampling_mode=settings.sampling.mode), settings, NvdecDecoder())
 tasks = [VideoTask(clips[i % len(clips)], i + 1, "p") for i in range(n)]
 list(indexer.index_many(tasks[:1]))
 

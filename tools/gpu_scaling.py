@@ -67,6 +67,20 @@ def work_window(db: Path) -> tuple[float, float, int, datetime]:
     return span, frames or 0, seconds or 0, _utc(first)
 
 
+def worker_spans(db: Path, first_claim: datetime) -> dict[str, dict[str, float]]:
+    """Per worker: its first claim and last finish in seconds after the job's first claim, its videos and the video
+    seconds it indexed per second of its own span (does one worker start or end long after the other?)."""
+    con = sqlite3.connect(db)
+    rows = con.execute("select worker, min(claimed_at), max(finished_at), count(*), sum(duration_s) from tasks "
+                       "where status = 'done' group by worker").fetchall()
+    spans = {}
+    for worker, first, last, videos, seconds in rows:
+        start, end = ((_utc(t) - first_claim).total_seconds() for t in (first, last))
+        spans[str(worker)] = {"first_claim_s": round(start, 2), "last_finish_s": round(end, 2), "videos": videos,
+                              "video_s_per_s": round((seconds or 0) / max(end - start, 1e-6), 2)}
+    return spans
+
+
 def search_hits(out: Path, photo: Path) -> list[tuple[str, float, float, float]]:
     """Every appearance of the photo's person (a photo that is in no video), as `vidx search --json` says."""
     proc = subprocess.run([sys.executable, "-m", "vidx", "search", "--photo", str(photo), "--out", str(out),
@@ -108,7 +122,7 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
     record.update(done=summary.get("done"), failed=summary.get("failed"), workers=summary.get("workers"),
                   start_to_first_claim_s=round((first_claim - started).total_seconds(), 2), work_s=round(span, 2),
                   frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
-                  tracks=tracks(out / "index.sqlite"))
+                  per_worker=worker_spans(out / "index.sqlite", first_claim), tracks=tracks(out / "index.sqlite"))
     if photo is not None:
         record["hits"] = search_hits(out, photo)
     return record

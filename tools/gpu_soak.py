@@ -55,7 +55,7 @@ for codec in codecs:
 in_flight = int(os.environ.get("IN_FLIGHT", str(NVDEC_VIDEOS_IN_FLIGHT)))
 settings = IndexSettings(runtime=RuntimeConfig(device="gpu", videos_in_flight=in_flight))
 t0 = time.monotonic()
-engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
+engines = load_engines(settings.detection, settings.runtime, store=ModelStore(), sampling_mode=settings.sampling.mode)
 indexers = {h: VideoIndexer(engines, replace(settings, runtime=replace(settings.runtime, decode_handoff=h)),
                             NvdecDecoder()) for h in handoffs}
 run_pipeline(indexers[handoffs[0]], paths[codecs[0]][:2], 2)

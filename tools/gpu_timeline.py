@@ -3,13 +3,13 @@ profiler) of a few seconds of the every-frame row, summarised.
 
     python3 tools/gpu_timeline.py WORK_DIR [VIDEOS] [WINDOW_S]   (bench clips in WORK_DIR, built by `vidx bench gpu`)
 
-First the models alone: five synchronised 32-frame steps (person detector, then guided face search around
-the people found) with the timeline on, for their kernels' time per frame. Then VIDEOS copies of the
-H.264 bench clips (default 28), every frame, one process, the fastest sessions; the timeline records
-WINDOW_S seconds (default 6) starting 4 s into the run. Printed: how busy the GPU was (any kernel or copy
-running), the kernels' time by kind and by name, how much two streams overlapped, the idle gaps, the CUDA
-calls the process made (launches, synchronisations, copies) and the threads it had. The raw traces (Chrome
-trace JSON, large) go to the folder TRACE names (default /tmp/vidx-timeline).
+First the models alone: five synchronised steps of the detectors' batch of frames (64 every frame on a large GPU;
+person detector, then guided face search around the people found) with the timeline on, for their kernels' time
+per frame. Then VIDEOS copies of the H.264 bench clips (default 28), every frame, one process, the fastest
+sessions; the timeline records WINDOW_S seconds (default 6) starting 4 s into the run. Printed: how busy the GPU
+was (any kernel or copy running), the kernels' time by kind and by name, how much two streams overlapped, the idle
+gaps, the CUDA calls the process made (launches, synchronisations, copies) and the threads it had. The raw traces
+(Chrome trace JSON, large) go to the folder TRACE names (default /tmp/vidx-timeline).
 """
 
 from __future__ import annotations
@@ -184,9 +184,10 @@ def trace_events(prof: Any, path: Path) -> list[dict[str, Any]]:
 
 
 def models_alone(engines: Any, clip: Path, out_dir: Path) -> dict[str, Any]:
-    """Five synchronised 32-frame steps of the person and face detectors, as a step runs them."""
+    """Five synchronised steps (the detectors' batch of frames) of the person and face detectors, as a step runs
+    them."""
     frames = []
-    for batch in NvdecDecoder().batches(clip, SamplingConfig(mode="every-frame"), 32):
+    for batch in NvdecDecoder().batches(clip, SamplingConfig(mode="every-frame"), engines.faces.batch_size):
         frames = [cp.ascontiguousarray(batch.frames[i]) for i in range(0, len(batch.pts_s))]
         break
     faces_engine = engines.faces
@@ -258,7 +259,8 @@ def main() -> None:
     settings = IndexSettings(sampling=SamplingConfig(mode="every-frame"),
                              runtime=RuntimeConfig(device="gpu", engine_start="wait"))
     t0 = time.perf_counter()
-    engines = load_engines(settings.detection, settings.runtime, store=ModelStore())
+    engines = load_engines(settings.detection, settings.runtime, store=ModelStore(),
+                           sampling_mode=settings.sampling.mode)
     print(json.dumps({"engines_ready_s": round(time.perf_counter() - t0, 1), "engines": engines.describe()}),
           flush=True)
     paths = repeated_clips(work, "h264", videos)
