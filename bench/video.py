@@ -264,8 +264,9 @@ def bench_gpu(cache_dir: Path | None, work_dir: Path, *, decoders: list[int], co
     out: dict[str, Any] = {"benchmark": "gpu", "machine": machine_info(), "command": command,
                            "face_search": detection.face_search, "engine_start": engine_start, "codecs": {}}
     pool = cp.get_default_memory_pool()
-    # One set of GPU engines for every row: a GPU worker's warm-up (ONNX Runtime's per-shape cuDNN set-up,
-    # ~30-50 s at 1080p, ~3 s for the quick sessions) is paid once, as a worker pays it once for all its videos.
+    # The GPU engines for each batch of frames a step, loaded before the timed rows: a GPU worker's warm-up (ONNX
+    # Runtime's per-shape cuDNN set-up, ~30-50 s at 1080p, ~3 s for the quick sessions) is paid once per set, as a
+    # worker pays it once for all the videos of its job.
     gpu_runtime = RuntimeConfig(device="gpu", engine_start=engine_start)
     engines = GpuEngineSets(detection, gpu_runtime, store, say)
     for mode in ("fps", "every-frame"):  # before the timed rows
