@@ -126,7 +126,10 @@ def detector_batch_for(gpu_memory_gib: float, sampling_mode: SamplingMode = "fps
 
 
 def gpu_detector_batch(sampling_mode: SamplingMode = "fps") -> int:
-    """Frames per detector run on this process's current GPU (detector_batch_for its memory and the sampling)."""
+    """Frames per detector run on this process's current GPU (detector_batch_for its memory and the sampling). The
+    GPU is asked for its memory (which makes a CUDA context) only when every frame is analysed."""
+    if sampling_mode != "every-frame":
+        return GPU_DETECTOR_BATCH
     cp = require_cupy()
     return detector_batch_for(cp.cuda.Device().mem_info[1] / 2**30, sampling_mode)
 

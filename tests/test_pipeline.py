@@ -15,7 +15,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from catalog.db import Catalog
-from engines.loader import Engines, detector_batch_for, load_engines
+from engines.loader import Engines, detector_batch_for, gpu_detector_batch, load_engines
 from engines.photos import load_photo, photo_path
 from engines.runtime.base import cpu_cores
 from engines.zoo import ModelStore
@@ -329,6 +329,8 @@ def test_a_gpu_analyses_64_frames_a_step_only_every_frame_and_with_the_memory_fo
     assert detector_batch_for(47.5, "every-frame") == 32
     assert [detector_batch_for(80.0, mode) for mode in ("fps", "keyframes")] == [32, 32]
     assert detector_batch_for(80.0) == 32
+    # Sampled frames need no GPU to say their batch (no CUDA context for a question whose answer is fixed).
+    assert gpu_detector_batch("fps") == gpu_detector_batch("keyframes") == 32
 
 
 def test_only_the_int8_person_detector_gives_results_a_run_key_of_their_own() -> None:
