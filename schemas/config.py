@@ -173,8 +173,8 @@ class RuntimeConfig:
     device: DeviceChoice = "auto"
     engine: EngineChoice = "auto"
     detector_batch: int = 0
-    """Frames per detector run, one pyramid level at a time (0 = automatic: 64 on a GPU of 48 GiB or more, 32
-    on a smaller one, 4 on a CPU)."""
+    """Frames per detector run, one pyramid level at a time (0 = automatic: on a GPU 64 when every frame is
+    analysed on one of 48 GiB or more, else 32 (engines.loader.detector_batch_for); 4 on a CPU)."""
     embedder_batch: int = 64
     decode_threads: int = 0
     """Threads per CPU decoder (0 = let FFmpeg choose)."""
