@@ -5,10 +5,12 @@ different videos and sizes (cross-video batches) without stacking or copying the
 
 - `nv12_to_rgb`: a decoded NV12 surface (NVDEC's native output) to upright RGB, rotation included.
 - `place_level`: the detector's input, one pyramid level of every frame of a batch in one launch:
-  each frame scaled to the level's size at the top left of its canvas, resampled with an
-  antialiasing triangle filter (the same filter family as Pillow's BILINEAR on the CPU path).
+  each frame (or the finer level before it) scaled to the level's size at the top left of its canvas,
+  resampled with an antialiasing triangle filter (the same filter family as Pillow's BILINEAR on the
+  CPU path).
 - `warp_affine_frames`: aligned face chips for many faces of many frames in one launch, with a
   footprint that widens with the downscale factor (so a large face gives the same chip as a small one).
+- `chip_sharpness`: each face chip's sharpness (variance of its grey image's Laplacian), one block per chip.
 
 Kernels run on CuPy's current stream; callers order them against other streams with events.
 """
@@ -58,7 +60,7 @@ __device__ u8 to_u8(float v) { return (u8)fminf(fmaxf(v + 0.5f, 0.f), 255.f); }
 
 // One thread per pixel of a level_h x level_w window of every image: frame t scaled to level_w x level_h is
 // written at the top left of out's image t; nothing else of out is touched. frames: device pointers;
-// dims: [H, W] int32 per frame.
+// dims: [H, W, row stride in bytes] int32 per frame (a frame may be the picture of a larger canvas).
 extern "C" __global__ void place_level(const unsigned long long* frames, const int* dims, int n_images,
                                        int lw, int lh, int out_h, int out_w, u8* out) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -68,11 +70,11 @@ extern "C" __global__ void place_level(const unsigned long long* frames, const i
     int r = (int)(i % per_image);
     int ly = r / lw, lx = r % lw;
     if (lx >= out_w || ly >= out_h) return;
-    int H = dims[2 * t], W = dims[2 * t + 1];
+    int H = dims[3 * t], W = dims[3 * t + 1];
     float rx = (float)W / lw, ry = (float)H / lh;
     float cx = (lx + 0.5f) * rx - 0.5f, cy = (ly + 0.5f) * ry - 0.5f;
     float rgb[3];
-    sample_tri((const u8*)frames[t], H, W, 3LL * W, cx, cy, fmaxf(rx, 1.f), fmaxf(ry, 1.f), rgb);
+    sample_tri((const u8*)frames[t], H, W, dims[3 * t + 2], cx, cy, fmaxf(rx, 1.f), fmaxf(ry, 1.f), rgb);
     u8* o = out + 3 * ((long long)t * out_h * out_w + (long long)ly * out_w + lx);
     o[0] = to_u8(rgb[0]); o[1] = to_u8(rgb[1]); o[2] = to_u8(rgb[2]);
 }
@@ -87,13 +89,13 @@ extern "C" __global__ void warp_affine(const unsigned long long* frames, const i
     float y = (float)(r / size), x = (float)(r % size);
     const float* m = maps + 6 * k;
     int slot = chip_slot[k];
-    int H = dims[2 * slot], W = dims[2 * slot + 1];
+    int H = dims[3 * slot], W = dims[3 * slot + 1];
     float sx = m[0] * x + m[1] * y + m[2];
     float sy = m[3] * x + m[4] * y + m[5];
     float scale = sqrtf(fabsf(m[0] * m[4] - m[1] * m[3]));
     float sup = fmaxf(scale, 1.f);
     float rgb[3];
-    sample_tri((const u8*)frames[slot], H, W, 3LL * W, sx, sy, sup, sup, rgb);
+    sample_tri((const u8*)frames[slot], H, W, dims[3 * slot + 2], sx, sy, sup, sup, rgb);
     u8* o = out + 3 * i;
     o[0] = to_u8(rgb[0]); o[1] = to_u8(rgb[1]); o[2] = to_u8(rgb[2]);
 }
@@ -124,6 +126,42 @@ extern "C" __global__ void nv12_to_rgb(const u8* y_plane, const u8* uv_plane, in
     o[0] = to_u8(r); o[1] = to_u8(g); o[2] = to_u8(b);
 }
 
+// One block of SHARPNESS_THREADS (defined at compile time) threads per size x size x 3 chip: out[k] = the
+// variance (over the interior pixels) of the 4-neighbour Laplacian of chip k's grey image
+// (0.299 R + 0.587 G + 0.114 B); sums in double.
+extern "C" __global__ void chip_sharpness(const u8* chips, int size, float* out) {
+    __shared__ double sums[SHARPNESS_THREADS], squares[SHARPNESS_THREADS];
+    const u8* chip = chips + (long long)blockIdx.x * size * size * 3;
+    int inner = size - 2;
+    double s = 0.0, q = 0.0;
+    for (int i = threadIdx.x; i < inner * inner; i += SHARPNESS_THREADS) {
+        int y = i / inner + 1, x = i % inner + 1;
+        float g[5];
+        const int dy[5] = {0, 0, 0, -1, 1}, dx[5] = {0, -1, 1, 0, 0};
+        for (int n = 0; n < 5; ++n) {
+            const u8* p = chip + 3 * ((y + dy[n]) * size + x + dx[n]);
+            g[n] = p[0] * 0.299f + p[1] * 0.587f + p[2] * 0.114f;
+        }
+        double lap = (double)(g[1] + g[2] + g[3] + g[4] - 4.f * g[0]);
+        s += lap;
+        q += lap * lap;
+    }
+    sums[threadIdx.x] = s;
+    squares[threadIdx.x] = q;
+    __syncthreads();
+    for (int half = SHARPNESS_THREADS / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) {
+            sums[threadIdx.x] += sums[threadIdx.x + half];
+            squares[threadIdx.x] += squares[threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        double n = (double)inner * inner, mean = sums[0] / n;
+        out[blockIdx.x] = (float)fmax(squares[0] / n - mean * mean, 0.0);
+    }
+}
+
 // SSD anchor decoding for a batch of detector outputs, compacted: one thread per (tile, anchor); those
 // scoring at least `thr` append a row [x0 y0 x1 y1 score kx0 ky0 ... flat_index] (model pixels) at a slot
 // taken with atomicAdd on the counter in out[0] (an int). The caller sorts rows by flat_index. With
@@ -151,13 +189,15 @@ extern "C" __global__ void decode_candidates(const float* reg, const float* scor
 """
 
 THREADS = 256
+SHARPNESS_THREADS = 256
+"""Threads of each of `chip_sharpness`'s blocks (a power of two: the kernel halves it to sum)."""
 
 
 @functools.cache
 def _kernels() -> dict[str, Any]:
     cp = require_cupy()
-    module = cp.RawModule(code=_SOURCE, options=("-std=c++11",))
-    names = ("place_level", "warp_affine", "nv12_to_rgb", "decode_candidates")
+    module = cp.RawModule(code=_SOURCE, options=("-std=c++11", f"-DSHARPNESS_THREADS={SHARPNESS_THREADS}"))
+    names = ("place_level", "warp_affine", "nv12_to_rgb", "decode_candidates", "chip_sharpness")
     return {name: module.get_function(name) for name in names}
 
 
@@ -168,19 +208,21 @@ def _launch(name: str, n_threads: int, args: tuple[Any, ...]) -> None:
 
 
 def _frame_table(frames: Sequence[Array]) -> tuple[Array, Array]:
-    """Device tables of frame pointers and (H, W); frames must be C-contiguous HxWx3 uint8 CuPy arrays."""
+    """Device tables of frame pointers and (H, W, row stride in bytes); frames must be HxWx3 uint8 CuPy arrays
+    whose rows are packed RGB (C-contiguous, or rows of a larger image: the picture on a level's canvas)."""
     cp = require_cupy()
     for f in frames:
-        if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or not f.flags.c_contiguous:
-            raise ValueError(f"frames must be C-contiguous HxWx3 uint8, got {f.shape} {f.dtype}")
+        if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.strides[1:] != (3, 1) or f.strides[0] < 0:
+            raise ValueError(f"frames must be HxWx3 uint8 with packed RGB rows, got {f.shape} {f.dtype} {f.strides}")
     ptrs = cp.asarray(np.array([f.data.ptr for f in frames], np.uint64))
-    dims = cp.asarray(np.array([f.shape[:2] for f in frames], np.int32).reshape(-1))
+    dims = cp.asarray(np.array([(*f.shape[:2], f.strides[0]) for f in frames], np.int32).reshape(-1))
     return ptrs, dims
 
 
 def place_level(frames: Sequence[Array], width: int, height: int, out: Array) -> None:
     """Write each frame scaled to width x height (antialiased) at the top left of image n of `out`
-    (N x H x W x 3 uint8, N >= len(frames)); the rest of out is left as it is."""
+    (N x H x W x 3 uint8, N >= len(frames)); the rest of out is left as it is. A frame may be a view of the
+    picture on a finer level's canvas (rows packed, `_frame_table`)."""
     if not frames:
         return
     if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or len(frames) > out.shape[0]:
@@ -189,6 +231,19 @@ def place_level(frames: Sequence[Array], width: int, height: int, out: Array) ->
     _launch("place_level", len(frames) * height * width,
             (ptrs, dims, np.int32(len(frames)), np.int32(width), np.int32(height), np.int32(out.shape[1]),
              np.int32(out.shape[2]), out))
+
+
+def chip_sharpness(chips: Array) -> Array:
+    """K float32 on the device: each K x S x S x 3 uint8 chip's variance of the Laplacian of its grey image (the
+    host's `imageops.laplacian_variance` in one launch, sums in double)."""
+    cp = require_cupy()
+    chips = cp.ascontiguousarray(chips)
+    if chips.dtype != np.uint8 or chips.ndim != 4 or chips.shape[3] != 3 or chips.shape[1] != chips.shape[2]:
+        raise ValueError(f"chips must be K x S x S x 3 uint8, got {chips.shape} {chips.dtype}")
+    out = cp.zeros(len(chips), cp.float32)
+    if len(chips) and chips.shape[1] > 2:
+        _kernels()["chip_sharpness"]((len(chips),), (SHARPNESS_THREADS,), (chips, np.int32(chips.shape[1]), out))
+    return out
 
 
 def fits_flat_index(n: int) -> bool:

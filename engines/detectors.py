@@ -595,21 +595,22 @@ class BlazeDetector:
                        pad_to: int | None = None) -> Iterator[Array]:
         """For each level, finest first, the frames' model inputs: N x canvas_h x canvas_w x 3 uint8.
 
-        On the GPU one kernel launch per level scales every frame straight onto its canvas, and the batch
-        is padded with black images to `pad_to` (default batch_size), so that each level's model input
-        always has one shape.
-        On the CPU Pillow scales each level from the finer one before it (cheaper than from the full
-        frame, and antialiased either way).
+        Each level is scaled from the finer one before it (cheaper than from the full frame: a coarse level
+        from the frame reads as many source pixels as a fine one, and antialiased either way), on the GPU
+        by one kernel launch per level onto its canvas, on the CPU by Pillow. On the GPU the batch is padded
+        with black images to `pad_to` (default batch_size), so that each level's model input always has one
+        shape.
         """
         if xp is not np:
             from engines import cuda_ops
 
-            dev = [xp.ascontiguousarray(xp.asarray(f)) for f in frames]
-            n = max(pad_to or self.batch_size, len(dev))
+            source = [xp.ascontiguousarray(xp.asarray(f)) for f in frames]
+            n = max(pad_to or self.batch_size, len(source))
             for level in levels:
                 out = xp.zeros((n, level.canvas_h, level.canvas_w, 3), xp.uint8)
-                cuda_ops.place_level(dev, level.width, level.height, out)
+                cuda_ops.place_level(source, level.width, level.height, out)
                 yield out
+                source = [out[i, :level.height, :level.width] for i in range(len(source))]
             return
         current = [to_host(f) for f in frames]
         for level in levels:

@@ -223,6 +223,21 @@ def test_gpu_embeddings_match_the_cpu(cp: object, engines: Engines, gpu_engines:
     assert np.linalg.norm(embs["obama"] - embs["biden"]) > 0.6
 
 
+def test_gpu_chip_sharpness_is_the_hosts(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
+    """The one-launch sharpness kernel gives the host's Laplacian variance for real face chips and a flat one."""
+    from engines.imageops import laplacian_variance
+
+    frames = [photos[name] for name in ("obama", "biden", "astronaut", "t1")]
+    found = engines.faces.detect(frames)
+    index = [f for f, d in enumerate(found) for _ in range(len(d))]
+    chips = engines.embedder.chips(frames, index, np.concatenate([d.keypoints for d in found]))
+    chips = np.concatenate([chips, np.full((1, *chips.shape[1:]), 128, np.uint8)])
+    host = laplacian_variance(chips)
+    dev = laplacian_variance(cp.asarray(chips))  # type: ignore[attr-defined]
+    assert len(chips) > 4 and host[-1] == 0 and (host[:-1] > 1).all(), host
+    np.testing.assert_allclose(dev, host, rtol=1e-4, atol=1e-3)
+
+
 def test_fp16_engines_find_the_same_faces_and_people(cp: object, gpu_engines: Engines, store: ModelStore,
                                                      photos: dict[str, np.ndarray]) -> None:
     """--engine onnxruntime-fp16: the FP16 copies of the models give the FP32 faces, boxes within a few
