@@ -208,28 +208,48 @@ def _launch(name: str, n_threads: int, args: tuple[Any, ...]) -> None:
 
 
 def _frame_table(frames: Sequence[Array]) -> tuple[Array, Array]:
-    """Device tables of frame pointers and (H, W, row stride in bytes); frames must be HxWx3 uint8 CuPy arrays
-    whose rows are packed RGB (C-contiguous, or rows of a larger image: the picture on a level's canvas)."""
+    """Device tables of frame pointers and (H, W, row stride in bytes); frames must be C-contiguous HxWx3 uint8
+    CuPy arrays."""
     cp = require_cupy()
     for f in frames:
-        if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.strides[1:] != (3, 1) or f.strides[0] < 0:
-            raise ValueError(f"frames must be HxWx3 uint8 with packed RGB rows, got {f.shape} {f.dtype} {f.strides}")
+        if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or not f.flags.c_contiguous:
+            raise ValueError(f"frames must be C-contiguous HxWx3 uint8, got {f.shape} {f.dtype}")
     ptrs = cp.asarray(np.array([f.data.ptr for f in frames], np.uint64))
-    dims = cp.asarray(np.array([(*f.shape[:2], f.strides[0]) for f in frames], np.int32).reshape(-1))
+    dims = cp.asarray(np.array([(*f.shape[:2], 3 * f.shape[1]) for f in frames], np.int32).reshape(-1))
     return ptrs, dims
 
 
 def place_level(frames: Sequence[Array], width: int, height: int, out: Array) -> None:
     """Write each frame scaled to width x height (antialiased) at the top left of image n of `out`
-    (N x H x W x 3 uint8, N >= len(frames)); the rest of out is left as it is. A frame may be a view of the
-    picture on a finer level's canvas (rows packed, `_frame_table`)."""
+    (N x H x W x 3 uint8, N >= len(frames)); the rest of out is left as it is."""
     if not frames:
         return
-    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or len(frames) > out.shape[0]:
-        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {len(frames)}")
     ptrs, dims = _frame_table(frames)
-    _launch("place_level", len(frames) * height * width,
-            (ptrs, dims, np.int32(len(frames)), np.int32(width), np.int32(height), np.int32(out.shape[1]),
+    _place(ptrs, dims, len(frames), width, height, out)
+
+
+def place_coarser_level(finer: Array, count: int, finer_height: int, finer_width: int, width: int, height: int,
+                        out: Array) -> None:
+    """`place_level` from the pictures on a finer level's canvases: the top-left finer_height x finer_width of
+    each of the first `count` images of `finer` (N x H x W x 3 uint8), with the tables built by arithmetic
+    rather than one array view per image (host time: a step places several levels of up to 64 frames)."""
+    if count <= 0:
+        return
+    if finer.dtype != np.uint8 or finer.ndim != 4 or not finer.flags.c_contiguous or count > finer.shape[0]:
+        raise ValueError(f"finer must be a C-contiguous N x H x W x 3 uint8 array with N >= {count}")
+    if finer_height > finer.shape[1] or finer_width > finer.shape[2]:
+        raise ValueError(f"a {finer_height} x {finer_width} picture does not fit a {finer.shape[1:3]} canvas")
+    cp = require_cupy()
+    ptrs = np.uint64(finer.data.ptr) + np.arange(count, dtype=np.uint64) * np.uint64(finer.strides[0])
+    dims = np.tile(np.array([finer_height, finer_width, finer.strides[1]], np.int32), count)
+    _place(cp.asarray(ptrs), cp.asarray(dims), count, width, height, out)
+
+
+def _place(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array) -> None:
+    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or count > out.shape[0]:
+        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {count}")
+    _launch("place_level", count * height * width,
+            (ptrs, dims, np.int32(count), np.int32(width), np.int32(height), np.int32(out.shape[1]),
              np.int32(out.shape[2]), out))
 
 

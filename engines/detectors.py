@@ -604,13 +604,19 @@ class BlazeDetector:
         if xp is not np:
             from engines import cuda_ops
 
-            source = [xp.ascontiguousarray(xp.asarray(f)) for f in frames]
-            n = max(pad_to or self.batch_size, len(source))
+            n = max(pad_to or self.batch_size, len(frames))
+            finer: tuple[Array, Level] | None = None
             for level in levels:
                 out = xp.zeros((n, level.canvas_h, level.canvas_w, 3), xp.uint8)
-                cuda_ops.place_level(source, level.width, level.height, out)
+                if finer is None:
+                    cuda_ops.place_level([xp.ascontiguousarray(xp.asarray(f)) for f in frames], level.width,
+                                         level.height, out)
+                else:
+                    canvas, above = finer
+                    cuda_ops.place_coarser_level(canvas, len(frames), above.height, above.width, level.width,
+                                                 level.height, out)
                 yield out
-                source = [out[i, :level.height, :level.width] for i in range(len(source))]
+                finer = out, level
             return
         current = [to_host(f) for f in frames]
         for level in levels:
