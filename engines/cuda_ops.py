@@ -188,6 +188,8 @@ extern "C" __global__ void decode_candidates(const float* reg, const float* scor
 }
 """
 
+KERNELS = ("place_level", "warp_affine", "nv12_to_rgb", "decode_candidates", "chip_sharpness")
+"""The kernels of _SOURCE (profiling tools tell vidx's own kernels apart by these names)."""
 THREADS = 256
 SHARPNESS_THREADS = 256
 """Threads of each of `chip_sharpness`'s blocks (a power of two: the kernel halves it to sum)."""
@@ -197,8 +199,7 @@ SHARPNESS_THREADS = 256
 def _kernels() -> dict[str, Any]:
     cp = require_cupy()
     module = cp.RawModule(code=_SOURCE, options=("-std=c++11", f"-DSHARPNESS_THREADS={SHARPNESS_THREADS}"))
-    names = ("place_level", "warp_affine", "nv12_to_rgb", "decode_candidates", "chip_sharpness")
-    return {name: module.get_function(name) for name in names}
+    return {name: module.get_function(name) for name in KERNELS}
 
 
 def _launch(name: str, n_threads: int, args: tuple[Any, ...]) -> None:

@@ -27,6 +27,7 @@ import cupy as cp
 from torch.profiler import ProfilerActivity, profile  # PyTorch's profiler holds the CUPTI tracer
 
 from bench.video import repeated_clips
+from engines.cuda_ops import KERNELS
 from engines.loader import load_engines
 from engines.streams import STREAMS
 from engines.zoo import ModelStore
@@ -36,13 +37,12 @@ from schemas.config import IndexSettings, RuntimeConfig, SamplingConfig
 
 GPU_KINDS = ("kernel", "gpu_memcpy", "gpu_memset")
 HOST_KINDS = ("cuda_runtime", "cuda_driver")
-VIDX_KERNELS = ("place_level", "warp_affine", "nv12_to_rgb", "decode_candidates")
 
 
 def kernel_kind(name: str) -> str:
     low = name.lower()
-    if any(k == name or name.startswith(k + "(") for k in VIDX_KERNELS):
-        return "vidx kernels (levels, warps, colour, anchors)"
+    if any(k == name or name.startswith(k + "(") for k in KERNELS):
+        return "vidx kernels (levels, warps, colour, anchors, sharpness)"
     if "cupy_" in low:
         return "cupy elementwise/reductions"
     if any(s in low for s in ("xmma", "cutlass", "conv", "gemm", "cudnn", "sm90", "sm80", "implicit", "winograd",
