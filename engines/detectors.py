@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 
@@ -201,6 +202,13 @@ Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 (N, an index into the frames detected together)."""
 RawCandidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 """One run's candidates on the host: boxes (N x 4), scores (N), keypoints (N x K x 2), batch image of each (N)."""
+
+
+class Detecting(Protocol):
+    """The second half of BlazeDetector.queue_detect: given the frames' regions (or none), their detections."""
+
+    def __call__(self, regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]: ...
+
 
 NMS_MATRIX_MAX = 512
 """Up to this many candidates, suppression works from one IoU matrix (a few array operations); above it,
@@ -430,35 +438,61 @@ class BlazeDetector:
         over the whole frame where a frame has None (or no regions are given). A frame whose tiles would
         cost more pixels than its whole level runs the whole level instead (on a GPU, FINE_CANVAS_BATCH
         frames to a run)."""
+        return self.queue_detect(frames, small_batches=small_batches)(regions)
+
+    def queue_detect(self, frames: Sequence[Array], *, small_batches: bool = False) -> Detecting:
+        """`detect` in two halves: the runs of every level that runs over whole frames (all of them without
+        `fine_tiles`) are queued now, for every batch of frames; the function returned takes the `regions` (only
+        the finest level's tiles depend on them), waits for the runs and gives each frame's detections. On a
+        GPU the runs go on while the caller does other work between the halves (another detector's results, the
+        regions); on the CPU they are done at once."""
         if not frames:
-            return []
+            return lambda regions=None: []
         xp = self._xp()
         by_size: dict[tuple[int, int], list[int]] = {}
         for f, frame in enumerate(frames):
             by_size.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(f)
-        found: list[Candidates] = []  # every run's, in run order
+        batches: list[tuple[list[int], Level | None, Callable[[], list[Candidates]]]] = []
         for (height, width), members in by_size.items():
             self.prepare(height, width)
             levels = self.plan(height, width)
             tiled = self.fine_tiles and len(levels) > 1
             for start in range(0, len(members), self.batch_size):
                 part = members[start:start + self.batch_size]
-                images = [frames[f] for f in part]
                 pad = padded_batch(len(part), self.batch_size, max(1, self.batch_size // 4)) if small_batches else None
-                runs = self._level_candidates(xp, images, levels[int(tiled):], pad)
-                if tiled:
-                    runs += self._fine_level(xp, images, levels[0], [regions[f] if regions is not None else None
-                                                                     for f in part], runs)
-                index = np.asarray(part, np.int64)
-                found += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in runs]
-        return self._merge(found, len(frames))
+                batches.append((part, levels[0] if tiled else None,
+                                self._queue_levels(xp, [frames[f] for f in part], levels[int(tiled):], pad)))
 
-    def _fine_level(self, xp: ModuleType, frames: Sequence[Array], fine: Level, regions: Sequence[np.ndarray | None],
-                    coarse: Sequence[Candidates]) -> list[Candidates]:
-        """The finest level's candidates (runs, as the coarser levels' `coarse`): on tiles over each frame's
-        regions and over the faces the coarser levels found that the finest level answers for too (its
-        candidates sharpen their boxes and keypoints in the weighted suppression), or over the whole frame
-        where its regions are None."""
+        def finish(regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]:
+            # each batch's finest level is queued as soon as its coarser levels' candidates are in (behind the
+            # later batches' coarser runs), and waited for once every batch's is queued
+            queued = []
+            for part, fine, coarse in batches:
+                runs = coarse()
+                finer: Callable[[], list[Candidates]] = list
+                if fine is not None:
+                    finer = self._queue_fine_level(xp, [frames[f] for f in part], fine,
+                                                   [regions[f] if regions is not None else None for f in part], runs)
+                queued.append((part, runs, finer))
+            found: list[Candidates] = []  # every run's, in run order
+            for part, runs, finer in queued:
+                index = np.asarray(part, np.int64)
+                found += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in runs + finer()]
+            return self._in_frames(self._merge(found, len(frames)), frames)
+
+        return finish
+
+    def _in_frames(self, detections: list[Detections], frames: Sequence[Array]) -> list[Detections]:
+        """Each frame's detections as `detect` gives them (as they are here; a detector may clip them)."""
+        return detections
+
+    def _queue_fine_level(self, xp: ModuleType, frames: Sequence[Array], fine: Level,
+                          regions: Sequence[np.ndarray | None], coarse: Sequence[Candidates]
+                          ) -> Callable[[], list[Candidates]]:
+        """The finest level's runs, queued (the function returned waits for them and gives their candidates, runs
+        as the coarser levels' `coarse`): on tiles over each frame's regions and over the faces the coarser
+        levels found that the finest level answers for too (its candidates sharpen their boxes and keypoints in
+        the weighted suppression), or over the whole frame where its regions are None."""
         plan = self._fine_plan(fine, regions, coarse)
         # a frame whose tiles cost more pixels than its whole level runs the whole level (the same choice on
         # every device, so that a CPU and a GPU see the same inputs)
@@ -474,11 +508,15 @@ class BlazeDetector:
             self.fine_runs["whole"] += len(whole)
             self.fine_runs["tiles"] += len(plan)
         queued.append((list(range(len(frames))), self._queue_tiles(xp, frames, fine, plan)))
-        runs = []
-        for part, candidates in queued:
-            index = np.asarray(part, np.int64)
-            runs += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in candidates()]
-        return runs
+
+        def candidates() -> list[Candidates]:
+            runs = []
+            for part, result in queued:
+                index = np.asarray(part, np.int64)
+                runs += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in result()]
+            return runs
+
+        return candidates
 
     @staticmethod
     def _fine_plan(fine: Level, regions: Sequence[np.ndarray | None], coarse: Sequence[Candidates]) -> np.ndarray:
@@ -819,12 +857,11 @@ class PersonDetector(BlazeDetector):
         keep = members[starts]
         return boxes[keep], scores[keep], kps[keep]
 
-    def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None, *,
-               small_batches: bool = False) -> list[Detections]:
-        """People in each frame (HxWx3 uint8 RGB, numpy or CuPy): boxes clipped to the frame, best first (whole
-        frames: `regions` is for detectors with fine tiles)."""
+    def _in_frames(self, detections: list[Detections], frames: Sequence[Array]) -> list[Detections]:
+        """Boxes clipped to their frame, best first (people: whole frames, `regions` is for detectors with fine
+        tiles)."""
         out = []
-        for dets, frame in zip(super().detect(frames, regions, small_batches=small_batches), frames, strict=True):
+        for dets, frame in zip(detections, frames, strict=True):
             h, w = int(frame.shape[0]), int(frame.shape[1])
             boxes = np.clip(dets.boxes, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
             out.append(Detections(boxes, dets.scores.astype(np.float32), dets.keypoints))

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engines.arrays import Array, padded_batch, to_host
-from engines.imageops import warp_affine_batch
+from engines.arrays import Array, array_module, padded_batch, to_host
+from engines.imageops import laplacian_variance, sharpness, warp_affine_batch
 from engines.runtime.base import Session, session_array_module
 
 CHIP_SIZE = 150
@@ -71,9 +71,33 @@ class FaceEmbedder:
 
     def embed_chips(self, chips: Array) -> np.ndarray:
         """K x 128 float32 raw descriptors, on the host."""
-        if len(chips) == 0:
-            return np.zeros((0, 128), np.float32)
+        return np.asarray(to_host(self._descriptors(chips)), np.float32)
+
+    def embed_sharp(self, chips: Array, min_sharpness: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each chip's sharpness (imageops.laplacian_variance), whether it reaches `min_sharpness`, and the
+        descriptors of those that do (K x 128 float32, zeros for the others), all on the host. On a GPU every chip
+        is embedded and the sharpness comes back with the descriptors in one copy (embedding a blurred chip costs
+        less than a wait for the sharpness before embedding); on a CPU only the sharp chips are embedded."""
+        k = len(chips)
+        xp = array_module(chips)
+        if xp is np or k == 0:
+            sharp = laplacian_variance(chips)
+            ok = sharp >= min_sharpness
+            embeddings = np.zeros((k, 128), np.float32)
+            if ok.any():
+                embeddings[ok] = self.embed_chips(chips[np.flatnonzero(ok)])
+            return sharp, ok, embeddings
+        descriptors = self._descriptors(chips).astype(xp.float32, copy=False)
+        both = to_host(xp.concatenate([sharpness(chips)[:, None], descriptors], 1))
+        sharp = np.ascontiguousarray(both[:, 0])
+        ok = sharp >= min_sharpness
+        return sharp, ok, np.where(ok[:, None], both[:, 1:], np.float32(0)).astype(np.float32)
+
+    def _descriptors(self, chips: Array) -> Array:
+        """K x 128 raw descriptors on the session's array module (on a GPU queued, not waited for)."""
         xp = session_array_module(self.session)
+        if len(chips) == 0:
+            return xp.zeros((0, 128), xp.float32)
         chips = xp.asarray(chips)
         parts = []
         for start in range(0, len(chips), self.batch_size):
@@ -83,9 +107,8 @@ class FaceEmbedder:
                 size = padded_batch(n, self.batch_size)
                 if size > n:
                     part = xp.concatenate([part, xp.zeros((size - n, *part.shape[1:]), part.dtype)])
-            out = self.session.run({"chips": part})
-            parts.append(to_host(out["embedding"])[:n])
-        return np.concatenate(parts).astype(np.float32)
+            parts.append(self.session.run({"chips": part})["embedding"][:n])
+        return xp.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def embed(self, frames: Sequence[Array], frame_index: Sequence[int], keypoints: np.ndarray
               ) -> tuple[np.ndarray, Array]:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from engines.arrays import Array, array_module
+from engines.arrays import Array, array_module, to_host
 
 
 def resize(img: Array, out_h: int, out_w: int) -> Array:
@@ -75,13 +75,19 @@ def warp_affine_batch(frames: list[Array], src_from_dst: np.ndarray, frame_index
 
 def laplacian_variance(chips: Array) -> np.ndarray:
     """Sharpness of each chip: variance of the 4-neighbour Laplacian of its grey image (host floats)."""
+    return np.asarray(to_host(sharpness(chips)), np.float32)
+
+
+def sharpness(chips: Array) -> Array:
+    """`laplacian_variance` on the chips' own array module: K float32, on the device for device chips (queued,
+    not waited for)."""
     xp = array_module(chips)
     if len(chips) == 0:
-        return np.zeros(0, np.float32)
+        return xp.zeros(0, xp.float32)
     if xp is not np:  # one launch; the array operations below were ~10 kernels in float64
         import engines.cuda_ops as cuda_ops
 
-        return np.asarray(cuda_ops.chip_sharpness(chips).get(), np.float32)
+        return cuda_ops.chip_sharpness(chips)
     grey = chips[..., 0] * 0.299 + chips[..., 1] * 0.587 + chips[..., 2] * 0.114
     lap = (grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:] + grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1]
            - 4 * grey[:, 1:-1, 1:-1])

@@ -25,8 +25,7 @@ import pyarrow as pa
 from PIL import Image
 
 from engines.arrays import Array, Region, regions_to_host
-from engines.detectors import Detections, FaceDetector
-from engines.imageops import laplacian_variance
+from engines.detectors import Detections, FaceDetector, PersonDetector
 from engines.loader import Engines
 from engines.runtime.base import cpu_runs_at_once
 from engines.streams import STREAMS
@@ -514,21 +513,28 @@ class VideoIndexer:
                     fr.people.release()
 
     def _infer_step(self, batch: list[_Frame]) -> _Inferred:
+        """A step's models. The person detector's runs and the face detector's whole-frame levels are queued
+        before either is waited for: on a GPU the face levels run while the host suppresses the people and works
+        out the head regions that guided face search needs (which may wait for an earlier step's people)."""
         det = self.settings.detection
         clock = _Clock(self.timings, self._clock_lock)
         with self._models_stream():
             frames: list[Array] = [fr.image for fr in batch]
-            persons: list[Detections | None] | None = None
+            people = None
             if self.engines.persons is not None and det.detect_persons:
-                persons = self._detect_persons(batch)
+                people = self._queue_persons(batch, self.engines.persons)
                 clock.lap("detect_persons")
-            regions = None  # guided face search: the finest level looks at people's heads between full searches
             faces_engine = self.engines.faces
+            detecting_faces = faces_engine.queue_detect(frames)
+            clock.lap("detect_faces")
+            persons = people() if people is not None else None
+            clock.lap("detect_persons")
+            regions = None  # guided face search: the finest level looks at people's heads between full searches
             if persons is not None and isinstance(faces_engine, FaceDetector) and faces_engine.fine_tiles:
                 regions = [None if fr.full_search else
                            faces_engine.head_regions(fr.people.wait(), int(fr.image.shape[0]), int(fr.image.shape[1]))
                            for fr in batch]
-            faces = self.engines.faces.detect(frames, regions)
+            faces = detecting_faces(regions)
             clock.lap("detect_faces")
             embeddable = [(f, k) for f, d in enumerate(faces) for k in range(len(d))
                           if d.boxes[k, 2] - d.boxes[k, 0] >= det.min_embed_px]
@@ -539,31 +545,31 @@ class VideoIndexer:
             if embeddable:
                 kps = np.stack([faces[f].keypoints[k] for f, k in embeddable])
                 chips = self.engines.embedder.chips(frames, [f for f, _ in embeddable], kps)
-                sharp = laplacian_variance(chips)
-                ok_mask = sharp >= det.min_sharpness
-                embeddings = np.zeros((len(embeddable), 128), np.float32)
                 clock.lap("align")
-                if ok_mask.any():
-                    idx = np.nonzero(ok_mask)[0]
-                    embeddings[idx] = self.engines.embedder.embed_chips(chips[idx])
+                sharp, ok_mask, embeddings = self.engines.embedder.embed_sharp(chips, det.min_sharpness)
                 clock.lap("embed")
         # the step's stream is synchronised as it goes back: the chips are complete before the tracking thread
         # copies any
         return _Inferred(faces, persons, embeddable, sharp, embeddings, ok_mask, chips)
 
-    def _detect_persons(self, batch: list[_Frame]) -> list[Detections | None]:
-        """People in the step's frames that run the person detector (None for the others), handed on to the
-        frames after them that it skips."""
+    @staticmethod
+    def _queue_persons(batch: list[_Frame], detector: PersonDetector) -> Callable[[], list[Detections | None]]:
+        """The person detector's runs on the step's frames that run it, queued; the function returned gives the
+        people of each frame (None for the frames it skips) and hands them on to the frames after them that it
+        skips."""
         searched = [fr for fr in batch if fr.find_persons]
-        found: list[Detections] = []
-        if searched:  # with every-frame sampling they can be a few of the step's frames: on a GPU they are padded
-            # to a smaller batch than the step's
-            found = self.engines.persons.detect([fr.image for fr in searched],  # type: ignore[union-attr]
-                                                small_batches=len(searched) < len(batch))
-        for fr, dets in zip(searched, found, strict=True):
-            fr.people.found(dets.boxes)
-        in_order = iter(found)
-        return [next(in_order) if fr.find_persons else None for fr in batch]
+        # with every-frame sampling they can be a few of the step's frames: on a GPU they are padded to a smaller
+        # batch than the step's
+        detecting = detector.queue_detect([fr.image for fr in searched], small_batches=len(searched) < len(batch))
+
+        def found() -> list[Detections | None]:
+            people = detecting()
+            for fr, dets in zip(searched, people, strict=True):
+                fr.people.found(dets.boxes)
+            in_order = iter(people)
+            return [next(in_order) if fr.find_persons else None for fr in batch]
+
+        return found
 
     def _record(self, batch: list[_Frame], inferred: _Inferred, on_progress: ProgressFn | None) -> None:
         """Rows, tracks and best chips of a step's frames, into their videos' state (calling thread only)."""

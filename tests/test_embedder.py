@@ -108,6 +108,17 @@ def test_chip_puts_the_eyes_where_dlib_does(engines: Engines, photos: dict[str, 
     assert laplacian_variance(chips)[0] > 13  # a sharp portrait
 
 
+def test_only_sharp_chips_are_embedded(engines: Engines, photos: dict[str, np.ndarray]) -> None:
+    """A chip below the sharpness asked for gets no descriptor; the sharp ones get what embed_chips gives them."""
+    dets = engines.faces.detect([photos["obama"]])[0]
+    sharp_chip = engines.embedder.chips([photos["obama"]], [0], dets.keypoints[:1])
+    chips = np.concatenate([sharp_chip, np.full_like(sharp_chip, 128)])
+    sharpness, ok, embeddings = engines.embedder.embed_sharp(chips, 3.0)
+    assert sharpness[0] > 13 and sharpness[1] == 0 and ok.tolist() == [True, False]
+    np.testing.assert_allclose(embeddings[0], engines.embedder.embed_chips(sharp_chip)[0], atol=1e-5)
+    assert not embeddings[1].any()
+
+
 def test_embedding_is_stable_under_scale(engines: Engines, photos: dict[str, np.ndarray]) -> None:
     """The same face at a third of the size gives nearly the same descriptor (antialiased chips)."""
     from PIL import Image

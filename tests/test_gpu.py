@@ -223,19 +223,38 @@ def test_gpu_embeddings_match_the_cpu(cp: object, engines: Engines, gpu_engines:
     assert np.linalg.norm(embs["obama"] - embs["biden"]) > 0.6
 
 
-def test_gpu_chip_sharpness_is_the_hosts(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
-    """The one-launch sharpness kernel gives the host's Laplacian variance for real face chips and a flat one."""
-    from engines.imageops import laplacian_variance
-
+def _face_chips_and_a_flat_one(engines: Engines, photos: dict[str, np.ndarray]) -> np.ndarray:
     frames = [photos[name] for name in ("obama", "biden", "astronaut", "t1")]
     found = engines.faces.detect(frames)
     index = [f for f, d in enumerate(found) for _ in range(len(d))]
     chips = engines.embedder.chips(frames, index, np.concatenate([d.keypoints for d in found]))
-    chips = np.concatenate([chips, np.full((1, *chips.shape[1:]), 128, np.uint8)])
+    return np.concatenate([chips, np.full((1, *chips.shape[1:]), 128, np.uint8)])
+
+
+def test_gpu_chip_sharpness_is_the_hosts(cp: object, engines: Engines, photos: dict[str, np.ndarray]) -> None:
+    """The one-launch sharpness kernel gives the host's Laplacian variance for real face chips and a flat one."""
+    from engines.imageops import laplacian_variance
+
+    chips = _face_chips_and_a_flat_one(engines, photos)
     host = laplacian_variance(chips)
     dev = laplacian_variance(cp.asarray(chips))  # type: ignore[attr-defined]
     assert len(chips) > 4 and host[-1] == 0 and (host[:-1] > 1).all(), host
     np.testing.assert_allclose(dev, host, rtol=1e-4, atol=1e-3)
+
+
+def test_gpu_embeds_the_sharp_chips_as_the_cpu_does(cp: object, engines: Engines, gpu_engines: Engines,
+                                                   photos: dict[str, np.ndarray]) -> None:
+    """On the GPU every chip is embedded and comes back with its sharpness in one copy: the same sharpness, the
+    same chips kept as the CPU (which embeds only the sharp ones), their descriptors within FP16's reach of the
+    CPU's, and none for the flat chip."""
+    chips = _face_chips_and_a_flat_one(engines, photos)
+    sharp, ok, embeddings = engines.embedder.embed_sharp(chips, 1.0)
+    dev_sharp, dev_ok, dev_embeddings = gpu_engines.embedder.embed_sharp(cp.asarray(chips), 1.0)  # type: ignore[attr-defined]
+    np.testing.assert_allclose(dev_sharp, sharp, rtol=1e-4, atol=1e-3)
+    assert ok[:-1].all() and not ok[-1] and (dev_ok == ok).all()
+    assert not embeddings[-1].any() and not dev_embeddings[-1].any()
+    apart = np.linalg.norm(dev_embeddings[:-1] - embeddings[:-1], axis=1)
+    assert apart.max() < 0.05, apart
 
 
 def test_fp16_engines_find_the_same_faces_and_people(cp: object, gpu_engines: Engines, store: ModelStore,
