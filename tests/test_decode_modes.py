@@ -252,13 +252,13 @@ def test_cross_video_batching_gives_one_video_at_a_time_results(
         alone[task.path.name] = result
 
     steps: list[set[tuple[int, ...]]] = []
-    detect = engines.faces.detect
+    queue_detect = engines.faces.queue_detect
 
-    def spying_detect(frames: list[Any], regions: Any = None) -> Any:
+    def spying_queue_detect(frames: list[Any], **kwargs: Any) -> Any:
         steps.append({tuple(f.shape) for f in frames})
-        return detect(frames, regions)
+        return queue_detect(frames, **kwargs)
 
-    monkeypatch.setattr(engines.faces, "detect", spying_detect)
+    monkeypatch.setattr(engines.faces, "queue_detect", spying_queue_detect)
     batched_indexer = indexer_for(engines, persons=True, frame_batch=STEP, decoder=InStepDecoder(len(tasks)))
     batched = {task.path.name: result for task, result in batched_indexer.index_many(tasks, in_flight=3)}
     monkeypatch.undo()
@@ -324,15 +324,15 @@ def test_models_start_before_a_video_has_decoded_a_whole_step(
     video = build_video(plan, tmp_path, photos)
     decoder = GatedDecoder()
     first_step: list[int] = []
-    detect = engines.faces.detect
+    queue_detect = engines.faces.queue_detect
 
-    def spying_detect(frames: list[Any], regions: Any = None) -> Any:
+    def spying_queue_detect(frames: list[Any], **kwargs: Any) -> Any:
         if not first_step:
             first_step.append(len(frames))
             decoder.models_started.set()
-        return detect(frames, regions)
+        return queue_detect(frames, **kwargs)
 
-    monkeypatch.setattr(engines.faces, "detect", spying_detect)
+    monkeypatch.setattr(engines.faces, "queue_detect", spying_queue_detect)
     indexer = indexer_for(engines, SamplingConfig(fps=4.0), frame_batch=16, decoder=decoder)
     result = indexer.index(Path(video.path), video_id=1, run_key="handoff")
     monkeypatch.undo()
