@@ -12,7 +12,8 @@ needs (the decoders skip them by default). Environment:
   PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
   DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's for the GPU's
-                       memory and the first mode of ROWS, as a worker for that sampling loads them)
+                       memory and each row's sampling, as a worker for that sampling loads them: one set of
+                       engines per distinct batch, all loaded before the first row)
   FRAME_BATCH=32       RuntimeConfig.frame_batch: frames per analysis step (default: the detectors' batch)
   IN_FLIGHT=8,14,21    run the rows once per number of videos in flight (decoders), in this order (default: COPIES)
   STEPS=2,3,4          run the rows once per number of analysis steps in flight, in this order
@@ -46,9 +47,8 @@ from typing import cast
 
 import numpy as np
 
-from bench.video import gpu_pipeline_rows, repeated_clips, rss_mib
+from bench.video import GpuEngineSets, gpu_pipeline_rows, repeated_clips, rss_mib
 from engines.arrays import Region, to_host
-from engines.loader import load_engines
 from engines.zoo import ModelStore
 from indexer import pipeline
 from indexer.host_memory import limit_malloc_arenas
@@ -78,12 +78,12 @@ steps_values = [int(v) for v in os.environ.get("STEPS", str(pipeline.STEPS_IN_FL
 queued_values = [int(v) for v in os.environ.get("QUEUED", str(pipeline.STEPS_QUEUED_GPU)).split(",")]
 t0 = time.perf_counter()
 detection = DetectionConfig(face_search=cast(FaceSearch, os.environ.get("FACE_SEARCH", "guided")))
-engines = load_engines(detection, runtime, store=ModelStore(), sampling_mode=modes[0])
+engine_sets = GpuEngineSets(detection, runtime, ModelStore(), lambda line: print(line, file=sys.stderr))
+for sampling in modes:  # every set loaded before the first row
+    engine_sets(sampling)
 out: dict[str, object] = {"label": label, "face_search": detection.face_search, "videos": copies,
-                          "detector_batch": engines.faces.batch_size,
-                          "frame_batch": runtime.frame_batch or engines.faces.batch_size,
                           "load_and_warm_up_s": round(time.perf_counter() - t0, 1),
-                          "engines": engines.describe(), "decode_all": decode_all, "rows": []}
+                          "engines_by_frames_a_step": engine_sets.describe(), "decode_all": decode_all, "rows": []}
 if os.environ.get("START_AT"):
     time.sleep(max(0.0, float(os.environ["START_AT"]) - time.time()))
 out["rows_started_at"] = round(time.time(), 2)
@@ -96,25 +96,29 @@ for codec in codecs:
         pipeline.STEPS_IN_FLIGHT_GPU = steps
         pipeline.STEPS_QUEUED_GPU = queued
         pipeline.regions_to_host = product_copies if copy_way == "engine" else kernel_copies  # type: ignore[assignment]
-        for mode, row in gpu_pipeline_rows(engines, replace(runtime, decode_handoff=handoff), paths, in_flight,
+        for mode, row in gpu_pipeline_rows(engine_sets, replace(runtime, decode_handoff=handoff), paths, in_flight,
                                            lambda line: print(line, file=sys.stderr),
                                            skip_unsampled=not decode_all, modes=modes,
                                            detection=replace(detection, persons_every_s=every)).items():
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
                                         "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
+            engines = engine_sets(cast(SamplingMode, mode))
             rows.append({"codec": codec, "in_flight": in_flight, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
                          "persons_every_s": every, "steps_in_flight": steps, "steps_queued": queued,
-                         "copies": copy_way, "mode": mode, **kept,
+                         "copies": copy_way, "mode": mode, "detector_batch": engines.faces.batch_size,
+                         "frame_batch": runtime.frame_batch or engines.faces.batch_size, **kept,
                          "ended_s_after_load": round(time.perf_counter() - t0, 1),
                          "shapes_taken_over": engines.shapes_taken_over()})
             print(json.dumps({"label": label, **rows[-1]}), file=sys.stderr, flush=True)
 out["rows"] = rows
 out["rss_mib"] = round(rss_mib(), 1)
 taken_over: dict[str, dict[str, float]] = {}
-for name, session in engines.sessions.items():
-    taken: dict[tuple[int, ...], float] = getattr(session, "shapes_taken_over", dict)()
-    if taken:
-        taken_over[name] = {"x".join(map(str, shape)): round(sec, 2) for shape, sec in taken.items()}
+for batch, engines in engine_sets.by_batch.items():
+    for name, session in engines.sessions.items():
+        taken: dict[tuple[int, ...], float] = getattr(session, "shapes_taken_over", dict)()
+        if taken:
+            taken_over[f"{name} ({batch} frames a step)"] = {"x".join(map(str, shape)): round(sec, 2)
+                                                              for shape, sec in taken.items()}
 out["taken_over_s"] = taken_over
-out["cuda_graph_shapes"] = engines.cuda_graph_shapes()
+out["cuda_graph_shapes"] = {str(batch): e.cuda_graph_shapes() for batch, e in engine_sets.by_batch.items()}
 print(json.dumps(out), flush=True)
