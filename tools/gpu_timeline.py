@@ -243,7 +243,10 @@ def pipeline_window(engines: Any, settings: IndexSettings, paths: list[Path], st
         state.update(on=False, done=True, t_off=time.perf_counter())
     summary = summarise(trace_events(prof, out_dir / "pipeline.trace.json"), state["t_off"] - state["t_on"],
                         int(state["frames"]), names)
-    summary.update(run_s=round(run_s, 2), run_frames=int(state["total"]),
+    # the window's frames are those whose steps were recorded while the profiler was on; if its GPU activity spans
+    # less than that time, the trace lost events (CUPTI's buffers) and its per-frame figures are not comparable
+    summary.update(profiler_on_s=round(state["t_off"] - state["t_on"], 3), run_s=round(run_s, 2),
+                   run_frames=int(state["total"]),
                    run_frames_per_s=round(state["total"] / run_s, 1), videos=len(results),
                    failed=sum(isinstance(r, BaseException) for _, r in results),
                    stage_s={k: round(v, 2) for k, v in indexer.timings.items()})
