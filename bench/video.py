@@ -204,7 +204,7 @@ class GpuEngineSets:
         self.load_s: dict[int, float] = {}
 
     def __call__(self, mode: SamplingMode) -> Engines:
-        batch = self.runtime.detector_batch or gpu_detector_batch(mode)
+        batch = gpu_detector_batch(mode, requested=self.runtime.detector_batch)
         if batch not in self.by_batch:
             t0 = time.perf_counter()
             self.by_batch[batch] = load_engines(self.detection, self.runtime, store=self.store, sampling_mode=mode)

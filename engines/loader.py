@@ -125,9 +125,12 @@ def detector_batch_for(gpu_memory_gib: float, sampling_mode: SamplingMode = "fps
     return GPU_DETECTOR_BATCH
 
 
-def gpu_detector_batch(sampling_mode: SamplingMode = "fps") -> int:
-    """Frames per detector run on this process's current GPU (detector_batch_for its memory and the sampling). The
-    GPU is asked for its memory (which makes a CUDA context) only when every frame is analysed."""
+def gpu_detector_batch(sampling_mode: SamplingMode = "fps", *, requested: int = 0) -> int:
+    """Frames per detector run on this process's current GPU: `requested` (RuntimeConfig.detector_batch) when set,
+    else detector_batch_for its memory and the sampling. The GPU is asked for its memory (which makes a CUDA
+    context) only when every frame is analysed."""
+    if requested:
+        return requested
     if sampling_mode != "every-frame":
         return GPU_DETECTOR_BATCH
     cp = require_cupy()
@@ -158,7 +161,8 @@ def load_engines(
     sessions: dict[str, Session] = {}
     versions: dict[str, str] = {}
     on_cuda = resolve_device(runtime.device, report) == "cuda"
-    gpu_batch = runtime.detector_batch or (gpu_detector_batch(sampling_mode) if on_cuda else GPU_DETECTOR_BATCH)
+    gpu_batch = (gpu_detector_batch(sampling_mode, requested=runtime.detector_batch) if on_cuda
+                 else runtime.detector_batch or GPU_DETECTOR_BATCH)
     for name in names:
         model = store.load(name)
         versions[name] = model.provenance.version
