@@ -320,6 +320,13 @@ def nms_clusters_frames(boxes: np.ndarray, scores: np.ndarray, frame: np.ndarray
     return members, np.diff(np.append(first, len(members))), cluster_frame[first]
 
 
+def _of_frames(part: Sequence[int], runs: Sequence[Candidates]) -> list[Candidates]:
+    """Runs' candidates with each one's image of the run replaced by the frame it is (`part`: the frames of the
+    run's images, in order)."""
+    index = np.asarray(part, np.int64)
+    return [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in runs]
+
+
 def kernel_rows_as_candidates(rows: np.ndarray, n_keypoints: int, n_anchors: int) -> RawCandidates:
     """The decoding kernel's rows (engines.cuda_ops.candidate_rows: [x0 y0 x1 y1 score kps... flat_index]) as a
     run's candidates: boxes, scores, keypoints (N x K x 2, K = 0 too) and the batch image of each."""
@@ -452,32 +459,32 @@ class BlazeDetector:
         by_size: dict[tuple[int, int], list[int]] = {}
         for f, frame in enumerate(frames):
             by_size.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(f)
-        batches: list[tuple[list[int], Level | None, Callable[[], list[Candidates]]]] = []
+        batches: list[tuple[list[int], list[Array], Level | None, Callable[[], list[Candidates]]]] = []
         for (height, width), members in by_size.items():
             self.prepare(height, width)
             levels = self.plan(height, width)
             tiled = self.fine_tiles and len(levels) > 1
             for start in range(0, len(members), self.batch_size):
                 part = members[start:start + self.batch_size]
+                images = [frames[f] for f in part]
                 pad = padded_batch(len(part), self.batch_size, max(1, self.batch_size // 4)) if small_batches else None
-                batches.append((part, levels[0] if tiled else None,
-                                self._queue_levels(xp, [frames[f] for f in part], levels[int(tiled):], pad)))
+                batches.append((part, images, levels[0] if tiled else None,
+                                self._queue_levels(xp, images, levels[int(tiled):], pad)))
 
         def finish(regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]:
             # each batch's finest level is queued as soon as its coarser levels' candidates are in (behind the
             # later batches' coarser runs), and waited for once every batch's is queued
             queued = []
-            for part, fine, coarse in batches:
+            for part, images, fine, coarse in batches:
                 runs = coarse()
                 finer: Callable[[], list[Candidates]] = list
                 if fine is not None:
-                    finer = self._queue_fine_level(xp, [frames[f] for f in part], fine,
+                    finer = self._queue_fine_level(xp, images, fine,
                                                    [regions[f] if regions is not None else None for f in part], runs)
                 queued.append((part, runs, finer))
             found: list[Candidates] = []  # every run's, in run order
             for part, runs, finer in queued:
-                index = np.asarray(part, np.int64)
-                found += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in runs + finer()]
+                found += _of_frames(part, runs + finer())
             return self._in_frames(self._merge(found, len(frames)), frames)
 
         return finish
@@ -510,11 +517,7 @@ class BlazeDetector:
         queued.append((list(range(len(frames))), self._queue_tiles(xp, frames, fine, plan)))
 
         def candidates() -> list[Candidates]:
-            runs = []
-            for part, result in queued:
-                index = np.asarray(part, np.int64)
-                runs += [(boxes, scores, kps, index[frame]) for boxes, scores, kps, frame in result()]
-            return runs
+            return [run for part, result in queued for run in _of_frames(part, result())]
 
         return candidates
 
