@@ -133,6 +133,9 @@ def assert_finds_what_the_cpu_finds(cp: object, cpu: Engines, gpu: Engines, phot
 
 def test_gpu_detector_finds_what_the_cpu_finds(cp: object, engines: Engines, gpu_engines: Engines,
                                                photos: dict[str, np.ndarray]) -> None:
+    """The GPU's face detector runs BlazeFace's 20 narrowing depthwise-separable pairs folded
+    (engines.convert.separable, engines.runtime.onnxruntime.FOLD_RULE)."""
+    assert "20 separable pairs folded" in gpu_engines.faces.session.description, gpu_engines.faces.session.description
     assert_finds_what_the_cpu_finds(cp, engines, gpu_engines, photos, 3.0, 0.05)
 
 

@@ -135,6 +135,45 @@ def test_quick_start_runs_the_face_detectors_depthwise_convolutions_dense_with_t
     assert len(keys) == 1
 
 
+def test_separable_pairs_fold_into_one_convolution_with_the_same_results(
+        store: ModelStore, photos: dict[str, np.ndarray]) -> None:
+    """A depthwise convolution that feeds only a 1 x 1 one folds with it into one ordinary convolution: BlazeFace's
+    40 such pairs become 40 convolutions (2 depthwise ones feed something else and stay), and a real photo's
+    faces score and sit as before (FP32 on the CPU). GPU sessions fold the 20 narrowing pairs (FOLD_RULE); CPU
+    sessions keep them all. The person detector has none."""
+    import onnxruntime as ort
+
+    from engines.convert.separable import fold_separable, separable_pairs
+    from engines.imageops import resize
+    from engines.runtime.onnxruntime import FOLD_RULE
+
+    model = onnx.load(str(store.load("face_detector").path))
+    pairs = separable_pairs(model)
+    assert len(pairs) == 40 and pairs[:2] == [(32, 8), (8, 32)]
+    folded = fold_separable(model)
+    narrowed = fold_separable(model, FOLD_RULE)
+    onnx.checker.check_model(folded)
+
+    def convs(m: onnx.ModelProto) -> tuple[int, int]:
+        conv = [n for n in m.graph.node if n.op_type == "Conv"]
+        return len(conv), sum(any(a.name == "group" and a.i > 1 for a in n.attribute) for n in conv)
+
+    assert convs(model) == (91, 42) and convs(folded) == (51, 2) and separable_pairs(folded) == []
+    assert separable_pairs(narrowed) == [(c_in, c_out) for c_in, c_out in pairs if c_out >= c_in]
+    assert convs(narrowed) == (71, 22)
+    image = np.stack([resize(photos["t1"], 384, 640), resize(photos["obama"], 384, 640)])
+    name = model.graph.input[0].name
+    before, after = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {name: image}) for m in (model, folded))
+    boxes, scores = before
+    assert (scores > 0.65).sum() >= 5  # faces found: not a blank comparison
+    np.testing.assert_allclose(after[1], scores, atol=1e-5)
+    np.testing.assert_allclose(after[0], boxes, atol=1e-3 * float(np.abs(boxes).max()))
+    assert separable_pairs(onnx.load(str(store.load("person_detector").path))) == []
+    cpu = open_session(store.load("face_detector"), device="cpu", report=CPU_ONLY)
+    assert cpu.folded == 0 and "folded" not in cpu.description  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("name", ["face_detector", "person_detector", "face_embedder"])
 def test_fp16_graph_for_strongly_typed_tensorrt(store: ModelStore, name: str) -> None:
     """The FP16 copy keeps uint8 input and float32 outputs and computes in float16."""

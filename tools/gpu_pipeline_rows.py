@@ -27,6 +27,9 @@ needs (the decoders skip them by default). Environment:
   ENGINE_START=quick   RuntimeConfig.engine_start (default: wait, as `vidx bench gpu`); with background the rows
                        start at once, and each row says how many shapes' fastest sessions had taken over
   REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
+  VIDX_ORT_FOLD_SEPARABLE=0  run the face detector's depthwise-separable pairs unfolded
+                       (engines.runtime.onnxruntime.FOLD_ENV); FOLD_RULE=all folds every pair (default: the
+                       narrowing ones, FOLD_RULE=squeeze)
   VIDX_ORT_CUDA_GRAPHS=0  run without CUDA graphs (engines.runtime.onnxruntime.CUDA_GRAPHS_ENV)
   START_AT=1765000000  after the load, wait until this Unix time before the rows (processes run side by side
                        start their rows together; the summary says when they started)
@@ -54,6 +57,11 @@ from indexer import pipeline
 from indexer.host_memory import limit_malloc_arenas
 from schemas.config import DetectionConfig, EngineStart, FaceSearch, RuntimeConfig, SamplingMode
 
+if os.environ.get("FOLD_RULE") == "all":  # fold every depthwise-separable pair, not only the narrowing ones
+    from engines.convert.separable import fold_all
+    from engines.runtime import onnxruntime as ort_runtime
+
+    ort_runtime.FOLD_RULE = fold_all
 limit_malloc_arenas()  # as a worker does
 work, label = Path(sys.argv[1]), sys.argv[2]
 codecs = (sys.argv[3] if len(sys.argv) > 3 else "h264").split(",")

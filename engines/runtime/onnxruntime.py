@@ -44,6 +44,21 @@ FIXED_DIMS_ENV = "VIDX_ORT_FIXED_DIMS"
 Runtime folds its shape arithmetic (engines/convert/fixed_shapes.py). Set it to 0 to keep them free (for
 comparisons; the person detector's runs then cannot be recorded as CUDA graphs)."""
 
+FOLD_ENV = "VIDX_ORT_FOLD_SEPARABLE"
+"""On CUDA, each depthwise convolution that feeds only a narrowing 1 x 1 one (FOLD_RULE) is folded with it into
+one ordinary convolution (engines/convert/separable.py: the same outputs up to rounding). BlazeFace has 40 such
+pairs, 20 of them narrowing: folded, its fastest sessions set up ~3x faster (cuDNN compiles plans at run time for
+depthwise convolutions, not for ordinary ones) and run as fast or faster; all 40 folded ran 2-4% slower
+(docs/performance.md). Set it to 0 to run the pairs as the model has them (for comparisons)."""
+
+def narrowing(channels_in: int, channels_out: int) -> bool:
+    """A pair whose 1 x 1 convolution has fewer output channels than input ones."""
+    return channels_out < channels_in
+
+
+FOLD_RULE: Callable[[int, int], bool] = narrowing
+"""Which pairs are folded, by (input channels, output channels) (see FOLD_ENV)."""
+
 CUDA_GRAPHS_ENV = "VIDX_ORT_CUDA_GRAPHS"
 """On CUDA, each input shape's second run is recorded as a CUDA graph and later runs replay it: one launch
 where a run launches dozens of kernels, each costing the host ~10 us (engines/cuda_graphs.py;
@@ -324,7 +339,9 @@ class OnnxRuntimeSession:
 
             source = str(int8_copy(model))
         try:
-            fast_graph, quick_graph = self._graphs(source, fp16, dense=device == "cuda" and start != "wait")
+            on_cuda = device == "cuda"
+            fast_graph, quick_graph, self.folded = self._graphs(
+                source, fp16, dense=on_cuda and start != "wait", fold=on_cuda and os.environ.get(FOLD_ENV, "1") != "0")
             # the quick form differs from the fastest where the model has depthwise convolutions or runs fused
             quick = start != "wait" and (quick_graph is not fast_graph or self.fused)
             graph, session_providers = (quick_graph, providers) if quick else (fast_graph, fast_providers)
@@ -348,23 +365,30 @@ class OnnxRuntimeSession:
         self._outputs = [(o.name, o.shape, ORT_TO_NUMPY[o.type]) for o in self._session.get_outputs()]
 
     @staticmethod
-    def _graphs(source: str, fp16: bool, *, dense: bool) -> tuple[str | bytes, str | bytes]:
-        """The graph of the fastest sessions and that of the quick ones (with `dense`: depthwise convolutions
-        as ordinary ones; the same object where nothing was rewritten), each rewritten copy serialised once."""
-        if not (fp16 or dense):
-            return source, source
+    def _graphs(source: str, fp16: bool, *, dense: bool, fold: bool) -> tuple[str | bytes, str | bytes, int]:
+        """The graph of the fastest sessions, that of the quick ones (with `dense`: depthwise convolutions
+        as ordinary ones; the same object where nothing was rewritten), each rewritten copy serialised once, and
+        how many depthwise-separable pairs were folded (with `fold`: FOLD_ENV) in both."""
+        if not (fp16 or dense or fold):
+            return source, source, 0
         import onnx
 
         from engines.convert import depthwise
         from engines.convert.fp16 import to_float16
+        from engines.convert.separable import fold_separable, separable_pairs
 
         proto = onnx.load(source)
+        folded = 0
+        if fold:
+            pairs = len(separable_pairs(proto))
+            proto = fold_separable(proto, FOLD_RULE)
+            folded = pairs - len(separable_pairs(proto))
         if fp16:
             proto = to_float16(proto)
-        fast: str | bytes = proto.SerializeToString() if fp16 else source
+        fast: str | bytes = proto.SerializeToString() if fp16 or folded else source
         if dense and depthwise.has_depthwise(proto):
-            return fast, depthwise.dense_depthwise(proto).SerializeToString()
-        return fast, fast
+            return fast, depthwise.dense_depthwise(proto).SerializeToString(), folded
+        return fast, fast, folded
 
     @property
     def runtime(self) -> RuntimeName:
@@ -386,6 +410,8 @@ class OnnxRuntimeSession:
             n = self._session.get_session_options().intra_op_num_threads
             threads = f", {n} thread{'s' if n != 1 else ''} a run"
         graphs = ", CUDA graphs" if self.cuda_graphs else ""
+        if self.folded:
+            graphs += f", {self.folded} separable pairs folded"
         return (f"onnxruntime {self._ort.__version__} {self._active}{precision}{fused}{graphs}{start[self.start]}"
                 f"{threads}")
 
