@@ -36,7 +36,7 @@ def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
     return default
 
 
-def _pairs(model: onnx.ModelProto) -> list[tuple[int, int]]:
+def pair_nodes(model: onnx.ModelProto) -> list[tuple[int, int]]:
     """Node indices of (depthwise, pointwise) Conv pairs: a depthwise Conv (weights an initializer, one input
     channel per group) whose output is read only by a 1 x 1, stride-1, unpadded, ungrouped Conv with initializer
     weights."""
@@ -77,7 +77,7 @@ def separable_pairs(model: onnx.ModelProto) -> list[tuple[int, int]]:
     """(input channels, output channels) of each pair fold_separable can fold, in graph order."""
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
     nodes = model.graph.node
-    return [(shapes[nodes[dw].input[1]][0], shapes[nodes[pw].input[1]][0]) for dw, pw in _pairs(model)]
+    return [(shapes[nodes[dw].input[1]][0], shapes[nodes[pw].input[1]][0]) for dw, pw in pair_nodes(model)]
 
 
 def fold_separable(model: onnx.ModelProto, fold: FoldRule = fold_all) -> onnx.ModelProto:
@@ -89,7 +89,7 @@ def fold_separable(model: onnx.ModelProto, fold: FoldRule = fold_all) -> onnx.Mo
     weights = {init.name: init for init in graph.initializer}
     replaced: dict[int, onnx.NodeProto] = {}
     dropped: set[int] = set()
-    for i, j in _pairs(out):
+    for i, j in pair_nodes(out):
         dw, pw = graph.node[i], graph.node[j]
         d = numpy_helper.to_array(weights[dw.input[1]]).astype(np.float64)  # C x 1 x k x k
         p = numpy_helper.to_array(weights[pw.input[1]]).astype(np.float64)[:, :, 0, 0]  # C_out x C
