@@ -6,9 +6,10 @@ A depthwise k x k convolution whose output feeds only a 1 x 1 convolution comput
 
 which is one ordinary k x k convolution of x with weights p[o, i] * d[i] and bias b_p + p @ b_d: same padding,
 stride and dilation as the depthwise one. The folded graph gives the same outputs up to rounding, and a GPU runs
-it as one kernel on the tensor cores instead of cuDNN's generic grouped kernel, an intermediate tensor written
-and read back, and a second kernel. It does more arithmetic (k * k * C_in * C_out against k * k * C_in +
-C_in * C_out per output pixel), so a CPU, which is bound by arithmetic, keeps the pairs.
+one ordinary convolution, for which cuDNN has precompiled kernels, instead of a depthwise one whose plans cuDNN
+compiles at run time, an intermediate tensor written and read back, and a second convolution. It does more
+arithmetic (k * k * C_in * C_out against k * k * C_in + C_in * C_out per output pixel), so a CPU, which is bound by
+arithmetic, keeps the pairs.
 """
 
 from __future__ import annotations

@@ -47,9 +47,11 @@ comparisons; the person detector's runs then cannot be recorded as CUDA graphs).
 FOLD_ENV = "VIDX_ORT_FOLD_SEPARABLE"
 """On CUDA, each depthwise convolution that feeds only a narrowing 1 x 1 one (FOLD_RULE) is folded with it into
 one ordinary convolution (engines/convert/separable.py: the same outputs up to rounding). BlazeFace has 40 such
-pairs, 20 of them narrowing: folded, its fastest sessions set up ~3x faster (cuDNN compiles plans at run time for
-depthwise convolutions, not for ordinary ones) and run as fast or faster; all 40 folded ran 2-4% slower
-(docs/performance.md). Set it to 0 to run the pairs as the model has them (for comparisons)."""
+pairs, 20 of them narrowing. Folded, its fastest sessions set up ~3x faster on an H100 (cuDNN compiles plans at run
+time for depthwise convolutions, not for ordinary ones), every-frame rows ran 3.8% faster on H.264 and within ~1% on
+HEVC; all 40 folded ran 3-4% slower (docs/performance.md). Set it to 0 to run the pairs as the model has them (for
+comparisons)."""
+
 
 def narrowing(channels_in: int, channels_out: int) -> bool:
     """A pair whose 1 x 1 convolution has fewer output channels than input ones."""
