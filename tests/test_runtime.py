@@ -98,6 +98,12 @@ def test_int8_is_the_cpus_person_detector_only_and_has_its_own_run_key(store: Mo
     assert keys["onnxruntime-int8"] != keys["auto"]
 
 
+def convolutions(model: onnx.ModelProto) -> tuple[int, int]:
+    """The model's Conv nodes, and how many of them are grouped (BlazeFace's: depthwise)."""
+    conv = [n for n in model.graph.node if n.op_type == "Conv"]
+    return len(conv), sum(any(a.name == "group" and a.i > 1 for a in n.attribute) for n in conv)
+
+
 def test_quick_start_runs_the_face_detectors_depthwise_convolutions_dense_with_the_same_results(
         store: ModelStore, photos: dict[str, np.ndarray]) -> None:
     """Quick sessions (--engine-start quick, and the first ones of the default background start) rewrite
@@ -113,11 +119,7 @@ def test_quick_start_runs_the_face_detectors_depthwise_convolutions_dense_with_t
     model = onnx.load(str(store.load("face_detector").path))
     dense = dense_depthwise(model)
 
-    def depthwise(m: onnx.ModelProto) -> int:
-        return sum(1 for n in m.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1
-                                                                         for a in n.attribute))
-
-    assert depthwise(model) == 42 and depthwise(dense) == 0
+    assert convolutions(model)[1] == 42 and convolutions(dense)[1] == 0
     assert has_depthwise(model) and not has_depthwise(dense)
     assert not has_depthwise(onnx.load(str(store.load("person_detector").path)))
     image = resize(photos["t1"], 192, 192)[None]
@@ -154,13 +156,9 @@ def test_separable_pairs_fold_into_one_convolution_with_the_same_results(
     narrowed = fold_separable(model, FOLD_RULE)
     onnx.checker.check_model(folded)
 
-    def convs(m: onnx.ModelProto) -> tuple[int, int]:
-        conv = [n for n in m.graph.node if n.op_type == "Conv"]
-        return len(conv), sum(any(a.name == "group" and a.i > 1 for a in n.attribute) for n in conv)
-
-    assert convs(model) == (91, 42) and convs(folded) == (51, 2) and separable_pairs(folded) == []
+    assert convolutions(model) == (91, 42) and convolutions(folded) == (51, 2) and separable_pairs(folded) == []
     assert separable_pairs(narrowed) == [(c_in, c_out) for c_in, c_out in pairs if c_out >= c_in]
-    assert convs(narrowed) == (71, 22)
+    assert convolutions(narrowed) == (71, 22)
     image = np.stack([resize(photos["t1"], 384, 640), resize(photos["obama"], 384, 640)])
     name = model.graph.input[0].name
     before, after = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(

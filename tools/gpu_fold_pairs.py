@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engines.convert.fixed_shapes import with_input_shapes  # noqa: E402
 from engines.convert.separable import fold_separable, pair_nodes  # noqa: E402
 from engines.detectors import FaceDetector  # noqa: E402
 from engines.runtime.onnxruntime import FOLD_RULE, OnnxRuntimeSession  # noqa: E402
@@ -42,12 +43,7 @@ CUDA_OPTIONS = {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC", "prefer
 
 def tensor_shapes(model: onnx.ModelProto, shape: tuple[int, ...]) -> dict[str, list[int]]:
     """Every tensor's shape when the model runs on an input of `shape` (N x H x W x 3)."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for dim, value in zip(fixed.graph.input[0].type.tensor_type.shape.dim, shape, strict=True):
-        dim.ClearField("dim_param")
-        dim.dim_value = value
-    inferred = shape_inference.infer_shapes(fixed)
+    inferred = shape_inference.infer_shapes(with_input_shapes(model, {model.graph.input[0].name: shape}))
     return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
 

@@ -13,7 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 
-def _depthwise_weights(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+def depthwise_weights(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> np.ndarray | None:
     """The weights of a depthwise Conv (one input channel per group, as many groups as output channels, weights
     an initializer); None for any other node."""
     if node.op_type != "Conv" or node.input[1] not in weights:
@@ -26,7 +26,7 @@ def _depthwise_weights(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto
 def has_depthwise(model: onnx.ModelProto) -> bool:
     """Whether the model has a depthwise convolution that dense_depthwise would rewrite."""
     weights = {init.name: init for init in model.graph.initializer}
-    return any(_depthwise_weights(node, weights) is not None for node in model.graph.node)
+    return any(depthwise_weights(node, weights) is not None for node in model.graph.node)
 
 
 def dense_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -37,7 +37,7 @@ def dense_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = out.graph
     weights = {init.name: init for init in graph.initializer}
     for node in graph.node:
-        w = _depthwise_weights(node, weights)
+        w = depthwise_weights(node, weights)
         if w is None:
             continue
         channels = w.shape[0]
@@ -51,8 +51,13 @@ def dense_depthwise(model: onnx.ModelProto) -> onnx.ModelProto:
         for attr in node.attribute:
             if attr.name == "group":
                 attr.i = 1
+    drop_unused_initializers(graph)
+    return out
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node of `graph` reads (weights a rewrite replaced)."""
     used = {i for node in graph.node for i in node.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return out

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from engines.convert.depthwise import depthwise_weights, drop_unused_initializers
+
 FoldRule = Callable[[int, int], bool]
 """(input channels, output channels) of a pair -> whether to fold it."""
 
@@ -38,23 +40,20 @@ def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
 
 
 def pair_nodes(model: onnx.ModelProto) -> list[tuple[int, int]]:
-    """Node indices of (depthwise, pointwise) Conv pairs: a depthwise Conv (weights an initializer, one input
-    channel per group) whose output is read only by a 1 x 1, stride-1, unpadded, ungrouped Conv with initializer
+    """Node indices of (depthwise, pointwise) Conv pairs: a depthwise Conv (`depthwise_weights`) whose output is
+    read only by a 1 x 1, stride-1, unpadded, ungrouped Conv with initializer
     weights."""
     graph = model.graph
-    weights = {init.name for init in graph.initializer}
+    weights = {init.name: init for init in graph.initializer}
     readers = Counter(i for node in graph.node for i in node.input)
     outputs = {o.name for o in graph.output}
     by_input = {i: k for k, node in enumerate(graph.node) for i in node.input}
     shapes = {init.name: tuple(init.dims) for init in graph.initializer}
     pairs = []
     for k, dw in enumerate(graph.node):
-        if dw.op_type != "Conv" or dw.input[1] not in weights:
+        if depthwise_weights(dw, weights) is None:
             continue
         w = shapes[dw.input[1]]
-        group = _attr(dw, "group", 1)
-        if not (isinstance(group, int) and group > 1 and w[1] == 1 and w[0] == group):
-            continue
         y = dw.output[0]
         if y not in by_input:
             continue
@@ -113,8 +112,5 @@ def fold_separable(model: onnx.ModelProto, fold: FoldRule = fold_all) -> onnx.Mo
     nodes = [replaced.get(k, n) for k, n in enumerate(graph.node) if k not in dropped]
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    kept_inits = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
+    drop_unused_initializers(graph)
     return out

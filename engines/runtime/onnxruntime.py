@@ -382,9 +382,8 @@ class OnnxRuntimeSession:
         proto = onnx.load(source)
         folded = 0
         if fold:
-            pairs = len(separable_pairs(proto))
+            folded = sum(FOLD_RULE(*pair) for pair in separable_pairs(proto))
             proto = fold_separable(proto, FOLD_RULE)
-            folded = pairs - len(separable_pairs(proto))
         if fp16:
             proto = to_float16(proto)
         fast: str | bytes = proto.SerializeToString() if fp16 or folded else source
