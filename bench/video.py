@@ -80,8 +80,6 @@ def run_pipeline(indexer: VideoIndexer, paths: list[Path], in_flight: int) -> di
     (fewer when frames no sample needs were skipped)."""
     tasks = [VideoTask(p, i + 1, "bench") for i, p in enumerate(paths)]
     before = dict(indexer.timings)
-    faces_engine = indexer.engines.faces
-    runs_before = {name: dict(getattr(faces_engine, name, {})) for name in ("fine_runs", "mid_runs")}
     t0 = time.perf_counter()
     decoded = in_video = analysed = faces = 0
     video_s = 0.0
@@ -100,10 +98,7 @@ def run_pipeline(indexer: VideoIndexer, paths: list[Path], in_flight: int) -> di
             "frames_decoded": decoded, "frames_analysed": analysed, "faces": faces,
             "video_fps": round(in_video / wall, 1), "decoded_fps": round(decoded / wall, 1),
             "video_s_per_s": round(video_s / wall, 2), "failed": failed,
-            "stage_s": {k: round(v - before[k], 2) for k, v in indexer.timings.items()},
-            # the face detector's finest and mid levels: whole levels and tiles run, frames that looked near faces
-            **{name: {k: v - counts[k] for k, v in getattr(faces_engine, name, {}).items()}
-               for name, counts in runs_before.items()}}
+            "stage_s": {k: round(v - before[k], 2) for k, v in indexer.timings.items()}}
 
 
 def every_video_done(row: dict[str, Any], what: str) -> dict[str, Any]:

@@ -23,12 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
-from typing import Protocol, cast
+from typing import Protocol
 
 import numpy as np
 
 from engines.arrays import Array, array_module, padded_batch, to_host
-from engines.handoff import BoxHandoff
 from engines.imageops import resize
 from engines.runtime.base import Session, session_array_module
 from engines.streams import side_by_side
@@ -130,23 +129,6 @@ TILE_REACH = 2 * TILE_EDGE
 FINE_CANVAS_BATCH = 4
 """On a GPU, frames whose finest level runs whole (not on tiles) run FINE_CANVAS_BATCH to a batch (padded):
 a whole-frame search then costs an eighth of a 32-frame batch, not all of it."""
-MID_CANVAS_BATCH = 8
-"""On a GPU, frames whose mid level runs whole beside frames of their step that look only near faces run
-MID_CANVAS_BATCH to a batch (padded)."""
-NEAR_GROWTH = 1.0
-"""Where a frame looks only near the faces of an earlier frame, each face's box grows by this many of its widths on
-every side: a face crossing the view at walking pace moves about its own width in 0.1 s."""
-
-
-@dataclass(frozen=True)
-class MidScan:
-    """How a frame's mid pyramid level (the one after the finest, when coarser levels follow it: faces too large
-    for the finest level and too small for the coarser ones alone) looks at the frame. `whole`: over the whole
-    frame, handing the boxes it finds to `seen`. Otherwise only near the boxes `seen` holds (those of an earlier
-    frame of the video that looked at its whole frame), and the finest level's tiles look there too."""
-
-    whole: bool
-    seen: BoxHandoff
 
 
 def _axis_grid(length: int) -> np.ndarray:
@@ -338,48 +320,6 @@ def nms_clusters_frames(boxes: np.ndarray, scores: np.ndarray, frame: np.ndarray
     return members, np.diff(np.append(first, len(members))), cluster_frame[first]
 
 
-def _no_candidates(n_keypoints: int) -> Candidates:
-    return (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, n_keypoints, 2), np.float32),
-            np.zeros(0, np.int64))
-
-
-def _with_near_faces(regions: list[np.ndarray | None], near: Sequence[np.ndarray | None],
-                     fine: Level) -> list[np.ndarray | None]:
-    """Each frame's finest-level regions with the boxes it looks near whose faces the finest level answers for too,
-    grown (frames searched whole by the finest level, regions None, stay so)."""
-    out = []
-    for boxes, seen in zip(regions, near, strict=True):
-        if boxes is None or seen is None or not len(seen):
-            out.append(boxes)
-            continue
-        small = seen[(seen[:, 2] - seen[:, 0]) * fine.scale <= fine.max_box]
-        out.append(np.concatenate([np.asarray(boxes, np.float32).reshape(-1, 4), _grown(small)]))
-    return out
-
-
-def _grown(boxes: np.ndarray) -> np.ndarray:
-    """Boxes grown by NEAR_GROWTH of their widths on every side."""
-    grow = (boxes[:, 2:3] - boxes[:, 0:1]) * np.float32(NEAR_GROWTH)
-    return boxes + np.concatenate([-grow, -grow, grow, grow], 1)
-
-
-@dataclass(frozen=True)
-class _QueuedBatch:
-    """One batch of queue_detect's frames, its whole-level runs queued."""
-
-    part: list[int]
-    """The batch's frames (indices into the frames detected together)."""
-    images: list[Array]
-    levels: list[Level] | None
-    """The frames' pyramid levels where the finest level runs on tiles (fine_tiles), else None."""
-    scans: list[MidScan] | None
-    """Each frame's MidScan, where the mid level follows them."""
-    coarse: Callable[[], list[Candidates]]
-    """The candidates of the levels queued (with `levels`: the mid level's first)."""
-    mid_canvas: Array | None
-    """Every frame's mid-level canvas, where some frames look near faces."""
-
-
 def _of_frames(part: Sequence[int], runs: Sequence[Candidates]) -> list[Candidates]:
     """Runs' candidates with each one's image of the run replaced by the frame it is (`part`: the frames of the
     run's images, in order)."""
@@ -422,12 +362,6 @@ class BlazeDetector:
     whole frames: the finest level is most of a frame's cost and only the smallest faces need it."""
     fine_runs: dict[str, int] = field(default_factory=lambda: {"tiles": 0, "whole": 0}, repr=False)
     """With fine_tiles: the finest level's tiles run and whole levels run so far (what guided search cost)."""
-    mid_near: bool = False
-    """Frames will come whose mid level looks only near earlier faces (detect's `mid_scans`): on a GPU the mid
-    level's MID_CANVAS_BATCH input shape is set up with the others."""
-    mid_runs: dict[str, int] = field(default_factory=lambda: {"whole": 0, "near": 0, "tiles": 0}, repr=False)
-    """With `mid_scans`, so far: whole mid levels run (frames scanned whole, and frames looking near faces whose
-    tiles would have cost more), frames that looked only near earlier faces, and the tiles they ran."""
     _anchor_cache: dict[tuple[int, int, int], Array] = field(default_factory=dict, repr=False)
     _plans: dict[tuple[int, int], list[Level]] = field(default_factory=dict, repr=False)
     _prepared: set[tuple[int, int]] = field(default_factory=set, repr=False)
@@ -464,10 +398,8 @@ class BlazeDetector:
         shapes = [(self.batch_size, level.canvas_h, level.canvas_w, 3) for level in levels]
         if self.fine_tiles and len(levels) > 1:  # tiles, or the whole finest level when tiles would cost more
             fine = levels[0]
-            mid = ([(MID_CANVAS_BATCH, levels[1].canvas_h, levels[1].canvas_w, 3)] if self.mid_near and len(levels) > 2
-                   else [])
             return [(self.batch_size, FINE_TILE, FINE_TILE, 3), (FINE_CANVAS_BATCH, fine.canvas_h, fine.canvas_w, 3),
-                    *mid, *shapes[1:]]
+                    *shapes[1:]]
         return shapes
 
     def prepare(self, height: int, width: int) -> None:
@@ -500,7 +432,7 @@ class BlazeDetector:
         self.session.run({"image": xp.zeros(shape, xp.uint8)})
 
     def detect(self, frames: Sequence[Array], regions: Sequence[np.ndarray | None] | None = None, *,
-               small_batches: bool = False, mid_scans: Sequence[MidScan] | None = None) -> list[Detections]:
+               small_batches: bool = False) -> list[Detections]:
         """Detections for each frame (HxWx3 uint8 RGB, numpy or CuPy).
 
         On a GPU, runs are padded to batch_size frames; with `small_batches`, fewer frames are padded only
@@ -512,30 +444,22 @@ class BlazeDetector:
         pixels; an empty array: nowhere) and the faces the coarser levels found that it answers for too, or
         over the whole frame where a frame has None (or no regions are given). A frame whose tiles would
         cost more pixels than its whole level runs the whole level instead (on a GPU, FINE_CANVAS_BATCH
-        frames to a run).
+        frames to a run)."""
+        return self.queue_detect(frames, small_batches=small_batches)(regions)
 
-        With `fine_tiles` and `mid_scans` (one per frame), the mid level (the one after the finest, where coarser
-        levels follow it) runs over the whole frame only where its MidScan says so; elsewhere it runs on tiles
-        near the boxes the MidScan hands over (grown by NEAR_GROWTH), or not at all where there are none, and the
-        finest level's tiles look near those boxes too. A frame whose mid tiles would cost more pixels than its
-        whole mid level runs it whole (on a GPU, MID_CANVAS_BATCH frames to a run)."""
-        return self.queue_detect(frames, small_batches=small_batches, mid_scans=mid_scans)(regions)
-
-    def queue_detect(self, frames: Sequence[Array], *, small_batches: bool = False,
-                     mid_scans: Sequence[MidScan] | None = None) -> Detecting:
+    def queue_detect(self, frames: Sequence[Array], *, small_batches: bool = False) -> Detecting:
         """`detect` in two halves: the runs of every level that runs over whole frames (all of them without
         `fine_tiles`) are queued now, for every batch of frames; the function returned takes the `regions` (only
-        the finest level's tiles, and the mid level's where `mid_scans` say so, depend on them and on earlier
-        frames), waits for the runs and gives each frame's detections. On a GPU the runs go on while the caller
-        does other work between the halves (another detector's results, the regions); on the CPU they are done
-        at once."""
+        the finest level's tiles depend on them), waits for the runs and gives each frame's detections. On a
+        GPU the runs go on while the caller does other work between the halves (another detector's results, the
+        regions); on the CPU they are done at once."""
         if not frames:
             return lambda regions=None: []
         xp = self._xp()
         by_size: dict[tuple[int, int], list[int]] = {}
         for f, frame in enumerate(frames):
             by_size.setdefault((int(frame.shape[0]), int(frame.shape[1])), []).append(f)
-        batches: list[_QueuedBatch] = []
+        batches: list[tuple[list[int], list[Array], Level | None, Callable[[], list[Candidates]]]] = []
         for (height, width), members in by_size.items():
             self.prepare(height, width)
             levels = self.plan(height, width)
@@ -544,65 +468,26 @@ class BlazeDetector:
                 part = members[start:start + self.batch_size]
                 images = [frames[f] for f in part]
                 pad = padded_batch(len(part), self.batch_size, max(1, self.batch_size // 4)) if small_batches else None
-                scans = [mid_scans[f] for f in part] if mid_scans is not None and tiled and len(levels) > 2 else None
-                near_only = [not scan.whole for scan in scans or ()]
-                mid_canvas = None
-                if any(near_only):
-                    coarse, mid_canvas = self._queue_levels_but_mid(xp, images, levels[1:], pad, near_only)
-                else:
-                    coarse = self._queue_levels(xp, images, levels[int(tiled):], pad)
-                if scans is not None:
-                    with self._count_lock:  # two model threads may count at once
-                        self.mid_runs["whole"] += len(part) - sum(near_only)
-                        self.mid_runs["near"] += sum(near_only)
-                batches.append(_QueuedBatch(part, images, levels if tiled else None, scans, coarse, mid_canvas))
+                batches.append((part, images, levels[0] if tiled else None,
+                                self._queue_levels(xp, images, levels[int(tiled):], pad)))
 
         def finish(regions: Sequence[np.ndarray | None] | None = None) -> list[Detections]:
-            # each batch's finer runs are queued as soon as its coarser levels' candidates are in (behind the
-            # later batches' coarser runs), and waited for once every batch's are queued
+            # each batch's finest level is queued as soon as its coarser levels' candidates are in (behind the
+            # later batches' coarser runs), and waited for once every batch's is queued
             queued = []
-            for batch in batches:
-                runs = batch.coarse()
+            for part, images, fine, coarse in batches:
+                runs = coarse()
                 finer: Callable[[], list[Candidates]] = list
-                near: Callable[[], list[Candidates]] = list
-                frame_regions = [regions[f] if regions is not None else None for f in batch.part]
-                if batch.levels is not None and batch.scans is not None:
-                    near_boxes = self._hand_mid_faces(batch.scans, runs[0])
-                    near = self._queue_mid_near(xp, batch.images, batch.levels[1], near_boxes, batch.mid_canvas)
-                    frame_regions = _with_near_faces(frame_regions, near_boxes, batch.levels[0])
-                if batch.levels is not None:
-                    finer = self._queue_fine_level(xp, batch.images, batch.levels[0], frame_regions, runs)
-                queued.append((batch.part, runs, finer, near))
+                if fine is not None:
+                    finer = self._queue_fine_level(xp, images, fine,
+                                                   [regions[f] if regions is not None else None for f in part], runs)
+                queued.append((part, runs, finer))
             found: list[Candidates] = []  # every run's, in run order
-            for part, runs, finer, near in queued:
-                found += _of_frames(part, runs + near() + finer())
+            for part, runs, finer in queued:
+                found += _of_frames(part, runs + finer())
             return self._in_frames(self._merge(found, len(frames)), frames)
 
         return finish
-
-    @staticmethod
-    def _hand_mid_faces(scans: Sequence[MidScan], mid: Candidates) -> list[np.ndarray | None]:
-        """Hands each whole-scanned frame's mid-level boxes (`mid`: the batch's mid-level candidates) to the frames
-        that look near them, and gives, for each frame, the boxes it looks near (None for a whole-scanned frame).
-        A frame may wait here for an earlier step's."""
-        boxes, _, _, frame = mid
-        for k, scan in enumerate(scans):
-            if scan.whole:
-                scan.seen.found(boxes[frame == k])
-        return [None if scan.whole else scan.seen.wait() for scan in scans]
-
-    def _queue_mid_near(self, xp: ModuleType, frames: Sequence[Array], mid: Level, near: Sequence[np.ndarray | None],
-                        canvas: Array | None) -> Callable[[], list[Candidates]]:
-        """The mid level's runs for the frames that look only near earlier faces (`near`, frame pixels; None for
-        the others), queued: tiles over those boxes, or the whole level where they would cost more (`canvas`: the
-        frames' mid-level canvases, where made)."""
-        owned = [(k, _grown(boxes)) for k, boxes in enumerate(near) if boxes is not None and len(boxes)]
-        plan = np.zeros((0, 3), np.int64)
-        if owned:
-            plan = tile_plan(np.concatenate([boxes for _, boxes in owned]) * np.float32(mid.scale),
-                             np.concatenate([np.full(len(boxes), k, np.int64) for k, boxes in owned]),
-                             mid.width, mid.height)
-        return self._queue_on_tiles(xp, frames, mid, plan, MID_CANVAS_BATCH, self.mid_runs, canvas)
 
     def _in_frames(self, detections: list[Detections], frames: Sequence[Array]) -> list[Detections]:
         """Each frame's detections as `detect` gives them (as they are here; a detector may clip them)."""
@@ -615,31 +500,21 @@ class BlazeDetector:
         as the coarser levels' `coarse`): on tiles over each frame's regions and over the faces the coarser
         levels found that the finest level answers for too (its candidates sharpen their boxes and keypoints in
         the weighted suppression), or over the whole frame where its regions are None."""
-        return self._queue_on_tiles(xp, frames, fine, self._fine_plan(fine, regions, coarse), FINE_CANVAS_BATCH,
-                                    self.fine_runs)
-
-    def _queue_on_tiles(self, xp: ModuleType, frames: Sequence[Array], level: Level, plan: np.ndarray, chunk: int,
-                        counts: dict[str, int], canvas: Array | None = None) -> Callable[[], list[Candidates]]:
-        """A level's runs on the tiles of `plan` (tile_plan rows), queued, except for the frames whose tiles cost
-        more pixels than their whole level: those run the whole level, `chunk` frames to a run on a GPU. Adds
-        the whole levels and tiles run to `counts`. `canvas`: the frames' canvases of the level, where already
-        made (N x canvas_h x canvas_w x 3; else they are made here)."""
-        # the same choice on every device, so that a CPU and a GPU see the same inputs
-        runs_whole = np.bincount(plan[:, 0], minlength=len(frames)) * FINE_TILE ** 2 >= level.canvas_h * level.canvas_w
+        plan = self._fine_plan(fine, regions, coarse)
+        # a frame whose tiles cost more pixels than its whole level runs the whole level (the same choice on
+        # every device, so that a CPU and a GPU see the same inputs)
+        runs_whole = np.bincount(plan[:, 0], minlength=len(frames)) * FINE_TILE ** 2 >= fine.canvas_h * fine.canvas_w
         whole = np.flatnonzero(runs_whole).tolist()
-        chunk = chunk if xp is not np else max(1, len(whole))
+        chunk = FINE_CANVAS_BATCH if xp is not np else max(1, len(whole))
         queued = []
         for start in range(0, len(whole), chunk):
             part = whole[start:start + chunk]
-            if canvas is None:
-                queued.append((part, self._queue_levels(xp, [frames[k] for k in part], [level], pad_to=chunk)))
-            else:
-                queued.append((part, self._queue_canvases(xp, canvas, part, level, chunk)))
+            queued.append((part, self._queue_levels(xp, [frames[k] for k in part], [fine], pad_to=chunk)))
         plan = plan[~runs_whole[plan[:, 0]]]
         with self._count_lock:  # two model threads may count at once (not _prepare_lock: held for seconds)
-            counts["whole"] += len(whole)
-            counts["tiles"] += len(plan)
-        queued.append((list(range(len(frames))), self._queue_tiles(xp, frames, level, plan, canvas)))
+            self.fine_runs["whole"] += len(whole)
+            self.fine_runs["tiles"] += len(plan)
+        queued.append((list(range(len(frames))), self._queue_tiles(xp, frames, fine, plan)))
 
         def candidates() -> list[Candidates]:
             return [run for part, result in queued for run in _of_frames(part, result())]
@@ -683,76 +558,29 @@ class BlazeDetector:
         queued = [(level, self._queue(batch, level)) for level, batch in zip(levels, batches, strict=True)]
 
         def candidates() -> list[Candidates]:
-            return [self._on_level(level, result(), len(frames)) for level, result in queued]
+            out = []
+            for level, result in queued:
+                boxes, scores, kps, image = result()
+                keep = image < len(frames)  # GPU batches are padded with black images
+                cx, cy = self._sized_for(boxes, level, keep)
+                keep &= (cx < level.width) & (cy < level.height)  # not centred on the black margin
+                inv = np.float32(1.0 / level.scale)
+                out.append((boxes[keep] * inv, scores[keep], kps[keep] * inv, image[keep]))
+            return out
 
         return candidates
 
-    def _on_level(self, level: Level, raw: RawCandidates, n_images: int,
-                  frame_of: np.ndarray | None = None) -> Candidates:
-        """A whole level's run's candidates in frame pixels: those of its first `n_images` images (GPU batches are
-        padded with black images) that suit the level and are not centred on the canvas's black margin. Each
-        one's frame is its image of the run, or `frame_of` that image."""
-        boxes, scores, kps, image = raw
-        keep = image < n_images
-        cx, cy = self._sized_for(boxes, level, keep)
-        keep &= (cx < level.width) & (cy < level.height)
-        inv = np.float32(1.0 / level.scale)
-        frame = image[keep] if frame_of is None else frame_of[image[keep]]
-        return boxes[keep] * inv, scores[keep], kps[keep] * inv, frame
-
-    def _queue_levels_but_mid(self, xp: ModuleType, frames: Sequence[Array], levels: Sequence[Level],
-                              pad_to: int | None, near_only: Sequence[bool]
-                              ) -> tuple[Callable[[], list[Candidates]], Array]:
-        """`_queue_levels` for the mid level and those after it (`levels`, the mid level first), with the mid level
-        run only for the frames not `near_only` (on a GPU MID_CANVAS_BATCH to a run): the first entry of the
-        candidates holds all of the mid level's, the others one level each. Every level's canvases are made for
-        every frame, each coarser one from the one before, as `_queue_levels` makes them; the mid level's are
-        returned too, for the frames that look near faces."""
-        canvases = list(self.level_batches(xp, frames, levels, pad_to))  # all placed before the first run
-        queued = [(level, self._queue(batch, level)) for level, batch in zip(levels[1:], canvases[1:], strict=True)]
-        whole = np.flatnonzero(~np.asarray(near_only, bool)).tolist()
-        chunk = MID_CANVAS_BATCH if xp is not np else max(1, len(whole))
-        mid_runs = [(whole[start:start + chunk], self._queue_canvases(xp, canvases[0], whole[start:start + chunk],
-                                                                       levels[0], chunk))
-                    for start in range(0, len(whole), chunk)]
-
-        def candidates() -> list[Candidates]:
-            mid = [run for part, result in mid_runs for run in _of_frames(part, result())]
-            merged = tuple(np.concatenate(p) for p in zip(*mid, strict=True)) if mid else _no_candidates(
-                self.n_keypoints)
-            return [cast(Candidates, merged)] + [self._on_level(level, result(), len(frames))
-                                                  for level, result in queued]
-
-        return candidates, canvases[0]
-
-    def _queue_canvases(self, xp: ModuleType, canvas: Array, part: Sequence[int], level: Level,
-                        chunk: int) -> Callable[[], list[Candidates]]:
-        """One run of a level over some frames' canvases (`part`: their rows of `canvas`; on a GPU padded to
-        `chunk` black canvases), queued; the function returned gives its candidates (frames: indices into
-        `part`), as `_queue_levels` does."""
-        if xp is np:
-            batch = canvas[list(part)]
-        else:
-            batch = xp.zeros((chunk, *canvas.shape[1:]), xp.uint8)
-            batch[:len(part)] = canvas[xp.asarray(list(part))]
-        result = self._queue(batch, level)
-        return lambda: [self._on_level(level, result(), len(part))]
-
-    def _queue_tiles(self, xp: ModuleType, frames: Sequence[Array], level: Level, plan: np.ndarray,
-                     canvas: Array | None = None) -> Callable[[], list[Candidates]]:
+    def _queue_tiles(self, xp: ModuleType, frames: Sequence[Array], level: Level,
+                     plan: np.ndarray) -> Callable[[], list[Candidates]]:
         """Runs a level on FINE_TILE tiles (`plan`: T x 3 rows of frame, x, y, a tile's top left in level pixels),
         all queued first; the function returned gives the candidates, in frame pixels, one entry per run. A
         candidate counts in a tile when its centre is on the tile's picture and at least TILE_EDGE from every
         tile edge inside the level image (a neighbouring tile, overlapping by TILE_OVERLAP, sees that face
-        whole). `canvas`: the frames' canvases of the level, where already made (else the frames are scaled
-        here)."""
+        whole)."""
         if not len(plan):
             return list
         used = np.unique(plan[:, 0])
-        if canvas is not None:  # the level's canvases: black beyond the level's picture, as beyond an image
-            scaled = canvas[used] if xp is np else canvas[xp.asarray(used)]
-        else:
-            scaled = self._level_images(xp, [frames[int(f)] for f in used], level)
+        scaled = self._level_images(xp, [frames[int(f)] for f in used], level)
         plan = np.concatenate([np.searchsorted(used, plan[:, :1]), plan[:, 1:]], 1)  # frames as slots of `scaled`
         tile_level = Level(level.scale, FINE_TILE, FINE_TILE, FINE_TILE, FINE_TILE)
         chunks = [plan[start:start + self.batch_size] for start in range(0, len(plan), self.batch_size)]
@@ -940,9 +768,9 @@ class FaceDetector(BlazeDetector):
     """BlazeFace full-range over an image pyramid, so that small faces in large frames are found."""
 
     def __init__(self, session: Session, *, score_threshold: float = 0.65, min_face_px: int = 24,
-                 batch_size: int = 4, fine_tiles: bool = False, mid_near: bool = False):
+                 batch_size: int = 4, fine_tiles: bool = False):
         super().__init__(session, FACE_ANCHORS, len(FACE_KEYPOINTS), score_threshold, batch_size=batch_size,
-                         min_box=MODEL_MIN_FACE_PX * 0.8, fine_tiles=fine_tiles, mid_near=mid_near)
+                         min_box=MODEL_MIN_FACE_PX * 0.8, fine_tiles=fine_tiles)
         self.min_face_px = min_face_px
 
     def head_regions(self, person_boxes: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -179,8 +179,7 @@ def load_engines(
     else:
         faces = FaceDetector(sessions[face_model], score_threshold=detection.face_score,
                              min_face_px=detection.min_face_px, batch_size=frames,
-                             fine_tiles=detection.face_search == "guided",
-                             mid_near=sampling_mode == "every-frame" and detection.mid_scan_every_s > 0)
+                             fine_tiles=detection.face_search == "guided")
     engines = Engines(
         faces=faces,
         persons=PersonDetector(sessions["person_detector"], score_threshold=detection.person_score,

@@ -25,8 +25,7 @@ import pyarrow as pa
 from PIL import Image
 
 from engines.arrays import Array, Region, regions_to_host
-from engines.detectors import Detections, FaceDetector, MidScan, PersonDetector
-from engines.handoff import BoxHandoff
+from engines.detectors import Detections, FaceDetector, PersonDetector
 from engines.loader import Engines
 from engines.runtime.base import cpu_runs_at_once
 from engines.streams import STREAMS
@@ -63,6 +62,8 @@ FEED_POLL_S = 0.05
 """How often index_many asks a feed that said "no task right now" again, while videos are in flight."""
 GATHER_POLL_S = 0.002
 """How often index_many looks at the models while frames wait for them or a step is being analysed."""
+PEOPLE_WAIT_S = 600.0
+"""Longest a step waits for the people of an earlier step (seconds of one step's models at most)."""
 _NO_MORE = object()
 
 
@@ -175,12 +176,8 @@ class _VideoState:
     """Which of the video's samples search their whole frame for the smallest faces (guided face search)."""
     person_samples: PeriodicSchedule
     """Which of the video's samples the person detector runs on (DetectionConfig.persons_every_s)."""
-    mid_scans: PeriodicSchedule
-    """Which of the video's samples the face detector's mid level searches whole (DetectionConfig.mid_scan_every_s)."""
-    last_people: BoxHandoff | None = None
+    last_people: _People | None = None
     """The people of the video's latest sample gathered that runs the person detector."""
-    last_mid_faces: BoxHandoff | None = None
-    """The mid-level faces of the video's latest sample gathered whose mid level searches it whole."""
     faces: _Rows = field(default_factory=_Rows)
     persons: _Rows = field(default_factory=_Rows)
     best_chips: dict[int, np.ndarray] = field(default_factory=dict)
@@ -215,12 +212,32 @@ class _Frame:
     faces the coarser levels found: guided face search)."""
     find_persons: bool
     """Whether the person detector runs on this frame (else its video's person tracks stand in)."""
-    people: BoxHandoff
+    people: _People
     """The people this frame's guided face search looks around: found in this frame, or (where the person
     detector does not run on it) in the latest earlier frame of its video that it ran on."""
-    mid_scan: MidScan
-    """Whether the face detector's mid level searches this whole frame, or only near the faces it found in the
-    latest earlier frame of the video that it searched whole."""
+
+
+class _People:
+    """The person boxes found in one frame, handed from the step that finds them to the frames after it that
+    the person detector skips (possibly in the next step, analysed in another thread): the same boxes
+    whichever thread gets there first, so results do not depend on timing."""
+
+    def __init__(self) -> None:
+        self.boxes = np.zeros((0, 4), np.float32)
+        self._ready = threading.Event()
+
+    def found(self, boxes: np.ndarray) -> None:
+        self.boxes = boxes
+        self._ready.set()
+
+    def release(self) -> None:
+        """Frees those waiting, with no boxes if none were found (the step that was to find them failed)."""
+        self._ready.set()
+
+    def wait(self) -> np.ndarray:
+        if not self._ready.wait(PEOPLE_WAIT_S):  # a step is always released, found or failed: this is a bug
+            raise RuntimeError(f"the people of an earlier step did not come in {PEOPLE_WAIT_S:.0f} s")
+        return self.boxes
 
 
 @dataclass
@@ -341,8 +358,7 @@ class VideoIndexer:
             state = _VideoState(task, copy.copy(self.decoder), FaceTracker(self.settings.tracking),
                                 PersonTracker(self.settings.person_tracking), time.monotonic(),
                                 PeriodicSchedule(det.full_search_every_s),
-                                PeriodicSchedule(det.persons_every_s if self.settings.persons_scheduled() else 0.0),
-                                PeriodicSchedule(det.mid_scan_every_s if self.settings.mid_scans_scheduled() else 0.0))
+                                PeriodicSchedule(det.persons_every_s if self.settings.persons_scheduled() else 0.0))
             live[id(state)] = state
             threading.Thread(target=self._decode, args=(state, messages, stop), daemon=True,
                              name=f"vidx-decode-{task.video_id}").start()
@@ -495,8 +511,6 @@ class VideoIndexer:
             for fr in batch:
                 if fr.find_persons:
                     fr.people.release()
-                if fr.mid_scan.whole:
-                    fr.mid_scan.seen.release()
 
     def _infer_step(self, batch: list[_Frame]) -> _Inferred:
         """A step's models. The person detector's runs and the face detector's whole-frame levels are queued
@@ -511,7 +525,7 @@ class VideoIndexer:
                 people = self._queue_persons(batch, self.engines.persons)
                 clock.lap("detect_persons")
             faces_engine = self.engines.faces
-            detecting_faces = faces_engine.queue_detect(frames, mid_scans=[fr.mid_scan for fr in batch])
+            detecting_faces = faces_engine.queue_detect(frames)
             clock.lap("detect_faces")
             persons = people() if people is not None else None
             clock.lap("detect_persons")
@@ -654,19 +668,15 @@ def _track_persons(fr: _Frame, dets: Detections,
 
 def _frames_of(state: _VideoState, batch: FrameBatch) -> Iterator[_Frame]:
     """A decoder's hand-off as frames for the models, each told whether it searches its whole frame for the
-    smallest faces, which people (found in it, or before it) guided search looks around, and whether its mid
-    face level searches the whole frame or near which frame's faces."""
+    smallest faces and which people (found in it, or before it) guided search looks around."""
     for i in range(len(batch)):
         pts = float(batch.pts_s[i])
         people = state.last_people
         find_persons = state.person_samples.due(pts) or people is None
         if people is None or find_persons:
-            people = state.last_people = BoxHandoff("people")
-        mid_whole = state.mid_scans.due(pts) or state.last_mid_faces is None
-        if state.last_mid_faces is None or mid_whole:
-            state.last_mid_faces = BoxHandoff("mid-level faces")
+            people = state.last_people = _People()
         yield _Frame(state, batch.frames[i], pts, int(batch.frame_index[i]), state.full_searches.due(pts),
-                     find_persons, people, MidScan(mid_whole, state.last_mid_faces))
+                     find_persons, people)
 
 
 def _whole(image: Array) -> Region:

@@ -107,22 +107,11 @@ class DetectionConfig:
     as well as at every frame; at 0.2 s they switched between pedestrians crossing on vtest.avi
     (docs/performance.md, "Person detection every 0.1 s")."""
 
-    mid_scan_every_s: float = 0.1
-    """Guided search: seconds of video between the samples on which BlazeFace's mid pyramid level (faces just too
-    large for the finest level: 40-200 px wide in a 1080p frame at the default min_face_px) searches the whole
-    frame. Samples closer together than this (every frame of a 30 fps video: two in three) run it only near the
-    faces it found at the last such sample, each box grown by its width on every side, and the finest level's
-    tiles look there too; faces under it are the finest level's, over it the coarser levels', which search every
-    sample whole. A mid-sized face appearing away from the faces and people already seen is found at the next
-    such sample, at most this much later. At the default sampling (2 fps) every sample is one; 0 makes every
-    sample one."""
-
     def __post_init__(self) -> None:
         check_choice("face detector", self.face_detector, get_args(FaceDetectorChoice))
         check_choice("face search", self.face_search, get_args(FaceSearch))
         check_range("seconds between full face searches", self.full_search_every_s, 0.0, 86400.0)
         check_range("seconds between person detections", self.persons_every_s, 0.0, 86400.0)
-        check_range("seconds between whole-frame mid-level face searches", self.mid_scan_every_s, 0.0, 86400.0)
         check_range("CenterFace score threshold", self.centerface_score, 0.05, 0.99)
         check_range("face score threshold", self.face_score, 0.05, 0.99)
         check_range("person score threshold", self.person_score, 0.05, 0.99)
@@ -239,8 +228,6 @@ class IndexSettings:
             del detection["full_search_every_s"]
         if not self.persons_scheduled():  # every sample runs the person detector: results as before the period
             del detection["persons_every_s"]
-        if not self.mid_scans_scheduled():  # every sample searched whole: results as before the period
-            del detection["mid_scan_every_s"]
         params: dict[str, Any] = {
             "sampling": asdict(self.sampling),
             "detection": detection,
@@ -258,16 +245,10 @@ class IndexSettings:
     def persons_scheduled(self) -> bool:
         """Whether some samples may skip the person detector (DetectionConfig.persons_every_s): samples can be
         closer together than its period."""
-        return self.detection.detect_persons and _closer_than(self.sampling, self.detection.persons_every_s)
-
-    def mid_scans_scheduled(self) -> bool:
-        """Whether some samples' mid face level may look only near earlier faces (DetectionConfig.mid_scan_every_s):
-        guided BlazeFace search, and samples closer together than the period (key frames search every sample
-        whole)."""
-        det = self.detection
-        if det.face_detector != "blazeface" or det.face_search != "guided" or self.sampling.mode == "keyframes":
+        det, sampling = self.detection, self.sampling
+        if not det.detect_persons or det.persons_every_s <= 0:
             return False
-        return _closer_than(self.sampling, det.mid_scan_every_s)
+        return sampling.mode != "fps" or 1.0 / sampling.fps < det.persons_every_s - 1e-9
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -282,14 +263,6 @@ class IndexSettings:
             person_tracking=PersonTrackingConfig(**raw.get("person_tracking", {})),
             runtime=RuntimeConfig(**_runtime_fields(raw.get("runtime", {}))),
         )
-
-
-def _closer_than(sampling: SamplingConfig, period_s: float) -> bool:
-    """Whether samples can be closer together than a (positive) period: every frame and key frames may be; a rate
-    is when its interval is shorter."""
-    if period_s <= 0:
-        return False
-    return sampling.mode != "fps" or 1.0 / sampling.fps < period_s - 1e-9
 
 
 def _runtime_fields(raw: dict[str, Any]) -> dict[str, Any]:

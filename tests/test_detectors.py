@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from facechecks import found_at, small_faces_frame  # tests/facechecks.py
 from PIL import Image
 
 from engines.detectors import (
@@ -12,15 +11,14 @@ from engines.detectors import (
     FINE_CANVAS_BATCH,
     FINE_TILE,
     TILE_PICTURE,
+    Detections,
     FaceDetector,
-    MidScan,
     _inside_tile,
     cut_tiles,
     kernel_rows_as_candidates,
     nms_clusters,
     tile_plan,
 )
-from engines.handoff import BoxHandoff
 from engines.loader import Engines
 
 PORTRAITS = ["obama", "obama2", "obama3", "biden", "astronaut"]
@@ -44,6 +42,27 @@ def test_one_face_in_each_portrait(engines: Engines, photos: dict[str, np.ndarra
     # keypoints of a real face: both eyes above the nose, the nose above the mouth, all inside the box
     assert kp[0, 1] < kp[2, 1] < kp[3, 1] and kp[1, 1] < kp[2, 1]
     assert np.all((kp[:4, 0] > x0) & (kp[:4, 0] < x1) & (kp[:4, 1] > y0) & (kp[:4, 1] < y1))
+
+
+def small_faces_frame(photos: dict[str, np.ndarray], widths: list[int]) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """A 1920x1080 noise frame with obama's face pasted at the given face widths; the centre of each."""
+    rng = np.random.default_rng(1)
+    frame = (rng.normal(110, 25, (1080, 1920, 3))).clip(0, 255).astype(np.uint8)
+    face = Image.fromarray(photos["obama"]).crop((300, 60, 700, 480))  # face + margin, face ~280 px wide
+    placed = []
+    for i, width in enumerate(widths):
+        scale = width / 280
+        patch = np.asarray(face.resize((round(400 * scale), round(420 * scale)), Image.Resampling.LANCZOS))
+        x, y = 150 + i * 290, 200 + (i % 2) * 500
+        frame[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
+        placed.append((x + patch.shape[1] / 2, y + patch.shape[0] / 2))
+    return frame, placed
+
+
+def found_at(dets: Detections, placed: list[tuple[float, float]]) -> list[bool]:
+    centres = (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2
+    return [bool(len(dets)) and float(np.min(np.hypot(centres[:, 0] - cx, centres[:, 1] - cy))) < 15
+            for cx, cy in placed]
 
 
 def test_small_faces_in_a_1080p_frame(engines: Engines, photos: dict[str, np.ndarray]) -> None:
@@ -70,32 +89,6 @@ def test_guided_search_finds_the_smallest_faces_only_where_asked(engines: Engine
         False, False, True, False, False, True]
     assert found_at(engines.faces.detect([frame], [around])[0], placed) == [True, True, True, False, False, True]
     assert found_at(engines.faces.detect([frame], [None])[0], placed) == [True] * 6
-
-
-def test_the_mid_level_looks_near_the_faces_of_the_last_frame_it_searched_whole(
-        engines: Engines, photos: dict[str, np.ndarray]) -> None:
-    """Between whole searches of the mid level (faces of 40-200 px at 1080p), a frame looks for mid-sized faces only
-    on tiles near those the last whole search found: the 60 px faces there are found, a 60 px face away from
-    them is not (no people guide the finest level here), and 150 px faces anywhere still are (the coarser level
-    answers for them too). The same whether the whole search was in the same call or an earlier one."""
-    det: FaceDetector = engines.faces
-    first, _ = small_faces_frame(photos, [60, 150])
-    later, placed = small_faces_frame(photos, [60, 150, 60, 150, 60, 150])
-    nowhere = [np.zeros((0, 4), np.float32)] * 2
-    searched = BoxHandoff("mid-level faces")
-    before = dict(det.mid_runs)
-    near = det.detect([first, later], nowhere, mid_scans=[MidScan(True, searched), MidScan(False, searched)])
-    assert found_at(near[0], placed[:2]) == [True, True]
-    # the third face shares a tile with the first two (a tile is 686 frame pixels square); the fifth is far away
-    assert found_at(near[1], placed) == [True, True, True, True, False, True]
-    assert len(searched.wait()) >= 2  # the first frame's mid-level candidates, handed on
-    assert det.mid_runs["whole"] - before["whole"] == 1 and det.mid_runs["near"] - before["near"] == 1
-    mid = det.plan(1080, 1920)[1]
-    assert 1 <= (det.mid_runs["tiles"] - before["tiles"]) * FINE_TILE ** 2 < mid.canvas_h * mid.canvas_w
-    apart = det.detect([later], nowhere[:1], mid_scans=[MidScan(False, searched)])[0]
-    np.testing.assert_array_equal(apart.boxes, near[1].boxes)
-    whole = det.detect([first, later], nowhere, mid_scans=[MidScan(True, BoxHandoff("f")), MidScan(True, searched)])
-    assert found_at(whole[1], placed) == [True] * 6
 
 
 def test_tiles_cover_every_point_of_their_regions() -> None:

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from facechecks import found_at, small_faces_frame  # tests/facechecks.py
 from jobchecks import assert_same_tracks  # tests/jobchecks.py
 
 from catalog.db import Catalog, default_db_url
-from engines.detectors import MidScan
-from engines.handoff import BoxHandoff
 from engines.loader import Engines, load_engines
 from engines.verify import largest_face_embedding
 from engines.zoo import ModelStore
@@ -140,27 +137,6 @@ def test_gpu_detector_finds_what_the_cpu_finds(cp: object, engines: Engines, gpu
     (engines.convert.separable, engines.runtime.onnxruntime.FOLD_RULE)."""
     assert "20 separable pairs folded" in gpu_engines.faces.session.description, gpu_engines.faces.session.description
     assert_finds_what_the_cpu_finds(cp, engines, gpu_engines, photos, 3.0, 0.05)
-
-
-def test_gpu_mid_level_looks_near_faces_as_the_cpu_does(cp: object, engines: Engines, gpu_engines: Engines,
-                                                        photos: dict[str, np.ndarray]) -> None:
-    """A 1080p frame searched whole at the mid level and a later one that looks only near its faces, in one call
-    and in two (test_detectors has the CPU's side): on the GPU, with the tiles cut on the device and the whole
-    mid level MID_CANVAS_BATCH frames to a run, the faces the CPU finds."""
-    first, _ = small_faces_frame(photos, [60, 150])
-    later, placed = small_faces_frame(photos, [60, 150, 60, 150, 60, 150])
-    nowhere = [np.zeros((0, 4), np.float32)] * 2
-    found = []
-    for det, frames in ((engines.faces, [first, later]),
-                        (gpu_engines.faces, [cp.asarray(first), cp.asarray(later)])):  # type: ignore[attr-defined]
-        searched = BoxHandoff("mid-level faces")
-        together = det.detect(frames, nowhere, mid_scans=[MidScan(True, searched), MidScan(False, searched)])
-        apart = det.detect(frames[1:], nowhere[:1], mid_scans=[MidScan(False, searched)])
-        found.append(together + apart)
-    assert found_at(found[1][1], placed) == found_at(found[0][1], placed) == [True, True, True, True, False, True]
-    for host, dev in zip(*found, strict=True):
-        assert len(dev) == len(host)
-        assert match(dev.boxes, host.boxes).max() <= 3.0
 
 
 def assert_embeds_as_the_cpu(cp: object, cpu: Engines, gpu: Engines, photos: dict[str, np.ndarray],

@@ -310,48 +310,6 @@ def test_the_person_detection_period_is_in_the_run_key_only_where_frames_are_clo
                              detection=DetectionConfig(persons_every_s=0.0)).persons_scheduled()
 
 
-def test_every_frame_searches_whole_frames_for_mid_sized_faces_every_tenth_of_a_second(
-        indexed: Indexed, engines: Engines) -> None:
-    """Every frame of the meeting clip (two portraits coming and going, their faces 90-130 px: the mid level's and
-    the coarser one's) with the mid level searching every whole frame and, by default, every 0.1 s of video and
-    near the faces found there between: the same face rows at the same times and the same tracks, with fewer
-    whole mid levels run."""
-    (video,) = [v for v in indexed[0] if v.name == "meeting_h264.mp4"]
-    runs, whole = {}, {}
-    for every in (0.0, DetectionConfig.mid_scan_every_s):
-        settings = IndexSettings(sampling=SamplingConfig(mode="every-frame"),
-                                 detection=DetectionConfig(mid_scan_every_s=every), runtime=RuntimeConfig(device="cpu"))
-        assert settings.mid_scans_scheduled() == (every > 0)
-        before = dict(engines.faces.mid_runs)
-        runs[every] = VideoIndexer(engines, settings, PyAVDecoder()).index(Path(video.path), video_id=1, run_key="m")
-        whole[every] = engines.faces.mid_runs["whole"] - before["whole"]
-    each, scheduled = runs[0.0], runs[DetectionConfig.mid_scan_every_s]
-    assert whole[0.0] == each.frames_analysed > 100
-    assert whole[DetectionConfig.mid_scan_every_s] < whole[0.0]
-    assert scheduled.faces.num_rows == each.faces.num_rows > 100
-    assert scheduled.faces.column("pts_s").equals(each.faces.column("pts_s"))
-    # a face blended from fewer levels' candidates moves by a pixel or so (73-130 px faces)
-    np.testing.assert_allclose(np.stack(scheduled.faces.column("bbox").to_pylist()),
-                               np.stack(each.faces.column("bbox").to_pylist()), atol=2.0)
-    assert scheduled.tracks.num_rows == each.tracks.num_rows == 2
-    for column in ("start_s", "end_s"):
-        assert scheduled.tracks.column(column).equals(each.tracks.column(column))
-
-
-def test_the_mid_level_period_is_in_the_run_key_only_where_guided_frames_are_closer() -> None:
-    """At the default 2 fps, with key frames, or with the full search or CenterFace, every sample searches its
-    whole frame at the mid level: the period is not in the run key; every frame and 15 fps carry it."""
-    for settings in (IndexSettings(), IndexSettings(sampling=SamplingConfig(mode="keyframes")),
-                     IndexSettings(sampling=SamplingConfig(mode="every-frame"),
-                                   detection=DetectionConfig(face_search="full")),
-                     IndexSettings(sampling=SamplingConfig(mode="every-frame"),
-                                   detection=DetectionConfig(face_detector="centerface"))):
-        assert "mid_scan_every_s" not in settings.result_params()["detection"]
-        assert not settings.mid_scans_scheduled()
-    for sampling in (SamplingConfig(mode="every-frame"), SamplingConfig(fps=15.0)):
-        assert IndexSettings(sampling=sampling).result_params()["detection"]["mid_scan_every_s"] == 0.1
-
-
 def test_full_face_searches_come_every_two_seconds_of_video() -> None:
     """A video's first sample searches its whole frame, then the first sample 2 s or more after the last that
     did; a timestamp going back (a damaged stream) starts again."""

@@ -4,12 +4,10 @@ each costs, on the same videos.
     PYTHONPATH=. python tools/face_search_compare.py WORK_DIR [--archives test,demo,bench,vtest]
         [--device cpu|gpu] [--every 2.0] [--sampling fps|every-frame] [--modes full,guided]
 
-A mode is a face search, optionally with an engine, the seconds between person detections
-(DetectionConfig.persons_every_s, default 0.1) and the seconds between whole-frame searches of the mid level
-(DetectionConfig.mid_scan_every_s, default 0.1): `guided@onnxruntime` (FP32 everywhere) against `guided`
-(`--engine auto`), `guided/0` (the person detector on every sample) against `guided` (every 0.1 s of
-video; with `--sampling every-frame` that is one frame in three at 30 fps), or `guided~0` (the mid level over
-every whole sample) against `guided`. The first mode is the reference.
+A mode is a face search, optionally with an engine and with the seconds between person detections
+(DetectionConfig.persons_every_s, default 0.1): `guided@onnxruntime` (FP32 everywhere) against `guided`
+(`--engine auto`), or `guided/0` (the person detector on every sample) against `guided` (every 0.1 s of
+video; with `--sampling every-frame` that is one frame in three at 30 fps). The first mode is the reference.
 
 The archives are the sample presets (built into WORK_DIR once; `bench` is its two H.264 1080p clips) and OpenCV's
 vtest.avi (real surveillance footage). Each mode indexes every archive with the engines loaded once for it
@@ -64,7 +62,6 @@ def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any
     for archive, paths in videos.items():
         before = dict(indexer.timings)
         runs_before = dict(getattr(engines.faces, "fine_runs", {}))
-        mid_before = dict(getattr(engines.faces, "mid_runs", {}))
         t0 = time.perf_counter()
         tracks, people, faces, persons, person_tracks, analysed, video_s = {}, {}, 0, 0, 0, 0, 0.0
         for task, result in indexer.index_many([VideoTask(p, i + 1, "cmp") for i, p in enumerate(paths)]):
@@ -94,8 +91,6 @@ def run(settings: IndexSettings, videos: dict[str, list[Path]]) -> dict[str, Any
                         "stage_s": {k: round(v - before[k], 2) for k, v in indexer.timings.items()},
                         "finest_level_runs": {k: v - runs_before[k] for k, v in
                                               getattr(engines.faces, "fine_runs", {}).items()},
-                        "mid_level_runs": {k: v - mid_before[k] for k, v in
-                                           getattr(engines.faces, "mid_runs", {}).items()},
                         "_tracks": tracks, "_people": people}
     return out
 
@@ -163,14 +158,12 @@ def main() -> None:
     slack = sampling.interval_s or 0.1
     results = {}
     for mode in args.modes.split(","):
-        rest, _, mid_every = mode.partition("~")
-        rest, _, persons_every = rest.partition("/")
+        rest, _, persons_every = mode.partition("/")
         search, _, engine = rest.partition("@")
         every = float(persons_every) if persons_every else DetectionConfig.persons_every_s
-        mid = float(mid_every) if mid_every else DetectionConfig.mid_scan_every_s
         settings = IndexSettings(sampling=sampling,
                                  detection=DetectionConfig(face_search=search, full_search_every_s=args.every,
-                                                           persons_every_s=every, mid_scan_every_s=mid),
+                                                           persons_every_s=every),
                                  runtime=RuntimeConfig(device=args.device, engine=engine or "auto",
                                                        engine_start="wait"))
         results[mode] = run(settings, videos)

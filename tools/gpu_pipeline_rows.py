@@ -11,8 +11,6 @@ needs (the decoders skip them by default). Environment:
   FACE_SEARCH=full     DetectionConfig.face_search (default: guided)
   PERSONS_EVERY=0,0.1  run the rows once per DetectionConfig.persons_every_s, in this order (default: its
                        default once); every-frame rows differ, 2 fps rows (0.5 s apart) do not
-  MID_SCAN_EVERY=0,0.1 run the rows once per DetectionConfig.mid_scan_every_s, in this order (default: its default
-                       once); every-frame rows differ, 2 fps rows do not
   DETECTOR_BATCH=16    RuntimeConfig.detector_batch: frames per detector run (default: the loader's for the GPU's
                        memory and each row's sampling, as a worker for that sampling loads them: one set of
                        engines per distinct batch, all loaded before the first row)
@@ -72,7 +70,6 @@ decode_all = len(sys.argv) > 5 and sys.argv[5] == "decode-all"  # NVDEC decodes 
 modes = tuple(cast(SamplingMode, m) for m in os.environ.get("ROWS", "fps,every-frame,keyframes").split(","))
 handoffs = [int(h) for h in os.environ.get("HANDOFFS", "0").split(",")]  # 0: the pipeline's default
 persons_every = [float(v) for v in os.environ.get("PERSONS_EVERY", str(DetectionConfig.persons_every_s)).split(",")]
-mid_every = [float(v) for v in os.environ.get("MID_SCAN_EVERY", str(DetectionConfig.mid_scan_every_s)).split(",")]
 runtime = RuntimeConfig(device="gpu", detector_batch=int(os.environ.get("DETECTOR_BATCH", "0")),
                         frame_batch=int(os.environ.get("FRAME_BATCH", "0")),
                         engine_start=cast(EngineStart, os.environ.get("ENGINE_START", "wait")))
@@ -101,25 +98,21 @@ out["rows_started_at"] = round(time.time(), 2)
 rows: list[dict[str, object]] = []
 for codec in codecs:
     paths = repeated_clips(work, codec, copies)
-    for _, in_flight, handoff, every, mid, steps, queued, copy_way in (
-            (r, f, h, e, m, n, q, c) for r in range(int(os.environ.get("REPEAT", "1"))) for f in in_flight_values
-            for h in handoffs for e in persons_every for m in mid_every for n in steps_values for q in queued_values
-            for c in copy_ways):
+    for _, in_flight, handoff, every, steps, queued, copy_way in (
+            (r, f, h, e, n, q, c) for r in range(int(os.environ.get("REPEAT", "1"))) for f in in_flight_values
+            for h in handoffs for e in persons_every for n in steps_values for q in queued_values for c in copy_ways):
         pipeline.STEPS_IN_FLIGHT_GPU = steps
         pipeline.STEPS_QUEUED_GPU = queued
         pipeline.regions_to_host = product_copies if copy_way == "engine" else kernel_copies  # type: ignore[assignment]
         for mode, row in gpu_pipeline_rows(engine_sets, replace(runtime, decode_handoff=handoff), paths, in_flight,
                                            lambda line: print(line, file=sys.stderr),
                                            skip_unsampled=not decode_all, modes=modes,
-                                           detection=replace(detection, persons_every_s=every,
-                                                             mid_scan_every_s=mid)).items():
+                                           detection=replace(detection, persons_every_s=every)).items():
             kept = {k: row[k] for k in ("wall_s", "frames_in_video", "frames_decoded", "frames_analysed", "faces",
-                                        "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s",
-                                        "fine_runs", "mid_runs")}
+                                        "video_fps", "decoded_fps", "video_s_per_s", "failed", "stage_s")}
             engines = engine_sets(cast(SamplingMode, mode))
             rows.append({"codec": codec, "in_flight": in_flight, "decode_handoff": handoff or pipeline.DECODE_HANDOFF,
-                         "persons_every_s": every, "mid_scan_every_s": mid, "steps_in_flight": steps,
-                         "steps_queued": queued,
+                         "persons_every_s": every, "steps_in_flight": steps, "steps_queued": queued,
                          "copies": copy_way, "mode": mode, "detector_batch": engines.faces.batch_size,
                          "frame_batch": runtime.frame_batch or engines.faces.batch_size, **kept,
                          "ended_s_after_load": round(time.perf_counter() - t0, 1),

@@ -59,29 +59,20 @@ def engine_start_option(default: str = "background") -> Any:
 
 @dataclass(frozen=True)
 class FaceDetectorArgs:
-    """--face-detector, --face-search, --full-search-every and --mid-scan-every, as one argument."""
+    """--face-detector, --face-search and --full-search-every, as one argument."""
 
     name: str = "blazeface"
     search: str = "guided"
     full_search_every_s: float = 2.0
-    mid_scan_every_s: float = 0.1
 
 
 def face_detector_option(fn: Any) -> Any:
     """The face detector's options, handed to the command as one FaceDetectorArgs named `face_detector`."""
 
     @functools.wraps(fn)
-    def command(*args: Any, face_detector: str, face_search: str, full_search_every: float, mid_scan_every: float,
-                **kwargs: Any) -> Any:
-        return fn(*args, face_detector=FaceDetectorArgs(face_detector, face_search, full_search_every, mid_scan_every),
-                  **kwargs)
+    def command(*args: Any, face_detector: str, face_search: str, full_search_every: float, **kwargs: Any) -> Any:
+        return fn(*args, face_detector=FaceDetectorArgs(face_detector, face_search, full_search_every), **kwargs)
 
-    command = click.option(
-        "--mid-scan-every", type=click.FloatRange(0, 86400), default=0.1, show_default=True, metavar="SECONDS",
-        help="Guided search with frames analysed closer together (--every-frame): seconds of video between the "
-             "frames on which BlazeFace's mid-sized faces (40-200 px wide at 1080p) are searched over the whole "
-             "frame; between them only near the faces found there. 0: every analysed frame. Part of the run key "
-             "where frames are that close.")(command)
     command = click.option(
         "--full-search-every", type=click.FloatRange(0, 86400), default=2.0, show_default=True, metavar="SECONDS",
         help="Guided search: seconds of video between searches of whole frames for the smallest faces.")(command)
@@ -126,8 +117,7 @@ def build_settings(device: str, engine: str, sample_fps: float, every_frame: boo
         sampling=SamplingConfig(mode=mode, fps=sample_fps),  # type: ignore[arg-type]
         detection=DetectionConfig(min_face_px=min_face, detect_persons=not no_persons,
                                   face_detector=detector.name, face_search=detector.search,  # type: ignore[arg-type]
-                                  full_search_every_s=detector.full_search_every_s, persons_every_s=persons_every,
-                                  mid_scan_every_s=detector.mid_scan_every_s),
+                                  full_search_every_s=detector.full_search_every_s, persons_every_s=persons_every),
         runtime=RuntimeConfig(device=device, engine=engine,  # type: ignore[arg-type]
                               engine_start=engine_start),  # type: ignore[arg-type]
     )
