@@ -29,7 +29,7 @@ needs (the decoders skip them by default). Environment:
   REPEAT=3             run the rows this many times (default 1): with background, before and after the take-over
   VIDX_ORT_FOLD_SEPARABLE=0  run the face detector's depthwise-separable pairs unfolded
                        (engines.runtime.onnxruntime.FOLD_ENV); FOLD_RULE=all folds every pair (default: the
-                       narrowing ones, FOLD_RULE=squeeze)
+                       narrowing ones, engines.runtime.onnxruntime.FOLD_RULE)
   VIDX_ORT_CUDA_GRAPHS=0  run without CUDA graphs (engines.runtime.onnxruntime.CUDA_GRAPHS_ENV)
   START_AT=1765000000  after the load, wait until this Unix time before the rows (processes run side by side
                        start their rows together; the summary says when they started)

@@ -92,14 +92,15 @@ def fold_separable(model: onnx.ModelProto, fold: FoldRule = fold_all) -> onnx.Mo
     for i, j in pair_nodes(out):
         dw, pw = graph.node[i], graph.node[j]
         d = numpy_helper.to_array(weights[dw.input[1]]).astype(np.float64)  # C x 1 x k x k
-        p = numpy_helper.to_array(weights[pw.input[1]]).astype(np.float64)[:, :, 0, 0]  # C_out x C
+        p_weights = numpy_helper.to_array(weights[pw.input[1]])
+        p = p_weights.astype(np.float64)[:, :, 0, 0]  # C_out x C
         if not fold(d.shape[0], p.shape[0]):
             continue
         b_d = (numpy_helper.to_array(weights[dw.input[2]]).astype(np.float64)
                if len(dw.input) > 2 and dw.input[2] else np.zeros(d.shape[0]))
         b_p = (numpy_helper.to_array(weights[pw.input[2]]).astype(np.float64)
                if len(pw.input) > 2 and pw.input[2] else np.zeros(p.shape[0]))
-        dtype = numpy_helper.to_array(weights[pw.input[1]]).dtype
+        dtype = p_weights.dtype
         w_name, b_name = f"{pw.output[0]}__folded_w", f"{pw.output[0]}__folded_b"
         for name, value in ((w_name, p[:, :, None, None] * d[None, :, 0]), (b_name, b_p + p @ b_d)):
             weights[name] = numpy_helper.from_array(value.astype(dtype), name)
