@@ -7,7 +7,8 @@ different videos and sizes (cross-video batches) without stacking or copying the
 - `place_level`: the detector's input, one pyramid level of every frame of a batch in one launch:
   each frame (or the finer level before it) scaled to the level's size at the top left of its canvas,
   resampled with an antialiasing triangle filter (the same filter family as Pillow's BILINEAR on the
-  CPU path).
+  CPU path), separably: a block filters the source rows under a window of the level along x into shared
+  memory, then along y.
 - `warp_affine_frames`: aligned face chips for many faces of many frames in one launch, with a
   footprint that widens with the downscale factor (so a large face gives the same chip as a small one).
 - `chip_sharpness`: each face chip's sharpness (variance of its grey image's Laplacian), one block per chip.
@@ -18,6 +19,7 @@ Kernels run on CuPy's current stream; callers order them against other streams w
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +128,64 @@ extern "C" __global__ void nv12_to_rgb(const u8* y_plane, const u8* uv_plane, in
     o[0] = to_u8(r); o[1] = to_u8(g); o[2] = to_u8(b);
 }
 
+// place_level as a separable filter, one block of PLACE_TW x PLACE_BY threads per PLACE_TW x PLACE_TH window of
+// one image's level (blockIdx.z: the image); the same weights, normalisation and zero padding as sample_tri,
+// whose 2-D weights and their sum are products of 1-D ones. Pass 1 filters along x, for the window's columns,
+// every source row its output rows reach, into shared memory (max_rows x PLACE_TW x 3 floats, max_rows at least
+// the rows any image of the launch needs); pass 2 filters those rows along y, each thread for PLACE_TH / PLACE_BY
+// pixels of its column. About 2r(r + 1) taps per pixel when shrinking by r, against (2r)^2 for sample_tri.
+extern "C" __global__ void place_level_tiled(const unsigned long long* frames, const int* dims, int lw, int lh,
+                                             int out_h, int out_w, int max_rows, u8* out) {
+    extern __shared__ float rows[];
+    int t = blockIdx.z;
+    int H = dims[3 * t], W = dims[3 * t + 1];
+    long long row_stride = dims[3 * t + 2];
+    const u8* img = (const u8*)frames[t];
+    float rx = (float)W / lw, ry = (float)H / lh;
+    float sx = fmaxf(rx, 1.f), sy = fmaxf(ry, 1.f);
+    float inv_sx = 1.f / sx, inv_sy = 1.f / sy;
+    int lx0 = blockIdx.x * PLACE_TW, ly0 = blockIdx.y * PLACE_TH;
+    int y_first = (int)ceilf((ly0 + 0.5f) * ry - 0.5f - sy);
+    int y_last = (int)floorf((ly0 + PLACE_TH - 0.5f) * ry - 0.5f + sy);
+    int n_rows = min(y_last - y_first + 1, max_rows);
+    for (int i = threadIdx.y * PLACE_TW + threadIdx.x; i < n_rows * PLACE_TW; i += PLACE_TW * PLACE_BY) {
+        int y = y_first + i / PLACE_TW, lx = lx0 + i % PLACE_TW;
+        float a0 = 0.f, a1 = 0.f, a2 = 0.f;
+        if (y >= 0 && y < H && lx < lw) {
+            float cx = (lx + 0.5f) * rx - 0.5f, wsum = 0.f;
+            const u8* row = img + (long long)y * row_stride;
+            for (int x = (int)ceilf(cx - sx), x1 = (int)floorf(cx + sx); x <= x1; ++x) {
+                float w = 1.f - fabsf((float)x - cx) * inv_sx;
+                if (w <= 0.f) continue;
+                wsum += w;
+                if (x >= 0 && x < W) { const u8* p = row + 3 * x; a0 += w * p[0]; a1 += w * p[1]; a2 += w * p[2]; }
+            }
+            if (wsum > 0.f) { float k = 1.f / wsum; a0 *= k; a1 *= k; a2 *= k; }
+        }
+        float* s = rows + 3 * i;
+        s[0] = a0; s[1] = a1; s[2] = a2;
+    }
+    __syncthreads();
+    int lx = lx0 + threadIdx.x;
+    if (lx >= lw || lx >= out_w) return;
+    for (int ly = ly0 + threadIdx.y; ly < ly0 + PLACE_TH && ly < lh && ly < out_h; ly += PLACE_BY) {
+        float cy = (ly + 0.5f) * ry - 0.5f, wsum = 0.f, a0 = 0.f, a1 = 0.f, a2 = 0.f;
+        for (int y = (int)ceilf(cy - sy), y1 = (int)floorf(cy + sy); y <= y1; ++y) {
+            float w = 1.f - fabsf((float)y - cy) * inv_sy;
+            if (w <= 0.f) continue;
+            wsum += w;
+            int r = y - y_first;   // rows outside the image were filtered as zeros
+            if (r >= 0 && r < n_rows) {
+                const float* s = rows + 3 * (r * PLACE_TW + threadIdx.x);
+                a0 += w * s[0]; a1 += w * s[1]; a2 += w * s[2];
+            }
+        }
+        if (wsum > 0.f) { float k = 1.f / wsum; a0 *= k; a1 *= k; a2 *= k; }
+        u8* o = out + 3 * ((long long)t * out_h * out_w + (long long)ly * out_w + lx);
+        o[0] = to_u8(a0); o[1] = to_u8(a1); o[2] = to_u8(a2);
+    }
+}
+
 // One block of SHARPNESS_THREADS (defined at compile time) threads per size x size x 3 chip: out[k] = the
 // variance (over the interior pixels) of the 4-neighbour Laplacian of chip k's grey image
 // (0.299 R + 0.587 G + 0.114 B); sums in double.
@@ -188,17 +248,24 @@ extern "C" __global__ void decode_candidates(const float* reg, const float* scor
 }
 """
 
-KERNELS = ("place_level", "warp_affine", "nv12_to_rgb", "decode_candidates", "chip_sharpness")
+KERNELS = ("place_level", "place_level_tiled", "warp_affine", "nv12_to_rgb", "decode_candidates", "chip_sharpness")
 """The kernels of _SOURCE (profiling tools tell vidx's own kernels apart by these names)."""
 THREADS = 256
 SHARPNESS_THREADS = 256
 """Threads of each of `chip_sharpness`'s blocks (a power of two: the kernel halves it to sum)."""
+PLACE_TW, PLACE_BY, PLACE_TH = 32, 8, 16
+"""`place_level_tiled`'s windows: PLACE_TW x PLACE_TH level pixels to a block of PLACE_TW x PLACE_BY threads."""
+PLACE_SHARED_BYTES = 48 * 1024
+"""The shared memory a `place_level_tiled` block may use (CUDA's limit without opting in); levels that shrink
+their frames so much that a window's source rows would need more use `place_level`."""
 
 
 @functools.cache
 def _kernels() -> dict[str, Any]:
     cp = require_cupy()
-    module = cp.RawModule(code=_SOURCE, options=("-std=c++11", f"-DSHARPNESS_THREADS={SHARPNESS_THREADS}"))
+    defines = {"SHARPNESS_THREADS": SHARPNESS_THREADS, "PLACE_TW": PLACE_TW, "PLACE_BY": PLACE_BY,
+               "PLACE_TH": PLACE_TH}
+    module = cp.RawModule(code=_SOURCE, options=("-std=c++11", *(f"-D{k}={v}" for k, v in defines.items())))
     return {name: module.get_function(name) for name in KERNELS}
 
 
@@ -226,7 +293,7 @@ def place_level(frames: Sequence[Array], width: int, height: int, out: Array) ->
     if not frames:
         return
     ptrs, dims = _frame_table(frames)
-    _place(ptrs, dims, len(frames), width, height, out)
+    _place(ptrs, dims, len(frames), width, height, out, max(f.shape[0] for f in frames))
 
 
 def place_coarser_level(finer: Array, count: int, finer_height: int, finer_width: int, width: int, height: int,
@@ -243,15 +310,44 @@ def place_coarser_level(finer: Array, count: int, finer_height: int, finer_width
     cp = require_cupy()
     ptrs = np.uint64(finer.data.ptr) + np.arange(count, dtype=np.uint64) * np.uint64(finer.strides[0])
     dims = np.tile(np.array([finer_height, finer_width, finer.strides[1]], np.int32), count)
-    _place(cp.asarray(ptrs), cp.asarray(dims), count, width, height, out)
+    _place(cp.asarray(ptrs), cp.asarray(dims), count, width, height, out, finer_height)
 
 
-def _place(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array) -> None:
-    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or count > out.shape[0]:
-        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {count}")
+def place_level_per_pixel(frames: Sequence[Array], width: int, height: int, out: Array) -> None:
+    """`place_level` by its one-thread-per-pixel 2-D form: what levels that shrink their frames too much for
+    `place_level_tiled`'s windows use, and the reference the tiled form is checked against."""
+    if frames:
+        _place_per_pixel(*_frame_table(frames), len(frames), width, height, out)
+
+
+def _place_per_pixel(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array) -> None:
     _launch("place_level", count * height * width,
             (ptrs, dims, np.int32(count), np.int32(width), np.int32(height), np.int32(out.shape[1]),
              np.int32(out.shape[2]), out))
+
+
+def place_rows(source_height: int, height: int) -> int:
+    """The source rows one `place_level_tiled` window of a level `height` rows high, scaled from `source_height`
+    rows, filters along x (an upper bound, with a row of slack at each end for float rounding)."""
+    ratio = source_height / height
+    return math.ceil((PLACE_TH - 1) * ratio + 2 * max(ratio, 1.0)) + 3
+
+
+def _place(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array, tallest: int) -> None:
+    """Place `count` frames (device tables `ptrs`, `dims`; the tallest `tallest` rows high) on `out`'s images."""
+    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or count > out.shape[0]:
+        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {count}")
+    out_h, out_w = out.shape[1:3]
+    rows = place_rows(tallest, height)
+    shared = rows * PLACE_TW * 3 * 4
+    if shared > PLACE_SHARED_BYTES or count > 65535:
+        _place_per_pixel(ptrs, dims, count, width, height, out)
+        return
+    grid = (-(-min(width, out_w) // PLACE_TW), -(-min(height, out_h) // PLACE_TH), count)
+    if grid[0] and grid[1]:
+        _kernels()["place_level_tiled"](grid, (PLACE_TW, PLACE_BY, 1),
+                                        (ptrs, dims, np.int32(width), np.int32(height), np.int32(out_h),
+                                         np.int32(out_w), np.int32(rows), out), shared_mem=shared)
 
 
 def chip_sharpness(chips: Array) -> Array:

@@ -119,6 +119,29 @@ def test_gpu_levels_match_the_host_pyramid(cp: object, engines: Engines, photos:
         assert not got[:, level.height:].any() and not got[:, :, level.width:].any()  # the black margin
 
 
+def test_tiled_level_kernel_gives_the_per_pixel_kernels_pixels(cp: object, photos: dict[str, np.ndarray]) -> None:
+    """place_level's separable windows give what its 2-D per-pixel form gives (float rounding apart), for
+    frames of different sizes in one launch, shrinking and enlarging, and leave the rest of each canvas as it
+    was; a level that shrinks its frames too much for the windows' shared memory takes the per-pixel form."""
+    from engines import cuda_ops
+
+    frames = [cp.asarray(photos[name]) for name in ("t1", "obama", "biden", "astronaut")]  # type: ignore[attr-defined]
+    for width, height in ((441, 305), (900, 620), (1500, 1040), (97, 70)):
+        tallest = max(f.shape[0] for f in frames)
+        shared = cuda_ops.place_rows(tallest, height) * cuda_ops.PLACE_TW * 12
+        assert (shared <= cuda_ops.PLACE_SHARED_BYTES) == (height != 70), (height, shared)
+        canvases = []
+        for place in (cuda_ops.place_level, cuda_ops.place_level_per_pixel):
+            out = cp.full((len(frames) + 1, height + 37, width + 50, 3), 7, cp.uint8)  # type: ignore[attr-defined]
+            place(frames, width, height, out)
+            canvases.append(out.get())
+        tiled, per_pixel = canvases
+        assert (tiled[:, height:] == 7).all() and (tiled[:, :, width:] == 7).all() and (tiled[-1] == 7).all()
+        diff = np.abs(tiled.astype(np.int16) - per_pixel)
+        assert diff.max() <= 1 and diff.mean() < 0.01, (width, height, diff.max(), diff.mean())
+        assert tiled[:-1, :height, :width].std() > 20  # pictures, not a blank canvas
+
+
 def assert_finds_what_the_cpu_finds(cp: object, cpu: Engines, gpu: Engines, photos: dict[str, np.ndarray],
                                     px: float, share: float, names: tuple[str, ...] = ("t1", "obama", "biden",
                                                                                      "astronaut")) -> None:
