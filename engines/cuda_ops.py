@@ -257,7 +257,7 @@ PLACE_TW, PLACE_BY, PLACE_TH = 32, 8, 16
 """`place_level_tiled`'s windows: PLACE_TW x PLACE_TH level pixels to a block of PLACE_TW x PLACE_BY threads."""
 PLACE_SHARED_BYTES = 48 * 1024
 """The shared memory a `place_level_tiled` block may use (CUDA's limit without opting in); levels that shrink
-their frames so much that a window's source rows would need more use `place_level`."""
+their frames so much that a window's source rows would need more use the per-pixel form (`place_level_per_pixel`)."""
 
 
 @functools.cache
@@ -320,7 +320,13 @@ def place_level_per_pixel(frames: Sequence[Array], width: int, height: int, out:
         _place_per_pixel(*_frame_table(frames), len(frames), width, height, out)
 
 
+def _check_out(out: Array, count: int) -> None:
+    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or count > out.shape[0]:
+        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {count}")
+
+
 def _place_per_pixel(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array) -> None:
+    _check_out(out, count)
     _launch("place_level", count * height * width,
             (ptrs, dims, np.int32(count), np.int32(width), np.int32(height), np.int32(out.shape[1]),
              np.int32(out.shape[2]), out))
@@ -335,8 +341,7 @@ def place_rows(source_height: int, height: int) -> int:
 
 def _place(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array, tallest: int) -> None:
     """Place `count` frames (device tables `ptrs`, `dims`; the tallest `tallest` rows high) on `out`'s images."""
-    if out.dtype != np.uint8 or out.ndim != 4 or not out.flags.c_contiguous or count > out.shape[0]:
-        raise ValueError(f"out must be a C-contiguous N x H x W x 3 uint8 array with N >= {count}")
+    _check_out(out, count)
     out_h, out_w = out.shape[1:3]
     rows = place_rows(tallest, height)
     shared = rows * PLACE_TW * 3 * 4
