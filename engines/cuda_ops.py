@@ -307,10 +307,15 @@ def place_coarser_level(finer: Array, count: int, finer_height: int, finer_width
         raise ValueError(f"finer must be a C-contiguous N x H x W x 3 uint8 array with N >= {count}")
     if finer_height > finer.shape[1] or finer_width > finer.shape[2]:
         raise ValueError(f"a {finer_height} x {finer_width} picture does not fit a {finer.shape[1:3]} canvas")
+    _place(*_canvas_table(finer, count, finer_height, finer_width), count, width, height, out, finer_height)
+
+
+def _canvas_table(canvases: Array, count: int, height: int, width: int) -> tuple[Array, Array]:
+    """`_frame_table` of the top-left height x width pictures of the first `count` images of `canvases`."""
     cp = require_cupy()
-    ptrs = np.uint64(finer.data.ptr) + np.arange(count, dtype=np.uint64) * np.uint64(finer.strides[0])
-    dims = np.tile(np.array([finer_height, finer_width, finer.strides[1]], np.int32), count)
-    _place(cp.asarray(ptrs), cp.asarray(dims), count, width, height, out, finer_height)
+    ptrs = np.uint64(canvases.data.ptr) + np.arange(count, dtype=np.uint64) * np.uint64(canvases.strides[0])
+    dims = np.tile(np.array([height, width, canvases.strides[1]], np.int32), count)
+    return cp.asarray(ptrs), cp.asarray(dims)
 
 
 def place_level_per_pixel(frames: Sequence[Array], width: int, height: int, out: Array) -> None:
