@@ -8,7 +8,7 @@ different videos and sizes (cross-video batches) without stacking or copying the
   each frame (or the finer level before it) scaled to the level's size at the top left of its canvas,
   resampled with an antialiasing triangle filter (the same filter family as Pillow's BILINEAR on the
   CPU path), separably: a block filters the source rows under a window of the level along x into shared
-  memory, then along y.
+  memory, then along y (levels that shrink a frame too much for that memory take a one-thread-per-pixel form).
 - `warp_affine_frames`: aligned face chips for many faces of many frames in one launch, with a
   footprint that widens with the downscale factor (so a large face gives the same chip as a small one).
 - `chip_sharpness`: each face chip's sharpness (variance of its grey image's Laplacian), one block per chip.
