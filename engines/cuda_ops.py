@@ -129,8 +129,8 @@ extern "C" __global__ void nv12_to_rgb(const u8* y_plane, const u8* uv_plane, in
 }
 
 // place_level as a separable filter, one block of PLACE_TW x PLACE_BY threads per PLACE_TW x PLACE_TH window of
-// one image's level (blockIdx.z: the image); the same weights, normalisation and zero padding as sample_tri,
-// whose 2-D weights and their sum are products of 1-D ones. Pass 1 filters along x, for the window's columns,
+// one image's level (blockIdx.z: the image); the same weights, normalisation and zero padding as sample_tri (up
+// to float rounding: reciprocals where it divides), whose 2-D weights and their sum are products of 1-D ones. Pass 1 filters along x, for the window's columns,
 // every source row its output rows reach, into shared memory (max_rows x PLACE_TW x 3 floats, max_rows at least
 // the rows any image of the launch needs); pass 2 filters those rows along y, each thread for PLACE_TH / PLACE_BY
 // pixels of its column. About 2r(r + 1) taps per pixel when shrinking by r, against (2r)^2 for sample_tri.
@@ -174,7 +174,7 @@ extern "C" __global__ void place_level_tiled(const unsigned long long* frames, c
             float w = 1.f - fabsf((float)y - cy) * inv_sy;
             if (w <= 0.f) continue;
             wsum += w;
-            int r = y - y_first;   // rows outside the image were filtered as zeros
+            int r = y - y_first;   // always within the window's rows (max_rows bounds them): a guard only
             if (r >= 0 && r < n_rows) {
                 const float* s = rows + 3 * (r * PLACE_TW + threadIdx.x);
                 a0 += w * s[0]; a1 += w * s[1]; a2 += w * s[2];
@@ -257,7 +257,8 @@ PLACE_TW, PLACE_BY, PLACE_TH = 32, 8, 16
 """`place_level_tiled`'s windows: PLACE_TW x PLACE_TH level pixels to a block of PLACE_TW x PLACE_BY threads."""
 PLACE_SHARED_BYTES = 48 * 1024
 """The shared memory a `place_level_tiled` block may use (CUDA's limit without opting in); levels that shrink
-their frames so much that a window's source rows would need more use the per-pixel form (`place_level_per_pixel`)."""
+their frames so much that a window's source rows would need more (and launches of over 65,535 images, past the
+grid's third dimension) use the per-pixel form (`place_level_per_pixel`)."""
 
 
 @functools.cache
@@ -347,6 +348,8 @@ def place_rows(source_height: int, height: int) -> int:
 def _place(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array, tallest: int) -> None:
     """Place `count` frames (device tables `ptrs`, `dims`; the tallest `tallest` rows high) on `out`'s images."""
     _check_out(out, count)
+    if count <= 0 or width <= 0 or height <= 0:
+        return
     out_h, out_w = out.shape[1:3]
     rows = place_rows(tallest, height)
     shared = rows * PLACE_TW * 3 * 4

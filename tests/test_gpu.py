@@ -119,27 +119,41 @@ def test_gpu_levels_match_the_host_pyramid(cp: object, engines: Engines, photos:
         assert not got[:, level.height:].any() and not got[:, :, level.width:].any()  # the black margin
 
 
-def test_tiled_level_kernel_gives_the_per_pixel_kernels_pixels(cp: object, photos: dict[str, np.ndarray]) -> None:
+def test_tiled_level_kernel_gives_the_per_pixel_kernels_pixels(cp: object, photos: dict[str, np.ndarray],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """place_level's separable windows give what its 2-D per-pixel form gives (float rounding apart), for
-    frames of different sizes in one launch, shrinking and enlarging, and leave the rest of each canvas as it
-    was; a level that shrinks its frames too much for the windows' shared memory takes the per-pixel form."""
+    frames of different sizes in one launch, shrinking and enlarging, onto canvases larger and smaller than the
+    level, and leave the rest of each canvas as it was; only a level that shrinks its frames too much for the
+    windows' shared memory takes the per-pixel form."""
     from engines import cuda_ops
 
+    per_pixel_launches: list[int] = []
+    per_pixel = cuda_ops._place_per_pixel
+
+    def counted(*args: object) -> None:
+        per_pixel_launches.append(1)
+        per_pixel(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cuda_ops, "_place_per_pixel", counted)
     frames = [cp.asarray(photos[name]) for name in ("t1", "obama", "biden", "astronaut")]  # type: ignore[attr-defined]
-    for width, height in ((441, 305), (900, 620), (1500, 1040), (97, 70)):
-        tallest = max(f.shape[0] for f in frames)
-        shared = cuda_ops.place_rows(tallest, height) * cuda_ops.PLACE_TW * 12
-        assert (shared <= cuda_ops.PLACE_SHARED_BYTES) == (height != 70), (height, shared)
+    # level width, height; canvas height, width; whether the windows fit (biden, 2,204 rows, is the tallest)
+    for width, height, canvas_h, canvas_w, tiled_form in ((441, 305, 342, 491, True), (900, 620, 657, 950, True),
+                                                          (1500, 1040, 1077, 1550, True), (900, 620, 600, 880, True),
+                                                          (97, 70, 107, 147, False)):
         canvases = []
         for place in (cuda_ops.place_level, cuda_ops.place_level_per_pixel):
-            out = cp.full((len(frames) + 1, height + 37, width + 50, 3), 7, cp.uint8)  # type: ignore[attr-defined]
+            out = cp.full((len(frames) + 1, canvas_h, canvas_w, 3), 7, cp.uint8)  # type: ignore[attr-defined]
+            launches = len(per_pixel_launches)
             place(frames, width, height, out)
+            if place is cuda_ops.place_level:
+                assert (len(per_pixel_launches) == launches) == tiled_form, (width, height)
             canvases.append(out.get())
-        tiled, per_pixel = canvases
+        tiled, reference = canvases
         assert (tiled[:, height:] == 7).all() and (tiled[:, :, width:] == 7).all() and (tiled[-1] == 7).all()
-        diff = np.abs(tiled.astype(np.int16) - per_pixel)
+        picture = (slice(0, len(frames)), slice(0, min(height, canvas_h)), slice(0, min(width, canvas_w)))
+        diff = np.abs(tiled[picture].astype(np.int16) - reference[picture])
         assert diff.max() <= 1 and diff.mean() < 0.01, (width, height, diff.max(), diff.mean())
-        assert tiled[:-1, :height, :width].std() > 20  # pictures, not a blank canvas
+        assert tiled[picture].std() > 20  # pictures, not a blank canvas
 
 
 def assert_finds_what_the_cpu_finds(cp: object, cpu: Engines, gpu: Engines, photos: dict[str, np.ndarray],

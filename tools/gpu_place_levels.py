@@ -8,10 +8,11 @@ to 1920 x 1080 and shifted a little per frame. The launches are those of a step 
 24 px): the face detector's finest level from the frames (the frames whose finest level runs on tiles), its
 coarser levels (the first from the frames, each next one from the one before), the person detector's two
 levels (the fine one from the frames, the coarse one from it). Each launch is timed alone with CUDA events, median
-of 20 after 3 unmeasured: both forms' kernels from one device table of the sources built beforehand, and the whole
-`place_level` / `place_coarser_level` call as a step makes it (its table built and copied to the GPU included); the
-two forms' pixels are compared (largest difference, share of values that differ). One JSON line per launch, then a
-summary line.
+of 20 after 3 unmeasured: each form's launch from one device table of the sources built beforehand (the events
+bracket the host's dispatch of the launch too, a few microseconds), and the whole `place_level` /
+`place_coarser_level` call as a step makes it (its table built and copied to the GPU included); the two forms'
+pixels are compared (largest difference, share of values that differ). "form" says which kernel `place_level` took
+(the per-pixel one where a level shrinks too much for the windows). One JSON line per launch, then a summary line.
 """
 
 from __future__ import annotations
@@ -108,11 +109,15 @@ def main() -> None:
             totals[key] += value
         diff = np.abs(out[:, :height, :width].get().astype(np.int16) - reference[:, :height, :width].get())
         row = {"launch": name, "frames": n, "from": f"{source_w}x{source_h}", "to": f"{width}x{height}",
-               "ratio": round(source_h / height, 3), **{key: round(value, 4) for key, value in times.items()},
+               "ratio": round(source_h / height, 3),
+               "form": "tiled" if cuda_ops.place_rows(source_h, height) * cuda_ops.PLACE_TW * 12
+               <= cuda_ops.PLACE_SHARED_BYTES else "per_pixel",
+               **{key: round(value, 4) for key, value in times.items()},
                "speed_up": round(times["per_pixel_kernel_ms"] / times["tiled_kernel_ms"], 2),
                "max_difference": int(diff.max()), "share_differing": float((diff > 0).mean())}
         print(json.dumps(row), flush=True)
-    print(json.dumps({"summary": True, "frames": n, "device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+    device = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())["name"].decode()
+    print(json.dumps({"summary": True, "frames": n, "device": device,
                       **{f"step_{key}": round(value, 3) for key, value in totals.items()},
                       "speed_up": round(totals["per_pixel_kernel_ms"] / totals["tiled_kernel_ms"], 2)}))
 
