@@ -130,10 +130,11 @@ extern "C" __global__ void nv12_to_rgb(const u8* y_plane, const u8* uv_plane, in
 
 // place_level as a separable filter, one block of PLACE_TW x PLACE_BY threads per PLACE_TW x PLACE_TH window of
 // one image's level (blockIdx.z: the image); the same weights, normalisation and zero padding as sample_tri (up
-// to float rounding: reciprocals where it divides), whose 2-D weights and their sum are products of 1-D ones. Pass 1 filters along x, for the window's columns,
-// every source row its output rows reach, into shared memory (max_rows x PLACE_TW x 3 floats, max_rows at least
-// the rows any image of the launch needs); pass 2 filters those rows along y, each thread for PLACE_TH / PLACE_BY
-// pixels of its column. About 2r(r + 1) taps per pixel when shrinking by r, against (2r)^2 for sample_tri.
+// to float rounding: reciprocals where it divides), whose 2-D weights and their sum are products of 1-D ones.
+// Pass 1 filters along x, for the window's columns, every source row its output rows reach, into shared memory
+// (max_rows x PLACE_TW x 3 floats, max_rows at least the rows any image of the launch needs); pass 2 filters those
+// rows along y, each thread for PLACE_TH / PLACE_BY pixels of its column. About 2r(r + 1) taps per pixel when
+// shrinking by r, against (2r)^2 for sample_tri.
 extern "C" __global__ void place_level_tiled(const unsigned long long* frames, const int* dims, int lw, int lh,
                                              int out_h, int out_w, int max_rows, u8* out) {
     extern __shared__ float rows[];
@@ -323,6 +324,7 @@ def place_level_per_pixel(frames: Sequence[Array], width: int, height: int, out:
     """`place_level` by its one-thread-per-pixel 2-D form: what levels that shrink their frames too much for
     `place_level_tiled`'s windows use, and the reference the tiled form is checked against."""
     if frames:
+        _check_out(out, len(frames))
         _place_per_pixel(*_frame_table(frames), len(frames), width, height, out)
 
 
@@ -332,7 +334,6 @@ def _check_out(out: Array, count: int) -> None:
 
 
 def _place_per_pixel(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array) -> None:
-    _check_out(out, count)
     _launch("place_level", count * height * width,
             (ptrs, dims, np.int32(count), np.int32(width), np.int32(height), np.int32(out.shape[1]),
              np.int32(out.shape[2]), out))
@@ -345,14 +346,19 @@ def place_rows(source_height: int, height: int) -> int:
     return math.ceil((PLACE_TH - 1) * ratio + 2 * max(ratio, 1.0)) + 3
 
 
+def place_shared_bytes(source_height: int, height: int) -> int:
+    """The shared memory of one `place_level_tiled` block (float RGB for each of a window's rows and columns); the
+    tiled form runs where it is at most PLACE_SHARED_BYTES."""
+    return place_rows(source_height, height) * PLACE_TW * 3 * 4
+
+
 def _place(ptrs: Array, dims: Array, count: int, width: int, height: int, out: Array, tallest: int) -> None:
     """Place `count` frames (device tables `ptrs`, `dims`; the tallest `tallest` rows high) on `out`'s images."""
     _check_out(out, count)
     if count <= 0 or width <= 0 or height <= 0:
         return
     out_h, out_w = out.shape[1:3]
-    rows = place_rows(tallest, height)
-    shared = rows * PLACE_TW * 3 * 4
+    rows, shared = place_rows(tallest, height), place_shared_bytes(tallest, height)
     if shared > PLACE_SHARED_BYTES or count > 65535:
         _place_per_pixel(ptrs, dims, count, width, height, out)
         return

@@ -110,8 +110,8 @@ def main() -> None:
         diff = np.abs(out[:, :height, :width].get().astype(np.int16) - reference[:, :height, :width].get())
         row = {"launch": name, "frames": n, "from": f"{source_w}x{source_h}", "to": f"{width}x{height}",
                "ratio": round(source_h / height, 3),
-               "form": "tiled" if cuda_ops.place_rows(source_h, height) * cuda_ops.PLACE_TW * 12
-               <= cuda_ops.PLACE_SHARED_BYTES else "per_pixel",
+               "form": ("tiled" if cuda_ops.place_shared_bytes(source_h, height) <= cuda_ops.PLACE_SHARED_BYTES
+                        else "per_pixel"),
                **{key: round(value, 4) for key, value in times.items()},
                "speed_up": round(times["per_pixel_kernel_ms"] / times["tiled_kernel_ms"], 2),
                "max_difference": int(diff.max()), "share_differing": float((diff > 0).mean())}
