@@ -251,6 +251,7 @@ class PyAVDecoder:
             stream = video_stream(container, path)
             info = stream_info(path, container, stream)
             self._check_size(info, path)
+            expected = info.frame_count or 0  # the index's count: PyAV answers only while the container is open
             ctx = stream.codec_context
             ctx.thread_type = "AUTO"
             ctx.thread_count = self.threads
@@ -309,7 +310,6 @@ class PyAVDecoder:
         stats.seconds = time.monotonic() - started
         stats.frames_in_video = demuxed
         self._check_unchanged(path, before)
-        expected = int(stream.frames or 0)
         if expected and demuxed < expected:
             raise VideoError(f"the file is truncated: it holds {demuxed} of the {expected} frames its index lists "
                              "(an interrupted copy or recording?)", path=path)
