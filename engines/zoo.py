@@ -10,9 +10,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
-
-import onnx
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from engines.errors import ModelError
 from engines.sources import (
@@ -25,6 +23,9 @@ from engines.sources import (
     sha256_file,
     write_atomic,
 )
+
+if TYPE_CHECKING:
+    import onnx  # imported where a model is converted: a worker that loads cached models needs none of it
 
 ModelName = Literal["face_detector", "person_detector", "face_embedder", "centerface"]
 MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
@@ -244,6 +245,8 @@ class ModelStore:
                 raise ModelError(f"cannot convert {name} from {files}: {exc}", path=source_path,
                                  hint="the pinned source may have changed; delete it and run "
                                  "`vidx models fetch --force`") from exc
+            import onnx
+
             onnx.checker.check_model(model)
             data = model.SerializeToString()
             write_atomic(self.onnx_path(name), data)

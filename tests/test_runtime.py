@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -172,6 +173,73 @@ def test_separable_pairs_fold_into_one_convolution_with_the_same_results(
     assert cpu.folded == 0 and "folded" not in cpu.description  # type: ignore[attr-defined]
 
 
+def test_gpu_graph_forms_are_made_once_and_then_read_without_the_onnx_package(
+        store: ModelStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A GPU session's graphs (FP16, narrowing pairs folded, and for quick sessions depthwise convolutions dense)
+    are made on first use beside the model and read from there by later processes, which import no `onnx`; other
+    options make a set of their own beside it, a new model version replaces the old sets, and where the cache
+    cannot be written the process runs the graphs from memory."""
+    import dataclasses
+    import logging
+    import shutil
+    import subprocess
+    import sys
+
+    from engines.convert import depthwise
+    from engines.convert.forms import graph_forms
+    from engines.convert.separable import fold_separable
+    from engines.runtime.onnxruntime import FOLD_RULE
+    from engines.zoo import ModelFile
+
+    cached = store.load("face_detector")
+    copy = tmp_path / "models" / cached.path.name
+    copy.parent.mkdir()
+    copy.write_bytes(cached.path.read_bytes())
+    model = ModelFile(cached.spec, copy, cached.provenance)
+    forms = graph_forms(model, str(copy), fp16=True, dense=True, fold=FOLD_RULE)
+    expected = to_float16(fold_separable(onnx.load(str(copy)), FOLD_RULE))
+    assert forms.folded == 20 and forms.fastest != forms.quick
+    assert Path(forms.fastest).read_bytes() == expected.SerializeToString()
+    assert Path(forms.quick).read_bytes() == depthwise.dense_depthwise(expected).SerializeToString()
+    made = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "models" / "forms").iterdir()}
+    assert len(made) == 3  # the two graphs and the record that names them, written last
+
+    later = subprocess.run([sys.executable, "-c", f"""
+import sys
+from pathlib import Path
+from engines.convert.forms import graph_forms
+from engines.runtime.onnxruntime import FOLD_RULE
+from engines.zoo import ModelFile, ModelStore
+cached = ModelStore(Path({str(store.cache_dir)!r})).load("face_detector")
+model = ModelFile(cached.spec, Path({str(copy)!r}), cached.provenance)
+forms = graph_forms(model, {str(copy)!r}, fp16=True, dense=True, fold=FOLD_RULE)
+print(forms.fastest, forms.quick, forms.folded, "onnx" in sys.modules)
+"""], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert later.stdout.split() == [forms.fastest, forms.quick, "20", "False"]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "models" / "forms").iterdir()} == made
+
+    fp32 = graph_forms(model, str(copy), fp16=False, dense=False, fold=FOLD_RULE)
+    assert fp32.folded == 20 and fp32.fastest == fp32.quick and fp32.fastest not in made
+    assert all((tmp_path / "models" / "forms" / name).exists() for name in made)
+    assert graph_forms(model, str(copy), fp16=False, dense=False, fold=None).fastest == str(copy)
+
+    newer = dataclasses.replace(model, provenance=dataclasses.replace(model.provenance, onnx_sha256="0" * 64))
+    renewed = graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE)
+    assert renewed.fastest != forms.fastest and not os.path.exists(forms.fastest) and not os.path.exists(fp32.fastest)
+    record = next((tmp_path / "models" / "forms").glob("*.json"))
+    record.write_text("{")  # left unreadable: made again
+    assert graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE) == renewed
+
+    shutil.rmtree(tmp_path / "models" / "forms")
+    (tmp_path / "models" / "forms").write_text("not a folder")  # a cache that cannot be written: forms in memory
+    with caplog.at_level(logging.WARNING, logger="engines.convert.forms"):
+        unwritten = graph_forms(model, str(copy), fp16=True, dense=True, fold=FOLD_RULE)
+    assert (unwritten.fastest, unwritten.quick) == (expected.SerializeToString(),
+                                                    depthwise.dense_depthwise(expected).SerializeToString())
+    assert "cannot cache the GPU forms" in caplog.text and unwritten.folded == 20
+    assert isinstance(graph_forms(model, str(copy), fp16=False, dense=False, fold=FOLD_RULE).fastest, bytes)
+
+
 @pytest.mark.parametrize("name", ["face_detector", "person_detector", "face_embedder"])
 def test_fp16_graph_for_strongly_typed_tensorrt(store: ModelStore, name: str) -> None:
     """The FP16 copy keeps uint8 input and float32 outputs and computes in float16."""
@@ -236,19 +304,23 @@ def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: Mode
     import onnxruntime as ort
 
     from engines.convert.depthwise import dense_depthwise
-    from engines.convert.fixed_shapes import with_input_shapes
+    from engines.convert.fixed_shapes import free_dimension_sizes
     from engines.imageops import resize
     from engines.runtime.onnxruntime import SetUpBehind, ShapeSessions
 
     model = onnx.load(str(store.load("face_detector").path))
-    dense, fast_graph = dense_depthwise(model), model.SerializeToString()
+    quick_graph, fast_graph = dense_depthwise(model).SerializeToString(), model.SerializeToString()
+    inputs = ort.InferenceSession(fast_graph, providers=["CPUExecutionProvider"]).get_inputs()
+    declared = {i.name: i.shape for i in inputs}
     name = model.graph.input[0].name
     release = threading.Event()
     set_up: list[tuple[int, ...]] = []
 
     def quick(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> ort.InferenceSession:
-        shaped = with_input_shapes(dense, {n: shape for n, shape, _ in spec})  # as each CUDA shape's session
-        return ort.InferenceSession(shaped.SerializeToString(), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()  # its input dimensions fixed, as each CUDA shape's session has them
+        for dim, size in free_dimension_sizes(declared, {n: shape for n, shape, _ in spec}).items():
+            opts.add_free_dimension_override_by_name(dim, size)
+        return ort.InferenceSession(quick_graph, opts, providers=["CPUExecutionProvider"])
 
     def faster(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> ort.InferenceSession:
         release.wait(30)  # behind: held until the quick session has run

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from engines.arrays import Array, cupy_module
+from engines.convert.fixed_shapes import free_dimension_sizes
+from engines.convert.forms import graph_forms
 from engines.cuda_graphs import CapturedGraph, GraphCaptureError, capture
 from engines.errors import ModelError, RuntimeUnavailable
 from engines.runtime.base import DeviceKind, RuntimeName, cpu_run_threads
@@ -40,9 +42,9 @@ CUDA options prefer_nhwc + fuse_conv_bias): on an H100 the every-frame pipeline 
 0 to run them in NCHW without fusion (for comparisons)."""
 
 FIXED_DIMS_ENV = "VIDX_ORT_FIXED_DIMS"
-"""On CUDA each input shape's session opens the graph with that shape's input dimensions fixed, so that ONNX
-Runtime folds its shape arithmetic (engines/convert/fixed_shapes.py). Set it to 0 to keep them free (for
-comparisons; the person detector's runs then cannot be recorded as CUDA graphs)."""
+"""On CUDA each input shape's session fixes that shape's input dimensions by name (ONNX Runtime's free-dimension
+overrides), so that ONNX Runtime folds its shape arithmetic (engines/convert/fixed_shapes.py). Set it to 0 to keep
+them free (for comparisons; the person detector's runs then cannot be recorded as CUDA graphs)."""
 
 FOLD_ENV = "VIDX_ORT_FOLD_SEPARABLE"
 """On CUDA, each depthwise convolution that feeds only a narrowing 1 x 1 one (FOLD_RULE) is folded with it into
@@ -272,9 +274,10 @@ class OnnxRuntimeSession:
     and sets up once, up to MAX_SHAPE_SESSIONS shapes per model, as each session's memory arena grows to its
     shape's peak. How a shape's session is set up is `start` (RuntimeConfig.engine_start): the fastest form
     (`wait`), a quick one (`quick`: depthwise convolutions as ordinary ones, NCHW, no fusion: about a second
-    per shape), or the quick one first and the fastest behind it (`background`). Each shape's session opens
-    the graph with that shape's input dimensions fixed (engines.convert.fixed_shapes), and its second run is
-    recorded as a CUDA graph that later runs replay (CUDA_GRAPHS_ENV; `ShapeSession`).
+    per shape), or the quick one first and the fastest behind it (`background`). Each shape's session fixes
+    that shape's input dimensions (engines.convert.fixed_shapes), and its second run is recorded as a CUDA graph
+    that later runs replay (CUDA_GRAPHS_ENV; `ShapeSession`). The graphs a GPU session opens (FP16, folded
+    pairs, dense depthwise convolutions) are made once and cached beside the model (engines.convert.forms).
     """
 
     def __init__(self, model: ModelFile, *, device: DeviceKind = "cpu", threads: int = 0, fp16: bool = False,
@@ -292,15 +295,8 @@ class OnnxRuntimeSession:
         self.fp16 = fp16
         self.int8 = int8
         self._device: DeviceKind = device
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads or device == "cpu":
-            opts.intra_op_num_threads = threads or cpu_run_threads()
-        opts.log_severity_level = 3
-        if device == "cpu":
-            # ONNX Runtime's pool threads spin between runs by default, taking the cores the decoder
-            # threads need: on a 2-core box the CPU pipeline ran 3-12% faster without (docs/performance.md).
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._threads = threads
+        opts = self._options()
         self.stream: Any = None
         self._device_id = 0
         providers: list[Any] = ["CPUExecutionProvider"]
@@ -342,20 +338,21 @@ class OnnxRuntimeSession:
             source = str(int8_copy(model))
         try:
             on_cuda = device == "cuda"
-            fast_graph, quick_graph, self.folded = self._graphs(
-                source, fp16, dense=on_cuda and start != "wait", fold=on_cuda and os.environ.get(FOLD_ENV, "1") != "0")
+            forms = graph_forms(model, source, fp16=fp16, dense=on_cuda and start != "wait",
+                                fold=FOLD_RULE if on_cuda and os.environ.get(FOLD_ENV, "1") != "0" else None)
+            fast_graph, quick_graph, self.folded = forms.fastest, forms.quick, forms.folded
             # the quick form differs from the fastest where the model has depthwise convolutions or runs fused
-            quick = start != "wait" and (quick_graph is not fast_graph or self.fused)
+            quick = start != "wait" and (quick_graph != fast_graph or self.fused)
             graph, session_providers = (quick_graph, providers) if quick else (fast_graph, fast_providers)
             self.start: EngineStart = start if quick else "wait"
-            self.dense_depthwise = quick and quick_graph is not fast_graph
+            self.dense_depthwise = quick and quick_graph != fast_graph
             self._session = ort.InferenceSession(graph, sess_options=opts, providers=session_providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":
                 faster = None
                 if self.start == "background":
-                    faster = partial(self._set_up, fast_graph, opts, fast_providers)
-                self._by_shape = ShapeSessions(partial(self._open_shape, graph, opts, session_providers),
+                    faster = partial(self._set_up, fast_graph, fast_providers)
+                self._by_shape = ShapeSessions(partial(self._open_shape, graph, session_providers),
                                                faster=faster)
         except Exception as exc:  # ORT raises its own untyped errors for corrupt or unsupported graphs
             raise ModelError(f"ONNX Runtime cannot load the model: {exc}", path=model.path,
@@ -365,31 +362,6 @@ class OnnxRuntimeSession:
             raise RuntimeUnavailable(f"ONNX Runtime fell back to {self._active} for {model.spec.name}")
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         self._outputs = [(o.name, o.shape, ORT_TO_NUMPY[o.type]) for o in self._session.get_outputs()]
-
-    @staticmethod
-    def _graphs(source: str, fp16: bool, *, dense: bool, fold: bool) -> tuple[str | bytes, str | bytes, int]:
-        """The graph of the fastest sessions, that of the quick ones (with `dense`: depthwise convolutions
-        as ordinary ones; the same object where nothing was rewritten), each rewritten copy serialised once, and
-        how many depthwise-separable pairs were folded (with `fold`: FOLD_ENV) in both."""
-        if not (fp16 or dense or fold):
-            return source, source, 0
-        import onnx
-
-        from engines.convert import depthwise
-        from engines.convert.fp16 import to_float16
-        from engines.convert.separable import fold_separable, separable_pairs
-
-        proto = onnx.load(source)
-        folded = 0
-        if fold:
-            folded = sum(FOLD_RULE(*pair) for pair in separable_pairs(proto))
-            proto = fold_separable(proto, FOLD_RULE)
-        if fp16:
-            proto = to_float16(proto)
-        fast: str | bytes = proto.SerializeToString() if fp16 or folded else source
-        if dense and depthwise.has_depthwise(proto):
-            return fast, depthwise.dense_depthwise(proto).SerializeToString(), folded
-        return fast, fast, folded
 
     @property
     def runtime(self) -> RuntimeName:
@@ -453,29 +425,41 @@ class OnnxRuntimeSession:
                 return self._replay(shape, inputs)
             return self._run_cuda(shape, inputs)
 
-    def _open_shape(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> ShapeSession:
-        """A session of `graph` for one shape's inputs (their dimensions fixed in the graph, unless
+    def _options(self) -> Any:
+        """A session's options (each shape's session has its own: its input dimensions are fixed in them)."""
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self._threads or self._device == "cpu":
+            opts.intra_op_num_threads = self._threads or cpu_run_threads()
+        opts.log_severity_level = 3
+        if self._device == "cpu":
+            # ONNX Runtime's pool threads spin between runs by default, taking the cores the decoder
+            # threads need: on a 2-core box the CPU pipeline ran 3-12% faster without (docs/performance.md).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return opts
+
+    def _open_shape(self, graph: str | bytes, providers: list[Any], spec: InputSpec) -> ShapeSession:
+        """A session of `graph` for one shape's inputs (their dimensions fixed by name, unless
         VIDX_ORT_FIXED_DIMS=0), computing on a CUDA stream of its own."""
         cp = cupy_module()
         if cp is None:  # checked in __init__; keeps the type checker honest
             raise RuntimeUnavailable("CuPy is not available")
+        opts = self._options()
         if self.fixed_dims:
-            import onnx
-
-            from engines.convert.fixed_shapes import with_input_shapes
-
-            proto = onnx.load_from_string(graph) if isinstance(graph, bytes) else onnx.load(graph)
-            graph = with_input_shapes(proto, {name: shape for name, shape, _ in spec}).SerializeToString()
+            declared = {i.name: i.shape for i in self._session.get_inputs()}
+            for dim, size in free_dimension_sizes(declared, {name: shape for name, shape, _ in spec}).items():
+                opts.add_free_dimension_override_by_name(dim, size)
         stream = cp.cuda.Stream(non_blocking=True)
         own = [(p[0], {**p[1], "user_compute_stream": str(stream.ptr)}) if isinstance(p, tuple) else p
                for p in providers]
         return ShapeSession(self._ort.InferenceSession(graph, sess_options=opts, providers=own), stream)
 
-    def _set_up(self, graph: str | bytes, opts: Any, providers: list[Any], spec: InputSpec) -> ShapeSession:
+    def _set_up(self, graph: str | bytes, providers: list[Any], spec: InputSpec) -> ShapeSession:
         """A shape's session of `graph` on `providers`, set up for its inputs by a run on zeros (behind the
         quick sessions, in SetUpBehind's thread)."""
         cp = cupy_module()
-        shape = self._open_shape(graph, opts, providers, spec)
+        shape = self._open_shape(graph, providers, spec)
         with cp.cuda.Device(self._device_id), self.stream:  # type: ignore[union-attr]
             self._run_cuda(shape, {name: cp.zeros(dims, np.dtype(dtype))  # type: ignore[union-attr]
                                    for name, dims, dtype in spec})

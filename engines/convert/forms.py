@@ -1,0 +1,121 @@
+"""The forms of a converted model that GPU sessions run, made once and cached beside the model.
+
+A GPU worker runs rewritten copies of a model's graph: FP16 (engines/convert/fp16.py), with some
+depthwise-separable pairs folded (separable.py), and for its quick sessions with the depthwise convolutions as
+ordinary ones (depthwise.py). Made afresh, they cost every worker process the `onnx` package's import and the
+rewrites on its way to its first video (about 1 s on a 2-core CPU: docs/performance.md, "GPU: how a worker
+starts"), so they are written whole (engines.sources.write_atomic) under `<models>/forms/` on first use and read from
+there afterwards, without importing `onnx`.
+
+A set of forms is named by what it is made from and how: the model's hash, the rewriting modules' code and the
+`onnx` version (which, changed, remove the model's earlier sets), then the source graph's file, the rewrites asked
+for and the fold rule's code (sets for other options stay: `vidx bench` and other commands may ask for them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engines.sources import write_atomic
+
+if TYPE_CHECKING:
+    from engines.convert.separable import FoldRule
+    from engines.zoo import ModelFile
+
+log = logging.getLogger(__name__)
+REWRITERS = ("fp16.py", "separable.py", "depthwise.py")
+"""The modules (beside this one) whose code shapes the forms."""
+
+
+@dataclass(frozen=True)
+class GraphForms:
+    """The graphs a model's sessions open: `fastest` for the fastest sessions, `quick` for the quick ones (the
+    same file where nothing differs), and how many depthwise-separable pairs both have folded. Each is a file's
+    path, or the serialised graph itself where the cache could not be written."""
+
+    fastest: str | bytes
+    quick: str | bytes
+    folded: int
+
+
+def graph_forms(model: ModelFile, source: str, *, fp16: bool, dense: bool, fold: FoldRule | None) -> GraphForms:
+    """The forms of `source` (the model's graph, or a copy made from it) for these options, from the cache
+    or made now. With no rewrite asked for, `source` itself."""
+    if not (fp16 or dense or fold):
+        return GraphForms(source, source, 0)
+    folder = model.path.parent / "forms"
+    made_by = _made_by(model)
+    stem = f"{model.spec.name}-{made_by}-{_options(source, fp16=fp16, dense=dense, fold=fold)}"
+    try:
+        made = json.loads((folder / f"{stem}.json").read_text())
+        forms = GraphForms(_path(folder, made["fastest"], source), _path(folder, made["quick"], source),
+                           int(made["folded"]))
+        if os.path.exists(forms.fastest) and os.path.exists(forms.quick):
+            return forms
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not made yet, or left unreadable: made again below
+    forms = _make(source, folder, stem, fp16=fp16, dense=dense, fold=fold)
+    if isinstance(forms.fastest, str):  # cached: sets of an earlier model or rewriting code are never used again
+        for old in folder.glob(f"{model.spec.name}-*"):
+            if not old.name.startswith(f"{model.spec.name}-{made_by}-"):
+                old.unlink(missing_ok=True)
+    return forms
+
+
+def _made_by(model: ModelFile) -> str:
+    """Names the model and the code that rewrites it."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256(f"{model.provenance.onnx_sha256} onnx {version('onnx')}".encode())
+    for name in REWRITERS:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _options(source: str, *, fp16: bool, dense: bool, fold: FoldRule | None) -> str:
+    """Names the source graph's file and the rewrites asked for."""
+    rule = inspect.getsource(fold) if fold is not None else "no fold"
+    return hashlib.sha256(f"{Path(source).name} fp16={fp16} dense={dense} {rule}".encode()).hexdigest()[:8]
+
+
+def _path(folder: Path, name: str, source: str) -> str:
+    return str(folder / name) if name else source  # "": the source graph itself
+
+
+def _make(source: str, folder: Path, stem: str, *, fp16: bool, dense: bool, fold: FoldRule | None) -> GraphForms:
+    import onnx
+
+    from engines.convert import depthwise
+    from engines.convert.fp16 import to_float16
+    from engines.convert.separable import fold_separable, separable_pairs
+
+    proto = onnx.load(source)
+    folded = 0
+    if fold is not None:
+        folded = sum(fold(*pair) for pair in separable_pairs(proto))
+        proto = fold_separable(proto, fold)
+    if fp16:
+        proto = to_float16(proto)
+    fastest = f"{stem}-fastest.onnx" if fp16 or folded else ""
+    quick = f"{stem}-quick.onnx" if dense and depthwise.has_depthwise(proto) else fastest
+    graphs = {fastest: proto.SerializeToString() if fastest else b""}
+    if quick != fastest:
+        graphs[quick] = depthwise.dense_depthwise(proto).SerializeToString()
+    try:
+        for name, data in graphs.items():
+            if name:
+                write_atomic(folder / name, data)
+        made = {"fastest": fastest, "quick": quick, "folded": folded}
+        write_atomic(folder / f"{stem}.json", json.dumps(made, indent=2).encode())  # last: the set is whole
+    except OSError as exc:  # a read-only or full cache: this process runs them from memory
+        log.warning("cannot cache the GPU forms of %s in %s (%s): made again by each process", source, folder, exc)
+        return GraphForms(graphs[fastest] or source, graphs[quick] or source, folded)
+    return GraphForms(_path(folder, fastest, source), _path(folder, quick, source), folded)
+
