@@ -118,35 +118,30 @@ def test_graph_contract_and_deterministic_bytes(store: ModelStore,
 
 def test_fixed_input_dimensions_fold_the_grid_arithmetic_with_the_same_outputs(
         store: ModelStore, vtest_frames: dict[int, np.ndarray], tmp_path: Path) -> None:
-    """Each GPU shape's session fixes its input's dimensions by name (ONNX Runtime's free-dimension overrides,
-    sizes from free_dimension_sizes): ONNX Runtime then folds the heads' grid arithmetic (Shape, Gather, Range)
-    into constants, leaving no node for the CPU provider between the GPU's kernels (a run that leaves the GPU
-    cannot be recorded as a CUDA graph), as it does for a copy of the graph with them fixed (with_input_shapes),
-    and the outputs are those of the graph as it is."""
+    """Each GPU shape's session fixes its input's dimensions by name in its options (ONNX Runtime's free-dimension
+    overrides; OnnxRuntimeSession._shape_options, here on the CPU): ONNX Runtime then folds the heads' grid
+    arithmetic (Shape, Gather, Range) into constants, leaving no node for the CPU provider between the GPU's kernels
+    (a run that leaves the GPU cannot be recorded as a CUDA graph), as it does for a copy of the graph with them
+    fixed (with_input_shapes), and the outputs are those of the graph as it is."""
     import onnxruntime as ort
 
     from engines.convert.fixed_shapes import free_dimension_sizes, with_input_shapes
+    from engines.runtime.onnxruntime import OnnxRuntimeSession
 
-    path = str(store.load("person_detector").path)
-    model = onnx.load(path)
+    loaded = store.load("person_detector")
+    path = str(loaded.path)
     frame = vtest_frames[200][None]  # 1 x 576 x 768 x 3, pedestrians
+    product = OnnxRuntimeSession(loaded, device="cpu")
 
-    def optimised(graph: str | bytes, name: str, fixed: dict[str, int] | None = None
-                  ) -> tuple[ort.InferenceSession, list[str]]:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # constant folding
+    def optimised(graph: str | bytes, name: str, opts: ort.SessionOptions) -> tuple[ort.InferenceSession, list[str]]:
         opts.optimized_model_filepath = str(tmp_path / name)
-        for dim, size in (fixed or {}).items():
-            opts.add_free_dimension_override_by_name(dim, size)
         session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         return session, sorted(node.op_type for node in onnx.load(str(tmp_path / name)).graph.node)
 
-    dynamic, dynamic_ops = optimised(path, "dynamic.onnx")
-    declared = {i.name: i.shape for i in dynamic.get_inputs()}
-    sizes = free_dimension_sizes(declared, {"image": frame.shape})
-    assert sizes == {"N": 1, "H": 576, "W": 768}
-    fixed, fixed_ops = optimised(path, "fixed.onnx", sizes)
-    _, copy_ops = optimised(with_input_shapes(model, {"image": frame.shape}).SerializeToString(), "copy.onnx")
+    dynamic, dynamic_ops = optimised(path, "dynamic.onnx", product._options())
+    fixed, fixed_ops = optimised(path, "fixed.onnx", product._shape_options((("image", frame.shape, "|u1"),)))
+    copy = with_input_shapes(onnx.load(path), {"image": frame.shape}).SerializeToString()
+    _, copy_ops = optimised(copy, "copy.onnx", product._options())
     assert {"Shape", "Range"} <= set(dynamic_ops)  # what there is to fold
     assert not {"Shape", "Gather", "Range"} & set(fixed_ops)
     assert fixed_ops == copy_ops
@@ -154,6 +149,8 @@ def test_fixed_input_dimensions_fold_the_grid_arithmetic_with_the_same_outputs(
     for a, b in zip(before, after, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-4)
     assert int((after[1] > 0.5).sum()) >= 3  # people found: not a blank comparison
+    declared = {i.name: i.shape for i in dynamic.get_inputs()}
+    assert free_dimension_sizes(declared, {"image": frame.shape}) == {"N": 1, "H": 576, "W": 768}
     with pytest.raises(ValueError, match="4 dimensions, not 3"):
         free_dimension_sizes(declared, {"image": (1, 576, 768)})
     with pytest.raises(ValueError, match="no input 'chips'"):
@@ -165,7 +162,7 @@ def test_fixed_input_dimensions_fold_the_grid_arithmetic_with_the_same_outputs(
     with pytest.raises(ValueError, match="'N' is 1 in one input and 2 in 'mask'"):
         free_dimension_sizes({"image": ["N", "H", "W", 3], "mask": ["N"]}, {"image": frame.shape, "mask": (2,)})
     with pytest.raises(ValueError, match="4 dimensions, not 3"):
-        with_input_shapes(model, {"image": (1, 576, 768)})
+        with_input_shapes(onnx.load(path), {"image": (1, 576, 768)})
 
 
 def test_bad_darknet_files_name_the_reason(darknet_files: tuple[str, bytes, Path, Path]) -> None:

@@ -174,17 +174,19 @@ def test_separable_pairs_fold_into_one_convolution_with_the_same_results(
 
 
 def test_gpu_graph_forms_are_made_once_and_then_read_without_the_onnx_package(
-        store: ModelStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        store: ModelStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU session's graphs (FP16, narrowing pairs folded, and for quick sessions depthwise convolutions dense)
     are made on first use beside the model and read from there by later processes, which import no `onnx`; other
-    options make a set of their own beside it, a new model version replaces the old sets, and where the cache
-    cannot be written the process runs the graphs from memory."""
+    options make a set of their own beside it, a new model version replaces the old sets, an unreadable record is
+    made again, and where the cache cannot be written the process runs the graphs it made and removes nothing."""
     import dataclasses
+    import hashlib
+    import json
     import logging
-    import shutil
     import subprocess
     import sys
 
+    import engines.convert.forms
     from engines.convert import depthwise
     from engines.convert.forms import graph_forms
     from engines.convert.separable import fold_separable
@@ -195,17 +197,18 @@ def test_gpu_graph_forms_are_made_once_and_then_read_without_the_onnx_package(
     copy = tmp_path / "models" / cached.path.name
     copy.parent.mkdir()
     copy.write_bytes(cached.path.read_bytes())
+    folder = tmp_path / "models" / "forms"
     model = ModelFile(cached.spec, copy, cached.provenance)
     forms = graph_forms(model, str(copy), fp16=True, dense=True, fold=FOLD_RULE)
     expected = to_float16(fold_separable(onnx.load(str(copy)), FOLD_RULE))
-    assert forms.folded == 20 and forms.fastest != forms.quick
-    assert Path(forms.fastest).read_bytes() == expected.SerializeToString()
-    assert Path(forms.quick).read_bytes() == depthwise.dense_depthwise(expected).SerializeToString()
-    made = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "models" / "forms").iterdir()}
+    assert forms.folded == 20
+    assert forms.fastest == expected.SerializeToString()
+    assert forms.quick == depthwise.dense_depthwise(expected).SerializeToString()
+    made = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert len(made) == 3  # the two graphs and the record that names them, written last
 
     later = subprocess.run([sys.executable, "-c", f"""
-import sys
+import hashlib, sys
 from pathlib import Path
 from engines.convert.forms import graph_forms
 from engines.runtime.onnxruntime import FOLD_RULE
@@ -213,31 +216,37 @@ from engines.zoo import ModelFile, ModelStore
 cached = ModelStore(Path({str(store.cache_dir)!r})).load("face_detector")
 model = ModelFile(cached.spec, Path({str(copy)!r}), cached.provenance)
 forms = graph_forms(model, {str(copy)!r}, fp16=True, dense=True, fold=FOLD_RULE)
-print(forms.fastest, forms.quick, forms.folded, "onnx" in sys.modules)
+print(hashlib.sha256(forms.fastest).hexdigest(), hashlib.sha256(forms.quick).hexdigest(), forms.folded,
+      "onnx" in sys.modules)
 """], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert later.stdout.split() == [forms.fastest, forms.quick, "20", "False"]
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "models" / "forms").iterdir()} == made
+    digests = [hashlib.sha256(g).hexdigest() for g in (forms.fastest, forms.quick)]  # type: ignore[arg-type]
+    assert later.stdout.split() == [*digests, "20", "False"]
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == made  # read, not made again
 
     fp32 = graph_forms(model, str(copy), fp16=False, dense=False, fold=FOLD_RULE)
-    assert fp32.folded == 20 and fp32.fastest == fp32.quick and fp32.fastest not in made
-    assert all((tmp_path / "models" / "forms" / name).exists() for name in made)
+    assert fp32.folded == 20 and fp32.fastest is fp32.quick and fp32.fastest == fold_separable(
+        onnx.load(str(copy)), FOLD_RULE).SerializeToString()
+    assert len(list(folder.iterdir())) == 5 and all((folder / name).exists() for name in made)
     assert graph_forms(model, str(copy), fp16=False, dense=False, fold=None).fastest == str(copy)
 
     newer = dataclasses.replace(model, provenance=dataclasses.replace(model.provenance, onnx_sha256="0" * 64))
-    renewed = graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE)
-    assert renewed.fastest != forms.fastest and not os.path.exists(forms.fastest) and not os.path.exists(fp32.fastest)
-    record = next((tmp_path / "models" / "forms").glob("*.json"))
-    record.write_text("{")  # left unreadable: made again
-    assert graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE) == renewed
-
-    shutil.rmtree(tmp_path / "models" / "forms")
-    (tmp_path / "models" / "forms").write_text("not a folder")  # a cache that cannot be written: forms in memory
+    monkeypatch.setattr(engines.convert.forms, "write_atomic", _disk_full)
     with caplog.at_level(logging.WARNING, logger="engines.convert.forms"):
-        unwritten = graph_forms(model, str(copy), fp16=True, dense=True, fold=FOLD_RULE)
-    assert (unwritten.fastest, unwritten.quick) == (expected.SerializeToString(),
-                                                    depthwise.dense_depthwise(expected).SerializeToString())
-    assert "cannot cache the GPU forms" in caplog.text and unwritten.folded == 20
-    assert isinstance(graph_forms(model, str(copy), fp16=False, dense=False, fold=FOLD_RULE).fastest, bytes)
+        unwritten = graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE)
+    assert (unwritten.fastest, unwritten.quick, unwritten.folded) == (forms.fastest, forms.quick, 20)
+    assert "cannot cache the GPU forms" in caplog.text and len(list(folder.iterdir())) == 5  # nothing removed
+    monkeypatch.undo()
+    renewed = graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE)
+    assert (renewed.fastest, renewed.quick) == (forms.fastest, forms.quick)
+    assert not any((folder / name).exists() for name in made) and len(list(folder.iterdir())) == 3
+    (record,) = folder.glob("*.json")
+    record.write_text("{")  # left unreadable: made again
+    assert graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE).quick == forms.quick
+    assert json.loads(record.read_text())["folded"] == 20
+
+
+def _disk_full(path: Path, data: bytes) -> None:
+    raise OSError(28, "No space left on device", str(path))
 
 
 @pytest.mark.parametrize("name", ["face_detector", "person_detector", "face_embedder"])
@@ -304,23 +313,19 @@ def test_faster_sessions_set_up_behind_take_over_from_the_quick_ones(store: Mode
     import onnxruntime as ort
 
     from engines.convert.depthwise import dense_depthwise
-    from engines.convert.fixed_shapes import free_dimension_sizes
     from engines.imageops import resize
-    from engines.runtime.onnxruntime import SetUpBehind, ShapeSessions
+    from engines.runtime.onnxruntime import OnnxRuntimeSession, SetUpBehind, ShapeSessions
 
-    model = onnx.load(str(store.load("face_detector").path))
+    loaded = store.load("face_detector")
+    model = onnx.load(str(loaded.path))
     quick_graph, fast_graph = dense_depthwise(model).SerializeToString(), model.SerializeToString()
-    inputs = ort.InferenceSession(fast_graph, providers=["CPUExecutionProvider"]).get_inputs()
-    declared = {i.name: i.shape for i in inputs}
+    product = OnnxRuntimeSession(loaded, device="cpu")  # for the options each CUDA shape's session has
     name = model.graph.input[0].name
     release = threading.Event()
     set_up: list[tuple[int, ...]] = []
 
     def quick(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> ort.InferenceSession:
-        opts = ort.SessionOptions()  # its input dimensions fixed, as each CUDA shape's session has them
-        for dim, size in free_dimension_sizes(declared, {n: shape for n, shape, _ in spec}).items():
-            opts.add_free_dimension_override_by_name(dim, size)
-        return ort.InferenceSession(quick_graph, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(quick_graph, product._shape_options(spec), providers=["CPUExecutionProvider"])
 
     def faster(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> ort.InferenceSession:
         release.wait(30)  # behind: held until the quick session has run

@@ -5,20 +5,21 @@ depthwise-separable pairs folded (separable.py), and for its quick sessions with
 ordinary ones (depthwise.py). Made afresh, they cost every worker process the `onnx` package's import and the
 rewrites on its way to its first video (about 1 s on a 2-core CPU: docs/performance.md, "GPU: how a worker
 starts"), so they are written whole (engines.sources.write_atomic) under `<models>/forms/` on first use and read from
-there afterwards, without importing `onnx`.
+there afterwards (into memory: about 37 MB for a worker's three models), without importing `onnx`.
 
 A set of forms is named by what it is made from and how: the model's hash, the rewriting modules' code and the
-`onnx` version (which, changed, remove the model's earlier sets), then the source graph's file, the rewrites asked
-for and the fold rule's code (sets for other options stay: `vidx bench` and other commands may ask for them).
+`onnx` version (which, changed, remove the model's earlier sets: a process that holds them keeps its copy), then the
+source graph's file, the rewrites asked for and the fold rule's code (sets for other options stay: `vidx bench` and
+other commands may ask for them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import logging
-import os
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -31,15 +32,16 @@ if TYPE_CHECKING:
     from engines.zoo import ModelFile
 
 log = logging.getLogger(__name__)
-REWRITERS = ("fp16.py", "separable.py", "depthwise.py")
-"""The modules (beside this one) whose code shapes the forms."""
+REWRITERS = ("forms.py", "fp16.py", "separable.py", "depthwise.py")
+"""The modules (this one and those beside it) whose code shapes the forms."""
 
 
 @dataclass(frozen=True)
 class GraphForms:
     """The graphs a model's sessions open: `fastest` for the fastest sessions, `quick` for the quick ones (the
-    same file where nothing differs), and how many depthwise-separable pairs both have folded. Each is a file's
-    path, or the serialised graph itself where the cache could not be written."""
+    same object where nothing differs), and how many depthwise-separable pairs both have folded. Each is a
+    serialised graph held in memory (a session may open it again long after, when it meets a new input shape,
+    whatever has become of the cache meanwhile), or the source file's path where nothing was rewritten."""
 
     fastest: str | bytes
     quick: str | bytes
@@ -56,40 +58,46 @@ def graph_forms(model: ModelFile, source: str, *, fp16: bool, dense: bool, fold:
     stem = f"{model.spec.name}-{made_by}-{_options(source, fp16=fp16, dense=dense, fold=fold)}"
     try:
         made = json.loads((folder / f"{stem}.json").read_text())
-        forms = GraphForms(_path(folder, made["fastest"], source), _path(folder, made["quick"], source),
-                           int(made["folded"]))
-        if os.path.exists(forms.fastest) and os.path.exists(forms.quick):
-            return forms
+        fastest = (folder / made["fastest"]).read_bytes() if made["fastest"] else source
+        quick = fastest if made["quick"] == made["fastest"] else (folder / made["quick"]).read_bytes()
+        return GraphForms(fastest, quick, int(made["folded"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass  # not made yet, or left unreadable: made again below
-    forms = _make(source, folder, stem, fp16=fp16, dense=dense, fold=fold)
-    if isinstance(forms.fastest, str):  # cached: sets of an earlier model or rewriting code are never used again
+    forms, cached = _make(source, folder, stem, fp16=fp16, dense=dense, fold=fold)
+    if cached:  # sets of an earlier model or rewriting code are never used again
         for old in folder.glob(f"{model.spec.name}-*"):
             if not old.name.startswith(f"{model.spec.name}-{made_by}-"):
-                old.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    old.unlink()
     return forms
 
 
 def _made_by(model: ModelFile) -> str:
-    """Names the model and the code that rewrites it."""
+    """Names the model and the code that rewrites it (this module's too)."""
     here = Path(__file__).parent
     digest = hashlib.sha256(f"{model.provenance.onnx_sha256} onnx {version('onnx')}".encode())
     for name in REWRITERS:
-        digest.update((here / name).read_bytes())
+        try:
+            digest.update((here / name).read_bytes())
+        except OSError:  # installed without its sources: the package's version stands for the code
+            digest.update(f"{name} of vidx {version('vidx')}".encode())
     return digest.hexdigest()[:12]
 
 
 def _options(source: str, *, fp16: bool, dense: bool, fold: FoldRule | None) -> str:
     """Names the source graph's file and the rewrites asked for."""
-    rule = inspect.getsource(fold) if fold is not None else "no fold"
+    rule = "no fold"
+    if fold is not None:
+        try:
+            rule = inspect.getsource(fold)
+        except (OSError, TypeError):  # no source to read: its name stands for it
+            rule = f"{fold.__module__}.{fold.__qualname__}"
     return hashlib.sha256(f"{Path(source).name} fp16={fp16} dense={dense} {rule}".encode()).hexdigest()[:8]
 
 
-def _path(folder: Path, name: str, source: str) -> str:
-    return str(folder / name) if name else source  # "": the source graph itself
-
-
-def _make(source: str, folder: Path, stem: str, *, fp16: bool, dense: bool, fold: FoldRule | None) -> GraphForms:
+def _make(source: str, folder: Path, stem: str, *, fp16: bool, dense: bool,
+          fold: FoldRule | None) -> tuple[GraphForms, bool]:
+    """The forms made now, and whether they were cached."""
     import onnx
 
     from engines.convert import depthwise
@@ -103,19 +111,19 @@ def _make(source: str, folder: Path, stem: str, *, fp16: bool, dense: bool, fold
         proto = fold_separable(proto, fold)
     if fp16:
         proto = to_float16(proto)
-    fastest = f"{stem}-fastest.onnx" if fp16 or folded else ""
-    quick = f"{stem}-quick.onnx" if dense and depthwise.has_depthwise(proto) else fastest
-    graphs = {fastest: proto.SerializeToString() if fastest else b""}
-    if quick != fastest:
-        graphs[quick] = depthwise.dense_depthwise(proto).SerializeToString()
+    fastest_name = f"{stem}-fastest.onnx" if fp16 or folded else ""
+    fastest: str | bytes = proto.SerializeToString() if fastest_name else source
+    quick_name, quick = fastest_name, fastest
+    if dense and depthwise.has_depthwise(proto):
+        quick_name, quick = f"{stem}-quick.onnx", depthwise.dense_depthwise(proto).SerializeToString()
+    forms = GraphForms(fastest, quick, folded)
     try:
-        for name, data in graphs.items():
-            if name:
+        for name, data in ((fastest_name, fastest), (quick_name, quick)):
+            if name and isinstance(data, bytes):
                 write_atomic(folder / name, data)
-        made = {"fastest": fastest, "quick": quick, "folded": folded}
+        made = {"fastest": fastest_name, "quick": quick_name, "folded": folded}
         write_atomic(folder / f"{stem}.json", json.dumps(made, indent=2).encode())  # last: the set is whole
-    except OSError as exc:  # a read-only or full cache: this process runs them from memory
+    except OSError as exc:  # a read-only or full cache: made again by the next process
         log.warning("cannot cache the GPU forms of %s in %s (%s): made again by each process", source, folder, exc)
-        return GraphForms(graphs[fastest] or source, graphs[quick] or source, folded)
-    return GraphForms(_path(folder, fastest, source), _path(folder, quick, source), folded)
-
+        return forms, False
+    return forms, True

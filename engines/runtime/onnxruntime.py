@@ -445,15 +445,21 @@ class OnnxRuntimeSession:
         cp = cupy_module()
         if cp is None:  # checked in __init__; keeps the type checker honest
             raise RuntimeUnavailable("CuPy is not available")
+        stream = cp.cuda.Stream(non_blocking=True)
+        own = [(p[0], {**p[1], "user_compute_stream": str(stream.ptr)}) if isinstance(p, tuple) else p
+               for p in providers]
+        return ShapeSession(self._ort.InferenceSession(graph, sess_options=self._shape_options(spec), providers=own),
+                            stream)
+
+    def _shape_options(self, spec: InputSpec) -> Any:
+        """The options of a session for one shape's inputs: their free dimensions fixed by name (unless
+        VIDX_ORT_FIXED_DIMS=0), so that ONNX Runtime folds the graph's shape arithmetic."""
         opts = self._options()
         if self.fixed_dims:
             declared = {i.name: i.shape for i in self._session.get_inputs()}
             for dim, size in free_dimension_sizes(declared, {name: shape for name, shape, _ in spec}).items():
                 opts.add_free_dimension_override_by_name(dim, size)
-        stream = cp.cuda.Stream(non_blocking=True)
-        own = [(p[0], {**p[1], "user_compute_stream": str(stream.ptr)}) if isinstance(p, tuple) else p
-               for p in providers]
-        return ShapeSession(self._ort.InferenceSession(graph, sess_options=opts, providers=own), stream)
+        return opts
 
     def _set_up(self, graph: str | bytes, providers: list[Any], spec: InputSpec) -> ShapeSession:
         """A shape's session of `graph` on `providers`, set up for its inputs by a run on zeros (behind the

@@ -28,10 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from engines.arrays import Array, cupy_module
-from engines.convert.fp16 import to_float16
 from engines.errors import ModelError, RuntimeUnavailable
 from engines.runtime.base import DeviceKind, RuntimeName
 from engines.sources import locked, write_atomic
@@ -120,6 +117,10 @@ class TensorRTSession:
         started = time.monotonic()
         log.warning("building the TensorRT engine for %s (once per GPU and version; cached in %s)",
                     self.model.spec.name, self.plan_path.parent)
+        import onnx  # only to build a plan: a worker that loads cached plans needs none of it
+
+        from engines.convert.fp16 import to_float16
+
         graph = to_float16(onnx.load(str(self.model.path)))
         builder = trt.Builder(self._logger)
         flags = 0
