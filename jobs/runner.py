@@ -147,6 +147,10 @@ class DriverSummary(JobSummary):
     """Found by this driver: a resumed job's earlier drivers reported theirs."""
     unreadable: list[dict[str, str]]
     """{"path", "error"} of each video the plan skipped as unreadable."""
+    seconds: dict[str, float | None]
+    """This driver's clock (after the archive's scan and plan): `to_first_video` from its start to its first video
+    claimed (the workers' start and models included), `working` from then to its last video finished, `in_all` its
+    whole run; None where it claimed or finished none."""
 
 
 @dataclass
@@ -253,13 +257,18 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
         task = state.claim_next(catalog, job_id, worker, max_attempts=max_attempts, driver=driver)
         if task is None or task == state.BLOCKED:
             return task
+        clock.setdefault("first_claim", time.monotonic())
         return TaskSpec(video_id=task.video_id, path=task.path, fingerprint=task.fingerprint,
                         run_key=run.key, task_id=task.id, attempts=task.attempts, size=task.size)
 
     found = {"faces": 0, "persons": 0, "tracks": 0, "video_s": 0.0}
+    started = time.monotonic()
+    clock: dict[str, float] = {}
+    """When this driver's first video was claimed and its last one finished (time.monotonic())."""
 
     def on_done(spec: TaskSpec, outcome: VideoOutcome) -> None:
         superseded = catalog.record(outcome, run, spec.task_id)
+        clock["last_done"] = time.monotonic()
         if outcome.status == "done":
             found["faces"] += outcome.faces
             found["persons"] += outcome.persons
@@ -305,7 +314,16 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
         **vars(summary), status=status, plan=job.options.get("plan", {}),
         faces=int(found["faces"]), persons=int(found["persons"]), tracks=int(found["tracks"]),
         video_s=round(found["video_s"], 3),
-        unreadable=[{"path": p, "error": why} for p, why in job.options.get("unreadable", [])]), workers)
+        unreadable=[{"path": p, "error": why} for p, why in job.options.get("unreadable", [])],
+        seconds=_seconds(started, clock)), workers)
+
+
+def _seconds(started: float, clock: dict[str, float]) -> dict[str, float | None]:
+    """DriverSummary.seconds from the driver's clock readings."""
+    first, last = clock.get("first_claim"), clock.get("last_done")
+    return {"to_first_video": round(first - started, 3) if first is not None else None,
+            "working": round(last - first, 3) if first is not None and last is not None else None,
+            "in_all": round(time.monotonic() - started, 3)}
 
 
 def run_job(archive: Path | str, *, catalog: Catalog, out_uri: str, settings: IndexSettings, executor: Executor,

@@ -417,7 +417,8 @@ def test_a_setting_that_changes_results_re_indexes_and_says_so(tmp_path: Path, c
 
 
 def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary_counts_what_was_found(
-        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path) -> None:
+        tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     from vidx.progress import JobProgress
 
     clips = make_short_archive(tmp_path / "a", clip_photos, 2, seconds=(2.5, 2.0))
@@ -451,6 +452,14 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
     s = result.summary
     assert s.done == 2 and s.faces >= s.tracks >= 1 and s.persons >= 1, s
     assert s.video_s == pytest.approx(4.5, abs=0.2) and len(clips) == 2
+    # the driver's clock: models set up before the first claim, then the work, slept over between the videos
+    first, working, in_all = (s.seconds[k] for k in ("to_first_video", "working", "in_all"))
+    assert first is not None and working is not None and in_all is not None, s.seconds
+    assert first > 0 and working > 0.3 and first + working <= in_all, s.seconds
+    JobProgress.render_summary(s, str(out), "sqlite://")
+    said = capsys.readouterr().out
+    assert f"the first video started after {first:,.1f} s (workers and models starting), then 4.5 s of video in " \
+        f"{working:,.1f} s" in said, said
 
 
 def test_worker_processes_give_the_in_process_results_and_a_crash_or_hang_fails_only_its_video(

@@ -128,6 +128,11 @@ class JobProgress:
                   + f"; {s.frames_decoded:,} frames decoded")
         out.print(f"found {s.faces:,} faces, {s.persons:,} persons, {s.tracks:,} face tracks "
                   f"in {s.video_s:,.1f} s of video")
+        first, working, in_all = (s.seconds.get(k) for k in ("to_first_video", "working", "in_all"))
+        if first is not None and working and in_all is not None:
+            out.print(f"indexing took {in_all:,.1f} s: the first video started after {first:,.1f} s (workers and "
+                      f"models starting), then {s.video_s:,.1f} s of video in {working:,.1f} s "
+                      f"({s.video_s / working:,.1f}x real time)")
         for f in s.failures:
             out.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False)
         for u in s.unreadable:
