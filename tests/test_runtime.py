@@ -177,8 +177,9 @@ def test_gpu_graph_forms_are_made_once_and_then_read_without_the_onnx_package(
         store: ModelStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU session's graphs (FP16, narrowing pairs folded, and for quick sessions depthwise convolutions dense)
     are made on first use beside the model and read from there by later processes, which import no `onnx`; other
-    options make a set of their own beside it, a new model version replaces the old sets, an unreadable record is
-    made again, and where the cache cannot be written the process runs the graphs it made and removes nothing."""
+    options make a set of their own beside it, a new model version replaces the old sets, an unreadable record or a
+    damaged graph is made again, and where the cache cannot be written the process runs the graphs it made and
+    removes nothing."""
     import dataclasses
     import hashlib
     import json
@@ -243,6 +244,13 @@ print(hashlib.sha256(forms.fastest).hexdigest(), hashlib.sha256(forms.quick).hex
     record.write_text("{")  # left unreadable: made again
     assert graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE).quick == forms.quick
     assert json.loads(record.read_text())["folded"] == 20
+    (quick_file,) = folder.glob("*-quick.onnx")
+    damaged = bytearray(quick_file.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    quick_file.write_bytes(bytes(damaged))  # a damaged file: checked against its record, made again
+    with caplog.at_level(logging.WARNING, logger="engines.convert.forms"):
+        assert graph_forms(newer, str(copy), fp16=True, dense=True, fold=FOLD_RULE).quick == forms.quick
+    assert "is damaged: made again" in caplog.text and quick_file.read_bytes() == forms.quick
 
 
 def _disk_full(path: Path, data: bytes) -> None:

@@ -5,7 +5,8 @@ depthwise-separable pairs folded (separable.py), and for its quick sessions with
 ordinary ones (depthwise.py). Made afresh, they cost every worker process the `onnx` package's import and the
 rewrites on its way to its first video (about 1 s on a 2-core CPU: docs/performance.md, "GPU: how a worker
 starts"), so they are written whole (engines.sources.write_atomic) under `<models>/forms/` on first use and read from
-there afterwards (into memory: about 37 MB for a worker's three models), without importing `onnx`.
+there afterwards (into memory: about 37 MB for a worker's three models, each checked against the sha256 its set's
+record holds), without importing `onnx`.
 
 A set of forms is named by what it is made from and how: the model's hash, the rewriting modules' code and the
 `onnx` version (which, changed, remove the model's earlier sets: a process that holds them keeps its copy), then the
@@ -58,11 +59,11 @@ def graph_forms(model: ModelFile, source: str, *, fp16: bool, dense: bool, fold:
     stem = f"{model.spec.name}-{made_by}-{_options(source, fp16=fp16, dense=dense, fold=fold)}"
     try:
         made = json.loads((folder / f"{stem}.json").read_text())
-        fastest = (folder / made["fastest"]).read_bytes() if made["fastest"] else source
-        quick = fastest if made["quick"] == made["fastest"] else (folder / made["quick"]).read_bytes()
+        fastest = _read(folder, made["fastest"], made["sha256"]) if made["fastest"] else source
+        quick = fastest if made["quick"] == made["fastest"] else _read(folder, made["quick"], made["sha256"])
         return GraphForms(fastest, quick, int(made["folded"]))
     except (OSError, ValueError, KeyError, TypeError):
-        pass  # not made yet, or left unreadable: made again below
+        pass  # not made yet, or left unreadable or damaged: made again below
     forms, cached = _make(source, folder, stem, fp16=fp16, dense=dense, fold=fold)
     if cached:  # sets of an earlier model or rewriting code are never used again
         for old in folder.glob(f"{model.spec.name}-*"):
@@ -70,6 +71,15 @@ def graph_forms(model: ModelFile, source: str, *, fp16: bool, dense: bool, fold:
                 with contextlib.suppress(OSError):
                     old.unlink()
     return forms
+
+
+def _read(folder: Path, name: str, sha256: dict[str, str]) -> bytes:
+    """A cached form, checked against the sha256 its record holds (ValueError where it differs)."""
+    data = (folder / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256[name]:
+        log.warning("the cached GPU form %s is damaged: made again", folder / name)
+        raise ValueError(name)
+    return data
 
 
 def _made_by(model: ModelFile) -> str:
@@ -117,11 +127,13 @@ def _make(source: str, folder: Path, stem: str, *, fp16: bool, dense: bool,
     if dense and depthwise.has_depthwise(proto):
         quick_name, quick = f"{stem}-quick.onnx", depthwise.dense_depthwise(proto).SerializeToString()
     forms = GraphForms(fastest, quick, folded)
+    written = {name: data for name, data in ((fastest_name, fastest), (quick_name, quick))
+               if name and isinstance(data, bytes)}
     try:
-        for name, data in ((fastest_name, fastest), (quick_name, quick)):
-            if name and isinstance(data, bytes):
-                write_atomic(folder / name, data)
-        made = {"fastest": fastest_name, "quick": quick_name, "folded": folded}
+        for name, data in written.items():
+            write_atomic(folder / name, data)
+        made = {"fastest": fastest_name, "quick": quick_name, "folded": folded,
+                "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in written.items()}}
         write_atomic(folder / f"{stem}.json", json.dumps(made, indent=2).encode())  # last: the set is whole
     except OSError as exc:  # a read-only or full cache: made again by the next process
         log.warning("cannot cache the GPU forms of %s in %s (%s): made again by each process", source, folder, exc)
