@@ -331,6 +331,7 @@ class ProcessExecutor:
         """Kill a worker over hung videos and start a fresh one: the hung videos use up an attempt, the others
         it had in flight go back without (they were only in the wrong process)."""
         log.warning("%s: %s", w.label, why)
+        hooks.on_worker_replaced(f"{w.label} ({w.name}) stopped: {why}")
         lost, name = list(w.inflight.values()), w.name
         w.process.kill()
         w.process.join(10)
@@ -359,13 +360,26 @@ class ProcessExecutor:
                                        f"(exit code {code})")
         why = f"worker process died while indexing (exit code {code}: decoder crash, out of memory or killed)"
         lost = [spec for spec, _ in w.inflight.values()]
-        if lost or not w.ready:
-            log.warning("%s: %s", w.label, why)
+        died = (f"{w.label} ({w.name or 'starting'}) exited with code {code}{_signal_name(code)} "
+                + (f"with {len(lost)} video{'s' if len(lost) != 1 else ''} in flight, tried again" if w.ready
+                   else "while loading its engines"))
+        log.warning("%s; replaced", died)
+        hooks.on_worker_replaced(died)
         name = w.name
         self._spawn(w)
         for spec in lost:
             self._retry_or_fail(spec, why, name, retries, hooks)
         self.replaced += 1
+
+
+def _signal_name(code: int | None) -> str:
+    """` (SIGSEGV)` for an exit code that says which signal ended a process (multiprocessing: minus its number)."""
+    if code is None or code >= 0:
+        return ""
+    try:
+        return f" ({signal.Signals(-code).name})"
+    except ValueError:
+        return ""
 
 
 def local_gpus(device: str) -> list[str]:

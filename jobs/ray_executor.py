@@ -283,7 +283,7 @@ class RayExecutor:
                 delay = opts.backoff_s * 2 ** (spec.attempts - 1)
                 retries.append((time.monotonic() + delay, _Flight(again, isolate)))
 
-        def replace_actor(slot: _Slot, kill: bool) -> None:
+        def replace_actor(slot: _Slot, kill: bool, why: str) -> None:
             if kill:
                 try:
                     ray.kill(slot.handle, no_restart=True)
@@ -295,6 +295,7 @@ class RayExecutor:
             slot.handle = self._spawn(slot)
             self.replaced += 1
             log.warning("worker %s replaced (generation %d)", slot.label, slot.generation)
+            hooks.on_worker_replaced(f"{slot.label}: {why}")
 
         while not hooks.should_stop():
             now = time.monotonic()
@@ -344,7 +345,7 @@ class RayExecutor:
                     why = "worker process died while indexing (decoder crash, out of memory or killed)"
                     log.warning("%s: %s (%s)", slot.label, why, type(exc).__name__)
                     lost = [flight, *slot.inflight.values()]
-                    replace_actor(slot, kill=False)
+                    replace_actor(slot, kill=False, why=why)
                     for f in lost:
                         retry_or_fail(f, why)
                     continue
@@ -375,7 +376,7 @@ class RayExecutor:
                 if now - slot.probe_sent > limit:  # the whole process is stuck (a hang holding the GIL)
                     why = f"worker unresponsive for {limit:.0f} s (decoder hung); worker restarted"
                     lost = list(slot.inflight.values())
-                    replace_actor(slot, kill=True)
+                    replace_actor(slot, kill=True, why=why)
                     for f in lost:
                         retry_or_fail(f, why)
                 continue
@@ -389,7 +390,7 @@ class RayExecutor:
             if hung:
                 why = f"no progress for {limit:.0f} s (decoder hung); worker restarted"
                 lost = list(slot.inflight.values())
-                replace_actor(slot, kill=True)
+                replace_actor(slot, kill=True, why=why)
                 for f in lost:
                     if f.spec.video_id in hung:
                         retry_or_fail(f, why)

@@ -48,6 +48,9 @@ class TaskHooks:
     """True once the job was cancelled."""
     on_progress: Callable[[TaskSpec, float], None] = lambda spec, pts_s: None
     """How far (seconds of video) the analysis of a video got; called by executors that can tell."""
+    on_worker_replaced: Callable[[str], None] = lambda why: None
+    """A worker process or actor ended (died, or was stopped as hung) and a fresh one took its place: which, and
+    why, in words."""
 
     def next_attempt(self, spec: TaskSpec, why: str, max_attempts: int, worker: str | None = None) -> TaskSpec | None:
         """An attempt at a video ended without an outcome (its worker died or hung): the next attempt, once the
@@ -147,6 +150,9 @@ class DriverSummary(JobSummary):
     """Found by this driver: a resumed job's earlier drivers reported theirs."""
     unreadable: list[dict[str, str]]
     """{"path", "error"} of each video the plan skipped as unreadable."""
+    workers_replaced: list[str]
+    """Each worker process or actor that ended while this driver ran (a crash, a hang, out of memory) and was
+    replaced, with why: the videos it had in flight were tried again."""
     seconds: dict[str, float | None]
     """This driver's clock (after the archive's scan and plan): `to_first_video` from its start to its first video
     claimed (the workers' start and models included), `working` from then to its last video finished, `in_all` its
@@ -285,8 +291,10 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
             state.note_retry(catalog, spec.task_id, reason)
         events.on_retry(spec.path, reason)
 
+    replaced: list[str] = []
     hooks = TaskHooks(next_task, on_done, on_retry, beat.cancelled.is_set,
-                      on_progress=lambda spec, pts_s: events.on_progress(spec.path, pts_s))
+                      on_progress=lambda spec, pts_s: events.on_progress(spec.path, pts_s),
+                      on_worker_replaced=replaced.append)
     workers: dict[str, Any] = {}
     status = "failed"
     beat.start()
@@ -315,7 +323,7 @@ def drive_job(job_id: int, *, catalog: Catalog, executor: Executor, cache_dir: P
         faces=int(found["faces"]), persons=int(found["persons"]), tracks=int(found["tracks"]),
         video_s=round(found["video_s"], 3),
         unreadable=[{"path": p, "error": why} for p, why in job.options.get("unreadable", [])],
-        seconds=_seconds(started, clock)), workers)
+        workers_replaced=replaced, seconds=_seconds(started, clock)), workers)
 
 
 def _seconds(started: float, clock: dict[str, float]) -> dict[str, float | None]:

@@ -134,6 +134,8 @@ def test_a_crashing_and_a_hanging_decoder_take_down_only_their_worker(
     assert "died" not in (corrupt.error or "") and "hung" not in (corrupt.error or ""), corrupt.error
     assert all(t.status == "done" for n, t in by_name.items() if n.startswith("clip_"))
     assert executor.replaced >= 3  # each attempt at the culprits cost a worker (a crash can take a hang with it)
+    assert len(result.summary.workers_replaced) == executor.replaced, result.summary.workers_replaced
+    assert any("died" in why for why in result.summary.workers_replaced), result.summary.workers_replaced
 
 
 def test_killing_the_driver_then_resume_finishes_the_job(

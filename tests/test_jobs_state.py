@@ -485,6 +485,10 @@ def test_worker_processes_give_the_in_process_results_and_a_crash_or_hang_fails_
                      executor=executor, cache_dir=cache_dir)
     inner = getattr(executor, "inner", None)
     assert isinstance(inner, ProcessExecutor) and inner.replaced >= 4  # a worker lost per attempt at each culprit
+    replaced = result.summary.workers_replaced  # the summary names each, and why
+    assert len(replaced) == inner.replaced, replaced
+    assert any("exited with code -11 (SIGSEGV) with " in why and "in flight" in why for why in replaced), replaced
+    assert any("stopped: " in why and "hung" in why for why in replaced), replaced
     assert (result.summary.done, result.summary.failed) == (2, 3), result.summary
     by_name = {Path(t.path).name: t for t in tasks_of(catalog, result.job_id)}
     crash, hang, garbage = by_name["segv_me.mp4"], by_name["hang_me.mp4"], by_name["garbage.mp4"]

@@ -9,8 +9,9 @@ it adds options to the command (`ray:1x2+--engine onnxruntime-fp16`). Each run i
 fresh output folder. Reported per run: the whole command's wall time (Ray start-up and model loading
 included), from its start to the first video claimed (workers ready: models set up), the work's wall time
 (first claim to last finish, from the SQL index), video-seconds
-and decoded frames per second of work, and whether its tracks and its search hits (`vidx search` with
-a photo that is in no video) equal the first run's.
+and decoded frames per second of work, whether its tracks and its search hits (`vidx search` with
+a photo that is in no video) equal the first run's, the worker processes the job replaced (a crash, a hang) and the
+command's last warnings.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
     summary = json.loads(proc.stdout)
     span, frames, seconds, first_claim = work_window(out / "index.sqlite")
     record.update(done=summary.get("done"), failed=summary.get("failed"), workers=summary.get("workers"),
+                  workers_replaced=summary.get("workers_replaced"), driver_seconds=summary.get("seconds"),
+                  warnings=[line for line in proc.stderr.splitlines() if "WARNING" in line or "ERROR" in line][-20:],
                   start_to_first_claim_s=round((first_claim - started).total_seconds(), 2), work_s=round(span, 2),
                   frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
                   per_worker=worker_spans(out / "index.sqlite", first_claim), tracks=tracks(out / "index.sqlite"))

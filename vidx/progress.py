@@ -137,6 +137,11 @@ class JobProgress:
             out.print(f"  [red]failed[/red] {f['path']}: {f['error']}", highlight=False)
         for u in s.unreadable:
             out.print(f"  [yellow]skipped[/yellow] {u['path']}: {u['error']}", highlight=False)
+        if s.workers_replaced:
+            n = len(s.workers_replaced)
+            out.print(f"{n} worker{'s' if n != 1 else ''} replaced:")
+            for why in s.workers_replaced:
+                out.print(f"  [yellow]replaced[/yellow] {why}", highlight=False)
         out.print(f"results: {out_dir} · index: {db}")
 
 
