@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+
+from gpu_scaling import work_window  # beside this file: the SQL index's claim and finish times
 
 
 def main() -> None:
@@ -32,10 +34,7 @@ def main() -> None:
                                    "--json"], capture_output=True, text=True, cwd=tree,
                                   env={**os.environ, "PYTHONPATH": tree})
             wall = time.monotonic() - t0
-            (first,) = sqlite3.connect(os.path.join(out, "index.sqlite")).execute(
-                "select min(claimed_at) from tasks").fetchone()
-            claimed = datetime.fromisoformat(first)
-            claimed = claimed if claimed.tzinfo else claimed.replace(tzinfo=UTC)  # SQLite keeps UTC, naive
+            claimed = work_window(Path(out) / "index.sqlite")[3]
             print(json.dumps({"tree": tree, "rc": proc.returncode,
                               "first_claim_s": round((claimed - started).total_seconds(), 2),
                               "command_s": round(wall, 2)}), flush=True)
