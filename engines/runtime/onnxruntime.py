@@ -456,7 +456,7 @@ class OnnxRuntimeSession:
         VIDX_ORT_FIXED_DIMS=0), so that ONNX Runtime folds the graph's shape arithmetic."""
         opts = self._options()
         if self.fixed_dims:
-            declared = {i.name: i.shape for i in self._session.get_inputs()}
+            declared = {name: i.shape for name, i in self._inputs.items()}
             for dim, size in free_dimension_sizes(declared, {name: shape for name, shape, _ in spec}).items():
                 opts.add_free_dimension_override_by_name(dim, size)
         return opts
