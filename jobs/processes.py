@@ -11,17 +11,24 @@ is tried again, alone on a fresh worker, until its attempts run out, while the o
 a video whose decoder hangs: each worker says every second how long each of its videos has gone without a
 decoded batch, and a worker with a video stalled past the stall timeout (or silent that long: a hang that
 holds the interpreter) is stopped and replaced.
+
+Each worker's stderr comes to the driver through a pipe: passed on to the driver's stderr as it comes, its
+end kept, so that a worker that dies is named in the job's summary with what it said last (Python's
+fatal-error report, which every worker process enables, and the lines before it: a library's own message).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import faulthandler
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
 import queue
+import re
 import signal
 import sys
 import threading
@@ -49,6 +56,10 @@ BEAT_S = 1.0
 POLL_S = 0.2
 MAX_FAILED_STARTS = 2
 """A worker that dies this many times in a row before its engines are loaded stops the job (it would again)."""
+TAIL_BYTES = 16384
+"""How much of a worker process's latest output the driver keeps, to say what a worker that died said last."""
+DRAIN_S = 2.0
+"""How long the driver waits for the rest of a dead worker's output (a process it started may hold the pipe)."""
 
 
 class WorkerStartError(VidxError):
@@ -69,6 +80,8 @@ class _Worker:
     """The receiving end of this process's own pipe (None once it broke). One pipe per worker, not one queue
     for all: a worker killed while writing would leave a shared queue's lock held, and every other worker's
     messages stuck behind it."""
+    output: WorkerOutput | None = None
+    """This process's stderr, as the driver reads it."""
     name: str = ""
     """host:pid, as the worker names itself (claims and outcomes carry it)."""
     ready: bool = False
@@ -83,9 +96,74 @@ class _Worker:
         return any(alone for _, alone in self.inflight.values())
 
 
+class WorkerOutput:
+    """A worker process's stderr, read by a thread of the driver: passed on to the driver's stderr as it comes
+    (where a progress display keeps it above itself), its latest TAIL_BYTES kept for `last_words`."""
+
+    def __init__(self, reader: Any):
+        self._reader = reader
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, name="vidx-worker-output", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            while data := os.read(self._reader.fileno(), 65536):
+                with self._lock:
+                    self._tail += data
+                    del self._tail[:-TAIL_BYTES]
+                with contextlib.suppress(Exception):  # the driver's stderr closed: the tail is still kept
+                    sys.stderr.write(text.decode(data))
+                    sys.stderr.flush()
+        except OSError:
+            pass
+        finally:
+            self._reader.close()
+
+    def wait(self, timeout: float = DRAIN_S) -> None:
+        """Until the process's output has ended (all of it passed on) or `timeout` seconds have passed."""
+        self._thread.join(timeout)
+
+    def last_words(self, wait_s: float = DRAIN_S) -> str:
+        """What the process said last (`last_words`), once its output has ended or after `wait_s`."""
+        self.wait(wait_s)
+        with self._lock:
+            return last_words(self._tail.decode("utf-8", errors="replace"))
+
+
+_FRAME = re.compile(r'File "(?:[^"]*/)?([^"/]+/[^"/]+)", line (\d+) in (\S+)')
+
+
+def last_words(output: str, limit: int = 500) -> str:
+    """A process's last output in one line: Python's fatal-error report (faulthandler: the signal or error, and
+    the innermost frame of the thread it hit) with the two lines before it, which are where a C++ library says
+    why it aborted ("terminate called after throwing ...", "what(): ..."); without such a report, its last
+    three lines. Lines are joined with ' | ', at most `limit` characters."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    fatal = max((i for i, line in enumerate(lines) if line.startswith("Fatal Python error:")), default=None)
+    if fatal is None:
+        said = lines[-3:]
+    else:
+        said = lines[max(0, fatal - 2):fatal + 1]
+        for i in range(fatal + 1, len(lines) - 1):
+            if lines[i].startswith("Current thread") and (frame := _FRAME.search(lines[i + 1])):
+                said.append(f"in {frame[3]} ({frame[1]}:{frame[2]})")
+                break
+    words = " | ".join(said)
+    return words if len(words) <= limit else words[:limit - 3] + "..."
+
+
 def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, cache_dir: str | None,
-                 in_flight: int | None, tasks: Any, pipe: Any) -> None:
-    """A worker process's body: engines loaded once, videos from `tasks` until None, messages into `pipe`."""
+                 in_flight: int | None, tasks: Any, pipe: Any, output: Any) -> None:
+    """A worker process's body: engines loaded once, videos from `tasks` until None, messages into `pipe`,
+    its stderr into `output`."""
+    os.dup2(output.fileno(), 2)  # fd 2, where C++ libraries write their messages too
+    output.close()
+    faulthandler.enable(2, all_threads=True)  # a crash (SIGSEGV, SIGABRT) reports every thread's Python stack
+    if hasattr(signal, "SIGUSR1"):  # as in the driver: `kill -USR1 PID` prints every thread's stack
+        faulthandler.register(signal.SIGUSR1, 2, all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it requeues and stops the workers
     if gpu is not None:  # before anything touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -188,7 +266,9 @@ class ProcessExecutor:
                     first = first or msg[2]
             for w in self.workers:
                 if not w.ready and w.process.exitcode is not None and w.messages is None:
-                    raise WorkerStartError(f"{w.label} exited with code {w.process.exitcode} while loading its engines")
+                    code = w.process.exitcode
+                    raise WorkerStartError(f"{w.label} exited with code {code}{_signal_name(code)} while loading its "
+                                           f"engines{self._said(w)}")
             if time.monotonic() > deadline:
                 raise WorkerStartError(f"workers not ready after {START_TIMEOUT_S:.0f} s")
         where = f", {self.per_gpu} per GPU on {len(self.gpus)} GPU(s)" if self.gpus else ""
@@ -203,6 +283,7 @@ class ProcessExecutor:
         if w.messages is not None:
             w.messages.close()
         w.messages, pipe = self._ctx.Pipe(duplex=False)
+        reader, output = self._ctx.Pipe(duplex=False)  # raw bytes: the child's stderr, not messages
         w.ready, w.name, w.heard = False, "", time.monotonic()
         w.inflight.clear()
         # The child's malloc arena cap must be in its environment from its first allocation (indexer/host_memory).
@@ -210,15 +291,20 @@ class ProcessExecutor:
         os.environ.update(arena_env())
         try:
             w.process = self._ctx.Process(target=_worker_main, name=f"vidx-{w.label}", daemon=True,
-                                          args=(w.token, w.gpu, *self._args, w.tasks, pipe))
+                                          args=(w.token, w.gpu, *self._args, w.tasks, pipe, output))
             w.process.start()
-            pipe.close()  # the child's end: once the child is gone, reading says so
+        except BaseException:
+            reader.close()
+            raise
         finally:
+            pipe.close()  # the child's ends: once the child is gone, reading says so
+            output.close()
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+        w.output = WorkerOutput(reader)
 
     def _ready(self, w: _Worker, info: dict[str, str]) -> None:
         w.ready, w.name, w.failed_starts = True, info.get("worker", w.label), 0
@@ -264,6 +350,9 @@ class ProcessExecutor:
                 if w.process.is_alive():
                     w.process.kill()
                     w.process.join(5)
+        for w in self.workers:  # the workers' last output passed on before the driver goes on
+            if w.output is not None:
+                w.output.wait(max(0.0, deadline + DRAIN_S - time.monotonic()))
         self.workers = []
 
     # ------------------------------------------------------------------------------------ running
@@ -353,16 +442,17 @@ class ProcessExecutor:
         """A worker process ended: its videos are tried again (each alone: the culprit is unknown), and a fresh
         worker takes its place."""
         code = w.process.exitcode
+        said = self._said(w)
         if not w.ready:
             w.failed_starts += 1
             if w.failed_starts >= MAX_FAILED_STARTS:
                 raise WorkerStartError(f"{w.label} died {w.failed_starts} times while loading its engines "
-                                       f"(exit code {code})")
+                                       f"(exit code {code}{_signal_name(code)}){said}")
         why = f"worker process died while indexing (exit code {code}: decoder crash, out of memory or killed)"
         lost = [spec for spec, _ in w.inflight.values()]
         died = (f"{w.label} ({w.name or 'starting'}) exited with code {code}{_signal_name(code)} "
                 + (f"with {len(lost)} video{'s' if len(lost) != 1 else ''} in flight, tried again" if w.ready
-                   else "while loading its engines"))
+                   else "while loading its engines") + said)
         log.warning("%s; replaced", died)
         hooks.on_worker_replaced(died)
         name = w.name
@@ -370,6 +460,13 @@ class ProcessExecutor:
         for spec in lost:
             self._retry_or_fail(spec, why, name, retries, hooks)
         self.replaced += 1
+
+
+    @staticmethod
+    def _said(w: _Worker) -> str:
+        """'; it said last: ...' for a worker process that ended (its output drained first), or nothing."""
+        words = w.output.last_words() if w.output is not None else ""
+        return f"; it said last: {words}" if words else ""
 
 
 def _signal_name(code: int | None) -> str:

@@ -99,7 +99,7 @@ class FaultyDecoder(DecoderWrapper):
     def batches(self, path: Path, sampling: SamplingConfig, batch_size: int) -> Iterator[FrameBatch]:
         if (name := self.faults.get("crash")) and name in str(path):
             log.error("fault injection: crashing on %s", path)
-            os.kill(os.getpid(), signal.SIGSEGV)
+            signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)  # in this thread, as a decoder's crash is
         if (name := self.faults.get("hang")) and name in str(path):
             log.error("fault injection: hanging on %s", path)
             while True:

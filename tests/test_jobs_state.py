@@ -462,6 +462,32 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
         f"{working:,.1f} s" in said, said
 
 
+def test_last_words_of_a_process_that_aborted_name_the_library_message_the_signal_and_the_frame(
+        tmp_path: Path) -> None:
+    """A process that aborts in a library (as a C++ exception nobody catches does) with Python's fatal-error
+    report enabled, as vidx's worker processes have it: its last words are the library's message, the signal and
+    the innermost frame of the thread it hit, in one line."""
+    from jobs.processes import last_words
+
+    script = tmp_path / "crash.py"
+    script.write_text("import faulthandler, os, sys\n"
+                      "faulthandler.enable(all_threads=True)\n"
+                      "def boom():\n"
+                      "    sys.stderr.write('warming up\\nterminate called after throwing an instance of X\\n'\n"
+                      "                     '  what():  CUDA failure 700: an illegal memory access\\n')\n"
+                      "    sys.stderr.flush()\n"
+                      "    os.abort()\n"
+                      "boom()\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGABRT, proc.stderr
+    words = last_words(proc.stderr)
+    assert words.startswith("terminate called after throwing an instance of X | what():  CUDA failure 700"), words
+    assert "| Fatal Python error: Aborted | in boom (" in words and "crash.py:7)" in words, words
+    assert "warming up" not in words and "\n" not in words, words
+    assert last_words("one\ntwo\n\nthree\nfour\n") == "two | three | four"  # no report: the last three lines
+    assert last_words("") == ""
+
+
 def test_worker_processes_give_the_in_process_results_and_a_crash_or_hang_fails_only_its_video(
         tmp_path: Path, clip_photos: dict[str, np.ndarray], cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The local executor with two worker processes (as on a GPU machine): every clip gets the tracks the
@@ -488,6 +514,10 @@ def test_worker_processes_give_the_in_process_results_and_a_crash_or_hang_fails_
     replaced = result.summary.workers_replaced  # the summary names each, and why
     assert len(replaced) == inner.replaced, replaced
     assert any("exited with code -11 (SIGSEGV) with " in why and "in flight" in why for why in replaced), replaced
+    # what the worker said last: the fault's log line, Python's fatal-error report and where the thread it hit was
+    segv = next(why for why in replaced if "SIGSEGV" in why)
+    assert "; it said last: " in segv and "crashing on" in segv and "segv_me.mp4" in segv, segv
+    assert "Fatal Python error: Segmentation fault" in segv and "in batches (jobs/worker.py:" in segv, segv
     assert any("stopped: " in why and "hung" in why for why in replaced), replaced
     assert (result.summary.done, result.summary.failed) == (2, 3), result.summary
     by_name = {Path(t.path).name: t for t in tasks_of(catalog, result.job_id)}

@@ -6,6 +6,7 @@ group, registers them, and turns errors into messages and exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import signal
@@ -53,6 +54,8 @@ cli.add_command(demo.demo_cmd)
 
 def main() -> None:
     limit_malloc_arenas()  # a worker's many threads would otherwise each grow an arena (indexer/host_memory.py)
+    with contextlib.suppress(RuntimeError, ValueError, OSError):  # no stderr to write to: no report
+        faulthandler.enable(all_threads=True)  # a crash in a library (SIGSEGV, SIGABRT) prints every thread's stack
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack to stderr: where is a job stuck?
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
