@@ -290,6 +290,9 @@ class OnnxRuntimeSession:
         changes nothing."""
         import onnxruntime as ort
 
+        # Errors only from ONNX Runtime's default logger (the sessions' own is set in `_options`): on CUDA its
+        # provider-options lookup warned once per shape's session (28 of a GPU `vidx index`'s 38 stderr lines).
+        ort.set_default_logger_severity(3)
         self._ort = ort
         self.model = model
         self.fp16 = fp16
