@@ -10,8 +10,9 @@ fresh output folder. Reported per run: the whole command's wall time (Ray start-
 included), from its start to the first video claimed (workers ready: models set up), the work's wall time
 (first claim to last finish, from the SQL index), video-seconds
 and decoded frames per second of work, whether its tracks and its search hits (`vidx search` with
-a photo that is in no video) equal the first run's, the worker processes the job replaced (a crash, a hang) and the
-command's last warnings.
+a photo that is in no video) equal the first run's, the worker processes the job replaced (a crash, a hang:
+then the end of the command's stderr too, where a dead worker's fatal-error report is) and the command's last
+warnings.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
                   start_to_first_claim_s=round((first_claim - started).total_seconds(), 2), work_s=round(span, 2),
                   frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
                   per_worker=worker_spans(out / "index.sqlite", first_claim), tracks=tracks(out / "index.sqlite"))
+    if summary.get("workers_replaced"):  # a worker died or hung: keep what the command printed around it
+        record["stderr"] = proc.stderr[-8000:]
     if photo is not None:
         record["hits"] = search_hits(out, photo)
     return record
