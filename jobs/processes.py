@@ -12,9 +12,10 @@ a video whose decoder hangs: each worker says every second how long each of its 
 decoded batch, and a worker with a video stalled past the stall timeout (or silent that long: a hang that
 holds the interpreter) is stopped and replaced.
 
-Each worker's stderr comes to the driver through a pipe: passed on to the driver's stderr as it comes, its
-end kept, so that a worker that dies is named in the job's summary with what it said last (Python's
-fatal-error report, which every worker process enables, and the lines before it: a library's own message).
+Each worker's stderr and stdout come to the driver through a pipe: passed on to the driver's stderr as they
+come (its stdout stays the command's own, `--json`), their end kept, so that a worker that dies is named in the
+job's summary with what it said last (Python's fatal-error report, which every worker process enables, and the
+lines before it: a library's own message).
 """
 
 from __future__ import annotations
@@ -158,8 +159,9 @@ def last_words(output: str, limit: int = 500) -> str:
 def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, cache_dir: str | None,
                  in_flight: int | None, tasks: Any, pipe: Any, output: Any) -> None:
     """A worker process's body: engines loaded once, videos from `tasks` until None, messages into `pipe`,
-    its stderr into `output`."""
+    its stderr and stdout into `output`."""
     os.dup2(output.fileno(), 2)  # fd 2, where C++ libraries write their messages too
+    os.dup2(output.fileno(), 1)  # and what a library prints: the driver's stdout is its own (`--json`)
     output.close()
     faulthandler.enable(2, all_threads=True)  # a crash (SIGSEGV, SIGABRT) reports every thread's Python stack
     if hasattr(signal, "SIGUSR1"):  # as in the driver: `kill -USR1 PID` prints every thread's stack
