@@ -406,7 +406,7 @@ class BlazeDetector:
         """On a GPU, set up the runtime for every level of a height x width frame, the levels side by side
         (one thread each), unless their set-up is held. ONNX Runtime's CUDA provider spends seconds on the
         first run of each input shape (finalising cuDNN plans), all at once here rather than level after level
-        inside the first steps of a new frame size (side by side they overlapped once; with today's libraries
+        inside the first steps of a new frame size (side by side they overlapped once; with the current libraries
         they do not: Engines.warm_up). A size whose shapes the runtime has since evicted (it keeps
         MAX_SHAPE_SESSIONS per model) is set up again (docs/gpu.md, "What the GPU path does")."""
         xp = self._xp()

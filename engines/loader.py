@@ -92,7 +92,7 @@ class Engines:
         padded embedder batch size) is set up here, not in the first analysis steps: ONNX Runtime's CUDA
         provider spends seconds per shape finalising cuDNN plans, 5-10 s for each of the face detector's
         (docs/performance.md, "Known to be slow"). The shapes are set up side by side, one thread each, which
-        overlapped them once (49 s one after another, 41 s side by side) but no longer does with today's
+        overlapped them once (49 s one after another, 41 s side by side) but no longer does with the current
         libraries (H100: 33.5 against 33.7 s)."""
         started = time.monotonic()
         xp = session_array_module(self.embedder.session)

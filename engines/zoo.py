@@ -218,7 +218,7 @@ class ModelStore:
                              hint="run `vidx models fetch --force`") from exc
 
     def is_current(self, name: ModelName) -> bool:
-        """Converted with today's converter (so no rebuild is due); says nothing of corruption."""
+        """Converted with the current converter (so no rebuild is due); says nothing of corruption."""
         prov = self.read_provenance(name)
         spec = spec_of(name)
         return (

@@ -59,6 +59,12 @@ MAX_FAILED_STARTS = 2
 """A worker that dies this many times in a row before its engines are loaded stops the job (it would again)."""
 TAIL_BYTES = 16384
 """How much of a worker process's latest output the driver keeps, to say what a worker that died said last."""
+FATAL_REPORT = b"Fatal Python error:"
+"""The first line of Python's fatal-error report (faulthandler), which every worker process enables."""
+REPORT_BYTES = 262144
+"""How much of a fatal-error report the driver keeps: every thread's stack of a GPU worker can pass TAIL_BYTES."""
+REPORT_LEAD = 4096
+"""How much output before a fatal-error report is kept with it (where a C++ library says why it aborted)."""
 DRAIN_S = 2.0
 """How long the driver waits for the rest of a dead worker's output (a process it started may hold the pipe)."""
 
@@ -98,59 +104,91 @@ class _Worker:
 
 
 class WorkerOutput:
-    """A worker process's stderr, read by a thread of the driver: passed on to the driver's stderr as it comes
-    (where a progress display keeps it above itself), its latest TAIL_BYTES kept for `last_words`."""
+    """A worker process's stderr and stdout, read by a thread of the driver: passed on to the driver's stderr in
+    whole lines as they come (where a progress display keeps them above itself), its latest TAIL_BYTES kept, and
+    a fatal-error report kept from just before its first line (REPORT_BYTES: with every thread's stack it is
+    often longer than the tail), for `last_words`."""
 
     def __init__(self, reader: Any):
         self._reader = reader
         self._tail = bytearray()
+        self._report: bytearray | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._pump, name="vidx-worker-output", daemon=True)
         self._thread.start()
 
     def _pump(self) -> None:
-        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        pending = ""
         try:
             while data := os.read(self._reader.fileno(), 65536):
-                with self._lock:
-                    self._tail += data
-                    del self._tail[:-TAIL_BYTES]
-                with contextlib.suppress(Exception):  # the driver's stderr closed: the tail is still kept
-                    sys.stderr.write(text.decode(data))
-                    sys.stderr.flush()
+                self._keep(data)
+                pending += decode(data)
+                cut = pending.rfind("\n") + 1 if len(pending) < TAIL_BYTES else len(pending)
+                if cut:
+                    _forward(pending[:cut])
+                    pending = pending[cut:]
         except OSError:
             pass
         finally:
             self._reader.close()
+            if rest := pending + decode(b"", True):
+                _forward(rest + "\n")
+
+    def _keep(self, data: bytes) -> None:
+        with self._lock:
+            if self._report is not None:
+                self._report += data[:max(0, REPORT_BYTES - len(self._report))]
+            self._tail += data
+            if self._report is None:
+                at = self._tail.find(FATAL_REPORT, max(0, len(self._tail) - len(data) - len(FATAL_REPORT)))
+                if at >= 0:  # from the start of a line up to REPORT_LEAD bytes before: a library's message
+                    lead = max(0, at - REPORT_LEAD)
+                    line = self._tail.find(b"\n", lead, at) if lead else -1
+                    lead = line + 1 if line >= 0 else lead
+                    self._report = self._tail[lead:lead + REPORT_BYTES]
+            del self._tail[:-TAIL_BYTES]
 
     def wait(self, timeout: float = DRAIN_S) -> None:
         """Until the process's output has ended (all of it passed on) or `timeout` seconds have passed."""
         self._thread.join(timeout)
 
     def last_words(self, wait_s: float = DRAIN_S) -> str:
-        """What the process said last (`last_words`), once its output has ended or after `wait_s`."""
+        """What the process said last (`last_words` of its fatal-error report, or else of its latest output),
+        once its output has ended or after `wait_s`."""
         self.wait(wait_s)
         with self._lock:
-            return last_words(self._tail.decode("utf-8", errors="replace"))
+            said = self._report if self._report is not None else self._tail
+            return last_words(said.decode("utf-8", errors="replace"))
 
 
-_FRAME = re.compile(r'File "(?:[^"]*/)?([^"/]+/[^"/]+)", line (\d+) in (\S+)')
+_FORWARDING = threading.Lock()
+"""One worker's lines at a time on the driver's stderr: two workers' lines are never spliced together."""
+
+
+def _forward(text: str) -> None:
+    with _FORWARDING, contextlib.suppress(Exception):  # the driver's stderr closed: the output is still kept
+        sys.stderr.write(text)
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+)')
 
 
 def last_words(output: str, limit: int = 500) -> str:
     """A process's last output in one line: Python's fatal-error report (faulthandler: the signal or error, and
-    the innermost frame of the thread it hit) with the two lines before it, which are where a C++ library says
-    why it aborted ("terminate called after throwing ...", "what(): ..."); without such a report, its last
-    three lines. Lines are joined with ' | ', at most `limit` characters."""
+    the innermost frame of the thread it hit, where that is a Python thread) with the two lines before it, which
+    are where a C++ library says why it aborted ("terminate called after throwing ...", "what(): ..."); without
+    such a report, its last three lines. Lines are joined with ' | ', at most `limit` characters."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    fatal = max((i for i, line in enumerate(lines) if line.startswith("Fatal Python error:")), default=None)
+    fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error:")), None)
     if fatal is None:
         said = lines[-3:]
     else:
         said = lines[max(0, fatal - 2):fatal + 1]
         for i in range(fatal + 1, len(lines) - 1):
             if lines[i].startswith("Current thread") and (frame := _FRAME.search(lines[i + 1])):
-                said.append(f"in {frame[3]} ({frame[1]}:{frame[2]})")
+                where = "/".join(Path(frame[1]).parts[-2:])
+                said.append(f"in {frame[3]} ({where}:{frame[2]})")
                 break
     words = " | ".join(said)
     return words if len(words) <= limit else words[:limit - 3] + "..."
@@ -163,6 +201,8 @@ def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, 
     os.dup2(output.fileno(), 2)  # fd 2, where C++ libraries write their messages too
     os.dup2(output.fileno(), 1)  # and what a library prints: the driver's stdout is its own (`--json`)
     output.close()
+    if sys.stdout is not None:  # a pipe now: line by line, so that nothing printed is held back by a crash
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     faulthandler.enable(2, all_threads=True)  # a crash (SIGSEGV, SIGABRT) reports every thread's Python stack
     if hasattr(signal, "SIGUSR1"):  # as in the driver: `kill -USR1 PID` prints every thread's stack
         faulthandler.register(signal.SIGUSR1, 2, all_threads=True)
@@ -223,7 +263,9 @@ def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, 
 
     if SET_UP_BEHIND.pending():  # all is sent: a normal exit would first finish a faster session's set-up (seconds)
         # that nothing will use; leaving at once skips the libraries' teardown, which is what that wait protects
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
         os._exit(0)
 
 
@@ -288,13 +330,17 @@ class ProcessExecutor:
         reader, output = self._ctx.Pipe(duplex=False)  # raw bytes: the child's stderr, not messages
         w.ready, w.name, w.heard = False, "", time.monotonic()
         w.inflight.clear()
-        # The child's malloc arena cap must be in its environment from its first allocation (indexer/host_memory).
-        saved = {k: os.environ.get(k) for k in arena_env()}
-        os.environ.update(arena_env())
+        # The child's malloc arena cap must be in its environment from its first allocation (indexer/host_memory),
+        # and its fatal-error report on from its first import (a crash while importing reports too).
+        env = {**arena_env(), "PYTHONFAULTHANDLER": "1"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        w.output = None
         try:
             w.process = self._ctx.Process(target=_worker_main, name=f"vidx-{w.label}", daemon=True,
                                           args=(w.token, w.gpu, *self._args, w.tasks, pipe, output))
             w.process.start()
+            w.output = WorkerOutput(reader)
         except BaseException:
             reader.close()
             raise
@@ -306,7 +352,6 @@ class ProcessExecutor:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        w.output = WorkerOutput(reader)
 
     def _ready(self, w: _Worker, info: dict[str, str]) -> None:
         w.ready, w.name, w.failed_starts = True, info.get("worker", w.label), 0
@@ -462,7 +507,6 @@ class ProcessExecutor:
         for spec in lost:
             self._retry_or_fail(spec, why, name, retries, hooks)
         self.replaced += 1
-
 
     @staticmethod
     def _said(w: _Worker) -> str:

@@ -4,6 +4,7 @@ the engines, and nothing of the driver's side (no SQL stack, no job state), so i
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import socket
@@ -19,7 +20,8 @@ class RayWorker:
 
     def __init__(self, settings_json: str, out_uri: str, cache_dir: str | None, label: str, in_flight: int,
                  faults: str | None):
-        faulthandler.enable(all_threads=True)  # a crash prints every thread's stack to the actor's log
+        with contextlib.suppress(RuntimeError, ValueError, OSError):  # no stderr to write to: no stacks
+            faulthandler.enable(all_threads=True)  # a crash prints every thread's stack to the actor's log
         name = f"{label}@{socket.gethostname()}:{os.getpid()}"
         self.worker = VideoWorker(IndexSettings.from_json(settings_json), out_uri,
                                   cache_dir=Path(cache_dir) if cache_dir else None, name=name, in_flight=in_flight,

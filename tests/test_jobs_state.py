@@ -462,27 +462,43 @@ def test_progress_counts_seconds_of_video_with_a_rate_and_an_eta_and_the_summary
         f"{working:,.1f} s" in said, said
 
 
-def test_last_words_of_a_process_that_aborted_name_the_library_message_the_signal_and_the_frame(
-        tmp_path: Path) -> None:
-    """A process that aborts in a library (as a C++ exception nobody catches does) with Python's fatal-error
-    report enabled, as vidx's worker processes have it: its last words are the library's message, the signal and
-    the innermost frame of the thread it hit, in one line."""
-    from jobs.processes import last_words
+def test_a_worker_that_aborted_is_heard_in_whole_lines_and_its_last_words_name_the_message_signal_and_frame(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A process with many threads that aborts in a library (as a C++ exception nobody catches does) with
+    Python's fatal-error report on, as vidx's worker processes have it, its output read as the driver reads a
+    worker's: passed on in whole lines, and its last words are the library's message, the signal and the innermost
+    frame of the thread it hit, although every thread's stack makes the report longer than the output's tail."""
+    from multiprocessing.connection import Connection
+
+    from jobs.processes import TAIL_BYTES, WorkerOutput, last_words
 
     script = tmp_path / "crash.py"
-    script.write_text("import faulthandler, os, sys\n"
+    script.write_text("import faulthandler, os, sys, threading\n"
                       "faulthandler.enable(all_threads=True)\n"
+                      "def deep(n, ready):\n"
+                      "    return deep(n - 1, ready) if n else (ready.release(), threading.Event().wait())\n"
                       "def boom():\n"
                       "    sys.stderr.write('warming up\\nterminate called after throwing an instance of X\\n'\n"
                       "                     '  what():  CUDA failure 700: an illegal memory access\\n')\n"
                       "    sys.stderr.flush()\n"
                       "    os.abort()\n"
+                      "ready = threading.Semaphore(0)\n"
+                      "for _ in range(40):\n"
+                      "    threading.Thread(target=deep, args=(30, ready), daemon=True).start()\n"
+                      "for _ in range(40):\n"
+                      "    ready.acquire()\n"
                       "boom()\n")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == -signal.SIGABRT, proc.stderr
-    words = last_words(proc.stderr)
+    read, write = os.pipe()
+    output = WorkerOutput(Connection(read, writable=False))
+    proc = subprocess.run([sys.executable, str(script)], stderr=write, timeout=60)
+    os.close(write)
+    assert proc.returncode == -signal.SIGABRT
+    words = output.last_words(wait_s=10)
+    said = capsys.readouterr().err
+    assert len(said.encode()) > TAIL_BYTES and said.count(", line ") >= 40 * 30, len(said)  # longer than the tail
+    assert all(", line " in line for line in said.splitlines() if 'File "' in line)  # lines passed on whole
     assert words.startswith("terminate called after throwing an instance of X | what():  CUDA failure 700"), words
-    assert "| Fatal Python error: Aborted | in boom (" in words and "crash.py:7)" in words, words
+    assert "| Fatal Python error: Aborted | in boom (" in words and "crash.py:9)" in words, words
     assert "warming up" not in words and "\n" not in words, words
     assert last_words("one\ntwo\n\nthree\nfour\n") == "two | three | four"  # no report: the last three lines
     assert last_words("") == ""

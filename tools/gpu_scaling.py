@@ -127,8 +127,9 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
                   start_to_first_claim_s=round((first_claim - started).total_seconds(), 2), work_s=round(span, 2),
                   frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
                   per_worker=worker_spans(out / "index.sqlite", first_claim), tracks=tracks(out / "index.sqlite"))
-    if summary.get("workers_replaced"):  # a worker died or hung: keep what the command printed around it
-        record["stderr"] = proc.stderr[-8000:]
+    if summary.get("workers_replaced"):  # a worker died or hung: keep its fatal-error report, or the stderr's end
+        at = proc.stderr.find("Fatal Python error:")
+        record["stderr"] = proc.stderr[max(0, at - 2000):at + 30000] if at >= 0 else proc.stderr[-8000:]
     if photo is not None:
         record["hits"] = search_hits(out, photo)
     return record

@@ -54,10 +54,10 @@ cli.add_command(demo.demo_cmd)
 
 def main() -> None:
     limit_malloc_arenas()  # a worker's many threads would otherwise each grow an arena (indexer/host_memory.py)
-    with contextlib.suppress(RuntimeError, ValueError, OSError):  # no stderr to write to: no report
+    with contextlib.suppress(RuntimeError, ValueError, OSError):  # no stderr to write to: no stacks
         faulthandler.enable(all_threads=True)  # a crash in a library (SIGSEGV, SIGABRT) prints every thread's stack
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack to stderr: where is a job stuck?
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack: where is a job stuck?
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
