@@ -88,7 +88,7 @@ class _Worker:
     for all: a worker killed while writing would leave a shared queue's lock held, and every other worker's
     messages stuck behind it."""
     output: WorkerOutput | None = None
-    """This process's stderr, as the driver reads it."""
+    """This process's stderr and stdout, as the driver reads them."""
     name: str = ""
     """host:pid, as the worker names itself (claims and outcomes carry it)."""
     ready: bool = False
