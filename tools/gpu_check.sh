@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU acceptance run on an NVIDIA machine: the gpu-marked tests, `vidx bench gpu`, pipeline A/B rows, a soak,
 # or indexing through the product.
-#   bash tools/gpu_check.sh [tests|bench|all|ab|soak|search|product|quick]   (from the repository root; results under $OUT)
+#   bash tools/gpu_check.sh [tests|bench|all|ab|soak|search|product|stress|quick]   (from the repository root; results under $OUT)
 # Needs vidx[gpu] installed; models and test photos are cached in .devcache (VIDX_CACHE_DIR).
 #   TESTS_K      pytest -k expression for the tests (default: every GPU test)
 #   TESTS_LIMIT  seconds before the tests are stopped (default 420)
@@ -17,6 +17,8 @@
 #                SEARCH_CODECS (default h264)
 #   product      tools/gpu_scaling.py: `vidx index --device gpu` on PRODUCT_COPIES x 2 bench clips (default 42) with
 #                its default worker processes, then with one in-process worker (same tracks and search hits?)
+#   stress       tools/gpu_capture_stress.py for STRESS_S seconds a scenario (default 30): CUDA graphs recorded beside
+#                new ONNX Runtime sessions and NVDEC decoders opening and closing, each scenario in its own process
 #   quick        the engine starts on one machine: each shape's set-up, quick and fastest (tools/gpu_startup.py);
 #                the pipeline rows (2 fps and every frame) on quick sessions, on the fastest, and three times from
 #                the start with the fastest set up behind the quick ones; the GPU tests that compare quick engines
@@ -61,6 +63,9 @@ fi
 if [ "$what" = product ]; then
   python3 tools/gpu_scaling.py --copies "${PRODUCT_COPIES:-42}" local "local+--workers-per-gpu 1" 2>&1 \
     | tee "$OUT/product.txt" | cut -c1-600
+fi
+if [ "$what" = stress ]; then
+  python3 tools/gpu_capture_stress.py "${STRESS_S:-30}" 2>&1 | tee "$OUT/capture_stress.jsonl" | cut -c1-600
 fi
 if [ "$what" = quick ]; then
   python3 -c "from bench.video import bench_clips; from pathlib import Path; bench_clips(Path('/tmp/vidx-bench'), None, print)"
