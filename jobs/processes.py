@@ -180,7 +180,7 @@ def last_words(output: str, limit: int = 500) -> str:
     are where a C++ library says why it aborted ("terminate called after throwing ...", "what(): ..."); without
     such a report, its last three lines. Lines are joined with ' | ', at most `limit` characters."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error:")), None)
+    fatal = next((i for i, line in enumerate(lines) if line.startswith(FATAL_REPORT.decode())), None)
     if fatal is None:
         said = lines[-3:]
     else:

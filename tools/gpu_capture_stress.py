@@ -130,6 +130,8 @@ def main() -> None:
         child(sys.argv[2], float(sys.argv[3]))
         return
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 30.0
+    from gpu_scaling import kept_stderr  # beside this file
+
     from jobs.processes import last_words
 
     for scenario in sys.argv[2:] or list(SCENARIOS):
@@ -145,8 +147,7 @@ def main() -> None:
             line.update(json.loads(result[-1]))
         if proc.returncode != 0:
             line["last_words"] = last_words(proc.stderr)
-            at = proc.stderr.find("Fatal Python error:")
-            line["stderr"] = proc.stderr[max(0, at - 2000):at + 8000] if at >= 0 else proc.stderr[-4000:]
+            line["stderr"] = kept_stderr(proc.stderr)
         print(json.dumps(line), flush=True)
 
 

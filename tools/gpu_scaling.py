@@ -94,6 +94,13 @@ def search_hits(out: Path, photo: Path) -> list[tuple[str, float, float, float]]
                   for r in rows)
 
 
+def kept_stderr(stderr: str) -> str:
+    """What to keep of a command's stderr where a process died: its fatal-error report (from a little before its
+    first line: a library's message) or, without one, the end."""
+    at = stderr.find("Fatal Python error:")
+    return stderr[max(0, at - 2000):at + 30000] if at >= 0 else stderr[-8000:]
+
+
 def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
         photo: Path | None = None) -> dict[str, object]:
     label = kind
@@ -128,8 +135,7 @@ def run(kind: str, archive: Path, work: Path, timeout: int, device: str = "gpu",
                   frames_per_s=round(frames / span, 1), video_s_per_s=round(seconds / span, 2),
                   per_worker=worker_spans(out / "index.sqlite", first_claim), tracks=tracks(out / "index.sqlite"))
     if summary.get("workers_replaced"):  # a worker died or hung: keep its fatal-error report, or the stderr's end
-        at = proc.stderr.find("Fatal Python error:")
-        record["stderr"] = proc.stderr[max(0, at - 2000):at + 30000] if at >= 0 else proc.stderr[-8000:]
+        record["stderr"] = kept_stderr(proc.stderr)
     if photo is not None:
         record["hits"] = search_hits(out, photo)
     return record
