@@ -17,6 +17,7 @@ other commands may ask for them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -84,14 +85,20 @@ def _read(folder: Path, name: str, sha256: dict[str, str]) -> bytes:
 
 def _made_by(model: ModelFile) -> str:
     """Names the model and the code that rewrites it (this module's too)."""
+    return hashlib.sha256(f"{model.provenance.onnx_sha256} {_rewriting_code()}".encode()).hexdigest()[:12]
+
+
+@functools.cache
+def _rewriting_code() -> str:
+    """A digest of the rewriting modules' sources and the onnx package's version (read once a process)."""
     here = Path(__file__).parent
-    digest = hashlib.sha256(f"{model.provenance.onnx_sha256} onnx {version('onnx')}".encode())
+    digest = hashlib.sha256(f"onnx {version('onnx')}".encode())
     for name in REWRITERS:
         try:
             digest.update((here / name).read_bytes())
         except OSError:  # installed without its sources: the package's version stands for the code
             digest.update(f"{name} of vidx {version('vidx')}".encode())
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()
 
 
 def _options(source: str, *, fp16: bool, dense: bool, fold: FoldRule | None) -> str:
