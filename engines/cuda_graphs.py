@@ -5,10 +5,11 @@ Recorded once per input shape, a run replays as one graph launch (on an H100 the
 3-5%: docs/performance.md, "Where GPU time goes").
 
 Capture uses the driver API in CUDA's relaxed mode: the capturing thread and every other thread go on making
-any CUDA call (an allocation, a synchronous copy) while it records. (ONNX Runtime's own graph option captures
+CUDA calls (an allocation, a synchronous copy) while it records. (ONNX Runtime's own graph option captures
 in the global mode, in which such a call from any other thread, a decoder's or a second model thread's, fails
-while a capture is under way.) What a stream records is whatever is enqueued on it during the capture, from
-any thread: the caller keeps other work off the stream meanwhile.
+while a capture is under way.) Calls that may synchronise the whole device (sessions and decoders set up or
+let go) are kept apart from captures by `CAPTURE_GATE`. What a stream records is whatever is enqueued on it
+during the capture, from any thread: the caller keeps other work off the stream meanwhile.
 
 A graph is refused (`GraphCaptureError`) when the recorded work cannot be replayed faithfully: the stream was
 synchronised or read back to the host inside (the capture is invalidated), or it holds host callbacks (a
@@ -22,7 +23,7 @@ import ctypes
 import functools
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 CAPTURE_MODE_RELAXED = 2
 """CU_STREAM_CAPTURE_MODE_RELAXED."""
@@ -40,6 +41,68 @@ buffers may be released), and allocations made inside the capture."""
 
 class GraphCaptureError(RuntimeError):
     """The work enqueued on a stream could not be recorded as a graph to replay (the reason says why)."""
+
+
+class CaptureGate:
+    """Keeps graph captures apart from work that may synchronise the whole device.
+
+    Relaxed capture lets other threads go on with their CUDA calls, but a call that synchronises the device
+    or the context while any stream is capturing fails (CUDA error 900). In a library's C++ code that cannot
+    pass the error on (a decoder set up inside a parser callback, a destructor) that ends the process. Such
+    work runs inside `apart()`: it waits for the captures under way, and none starts until it is done. A
+    capture asked for meanwhile is not made (`capturing()` yields False): the caller runs as before and
+    records at a later run. With `enabled` False (measurements only) the gate lets everything through."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self._cond = threading.Condition()
+        self._captures = 0
+        self._apart = 0
+        """Device-wide work under way or waiting for the captures to end."""
+        self._here = threading.local()
+        self.postponed = 0
+        """Captures not made because device-wide work was under way."""
+
+    @contextlib.contextmanager
+    def apart(self) -> Iterator[None]:
+        """Runs the block with no capture under way (waits for those that are; captures are milliseconds)."""
+        if not self.enabled:
+            yield
+            return
+        if getattr(self._here, "capturing", False):  # it would wait for itself
+            raise RuntimeError("device-wide work asked for inside a CUDA graph capture")
+        try:
+            with self._cond:
+                self._apart += 1
+                self._cond.wait_for(lambda: self._captures == 0)
+            yield
+        finally:
+            with self._cond:
+                self._apart -= 1
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[bool]:
+        """Whether a capture may be made now (then none of `apart`'s work starts until the block ends)."""
+        with self._cond:
+            allowed = not self.enabled or self._apart == 0
+            if allowed:
+                self._captures += 1
+            else:
+                self.postponed += 1
+        self._here.capturing = allowed
+        try:
+            yield allowed
+        finally:
+            self._here.capturing = False
+            if allowed:
+                with self._cond:
+                    self._captures -= 1
+                    self._cond.notify_all()
+
+
+CAPTURE_GATE = CaptureGate()
+"""The process's gate: graph captures on one side; CUDA sessions and NVDEC decoders set up or let go on the
+other."""
 
 
 def _handle(value: int | None) -> ctypes.c_void_p:

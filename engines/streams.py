@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engines.arrays import cupy_module
+from engines.cuda_graphs import CAPTURE_GATE
 
 
 class StreamPool:
@@ -86,18 +87,24 @@ class InFlight:
     reads, a CUDA graph's session and buffers), each held until the event recorded after that work has
     happened. Checked without waiting whenever more is held: memory let go while its work is queued would go
     back to a pool that could hand it out again (CuPy's pinned pool knows no streams), and waiting for the
-    event instead from a finalizer would call CUDA from the garbage collector or at interpreter exit."""
+    event instead from a finalizer would call CUDA from the garbage collector or at interpreter exit. Objects
+    marked `retired` (sessions let go) are dropped apart from CUDA graph captures (engines.cuda_graphs)."""
 
     def __init__(self) -> None:
         self._held: deque[tuple[Any, tuple[object, ...]]] = deque()
         self._lock = threading.Lock()
 
     def hold(self, event: Any, *objects: object) -> None:
+        done = []
         with self._lock:
             # oldest first; events of other streams may happen out of order and are let go a little later
             while self._held and self._held[0][0].done:
-                self._held.popleft()
+                done.append(self._held.popleft())
             self._held.append((event, objects))
+        if any(getattr(o, "retired", False) for _, held in done for o in held):
+            # a session its table let go: releasing its memory may synchronise the device
+            with CAPTURE_GATE.apart():
+                done.clear()
 
     def __len__(self) -> int:
         return len(self._held)

@@ -431,6 +431,55 @@ def test_objects_held_for_queued_gpu_work_are_let_go_once_their_event_has_happen
     assert gone_a() is None and gone_b() is None and len(held) == 2
 
 
+def test_capture_gate_keeps_captures_apart_from_device_wide_work() -> None:
+    """CaptureGate's rule: work `apart` waits for the captures under way, no capture starts while such work runs
+    or waits (the capture is postponed, not refused for good), and captures run side by side with each other."""
+    import threading
+    import time
+
+    from engines.cuda_graphs import CaptureGate
+
+    gate = CaptureGate()
+    order: list[str] = []
+    waiting = threading.Event()
+
+    def device_work() -> None:
+        waiting.set()
+        with gate.apart():
+            order.append("device work")
+
+    with gate.capturing() as first, gate.capturing() as second:
+        assert first and second
+        worker = threading.Thread(target=device_work, daemon=True)
+        worker.start()
+        assert waiting.wait(10)
+        deadline = time.monotonic() + 10
+        while True:  # once it waits for the captures under way, it holds new ones back
+            with gate.capturing() as third:
+                if not third:
+                    break
+            assert time.monotonic() < deadline, "the device work never began to wait"
+        assert worker.is_alive() and order == []
+        order.append("captures ended")
+    worker.join(10)
+    assert order == ["captures ended", "device work"] and gate.postponed == 1
+
+    with gate.apart(), gate.capturing() as during:
+        assert not during
+    with gate.capturing() as after:
+        assert after
+    assert gate.postponed == 2
+
+    with gate.capturing() as allowed, pytest.raises(RuntimeError, match="inside a CUDA graph capture"):
+        assert allowed
+        with gate.apart():  # from the capturing thread itself: it would wait for itself
+            pass
+
+    gate.enabled = False
+    with gate.apart(), gate.capturing() as unguarded:
+        assert unguarded
+
+
 def test_regions_come_to_the_host_as_contiguous_copies_and_a_rectangle_outside_is_refused() -> None:
     from engines.arrays import regions_to_host
 

@@ -14,6 +14,7 @@ recorded again), beside
              cuDNN set-up each)
   decoders   a thread decoding a bench clip with NVDEC, its decoder opened and closed each time
   both       both threads
+with the process's capture gate (engines.cuda_graphs.CAPTURE_GATE) off, or with it on as vidx runs: `both+gate`.
 Printed, one JSON line per scenario: the process's exit code, its signal, what each thread did, the captures refused,
 the errors raised, and for a process that died what it said last (jobs.processes.last_words).
 
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SCENARIOS: dict[str, tuple[str, ...]] = {"alone": (), "sessions": ("sessions",), "decoders": ("decoders",),
-                                         "both": ("sessions", "decoders")}
+                                         "both": ("sessions", "decoders"), "both+gate": ("sessions", "decoders")}
 
 
 class _Refusals(logging.Handler):
@@ -63,11 +64,13 @@ def child(scenario: str, seconds: float) -> None:
     import cupy as cp
 
     from bench.video import bench_clips
+    from engines.cuda_graphs import CAPTURE_GATE
     from engines.runtime.onnxruntime import OnnxRuntimeSession
     from engines.sources import default_cache_dir
     from engines.zoo import ModelStore
     from indexer.decode.nvdec import DECODERS, decode_frames_only
 
+    CAPTURE_GATE.enabled = scenario.endswith("+gate")
     store = ModelStore(default_cache_dir())
     clip = next(c.path for c in bench_clips(Path("/tmp/vidx-bench"), None, lambda _: None) if c.codec == "h264")
     refusals = _Refusals()
@@ -121,7 +124,7 @@ def child(scenario: str, seconds: float) -> None:
     for t in threads:
         t.join()
     print(json.dumps({"scenario": scenario, "seconds": seconds, "done": dict(done), "errors": dict(errors),
-                      "captures_refused": dict(refusals.refused),
+                      "captures_refused": dict(refusals.refused), "captures_postponed": CAPTURE_GATE.postponed,
                       "graphs_held": embedder.cuda_graph_shapes()}), flush=True)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from engines.arrays import Array, cupy_module
 from engines.convert.fixed_shapes import free_dimension_sizes
 from engines.convert.forms import graph_forms
-from engines.cuda_graphs import CapturedGraph, GraphCaptureError, capture
+from engines.cuda_graphs import CAPTURE_GATE, CapturedGraph, GraphCaptureError, capture
 from engines.errors import ModelError, RuntimeUnavailable
 from engines.runtime.base import DeviceKind, RuntimeName, cpu_run_threads
 from engines.streams import IN_FLIGHT
@@ -64,9 +64,9 @@ FOLD_RULE: Callable[[int, int], bool] = narrowing
 """Which pairs are folded, by (input channels, output channels) (see FOLD_ENV)."""
 
 CUDA_GRAPHS_ENV = "VIDX_ORT_CUDA_GRAPHS"
-"""On CUDA, each input shape's second run is recorded as a CUDA graph and later runs replay it: one launch
-where a run launches dozens of kernels, each costing the host ~10 us (engines/cuda_graphs.py;
-docs/performance.md). A shape whose run cannot be recorded keeps running as before. Set it to 0 to run
+"""On CUDA, each input shape's second run (or a later one, where a capture had to wait) is recorded as a CUDA
+graph and later runs replay it: one launch where a run launches dozens of kernels, each costing the host ~10 us
+(engines/cuda_graphs.py; docs/performance.md). A shape whose run cannot be recorded keeps running as before. Set it to 0 to run
 without graphs (for comparisons)."""
 
 
@@ -185,17 +185,22 @@ class ShapeSessions:
         self.evicted = 0
 
     def get(self, shape: tuple[int, ...], spec: Callable[[], InputSpec] = tuple) -> Any:
+        let_go = []
         with self._lock:
             session = self._sessions.get(shape)
             if session is not None:
                 self._sessions.move_to_end(shape)
                 return session
             while len(self._sessions) >= self.limit:
-                gone, _ = self._sessions.popitem(last=False)
+                gone = next(iter(self._sessions))
+                let_go.append(self._sessions.pop(gone))
                 self._fast.pop(gone, None)
                 self.evicted += 1
-            inputs = spec()
-            session = self._sessions[shape] = self._new(inputs)
+            try:
+                inputs = spec()
+                session = self._sessions[shape] = self._new(inputs)
+            finally:
+                _let_go(let_go)
         if self._faster is not None:  # the job holds the table weakly: dropped engines are not kept for it
             table = weakref.ref(self)
             self._behind.submit(lambda: (t := table()) is not None and t._take_over(shape, inputs))
@@ -215,12 +220,16 @@ class ShapeSessions:
                 return False
         started = time.monotonic()
         session = self._faster(spec)
+        let_go = [session]
         with self._lock:
             if shape in self._sessions and shape not in self._fast:
+                let_go = [self._sessions[shape]]
                 self._sessions[shape] = session
                 self._fast[shape] = time.monotonic() - started
-                return True
-        return False
+        taken_over = let_go[0] is not session
+        del session
+        _let_go(let_go)
+        return taken_over
 
     def shapes(self) -> list[tuple[int, ...]]:
         with self._lock:
@@ -230,6 +239,18 @@ class ShapeSessions:
         """The shapes whose faster session has taken over (seconds each took to set up); empty without `faster`."""
         with self._lock:
             return dict(self._fast)
+
+
+def _let_go(sessions: list[Any]) -> None:
+    """Drops the sessions a table let go (evicted, or taken over) apart from CUDA graph captures: releasing a
+    session's memory may synchronise the device. Each is marked `retired`: where replays still queued hold it,
+    IN_FLIGHT drops it apart from captures too once they are done."""
+    if sessions:
+        for session in sessions:
+            if isinstance(session, ShapeSession):
+                session.retired = True
+        with CAPTURE_GATE.apart():
+            sessions.clear()
 
 
 class ShapeSession:
@@ -256,6 +277,9 @@ class ShapeSession:
         self.lock = threading.Lock()
         """Held for a run, for the recording, and from copying a replay's inputs in to copying its outputs out
         (two threads may run one shape)."""
+        self.retired = False
+        """Set when its table lets it go: whoever holds it last drops it apart from CUDA graph captures
+        (engines.streams.InFlight; a run under way when it was let go drops it as it returns)."""
 
 
 class OnnxRuntimeSession:
@@ -349,7 +373,8 @@ class OnnxRuntimeSession:
             graph, session_providers = (quick_graph, providers) if quick else (fast_graph, fast_providers)
             self.start: EngineStart = start if quick else "wait"
             self.dense_depthwise = quick and quick_graph != fast_graph
-            self._session = ort.InferenceSession(graph, sess_options=opts, providers=session_providers)
+            with CAPTURE_GATE.apart():  # a CUDA session's set-up may synchronise the device
+                self._session = ort.InferenceSession(graph, sess_options=opts, providers=session_providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":
                 faster = None
@@ -423,7 +448,9 @@ class OnnxRuntimeSession:
                                    partial(_input_spec, inputs))
         with shape.lock:
             if shape.graph is None and shape.refused is None and shape.runs > 0 and self.cuda_graphs:
-                self._record(shape, inputs)
+                with CAPTURE_GATE.capturing() as allowed:
+                    if allowed:  # else a session or decoder is set up or let go meanwhile: recorded at a later run
+                        self._record(shape, inputs)
             if shape.graph is not None:
                 return self._replay(shape, inputs)
             return self._run_cuda(shape, inputs)
@@ -451,8 +478,9 @@ class OnnxRuntimeSession:
         stream = cp.cuda.Stream(non_blocking=True)
         own = [(p[0], {**p[1], "user_compute_stream": str(stream.ptr)}) if isinstance(p, tuple) else p
                for p in providers]
-        return ShapeSession(self._ort.InferenceSession(graph, sess_options=self._shape_options(spec), providers=own),
-                            stream)
+        with CAPTURE_GATE.apart():  # a CUDA session's set-up may synchronise the device
+            session = self._ort.InferenceSession(graph, sess_options=self._shape_options(spec), providers=own)
+        return ShapeSession(session, stream)
 
     def _shape_options(self, spec: InputSpec) -> Any:
         """The options of a session for one shape's inputs: their free dimensions fixed by name (unless
@@ -565,7 +593,11 @@ class OnnxRuntimeSession:
             out = cp.empty(dims, dtype=dtype)
             outputs[name] = out
             binding.bind_output(name, "cuda", cp.cuda.runtime.getDevice(), dtype, dims, out.data.ptr)
-        session.run_with_iobinding(binding)
+        if shape.runs:
+            session.run_with_iobinding(binding)
+        else:  # the first run sets the shape's convolutions up (cuDNN), which may synchronise the device
+            with CAPTURE_GATE.apart():
+                session.run_with_iobinding(binding)
         if allocated_by_ort:
             values = dict(zip((name for name, _, _ in self._outputs), binding.get_outputs(), strict=True))
             for name, dtype in allocated_by_ort:

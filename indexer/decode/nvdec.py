@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engines.arrays import Array, cupy_module, require_cupy
+from engines.cuda_graphs import CAPTURE_GATE
 from engines.streams import DECODER_STREAMS
 from indexer.decode.base import DecodeStats, FrameBatch, FrameSampler, PacketPlan, VideoInfo
 from indexer.decode.bitstream import ReferenceScanner
@@ -117,6 +118,18 @@ class LentDecoder:
     key: tuple[Any, ...]
     flushed: bool = False
     """Set once the demuxer's last (empty) packet went through: nothing of this file is left inside."""
+    set_up: bool = False
+    """Whether it has put out a frame: NVDEC's decoder is made inside `Decode`, from the first sequence header."""
+
+    def decode(self, packet: Any) -> list[Any]:
+        """The frames `packet` completes. Until the decoder is set up, no CUDA graph is recorded meanwhile
+        (setting NVDEC up may synchronise the device: engines.cuda_graphs.CaptureGate)."""
+        if self.set_up:
+            return self.decoder.Decode(packet)
+        with CAPTURE_GATE.apart():
+            frames = self.decoder.Decode(packet)
+        self.set_up = bool(frames)
+        return frames
 
 
 class DecoderPool:
@@ -155,8 +168,9 @@ class DecoderPool:
         if lent is None:
             stream = DECODER_STREAMS.take()  # given back when the decoder is dropped: CuPy's cache is per stream
             try:
-                decoder = _nvc().CreateDecoder(gpuid=gpu_id, codec=codec, cudacontext=0, cudastream=stream.ptr,
-                                               usedevicememory=True)
+                with CAPTURE_GATE.apart():
+                    decoder = _nvc().CreateDecoder(gpuid=gpu_id, codec=codec, cudacontext=0,
+                                                   cudastream=stream.ptr, usedevicememory=True)
             except BaseException:
                 DECODER_STREAMS.give(stream)
                 raise
@@ -180,7 +194,8 @@ class DecoderPool:
     @staticmethod
     def _drop(lent: LentDecoder) -> None:
         lent.stream.synchronize()
-        del lent.decoder  # the NVDEC session goes now, before its stream is lent to anyone else
+        with CAPTURE_GATE.apart():  # the NVDEC session goes now, before its stream is lent to anyone else
+            del lent.decoder
         DECODER_STREAMS.give(lent.stream)
 
     def clear(self) -> None:
@@ -246,7 +261,7 @@ def decode_frames_only(path: Path, gpu_id: int = 0) -> int:
     n = 0
     with lend_decoder(gpu_id, demuxer, parameter_sets) as lent:
         for packet in demuxer:
-            n += len(lent.decoder.Decode(packet))
+            n += len(lent.decode(packet))
         lent.flushed = True
         lent.stream.synchronize()
     return n
@@ -369,7 +384,6 @@ class NvdecDecoder:
         decoder, less those no sample needs (key frames only: all others; with a `scanner`: non-reference
         pictures the plan says will not be sampled). The demuxer's last packet is empty: it flushes the
         decoder, which may then decode another file."""
-        decoder = lent.decoder
         for packet in demuxer:
             if packet.bsl:
                 stats.frames_in_video += 1
@@ -379,11 +393,11 @@ class NvdecDecoder:
                 if not wanted and scanner is not None and scanner.droppable(_packet_head(packet)):
                     continue
             try:
-                decoded = decoder.Decode(packet)
+                decoded = lent.decode(packet)
             except Exception as exc:
                 raise VideoError(f"NVDEC failed: {exc}", path=path) from exc
             for frame in decoded:
-                yield frame, decoder.GetHeight(), decoder.GetWidth()
+                yield frame, lent.decoder.GetHeight(), lent.decoder.GetWidth()
         lent.flushed = True
 
     @staticmethod
