@@ -66,8 +66,8 @@ FOLD_RULE: Callable[[int, int], bool] = narrowing
 CUDA_GRAPHS_ENV = "VIDX_ORT_CUDA_GRAPHS"
 """On CUDA, each input shape's second run (or a later one, where a capture had to wait) is recorded as a CUDA
 graph and later runs replay it: one launch where a run launches dozens of kernels, each costing the host ~10 us
-(engines/cuda_graphs.py; docs/performance.md). A shape whose run cannot be recorded keeps running as before. Set it to 0 to run
-without graphs (for comparisons)."""
+(engines/cuda_graphs.py; docs/performance.md). A shape whose run cannot be recorded keeps running as before.
+Set it to 0 to run without graphs (for comparisons)."""
 
 
 MAX_SHAPE_SESSIONS = 12
@@ -185,22 +185,22 @@ class ShapeSessions:
         self.evicted = 0
 
     def get(self, shape: tuple[int, ...], spec: Callable[[], InputSpec] = tuple) -> Any:
-        let_go = []
-        with self._lock:
-            session = self._sessions.get(shape)
-            if session is not None:
-                self._sessions.move_to_end(shape)
-                return session
-            while len(self._sessions) >= self.limit:
-                gone = next(iter(self._sessions))
-                let_go.append(self._sessions.pop(gone))
-                self._fast.pop(gone, None)
-                self.evicted += 1
-            try:
+        let_go: list[Any] = []
+        try:
+            with self._lock:
+                session = self._sessions.get(shape)
+                if session is not None:
+                    self._sessions.move_to_end(shape)
+                    return session
+                while len(self._sessions) >= self.limit:
+                    gone = next(iter(self._sessions))
+                    let_go.append(self._sessions.pop(gone))
+                    self._fast.pop(gone, None)
+                    self.evicted += 1
                 inputs = spec()
                 session = self._sessions[shape] = self._new(inputs)
-            finally:
-                _let_go(let_go)
+        finally:
+            _let_go(let_go)
         if self._faster is not None:  # the job holds the table weakly: dropped engines are not kept for it
             table = weakref.ref(self)
             self._behind.submit(lambda: (t := table()) is not None and t._take_over(shape, inputs))
