@@ -18,7 +18,8 @@
 #   product      tools/gpu_scaling.py: `vidx index --device gpu` on PRODUCT_COPIES x 2 bench clips (default 42) with
 #                its default worker processes, then with one in-process worker (same tracks and search hits?)
 #   stress       tools/gpu_capture_stress.py for STRESS_S seconds a scenario (default 30): CUDA graphs recorded beside
-#                new ONNX Runtime sessions and NVDEC decoders opening and closing, each scenario in its own process
+#                new ONNX Runtime sessions and NVDEC decoders opening and closing, each scenario in its own process,
+#                with vidx's capture gate off and then on (both+gate); five scenarios, about 4 min with model loads
 #   quick        the engine starts on one machine: each shape's set-up, quick and fastest (tools/gpu_startup.py);
 #                the pipeline rows (2 fps and every frame) on quick sessions, on the fastest, and three times from
 #                the start with the fastest set up behind the quick ones; the GPU tests that compare quick engines
