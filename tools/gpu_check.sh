@@ -19,7 +19,7 @@
 #                its default worker processes, then with one in-process worker (same tracks and search hits?)
 #   stress       tools/gpu_capture_stress.py for STRESS_S seconds a scenario (default 30): CUDA graphs recorded beside
 #                new ONNX Runtime sessions and NVDEC decoders opening and closing, each scenario in its own process,
-#                with vidx's capture gate off and then on (both+gate); five scenarios, about 4 min with model loads
+#                with vidx's capture gate off and then on (both+gate); each process loads the models first
 #   quick        the engine starts on one machine: each shape's set-up, quick and fastest (tools/gpu_startup.py);
 #                the pipeline rows (2 fps and every frame) on quick sessions, on the fastest, and three times from
 #                the start with the fastest set up behind the quick ones; the GPU tests that compare quick engines
