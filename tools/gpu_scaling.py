@@ -97,7 +97,9 @@ def search_hits(out: Path, photo: Path) -> list[tuple[str, float, float, float]]
 def kept_stderr(stderr: str) -> str:
     """What to keep of a command's stderr where a process died: its fatal-error report (from a little before its
     first line: a library's message) or, without one, the end."""
-    at = stderr.find("Fatal Python error:")
+    from jobs.processes import FATAL_REPORT
+
+    at = stderr.find(FATAL_REPORT.decode())
     return stderr[max(0, at - 2000):at + 30000] if at >= 0 else stderr[-8000:]
 
 

@@ -219,15 +219,12 @@ class ShapeSessions:
             if shape not in self._sessions or shape in self._fast:  # evicted, or taken over already
                 return False
         started = time.monotonic()
-        session = self._faster(spec)
-        let_go = [session]
+        let_go = [self._faster(spec)]  # the one of the two sessions not kept: the quick one, or this one
         with self._lock:
-            if shape in self._sessions and shape not in self._fast:
-                let_go = [self._sessions[shape]]
-                self._sessions[shape] = session
+            taken_over = shape in self._sessions and shape not in self._fast
+            if taken_over:
+                let_go[0], self._sessions[shape] = self._sessions[shape], let_go[0]
                 self._fast[shape] = time.monotonic() - started
-        taken_over = let_go[0] is not session
-        del session
         _let_go(let_go)
         return taken_over
 
