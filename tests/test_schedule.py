@@ -69,6 +69,8 @@ def test_racing_schedulers_claim_each_slot_once(db_url: str, tmp_path: Path) -> 
     for i in range(5):
         add_schedule(catalog, f"s{i}", str(tmp_path), "*/5 * * * *", {})
         make_due(catalog, f"s{i}", minutes_ago=i + 1)
+    # one clock for every claim: the next five-minute slot may be due by the last claim on a real clock
+    now = utcnow()
     won: list[str] = []
     lock = threading.Lock()
     start = threading.Barrier(4)
@@ -76,7 +78,7 @@ def test_racing_schedulers_claim_each_slot_once(db_url: str, tmp_path: Path) -> 
     def scheduler() -> None:
         mine = Catalog(url)
         start.wait()
-        claims = claim_due(mine)
+        claims = claim_due(mine, now=now)
         with lock:
             won.extend(c.name for c in claims)
 
@@ -86,7 +88,7 @@ def test_racing_schedulers_claim_each_slot_once(db_url: str, tmp_path: Path) -> 
     for t in threads:
         t.join(60)
     assert sorted(won) == [f"s{i}" for i in range(5)]
-    assert claim_due(catalog) == []
+    assert claim_due(catalog, now=now) == []
 
 
 def test_cron_is_validated_and_computed_in_utc() -> None:
