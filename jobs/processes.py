@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import faulthandler
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog import job_state as state
+from indexer.crash_reports import report_crashes
 from indexer.host_memory import arena_env
 from jobs.runner import Executor, LocalExecutor, TaskHooks
 from jobs.worker import TaskSpec
@@ -203,9 +203,7 @@ def _worker_main(token: str, gpu: str | None, settings_json: str, out_uri: str, 
     output.close()
     if sys.stdout is not None:  # a pipe now: line by line, so that nothing printed is held back by a crash
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    faulthandler.enable(2, all_threads=True)  # a crash (SIGSEGV, SIGABRT) reports every thread's Python stack
-    if hasattr(signal, "SIGUSR1"):  # as in the driver: `kill -USR1 PID` prints every thread's stack
-        faulthandler.register(signal.SIGUSR1, 2, all_threads=True)
+    report_crashes(2)  # into the output the driver reads: every thread's stack on a crash or `kill -USR1 PID`
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it requeues and stops the workers
     if gpu is not None:  # before anything touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu

@@ -4,13 +4,12 @@ the engines, and nothing of the driver's side (no SQL stack, no job state), so i
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import os
 import socket
 from pathlib import Path
 
 from catalog.outcome import VideoOutcome
+from indexer.crash_reports import report_crashes
 from jobs.worker import TaskSpec, VideoWorker
 from schemas.config import IndexSettings
 
@@ -20,8 +19,7 @@ class RayWorker:
 
     def __init__(self, settings_json: str, out_uri: str, cache_dir: str | None, label: str, in_flight: int,
                  faults: str | None):
-        with contextlib.suppress(RuntimeError, ValueError, OSError):  # no stderr to write to: no stacks
-            faulthandler.enable(all_threads=True)  # a crash prints every thread's stack to the actor's log
+        report_crashes(stacks_on_usr1=False)  # a crash prints every thread's stack to the actor's log
         name = f"{label}@{socket.gethostname()}:{os.getpid()}"
         self.worker = VideoWorker(IndexSettings.from_json(settings_json), out_uri,
                                   cache_dir=Path(cache_dir) if cache_dir else None, name=name, in_flight=in_flight,

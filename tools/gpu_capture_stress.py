@@ -25,7 +25,6 @@ the errors raised, and for a process that died what it said last (jobs.processes
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import logging
 import signal
@@ -60,7 +59,9 @@ class _Refusals(logging.Handler):
 
 def child(scenario: str, seconds: float) -> None:
     """One scenario in this process; prints its JSON line."""
-    faulthandler.enable(all_threads=True)
+    from indexer.crash_reports import report_crashes
+
+    report_crashes()
     import cupy as cp
 
     from bench.video import bench_clips

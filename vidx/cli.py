@@ -6,15 +6,13 @@ group, registers them, and turns errors into messages and exit codes.
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import logging
-import signal
 import sys
 from pathlib import Path
 
 import click
 
+from indexer.crash_reports import report_crashes
 from indexer.host_memory import limit_malloc_arenas
 from schemas.errors import VidxError
 from vidx import __version__
@@ -54,10 +52,7 @@ cli.add_command(demo.demo_cmd)
 
 def main() -> None:
     limit_malloc_arenas()  # a worker's many threads would otherwise each grow an arena (indexer/host_memory.py)
-    with contextlib.suppress(RuntimeError, ValueError, OSError):  # no stderr to write to: no stacks
-        faulthandler.enable(all_threads=True)  # a crash in a library (SIGSEGV, SIGABRT) prints every thread's stack
-        if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack: where is a job stuck?
-            faulthandler.register(signal.SIGUSR1, all_threads=True)
+    report_crashes()  # a crash in a library prints every thread's stack, and so does `kill -USR1 PID`
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

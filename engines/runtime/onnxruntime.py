@@ -370,8 +370,7 @@ class OnnxRuntimeSession:
             graph, session_providers = (quick_graph, providers) if quick else (fast_graph, fast_providers)
             self.start: EngineStart = start if quick else "wait"
             self.dense_depthwise = quick and quick_graph != fast_graph
-            with CAPTURE_GATE.apart():  # a CUDA session's set-up may synchronise the device
-                self._session = ort.InferenceSession(graph, sess_options=opts, providers=session_providers)
+            self._session = self._inference_session(graph, opts, session_providers)
             self._by_shape: ShapeSessions | None = None
             if device == "cuda":
                 faster = None
@@ -475,9 +474,13 @@ class OnnxRuntimeSession:
         stream = cp.cuda.Stream(non_blocking=True)
         own = [(p[0], {**p[1], "user_compute_stream": str(stream.ptr)}) if isinstance(p, tuple) else p
                for p in providers]
-        with CAPTURE_GATE.apart():  # a CUDA session's set-up may synchronise the device
-            session = self._ort.InferenceSession(graph, sess_options=self._shape_options(spec), providers=own)
-        return ShapeSession(session, stream)
+        return ShapeSession(self._inference_session(graph, self._shape_options(spec), own), stream)
+
+    def _inference_session(self, graph: str | bytes, opts: Any, providers: list[Any]) -> Any:
+        """An ONNX Runtime session, made apart from CUDA graph captures: a CUDA session's set-up may synchronise
+        the device (engines/cuda_graphs.py, CAPTURE_GATE)."""
+        with CAPTURE_GATE.apart():
+            return self._ort.InferenceSession(graph, sess_options=opts, providers=providers)
 
     def _shape_options(self, spec: InputSpec) -> Any:
         """The options of a session for one shape's inputs: their free dimensions fixed by name (unless
