@@ -32,11 +32,13 @@ def test_a_due_schedule_runs_once_when_run_due_is_called_twice(tmp_path: Path, c
     out = tmp_path / "out"
     runner = CliRunner()
     base = ["--cache-dir", str(cache_dir)]
-    res = runner.invoke(cli, [*base, "schedule", "add", "nightly", str(tmp_path / "a"), "--cron", "0 2 * * *",
+    # a nightly slot half a day away on the real clock: neither the first check nor a rerun can meet a slot falling due
+    hour = (utcnow().hour + 12) % 24
+    res = runner.invoke(cli, [*base, "schedule", "add", "nightly", str(tmp_path / "a"), "--cron", f"0 {hour} * * *",
                               "--out", str(out), "--executor", "local", "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
     added = json.loads(res.output)
-    assert added["next_run_at"].endswith("02:00:00+00:00")
+    assert added["next_run_at"].endswith(f"{hour:02d}:00:00+00:00")
     catalog = Catalog(default_db_url(out))
     res = runner.invoke(cli, [*base, "schedule", "run-due", "--out", str(out), "--json"])
     assert json.loads(res.output) == []  # not due yet
